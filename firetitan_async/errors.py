@@ -1,0 +1,128 @@
+"""The exceptions firetitan_async raises.
+
+Every exception derives from :class:`FiretitanError`. None of them ever carries an API key:
+messages are built from status codes, request ids and server-provided bodies only, and the
+transport redacts credentials before a body is attached.
+
+Example::
+
+    try:
+        await client.optim_step(params)
+    except firetitan_async.RequestFailedError as exc:
+        print(exc.category, exc.request_id)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIStatusError",
+    "FiretitanError",
+    "InvalidInput",
+    "ReadinessTimeout",
+    "RequestFailedError",
+    "SessionClosed",
+    "TrainerJobFailed",
+]
+
+
+class FiretitanError(Exception):
+    """Base class of every error raised by firetitan_async."""
+
+
+class APIStatusError(FiretitanError):
+    """The server answered with a non-2xx status that is not retried (or retries ran out).
+
+    ``status_code`` is the HTTP status, ``body`` the parsed JSON body (or text), and
+    ``request_id`` the operation's server-side id when one was known.
+
+    Example::
+
+        except APIStatusError as exc:
+            if exc.status_code == 404: ...
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        body: Any = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        where = f" on {method} {path}" if method and path else ""
+        super().__init__(f"HTTP {status_code}{where}: {_describe_body(body)}")
+
+
+class RequestFailedError(FiretitanError):
+    """An operation was accepted but failed on the server (reported by ``retrieve_future``).
+
+    ``category`` is the server's category (``"user"``, ``"server"`` or ``"unknown"``);
+    ``request_id`` names the failed operation.
+    """
+
+    def __init__(self, message: str, *, category: str = "unknown", request_id: str | None = None):
+        self.category = category
+        self.request_id = request_id
+        super().__init__(f"{message} (category={category}, request_id={request_id})")
+
+
+class TrainerJobFailed(FiretitanError):
+    """The trainer job reached a terminal state (e.g. ``FAILED``) while we waited for it."""
+
+    def __init__(self, job_id: str, state: str, message: str | None = None) -> None:
+        self.job_id = job_id
+        self.state = state
+        detail = f": {message}" if message else ""
+        super().__init__(f"trainer job {job_id!r} is {state}{detail}")
+
+
+class ReadinessTimeout(FiretitanError, TimeoutError):
+    """The trainer job did not become RUNNING within the allowed time."""
+
+    def __init__(self, job_id: str, timeout_s: float, last_state: str | None = None) -> None:
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.last_state = last_state
+        super().__init__(
+            f"trainer job {job_id!r} was not ready after {timeout_s:g}s (last state: {last_state})"
+        )
+
+
+class SessionClosed(FiretitanError):
+    """The session (or client) was used after its ``async with`` block ended."""
+
+
+class InvalidInput(FiretitanError, ValueError):
+    """An argument was rejected before anything was sent.
+
+    ``field`` names the offending field (e.g. ``"loss_fn_inputs.weights"``) and ``index`` the
+    datum index within the batch, when the problem is in one datum.
+
+    Example::
+
+        InvalidInput("weights", "has 3 elements, model_input has 4 tokens", index=2)
+    """
+
+    def __init__(self, field: str, problem: str, *, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        self.problem = problem
+        where = f"data[{index}].{field}" if index is not None else field
+        super().__init__(f"{where}: {problem}")
+
+
+def _describe_body(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("detail", "error", "message"):
+            if key in body:
+                return str(body[key])
+    text = str(body)
+    return text if len(text) <= 500 else text[:500] + "…"
