@@ -1,0 +1,77 @@
+"""The one retry policy: which failures are retried, and how long to wait between attempts.
+
+Every retry decision of the library is made here: the transport asks :meth:`RetryPolicy.retryable`
+whether a reply or error may be tried again and :meth:`RetryPolicy.delay` how long to sleep.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = ["RetryPolicy", "retry_after_seconds"]
+
+# 4xx replies that mean "try again": request timeout, conflict (a concurrent duplicate), and
+# rate limiting. Every other 4xx is the caller's mistake and is never retried.
+_RETRYABLE_4XX = frozenset({408, 409, 429})
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How transient failures are retried.
+
+    A submission (and each poll) is retried on connection errors, timeouts, 408, 409, 429 and
+    5xx, at most ``max_attempts`` times in all and never past ``deadline_s`` seconds after the
+    first attempt. The wait before attempt *n* (counting from 1 for the first retry) is
+    ``min(backoff_cap_s, backoff_base_s * 2 ** (n - 1))`` spread by ``±jitter`` (a fraction),
+    or the server's ``Retry-After`` when it asks for longer (capped at ``backoff_cap_s * 6``).
+
+    Example::
+
+        ServiceSession(url, retry=RetryPolicy(max_attempts=20, deadline_s=600))
+    """
+
+    max_attempts: int = attrs.field(default=10)
+    backoff_base_s: float = 0.1
+    backoff_cap_s: float = 10.0
+    jitter: float = 0.25
+    deadline_s: float | None = 300.0
+
+    @max_attempts.validator
+    def _check_attempts(self, _attr: attrs.Attribute[int], value: int) -> None:
+        if value < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {value}")
+
+    def retryable_status(self, status_code: int) -> bool:
+        """Whether an HTTP status is worth another attempt."""
+        return status_code in _RETRYABLE_4XX or status_code >= 500
+
+    def delay(
+        self, attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
+        base = min(self.backoff_cap_s, self.backoff_base_s * (2 ** max(0, attempt - 1)))
+        spread = (rng or random).uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        wait = max(0.0, base * (1.0 + spread))
+        if retry_after_s is not None:
+            wait = max(wait, min(retry_after_s, self.backoff_cap_s * 6))
+        return wait
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The server's requested wait from ``retry-after-ms`` or ``retry-after`` (seconds), if any."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    seconds = headers.get("retry-after")
+    if seconds is not None:
+        try:
+            return max(0.0, float(seconds))
+        except ValueError:
+            return None
+    return None
