@@ -1,0 +1,117 @@
+"""Ordered operations of one training client: sequence ids, in-flight tasks, fail-fast.
+
+The server runs a model's operations strictly in ``seq_id`` order and cannot skip a reserved
+id. So ids are reserved synchronously at call time, each operation is carried by its own task
+in the session's task group (submissions are pipelined, never serialised), and if a submission
+is lost for good (retries exhausted) every later operation of the client fails at once with a
+clear error instead of waiting forever for a gap the server will never see filled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from ._pending import Pending
+from .errors import APIStatusError, FiretitanError, SessionClosed
+
+__all__ = ["OrderedOps", "Spawner", "SubmissionLost"]
+
+T = TypeVar("T")
+logger = logging.getLogger("firetitan_async.operations")
+
+
+class Spawner(Protocol):
+    """What :class:`OrderedOps` needs from its session: a place to run tasks."""
+
+    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+
+class SubmissionLost(FiretitanError):
+    """A submission could not be delivered, so this client's later operations cannot run."""
+
+
+class OrderedOps:
+    """Reserves sequence ids and runs operations for one training client."""
+
+    def __init__(self, spawner: Spawner, *, first_seq_id: int = 1) -> None:
+        self._spawner = spawner
+        self._next_seq = first_seq_id
+        self._broken: SubmissionLost | None = None
+        # first seq id -> (pending, the cancel scope of its task)
+        self._inflight: dict[int, tuple[Pending[Any], anyio.CancelScope]] = {}
+
+    @property
+    def next_seq_id(self) -> int:
+        """The sequence id the next reservation will get."""
+        return self._next_seq
+
+    def start(
+        self, name: str, n_seq_ids: int, run: Callable[[range, Pending[T]], Awaitable[T]]
+    ) -> Pending[T]:
+        """Reserve ``n_seq_ids`` ids now and run ``run(ids, pending)`` in a task.
+
+        Returns the operation's :class:`Pending` at once.
+        """
+        seqs = range(self._next_seq, self._next_seq + n_seq_ids)
+        self._next_seq += n_seq_ids
+        pending: Pending[T] = Pending(name, seq_id=seqs[0] if n_seq_ids else None)
+        if self._broken is not None:
+            pending._set_exception(self._broken)
+            return pending
+        scope = anyio.CancelScope()
+        if n_seq_ids:
+            self._inflight[seqs[0]] = (pending, scope)
+
+        async def carry() -> None:
+            try:
+                with scope:
+                    pending._set_result(await run(seqs, pending))
+            except anyio.get_cancelled_exc_class():
+                pending._set_exception(
+                    SessionClosed(f"{name} was still running when its session closed")
+                )
+                raise
+            except SubmissionLost as exc:
+                self._break(seqs, exc)
+                pending._set_exception(exc)
+            except Exception as exc:
+                pending._set_exception(exc)
+            finally:
+                if n_seq_ids:
+                    self._inflight.pop(seqs[0], None)
+                if not pending.done():  # cancelled by _break: its error was already set
+                    pending._set_exception(self._broken or SessionClosed(f"{name} was abandoned"))
+
+        self._spawner.spawn_operation(carry)
+        return pending
+
+    async def submit(self, seq_id: int, name: str, submission: Awaitable[T]) -> T:
+        """Await a submission; if it is lost for good, raise :class:`SubmissionLost`.
+
+        A 4xx rejection (other than 408/409/429) is not "lost": the server consumed the id,
+        so later operations still run and only this operation fails.
+        """
+        try:
+            return await submission
+        except APIStatusError as exc:
+            if 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429):
+                raise
+            raise SubmissionLost(f"{name} (seq_id {seq_id}) could not be submitted: {exc}") from exc
+        except FiretitanError as exc:
+            raise SubmissionLost(f"{name} (seq_id {seq_id}) could not be submitted: {exc}") from exc
+
+    def _break(self, failed: range, cause: SubmissionLost) -> None:
+        if self._broken is None:
+            self._broken = SubmissionLost(
+                f"an earlier operation of this client was lost ({cause}); the server cannot run "
+                f"operations after seq_id {failed[0]}, so this one fails too"
+            )
+            logger.error("training client is broken: %s", cause)
+        for first, (pending, scope) in list(self._inflight.items()):
+            if first > failed[-1]:
+                pending._set_exception(self._broken)
+                scope.cancel()

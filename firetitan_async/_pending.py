@@ -1,0 +1,95 @@
+"""``Pending[T]``: the future every operation returns."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+__all__ = ["Pending"]
+
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+class Pending(Generic[T]):
+    """The result of an operation that is running on the server.
+
+    It is returned at once by a plain method call (``client.forward_backward(...)``); its
+    sequence id was reserved at that moment, so the server runs operations in call order
+    whichever task made the call. ``await pending`` gives the result or raises the
+    operation's error; awaiting again gives the same outcome.
+
+    Cancelling the task that awaits stops only that wait: the operation keeps running, its
+    result can still be awaited later, and later operations of the client are never blocked.
+
+    Example::
+
+        fb = client.forward_backward(batch, "cross_entropy")
+        step = client.optim_step(tinker.types.AdamParams(learning_rate=1e-3))
+        out = await fb           # both requests were already on their way
+        await step
+        print(out.metrics["loss:sum"], fb.done(), fb.seq_id, fb.request_id)
+    """
+
+    __slots__ = ("_error", "_event", "_value", "name", "request_id", "seq_id")
+
+    def __init__(self, name: str, *, seq_id: int | None = None) -> None:
+        self.name = name
+        #: The first wire sequence id reserved for this operation (None if it has none).
+        self.seq_id: int | None = seq_id
+        #: The server's request id, once the submission has been accepted.
+        self.request_id: str | None = None
+        self._event = anyio.Event()
+        self._value: T = _UNSET
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether the outcome (result or error) is known."""
+        return self._event.is_set()
+
+    def result(self) -> T:
+        """The result if done (raises the error if it failed); never blocks.
+
+        Raises ``RuntimeError`` if the operation is still running: use ``await`` to wait.
+        """
+        if not self._event.is_set():
+            raise RuntimeError(f"{self.name} is still running; await it instead")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        """The error if the operation failed, None if it succeeded (raises if not done)."""
+        if not self._event.is_set():
+            raise RuntimeError(f"{self.name} is still running; await it instead")
+        return self._error
+
+    async def wait(self) -> T:
+        """Wait for the outcome and return the result (same as ``await pending``)."""
+        await self._event.wait()
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.wait().__await__()
+
+    def _set_result(self, value: T) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def _set_exception(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    def __repr__(self) -> str:
+        if not self._event.is_set():
+            state = "running"
+        elif self._error is not None:
+            state = f"failed: {type(self._error).__name__}"
+        else:
+            state = "done"
+        return f"<Pending {self.name} seq_id={self.seq_id} request_id={self.request_id} {state}>"

@@ -1,0 +1,138 @@
+"""``SamplingClient``: sampling and prompt logprobs from saved or base weights."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from tinker import types
+
+from ._pending import Pending
+from ._wire_bodies import REQUEST_TYPE
+from ._wire_sample import decode_sample_response, prompt_logprobs_of, sample_request_body
+from ._wire_validation import validate_sample_args
+
+if TYPE_CHECKING:
+    from ._session import ServiceSession
+
+__all__ = ["SamplingClient"]
+
+T = TypeVar("T")
+
+
+class SamplingClient:
+    """Samples from one sampling session (saved sampler weights or a base model).
+
+    Get one from :meth:`ServiceSession.create_sampling_client` or
+    :meth:`TrainingClient.save_weights_and_get_sampling_client`. Sampling has no ordering:
+    thousands of ``sample`` calls may be in flight at once.
+
+    Example::
+
+        prompt = types.ModelInput.from_ints(list(b"Hello"))
+        out = await sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16, temperature=0.7))
+        first = bytes(t for t in out.sequences[0].tokens if t < 256).decode(errors="replace")
+    """
+
+    def __init__(
+        self,
+        session: ServiceSession,
+        sampling_session_id: str,
+        *,
+        model_path: str | None = None,
+        base_model: str | None = None,
+    ) -> None:
+        self._session = session
+        #: The server's sampling session id.
+        self.sampling_session_id = sampling_session_id
+        #: The ``tinker://`` sampler path this client samples from, if any.
+        self.model_path = model_path
+        #: The base model, when known.
+        self.base_model = base_model
+        self._next_seq = 0
+
+    def __repr__(self) -> str:
+        return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"
+
+    def sample(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int,
+        sampling_params: types.SamplingParams,
+        *,
+        include_prompt_logprobs: bool = False,
+    ) -> Pending[types.SampleResponse]:
+        """Draw ``num_samples`` continuations of ``prompt``; returns a :class:`Pending` at once.
+
+        ``sampling_params`` carries ``max_tokens``, ``temperature``, ``top_k``, ``top_p``,
+        ``stop`` and ``seed``; with ``include_prompt_logprobs`` the response also carries the
+        prompt's per-token logprobs.
+
+        Example::
+
+            out = await sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, seed=1))
+            print(out.sequences[0].tokens, out.sequences[0].logprobs)
+        """
+        self._session._check_open()
+        validate_sample_args(prompt, num_samples, sampling_params)
+        body = sample_request_body(
+            sampling_session_id=self.sampling_session_id,
+            seq_id=self._reserve(),
+            prompt=prompt,
+            num_samples=num_samples,
+            sampling_params=sampling_params,
+            include_prompt_logprobs=include_prompt_logprobs,
+        )
+
+        async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
+            transport = self._session.transport
+            accepted = await transport.submit("/api/v1/asample", json_body=body)
+            pending.request_id = accepted.request_id
+            done = await transport.retrieve(
+                accepted.request_id, request_type=REQUEST_TYPE["sample"], proto=True
+            )
+            return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
+
+        return self._start("sample", run)
+
+    def compute_logprobs(self, prompt: types.ModelInput) -> Pending[list[float | None]]:
+        """Per-token logprobs of ``prompt`` (``None`` for the first token).
+
+        Example::
+
+            lps = await sampler.compute_logprobs(types.ModelInput.from_ints(list(b"abc")))
+        """
+        inner = self.sample(
+            prompt, 1, types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
+        )
+
+        async def run(pending: Pending[list[float | None]]) -> list[float | None]:
+            response = await inner
+            pending.request_id = inner.request_id
+            return prompt_logprobs_of(response)
+
+        return self._start("compute_logprobs", run)
+
+    def _reserve(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _start(self, name: str, run: Callable[[Pending[T]], Awaitable[T]]) -> Pending[T]:
+        pending: Pending[T] = Pending(name)
+
+        async def carry() -> None:
+            try:
+                pending._set_result(await run(pending))
+            except Exception as exc:
+                pending._set_exception(exc)
+            finally:
+                if not pending.done():
+                    from .errors import SessionClosed
+
+                    pending._set_exception(
+                        SessionClosed(f"{name} was still running when its session closed")
+                    )
+
+        self._session.spawn_operation(carry)
+        return pending

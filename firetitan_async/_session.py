@@ -1,0 +1,420 @@
+"""``ServiceSession``: owns the HTTP client, the server-side session, its heartbeat and tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import httpx
+from tinker import types
+
+from ._retry import RetryPolicy
+from ._transport import Transport, check_url_security
+from ._wire_bodies import (
+    client_config_body,
+    create_model_body,
+    create_sampling_session_body,
+    create_session_body,
+    finish_session_body,
+    get_info_body,
+    session_heartbeat_body,
+)
+from ._wire_futures import decode_json_result
+from .errors import FiretitanError, InvalidInput, SessionClosed
+
+if TYPE_CHECKING:
+    from ._jobs import TrainerJobs
+    from ._readiness import ReadinessPoller
+    from ._sampling import SamplingClient
+    from ._training import TrainingClient
+
+__all__ = ["ServiceSession"]
+
+logger = logging.getLogger("firetitan_async.session")
+
+_HEARTBEAT_PERIOD_S = 10.0
+_FINISH_TIMEOUT_S = 5.0
+
+
+def _default_api_key() -> str | None:
+    return os.environ.get("FIREWORKS_API_KEY") or os.environ.get("TINKER_API_KEY") or None
+
+
+class ServiceSession:
+    """A connection to one trainer: the HTTP client, the server-side session and its tasks.
+
+    Use it only as ``async with``; it works under asyncio and trio. Inside the block, create
+    training and sampling clients; leaving the block waits (up to ``timeout`` seconds) for
+    operations still in flight, ends the server-side session, stops the heartbeat and closes
+    the HTTP client. After that every call raises :class:`SessionClosed`.
+
+    ``api_key`` defaults to ``FIREWORKS_API_KEY``, then ``TINKER_API_KEY``; it is sent as
+    ``X-API-Key`` and never logged or shown. Plain ``http://`` is refused for non-loopback
+    hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
+    ``httpx.MockTransport`` in tests).
+
+    Example::
+
+        async with ServiceSession("http://127.0.0.1:8080") as session:
+            client = await session.create_training_client("local/tiny-byte-lm", lora_rank=8)
+            fb = client.forward_backward(batch, "cross_entropy")
+            step = client.optim_step(types.AdamParams(learning_rate=1e-3))
+            print((await fb).metrics["loss:sum"]); await step
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        user_metadata: dict[str, str] | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        allow_insecure_http: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http2: bool = False,
+    ) -> None:
+        if timeout <= 0:
+            raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
+        self._base_url: str | None = (
+            check_url_security(base_url, allow_insecure_http=allow_insecure_http)
+            if base_url
+            else None
+        )
+        self._api_key = api_key if api_key is not None else _default_api_key()
+        self._user_metadata = dict(user_metadata) if user_metadata else None
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._allow_insecure_http = allow_insecure_http
+        self._http_transport = transport
+        self._http2 = http2
+        self._poller: ReadinessPoller | None = None
+
+        self._transport: Transport | None = None
+        self._session_id: str | None = None
+        self._client_config: dict[str, Any] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._entered = False
+        self._closed = False
+        self._bootstrap_lock: anyio.Lock | None = None
+        self._active_ops = 0
+        self._idle: anyio.Event | None = None
+        self._training_keys: set[tuple[str, int]] = set()
+        self._model_seq = 0
+        self._sampling_seq = 0
+
+    @classmethod
+    def from_job(
+        cls,
+        jobs: TrainerJobs,
+        job_id: str,
+        *,
+        api_key: str | None = None,
+        poll_interval_s: float = 5.0,
+        timeout_s: float = 900.0,
+        **session_kwargs: Any,
+    ) -> ServiceSession:
+        """A session for a Fireworks trainer job that may still be warming up.
+
+        Entering the session starts a readiness poller on the job (in the session's task
+        group) and returns at once. :meth:`create_training_client` waits until the job is
+        RUNNING — raising :class:`TrainerJobFailed` at once if it reaches a terminal state and
+        :class:`ReadinessTimeout` after ``timeout_s`` — and then retries creation while the
+        trainer still warms up (503, connection refused).
+
+        Example::
+
+            async with TrainerJobs(account_id="my-account") as jobs:
+                model = "accounts/fireworks/models/qwen3-8b"
+                created = await jobs.create(TrainerJobConfig(base_model=model))
+                async with ServiceSession.from_job(jobs, created.job_id) as session:
+                    client = await session.create_training_client(model)
+        """
+        from ._readiness import ReadinessPoller
+
+        session = cls("", api_key=api_key, **session_kwargs)
+        session._poller = ReadinessPoller(
+            jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s
+        )
+        return session
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._entered else "new")
+        return (
+            f"ServiceSession(base_url={self._base_url!r}, session_id={self._session_id!r}, "
+            f"api_key={'<redacted>' if self._api_key else None}, {state})"
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ServiceSession:
+        if self._entered:
+            raise RuntimeError("a ServiceSession can be entered only once")
+        self._entered = True
+        self._bootstrap_lock = anyio.Lock()
+        self._idle = anyio.Event()
+        self._idle.set()
+        async with AsyncExitStack() as stack:
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            if self._poller is not None:
+                self._task_group.start_soon(self._poller.run)
+            else:
+                await self._bootstrap()
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None and self._task_group is not None
+        try:
+            if exc_type is None and self._idle is not None:
+                with anyio.move_on_after(self._timeout):
+                    await self._idle.wait()
+        finally:
+            self._closed = True
+            self._task_group.cancel_scope.cancel()
+            try:
+                await self._stack.__aexit__(exc_type, exc, tb)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._finish()
+        return None
+
+    async def _finish(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        try:
+            if self._session_id is not None:
+                with anyio.move_on_after(_FINISH_TIMEOUT_S):
+                    await transport.call(
+                        "POST",
+                        f"/api/v1/sessions/{self._session_id}/finish",
+                        json_body=finish_session_body(self._session_id),
+                        retry=False,
+                    )
+        except FiretitanError as exc:
+            logger.warning("could not finish session %s: %s", self._session_id, exc)
+        finally:
+            await transport.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed("this ServiceSession has been closed")
+        if not self._entered:
+            raise SessionClosed("use the ServiceSession in an `async with` block first")
+
+    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run an operation's task in the session's task group (counted until it ends)."""
+        self._check_open()
+        assert self._task_group is not None and self._idle is not None
+        self._active_ops += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._task_group.start_soon(self._run_counted, fn)
+
+    async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        finally:
+            self._active_ops -= 1
+            if self._active_ops == 0 and self._idle is not None:
+                self._idle.set()
+
+    # -- bootstrap -------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The server-side session id (known once the session is entered and ready)."""
+        if self._session_id is None:
+            raise FiretitanError(
+                "the session has no server-side id yet: enter it, and for a session made by "
+                "from_job() await session.wait_ready() first"
+            )
+        return self._session_id
+
+    @property
+    def base_url(self) -> str | None:
+        """The trainer's data-plane URL (None until a from_job session is ready)."""
+        return self._base_url
+
+    @property
+    def transport(self) -> Transport:
+        """The session's transport (for the clients; raises if the session is not ready)."""
+        self._check_open()
+        if self._transport is None:
+            raise FiretitanError("the session is not ready yet: await session.wait_ready()")
+        return self._transport
+
+    @property
+    def client_config(self) -> dict[str, Any]:
+        """The server's ``client/config`` reply (feature flags and chunking limits)."""
+        return self._client_config
+
+    async def wait_ready(self) -> None:
+        """Wait until the trainer is ready and the server-side session exists.
+
+        For a plain session this returns at once. For one made by :meth:`from_job` it waits for
+        the job to be RUNNING, then opens the server-side session.
+        """
+        self._check_open()
+        assert self._bootstrap_lock is not None
+        async with self._bootstrap_lock:
+            if self._session_id is None:
+                if self._poller is not None:
+                    endpoint = await self._poller.wait()
+                    self._base_url = check_url_security(
+                        endpoint.base_url, allow_insecure_http=self._allow_insecure_http
+                    )
+                await self._bootstrap()
+
+    async def _bootstrap(self) -> None:
+        assert self._base_url is not None
+        if self._transport is None:
+            self._transport = Transport(
+                self._base_url,
+                self._api_key,
+                timeout=self._timeout,
+                retry=self._retry,
+                transport=self._http_transport,
+                http2=self._http2,
+            )
+        config = await self._transport.call(
+            "POST", "/api/v1/client/config", json_body=client_config_body()
+        )
+        self._client_config = config if isinstance(config, dict) else {}
+        reply = await self._transport.call(
+            "POST",
+            "/api/v1/create_session",
+            json_body=create_session_body(user_metadata=self._user_metadata),
+        )
+        self._session_id = types.CreateSessionResponse.model_validate(reply).session_id
+        assert self._task_group is not None
+        self._task_group.start_soon(self._heartbeat)
+
+    async def _heartbeat(self) -> None:
+        assert self._transport is not None and self._session_id is not None
+        while True:
+            await anyio.sleep(_HEARTBEAT_PERIOD_S)
+            try:
+                await self._transport.call(
+                    "POST",
+                    "/api/v1/session_heartbeat",
+                    json_body=session_heartbeat_body(self._session_id),
+                    timeout=10.0,
+                    retry=False,
+                )
+            except Exception as exc:  # a missed heartbeat is only worth a warning
+                logger.warning("session heartbeat failed: %s", exc)
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def create_training_client(
+        self, base_model: str, lora_rank: int = 0, user_metadata: dict[str, str] | None = None
+    ) -> TrainingClient:
+        """Create the training client for ``(base_model, lora_rank)`` on this session.
+
+        ``lora_rank=0`` trains all parameters; ``lora_rank > 0`` trains a LoRA adapter. A
+        second client with the same ``(base_model, lora_rank)`` on one session raises
+        ``ValueError`` before any request is sent.
+
+        Example::
+
+            client = await session.create_training_client("local/tiny-byte-lm", lora_rank=8)
+        """
+        from ._training import TrainingClient
+
+        self._check_open()
+        if not isinstance(base_model, str) or not base_model:
+            raise InvalidInput("base_model", "must be a non-empty string")
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+            raise InvalidInput("lora_rank", f"must be an int >= 0, got {lora_rank!r}")
+        key = (base_model, lora_rank)
+        if key in self._training_keys:
+            raise ValueError(
+                f"this session already has a training client for base_model={base_model!r}, "
+                f"lora_rank={lora_rank}; reuse it (one per (base_model, lora_rank) per session)"
+            )
+        self._training_keys.add(key)
+        try:
+            await self.wait_ready()
+            transport = self.transport
+            model_seq_id = self._model_seq
+            self._model_seq += 1
+            accepted = await transport.submit(
+                "/api/v1/create_model",
+                json_body=create_model_body(
+                    session_id=self.session_id,
+                    model_seq_id=model_seq_id,
+                    base_model=base_model,
+                    lora_rank=lora_rank,
+                    user_metadata=user_metadata,
+                ),
+            )
+            done = await transport.retrieve(
+                accepted.request_id, request_type="CreateModel", proto=False
+            )
+            model_id = decode_json_result(types.CreateModelResponse, done.payload).model_id
+            info = types.GetInfoResponse.model_validate(
+                await transport.call("POST", "/api/v1/get_info", json_body=get_info_body(model_id))
+            )
+        except BaseException:
+            self._training_keys.discard(key)
+            raise
+        return TrainingClient(
+            self, model_id=model_id, base_model=base_model, lora_rank=lora_rank, info=info
+        )
+
+    async def create_sampling_client(
+        self, model_path: str | None = None, base_model: str | None = None
+    ) -> SamplingClient:
+        """A sampling client for saved sampler weights (``model_path``) or a base model.
+
+        Example::
+
+            sampler = await session.create_sampling_client(model_path=snapshot.path)
+            out = await sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16))
+        """
+        from ._sampling import SamplingClient
+        from ._wire_validation import validate_tinker_path
+
+        self._check_open()
+        if (model_path is None) == (base_model is None):
+            raise InvalidInput("model_path", "give exactly one of model_path or base_model")
+        if model_path is not None:
+            validate_tinker_path(model_path, field="model_path")
+        await self.wait_ready()
+        seq = self.next_sampling_session_seq_id()
+        reply = await self.transport.call(
+            "POST",
+            "/api/v1/create_sampling_session",
+            json_body=create_sampling_session_body(
+                session_id=self.session_id,
+                sampling_session_seq_id=seq,
+                model_path=model_path,
+                base_model=base_model,
+            ),
+        )
+        sampling_session_id = types.CreateSamplingSessionResponse.model_validate(
+            reply
+        ).sampling_session_id
+        return SamplingClient(
+            self, sampling_session_id, model_path=model_path, base_model=base_model
+        )
+
+    def next_sampling_session_seq_id(self) -> int:
+        """Reserve the next sampling-session sequence number of this session."""
+        seq = self._sampling_seq
+        self._sampling_seq += 1
+        return seq
