@@ -1,0 +1,335 @@
+"""JSON request bodies, byte for byte as the tinker SDK 0.38 sends them.
+
+Every builder returns a plain ``dict`` equal to what the SDK produces with
+``request.model_dump(exclude_none=True, mode="json")`` for the same request (keys in the same
+order, so the JSON text is identical too). Nothing here does I/O.
+
+Example::
+
+    body = optim_step_body(model_id="s:train:0", seq_id=3, adam_params=types.AdamParams())
+    # {"model_id": "s:train:0", "seq_id": 3, "type": "optim_step", "adam_params": {...}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+from tinker import types
+
+__all__ = [
+    "PROTOCOL_SDK_VERSION",
+    "REQUEST_TYPE",
+    "adam_params_json",
+    "client_config_body",
+    "create_model_body",
+    "create_sampling_session_body",
+    "create_session_body",
+    "ephemeral_sampler_body",
+    "finish_session_body",
+    "get_info_body",
+    "load_weights_body",
+    "optim_step_body",
+    "retrieve_future_body",
+    "save_weights_body",
+    "save_weights_for_sampler_body",
+    "session_heartbeat_body",
+]
+
+PROTOCOL_SDK_VERSION: str = "0.38.0"
+"""The tinker SDK version whose wire dialect we speak (sent as ``sdk_version``)."""
+
+REQUEST_TYPE: Mapping[str, str] = MappingProxyType(
+    {
+        "create_model": "CreateModel",
+        "forward": "Forward",
+        "forward_backward": "ForwardBackward",
+        "optim_step": "OptimStep",
+        "save_weights": "SaveWeights",
+        "load_weights": "LoadWeights",
+        "save_weights_for_sampler": "SaveWeightsForSampler",
+        "save_weights_external": "SaveWeightsExternal",
+        "sample": "Sample",
+        "asample": "Sample",
+        "create_custom_loss": "CreateCustomLoss",
+    }
+)
+"""Operation name → the ``X-Tinker-Request-Type`` header of its ``retrieve_future`` polls.
+
+Example::
+
+    headers = {"X-Tinker-Request-Type": REQUEST_TYPE["forward_backward"]}  # "ForwardBackward"
+"""
+
+
+def client_config_body() -> dict[str, Any]:
+    """Body of ``POST /api/v1/client/config``.
+
+    Example::
+
+        client_config_body()  # {"sdk_version": "0.38.0"}
+    """
+    return {"sdk_version": PROTOCOL_SDK_VERSION}
+
+
+def create_session_body(
+    *,
+    user_metadata: Mapping[str, str] | None,
+    tags: Sequence[str] = (),
+    project_id: str | None = None,
+    display_name: str | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/create_session``.
+
+    Like the SDK, a missing ``user_metadata`` is sent as ``{}``.
+
+    Example::
+
+        create_session_body(user_metadata={"run": "a"})
+        # {"tags": [], "user_metadata": {"run": "a"}, "sdk_version": "0.38.0",
+        #  "type": "create_session"}
+    """
+    body: dict[str, Any] = {
+        "tags": list(tags),
+        "user_metadata": dict(user_metadata or {}),
+        "sdk_version": PROTOCOL_SDK_VERSION,
+    }
+    if project_id is not None:
+        body["project_id"] = project_id
+    if display_name is not None:
+        body["display_name"] = display_name
+    body["type"] = "create_session"
+    return body
+
+
+def session_heartbeat_body(session_id: str) -> dict[str, Any]:
+    """Body of ``POST /api/v1/session_heartbeat``.
+
+    Example::
+
+        session_heartbeat_body("s1")  # {"session_id": "s1", "type": "session_heartbeat"}
+    """
+    return {"session_id": session_id, "type": "session_heartbeat"}
+
+
+def finish_session_body(
+    session_id: str,
+    status: Literal["success", "errored", "interrupted"] = "success",
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/sessions/{session_id}/finish``.
+
+    The session id travels in the path only; it is accepted here so callers build path and body
+    from the same value. As in the SDK (a raw dict, not a pydantic dump) ``detail`` is sent
+    even when it is ``None``.
+
+    Example::
+
+        finish_session_body("s1")  # {"reason": {"type": "success"}, "detail": None}
+    """
+    del session_id  # part of the URL, not of the body
+    return {"reason": {"type": status}, "detail": detail}
+
+
+def create_model_body(
+    *,
+    session_id: str,
+    model_seq_id: int,
+    base_model: str,
+    lora_rank: int,
+    user_metadata: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/create_model``.
+
+    ``lora_rank > 0`` sends the SDK's ``lora_config`` (all of unembed, MLP and attention
+    trained). ``lora_rank == 0`` means full-parameter training, which the 0.38 SDK cannot
+    express; we send ``lora_config`` with ``rank: 0`` (Fireworks service-mode trainers and the
+    local trainer read rank 0, or no ``lora_config``, as full-parameter).
+
+    Example::
+
+        create_model_body(session_id="s", model_seq_id=0, base_model="m", lora_rank=8,
+                          user_metadata=None)
+    """
+    body: dict[str, Any] = {
+        "session_id": session_id,
+        "model_seq_id": model_seq_id,
+        "base_model": base_model,
+    }
+    if user_metadata is not None:
+        body["user_metadata"] = dict(user_metadata)
+    body["lora_config"] = {
+        "rank": lora_rank,
+        "train_unembed": True,
+        "train_mlp": True,
+        "train_attn": True,
+    }
+    body["optimizer_config"] = {"type": "adamw"}
+    body["type"] = "create_model"
+    return body
+
+
+def get_info_body(model_id: str) -> dict[str, Any]:
+    """Body of ``POST /api/v1/get_info``.
+
+    Example::
+
+        get_info_body("s:train:0")  # {"model_id": "s:train:0", "type": "get_info"}
+    """
+    return {"model_id": model_id, "type": "get_info"}
+
+
+def adam_params_json(adam_params: types.AdamParams) -> dict[str, Any]:
+    """The JSON form of :class:`tinker.types.AdamParams` (all six fields, as floats).
+
+    Example::
+
+        adam_params_json(types.AdamParams(learning_rate=1e-3))["learning_rate"]  # 0.001
+    """
+    return {
+        "learning_rate": float(adam_params.learning_rate),
+        "beta1": float(adam_params.beta1),
+        "beta2": float(adam_params.beta2),
+        "eps": float(adam_params.eps),
+        "weight_decay": float(adam_params.weight_decay),
+        "grad_clip_norm": float(adam_params.grad_clip_norm),
+    }
+
+
+def optim_step_body(*, model_id: str, seq_id: int, adam_params: types.AdamParams) -> dict[str, Any]:
+    """Body of ``POST /api/v1/optim_step`` (Adam parameters travel as ``adam_params``).
+
+    Example::
+
+        optim_step_body(model_id="s:train:0", seq_id=2, adam_params=types.AdamParams())
+    """
+    return {
+        "model_id": model_id,
+        "seq_id": seq_id,
+        "type": "optim_step",
+        "adam_params": adam_params_json(adam_params),
+    }
+
+
+def save_weights_body(
+    *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/save_weights`` (``save_state``); the name travels as ``path``.
+
+    Example::
+
+        save_weights_body(model_id="s:train:0", seq_id=4, name="step-4", ttl_seconds=None)
+    """
+    body: dict[str, Any] = {"model_id": model_id, "path": name, "seq_id": seq_id}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    body["overwrite"] = False
+    body["type"] = "save_weights"
+    return body
+
+
+def load_weights_body(*, model_id: str, seq_id: int, path: str, optimizer: bool) -> dict[str, Any]:
+    """Body of ``POST /api/v1/load_weights`` addressing an existing model (``load_state``).
+
+    Example::
+
+        load_weights_body(model_id="s:train:0", seq_id=5, path="tinker://r/weights/a",
+                          optimizer=True)
+    """
+    return {
+        "model_id": model_id,
+        "seq_id": seq_id,
+        "path": path,
+        "optimizer": optimizer,
+        "type": "load_weights",
+    }
+
+
+def save_weights_for_sampler_body(
+    *,
+    model_id: str,
+    seq_id: int,
+    name: str,
+    ttl_seconds: int | None,
+    checkpoint_type: str | None = None,
+) -> dict[str, Any]:
+    """Body of a named ``POST /api/v1/save_weights_for_sampler``.
+
+    ``checkpoint_type`` (``"base"`` or ``"delta"``) is the Fireworks extension used by
+    ``save_weights_for_sampler_ext``; it is omitted when ``None``, which gives exactly the
+    SDK's body.
+
+    Example::
+
+        save_weights_for_sampler_body(model_id="s:train:0", seq_id=6, name="snap",
+                                      ttl_seconds=None, checkpoint_type="base")
+    """
+    body: dict[str, Any] = {
+        "model_id": model_id,
+        "path": name,
+        "kind": "snapshot",
+        "seq_id": seq_id,
+    }
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    body["type"] = "save_weights_for_sampler"
+    if checkpoint_type is not None:
+        body["checkpoint_type"] = checkpoint_type
+    return body
+
+
+def ephemeral_sampler_body(
+    *, model_id: str, seq_id: int, sampling_session_seq_id: int
+) -> dict[str, Any]:
+    """Body of an unnamed ``save_weights_for_sampler`` that yields a sampling session
+    (``save_weights_and_get_sampling_client``); the result is ``{"sampling_session_id"}``.
+
+    Example::
+
+        ephemeral_sampler_body(model_id="s:train:0", seq_id=7, sampling_session_seq_id=1)
+    """
+    return {
+        "model_id": model_id,
+        "sampling_session_seq_id": sampling_session_seq_id,
+        "kind": "snapshot",
+        "seq_id": seq_id,
+        "type": "save_weights_for_sampler",
+    }
+
+
+def create_sampling_session_body(
+    *,
+    session_id: str,
+    sampling_session_seq_id: int,
+    model_path: str | None,
+    base_model: str | None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/create_sampling_session``.
+
+    Example::
+
+        create_sampling_session_body(session_id="s", sampling_session_seq_id=0,
+                                     model_path="tinker://r/sampler_weights/a", base_model=None)
+    """
+    body: dict[str, Any] = {
+        "session_id": session_id,
+        "sampling_session_seq_id": sampling_session_seq_id,
+    }
+    if base_model is not None:
+        body["base_model"] = base_model
+    if model_path is not None:
+        body["model_path"] = model_path
+    body["type"] = "create_sampling_session"
+    return body
+
+
+def retrieve_future_body(request_id: str, *, allow_metadata_only: bool) -> dict[str, Any]:
+    """Body of ``POST /api/v1/retrieve_future``.
+
+    Example::
+
+        retrieve_future_body("req-1", allow_metadata_only=True)
+        # {"request_id": "req-1", "allow_metadata_only": True}
+    """
+    return {"request_id": request_id, "allow_metadata_only": allow_metadata_only}
