@@ -163,10 +163,17 @@ class ServiceSession:
         self._idle.set()
         async with AsyncExitStack() as stack:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            if self._poller is not None:
-                self._task_group.start_soon(self._poller.run)
-            else:
-                await self._bootstrap()
+            try:
+                if self._poller is not None:
+                    self._task_group.start_soon(self._poller.run)
+                else:
+                    await self._bootstrap()
+            except BaseException:
+                self._closed = True
+                self._task_group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self._finish()
+                raise
             self._stack = stack.pop_all()
         return self
 
