@@ -1,0 +1,422 @@
+"""Input checks that run before anything is sent.
+
+Each check raises :class:`~firetitan_async.errors.InvalidInput` naming the offending field
+(and, for a batch, the datum index), so a bad batch fails at the call site with a precise
+message instead of as a server error seconds later. The checks read arrays with numpy, not
+per element in Python, and never change their input.
+
+Example::
+
+    validate_forward_backward(batch, "cross_entropy", None)
+    # InvalidInput: data[3].loss_fn_inputs.weights: has 5 elements, model_input has 6 tokens
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+from tinker import types
+
+from .errors import InvalidInput
+
+__all__ = [
+    "KNOWN_LOSS_FUNCTIONS",
+    "REQUIRED_LOSS_INPUTS",
+    "ParsedPath",
+    "validate_adam_params",
+    "validate_checkpoint_name",
+    "validate_forward_backward",
+    "validate_sample_args",
+    "validate_tinker_path",
+    "validate_ttl",
+]
+
+_RL_INPUTS = ("target_tokens", "logprobs", "advantages")
+REQUIRED_LOSS_INPUTS: Mapping[str, tuple[str, ...]] = {
+    "cross_entropy": ("target_tokens", "weights"),
+    "importance_sampling": _RL_INPUTS,
+    "ppo": _RL_INPUTS,
+    "cispo": _RL_INPUTS,
+    "dro": _RL_INPUTS,
+    "gspo": _RL_INPUTS,
+    "stable_reinforce": _RL_INPUTS,
+}
+"""The ``loss_fn_inputs`` each built-in loss needs (per token, shape ``(N,)``)."""
+
+KNOWN_LOSS_FUNCTIONS: frozenset[str] = frozenset(REQUIRED_LOSS_INPUTS)
+"""The loss functions a forward/backward may name (``custom`` needs a server-side handle
+and is not supported; use ``forward_backward_custom``)."""
+
+# The wire dtype each well-known input must have (the SDK's defaults for plain lists).
+_INPUT_DTYPE: Mapping[str, str] = {
+    "target_tokens": "int64",
+    "weights": "float32",
+    "advantages": "float32",
+    "logprobs": "float32",
+    "clip_low_threshold": "float32",
+    "clip_high_threshold": "float32",
+    "sequence_ratio_mask": "float32",
+}
+_MUST_BE_FINITE = frozenset({"weights", "advantages", "logprobs"})
+_INT32_MAX = 2**31 - 1
+_CLIP_KEYS = ("clip_low_threshold", "clip_high_threshold")
+_ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_NAME_LEN = 128
+_PATH_KINDS = frozenset({"weights", "sampler_weights", "external_weights"})
+_TINKER_SCHEME = "tinker://"
+
+
+@attrs.frozen
+class ParsedPath:
+    """The parts of ``tinker://{training_run_id}/{kind}/{name}``.
+
+    Example::
+
+        validate_tinker_path("tinker://s:train:0/weights/step-1")
+        # ParsedPath(training_run_id="s:train:0", kind="weights", name="step-1")
+    """
+
+    training_run_id: str
+    kind: str
+    name: str
+
+    @property
+    def checkpoint_id(self) -> str:
+        """``"{kind}/{name}"``, the server's checkpoint id."""
+        return f"{self.kind}/{self.name}"
+
+
+# -- forward / forward_backward --------------------------------------------------------------
+
+
+def validate_forward_backward(
+    data: Sequence[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None
+) -> None:
+    """Check a ``forward``/``forward_backward`` call before it is sent.
+
+    Rejects: a batch that is empty or not a list of ``Datum``; an unknown ``loss_fn``; a bad
+    ``loss_fn_config`` (values must be numbers or strings; clip thresholds positive with
+    low <= high); per datum an empty ``model_input``, negative or non-int32 token ids, an
+    image-asset-pointer chunk, missing required inputs, 1-D inputs whose length is not the
+    number of input tokens, the wrong dtype, non-finite ``weights``/``advantages``/
+    ``logprobs``, negative target tokens, inconsistent sparse tensors.
+
+    Example::
+
+        validate_forward_backward([datum], "ppo", {"clip_low_threshold": 0.8,
+                                                   "clip_high_threshold": 1.2})
+    """
+    if not isinstance(loss_fn, str) or loss_fn not in KNOWN_LOSS_FUNCTIONS:
+        hint = " (use forward_backward_custom for a custom loss)" if loss_fn == "custom" else ""
+        raise InvalidInput(
+            "loss_fn",
+            f"unknown loss function {loss_fn!r}; expected one of "
+            f"{', '.join(sorted(KNOWN_LOSS_FUNCTIONS))}{hint}",
+        )
+    _validate_loss_fn_config(loss_fn_config)
+    if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
+        raise InvalidInput("data", f"must be a list of Datum, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InvalidInput("data", "is empty; pass at least one Datum")
+    required = REQUIRED_LOSS_INPUTS[loss_fn]
+    for index, datum in enumerate(data):
+        if not isinstance(datum, types.Datum):
+            raise InvalidInput(
+                "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
+            )
+        n_tokens = _check_model_input(datum.model_input, index, for_training=True)
+        inputs = datum.loss_fn_inputs
+        for name in required:
+            if name not in inputs:
+                raise InvalidInput(
+                    f"loss_fn_inputs.{name}",
+                    f"is required by loss_fn {loss_fn!r} (has: {', '.join(inputs) or 'none'})",
+                    index=index,
+                )
+        for name, td in inputs.items():
+            _check_input_tensor(name, td, n_tokens, index)
+
+
+def _validate_loss_fn_config(config: Mapping[str, Any] | None) -> None:
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise InvalidInput("loss_fn_config", f"must be a dict, got {type(config).__name__}")
+    for key, value in config.items():
+        field = f"loss_fn_config.{key}"
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("loss_fn_config", f"keys must be non-empty strings, got {key!r}")
+        if isinstance(value, str):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(field, f"must be a float or a str, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise InvalidInput(field, f"must be finite, got {value!r}")
+    low, high = (config.get(k) for k in _CLIP_KEYS)
+    for key, value in zip(_CLIP_KEYS, (low, high), strict=True):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            raise InvalidInput(f"loss_fn_config.{key}", "must be a number")
+        if value <= 0:
+            raise InvalidInput(f"loss_fn_config.{key}", f"must be > 0, got {value!r}")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+        raise InvalidInput(
+            "loss_fn_config.clip_low_threshold",
+            f"{low!r} is greater than clip_high_threshold {high!r}",
+        )
+
+
+def _check_model_input(model_input: Any, index: int | None, *, for_training: bool) -> int | None:
+    """Check the chunks; return the token length, or None when an image hides it."""
+    field = "model_input" if for_training else "prompt"
+    if not isinstance(model_input, types.ModelInput):
+        raise InvalidInput(
+            field,
+            f"must be a tinker.types.ModelInput, got {type(model_input).__name__}",
+            index=index,
+        )
+    chunks = model_input.chunks
+    if not chunks:
+        raise InvalidInput(field, "is empty (no chunks)", index=index)
+    length: int | None = 0
+    for j, chunk in enumerate(chunks):
+        where = f"{field}.chunks[{j}]"
+        if isinstance(chunk, types.EncodedTextChunk):
+            tokens = chunk.tokens
+            if len(tokens):
+                low, high = min(tokens), max(tokens)
+                if low < 0:
+                    raise InvalidInput(
+                        f"{where}.tokens", f"has a negative token id ({low})", index=index
+                    )
+                if high > _INT32_MAX:
+                    raise InvalidInput(
+                        f"{where}.tokens", f"token id {high} does not fit in int32", index=index
+                    )
+            if length is not None:
+                length += len(tokens)
+        elif isinstance(chunk, types.ImageAssetPointerChunk) and for_training:
+            raise InvalidInput(
+                where,
+                "is an image_asset_pointer chunk, which forward_backward cannot send; "
+                "load the image and pass an ImageChunk with its bytes",
+                index=index,
+            )
+        elif isinstance(chunk, (types.ImageChunk, types.ImageAssetPointerChunk)):
+            if length is not None:
+                length = None if chunk.expected_tokens is None else length + chunk.expected_tokens
+        elif isinstance(chunk, types.DmelChunk):
+            if not chunk.dmel:
+                raise InvalidInput(where, "is an empty dmel chunk", index=index)
+            length = None
+        else:
+            raise InvalidInput(where, f"unsupported chunk type {type(chunk).__name__}", index=index)
+    if length == 0:
+        raise InvalidInput(field, "has no tokens", index=index)
+    return length
+
+
+def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) -> None:
+    field = f"loss_fn_inputs.{name}"
+    if not isinstance(td, types.TensorData):
+        raise InvalidInput(field, f"must be TensorData, got {type(td).__name__}", index=index)
+    want = _INPUT_DTYPE.get(name)
+    if td.dtype not in ("float32", "int64"):
+        raise InvalidInput(field, f"dtype {td.dtype!r} is not float32 or int64", index=index)
+    if want is not None and td.dtype != want:
+        raise InvalidInput(field, f"must be {want}, got {td.dtype}", index=index)
+    values = td._numpy
+    if td.sparse_crow_indices is not None:
+        _check_sparse(field, td, index)
+    else:
+        shape = list(values.shape) if td.shape is None else list(td.shape)
+        if len(shape) == 0:
+            raise InvalidInput(field, "is a scalar; expected one value per token", index=index)
+        if len(shape) == 1 and n_tokens is not None and shape[0] != n_tokens:
+            raise InvalidInput(
+                field,
+                f"has {shape[0]} elements, model_input has {n_tokens} tokens",
+                index=index,
+            )
+    if values.size == 0:
+        return
+    if name in _MUST_BE_FINITE and not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values.reshape(-1)))[0])
+        raise InvalidInput(
+            field, f"has a non-finite value ({values.reshape(-1)[bad]}) at {bad}", index=index
+        )
+    if name == "target_tokens" and values.min() < 0:
+        raise InvalidInput(field, f"has a negative token id ({values.min()})", index=index)
+
+
+def _check_sparse(field: str, td: types.TensorData, index: int) -> None:
+    crow, col, shape = td.sparse_crow_indices, td.sparse_col_indices, td.shape
+    if col is None:
+        raise InvalidInput(field, "sparse_col_indices is required with crow indices", index=index)
+    if shape is None or len(shape) != 2:
+        raise InvalidInput(field, "a sparse CSR tensor needs a 2-D shape", index=index)
+    assert crow is not None
+    if len(crow) != shape[0] + 1:
+        raise InvalidInput(
+            field, f"has {len(crow)} crow indices for {shape[0]} rows (want rows+1)", index=index
+        )
+    nnz = td._numpy.size
+    if len(col) != nnz or (len(crow) and (crow[0] != 0 or crow[-1] != nnz)):
+        raise InvalidInput(field, f"CSR indices do not match its {nnz} stored values", index=index)
+
+
+# -- optimizer -------------------------------------------------------------------------------
+
+
+def validate_adam_params(params: types.AdamParams) -> None:
+    """Check AdamW hyperparameters: all finite, ``learning_rate >= 0``,
+    ``0 <= beta1, beta2 < 1``, ``eps > 0``, ``weight_decay >= 0``, ``grad_clip_norm >= 0``.
+
+    Example::
+
+        validate_adam_params(types.AdamParams(learning_rate=1e-4))
+    """
+    if not isinstance(params, types.AdamParams):
+        raise InvalidInput(
+            "adam_params", f"must be tinker.types.AdamParams, got {type(params).__name__}"
+        )
+
+    def bad(name: str, rule: str) -> InvalidInput:
+        value = getattr(params, name)
+        return InvalidInput(f"adam_params.{name}", f"must be finite and {rule}, got {value!r}")
+
+    values = {name: float(getattr(params, name)) for name in _ADAM_FIELDS}
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise bad(name, "a number")
+    if values["learning_rate"] < 0:
+        raise bad("learning_rate", ">= 0")
+    for name in ("beta1", "beta2"):
+        if not 0 <= values[name] < 1:
+            raise bad(name, "in [0, 1)")
+    if values["eps"] <= 0:
+        raise bad("eps", "> 0")
+    if values["weight_decay"] < 0:
+        raise bad("weight_decay", ">= 0")
+    if values["grad_clip_norm"] < 0:
+        raise bad("grad_clip_norm", ">= 0 (0 disables clipping)")
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def validate_checkpoint_name(name: str, *, field: str = "name") -> None:
+    """Check a checkpoint name: 1–128 characters from ``[A-Za-z0-9._-]`` (no ``/``, no
+    whitespace or control characters), and not ``.`` or ``..``.
+
+    Example::
+
+        validate_checkpoint_name("step-0001")   # ok
+        validate_checkpoint_name("a/b")          # InvalidInput: name: must not contain '/'
+    """
+    if not isinstance(name, str):
+        raise InvalidInput(field, f"must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidInput(field, "is empty")
+    if len(name) > _MAX_NAME_LEN:
+        raise InvalidInput(field, f"is {len(name)} characters long (max {_MAX_NAME_LEN})")
+    if "/" in name:
+        raise InvalidInput(field, f"must not contain '/': {name!r}")
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise InvalidInput(field, f"must not contain whitespace or control characters: {name!r}")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidInput(field, f"may only use letters, digits, '.', '_' and '-': {name!r}")
+    if name in (".", ".."):
+        raise InvalidInput(field, f"{name!r} is not a valid name")
+
+
+def validate_ttl(ttl_seconds: int | None, *, field: str = "ttl_seconds") -> None:
+    """Check a time-to-live: ``None`` (never expires) or an ``int > 0``.
+
+    Example::
+
+        validate_ttl(3600)   # ok
+        validate_ttl(0)      # InvalidInput: ttl_seconds: must be > 0
+    """
+    if ttl_seconds is None:
+        return
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidInput(field, f"must be an int or None, got {type(ttl_seconds).__name__}")
+    if ttl_seconds <= 0:
+        raise InvalidInput(field, f"must be > 0, got {ttl_seconds}")
+
+
+def validate_tinker_path(path: str, *, field: str = "path") -> ParsedPath:
+    """Parse and check ``tinker://{training_run_id}/{weights|sampler_weights|external_weights}/{name}``.
+
+    Example::
+
+        validate_tinker_path("tinker://s:train:0/sampler_weights/snap").kind  # "sampler_weights"
+    """
+    if not isinstance(path, str):
+        raise InvalidInput(field, f"must be a str, got {type(path).__name__}")
+    if not path.startswith(_TINKER_SCHEME):
+        raise InvalidInput(field, f"must start with {_TINKER_SCHEME!r}: {path!r}")
+    parts = path[len(_TINKER_SCHEME) :].split("/")
+    if len(parts) != 3:
+        raise InvalidInput(field, f"must look like tinker://<run_id>/<kind>/<name>, got {path!r}")
+    run_id, kind, name = parts
+    if not run_id:
+        raise InvalidInput(field, f"has an empty training run id: {path!r}")
+    if kind not in _PATH_KINDS:
+        raise InvalidInput(
+            field, f"kind {kind!r} is not one of {', '.join(sorted(_PATH_KINDS))}: {path!r}"
+        )
+    if not name:
+        raise InvalidInput(field, f"has an empty checkpoint name: {path!r}")
+    if any(c.isspace() or not c.isprintable() for c in run_id + name):
+        raise InvalidInput(field, f"must not contain whitespace or control characters: {path!r}")
+    return ParsedPath(training_run_id=run_id, kind=kind, name=name)
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+
+def validate_sample_args(
+    prompt: types.ModelInput, num_samples: int, params: types.SamplingParams
+) -> None:
+    """Check a ``sample`` call: a non-empty prompt with valid token ids, ``num_samples >= 1``,
+    ``max_tokens >= 1`` if set, ``temperature >= 0``, ``0 < top_p <= 1``, ``top_k == -1`` or
+    ``>= 1``.
+
+    Example::
+
+        validate_sample_args(types.ModelInput.from_ints([1, 2]), 4,
+                             types.SamplingParams(max_tokens=16, temperature=0.7))
+    """
+    _check_model_input(prompt, None, for_training=False)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise InvalidInput("num_samples", f"must be an int, got {type(num_samples).__name__}")
+    if num_samples < 1:
+        raise InvalidInput("num_samples", f"must be >= 1, got {num_samples}")
+    if not isinstance(params, types.SamplingParams):
+        raise InvalidInput(
+            "sampling_params", f"must be tinker.types.SamplingParams, got {type(params).__name__}"
+        )
+    max_tokens = params.max_tokens
+    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
+        raise InvalidInput("sampling_params.max_tokens", f"must be >= 1, got {max_tokens!r}")
+    temperature = params.temperature
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidInput(
+            "sampling_params.temperature", f"must be finite and >= 0, got {temperature!r}"
+        )
+    top_p = params.top_p
+    if not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise InvalidInput("sampling_params.top_p", f"must be in (0, 1], got {top_p!r}")
+    top_k = params.top_k
+    if top_k != -1 and top_k < 1:
+        raise InvalidInput("sampling_params.top_k", f"must be -1 (no limit) or >= 1, got {top_k}")
