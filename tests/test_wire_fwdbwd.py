@@ -21,14 +21,21 @@ from firetitan_async.errors import InvalidInput
 RNG = np.random.default_rng(1234)
 
 
+def _as_inputs(inputs: dict[str, Any]) -> dict[str, types.TensorData]:
+    """Lists and arrays, which ``Datum`` converts at runtime (its hint says TensorData)."""
+    return inputs
+
+
 def _ce(n: int) -> types.Datum:
     tokens = RNG.integers(0, 50_000, n).tolist()
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens),
-        loss_fn_inputs={
-            "target_tokens": np.asarray([*tokens[1:], 0], dtype=np.int64),
-            "weights": RNG.random(n, dtype=np.float32),
-        },
+        loss_fn_inputs=_as_inputs(
+            {
+                "target_tokens": np.asarray([*tokens[1:], 0], dtype=np.int64),
+                "weights": RNG.random(n, dtype=np.float32),
+            }
+        ),
     )
 
 
@@ -40,11 +47,13 @@ def _rl(n: int) -> types.Datum:
                 types.EncodedTextChunk(tokens=list(range(n - n // 2))),
             ]
         ),
-        loss_fn_inputs={
-            "target_tokens": list(range(n)),  # plain list → int64 via the SDK's key defaults
-            "logprobs": (-RNG.random(n)).tolist(),
-            "advantages": RNG.standard_normal(n).astype(np.float32),
-        },
+        loss_fn_inputs=_as_inputs(
+            {
+                "target_tokens": list(range(n)),  # plain list → int64 via the SDK's key defaults
+                "logprobs": (-RNG.random(n)).tolist(),
+                "advantages": RNG.standard_normal(n).astype(np.float32),
+            }
+        ),
     )
 
 
@@ -66,7 +75,7 @@ def _sparse() -> types.Datum:
     )
     return types.Datum(
         model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
-        loss_fn_inputs={"target_tokens": target, "weights": weights},
+        loss_fn_inputs=_as_inputs({"target_tokens": target, "weights": weights}),
     )
 
 
@@ -81,10 +90,12 @@ def _multimodal() -> types.Datum:
                 types.EncodedTextChunk(tokens=[]),
             ]
         ),
-        loss_fn_inputs={
-            "target_tokens": np.arange(6, dtype=np.int64),
-            "weights": np.ones((2, 3), dtype=np.float32),  # a 2-D dense tensor
-        },
+        loss_fn_inputs=_as_inputs(
+            {
+                "target_tokens": np.arange(6, dtype=np.int64),
+                "weights": np.ones((2, 3), dtype=np.float32),  # a 2-D dense tensor
+            }
+        ),
     )
 
 
@@ -114,7 +125,7 @@ CONFIGS: list[dict[str, Any] | None] = [
 ]
 
 
-def _sdk_bytes(data: list[types.Datum], loss_fn: str, config: Any, forward_only: bool) -> bytes:
+def _sdk_bytes(data: list[types.Datum], loss_fn: Any, config: Any, forward_only: bool) -> bytes:
     request = types.ForwardBackwardRequest(
         forward_backward_input=types.ForwardBackwardInput(
             data=data, loss_fn=loss_fn, loss_fn_config=config
@@ -177,7 +188,7 @@ def test_encode_rejects_what_the_wire_cannot_carry() -> None:
                 types.ImageAssetPointerChunk(format="png", location="s3://x/y.png"),
             ]
         ),
-        loss_fn_inputs={"target_tokens": [1], "weights": [1.0]},
+        loss_fn_inputs=_as_inputs({"target_tokens": [1], "weights": [1.0]}),
     )
     with pytest.raises(InvalidInput) as info:
         encode_forward_backward_request(
@@ -187,7 +198,7 @@ def test_encode_rejects_what_the_wire_cannot_carry() -> None:
     assert (info.value.index, info.value.field) == (1, "model_input.chunks[1]")
     huge = types.Datum(
         model_input=types.ModelInput.from_ints([2**31]),
-        loss_fn_inputs={"target_tokens": [1], "weights": [1.0]},
+        loss_fn_inputs=_as_inputs({"target_tokens": [1], "weights": [1.0]}),
     )
     with pytest.raises(InvalidInput) as info:
         encode_forward_backward_request(
@@ -299,27 +310,31 @@ def _bad_offsets() -> bytes:
     bt.dtype = pb.DTYPE_FLOAT32
     bt.data = np.ones(2, np.float32).tobytes()
     bt.offsets = np.array([0, 12], np.int64).tobytes()  # past the end of data
-    return out.SerializeToString()
+    payload: bytes = out.SerializeToString()
+    return payload
 
 
 def _count_mismatch() -> bytes:
     out = pb.ForwardBackwardOutput()
     _record(out, {"logprobs": (pb.DTYPE_FLOAT32, [np.ones(2, np.float32)], [])})
     out.loss_fn_outputs[0].num_datums = 2
-    return out.SerializeToString()
+    payload: bytes = out.SerializeToString()
+    return payload
 
 
 def _bad_dtype() -> bytes:
     out = pb.ForwardBackwardOutput()
     _record(out, {"logprobs": (pb.DTYPE_FLOAT32, [np.ones(2, np.float32)], [])})
     out.loss_fn_outputs[0].fields["logprobs"].dtype = pb.DTYPE_UNSPECIFIED
-    return out.SerializeToString()
+    payload: bytes = out.SerializeToString()
+    return payload
 
 
 def _bad_trailing() -> bytes:
     out = pb.ForwardBackwardOutput()
     _record(out, {"x": (pb.DTYPE_FLOAT32, [np.ones(5, np.float32)], [2])})
-    return out.SerializeToString()
+    payload: bytes = out.SerializeToString()
+    return payload
 
 
 @pytest.mark.parametrize(

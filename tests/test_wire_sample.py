@@ -137,11 +137,12 @@ RESPONSES = _responses()
 def _td_equal(a: types.TensorData | None, b: types.TensorData | None) -> bool:
     if a is None or b is None:
         return a is b
-    return (
-        (a.dtype, a.shape, a.sparse_crow_indices, a.sparse_col_indices)
-        == (b.dtype, b.shape, b.sparse_crow_indices, b.sparse_col_indices)
-        and np.array_equal(a._numpy, b._numpy)
-    )
+    return (a.dtype, a.shape, a.sparse_crow_indices, a.sparse_col_indices) == (
+        b.dtype,
+        b.shape,
+        b.sparse_crow_indices,
+        b.sparse_col_indices,
+    ) and np.array_equal(a._numpy, b._numpy)
 
 
 @pytest.mark.parametrize("case", sorted(RESPONSES))
@@ -201,7 +202,7 @@ def _broken() -> dict[str, bytes]:
     out["logprob-count"] = resp.SerializeToString()
     resp = pb.SampleResponse()
     seq = resp.sequences.add()
-    seq.stop_reason = 7  # type: ignore[assignment]
+    seq.stop_reason = 7
     out["stop-reason"] = resp.SerializeToString()
     resp = pb.SampleResponse()
     resp.sequences.add()

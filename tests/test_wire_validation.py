@@ -21,6 +21,11 @@ from firetitan_async._wire_validation import (
 from firetitan_async.errors import InvalidInput
 
 
+def _as_inputs(inputs: dict[str, Any]) -> dict[str, types.TensorData]:
+    """Lists and arrays, which ``Datum`` converts at runtime (its hint says TensorData)."""
+    return inputs
+
+
 def ce(n: int = 4, **inputs: Any) -> types.Datum:
     base: dict[str, Any] = {
         "target_tokens": np.arange(n, dtype=np.int64),
@@ -43,10 +48,12 @@ def rl(n: int = 4, **inputs: Any) -> types.Datum:
 def with_input(model_input: types.ModelInput, n: int = 4) -> types.Datum:
     return types.Datum(
         model_input=model_input,
-        loss_fn_inputs={
-            "target_tokens": np.arange(n, dtype=np.int64),
-            "weights": np.ones(n, dtype=np.float32),
-        },
+        loss_fn_inputs=_as_inputs(
+            {
+                "target_tokens": np.arange(n, dtype=np.int64),
+                "weights": np.ones(n, dtype=np.float32),
+            }
+        ),
     )
 
 
@@ -69,7 +76,7 @@ BAD_SPARSE = types.TensorData(
 )  # fmt: skip
 
 # (id, data, loss_fn, config, expected field, expected index, words in the message)
-FB_CASES: list[tuple[str, Any, str, Any, str, int | None, str]] = [
+FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
     ("empty-batch", [], "cross_entropy", None, "data", None, "empty"),
     ("not-a-list", ce(), "cross_entropy", None, "data", None, "list of Datum"),
     ("not-a-datum", [ce(), {"x": 1}], "cross_entropy", None, "datum", 1, "not a tinker.types"),
