@@ -126,6 +126,8 @@ def validate_forward_backward(
     if len(data) == 0:
         raise InvalidInput("data", "is empty; pass at least one Datum")
     required = REQUIRED_LOSS_INPUTS[loss_fn]
+    # Value checks (finiteness, sign) are batched per input name: one numpy pass per batch.
+    deferred: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
     for index, datum in enumerate(data):
         if not isinstance(datum, types.Datum):
             raise InvalidInput(
@@ -142,6 +144,35 @@ def validate_forward_backward(
                 )
         for name, td in inputs.items():
             _check_input_tensor(name, td, n_tokens, index)
+            if name in _MUST_BE_FINITE or name == "target_tokens":
+                deferred.setdefault(name, []).append((index, td._numpy))
+    for name, arrays in deferred.items():
+        _check_values(name, arrays)
+
+
+def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
+    flat = np.concatenate([a.reshape(-1) for _, a in arrays])
+    if name == "target_tokens":
+        if flat.size == 0 or flat.min() >= 0:
+            return
+        for index, values in arrays:
+            if values.size and values.min() < 0:
+                raise InvalidInput(
+                    f"loss_fn_inputs.{name}",
+                    f"has a negative token id ({values.min()})",
+                    index=index,
+                )
+    if np.isfinite(flat).all():
+        return
+    for index, values in arrays:
+        finite = np.isfinite(values.reshape(-1))
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise InvalidInput(
+                f"loss_fn_inputs.{name}",
+                f"has a non-finite value ({values.reshape(-1)[bad]}) at {bad}",
+                index=index,
+            )
 
 
 def _validate_loss_fn_config(config: Mapping[str, Any] | None) -> None:
@@ -246,15 +277,6 @@ def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) ->
                 f"has {shape[0]} elements, model_input has {n_tokens} tokens",
                 index=index,
             )
-    if values.size == 0:
-        return
-    if name in _MUST_BE_FINITE and not np.isfinite(values).all():
-        bad = int(np.flatnonzero(~np.isfinite(values.reshape(-1)))[0])
-        raise InvalidInput(
-            field, f"has a non-finite value ({values.reshape(-1)[bad]}) at {bad}", index=index
-        )
-    if name == "target_tokens" and values.min() < 0:
-        raise InvalidInput(field, f"has a negative token id ({values.min()})", index=index)
 
 
 def _check_sparse(field: str, td: types.TensorData, index: int) -> None:
