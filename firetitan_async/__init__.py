@@ -1,7 +1,36 @@
-"""firetitan_async: an asyncio- and trio-native client for Tinker-protocol trainers."""
+"""firetitan_async: an asyncio- and trio-native client for Tinker-protocol trainers.
+
+Fine-tuning services (Thinking Machines' Tinker API and Fireworks' service-mode RLOR
+trainers) return a future for every training step; this package awaits them natively under
+asyncio and trio, with no hidden thread and no blocked event loop.
+
+Example::
+
+    import anyio
+    from tinker import types
+    from firetitan_async import ServiceSession
+
+    async def main() -> None:
+        async with ServiceSession("http://127.0.0.1:8080") as session:
+            client = await session.create_training_client("local/tiny-byte-lm", lora_rank=8)
+            fb = client.forward_backward(batch, "cross_entropy")
+            step = client.optim_step(types.AdamParams(learning_rate=1e-3))
+            print((await fb).metrics["loss:sum"])
+            await step
+
+    anyio.run(main)              # or anyio.run(main, backend="trio")
+"""
 
 from __future__ import annotations
 
+from ._custom_loss import CustomLoss
+from ._pending import Pending
+from ._retry import RetryPolicy
+from ._sampling import SamplingClient
+from ._session import ServiceSession
+from ._snapshots import SamplerSnapshot
+from ._training import TrainingClient
+from ._version import __version__
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -14,10 +43,18 @@ from .errors import (
 
 __all__ = [
     "APIStatusError",
+    "CustomLoss",
     "FiretitanError",
     "InvalidInput",
+    "Pending",
     "ReadinessTimeout",
     "RequestFailedError",
+    "RetryPolicy",
+    "SamplerSnapshot",
+    "SamplingClient",
+    "ServiceSession",
     "SessionClosed",
     "TrainerJobFailed",
+    "TrainingClient",
+    "__version__",
 ]

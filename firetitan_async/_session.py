@@ -7,7 +7,7 @@ import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
@@ -39,11 +39,21 @@ __all__ = ["ServiceSession"]
 logger = logging.getLogger("firetitan_async.session")
 
 _HEARTBEAT_PERIOD_S = 10.0
+_FinishStatus = Literal["success", "errored", "interrupted"]
 _FINISH_TIMEOUT_S = 5.0
 
 
 def _default_api_key() -> str | None:
     return os.environ.get("FIREWORKS_API_KEY") or os.environ.get("TINKER_API_KEY") or None
+
+
+def _finish_status(exc_type: type[BaseException] | None) -> _FinishStatus:
+    """How the server-side session ended, as the tinker SDK reports it."""
+    if exc_type is None:
+        return "success"
+    if issubclass(exc_type, KeyboardInterrupt | anyio.get_cancelled_exc_class()):
+        return "interrupted"
+    return "errored"
 
 
 class ServiceSession:
@@ -195,10 +205,10 @@ class ServiceSession:
                 await self._stack.__aexit__(exc_type, exc, tb)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._finish()
+                    await self._finish(_finish_status(exc_type))
         return None
 
-    async def _finish(self) -> None:
+    async def _finish(self, status: _FinishStatus = "errored") -> None:
         transport = self._transport
         if transport is None:
             return
@@ -208,7 +218,7 @@ class ServiceSession:
                     await transport.call(
                         "POST",
                         f"/api/v1/sessions/{self._session_id}/finish",
-                        json_body=finish_session_body(self._session_id),
+                        json_body=finish_session_body(self._session_id, status=status),
                         retry=False,
                     )
         except FiretitanError as exc:
