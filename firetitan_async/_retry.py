@@ -52,7 +52,7 @@ class RetryPolicy:
         self, attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None
     ) -> float:
         """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
-        base = min(self.backoff_cap_s, self.backoff_base_s * (2 ** max(0, attempt - 1)))
+        base = min(self.backoff_cap_s, self.backoff_base_s * (2.0 ** max(0, attempt - 1)))
         spread = float((rng or random).uniform(-self.jitter, self.jitter)) if self.jitter else 0.0
         wait = max(0.0, base * (1.0 + spread))
         if retry_after_s is not None:

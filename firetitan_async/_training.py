@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import zstandard
 from tinker import types
 
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
@@ -225,10 +226,16 @@ class TrainingClient:
                 forward_only=forward_only,
             )
             transport = self._session.transport
+            headers = None
+            if self._session.client_config.get("proto_compress_fwdbwd"):
+                body = zstandard.ZstdCompressor().compress(body)
+                headers = {"Content-Encoding": "zstd"}
             accepted = await self._ops.submit(
                 seqs[index],
                 name,
-                transport.submit("/api/v1/forward_backward", content=body, content_type=_PROTO),
+                transport.submit(
+                    "/api/v1/forward_backward", content=body, content_type=_PROTO, headers=headers
+                ),
             )
             if pending is not None and index == 0:
                 pending.request_id = accepted.request_id
