@@ -1,0 +1,183 @@
+"""``firetitan-async checkpoints list``: the checkpoints a trainer holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from functools import partial
+from urllib.parse import quote, urlsplit
+
+import anyio
+from tinker import types
+
+from ._retry import RetryPolicy
+from ._transport import Transport, check_url_security
+from .errors import APIStatusError, FiretitanError
+
+__all__ = ["add_parser", "list_checkpoints"]
+
+_KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
+_URL_VAR = "TINKER_BASE_URL"
+# A CLI should fail in seconds, not after the library's patient default retries.
+_CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``checkpoints`` (with its ``list`` action).
+
+    Example::
+
+        firetitan-async checkpoints list --base-url http://127.0.0.1:8080 --run MODEL_ID
+    """
+    parser = subparsers.add_parser(
+        "checkpoints",
+        help="list a trainer's checkpoints (of one run, one job, or all of yours)",
+        description="Inspect the checkpoints a Tinker-protocol trainer holds.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="list checkpoints",
+        description=(
+            "List checkpoints: those of one training run (--run), those made by one trainer "
+            "job (--job), or all of yours. The API key comes from FIREWORKS_API_KEY, else "
+            "TINKER_API_KEY (not needed for a local trainer started without one). Expired "
+            "checkpoints are not listed."
+        ),
+    )
+    listing.add_argument(
+        "--base-url",
+        default=None,
+        help=f"the trainer's data-plane URL (default: ${_URL_VAR})",
+    )
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="MODEL_ID", help="a training run (its model id)")
+    which.add_argument("--job", metavar="JOB_ID", help="a trainer job")
+    listing.add_argument(
+        "--limit", type=int, default=100, help="at most this many (all of yours / a job)"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=_run_list)
+    parser.set_defaults(func=partial(_no_action, parser))
+
+
+def _no_action(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+async def list_checkpoints(
+    base_url: str,
+    api_key: str | None,
+    *,
+    run: str | None = None,
+    job: str | None = None,
+    limit: int = 100,
+    retry: RetryPolicy = _CLI_RETRY,
+) -> list[types.Checkpoint]:
+    """The checkpoints of ``run`` (a model id), of ``job``, or all of the key's checkpoints.
+
+    Opens no server-side session: it is one REST call, like the tinker SDK's ``RestClient``.
+
+    Example::
+
+        for ckpt in await list_checkpoints("http://127.0.0.1:8080", None, run=model_id):
+            print(ckpt.checkpoint_id, ckpt.tinker_path)
+    """
+    transport = Transport(base_url, api_key, timeout=30.0, retry=retry)
+    try:
+        if run is not None:
+            reply = await transport.call(
+                "GET", f"/api/v1/training_runs/{quote(run, safe=':')}/checkpoints"
+            )
+        else:
+            params: dict[str, str | int] = {"limit": limit}
+            if job is not None:
+                params["job_id"] = job
+            reply = await transport.call("GET", "/api/v1/checkpoints", params=params)
+    finally:
+        await transport.aclose()
+    return list(types.CheckpointsListResponse.model_validate(reply).checkpoints)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"firetitan-async checkpoints: {message}", file=sys.stderr)
+    return code
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    base_url = args.base_url or os.environ.get(_URL_VAR)
+    if not base_url:
+        return _fail(f"no trainer URL: pass --base-url URL or set {_URL_VAR}", 2)
+    try:
+        base_url = check_url_security(base_url, allow_insecure_http=False)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    api_key = next((os.environ[v] for v in _KEY_VARS if os.environ.get(v)), None)
+    host = urlsplit(base_url).hostname or ""
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        return _fail(f"no API key: set {' or '.join(_KEY_VARS)}", 2)
+    if args.limit < 1:
+        return _fail(f"--limit must be >= 1, got {args.limit}", 2)
+    try:
+        checkpoints = anyio.run(
+            partial(
+                list_checkpoints, base_url, api_key, run=args.run, job=args.job, limit=args.limit
+            )
+        )
+    except APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            hint = "set FIREWORKS_API_KEY" if api_key is None else "check FIREWORKS_API_KEY"
+            return _fail(f"the trainer at {base_url} refused the API key ({exc}); {hint}")
+        if exc.status_code == 404 and (args.run or args.job):
+            what = f"run {args.run!r}" if args.run else f"job {args.job!r}"
+            return _fail(f"the trainer at {base_url} knows no {what} ({exc})")
+        return _fail(f"the trainer at {base_url} answered {exc}")
+    except FiretitanError as exc:
+        return _fail(f"cannot reach the trainer at {base_url}: {exc}")
+    if args.json:
+        print(json.dumps([c.model_dump(mode="json") for c in checkpoints], indent=2))
+    else:
+        _print_table(checkpoints)
+    return 0
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value} B"
+    size = value / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _print_table(checkpoints: list[types.Checkpoint]) -> None:
+    if not checkpoints:
+        print("no checkpoints")
+        return
+    rows = [
+        (
+            c.checkpoint_id,
+            c.checkpoint_type,
+            _when(c.time),
+            _when(c.expires_at),
+            _size(c.size_bytes),
+            c.tinker_path,
+        )
+        for c in checkpoints
+    ]
+    header = ("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
