@@ -24,7 +24,16 @@ Example::
 from __future__ import annotations
 
 from ._custom_loss import CustomLoss
+from ._jobs import (
+    CreatedTrainerJob,
+    JobState,
+    TrainerEndpoint,
+    TrainerJob,
+    TrainerJobConfig,
+    TrainerJobs,
+)
 from ._pending import Pending
+from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
@@ -43,10 +52,14 @@ from .errors import (
 
 __all__ = [
     "APIStatusError",
+    "CreatedTrainerJob",
     "CustomLoss",
     "FiretitanError",
     "InvalidInput",
+    "JobState",
     "Pending",
+    "ReadinessPoller",
+    "ReadinessProgress",
     "ReadinessTimeout",
     "RequestFailedError",
     "RetryPolicy",
@@ -54,7 +67,11 @@ __all__ = [
     "SamplingClient",
     "ServiceSession",
     "SessionClosed",
+    "TrainerEndpoint",
+    "TrainerJob",
+    "TrainerJobConfig",
     "TrainerJobFailed",
+    "TrainerJobs",
     "TrainingClient",
     "__version__",
 ]

@@ -1,0 +1,177 @@
+"""``firetitan-async wait JOB_ID``: wait until a trainer job is ready, showing its progress."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from functools import partial
+from typing import TextIO
+
+import anyio
+
+from ._jobs import TrainerEndpoint, TrainerJobs
+from ._readiness import ReadinessPoller, ReadinessProgress
+from ._retry import RetryPolicy
+from .errors import (
+    APIStatusError,
+    FiretitanError,
+    InvalidInput,
+    ReadinessTimeout,
+    TrainerJobFailed,
+)
+
+__all__ = ["add_parser", "wait_for_job"]
+
+_KEY_VAR = "FIREWORKS_API_KEY"
+_ACCOUNT_VAR = "FIREWORKS_ACCOUNT_ID"
+_URL_VAR = "FIREWORKS_BASE_URL"
+_DEFAULT_URL = "https://api.fireworks.ai"
+# A CLI should report an unreachable control plane in seconds, not after minutes of retries.
+_CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``wait``.
+
+    Example::
+
+        firetitan-async wait my-job --account-id me --base-url http://127.0.0.1:8080
+    """
+    parser = subparsers.add_parser(
+        "wait",
+        help="wait until a trainer job is RUNNING and its trainer answers",
+        description=(
+            "Poll a service-mode trainer job until it is RUNNING and its trainer answers, "
+            "printing a line per state change on stderr and finally the trainer URL on stdout. "
+            f"The API key comes from ${_KEY_VAR} (not needed for a local trainer on loopback). "
+            "Exit status: 0 ready, 1 failed or timed out, 2 usage error."
+        ),
+    )
+    parser.add_argument("job_id", metavar="JOB_ID", help="the job id (or its full resource name)")
+    parser.add_argument(
+        "--account-id", default=None, help=f"the Fireworks account (default: ${_ACCOUNT_VAR})"
+    )
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help=f"the control-plane URL (default: ${_URL_VAR}, else {_DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, metavar="S", help="give up after S seconds"
+    )
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not wait for the trainer's health check, only for the RUNNING state",
+    )
+    parser.set_defaults(func=_run_wait)
+
+
+async def wait_for_job(
+    jobs: TrainerJobs,
+    job_id: str,
+    *,
+    poll_interval_s: float = 5.0,
+    timeout_s: float = 900.0,
+    probe_data_plane: bool = True,
+    out: TextIO | None = None,
+) -> TrainerEndpoint:
+    """Wait for ``job_id`` like :meth:`TrainerJobs.wait_for_ready`, writing a line to ``out``
+    (default stderr) each time the job's state (or what it waits for) changes.
+
+    Example::
+
+        async with TrainerJobs(account_id="me") as jobs:
+            endpoint = await wait_for_job(jobs, "my-job", poll_interval_s=2)
+    """
+    stream = out if out is not None else sys.stderr
+    shown: list[tuple[str, str | None]] = []
+
+    def show(progress: ReadinessProgress) -> None:
+        key = (progress.state, progress.message)
+        if shown and shown[-1] == key:
+            return
+        shown.append(key)
+        detail = f"  ({progress.message})" if progress.message else ""
+        print(f"{progress.state:<10} after {progress.elapsed_s:7.1f}s{detail}", file=stream)
+        stream.flush()
+
+    poller = ReadinessPoller(
+        jobs,
+        job_id,
+        poll_interval_s=poll_interval_s,
+        timeout_s=timeout_s,
+        on_progress=show,
+        probe_data_plane=probe_data_plane,
+    )
+    await poller.run()
+    return await poller.wait()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"firetitan-async wait: {message}", file=sys.stderr)
+    return code
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR)
+    if not account_id:
+        return _fail(f"no account: pass --account-id A or set {_ACCOUNT_VAR}", 2)
+    base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
+    for name, value in (("--poll-interval", args.poll_interval), ("--timeout", args.timeout)):
+        if not math.isfinite(value) or value <= 0:
+            return _fail(f"{name} must be a number > 0, got {value}", 2)
+    try:
+        jobs = TrainerJobs(account_id=account_id, base_url=base_url, retry=_CLI_RETRY)
+    except (ValueError, FiretitanError) as exc:  # bad URL, bad account, missing key
+        return _fail(str(exc), 2)
+    try:
+        endpoint = anyio.run(
+            partial(
+                _wait,
+                jobs,
+                args.job_id,
+                poll_interval_s=args.poll_interval,
+                timeout_s=args.timeout,
+                probe_data_plane=not args.no_probe,
+            )
+        )
+    except InvalidInput as exc:
+        return _fail(str(exc), 2)
+    except TrainerJobFailed as exc:
+        return _fail(str(exc))
+    except ReadinessTimeout as exc:
+        return _fail(str(exc))
+    except APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            hint = f"set {_KEY_VAR}" if jobs._api_key is None else f"check {_KEY_VAR}"
+            return _fail(f"the control plane at {base_url} refused the API key ({exc}); {hint}")
+        return _fail(f"the control plane at {base_url} answered {exc}")
+    except FiretitanError as exc:
+        return _fail(f"cannot reach the control plane at {base_url}: {exc}")
+    print(endpoint.base_url)
+    return 0
+
+
+async def _wait(
+    jobs: TrainerJobs,
+    job_id: str,
+    *,
+    poll_interval_s: float,
+    timeout_s: float,
+    probe_data_plane: bool,
+) -> TrainerEndpoint:
+    async with jobs:
+        await jobs.get(job_id)  # fail fast on a bad URL, key or job id before polling
+        return await wait_for_job(
+            jobs,
+            job_id,
+            poll_interval_s=poll_interval_s,
+            timeout_s=timeout_s,
+            probe_data_plane=probe_data_plane,
+        )
