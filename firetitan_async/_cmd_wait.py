@@ -151,6 +151,8 @@ def _run_wait(args: argparse.Namespace) -> int:
         if exc.status_code in (401, 403):
             hint = f"set {_KEY_VAR}" if jobs._api_key is None else f"check {_KEY_VAR}"
             return _fail(f"the control plane at {base_url} refused the API key ({exc}); {hint}")
+        if exc.status_code == 404:
+            return _fail(f"no trainer job {args.job_id!r} in account {account_id!r} ({exc})")
         return _fail(f"the control plane at {base_url} answered {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the control plane at {base_url}: {exc}")
