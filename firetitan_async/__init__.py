@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+from ._adapters import aresult, as_awaitable
 from ._custom_loss import CustomLoss
 from ._jobs import (
     CreatedTrainerJob,
@@ -74,4 +75,6 @@ __all__ = [
     "TrainerJobs",
     "TrainingClient",
     "__version__",
+    "aresult",
+    "as_awaitable",
 ]
