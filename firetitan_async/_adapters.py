@@ -90,8 +90,9 @@ async def aresult(obj: AwaitableSource[T], timeout: float | None = None) -> T:
 def as_awaitable(obj: AwaitableSource[T]) -> Awaitable[T]:
     """``obj`` as an awaitable that works under asyncio and trio (see ``aresult``).
 
-    The returned object may be awaited any number of times (each await waits again and gives
-    the same outcome), handed to ``asyncio.gather`` or awaited inside a trio nursery task.
+    The returned object may be awaited any number of times when its source can (futures and
+    ``Pending`` can, a bare coroutine only once): each await waits again and gives the same
+    outcome. Hand it to ``asyncio.gather`` or await it in a trio nursery task.
     Unsupported objects raise ``TypeError`` here, at once.
 
     Example (trio)::
