@@ -1,0 +1,472 @@
+"""``TinyByteLM``: the local trainer's tiny causal byte-level language model, in numpy.
+
+Architecture (all float32 by default): the token at position ``t`` and the ``CONTEXT - 1``
+tokens before it (a ``PAD`` embedding before the start) are embedded (``EMBED_DIM`` each) and
+concatenated into ``x``; then ``h = tanh(x @ w1 + b1)`` (``HIDDEN_DIM``) and
+``logits = h @ w2 + b2`` over ``VOCAB_SIZE`` tokens. Gradients are exact and hand-written.
+
+LoRA (``lora_rank = r > 0``): ``w1`` and ``w2`` become ``W + (LORA_ALPHA / r)·A @ B`` with ``A``
+random and ``B`` zero (so the initial model equals the base); only ``A``/``B`` train.
+With ``lora_rank = 0`` every parameter (embeddings, weights, biases) trains.
+
+Example::
+
+    model = TinyByteLM(seed=0)
+    toks = np.frombuffer(b"hello world", dtype=np.uint8).astype(np.int64)
+    datum = DatumArrays(tokens=toks[:-1], inputs={"target_tokens": toks[1:],
+                                                  "weights": np.ones(len(toks) - 1, np.float32)})
+    out = model.forward_backward([datum], "cross_entropy", backward=True)
+    model.optim_step(AdamConfig(learning_rate=1e-2))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._input_error import ModelInputError
+from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, compute_loss, resolve_config
+from ._optim import AdamConfig, AdamW
+
+__all__ = [
+    "CONTEXT",
+    "EMBED_DIM",
+    "EOS_TOKEN",
+    "HIDDEN_DIM",
+    "LORA_ALPHA",
+    "MODEL_NAME",
+    "PAD_INDEX",
+    "VOCAB_SIZE",
+    "AdamConfig",
+    "DatumArrays",
+    "FwdBwdResult",
+    "ModelInputError",
+    "TinyByteLM",
+    "context_indices",
+    "logits_from_weights",
+    "single_thread_blas",
+]
+
+MODEL_NAME = "local/tiny-byte-lm"
+VOCAB_SIZE = 257  # tokens 0..255 are bytes, 256 is EOS
+EOS_TOKEN = 256
+PAD_INDEX = VOCAB_SIZE  # embedding row for "before the start"; never a token
+CONTEXT = 4  # tokens seen per position: the current one and 3 before it
+EMBED_DIM = 32
+HIDDEN_DIM = 128
+LORA_ALPHA = 32.0
+LORA_TARGETS = ("w1", "w2")
+
+_BASE_SHAPES: dict[str, tuple[int, ...]] = {
+    "embed": (VOCAB_SIZE + 1, EMBED_DIM),
+    "w1": (CONTEXT * EMBED_DIM, HIDDEN_DIM),
+    "b1": (HIDDEN_DIM,),
+    "w2": (HIDDEN_DIM, VOCAB_SIZE),
+    "b2": (VOCAB_SIZE,),
+}
+
+
+@attrs.frozen(eq=False)
+class DatumArrays:
+    """One datum as arrays: model input ``tokens`` (N,) and ``loss_fn_inputs`` by name.
+
+    ``inputs["target_tokens"][t]`` is the token after ``tokens[t]``; float inputs (``weights``,
+    ``advantages``, ``logprobs``) are per token too, each of shape (N,).
+
+    Example::
+
+        DatumArrays(tokens=np.array([104, 105]), inputs={"target_tokens": np.array([105, 256]),
+                                                         "weights": np.ones(2, np.float32)})
+    """
+
+    tokens: np.ndarray
+    inputs: Mapping[str, np.ndarray]
+
+
+@attrs.frozen(eq=False)
+class FwdBwdResult:
+    """Per-datum target logprobs (float32, shape (N,)) and ``name:reduction`` metrics.
+
+    Example::
+
+        res = model.forward_backward(batch, "cross_entropy", backward=False)
+        res.metrics["loss:sum"], res.logprobs[0]
+    """
+
+    logprobs: list[np.ndarray]
+    metrics: dict[str, float]
+
+
+def context_indices(tokens: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+    """Embedding rows seen at each position: shape (M, CONTEXT), column k = token at ``t - k``.
+
+    ``tokens`` may be several sequences concatenated, with ``starts`` (M,) the index where the
+    sequence of each position begins (default: one sequence). Before a start: ``PAD_INDEX``.
+    """
+    m = tokens.shape[0]
+    idx = np.arange(m)
+    pos = idx if starts is None else idx - starts
+    ctx = np.full((m, CONTEXT), PAD_INDEX, dtype=np.int64)
+    ctx[:, 0] = tokens
+    for k in range(1, CONTEXT):
+        valid = pos >= k
+        ctx[valid, k] = tokens[idx[valid] - k]
+    return ctx
+
+
+def logits_from_weights(weights: Mapping[str, np.ndarray], ctx: np.ndarray) -> np.ndarray:
+    """Logits (M, VOCAB_SIZE) for context rows ``ctx`` (from ``context_indices``), given
+    effective weights as from ``TinyByteLM.sampler_weights()``."""
+    x = weights["embed"][ctx].reshape(ctx.shape[0], -1)
+    h = np.tanh(x @ weights["w1"] + weights["b1"])
+    out: np.ndarray = h @ weights["w2"] + weights["b2"]
+    return out
+
+
+def _optional_threadpoolctl() -> Any:
+    try:
+        return importlib.import_module("threadpoolctl")
+    except ImportError:  # pragma: no cover - optional dependency
+        return None
+
+
+# Keeps BLAS to one thread: a tiny model gains nothing from threads, and under CPU contention
+# OpenBLAS's spinning worker threads make a 1 ms step take 100 ms. A module, not mutable state.
+_THREADPOOLCTL: Any = _optional_threadpoolctl()
+
+
+def single_thread_blas() -> contextlib.AbstractContextManager[Any]:
+    """A context in which numpy's BLAS uses one thread (a no-op without ``threadpoolctl``).
+
+    Example::
+
+        with single_thread_blas():
+            logits = logits_from_weights(weights, ctx)
+    """
+    if _THREADPOOLCTL is None:
+        return contextlib.nullcontext()
+    limits: contextlib.AbstractContextManager[Any] = _THREADPOOLCTL.threadpool_limits(
+        limits=1, user_api="blas"
+    )
+    return limits
+
+
+class _BlasLimiter:
+    """Per-model ``single_thread_blas`` with the library scan done once (about 1 ms)."""
+
+    def __init__(self) -> None:
+        self._controller: Any = None
+        if _THREADPOOLCTL is not None:
+            self._controller = _THREADPOOLCTL.ThreadpoolController()
+
+    def __call__(self) -> contextlib.AbstractContextManager[Any]:
+        if self._controller is None:
+            return contextlib.nullcontext()
+        limits: contextlib.AbstractContextManager[Any] = self._controller.limit(
+            limits=1, user_api="blas"
+        )
+        return limits
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=-1, keepdims=True)
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
+
+
+class TinyByteLM:
+    """The tiny byte-level model with its gradients and AdamW state (see module docstring).
+
+    ``forward_backward(..., backward=True)`` accumulates gradients; ``optim_step`` applies and
+    clears them. Same ``seed`` and same sequence of calls give bit-identical weights.
+    ``dtype=np.float64`` is for gradient checks.
+
+    Example::
+
+        model = TinyByteLM(seed=0, lora_rank=8)
+        model.forward_backward(batch, "ppo", {"clip_high_threshold": 1.1}, backward=True)
+        model.optim_step(AdamConfig(learning_rate=1e-3))
+    """
+
+    lora_rank: int
+
+    def __init__(
+        self, *, seed: int, lora_rank: int = 0, dtype: type[np.floating] = np.float32
+    ) -> None:
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+            raise ModelInputError("lora_rank", f"must be an integer >= 0, got {lora_rank!r}")
+        self.lora_rank = lora_rank
+        self.seed = seed
+        self._dtype = dtype
+        rng = np.random.default_rng(seed)
+        p: dict[str, np.ndarray] = {}
+        p["embed"] = rng.standard_normal(_BASE_SHAPES["embed"]).astype(dtype)
+        p["w1"] = (rng.standard_normal(_BASE_SHAPES["w1"]) / np.sqrt(CONTEXT * EMBED_DIM)).astype(
+            dtype
+        )
+        p["b1"] = np.zeros(_BASE_SHAPES["b1"], dtype=dtype)
+        p["w2"] = (rng.standard_normal(_BASE_SHAPES["w2"]) / np.sqrt(HIDDEN_DIM)).astype(dtype)
+        p["b2"] = np.zeros(_BASE_SHAPES["b2"], dtype=dtype)
+        if lora_rank:
+            for name in LORA_TARGETS:
+                fan_in, fan_out = _BASE_SHAPES[name]
+                a = rng.standard_normal((fan_in, lora_rank)) / np.sqrt(fan_in)
+                p[f"{name}.lora_a"] = a.astype(dtype)
+                p[f"{name}.lora_b"] = np.zeros((lora_rank, fan_out), dtype=dtype)
+            self._trainable = tuple(f"{n}.lora_{ab}" for n in LORA_TARGETS for ab in "ab")
+        else:
+            self._trainable = tuple(_BASE_SHAPES)
+        self._params = p
+        self._shapes = {k: v.shape for k, v in p.items()}
+        self._grads = {k: np.zeros_like(p[k]) for k in self._trainable}
+        self._adam = AdamW({k: self._shapes[k] for k in self._trainable}, dtype)
+        self._blas = _BlasLimiter()
+
+    # ----------------------------------------------------------------- weights
+
+    @property
+    def lora_scale(self) -> float:
+        """``LORA_ALPHA / lora_rank`` (0 without LoRA)."""
+        return LORA_ALPHA / self.lora_rank if self.lora_rank else 0.0
+
+    @property
+    def optim_steps(self) -> int:
+        """How many optimizer steps have been applied (restored by ``load_state``)."""
+        return self._adam.step_count
+
+    def _effective(self, name: str) -> np.ndarray:
+        w = self._params[name]
+        if self.lora_rank and name in LORA_TARGETS:
+            a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
+            eff: np.ndarray = w + self._dtype(self.lora_scale) * (a @ b)
+            return eff
+        return w
+
+    def sampler_weights(self) -> dict[str, np.ndarray]:
+        """Float32 copies of the effective weights (LoRA merged): what a sampler needs."""
+        with self._blas():
+            return {k: np.array(self._effective(k), dtype=np.float32) for k in _BASE_SHAPES}
+
+    def trainable_weights(self) -> dict[str, np.ndarray]:
+        """Copies of the trained parameters (LoRA adapters when ``lora_rank > 0``)."""
+        return {k: self._params[k].copy() for k in self._trainable}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Copies of the accumulated (not yet applied) gradients of the trained parameters."""
+        return {k: g.copy() for k, g in self._grads.items()}
+
+    def zero_grad(self) -> None:
+        """Drop the accumulated gradients."""
+        for g in self._grads.values():
+            g.fill(0.0)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, *, optimizer: bool) -> dict[str, np.ndarray]:
+        """Copies of everything needed to restore: ``param/<name>`` for every parameter,
+        ``lora_rank``, and with ``optimizer`` the Adam state under ``adam/``. npz-friendly.
+
+        Example::
+
+            np.savez(path, **model.state(optimizer=True))
+        """
+        out = {f"param/{k}": v.copy() for k, v in self._params.items()}
+        out["lora_rank"] = np.asarray(self.lora_rank, dtype=np.int64)
+        if optimizer:
+            out.update({f"adam/{k}": v for k, v in self._adam.state().items()})
+        return out
+
+    def load_state(self, state: Mapping[str, np.ndarray], *, optimizer: bool) -> None:
+        """Restore from ``state()`` output; drops accumulated gradients.
+
+        With ``optimizer=False`` the Adam state is reset. Raises ``ModelInputError`` (and
+        changes nothing) on a LoRA-rank or shape mismatch or missing optimizer state.
+        """
+        if "lora_rank" in state:
+            rank = np.asarray(state["lora_rank"])
+            if rank.shape != () or int(rank) != self.lora_rank:
+                raise ModelInputError(
+                    "state.lora_rank",
+                    f"checkpoint has LoRA rank {rank}, this model has {self.lora_rank}",
+                )
+        for name, shape in self._shapes.items():
+            key = f"param/{name}"
+            if key not in state:
+                raise ModelInputError("state", f"missing {key!r} (LoRA rank or model mismatch?)")
+            arr = np.asarray(state[key])
+            if arr.shape != shape:
+                raise ModelInputError(f"state.{key}", f"shape {arr.shape}, expected {shape}")
+            if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                raise ModelInputError(f"state.{key}", "must be finite floating point")
+        extra = sorted(
+            k[len("param/") :]
+            for k in state
+            if k.startswith("param/") and k[len("param/") :] not in self._shapes
+        )
+        if extra:
+            raise ModelInputError("state", f"unexpected parameters {extra} (LoRA rank mismatch?)")
+        adam_state = {k[len("adam/") :]: v for k, v in state.items() if k.startswith("adam/")}
+        if optimizer:
+            self._adam.check_state(adam_state)
+        # validated: now mutate
+        for name in self._shapes:
+            self._params[name][...] = state[f"param/{name}"]
+        if optimizer:
+            self._adam.load_state(adam_state)
+        else:
+            self._adam.reset()
+        self.zero_grad()
+
+    # ------------------------------------------------------------- training
+
+    def forward_backward(
+        self,
+        batch: Sequence[DatumArrays],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+        *,
+        backward: bool,
+    ) -> FwdBwdResult:
+        """Target logprobs and the loss of ``batch``; with ``backward``, add its gradient to
+        the accumulated gradients (``backward=False`` is ``forward``: no gradient change).
+
+        Everything is validated first: on ``ModelInputError`` no state has changed.
+        """
+        config = resolve_config(loss_fn, loss_fn_config)
+        tokens, inputs, lengths = _validate_batch(batch, loss_fn)
+        with self._blas():
+            return self._forward_backward(tokens, inputs, lengths, loss_fn, config, backward)
+
+    def _forward_backward(
+        self,
+        tokens: np.ndarray,
+        inputs: dict[str, np.ndarray],
+        lengths: np.ndarray,
+        loss_fn: str,
+        config: Mapping[str, float],
+        backward: bool,
+    ) -> FwdBwdResult:
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ctx = context_indices(tokens, starts)
+        targets = inputs["target_tokens"]
+        cache = self._forward(ctx)
+        logp_all: np.ndarray = cache["logp_all"]
+        lp = logp_all[np.arange(targets.shape[0]), targets]
+        out = compute_loss(loss_fn, lp, inputs, config)
+        if backward:
+            if not np.all(np.isfinite(out.grad)):
+                raise ModelInputError(
+                    "loss_fn_inputs.logprobs",
+                    "the importance ratio exp(logprobs_model - logprobs) overflows; "
+                    "are the sampler logprobs right?",
+                )
+            self._backward(ctx, targets, out.grad, cache)
+        split = np.split(lp.astype(np.float32), np.cumsum(lengths)[:-1])
+        return FwdBwdResult(logprobs=split, metrics=dict(out.metrics))
+
+    def optim_step(self, adam: AdamConfig) -> dict[str, float]:
+        """Apply the accumulated gradients with AdamW, then clear them.
+
+        Returns metrics ``grad_norm:mean`` (before clipping) and ``learning_rate:mean``.
+        """
+        adam.validate()
+        with self._blas():
+            metrics = self._adam.step(self._params, self._grads, adam)
+        self.zero_grad()
+        return metrics
+
+    def _forward(self, ctx: np.ndarray) -> dict[str, np.ndarray]:
+        x = self._params["embed"][ctx].reshape(ctx.shape[0], -1)
+        w1, w2 = self._effective("w1"), self._effective("w2")
+        h = np.tanh(x @ w1 + self._params["b1"])
+        z = h @ w2 + self._params["b2"]
+        return {"x": x, "h": h, "w1": w1, "w2": w2, "logp_all": _log_softmax(z)}
+
+    def _backward(
+        self,
+        ctx: np.ndarray,
+        targets: np.ndarray,
+        dlp: np.ndarray,
+        cache: Mapping[str, np.ndarray],
+    ) -> None:
+        dt = self._dtype
+        g = dlp.astype(dt)
+        rows = np.arange(targets.shape[0])
+        # d lp / d z = onehot(target) - softmax(z)
+        dz = -np.exp(cache["logp_all"]) * g[:, None]
+        dz[rows, targets] += g
+        h, x = cache["h"], cache["x"]
+        dw2 = h.T @ dz
+        dh = dz @ cache["w2"].T
+        da = dh * (dt(1.0) - h * h)
+        dw1 = x.T @ da
+        if self.lora_rank:
+            s = dt(self.lora_scale)
+            for name, dw in (("w1", dw1), ("w2", dw2)):
+                a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
+                self._grads[f"{name}.lora_a"] += s * (dw @ b.T)
+                self._grads[f"{name}.lora_b"] += s * (a.T @ dw)
+            return
+        self._grads["w2"] += dw2
+        self._grads["b2"] += dz.sum(axis=0)
+        self._grads["w1"] += dw1
+        self._grads["b1"] += da.sum(axis=0)
+        dx = (da @ cache["w1"].T).reshape(ctx.shape[0] * CONTEXT, EMBED_DIM)
+        np.add.at(self._grads["embed"], ctx.reshape(-1), dx)
+
+
+def _validate_batch(
+    batch: Sequence[DatumArrays], loss_fn: str
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Check every datum; return concatenated tokens, required inputs and lengths."""
+    if len(batch) == 0:
+        raise ModelInputError("data", "the batch is empty")
+    required = REQUIRED_INPUTS[loss_fn]
+    tokens_parts: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in required}
+    lengths = np.empty(len(batch), dtype=np.int64)
+    for i, datum in enumerate(batch):
+        toks = np.asarray(datum.tokens)
+        if toks.ndim != 1:
+            raise ModelInputError("model_input", f"must be 1-D, got shape {toks.shape}", index=i)
+        n = toks.shape[0]
+        if n == 0:
+            raise ModelInputError("model_input", "is empty", index=i)
+        _check_tokens("model_input", toks, i)
+        tokens_parts.append(toks.astype(np.int64, copy=False))
+        lengths[i] = n
+        for name in required:
+            field = f"loss_fn_inputs.{name}"
+            if name not in datum.inputs:
+                raise ModelInputError(field, f"is required by {loss_fn!r}", index=i)
+            arr = np.asarray(datum.inputs[name])
+            if arr.shape != (n,):
+                raise ModelInputError(
+                    field, f"must have shape ({n},) like model_input, got {arr.shape}", index=i
+                )
+            if name in FLOAT_INPUTS:
+                if arr.dtype.kind not in "iuf":
+                    raise ModelInputError(field, f"must be numeric, got {arr.dtype}", index=i)
+                arr = arr.astype(np.float64)
+                if not np.all(np.isfinite(arr)):
+                    raise ModelInputError(field, "has non-finite values", index=i)
+            else:
+                _check_tokens(field, arr, i)
+                arr = arr.astype(np.int64, copy=False)
+            parts[name].append(arr)
+    tokens = np.concatenate(tokens_parts)
+    inputs = {name: np.concatenate(arrs) for name, arrs in parts.items()}
+    return tokens, inputs, lengths
+
+
+def _check_tokens(field: str, arr: np.ndarray, index: int) -> None:
+    if arr.dtype.kind not in "iu":
+        raise ModelInputError(field, f"must be integer tokens, got {arr.dtype}", index=index)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= VOCAB_SIZE):
+        bad = int(arr[(arr < 0) | (arr >= VOCAB_SIZE)][0])
+        raise ModelInputError(field, f"token {bad} is out of range [0, {VOCAB_SIZE})", index=index)
