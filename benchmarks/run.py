@@ -1,0 +1,305 @@
+"""Benchmarks: firetitan_async side by side with the tinker SDK on the same local trainer.
+
+Usage::
+
+    python benchmarks/run.py                 # full run (7 reps), writes benchmarks/RESULTS.md
+    python benchmarks/run.py --quick --json out.json   # 3 reps, < 5 minutes
+    python benchmarks/run.py --smoke         # tiny sizes, 1 rep (the test suite runs this)
+
+The local trainer runs in its own process (``python -m firetitan_async serve``), and every
+measured client run is its own process too (``run.py --worker SCENARIO --client CLIENT``,
+printing one JSON line), so the CPU time and RSS measured are the client's alone. Clients
+alternate (A B A B …) within each scenario; each figure is reported as the median with
+min–max over the repetitions, and ratios are ratios of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from _report import GOALS, machine_info, render_markdown
+from _scenarios import BACKENDS, CLIENTS, SCENARIOS, WorkerArgs, run_worker
+from _server import TrainerProcess
+from _stats import Summary, ratio, summarize
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS_MD = HERE / "RESULTS.md"
+
+
+@attrs.frozen
+class Plan:
+    """The sizes of one benchmark run."""
+
+    mode: str
+    reps: int
+    pipelined_steps: int = 20
+    throughput_ops: int = 2000
+    inflight: int = 256
+    stall_steps: int = 100
+    batch: int = 8
+    warmup: int = 16
+    latency_ms: float = 50.0
+    worker_timeout_s: float = 300.0
+
+
+PLANS = {
+    "full": Plan(mode="full", reps=7),
+    "quick": Plan(mode="quick", reps=3),
+    "smoke": Plan(
+        mode="smoke",
+        reps=1,
+        pipelined_steps=3,
+        throughput_ops=48,
+        inflight=16,
+        stall_steps=4,
+        batch=2,
+        warmup=4,
+        worker_timeout_s=60.0,
+    ),
+}
+
+# (label, client, backend) measured in each scenario, in the order of one round.
+CONTENDERS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "pipelined": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio")),
+    "throughput": (
+        ("ours", "ours", "asyncio"),
+        ("tinker", "tinker", "asyncio"),
+        ("httpx", "httpx", "asyncio"),
+        ("ours_trio", "ours", "trio"),
+    ),
+    "stall": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio")),
+}
+
+# The figures summarized per scenario (raw figures in the JSON and in RESULTS.md).
+FIGURES: dict[str, tuple[str, ...]] = {
+    "pipelined": ("steps_per_s", "wall_s", "server_compute_s", "cpu_s", "peak_rss_mb"),
+    "throughput": ("ops_per_s", "cpu_per_op_us", "wall_s", "cpu_s", "peak_rss_mb"),
+    "stall": ("max_stall_ms", "wall_s", "peak_rss_mb"),
+}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _spawn_worker(args: WorkerArgs, timeout_s: float) -> dict[str, Any]:
+    """Run one measured client run in a fresh process and return its JSON figures."""
+    command = [
+        sys.executable,
+        str(HERE / "run.py"),
+        "--worker",
+        args.scenario,
+        "--client",
+        args.client,
+        "--backend",
+        args.backend,
+        "--url",
+        args.url,
+        "--steps",
+        str(args.steps),
+        "--ops",
+        str(args.ops),
+        "--inflight",
+        str(args.inflight),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+    ]
+    env = {**os.environ, "TINKER_TELEMETRY": "0", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=ROOT, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"worker {args.scenario}/{args.client}/{args.backend} failed "
+            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    figures: dict[str, Any] = json.loads(lines[-1])
+    return figures
+
+
+def _run_scenario(
+    scenario: str, url: str, plan: Plan, steps: int
+) -> dict[str, list[dict[str, Any]]]:
+    """All repetitions of one scenario, the contenders alternating A B A B …"""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in CONTENDERS[scenario]}
+    for rep in range(plan.reps):
+        for label, client, backend in CONTENDERS[scenario]:
+            args = WorkerArgs(
+                scenario=scenario,  # type: ignore[arg-type]
+                client=client,  # type: ignore[arg-type]
+                url=url,
+                steps=steps,
+                ops=plan.throughput_ops,
+                inflight=plan.inflight,
+                batch=plan.batch,
+                warmup=plan.warmup,
+                backend=backend,  # type: ignore[arg-type]
+            )
+            figures = _spawn_worker(args, plan.worker_timeout_s)
+            runs[label].append(figures)
+            shown = ", ".join(f"{k}={figures[k]:.4g}" for k in FIGURES[scenario][:2])
+            _log(f"  {scenario:<10} rep {rep + 1}/{plan.reps} {label:<9} {shown}")
+    return runs
+
+
+def _summaries(
+    scenario: str, runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Summary]]:
+    return {
+        label: {fig: summarize([float(r[fig]) for r in reps]) for fig in FIGURES[scenario]}
+        for label, reps in runs.items()
+    }
+
+
+def run_benchmarks(plan: Plan) -> dict[str, Any]:
+    """Start the servers, run every scenario, and return the result document."""
+    started = time.monotonic()
+    raw: dict[str, dict[str, dict[str, Summary]]] = {}
+    _log(f"benchmarks ({plan.mode}: {plan.reps} rep(s)); latency {plan.latency_ms:g} ms")
+    with TrainerProcess(latency_ms=plan.latency_ms, cwd=ROOT) as server:
+        _log(f"local trainer with latency at {server.url}")
+        pipelined = _run_scenario("pipelined", server.url, plan, plan.pipelined_steps)
+        raw["pipelined"] = _summaries("pipelined", pipelined)
+        raw["stall"] = _summaries(
+            "stall", _run_scenario("stall", server.url, plan, plan.stall_steps)
+        )
+    with TrainerProcess(latency_ms=0, cwd=ROOT) as server:
+        _log(f"local trainer without latency at {server.url}")
+        raw["throughput"] = _summaries(
+            "throughput", _run_scenario("throughput", server.url, plan, plan.pipelined_steps)
+        )
+
+    latency_s = plan.latency_ms / 1e3
+    ours_p = raw["pipelined"]["ours"]
+    ideal = ours_p["server_compute_s"].median + 2 * latency_s
+    thr = raw["throughput"]
+    keys: dict[str, float] = {
+        "pipelined_vs_tinker_steps_ratio": ratio(
+            ours_p["steps_per_s"], raw["pipelined"]["tinker"]["steps_per_s"]
+        ),
+        "pipelined_vs_ideal_ratio": ours_p["wall_s"].median / ideal if ideal > 0 else math.nan,
+        "throughput_vs_tinker_ratio": ratio(thr["ours"]["ops_per_s"], thr["tinker"]["ops_per_s"]),
+        "throughput_vs_httpx_ratio": ratio(thr["ours"]["ops_per_s"], thr["httpx"]["ops_per_s"]),
+        "cpu_per_op_vs_tinker_ratio": ratio(
+            thr["ours"]["cpu_per_op_us"], thr["tinker"]["cpu_per_op_us"]
+        ),
+        "max_loop_stall_ms": raw["stall"]["ours"]["max_stall_ms"].median,
+        "tinker_max_loop_stall_ms": raw["stall"]["tinker"]["max_stall_ms"].median,
+    }
+    document: dict[str, Any] = dict(keys)
+    document["goals"] = {
+        goal.key: {"goal": goal.text, "met": goal.met(keys[goal.key])} for goal in GOALS
+    }
+    document["raw"] = {
+        scenario: {
+            label: {fig: s.as_dict() for fig, s in figs.items()} for label, figs in by_label.items()
+        }
+        for scenario, by_label in raw.items()
+    }
+    document["meta"] = {
+        "mode": plan.mode,
+        "plan": attrs.asdict(plan),
+        "ideal_pipelined_wall_s": ideal,
+        "duration_s": time.monotonic() - started,
+        "machine": machine_info(),
+        "command": "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:]),
+    }
+    return document
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="3 repetitions (< 5 minutes)")
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition (< 30 s)")
+    parser.add_argument("--json", metavar="FILE", help="write the result document here")
+    parser.add_argument("--reps", type=int, help="override the number of repetitions")
+    worker = parser.add_argument_group("worker mode (one measured client run; internal)")
+    worker.add_argument("--worker", choices=SCENARIOS, help="run one scenario in this process")
+    worker.add_argument("--client", choices=CLIENTS, default="ours")
+    worker.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    worker.add_argument("--url")
+    worker.add_argument("--steps", type=int, default=20)
+    worker.add_argument("--ops", type=int, default=2000)
+    worker.add_argument("--inflight", type=int, default=256)
+    worker.add_argument("--batch", type=int, default=8)
+    worker.add_argument("--warmup", type=int, default=16)
+    worker.add_argument("--profile", metavar="FILE", help="worker: write a pyinstrument profile")
+    return parser
+
+
+def _worker_main(ns: argparse.Namespace) -> int:
+    if not ns.url:
+        raise SystemExit("--worker needs --url")
+    args = WorkerArgs(
+        scenario=ns.worker,
+        client=ns.client,
+        url=ns.url,
+        steps=ns.steps,
+        ops=ns.ops,
+        inflight=ns.inflight,
+        batch=ns.batch,
+        warmup=ns.warmup,
+        backend=ns.backend,
+    )
+    if ns.profile:
+        from _profile import profiled
+
+        with profiled(ns.profile):
+            figures = run_worker(args)
+    else:
+        figures = run_worker(args)
+    sys.stdout.write(json.dumps(figures) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown (the SDK's loop thread is never joined)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks (or, with ``--worker``, one measured client run)."""
+    ns = _parser().parse_args(argv)
+    if ns.worker:
+        return _worker_main(ns)
+    plan = PLANS["smoke" if ns.smoke else "quick" if ns.quick else "full"]
+    if ns.reps:
+        plan = attrs.evolve(plan, reps=ns.reps)
+    document = _finite_or_none(run_benchmarks(plan))
+    text = json.dumps(document, indent=2)
+    if ns.json:
+        Path(ns.json).write_text(text + "\n")
+    for goal in GOALS:
+        value = document.get(goal.key)
+        verdict = "met" if document["goals"][goal.key]["met"] else "MISSED"
+        _log(f"{goal.key:<34} {value!s:>10.8}  goal {goal.text:<7} {verdict}")
+    _log(f"{'tinker_max_loop_stall_ms':<34} {document['tinker_max_loop_stall_ms']!s:>10.8}")
+    if plan.mode == "full" and not ns.reps:
+        RESULTS_MD.write_text(render_markdown(document))
+        _log(f"wrote {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
