@@ -572,6 +572,13 @@ def test_bad_loss_config_is_rejected(
     assert_states_equal(before, full_state(model))
 
 
+@pytest.mark.parametrize("rank", [-1, 257, True])
+def test_bad_lora_rank_is_rejected(rank: int) -> None:
+    with pytest.raises(ModelInputError) as info:
+        TinyByteLM(seed=0, lora_rank=rank)
+    assert info.value.field == "lora_rank"
+
+
 def test_empty_batch_and_extra_inputs() -> None:
     model = TinyByteLM(seed=0)
     with pytest.raises(ModelInputError) as info:

@@ -39,6 +39,7 @@ __all__ = [
     "EOS_TOKEN",
     "HIDDEN_DIM",
     "LORA_ALPHA",
+    "LORA_MAX_RANK",
     "MODEL_NAME",
     "PAD_INDEX",
     "VOCAB_SIZE",
@@ -60,6 +61,7 @@ CONTEXT = 4  # tokens seen per position: the current one and 3 before it
 EMBED_DIM = 32
 HIDDEN_DIM = 128
 LORA_ALPHA = 32.0
+LORA_MAX_RANK = 256
 LORA_TARGETS = ("w1", "w2")
 
 _BASE_SHAPES: dict[str, tuple[int, ...]] = {
@@ -198,8 +200,14 @@ class TinyByteLM:
     def __init__(
         self, *, seed: int, lora_rank: int = 0, dtype: type[np.floating] = np.float32
     ) -> None:
-        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-            raise ModelInputError("lora_rank", f"must be an integer >= 0, got {lora_rank!r}")
+        if (
+            isinstance(lora_rank, bool)
+            or not isinstance(lora_rank, int)
+            or not 0 <= lora_rank <= LORA_MAX_RANK
+        ):
+            raise ModelInputError(
+                "lora_rank", f"must be an integer in [0, {LORA_MAX_RANK}], got {lora_rank!r}"
+            )
         self.lora_rank = lora_rank
         self.seed = seed
         self._dtype = dtype

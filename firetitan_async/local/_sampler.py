@@ -100,37 +100,39 @@ def _sample(
     temperature: float,
     top_k: int,
     top_p: float,
-    stops: Sequence[np.ndarray],
+    stops: Sequence[list[int]],
     rng: np.random.Generator,
 ) -> list[SampledSequence]:
 
     tails = np.empty((num_samples, CONTEXT), dtype=np.int64)  # tails[:, k] = token at t - k
     tails[:] = _tail(prompt_arr)
-    out_tokens = np.empty((num_samples, max_tokens), dtype=np.int32)
-    out_logprobs = np.empty((num_samples, max_tokens), dtype=np.float32)
-    lengths = np.zeros(num_samples, dtype=np.int64)
+    generated: list[list[int]] = [[] for _ in range(num_samples)]
+    logprobs: list[list[float]] = [[] for _ in range(num_samples)]
     reasons: list[StopReason] = ["length"] * num_samples
+    stop_last = {int(seq[-1]) for seq in stops}
     active = np.arange(num_samples)
-    for step in range(max_tokens):
+    for _ in range(max_tokens):
         if active.size == 0:
             break
         logits = logits_from_weights(weights, tails[active]).astype(np.float64)
         chosen, chosen_lp = _draw(logits, temperature, top_k, top_p, rng)
-        out_tokens[active, step] = chosen
-        out_logprobs[active, step] = chosen_lp
-        lengths[active] = step + 1
         tails[active, 1:] = tails[active, :-1]
         tails[active, 0] = chosen
-        still = np.ones(active.size, dtype=bool)
-        for j, s in enumerate(active):
-            if chosen[j] == EOS_TOKEN or _ends_with_stop(out_tokens[s, : step + 1], stops):
-                reasons[s] = "stop"
+        still = chosen != EOS_TOKEN
+        for j, (s, token, lp) in enumerate(
+            zip(active.tolist(), chosen.tolist(), chosen_lp.tolist(), strict=True)
+        ):
+            generated[s].append(token)
+            logprobs[s].append(lp)
+            if token in stop_last and _ends_with_stop(generated[s], stops):
                 still[j] = False
+        for s in active[~still].tolist():
+            reasons[s] = "stop"
         active = active[still]
     return [
         SampledSequence(
-            tokens=out_tokens[s, : lengths[s]].copy(),
-            logprobs=out_logprobs[s, : lengths[s]].copy(),
+            tokens=np.asarray(generated[s], dtype=np.int32),
+            logprobs=np.asarray(logprobs[s], dtype=np.float32),
             stop_reason=reasons[s],
         )
         for s in range(num_samples)
@@ -165,6 +167,11 @@ def _draw(
         return chosen, _log_softmax(logits)[rows, chosen]
     logp = _log_softmax(logits / temperature)
     probs = np.exp(logp)
+    if top_k < 0 and top_p >= 1.0:  # no filtering: draw from the full distribution
+        cdf = np.cumsum(probs, axis=1)
+        u = rng.random(logits.shape[0]) * cdf[:, -1]
+        chosen = np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+        return chosen, logp[rows, chosen]
     # candidates by decreasing probability (stable: ties keep the lower token first)
     order = np.argsort(-probs, axis=1, kind="stable")
     sorted_p = np.take_along_axis(probs, order, axis=1)
@@ -198,9 +205,9 @@ def _tail(prompt: np.ndarray) -> np.ndarray:
     return tail
 
 
-def _ends_with_stop(generated: np.ndarray, stops: Sequence[np.ndarray]) -> bool:
-    n = generated.shape[0]
-    return any(s.shape[0] <= n and np.array_equal(generated[n - s.shape[0] :], s) for s in stops)
+def _ends_with_stop(generated: list[int], stops: Sequence[list[int]]) -> bool:
+    n = len(generated)
+    return any(len(s) <= n and generated[n - len(s) :] == s for s in stops)
 
 
 def _check_prompt(prompt: np.ndarray) -> np.ndarray:
@@ -213,14 +220,14 @@ def _check_prompt(prompt: np.ndarray) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _check_stop(stop: Sequence[Sequence[int]]) -> list[np.ndarray]:
+def _check_stop(stop: Sequence[Sequence[int]]) -> list[list[int]]:
     out = []
     for i, seq in enumerate(stop):
         arr = np.asarray(seq)
         if arr.ndim != 1 or arr.shape[0] == 0:
             raise ModelInputError(f"stop[{i}]", "must be a non-empty sequence of tokens")
         _check_token_values(f"stop[{i}]", arr)
-        out.append(arr.astype(np.int64, copy=False))
+        out.append([int(t) for t in arr])
     return out
 
 
