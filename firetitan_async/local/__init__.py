@@ -1,0 +1,19 @@
+"""``firetitan_async.local``: a local, wire-compatible trainer with a tiny real model.
+
+:class:`LocalTrainer` serves the Tinker data plane (``/api/v1/...``) and the Fireworks
+trainer-job control plane (``/v1/accounts/{account_id}/rlorTrainerJobs``) on loopback, backed
+by ``local/tiny-byte-lm``, a byte-level numpy model that trains in milliseconds.
+
+Example::
+
+    from firetitan_async.local import LocalTrainer
+
+    async with LocalTrainer(seed=0) as lt:
+        print(lt.base_url)
+"""
+
+from __future__ import annotations
+
+from ._trainer import LocalTrainer
+
+__all__ = ["LocalTrainer"]

@@ -1,0 +1,934 @@
+"""The Tinker data plane (``/api/v1/...``) of the local trainer, as Starlette routes.
+
+Every operation that the tinker SDK treats as a future (``create_model``, ``forward_backward``,
+``optim_step``, ``save_weights``, ``load_weights``, ``save_weights_for_sampler``, ``asample``)
+is answered at once with ``{"request_id", "model_id"?}`` and completed later; training
+operations run in ``seq_id`` order per model (``OrderedExecutor``). ``retrieve_future`` holds
+the poll until the result exists or ``long_poll_s`` passes. Every 4xx carries
+``{"detail": "<exactly what is wrong>"}``; a rejected training submission that names a valid
+model and ``seq_id`` still consumes that ``seq_id`` and changes no state.
+
+Fireworks extensions: ``save_weights_for_sampler`` accepts ``checkpoint_type`` (``"base"`` or
+``"delta"``) and ``ttl_seconds``; ``GET checkpoints`` accepts ``job_id=``; checkpoints list
+``snapshot_type`` and ``job_id`` as extra fields.
+
+Example::
+
+    app = Starlette(routes=data_plane_routes())   # state at request.app.state.server
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ._checkpoint_store import RunInfo, check_name, parse_tinker_path, rfc3339
+from ._future_store import FutureReply, UnknownFuture
+from ._http_errors import ApiError
+from ._input_error import ModelInputError
+from ._json_body import read_json_object
+from ._model import MODEL_NAME, VOCAB_SIZE, TinyByteLM
+from ._ordering import Operation, OrderedExecutor
+from ._proto_codec import (
+    decode_forward_backward,
+    encode_forward_backward_output,
+    encode_sample_response,
+)
+from ._server_state import ServerState
+from ._sessions import SamplingSession, TrainingModel
+from ._submission_checks import check_adam, check_forward_backward
+
+__all__ = ["JOB_SCOPE_KEY", "data_plane_routes"]
+
+JOB_SCOPE_KEY = "firetitan.job_id"
+"""ASGI scope key holding the job id when a request came in under ``/jobs/{job_id}``."""
+
+MAX_CONTEXT = 4096
+DEFAULT_MAX_TOKENS = 16
+MAX_SAMPLES = 256
+
+_T = TypeVar("_T")
+
+
+# -- request helpers ----------------------------------------------------------------------------
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+def _job_id(request: Request) -> str | None:
+    job_id = request.scope.get(JOB_SCOPE_KEY)
+    return job_id if isinstance(job_id, str) else None
+
+
+def _get(body: Mapping[str, Any], name: str, kind: type[_T] | tuple[type, ...], what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool and bool not in _tuple(kind):
+        raise ApiError(400, f"{name} must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ApiError(400, f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _req_str(body: Mapping[str, Any], name: str) -> str:
+    value = _get(body, name, str, "a string")
+    if not value:
+        raise ApiError(400, f"{name} is required")
+    return str(value)
+
+
+def _opt_int(body: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int | None:
+    value = _get(body, name, int, "an integer")
+    if value is not None and minimum is not None and value < minimum:
+        raise ApiError(400, f"{name} must be >= {minimum}, got {value}")
+    return None if value is None else int(value)
+
+
+def _req_int(body: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int:
+    value = _opt_int(body, name, minimum=minimum)
+    if value is None:
+        raise ApiError(400, f"{name} is required")
+    return value
+
+
+def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = _get(body, name, bool, "true or false")
+    return default if value is None else bool(value)
+
+
+def _str_map(body: Mapping[str, Any], name: str) -> dict[str, str] | None:
+    value = _get(body, name, dict, "an object")
+    if value is None:
+        return None
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _ttl(body: Mapping[str, Any]) -> int | None:
+    return _opt_int(body, "ttl_seconds", minimum=1)
+
+
+def _future(request_id: str, model_id: str | None = None, **extra: Any) -> JSONResponse:
+    payload: dict[str, Any] = {"request_id": request_id}
+    if model_id is not None:
+        payload["model_id"] = model_id
+    payload.update(extra)
+    return JSONResponse(payload)
+
+
+def _user_error(exc: ModelInputError) -> ApiError:
+    return ApiError(400, str(exc))
+
+
+# -- bootstrap and sessions ---------------------------------------------------------------------
+
+
+async def client_config(request: Request) -> Response:
+    await read_json_object(request)
+    return JSONResponse(
+        {
+            "use_pyqwest_transport": False,
+            "pjwt_auth_enabled": False,
+            "credential_default_source": "api_key",
+            "parallel_fwdbwd_chunks": True,
+            "proto_compress_fwdbwd": False,
+            "sample_use_retrieve_futures": False,
+            "custom_loss_server_side": False,
+            "sample_join_sampling_session": False,
+        }
+    )
+
+
+async def dynamic_config(request: Request) -> Response:
+    await read_json_object(request)
+    return JSONResponse(
+        {"refresh_interval_sec": 300, "sample_cancel_enabled": False,
+         "sample_cancel_max_batch_size": 64}
+    )
+
+
+async def create_session(request: Request) -> Response:
+    body = await read_json_object(request)
+    metadata = _get(body, "user_metadata", dict, "an object") or {}
+    _get(body, "tags", list, "a list of strings")
+    session = _state(request).registry.new_session(job_id=_job_id(request), user_metadata=metadata)
+    return JSONResponse({"type": "create_session", "session_id": session.session_id})
+
+
+async def session_heartbeat(request: Request) -> Response:
+    body = await read_json_object(request)
+    session = _state(request).registry.session(_req_str(body, "session_id"))
+    session.last_heartbeat_s = time.time()
+    return JSONResponse({"type": "session_heartbeat"})
+
+
+async def telemetry(request: Request) -> Response:
+    # Telemetry may carry request headers (the SDK puts X-API-Key there): never log or keep it.
+    await request.body()
+    return JSONResponse({"status": "accepted"})
+
+
+async def finish_session(request: Request) -> Response:
+    await read_json_object(request)
+    session = _state(request).registry.session(request.path_params["session_id"])
+    session.finished = True
+    return JSONResponse({})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def server_capabilities(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "supported_models": [
+                {"model_name": MODEL_NAME, "max_context_length": MAX_CONTEXT,
+                 "trainable": True, "sampleable": True}
+            ]
+        }
+    )
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+def _check_base_model(base_model: object) -> str:
+    if base_model != MODEL_NAME:
+        raise ApiError(
+            400,
+            f"base_model {base_model!r} is not supported; the local trainer serves only "
+            f"{MODEL_NAME!r}",
+        )
+    return MODEL_NAME
+
+
+def _check_job_match(state: ServerState, job_id: str | None, lora_rank: int) -> None:
+    if job_id is None:
+        return
+    job = state.jobs.get(job_id)
+    if lora_rank != job.lora_rank:
+        raise ApiError(
+            400,
+            f"trainer job {job_id!r} was created with loraRank={job.lora_rank}; "
+            f"a training client with lora_rank={lora_rank} does not match it",
+        )
+
+
+def _new_model(
+    state: ServerState,
+    *,
+    session_id: str,
+    model_seq_id: int,
+    lora_rank: int,
+    job_id: str | None,
+    user_metadata: Mapping[str, str] | None,
+    first_seq: int,
+    seed: int,
+) -> TrainingModel:
+    model_id = f"{session_id}:train:{model_seq_id}"
+    if model_id in state.registry.models:
+        raise ApiError(
+            400, f"model_seq_id {model_seq_id} of session {session_id} is already used "
+            f"(model {model_id} exists)"
+        )
+    try:
+        model = TinyByteLM(seed=seed, lora_rank=lora_rank)
+    except ModelInputError as exc:
+        raise _user_error(exc) from None
+    executor = OrderedExecutor(
+        model_id,
+        first_seq=first_seq,
+        futures=state.futures,
+        spawn=state.tasks.spawn,
+        on_compute=state.stats.add_compute,
+    )
+    run = RunInfo(model_id, MODEL_NAME, lora_rank, job_id, user_metadata)
+    entry = TrainingModel(run=run, session_id=session_id, model=model, executor=executor)
+    state.registry.models[model_id] = entry
+    return entry
+
+
+async def create_model(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    session = state.registry.session(_req_str(body, "session_id"))
+    model_seq_id = _req_int(body, "model_seq_id", minimum=0)
+    _check_base_model(body.get("base_model"))
+    lora = _get(body, "lora_config", dict, "an object") or {}
+    rank = _opt_int(lora, "rank", minimum=0) or 0
+    lora_seed = _opt_int(lora, "seed")
+    optimizer = _get(body, "optimizer_config", dict, "an object") or {"type": "adamw"}
+    if optimizer.get("type", "adamw") != "adamw":
+        raise ApiError(
+            400, f"optimizer_config type {optimizer.get('type')!r} is not supported (only adamw)"
+        )
+    job_id = _job_id(request) or session.job_id
+    _check_job_match(state, job_id, rank)
+    entry = _new_model(
+        state,
+        session_id=session.session_id,
+        model_seq_id=model_seq_id,
+        lora_rank=rank,
+        job_id=job_id,
+        user_metadata=_str_map(body, "user_metadata"),
+        first_seq=1,
+        seed=state.config.seed if lora_seed is None else lora_seed,
+    )
+    request_id = state.futures.create("CreateModel")
+    state.futures.complete(
+        request_id, FutureReply.json({"model_id": entry.model_id, "type": "create_model"})
+    )
+    return _future(request_id, entry.model_id)
+
+
+def _info(entry: TrainingModel) -> dict[str, Any]:
+    rank = entry.run.lora_rank
+    return {
+        "type": "get_info",
+        "model_id": entry.model_id,
+        "model_data": {"arch": "tiny-byte-lm", "model_name": MODEL_NAME},
+        "is_lora": rank > 0,
+        "lora_rank": rank if rank > 0 else None,
+        "model_name": MODEL_NAME,
+        "optimizer_config": dict(entry.optimizer_config),
+    }
+
+
+async def get_info(request: Request) -> Response:
+    body = await read_json_object(request)
+    entry = _state(request).registry.model(_req_str(body, "model_id"))
+    return JSONResponse(_info(entry))
+
+
+# -- training operations ------------------------------------------------------------------------
+
+
+def _submit(
+    state: ServerState,
+    entry: TrainingModel,
+    seq_id: int | None,
+    kind: str,
+    build: Callable[[], Operation],
+) -> Response:
+    """Check ``seq_id``, build the operation (a 4xx consumes the seq_id), queue it."""
+    executor = entry.executor
+    seq = executor.assign_seq(seq_id)
+    entry.last_request_s = time.time()
+    try:
+        op = build()
+    except ModelInputError as exc:
+        executor.skip(seq)
+        raise _user_error(exc) from None
+    except ApiError:
+        executor.skip(seq)
+        raise
+    request_id = state.futures.create(kind)
+    executor.submit(seq, request_id, op)
+    return _future(request_id, entry.model_id)
+
+
+async def forward_backward(request: Request) -> Response:
+    state = _state(request)
+    sub = decode_forward_backward(
+        await request.body(), content_encoding=request.headers.get("content-encoding")
+    )
+    entry = state.registry.model(sub.model_id)
+
+    def build() -> Operation:
+        check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
+
+        def op() -> FutureReply:
+            result = entry.model.forward_backward(
+                sub.data, sub.loss_fn, sub.loss_fn_config or None, backward=not sub.forward_only
+            )
+            return FutureReply.proto(
+                encode_forward_backward_output(result.logprobs, result.metrics)
+            )
+
+        return op
+
+    kind = "Forward" if sub.forward_only else "ForwardBackward"
+    return _submit(state, entry, sub.seq_id, kind, build)
+
+
+async def optim_step(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    seq_id = _opt_int(body, "seq_id")
+
+    def build() -> Operation:
+        params = body.get("adam_params", body.get("optim_params"))
+        if params is None:
+            other = body.get("optimizer_params")
+            if other is not None:
+                kind = other.get("type") if isinstance(other, dict) else other
+                raise ApiError(
+                    400, f"optimizer_params of type {kind!r} are not supported (only adam_params)"
+                )
+            raise ApiError(400, "adam_params is required")
+        config = check_adam(params)
+
+        def op() -> FutureReply:
+            metrics = entry.model.optim_step(config)
+            state.stats.count_optim_step(entry.model_id)
+            return FutureReply.json({"metrics": metrics})
+
+        return op
+
+    return _submit(state, entry, seq_id, "OptimStep", build)
+
+
+async def save_weights(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    seq_id = _opt_int(body, "seq_id")
+
+    def build() -> Operation:
+        name = body.get("path")
+        ttl = _ttl(body)
+        overwrite = _bool(body, "overwrite", False)
+        metadata = _str_map(body, "user_metadata")
+        if name is not None:
+            check_name(name)
+
+        def op() -> FutureReply:
+            final = name if name is not None else f"ckpt-{entry.model.optim_steps:06d}"
+            meta = state.checkpoints.save_state(
+                entry.run,
+                final,
+                entry.model.state(optimizer=True),
+                ttl_seconds=ttl,
+                user_metadata=metadata,
+                overwrite=overwrite,
+            )
+            return FutureReply.json({"path": meta["tinker_path"], "type": "save_weights"})
+
+        return op
+
+    return _submit(state, entry, seq_id, "SaveWeights", build)
+
+
+def _check_training_checkpoint(state: ServerState, path: str, lora_rank: int | None) -> int:
+    """Check ``path`` is a live ``weights/`` checkpoint; returns its LoRA rank."""
+    parsed = parse_tinker_path(path)
+    meta = state.checkpoints.meta(path)
+    if meta["checkpoint_type"] != "training":
+        raise ApiError(
+            400, f"{path} is a {meta['checkpoint_type']} checkpoint; load_weights needs a "
+            "weights/ checkpoint saved with save_weights (save_state)"
+        )
+    run = state.checkpoints.get_run(parsed.training_run_id) or {}
+    rank = run.get("lora_rank")
+    if not isinstance(rank, int):
+        arrays = state.checkpoints.load_arrays(path)
+        rank = int(arrays["lora_rank"]) if "lora_rank" in arrays else 0
+    if lora_rank is not None and rank != lora_rank:
+        raise ApiError(
+            400, f"{path} has LoRA rank {rank} but model has LoRA rank {lora_rank}"
+        )
+    return rank
+
+
+def _load_op(state: ServerState, entry: TrainingModel, path: str, optimizer: bool) -> Operation:
+    def op() -> FutureReply:
+        arrays = state.checkpoints.load_arrays(path)
+        entry.model.load_state(arrays, optimizer=optimizer)
+        return FutureReply.json(
+            {"path": path, "model_id": entry.model_id, "type": "load_weights"}
+        )
+
+    return op
+
+
+async def load_weights(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    path = _req_str(body, "path")
+    optimizer = _bool(body, "optimizer", False)
+    if body.get("model_id") is not None:
+        entry = state.registry.model(_req_str(body, "model_id"))
+
+        def build() -> Operation:
+            _check_training_checkpoint(state, path, entry.run.lora_rank)
+            return _load_op(state, entry, path, optimizer)
+
+        return _submit(state, entry, _opt_int(body, "seq_id"), "LoadWeights", build)
+    # Create-via-load: the load is the new model's operation 0.
+    session = state.registry.session(_req_str(body, "session_id"))
+    model_seq_id = _req_int(body, "model_seq_id", minimum=0)
+    if body.get("base_model") is not None:
+        _check_base_model(body["base_model"])
+    rank = _check_training_checkpoint(state, path, None)
+    job_id = _job_id(request) or session.job_id
+    _check_job_match(state, job_id, rank)
+    entry = _new_model(
+        state,
+        session_id=session.session_id,
+        model_seq_id=model_seq_id,
+        lora_rank=rank,
+        job_id=job_id,
+        user_metadata=_str_map(body, "user_metadata"),
+        first_seq=0,
+        seed=state.config.seed,
+    )
+    request_id = state.futures.create("LoadWeights")
+    entry.executor.submit(0, request_id, _load_op(state, entry, path, optimizer))
+    return _future(request_id, entry.model_id)
+
+
+async def save_weights_for_sampler(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    seq_id = _opt_int(body, "seq_id")
+
+    def build() -> Operation:
+        name = body.get("path")
+        ttl = _ttl(body)
+        metadata = _str_map(body, "user_metadata")
+        kind = body.get("kind", "snapshot")
+        if kind not in ("snapshot", "inflight"):
+            raise ApiError(400, f"kind must be 'snapshot' or 'inflight', got {kind!r}")
+        snapshot_type = body.get("checkpoint_type") or "base"
+        if snapshot_type not in ("base", "delta"):
+            raise ApiError(
+                400, f"checkpoint_type must be 'base' or 'delta', got {snapshot_type!r}"
+            )
+        if name is None:
+            n = _opt_int(body, "sampling_session_seq_id", minimum=0)
+            if n is None:
+                raise ApiError(400, "either path (a name) or sampling_session_seq_id is required")
+            return _ephemeral_sampler_op(state, entry, n)
+        check_name(name)
+        if snapshot_type == "delta" and not entry.base_submitted:
+            raise ApiError(
+                400,
+                f"a delta snapshot needs a previous base snapshot of model {entry.model_id} "
+                "(save one with checkpoint_type='base' first)",
+            )
+        if snapshot_type == "base":
+            entry.base_submitted = True
+
+        def op() -> FutureReply:
+            weights = entry.model.sampler_weights()
+            if snapshot_type == "delta":
+                if entry.last_base_path is None or entry.last_base_weights is None:
+                    raise ApiError(400, "a delta snapshot needs a previous base snapshot")
+                meta = state.checkpoints.save_sampler(
+                    entry.run, name, weights, snapshot_type="delta",
+                    base_path=entry.last_base_path, base_weights=entry.last_base_weights,
+                    ttl_seconds=ttl, user_metadata=metadata,
+                )
+            else:
+                meta = state.checkpoints.save_sampler(
+                    entry.run, name, weights, snapshot_type="base",
+                    ttl_seconds=ttl, user_metadata=metadata,
+                )
+                entry.last_base_path = meta["tinker_path"]
+                entry.last_base_weights = weights
+            return FutureReply.json(
+                {"path": meta["tinker_path"], "type": "save_weights_for_sampler"}
+            )
+
+        return op
+
+    return _submit(state, entry, seq_id, "SaveWeightsForSampler", build)
+
+
+def _ephemeral_sampler_op(state: ServerState, entry: TrainingModel, n: int) -> Operation:
+    sampler_id = f"{entry.session_id}:sample:{n}"
+    registry = state.registry
+    if sampler_id in registry.samplers or sampler_id in registry.reserved_samplers:
+        raise ApiError(400, f"sampling_session_seq_id {n} is already used ({sampler_id} exists)")
+    registry.reserved_samplers.add(sampler_id)
+    rng = state.sampling_rng.spawn(1)[0]
+
+    def op() -> FutureReply:
+        weights = entry.model.sampler_weights()
+        registry.samplers[sampler_id] = SamplingSession(sampler_id, MODEL_NAME, None, weights, rng)
+        return FutureReply.json(
+            {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
+        )
+
+    return op
+
+
+# -- sampling -----------------------------------------------------------------------------------
+
+
+def _weights_for_path(state: ServerState, path: str) -> dict[str, np.ndarray]:
+    parsed = parse_tinker_path(path, "model_path")
+    if parsed.segment == "sampler_weights":
+        return state.checkpoints.load_sampler_weights(path)
+    rank = _check_training_checkpoint(state, path, None)
+    model = TinyByteLM(seed=state.config.seed, lora_rank=rank)
+    try:
+        model.load_state(state.checkpoints.load_arrays(path), optimizer=False)
+    except ModelInputError as exc:
+        raise _user_error(exc) from None
+    return model.sampler_weights()
+
+
+async def create_sampling_session(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    session = state.registry.session(_req_str(body, "session_id"))
+    n = _req_int(body, "sampling_session_seq_id", minimum=0)
+    model_path = _get(body, "model_path", str, "a tinker:// path")
+    base_model = body.get("base_model")
+    sampler_id = f"{session.session_id}:sample:{n}"
+    existing = state.registry.samplers.get(sampler_id)
+    if existing is not None:
+        if existing.model_path == model_path:
+            return JSONResponse({"sampling_session_id": sampler_id})
+        raise ApiError(400, f"sampling_session_seq_id {n} is already used ({sampler_id} exists)")
+    if sampler_id in state.registry.reserved_samplers:
+        raise ApiError(400, f"sampling_session_seq_id {n} is already used ({sampler_id})")
+    if model_path is not None:
+        if base_model is not None:
+            _check_base_model(base_model)
+        weights = _weights_for_path(state, model_path)
+    elif base_model is not None:
+        _check_base_model(base_model)
+        weights = state.base_weights()
+    else:
+        raise ApiError(400, "either model_path or base_model is required")
+    rng = state.sampling_rng.spawn(1)[0]
+    state.registry.samplers[sampler_id] = SamplingSession(
+        sampler_id, MODEL_NAME, model_path, weights, rng
+    )
+    return JSONResponse({"sampling_session_id": sampler_id})
+
+
+async def get_sampler(request: Request) -> Response:
+    sampler = _state(request).registry.sampler(request.path_params["sampler_id"])
+    return JSONResponse(
+        {"sampler_id": sampler.sampler_id, "base_model": sampler.base_model,
+         "model_path": sampler.model_path}
+    )
+
+
+def _prompt_tokens(body: Mapping[str, Any]) -> np.ndarray:
+    prompt = _get(body, "prompt", dict, "a ModelInput object")
+    if prompt is None:
+        raise ApiError(400, "prompt is required")
+    chunks = prompt.get("chunks")
+    if not isinstance(chunks, list):
+        raise ApiError(400, "prompt.chunks must be a list")
+    tokens: list[int] = []
+    for i, chunk in enumerate(chunks):
+        if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
+            kind = chunk.get("type") if isinstance(chunk, dict) else type(chunk).__name__
+            raise ApiError(
+                400, f"prompt.chunks[{i}]: {kind!r} chunks are not supported by {MODEL_NAME} "
+                "(only encoded_text)"
+            )
+        toks = chunk.get("tokens")
+        if not isinstance(toks, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in toks
+        ):
+            raise ApiError(400, f"prompt.chunks[{i}].tokens must be a list of integers")
+        tokens.extend(toks)
+    if not tokens:
+        raise ApiError(400, "prompt is empty")
+    arr = np.asarray(tokens, dtype=np.int64)
+    bad = arr[(arr < 0) | (arr >= VOCAB_SIZE)]
+    if bad.size:
+        raise ApiError(400, f"prompt: token {int(bad[0])} is out of range [0, {VOCAB_SIZE})")
+    if arr.size > MAX_CONTEXT:
+        raise ApiError(400, f"prompt has {arr.size} tokens; the limit is {MAX_CONTEXT}")
+    return arr
+
+
+def _stop_sequences(stop: object) -> tuple[tuple[int, ...], ...]:
+    """``SamplingParams.stop`` → token sequences. A string is its UTF-8 bytes; an int is one
+    token. EOS always stops generation (also with ``stop=[]``)."""
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list):
+        raise ApiError(400, f"sampling_params.stop must be a string or a list, got {stop!r}")
+    out: list[tuple[int, ...]] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item:
+                raise ApiError(400, "sampling_params.stop: empty stop string")
+            out.append(tuple(item.encode("utf-8")))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < VOCAB_SIZE:
+                raise ApiError(
+                    400, f"sampling_params.stop: token {item} is out of range [0, {VOCAB_SIZE})"
+                )
+            out.append((item,))
+        else:
+            raise ApiError(400, f"sampling_params.stop: {item!r} is not a string or a token")
+    return tuple(out)
+
+
+def _number(params: Mapping[str, Any], name: str, default: float) -> float:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ApiError(400, f"sampling_params.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+async def asample(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    num_samples = _opt_int(body, "num_samples", minimum=1) or 1
+    if num_samples > MAX_SAMPLES:
+        raise ApiError(400, f"num_samples must be <= {MAX_SAMPLES}, got {num_samples}")
+    prompt = _prompt_tokens(body)
+    params = _get(body, "sampling_params", dict, "an object")
+    if params is None:
+        raise ApiError(400, "sampling_params is required")
+    max_tokens = _opt_int(params, "max_tokens", minimum=1) or DEFAULT_MAX_TOKENS
+    if max_tokens > MAX_CONTEXT:
+        raise ApiError(400, f"sampling_params.max_tokens must be <= {MAX_CONTEXT}")
+    temperature = _number(params, "temperature", 1.0)
+    if temperature < 0:
+        raise ApiError(400, f"sampling_params.temperature must be >= 0, got {temperature}")
+    top_k = params.get("top_k", -1)
+    if top_k is None:
+        top_k = -1
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or (top_k < 1 and top_k != -1):
+        raise ApiError(400, f"sampling_params.top_k must be -1 or >= 1, got {top_k!r}")
+    top_p = _number(params, "top_p", 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise ApiError(400, f"sampling_params.top_p must be in (0, 1], got {top_p}")
+    seed = _opt_int(params, "seed")
+    stop = _stop_sequences(params.get("stop"))
+    want_prompt_lps = _bool(body, "prompt_logprobs", False)
+    last_n = _opt_int(body, "prompt_logprobs_last_n", minimum=1)
+    for name in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+        if _opt_int(body, name, minimum=0):
+            raise ApiError(400, f"{name} is not supported by the local trainer (send 0)")
+    if body.get("target_prompt_logprobs") is not None:
+        raise ApiError(400, "target_prompt_logprobs is not supported by the local trainer")
+
+    sampler_id = body.get("sampling_session_id")
+    if sampler_id is not None:
+        sampler = state.registry.sampler(sampler_id)
+        weights, rng = sampler.weights, sampler.rng
+    else:
+        model_path = _get(body, "model_path", str, "a tinker:// path")
+        if model_path is not None:
+            weights = _weights_for_path(state, model_path)
+        else:
+            _check_base_model(body.get("base_model"))
+            weights = state.base_weights()
+        rng = state.sampling_rng.spawn(1)[0]
+
+    request_id = state.futures.create("Sample")
+
+    def run() -> FutureReply:
+        from ._sampler import prompt_logprobs, sample
+
+        seqs = sample(
+            weights, prompt, num_samples=num_samples, max_tokens=max_tokens,
+            temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed, rng=rng,
+        )
+        lps = None
+        if want_prompt_lps:
+            lps = np.asarray(prompt_logprobs(weights, prompt), dtype=np.float32).copy()
+            if last_n is not None:
+                lps[: max(0, lps.size - last_n)] = np.nan
+        triples = [(s.tokens, s.logprobs, s.stop_reason) for s in seqs]
+        return FutureReply.proto(encode_sample_response(triples, lps))
+
+    async def job() -> None:
+        start = time.perf_counter()
+        try:
+            reply = await asyncio.to_thread(run)
+        except ModelInputError as exc:
+            reply = FutureReply.failure(str(exc), "user")
+        except Exception as exc:
+            reply = FutureReply.failure(f"sampling failed: {type(exc).__name__}: {exc}", "server")
+        state.stats.add_compute(time.perf_counter() - start)
+        state.futures.complete(request_id, reply)
+
+    state.tasks.spawn(job())
+    return _future(
+        request_id, sample_sequence_ids=[f"{request_id}:{i}" for i in range(num_samples)]
+    )
+
+
+# -- futures ------------------------------------------------------------------------------------
+
+
+async def retrieve_future(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    request_id = _req_str(body, "request_id")
+    try:
+        reply = await state.futures.wait(request_id, state.config.long_poll_s)
+    except UnknownFuture:
+        raise ApiError(404, f"unknown request_id {request_id!r}") from None
+    if reply is None:
+        return JSONResponse(
+            {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+        )
+    return Response(reply.body, media_type=reply.media_type)
+
+
+# -- checkpoints and runs -----------------------------------------------------------------------
+
+
+def _run_record(state: ServerState, run_id: str) -> dict[str, Any]:
+    entry = state.registry.models.get(run_id)
+    if entry is not None:
+        run = entry.run
+        record: dict[str, Any] = {
+            "base_model": run.base_model,
+            "lora_rank": run.lora_rank,
+            "job_id": run.job_id,
+            "user_metadata": dict(run.user_metadata) if run.user_metadata else None,
+            "last_request_time": rfc3339(entry.last_request_s),
+        }
+    else:
+        stored = state.checkpoints.get_run(run_id)
+        if stored is None:
+            raise ApiError(404, f"unknown training run {run_id!r}")
+        record = {**stored, "last_request_time": stored.get("created")}
+    checkpoints = state.checkpoints.list_run(run_id)
+    training = [c for c in checkpoints if c["checkpoint_type"] == "training"]
+    sampler = [c for c in checkpoints if c["checkpoint_type"] == "sampler"]
+    rank = int(record.get("lora_rank") or 0)
+    return {
+        "training_run_id": run_id,
+        "base_model": record["base_model"],
+        "model_owner": state.config.account_id,
+        "is_lora": rank > 0,
+        "corrupted": False,
+        "lora_rank": rank if rank > 0 else None,
+        "last_request_time": record["last_request_time"],
+        "last_checkpoint": training[-1] if training else None,
+        "last_sampler_checkpoint": sampler[-1] if sampler else None,
+        "user_metadata": record.get("user_metadata"),
+        "job_id": record.get("job_id"),
+    }
+
+
+async def list_run_checkpoints(request: Request) -> Response:
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    if run_id not in state.registry.models and state.checkpoints.get_run(run_id) is None:
+        raise ApiError(404, f"unknown training run {run_id!r}")
+    return JSONResponse({"checkpoints": state.checkpoints.list_run(run_id), "cursor": None})
+
+
+async def get_training_run(request: Request) -> Response:
+    state = _state(request)
+    return JSONResponse(_run_record(state, request.path_params["run_id"]))
+
+
+def _page(request: Request, default_limit: int) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", default_limit))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise ApiError(400, "limit and offset must be integers") from None
+    if limit < 1 or offset < 0:
+        raise ApiError(400, f"need limit >= 1 and offset >= 0, got {limit} and {offset}")
+    return limit, offset
+
+
+async def list_training_runs(request: Request) -> Response:
+    state = _state(request)
+    limit, offset = _page(request, 20)
+    ids = set(state.registry.models)
+    ids.update(p.name for p in state.checkpoints.root.iterdir() if (p / "run.json").is_file())
+    runs = [_run_record(state, run_id) for run_id in sorted(ids)]
+    return JSONResponse(
+        {"training_runs": runs[offset : offset + limit],
+         "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)}}
+    )
+
+
+async def list_user_checkpoints(request: Request) -> Response:
+    state = _state(request)
+    limit, offset = _page(request, 100)
+    everything = state.checkpoints.list_all(job_id=request.query_params.get("job_id"))
+    return JSONResponse(
+        {"checkpoints": everything[offset : offset + limit],
+         "cursor": {"offset": offset, "limit": limit, "total_count": len(everything)}}
+    )
+
+
+async def delete_checkpoint(request: Request) -> Response:
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    checkpoint_id = request.path_params["checkpoint_id"]
+    parse_tinker_path(f"tinker://{run_id}/{checkpoint_id}", "checkpoint_id")
+    state.checkpoints.delete(run_id, checkpoint_id)
+    return JSONResponse({})
+
+
+async def weights_info(request: Request) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    path = _req_str(body, "tinker_path")
+    parsed = parse_tinker_path(path, "tinker_path")
+    state.checkpoints.meta(path)
+    run = state.checkpoints.get_run(parsed.training_run_id) or {}
+    rank = int(run.get("lora_rank") or 0)
+    return JSONResponse(
+        {"base_model": MODEL_NAME, "is_lora": rank > 0, "lora_rank": rank if rank else None,
+         "optimizer_config": {"type": "adamw"}}
+    )
+
+
+def data_plane_routes() -> list[Route]:
+    """The ``/api/v1`` routes (the job prefix is stripped by the front middleware)."""
+    p = "/api/v1"
+    return [
+        Route(f"{p}/client/config", client_config, methods=["POST"]),
+        Route(f"{p}/client/dynamic_config", dynamic_config, methods=["POST"]),
+        Route(f"{p}/create_session", create_session, methods=["POST"]),
+        Route(f"{p}/session_heartbeat", session_heartbeat, methods=["POST"]),
+        Route(f"{p}/telemetry", telemetry, methods=["POST"]),
+        Route(f"{p}/sessions/{{session_id}}/finish", finish_session, methods=["POST"]),
+        Route(f"{p}/healthz", healthz, methods=["GET"]),
+        Route(f"{p}/get_server_capabilities", server_capabilities, methods=["GET"]),
+        Route(f"{p}/create_model", create_model, methods=["POST"]),
+        Route(f"{p}/get_info", get_info, methods=["POST"]),
+        Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
+        Route(f"{p}/optim_step", optim_step, methods=["POST"]),
+        Route(f"{p}/save_weights", save_weights, methods=["POST"]),
+        Route(f"{p}/load_weights", load_weights, methods=["POST"]),
+        Route(f"{p}/save_weights_for_sampler", save_weights_for_sampler, methods=["POST"]),
+        Route(f"{p}/create_sampling_session", create_sampling_session, methods=["POST"]),
+        Route(f"{p}/samplers/{{sampler_id}}", get_sampler, methods=["GET"]),
+        Route(f"{p}/asample", asample, methods=["POST"]),
+        Route(f"{p}/retrieve_future", retrieve_future, methods=["POST"]),
+        Route(f"{p}/weights_info", weights_info, methods=["POST"]),
+        Route(f"{p}/training_runs", list_training_runs, methods=["GET"]),
+        Route(f"{p}/training_runs/{{run_id}}", get_training_run, methods=["GET"]),
+        Route(f"{p}/training_runs/{{run_id}}/checkpoints", list_run_checkpoints, methods=["GET"]),
+        Route(
+            f"{p}/training_runs/{{run_id}}/checkpoints/{{checkpoint_id:path}}",
+            delete_checkpoint,
+            methods=["DELETE"],
+        ),
+        Route(f"{p}/checkpoints", list_user_checkpoints, methods=["GET"]),
+    ]
+

@@ -1,0 +1,264 @@
+"""``FrontDoor``: the pure-ASGI layer in front of the local trainer's routes.
+
+For every HTTP request, in order:
+
+1. ``/jobs/{job_id}/api/v1/...`` is rewritten to ``/api/v1/...`` with the job id kept in the
+   scope (the job's ``directRouteHandle`` prefix); an unknown job gets 404.
+2. The request is counted under its endpoint name (not ``/_local/*``).
+3. Auth, when an API key is set: ``X-API-Key`` on the data plane, ``Authorization: Bearer`` on
+   the control plane; anything else gets 401 (the key is never logged or echoed).
+4. Warm-up: the job's data plane answers 503 while that job is not RUNNING; the root data
+   plane answers 503 while any job is CREATING or PENDING.
+5. Fault injection (data plane only, ``FaultInjector``).
+6. Idempotency: a POST with ``X-Idempotency-Key`` (other than the read-like
+   ``retrieve_future``, heartbeat and telemetry) is answered once and replayed on repeats.
+7. The reply is buffered, delayed by ``latency_s`` (plus a slow fault), then sent, or replaced
+   by a 500 or a dropped connection for the "after applying" faults.
+
+Example::
+
+    app = FrontDoor(starlette_app, state)   # what uvicorn serves
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._data_plane import JOB_SCOPE_KEY
+from ._faults import FaultKind
+from ._idempotency import CachedReply, IdemKey
+from ._server_state import ServerState
+
+__all__ = ["DroppedConnection", "FrontDoor", "endpoint_name", "quiet_dropped_connections"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("firetitan_async.local")
+
+_JOB_PREFIX = re.compile(r"^/jobs/([^/]+)(/api/v1/.*)$")
+_NOT_REPLAYED = frozenset({"retrieve_future", "session_heartbeat", "telemetry"})
+_ENDPOINT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^sessions/[^/]+/finish$"), "sessions/finish"),
+    (re.compile(r"^samplers/[^/]+$"), "samplers"),
+    (re.compile(r"^training_runs/[^/]+/checkpoints/.+$"), "checkpoint"),
+    (re.compile(r"^training_runs/[^/]+/checkpoints$"), "training_run_checkpoints"),
+    (re.compile(r"^training_runs/[^/]+$"), "training_run"),
+)
+
+
+class DroppedConnection(Exception):
+    """Raised after a partial reply to make the server drop the connection (a fault)."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DroppedConnection)
+
+
+_QUIET_DROPS = _QuietDrops()
+
+
+def quiet_dropped_connections() -> None:
+    """Keep uvicorn from logging the injected dropped connections as errors (idempotent)."""
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The stats name of a request: the path after ``/api/v1/`` (ids folded), e.g.
+    ``forward_backward``, ``training_run_checkpoints``; ``jobs.create`` etc. for the control
+    plane."""
+    if path.startswith("/api/v1/"):
+        rest = path[len("/api/v1/") :]
+        for pattern, name in _ENDPOINT_PATTERNS:
+            if pattern.match(rest):
+                return f"delete_{name}" if method == "DELETE" else name
+        return rest
+    if path.startswith("/v1/accounts/"):
+        parts = path.split("/")
+        if len(parts) <= 5:
+            return "jobs.create" if method == "POST" else "jobs.list"
+        if parts[-1].endswith(":resume"):
+            return "jobs.resume"
+        return {"GET": "jobs.get", "DELETE": "jobs.delete"}.get(method, "jobs.other")
+    return path.lstrip("/") or "/"
+
+
+class FrontDoor:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        path: str = scope["path"]
+        method: str = scope["method"]
+        job_id: str | None = None
+        match = _JOB_PREFIX.match(path)
+        if match:
+            job_id, path = match.group(1), match.group(2)
+            scope = dict(scope)
+            scope["path"] = path
+            scope["raw_path"] = path.encode()
+            scope[JOB_SCOPE_KEY] = job_id
+        if path.startswith("/_local/"):
+            await self.app(scope, receive, send)
+            return
+        data_plane = path.startswith("/api/v1/")
+        name = endpoint_name(method, path)
+        state.stats.count_request(name)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+        problem = self._admission(job_id, data_plane, path, headers)
+        if problem is not None:
+            await self._send_after_latency(send, problem, 0.0)
+            return
+
+        fault = None
+        extra_delay = 0.0
+        idem_header = headers.get("x-idempotency-key")
+        replayable = method == "POST" and bool(idem_header) and name not in _NOT_REPLAYED
+        if data_plane:
+            repeatable = method == "GET" or name == "retrieve_future" or replayable
+            fault = state.faults.draw(retrieve=name == "retrieve_future", repeatable=repeatable)
+            if fault is not None:
+                state.stats.count_fault()
+                if fault is FaultKind.SLOW:
+                    extra_delay = state.faults.slow_delay_s()
+                elif not fault.after_apply:
+                    await self._send_after_latency(send, _fault_reply(fault), 0.0)
+                    return
+
+        key: IdemKey | None = (method, path, idem_header) if replayable and idem_header else None
+        reply: CachedReply | None = None
+        if key is not None:
+            reply = await state.idempotency.begin(key)
+        if reply is None:
+            try:
+                reply = await _run_buffered(self.app, scope, receive)
+            except BaseException:
+                if key is not None:
+                    state.idempotency.abort(key)
+                raise
+            if key is not None:
+                if reply.status < 500:
+                    state.idempotency.finish(key, reply)
+                else:
+                    state.idempotency.abort(key)
+
+        if fault is FaultKind.ERROR_500_AFTER:
+            await self._send_after_latency(send, _fault_reply(fault), 0.0)
+            return
+        if fault is FaultKind.DROP_AFTER:
+            await self._drop(send, reply)
+            return
+        await self._send_after_latency(send, reply, extra_delay)
+
+    def _admission(
+        self, job_id: str | None, data_plane: bool, path: str, headers: dict[str, str]
+    ) -> CachedReply | None:
+        """A 401/404/503 reply if the request may not go on, else ``None``."""
+        state = self.state
+        key = state.config.api_key
+        control_plane = path.startswith("/v1/accounts/")
+        if key is not None and (data_plane or control_plane):
+            if data_plane:
+                offered = headers.get("x-api-key", "")
+                what = "X-API-Key header"
+            else:
+                auth = headers.get("authorization", "")
+                offered = auth[len("bearer ") :] if auth.lower().startswith("bearer ") else ""
+                what = "Authorization: Bearer header"
+            if not hmac.compare_digest(offered.encode(), key.encode()):
+                return _json_reply(401, {"detail": f"missing or invalid API key ({what})"})
+        if not data_plane:
+            return None
+        if job_id is not None:
+            try:
+                job = state.jobs.get(job_id)
+            except Exception:
+                return _json_reply(404, {"detail": f"trainer job {job_id!r} not found"})
+            job_state = state.jobs.state(job)
+            if job_state != "JOB_STATE_RUNNING":
+                if job_state in ("JOB_STATE_CREATING", "JOB_STATE_PENDING"):
+                    return _json_reply(503, {"detail": "trainer is warming up"})
+                return _json_reply(
+                    503, {"detail": f"trainer job {job_id} is not running ({job_state})"}
+                )
+        elif state.jobs.any_warming():
+            return _json_reply(503, {"detail": "trainer is warming up"})
+        return None
+
+    async def _send_after_latency(self, send: Send, reply: CachedReply, extra: float) -> None:
+        delay = self.state.config.latency_s + extra
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": list(reply.headers)})
+        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+
+    async def _drop(self, send: Send, reply: CachedReply) -> None:
+        headers = [(k, v) for k, v in reply.headers if k.lower() != b"content-length"]
+        body = reply.body or b"{}"
+        headers.append((b"content-length", str(len(body) + 16).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body[: len(body) // 2],
+                    "more_body": True})
+        raise DroppedConnection("injected fault: connection dropped mid-reply")
+
+
+async def _run_buffered(app: ASGIApp, scope: Scope, receive: Receive) -> CachedReply:
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def capture(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+
+    await app(scope, receive, capture)
+    return CachedReply(status, tuple(headers), b"".join(chunks))
+
+
+def _json_reply(
+    status: int, payload: Any, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> CachedReply:
+    body = json.dumps(payload).encode()
+    headers = (
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    )
+    return CachedReply(status, headers, body)
+
+
+def _fault_reply(fault: FaultKind) -> CachedReply:
+    detail = {"detail": f"injected fault ({fault.value})"}
+    if fault is FaultKind.ERROR_503:
+        return _json_reply(503, detail)
+    if fault is FaultKind.RATE_LIMIT_429:
+        return _json_reply(
+            429, detail, ((b"retry-after", b"1"), (b"retry-after-ms", b"50"))
+        )
+    if fault is FaultKind.TIMEOUT_408:
+        return _json_reply(408, {**detail, "queue_state": "active"})
+    return _json_reply(500, detail)

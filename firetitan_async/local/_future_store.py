@@ -1,0 +1,123 @@
+"""``FutureStore``: server-side futures that ``retrieve_future`` long-polls.
+
+Every submission gets a request id at once; the operation completes it later with a reply
+(JSON or protobuf bytes) or a failure ``{"error", "category"}``. ``wait`` holds a poll until
+the future is done or the hold time passes. All methods run on the server's event loop.
+
+Example::
+
+    fid = store.create("OptimStep")
+    store.complete(fid, FutureReply.json({"metrics": {}}))
+    reply = await store.wait(fid, timeout=30.0)   # FutureReply, or None if still pending
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import OrderedDict
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["FutureReply", "FutureStore", "UnknownFuture"]
+
+PROTO_MEDIA_TYPE = "application/x-protobuf"
+JSON_MEDIA_TYPE = "application/json"
+
+
+@attrs.frozen
+class FutureReply:
+    """The body ``retrieve_future`` returns for a finished operation."""
+
+    body: bytes
+    media_type: str
+
+    @classmethod
+    def json(cls, payload: Any) -> FutureReply:
+        """A JSON reply."""
+        return cls(json.dumps(payload).encode(), JSON_MEDIA_TYPE)
+
+    @classmethod
+    def proto(cls, payload: bytes) -> FutureReply:
+        """A protobuf reply (``ForwardBackwardOutput`` or ``SampleResponse``)."""
+        return cls(payload, PROTO_MEDIA_TYPE)
+
+    @classmethod
+    def failure(cls, message: str, category: Literal["user", "server"]) -> FutureReply:
+        """A failed operation: ``{"error": message, "category": category}``."""
+        return cls.json({"error": message, "category": category})
+
+
+class UnknownFuture(LookupError):
+    """No future with that request id."""
+
+
+class _Record:
+    __slots__ = ("done", "kind", "reply")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.done = asyncio.Event()
+        self.reply: FutureReply | None = None
+
+
+class FutureStore:
+    """Request ids → pending/finished replies; keeps the newest ``max_finished`` results."""
+
+    def __init__(self, *, max_finished: int = 100_000) -> None:
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = 0
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._max = max_finished
+
+    def create(self, kind: str) -> str:
+        """A new pending future of ``kind`` (e.g. ``"ForwardBackward"``); returns its id."""
+        self._counter += 1
+        request_id = f"req-{self._prefix}-{self._counter}"
+        self._records[request_id] = _Record(kind)
+        self._evict()
+        return request_id
+
+    def complete(self, request_id: str, reply: FutureReply) -> None:
+        """Finish a future (first completion wins) and wake its pollers."""
+        record = self._records.get(request_id)
+        if record is None or record.reply is not None:
+            return
+        record.reply = reply
+        record.done.set()
+
+    def kind(self, request_id: str) -> str:
+        """The kind a future was created with; raises ``UnknownFuture``."""
+        record = self._records.get(request_id)
+        if record is None:
+            raise UnknownFuture(request_id)
+        return record.kind
+
+    async def wait(self, request_id: str, timeout: float) -> FutureReply | None:
+        """The reply once done, or ``None`` after ``timeout`` s; raises ``UnknownFuture``."""
+        record = self._records.get(request_id)
+        if record is None:
+            raise UnknownFuture(request_id)
+        if record.reply is None:
+            try:
+                await asyncio.wait_for(record.done.wait(), timeout)
+            except TimeoutError:
+                return None
+        return record.reply
+
+    def wake_all(self) -> None:
+        """Release every held poll (they answer ``try_again``): used when shutting down."""
+        for record in self._records.values():
+            if record.reply is None:
+                record.done.set()
+
+    def _evict(self) -> None:
+        if len(self._records) <= self._max:
+            return
+        for request_id in list(self._records):
+            if len(self._records) <= self._max:
+                break
+            if self._records[request_id].reply is not None:
+                del self._records[request_id]

@@ -1,0 +1,134 @@
+"""``OrderedExecutor``: one model's operations, run strictly in ``seq_id`` order.
+
+Submissions may arrive in any order (chunks of one call are POSTed concurrently, retries
+arrive late); each is parked under its ``seq_id`` and runs only when every earlier id has run.
+An operation runs on a worker thread (the model math), one at a time per model, so the event
+loop keeps serving long-polls meanwhile. A submission the server rejected still *consumes* its
+id (``skip``), so later operations are never wedged behind it.
+
+Example::
+
+    ex = OrderedExecutor("s:train:0", first_seq=1, futures=store, spawn=spawner.spawn,
+                         on_compute=stats.add_compute)
+    ex.check_seq(2)
+    ex.submit(2, request_id, lambda: FutureReply.json({}))   # waits for seq 1
+    ex.skip(1)                                               # now seq 2 runs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ._future_store import FutureReply, FutureStore
+from ._http_errors import ApiError
+from ._input_error import ModelInputError
+
+__all__ = ["MAX_SEQ_AHEAD", "Operation", "OrderedExecutor"]
+
+logger = logging.getLogger("firetitan_async.local")
+
+Operation = Callable[[], FutureReply]
+"""A model operation: runs on a worker thread and returns its ``retrieve_future`` reply."""
+
+MAX_SEQ_AHEAD = 1_000_000
+"""How far past the next expected ``seq_id`` a submission may be (guards against typos)."""
+
+_Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class OrderedExecutor:
+    """Per-model ``seq_id`` queue; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        first_seq: int,
+        futures: FutureStore,
+        spawn: _Spawn,
+        on_compute: Callable[[float], None],
+    ) -> None:
+        self.name = name
+        self._next = first_seq
+        self._parked: dict[int, tuple[str | None, Operation | None]] = {}
+        self._futures = futures
+        self._spawn = spawn
+        self._on_compute = on_compute
+        self._draining = False
+
+    @property
+    def next_seq(self) -> int:
+        """The ``seq_id`` that runs next."""
+        return self._next
+
+    def assign_seq(self, seq_id: int | None) -> int:
+        """``seq_id`` checked (see ``check_seq``), or for ``None`` the next free id."""
+        if seq_id is None:
+            return max([self._next, *(s + 1 for s in self._parked)])
+        self.check_seq(seq_id)
+        return seq_id
+
+    def check_seq(self, seq_id: int) -> None:
+        """Raise ``ApiError(400)`` if ``seq_id`` was already used or is absurdly far ahead."""
+        if isinstance(seq_id, bool) or not isinstance(seq_id, int):
+            raise ApiError(400, f"seq_id must be an integer, got {seq_id!r}")
+        if seq_id < self._next or seq_id in self._parked:
+            raise ApiError(
+                400,
+                f"seq_id {seq_id} of model {self.name!r} was already used "
+                f"(the next expected seq_id is {self._next})",
+            )
+        if seq_id > self._next + MAX_SEQ_AHEAD:
+            raise ApiError(
+                400,
+                f"seq_id {seq_id} of model {self.name!r} is too far ahead of the next "
+                f"expected seq_id {self._next}",
+            )
+
+    def submit(self, seq_id: int, request_id: str, op: Operation) -> None:
+        """Park ``op`` under ``seq_id`` (already checked); its reply completes ``request_id``."""
+        self._parked[seq_id] = (request_id, op)
+        self._kick()
+
+    def skip(self, seq_id: int) -> None:
+        """Consume ``seq_id`` without running anything (a rejected submission)."""
+        if seq_id < self._next or seq_id in self._parked:
+            return
+        self._parked[seq_id] = (None, None)
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._draining and self._next in self._parked:
+            self._draining = True
+            self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._next in self._parked:
+                request_id, op = self._parked.pop(self._next)
+                self._next += 1
+                if op is None or request_id is None:
+                    continue
+                reply = await asyncio.to_thread(self._run, op)
+                self._futures.complete(request_id, reply)
+        finally:
+            self._draining = False
+        self._kick()
+
+    def _run(self, op: Operation) -> FutureReply:
+        start = time.perf_counter()
+        try:
+            return op()
+        except ModelInputError as exc:
+            return FutureReply.failure(str(exc), "user")
+        except ApiError as exc:
+            return FutureReply.failure(exc.detail, "user" if exc.status < 500 else "server")
+        except Exception as exc:
+            logger.exception("operation on %s failed", self.name)
+            return FutureReply.failure(f"internal error: {type(exc).__name__}: {exc}", "server")
+        finally:
+            self._on_compute(time.perf_counter() - start)

@@ -1,0 +1,198 @@
+"""Server-side protobuf codec: ``ForwardBackwardRequest`` in, ``ForwardBackwardOutput`` and
+``SampleResponse`` out (schema: ``tinker.proto.tinker_public_pb2``).
+
+Decoding checks everything the wire can get wrong (undecodable bytes, image/dmel chunks, bad
+tensor byte lengths or dtypes) and raises ``ApiError(400)`` naming the field and datum.
+
+Example::
+
+    sub = decode_forward_backward(body, content_encoding="zstd")
+    sub.model_id, sub.seq_id, sub.loss_fn, sub.data[0].tokens
+    encode_forward_backward_output([lp0, lp1], {"loss:sum": 1.5})   # -> bytes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+import numpy as np
+import zstandard
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from tinker.proto import tinker_public_pb2 as pb
+
+from ._http_errors import ApiError
+from ._model import DatumArrays
+
+__all__ = [
+    "ForwardBackwardSubmission",
+    "decode_forward_backward",
+    "encode_forward_backward_output",
+    "encode_sample_response",
+]
+
+_MAX_BODY = 512 * 1024 * 1024
+_DTYPES: Mapping[int, np.dtype[np.generic]] = {
+    pb.DTYPE_FLOAT32: np.dtype(np.float32),
+    pb.DTYPE_INT64: np.dtype(np.int64),
+    pb.DTYPE_INT32: np.dtype(np.int32),
+}
+
+
+@attrs.frozen(eq=False)
+class ForwardBackwardSubmission:
+    """A decoded ``forward_backward`` (or ``forward``) request."""
+
+    model_id: str
+    seq_id: int
+    loss_fn: str
+    loss_fn_config: dict[str, float | str]
+    forward_only: bool
+    data: list[DatumArrays]
+
+
+def decode_forward_backward(
+    body: bytes, *, content_encoding: str | None = None
+) -> ForwardBackwardSubmission:
+    """Decode a protobuf ``ForwardBackwardRequest`` (optionally zstd-compressed)."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("zstd", "zstandard"):
+        try:
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        except zstandard.ZstdError as exc:
+            raise ApiError(400, f"body is not valid zstd: {exc}") from None
+        if len(body) > _MAX_BODY:
+            raise ApiError(413, "decompressed body is too large")
+    elif encoding not in ("", "identity"):
+        raise ApiError(415, f"unsupported Content-Encoding {content_encoding!r} (use zstd)")
+    msg = pb.ForwardBackwardRequest()
+    try:
+        msg.ParseFromString(body)
+    except DecodeError as exc:
+        raise ApiError(
+            400, f"body is not a protobuf ForwardBackwardRequest: {exc or 'decode error'}"
+        ) from None
+    if not msg.model_id:
+        raise ApiError(400, "model_id is missing")
+    config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
+    for key, value in msg.loss_fn_config_v2.items():
+        which = value.WhichOneof("value")
+        if which == "number":
+            config[key] = float(value.number)
+        elif which == "text":
+            config[key] = str(value.text)
+    data = [_decode_datum(d, i) for i, d in enumerate(msg.data)]
+    return ForwardBackwardSubmission(
+        model_id=msg.model_id,
+        seq_id=int(msg.seq_id),
+        loss_fn=msg.loss_fn,
+        loss_fn_config=config,
+        forward_only=bool(msg.forward_only),
+        data=data,
+    )
+
+
+def _decode_datum(datum: pb.Datum, index: int) -> DatumArrays:
+    parts: list[np.ndarray] = []
+    for chunk in datum.model_input:
+        which = chunk.WhichOneof("chunk")
+        if which != "encoded_text":
+            raise ApiError(
+                400,
+                f"data[{index}].model_input: {which or 'empty'} chunks are not supported by "
+                "local/tiny-byte-lm (only encoded_text)",
+            )
+        raw = chunk.encoded_text.tokens
+        if len(raw) % 4:
+            raise ApiError(
+                400, f"data[{index}].model_input: token bytes are not a multiple of 4 (int32)"
+            )
+        parts.append(np.frombuffer(raw, dtype="<i4").astype(np.int64))
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    inputs = {
+        name: _decode_tensor(tensor, f"data[{index}].loss_fn_inputs.{name}")
+        for name, tensor in datum.loss_fn_inputs.items()
+    }
+    return DatumArrays(tokens=tokens, inputs=inputs)
+
+
+def _decode_tensor(tensor: pb.Tensor, where: str) -> np.ndarray:
+    dtype = _DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise ApiError(400, f"{where}: unsupported dtype {pb.DType.Name(tensor.dtype)}")
+    shape = [int(s) for s in tensor.shape]
+    encoding = tensor.WhichOneof("encoding")
+    if encoding == "sparse_csr":
+        return _decode_csr(tensor.sparse_csr, dtype, shape, where)
+    raw = tensor.dense if encoding == "dense" else b""
+    if len(raw) % dtype.itemsize:
+        raise ApiError(400, f"{where}: {len(raw)} bytes is not a whole number of {dtype}")
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if shape:
+        if any(s < 0 for s in shape) or int(np.prod(shape)) != arr.size:
+            raise ApiError(400, f"{where}: shape {shape} does not match {arr.size} values")
+        arr = arr.reshape(shape)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def _decode_csr(
+    csr: pb.SparseCsr, dtype: np.dtype[np.generic], shape: list[int], where: str
+) -> np.ndarray:
+    if len(shape) != 2 or any(s < 0 for s in shape):
+        raise ApiError(400, f"{where}: a sparse CSR tensor needs a 2-D shape, got {shape}")
+    for raw, size, what in (
+        (csr.values, dtype.itemsize, "values"),
+        (csr.crow_indices, 8, "crow_indices"),
+        (csr.col_indices, 8, "col_indices"),
+    ):
+        if len(raw) % size:
+            raise ApiError(400, f"{where}: sparse {what} has a partial element")
+    values = np.frombuffer(csr.values, dtype=dtype.newbyteorder("<"))
+    crow = np.frombuffer(csr.crow_indices, dtype="<i8")
+    col = np.frombuffer(csr.col_indices, dtype="<i8")
+    rows, cols = shape
+    if (
+        crow.size != rows + 1
+        or col.size != values.size
+        or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
+        or (col.size and (col.min() < 0 or col.max() >= cols))
+    ):
+        raise ApiError(400, f"{where}: inconsistent sparse CSR indices for shape {shape}")
+    dense = np.zeros((rows, cols), dtype=dtype.newbyteorder("="))
+    row_of = np.repeat(np.arange(rows), np.diff(crow))
+    dense[row_of, col] = values
+    return dense
+
+
+def encode_forward_backward_output(
+    logprobs: Sequence[np.ndarray], metrics: Mapping[str, float]
+) -> bytes:
+    """``ForwardBackwardOutput`` with one ``logprobs`` (float32) field per datum."""
+    out = pb.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord")
+    record = out.loss_fn_outputs.add()
+    record.num_datums = len(logprobs)
+    field = record.fields["logprobs"]
+    field.dtype = pb.DTYPE_FLOAT32
+    arrays = [np.ascontiguousarray(lp, dtype="<f4") for lp in logprobs]
+    field.data = b"".join(a.tobytes() for a in arrays)
+    sizes = [0] + [a.nbytes for a in arrays]
+    field.offsets = np.cumsum(sizes, dtype=np.int64).astype("<i8").tobytes()
+    for key, value in metrics.items():
+        out.metrics[key] = float(value)
+    return bytes(out.SerializeToString())
+
+
+def encode_sample_response(
+    sequences: Sequence[tuple[np.ndarray, np.ndarray, str]],
+    prompt_logprobs: np.ndarray | None = None,
+) -> bytes:
+    """``SampleResponse`` from ``(tokens, logprobs, stop_reason)`` triples."""
+    resp = pb.SampleResponse()
+    for tokens, lps, stop_reason in sequences:
+        seq = resp.sequences.add()
+        seq.stop_reason = pb.STOP_REASON_STOP if stop_reason == "stop" else pb.STOP_REASON_LENGTH
+        seq.tokens = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
+        seq.logprobs = np.ascontiguousarray(lps, dtype="<f4").tobytes()
+    if prompt_logprobs is not None:
+        resp.prompt_logprobs = np.ascontiguousarray(prompt_logprobs, dtype="<f4").tobytes()
+    return bytes(resp.SerializeToString())

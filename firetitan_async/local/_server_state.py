@@ -1,0 +1,85 @@
+"""``ServerState``: everything one local trainer server holds, shared by its routes.
+
+Example::
+
+    state = ServerState(ServerConfig(seed=0), checkpoint_root=Path("/tmp/ckpt"))
+    state.stats.snapshot()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._checkpoint_store import CheckpointStore
+from ._control_plane import JobRegistry
+from ._faults import FaultInjector
+from ._future_store import FutureStore
+from ._idempotency import IdempotencyCache
+from ._model import TinyByteLM
+from ._sessions import Registry
+from ._stats import ServerStats
+
+__all__ = ["ServerConfig", "ServerState", "TaskSpawner"]
+
+
+@attrs.frozen
+class ServerConfig:
+    """The knobs of ``LocalTrainer`` (the API key is never shown in a repr)."""
+
+    latency_s: float = 0.0
+    warmup_s: float = 0.0
+    fault_rate: float = 0.0
+    seed: int = 0
+    api_key: str | None = attrs.field(default=None, repr=False)
+    long_poll_s: float = 30.0
+    account_id: str = "local"
+
+
+class TaskSpawner:
+    """Background tasks of the server loop (operation drains, samplers), cancelled on close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task on the running loop."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Cancel every task and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ServerState:
+    """Config, stats, futures, sessions/models, checkpoints, jobs, faults, idempotency."""
+
+    def __init__(self, config: ServerConfig, *, checkpoint_root: Path) -> None:
+        self.config = config
+        self.root_url = ""  # set once the socket is bound
+        self.stats = ServerStats()
+        self.futures = FutureStore()
+        self.registry = Registry()
+        self.checkpoints = CheckpointStore(checkpoint_root)
+        self.jobs = JobRegistry(account_id=config.account_id, warmup_s=config.warmup_s)
+        self.faults = FaultInjector(config.fault_rate, seed=config.seed)
+        self.idempotency = IdempotencyCache()
+        self.tasks = TaskSpawner()
+        self.sampling_rng = np.random.default_rng([config.seed, 1])
+        self._base_weights: dict[str, np.ndarray] | None = None
+
+    def base_weights(self) -> dict[str, np.ndarray]:
+        """Sampler weights of the untrained base model (same for every model of this seed)."""
+        if self._base_weights is None:
+            self._base_weights = TinyByteLM(seed=self.config.seed).sampler_weights()
+        return self._base_weights

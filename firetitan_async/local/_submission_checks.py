@@ -1,0 +1,82 @@
+"""Checks run when a training submission arrives, before it is queued.
+
+A submission that fails them gets a 400 at once (and still consumes its ``seq_id``), instead of
+a failed future later. The model checks again when the operation runs.
+
+Example::
+
+    check_forward_backward(submission.loss_fn, submission.loss_fn_config, submission.data)
+    check_adam({"learning_rate": 1e-3})   # -> AdamConfig
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._input_error import ModelInputError
+from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, resolve_config
+from ._model import VOCAB_SIZE, DatumArrays
+from ._optim import AdamConfig
+
+__all__ = ["check_adam", "check_forward_backward"]
+
+_ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
+
+
+def check_forward_backward(
+    loss_fn: str, loss_fn_config: Mapping[str, float | str], data: Sequence[DatumArrays]
+) -> None:
+    """Raise ``ModelInputError`` naming the field (and datum) of the first problem."""
+    resolve_config(loss_fn, loss_fn_config)
+    if not data:
+        raise ModelInputError("data", "the batch is empty")
+    required = REQUIRED_INPUTS[loss_fn]
+    for i, datum in enumerate(data):
+        n = datum.tokens.shape[0]
+        if n == 0:
+            raise ModelInputError("model_input", "is empty", index=i)
+        _check_tokens("model_input", datum.tokens, i)
+        for name in required:
+            field = f"loss_fn_inputs.{name}"
+            arr = datum.inputs.get(name)
+            if arr is None:
+                raise ModelInputError(field, f"is required by {loss_fn!r}", index=i)
+            if arr.shape != (n,):
+                raise ModelInputError(
+                    field, f"must have shape ({n},) like model_input, got {arr.shape}", index=i
+                )
+            if name in FLOAT_INPUTS:
+                if not np.all(np.isfinite(arr)):
+                    raise ModelInputError(field, "has non-finite values", index=i)
+            else:
+                _check_tokens(field, arr, i)
+
+
+def _check_tokens(field: str, arr: np.ndarray, index: int) -> None:
+    if arr.dtype.kind not in "iu":
+        raise ModelInputError(field, f"must be integer tokens, got {arr.dtype}", index=index)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= VOCAB_SIZE):
+        bad = int(arr[(arr < 0) | (arr >= VOCAB_SIZE)][0])
+        raise ModelInputError(field, f"token {bad} is out of range [0, {VOCAB_SIZE})", index=index)
+
+
+def check_adam(params: Any) -> AdamConfig:
+    """``adam_params`` JSON → a validated ``AdamConfig`` (``ModelInputError`` otherwise)."""
+    if not isinstance(params, Mapping):
+        raise ModelInputError("adam_params", "must be an object")
+    unknown = sorted(set(params) - set(_ADAM_FIELDS) - {"type"})
+    if unknown:
+        raise ModelInputError("adam_params", f"unknown fields {unknown}")
+    values: dict[str, float] = {}
+    for name in _ADAM_FIELDS:
+        if name in params:
+            value = params[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ModelInputError(f"adam_params.{name}", f"must be a number, got {value!r}")
+            values[name] = float(value)
+    config = AdamConfig(**values)
+    config.validate()
+    return config

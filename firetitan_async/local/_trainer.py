@@ -1,0 +1,225 @@
+"""``LocalTrainer``: the local trainer server's lifecycle (bind, serve on a thread, stop).
+
+The server is uvicorn serving a Starlette app on its own thread with its own asyncio event
+loop, so a client's event loop (asyncio or trio), even a blocked one, never stalls it.
+
+Example::
+
+    async with LocalTrainer(seed=0) as lt:          # asyncio or trio
+        async with ServiceSession(lt.base_url) as session:
+            ...
+        print(lt.stats()["optim_steps_applied"])
+
+    lt = LocalTrainer(); lt.start(); ...; lt.stop()  # sync code (or ``with LocalTrainer()``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import uvicorn
+
+from ._app import build_app
+from ._front import quiet_dropped_connections
+from ._server_state import ServerConfig, ServerState
+
+__all__ = ["LocalTrainer"]
+
+
+class LocalTrainer:
+    """A wire-compatible Tinker trainer (data plane) and Fireworks trainer-job control plane
+    on loopback, backed by the numpy model ``local/tiny-byte-lm``.
+
+    Knobs: ``latency_s`` delays every reply; ``warmup_s`` is how long a created job warms up
+    (the data plane answers 503 meanwhile); ``fault_rate`` injects transient faults;
+    ``seed`` seeds every model (same seed and same operations → bit-identical weights);
+    ``checkpoint_dir`` holds checkpoint files (default: a temp dir removed on ``stop``);
+    ``api_key`` makes every request need that key; ``long_poll_s`` is the longest
+    ``retrieve_future`` hold.
+
+    Example::
+
+        with LocalTrainer(port=8080, latency_s=0.01) as lt:
+            print(lt.base_url, lt.control_plane_url, lt.account_id)
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_s: float = 0.0,
+        warmup_s: float = 0.0,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        checkpoint_dir: str | None = None,
+        api_key: str | None = None,
+        long_poll_s: float = 30.0,
+    ) -> None:
+        if latency_s < 0 or warmup_s < 0 or long_poll_s <= 0:
+            raise ValueError("latency_s and warmup_s must be >= 0 and long_poll_s > 0")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
+        self._host = host
+        self._port = port
+        self._config = ServerConfig(
+            latency_s=latency_s,
+            warmup_s=warmup_s,
+            fault_rate=fault_rate,
+            seed=seed,
+            api_key=api_key,
+            long_poll_s=long_poll_s,
+        )
+        self._checkpoint_dir = checkpoint_dir
+        self._temp_dir: str | None = None
+        self._state: ServerState | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._root_url: str | None = None
+
+    def __repr__(self) -> str:
+        where = self._root_url or "not started"
+        return f"LocalTrainer({where}, seed={self._config.seed})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, serve on a background thread, and return once connections are accepted."""
+        if self._thread is not None:
+            raise RuntimeError("this LocalTrainer is already running")
+        quiet_dropped_connections()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(1024)
+        port = sock.getsockname()[1]
+        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
+        if ":" in host:
+            host = f"[{host}]"
+        self._root_url = f"http://{host}:{port}"
+        if self._checkpoint_dir is not None:
+            root = Path(self._checkpoint_dir)
+        else:
+            self._temp_dir = tempfile.mkdtemp(prefix="firetitan-local-")
+            root = Path(self._temp_dir)
+        state = ServerState(self._config, checkpoint_root=root)
+        state.root_url = self._root_url
+        config = uvicorn.Config(
+            build_app(state),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=30,
+        )
+        server = uvicorn.Server(config)
+        self._state, self._server = state, server
+        thread = threading.Thread(
+            target=self._serve, args=(server, sock), name=f"firetitan-local-{port}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        deadline = time.monotonic() + 30.0
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the local trainer failed to start")
+            time.sleep(0.002)
+
+    def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(server.serve(sockets=[sock]))
+        finally:
+            sock.close()
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop serving (held long-polls answer ``try_again``) and wait for the thread."""
+        server, thread, loop, state = self._server, self._thread, self._loop, self._state
+        self._server = self._thread = self._loop = None
+        if loop is not None and state is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop just closed
+                loop.call_soon_threadsafe(state.futures.wake_all)
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=15.0)
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    def __enter__(self) -> LocalTrainer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalTrainer:
+        await anyio.to_thread.run_sync(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop)
+
+    # -- addresses and hooks ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The data plane root (clients append ``/api/v1/...``), e.g. ``http://127.0.0.1:PORT``."""
+        if self._root_url is None:
+            raise RuntimeError("the LocalTrainer has not been started")
+        return self._root_url
+
+    @property
+    def control_plane_url(self) -> str:
+        """The control plane root (clients append ``/v1/accounts/{account_id}/rlorTrainerJobs``)."""
+        return self.base_url
+
+    @property
+    def account_id(self) -> str:
+        """The Fireworks account id the control plane serves (``"local"``)."""
+        return self._config.account_id
+
+    def stats(self) -> dict[str, Any]:
+        """``{"requests": {endpoint: n}, "faults_injected": n, "optim_steps_applied":
+        {model_id: n}, "compute_seconds": s}``."""
+        if self._state is None:
+            return {"requests": {}, "faults_injected": 0, "optim_steps_applied": {},
+                    "compute_seconds": 0.0}
+        return self._state.stats.snapshot()
+
+    def fail_job(self, job_id: str, message: str = "failed by LocalTrainer.fail_job") -> None:
+        """Drive trainer job ``job_id`` to ``JOB_STATE_FAILED`` with ``message`` (test hook)."""
+        if self._state is None:
+            raise RuntimeError("the LocalTrainer has not been started")
+        self._state.jobs.fail(job_id, message)
