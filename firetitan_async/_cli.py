@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
-_COMMAND_MODULES: tuple[str, ...] = ("demo", "wait", "checkpoints")
+_COMMAND_MODULES: tuple[str, ...] = ("demo", "wait", "checkpoints", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

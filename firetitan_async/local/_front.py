@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -105,6 +106,30 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not logger.isEnabledFor(logging.DEBUG):
+            await self._handle(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def logged_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, logged_send)
+        finally:
+            logger.debug(
+                "%s %s -> %s (%.1f ms)",
+                scope["method"],
+                scope["path"],
+                status or "dropped",
+                (time.perf_counter() - start) * 1000,
+            )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
         path: str = scope["path"]
         method: str = scope["method"]

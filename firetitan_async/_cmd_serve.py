@@ -1,0 +1,118 @@
+"""``firetitan-async serve``: run the local trainer until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+
+from .local import LocalTrainer
+
+__all__ = ["add_parser", "serve"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``serve``.
+
+    Example::
+
+        firetitan-async serve --port 8080 --latency-ms 20 --fault-rate 0.05 --log-level debug
+    """
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the local trainer (Tinker data plane + trainer-job control plane)",
+        description=(
+            "Serve a wire-compatible Tinker trainer and the Fireworks trainer-job control plane "
+            "on this machine, backed by the tiny numpy model 'local/tiny-byte-lm'. Point the "
+            "tinker SDK at it with TINKER_BASE_URL, or firetitan_async with its base_url. "
+            "Runs until Ctrl-C."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay every reply by this many ms"
+    )
+    parser.add_argument(
+        "--warmup-s", type=float, default=0.0, help="how long a created trainer job warms up"
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="probability of a transient fault per data-plane request (0..1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every model (default 0)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="where checkpoints are written (default: a temp dir removed on exit)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="require the API key held in environment variable VAR",
+    )
+    parser.add_argument(
+        "--long-poll-s",
+        type=float,
+        default=30.0,
+        help="longest hold of a retrieve_future poll (default 30)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="'debug' logs one line per request",
+    )
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(f"error: environment variable {args.api_key_env} is not set", file=sys.stderr)
+            return 2
+    try:
+        trainer = LocalTrainer(
+            host=args.host,
+            port=args.port,
+            latency_s=args.latency_ms / 1000.0,
+            warmup_s=args.warmup_s,
+            fault_rate=args.fault_rate,
+            seed=args.seed,
+            checkpoint_dir=args.checkpoint_dir,
+            api_key=api_key,
+            long_poll_s=args.long_poll_s,
+        )
+        trainer.start()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = stop or threading.Event()
+    try:
+        print(f"local trainer serving {trainer.base_url}", flush=True)
+        print(f"  data plane:    {trainer.base_url}/api/v1/...", flush=True)
+        print(
+            f"  control plane: {trainer.control_plane_url}/v1/accounts/{trainer.account_id}"
+            "/rlorTrainerJobs",
+            flush=True,
+        )
+        print(f"  export TINKER_BASE_URL={trainer.base_url}  (Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        trainer.stop()
+    return 0
