@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
-_COMMAND_MODULES: tuple[str, ...] = ("demo", "wait", "checkpoints", "serve")
+_COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async demo --steps 40 --backend trio --latency-ms 20
+        firetitan-async demo --steps 30 --backend trio --latency-ms 20
     """
     parser = subparsers.add_parser(
         "demo",
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     parser.add_argument(
-        "--steps", type=_positive_int, default=40, help="training steps (default: 40)"
+        "--steps", type=_positive_int, default=30, help="training steps (default: 30)"
     )
     parser.add_argument(
         "--backend",
