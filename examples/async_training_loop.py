@@ -42,8 +42,8 @@ def sft_datum(text: str) -> types.Datum:
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "weights": np.ones(len(tokens) - 1, dtype=np.float32),
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "weights": types.TensorData.from_numpy(np.ones(len(tokens) - 1, dtype=np.float32)),
         },
     )
 
@@ -69,7 +69,10 @@ async def train(base_url: str, model: str, *, steps: int, depth: int, save_every
             while len(in_flight) >= depth or (step == steps and in_flight):
                 done_step, oldest = in_flight.popleft()
                 loss = (await oldest).metrics["loss:sum"] / n_tokens
-                print(f"step {done_step:4d}  loss/token {loss:.4f}  ({len(in_flight)} in flight)")
+                if steps <= 20 or done_step % 10 == 0 or done_step == 1:
+                    print(
+                        f"step {done_step:4d}  loss/token {loss:.4f}  ({len(in_flight)} in flight)"
+                    )
         for saved in saves:
             print(f"saved {(await saved).path}")
         print(f"{steps} steps in {time.monotonic() - started:.2f}s")

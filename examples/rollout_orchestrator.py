@@ -1,15 +1,16 @@
 """A rollout orchestrator: hundreds of concurrent sampling requests feed an RL trainer.
 
-``--concurrency`` rollout workers (tasks, not threads) each keep one ``sample`` request in
-flight against the latest published sampler. Finished rollouts flow through a bounded memory
-stream to the trainer, which takes ``--batch`` of them per step. Every rollout is tagged with
+``--concurrency`` rollout workers (tasks, not threads) each keep one ``sample`` request (a
+group of ``--group`` completions of one prompt) in flight against the latest published
+sampler. Finished groups flow through a bounded memory stream to the trainer, which takes
+``--batch`` groups per step. Every rollout is tagged with
 the policy version that produced it; the trainer drops rollouts more than ``--max-staleness``
 versions old (the bounded staleness window), and workers never start a request on a sampler
 that is already too old. After each ``optim_step`` the trainer saves a sampler snapshot
 (``base`` first, then ``delta``) and publishes it as the next version.
 
 The task: after ``"Say: "``, emit the bytes of ``--target`` (reward = fraction of positions
-right); advantages are reward minus the batch mean; loss ``importance_sampling`` with the
+right); advantages are reward minus the group mean; loss ``importance_sampling`` with the
 sampler's logprobs, which corrects for the (bounded) staleness.
 
     python examples/rollout_orchestrator.py                      # 256 requests in flight
@@ -23,9 +24,9 @@ import math
 import time
 
 import anyio
-import anyio.abc
 import attrs
 import numpy as np
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tinker import types
 
 from firetitan_async import SamplingClient, ServiceSession, TrainingClient
@@ -36,11 +37,18 @@ PROMPT = list(b"Say: ")
 
 
 @attrs.frozen
-class Rollout:
-    version: int
+class Completion:
     tokens: list[int]
     logprobs: list[float]
     reward: float
+
+
+@attrs.frozen
+class Rollout:
+    """One sampled group, tagged with the policy version that produced it."""
+
+    version: int
+    completions: list[Completion]
 
 
 @attrs.define
@@ -70,20 +78,20 @@ def reward_of(tokens: list[int], target: bytes) -> float:
     return sum(1 for a, b in zip(tokens, target, strict=False) if a == b) / len(target)
 
 
-def rl_datum(rollout: Rollout, advantage: float) -> types.Datum:
+def rl_datum(completion: Completion, advantage: float) -> types.Datum:
     """An importance-sampling datum: only the completion's positions are trained."""
-    tokens = PROMPT + rollout.tokens
+    tokens = PROMPT + completion.tokens
     n_prompt = len(PROMPT) - 1
     logprobs = np.zeros(len(tokens) - 1, dtype=np.float32)
-    logprobs[n_prompt:] = rollout.logprobs
+    logprobs[n_prompt:] = completion.logprobs
     advantages = np.zeros(len(tokens) - 1, dtype=np.float32)
     advantages[n_prompt:] = advantage
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "logprobs": logprobs,
-            "advantages": advantages,
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "logprobs": types.TensorData.from_numpy(logprobs),
+            "advantages": types.TensorData.from_numpy(advantages),
         },
     )
 
@@ -94,32 +102,35 @@ async def rollout_worker(
     trainer_version: list[int],
     max_staleness: int,
     target: bytes,
-    send: anyio.abc.ObjectSendStream[Rollout],
+    group: int,
+    send: MemoryObjectSendStream[Rollout],
     counters: Counters,
 ) -> None:
-    params_seed = worker * 7919
-    async with send:
+    seed = worker * 7919
+    with send:
         while True:
-            # Never start a request on a policy that would already be outside the window.
+            # Never start a request on a policy that is already outside the window.
             while trainer_version[0] - policy.version > max_staleness:
                 await policy.changed.wait()
             version, sampler = policy.version, policy.sampler
-            params_seed += 1
-            params = types.SamplingParams(max_tokens=len(target), seed=params_seed % 2**31)
+            seed += 1
+            params = types.SamplingParams(max_tokens=len(target), seed=seed % 2**31)
             counters.in_flight += 1
             counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
             try:
-                out = await sampler.sample(types.ModelInput.from_ints(PROMPT), 1, params)
+                out = await sampler.sample(types.ModelInput.from_ints(PROMPT), group, params)
             finally:
                 counters.in_flight -= 1
-            seq = out.sequences[0]
-            if not seq.tokens:
-                continue
             counters.sampled += 1
-            assert seq.logprobs is not None
-            await send.send(
-                Rollout(version, seq.tokens, seq.logprobs, reward_of(seq.tokens, target))
-            )
+            completions = [
+                Completion(seq.tokens, seq.logprobs or [], reward_of(seq.tokens, target))
+                for seq in out.sequences
+                if seq.tokens
+            ]
+            try:
+                await send.send(Rollout(version, completions))
+            except anyio.BrokenResourceError:  # the trainer is done
+                return
 
 
 async def trainer_loop(
@@ -127,15 +138,15 @@ async def trainer_loop(
     client: TrainingClient,
     policy: Policy,
     trainer_version: list[int],
-    receive: anyio.abc.ObjectReceiveStream[Rollout],
+    receive: MemoryObjectReceiveStream[Rollout],
     args: argparse.Namespace,
     counters: Counters,
 ) -> list[float]:
     adam = types.AdamParams(learning_rate=args.learning_rate, beta2=0.99)
     mean_rewards: list[float] = []
     started = time.monotonic()
-    print("step  reward  staleness  dropped  in flight  rollouts/s")
-    async with receive:
+    print("step  reward  staleness  dropped  in flight  requests/s")
+    with receive:
         for step in range(1, args.steps + 1):
             batch: list[Rollout] = []
             while len(batch) < args.batch:
@@ -144,10 +155,14 @@ async def trainer_loop(
                     counters.dropped_stale += 1
                     continue
                 batch.append(rollout)
-            rewards = np.array([r.reward for r in batch])
-            datums = [
-                rl_datum(r, float(a)) for r, a in zip(batch, rewards - rewards.mean(), strict=True)
-            ]
+            datums = []
+            for rollout in batch:
+                rewards = np.array([c.reward for c in rollout.completions])
+                for completion, advantage in zip(
+                    rollout.completions, rewards - rewards.mean(), strict=True
+                ):
+                    datums.append(rl_datum(completion, float(advantage)))
+            rewards = np.array([c.reward for r in batch for c in r.completions])
             in_flight = counters.in_flight
             client.forward_backward(datums, "importance_sampling")
             client.optim_step(adam)
@@ -185,6 +200,7 @@ async def orchestrate(base_url: str, args: argparse.Namespace) -> list[float]:
                     trainer_version,
                     args.max_staleness,
                     target,
+                    args.group,
                     send.clone(),
                     counters,
                 )
@@ -195,7 +211,7 @@ async def orchestrate(base_url: str, args: argparse.Namespace) -> list[float]:
             tg.cancel_scope.cancel()  # stop the workers; in-flight samples finish server-side
     print(
         f"peak sampling requests in flight: {counters.peak_in_flight}; "
-        f"rollouts sampled {counters.sampled}, dropped as stale {counters.dropped_stale}"
+        f"groups sampled {counters.sampled}, dropped as stale {counters.dropped_stale}"
     )
     if rewards:
         print(f"mean reward: first step {rewards[0]:.3f} -> last step {rewards[-1]:.3f}")
@@ -214,8 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", help="trainer URL (default: an embedded local trainer)")
     parser.add_argument("--concurrency", type=int, default=256, help="sampling requests in flight")
-    parser.add_argument("--batch", type=int, default=128, help="rollouts per training step")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--group", type=int, default=4, help="completions per request")
+    parser.add_argument("--batch", type=int, default=64, help="groups per training step")
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max-staleness", type=int, default=2, help="policy versions")
     parser.add_argument("--target", default="trio")
     parser.add_argument("--learning-rate", type=float, default=2e-2)
@@ -224,6 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.concurrency, args.batch, args.steps) < 1 or args.max_staleness < 0:
         parser.error("--concurrency, --batch and --steps must be >= 1, --max-staleness >= 0")
+    if args.group < 2:
+        parser.error("--group must be >= 2 (advantages are relative to the group)")
     if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
         parser.error("--learning-rate must be > 0")
     return args

@@ -38,8 +38,8 @@ def datum(text: str) -> types.Datum:
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "weights": np.ones(len(tokens) - 1, dtype=np.float32),
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "weights": types.TensorData.from_numpy(np.ones(len(tokens) - 1, dtype=np.float32)),
         },
     )
 
@@ -80,7 +80,7 @@ async def train_with_tinker(base_url: str, steps: int) -> None:
     )
     text = bytes(t for t in out.sequences[0].tokens if t < 256).decode(errors="replace")
     print(f"sample from {saved.path}: trio {text!r}")
-    await trio.to_thread.run_sync(lambda: service.close().result())
+    await aresult(service.close("success"), timeout=30)  # close() returns a future too
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -111,8 +111,8 @@ def _datum(text: str) -> types.Datum:
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "weights": np.ones(len(tokens) - 1, dtype=np.float32),
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "weights": types.TensorData.from_numpy(np.ones(len(tokens) - 1, dtype=np.float32)),
         },
     )
 
