@@ -1,0 +1,163 @@
+"""The ``firetitan-async`` command line: help texts, ``checkpoints list``, helpful errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from firetitan_async import ServiceSession, TrainerJobConfig, TrainerJobs
+from firetitan_async._cli import build_parser, main
+from firetitan_async.local import LocalTrainer
+
+MODEL = "local/tiny-byte-lm"
+
+
+@pytest.fixture
+def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FIREWORKS_API_KEY", "TINKER_API_KEY", "TINKER_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def trainer() -> Iterator[LocalTrainer]:
+    lt = LocalTrainer(seed=0)
+    lt.start()
+    try:
+        yield lt
+    finally:
+        lt.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_help_lists_every_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "firetitan_async", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in ("serve", "demo", "wait", "checkpoints"):
+        assert command in proc.stdout, (command, proc.stdout)
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for argv in (["demo"], ["checkpoints"], ["checkpoints", "list"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([*argv, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: firetitan-async" in text and len(text) > 200, text
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "checkpoints" in capsys.readouterr().out
+
+
+async def _make_checkpoints(lt: LocalTrainer) -> tuple[str, str]:
+    """A run with a state checkpoint and a snapshot, and a job with one checkpoint."""
+    async with ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        await client.save_state("cli-state", ttl_seconds=3600)
+        await client.save_weights_for_sampler_ext("cli-snap")
+        model_id = client.model_id
+    async with TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL)
+            await client.save_state("job-state")
+    return model_id, created.job_id
+
+
+def test_checkpoints_list(
+    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_id, job_id = anyio.run(_make_checkpoints, trainer)
+
+    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--run", model_id]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["CHECKPOINT", "TYPE", "CREATED"]
+    assert "weights/cli-state" in out and "sampler_weights/cli-snap-" in out
+    assert f"tinker://{model_id}/weights/cli-state" in out
+    assert "job-state" not in out
+
+    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--job", job_id]) == 0
+    out = capsys.readouterr().out
+    assert "weights/job-state" in out and "cli-state" not in out
+
+    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    ids = {c["checkpoint_id"] for c in listed}
+    assert {"weights/cli-state", "weights/job-state"} <= ids
+
+
+def test_checkpoints_list_url_from_env(
+    trainer: LocalTrainer,
+    no_keys: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TINKER_BASE_URL", trainer.base_url)
+    assert main(["checkpoints", "list"]) == 0
+    assert "no checkpoints" in capsys.readouterr().out
+
+
+def test_checkpoints_errors_are_helpful(no_keys: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # No URL at all.
+    assert main(["checkpoints", "list"]) == 2
+    assert "--base-url" in capsys.readouterr().err
+    # A remote trainer without a key.
+    assert main(["checkpoints", "list", "--base-url", "https://trainer.example.com"]) == 2
+    assert "FIREWORKS_API_KEY" in capsys.readouterr().err
+    # Plain http to a remote host.
+    assert main(["checkpoints", "list", "--base-url", "http://trainer.example.com"]) == 2
+    assert "http://" in capsys.readouterr().err
+    # Nothing listening.
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert main(["checkpoints", "list", "--base-url", url]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach the trainer at {url}" in err and "Traceback" not in err
+    # No action.
+    assert main(["checkpoints"]) == 2
+    assert "list" in capsys.readouterr().err
+
+
+def test_checkpoints_wrong_key_is_not_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lt = LocalTrainer(api_key="the-right-key")
+    lt.start()
+    try:
+        monkeypatch.setenv("FIREWORKS_API_KEY", "wrong-key-12345")
+        assert main(["checkpoints", "list", "--base-url", lt.base_url, "--run", "nope"]) == 1
+        captured = capsys.readouterr()
+        assert "refused the API key" in captured.err
+        assert "wrong-key-12345" not in captured.err + captured.out
+        assert "the-right-key" not in captured.err + captured.out
+    finally:
+        lt.stop()
+
+
+def test_checkpoints_unknown_run(
+    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["checkpoints", "list", "--base-url", trainer.base_url, "--run", "no-such-run"])
+    err = capsys.readouterr().err
+    # A trainer may answer an unknown run with 404 or with an empty list.
+    assert code in (0, 1)
+    if code == 1:
+        assert "no-such-run" in err and "Traceback" not in err
