@@ -171,20 +171,22 @@ class ServiceSession:
         self._bootstrap_lock = anyio.Lock()
         self._idle = anyio.Event()
         self._idle.set()
-        async with AsyncExitStack() as stack:
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            try:
-                if self._poller is not None:
-                    self._task_group.start_soon(self._poller.run)
-                else:
-                    await self._bootstrap()
-            except BaseException:
-                self._closed = True
-                self._task_group.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await self._finish()
-                raise
-            self._stack = stack.pop_all()
+        stack = AsyncExitStack()
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        try:
+            if self._poller is not None:
+                self._task_group.start_soon(self._poller.run)
+            else:
+                await self._bootstrap()
+        except BaseException:
+            # Unwind by hand so the error propagates as itself, not in an ExceptionGroup.
+            self._closed = True
+            self._task_group.cancel_scope.cancel()
+            await stack.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._finish()
+            raise
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -202,7 +204,9 @@ class ServiceSession:
             self._closed = True
             self._task_group.cancel_scope.cancel()
             try:
-                await self._stack.__aexit__(exc_type, exc, tb)
+                # The body's own exception is not handed to the task group: it propagates
+                # unchanged (not wrapped in an ExceptionGroup) once the tasks have ended.
+                await self._stack.__aexit__(None, None, None)
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._finish(_finish_status(exc_type))

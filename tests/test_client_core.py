@@ -187,3 +187,16 @@ async def test_event_loop_never_blocked(trainer: LocalTrainer) -> None:
     print(f"largest 1 ms-ticker gap through start, 50 pipelined steps and exit: {worst_ms:.1f} ms")
     # A generous bound: catches a real block (a synchronous round trip), not scheduling noise.
     assert worst_ms < 250
+
+
+async def test_errors_propagate_as_themselves(trainer: LocalTrainer) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with ServiceSession(trainer.base_url) as session:
+            client = await session.create_training_client(MODEL, lora_rank=6)
+            client.forward(batch(0), "cross_entropy")
+            raise Boom
+    with pytest.raises(SessionClosed):
+        client.forward(batch(0), "cross_entropy")

@@ -103,7 +103,7 @@ I64 = np.int64
 MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     ("empty batch", lambda c: c.forward_backward([], "cross_entropy"), "data"),
     ("unknown loss", lambda c: c.forward_backward([GOOD], "hinge"), "loss_fn"),
-    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "data"),
+    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "datum"),
     (
         "missing weights",
         lambda c: c.forward_backward(

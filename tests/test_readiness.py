@@ -1,0 +1,409 @@
+"""The readiness poller and ``firetitan-async wait``, against the local trainer over loopback.
+
+``httpx.MockTransport`` stands in only where a real server cannot be made to misbehave on cue
+(a data plane that stays 503 while its job says RUNNING, control-plane outages mid-wait).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from firetitan_async import (
+    APIStatusError,
+    FiretitanError,
+    InvalidInput,
+    ReadinessPoller,
+    ReadinessProgress,
+    ReadinessTimeout,
+    RetryPolicy,
+    TrainerJobConfig,
+    TrainerJobFailed,
+    TrainerJobs,
+)
+from firetitan_async._cli import main
+from firetitan_async.local import LocalTrainer
+
+MODEL = "local/tiny-byte-lm"
+POLL = 0.05
+FAST_RETRY = RetryPolicy(max_attempts=2, backoff_base_s=0.001, backoff_cap_s=0.01, deadline_s=5)
+PRE_RUNNING = ("CREATING", "PENDING", "UNSPECIFIED")
+
+
+def _jobs_for(lt: LocalTrainer, **kwargs: Any) -> TrainerJobs:
+    return TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url, **kwargs)
+
+
+def _collapse(states: list[str]) -> list[str]:
+    out: list[str] = []
+    for state in states:
+        if not out or out[-1] != state:
+            out.append(state)
+    return out
+
+
+# -- against the local trainer ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_ready_once_running_and_not_before() -> None:
+    warmup = 0.5
+    async with LocalTrainer(warmup_s=warmup) as lt, _jobs_for(lt) as jobs:
+        started = anyio.current_time()
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        seen: list[ReadinessProgress] = []
+        poller = ReadinessPoller(
+            jobs, created.job_id, poll_interval_s=POLL, timeout_s=10, on_progress=seen.append
+        )
+        assert poller.endpoint is None and not poller.done()
+        await poller.run()
+        endpoint = await poller.wait()
+        elapsed = anyio.current_time() - started
+        assert elapsed >= warmup
+        assert elapsed < warmup + 2.0
+        assert poller.endpoint == endpoint and poller.done()
+        assert endpoint.job_id == created.job_id and endpoint.job_name == created.job_name
+        assert (await jobs.get(created.job_id)).base_url == endpoint.base_url
+        # States in order: some pre-RUNNING polls, then RUNNING, nothing else.
+        states = _collapse([p.state for p in seen])
+        assert states[-1] == "RUNNING"
+        assert states[:-1] and all(s in PRE_RUNNING for s in states[:-1])
+        assert [p.attempt for p in seen] == list(range(1, len(seen) + 1))
+        assert all(p.job_id == created.job_id for p in seen)
+        assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(seen))
+        # Polls were paced by the interval (±20% jitter), not a busy loop.
+        assert len(seen) <= warmup / (POLL * 0.8) + 3
+        # And the trainer answers now.
+        async with httpx.AsyncClient() as client:
+            health = await client.get(f"{endpoint.base_url}/api/v1/healthz")
+        assert health.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_failed_job_stops_the_wait_at_once() -> None:
+    async with LocalTrainer(warmup_s=60.0) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        failed_at: list[float] = []
+
+        async def fail_soon() -> None:
+            await anyio.sleep(0.3)
+            lt.fail_job(created.job_id, message="out of GPUs")
+            failed_at.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fail_soon)
+            with pytest.raises(TrainerJobFailed) as info:
+                await jobs.wait_for_ready(created.job_id, poll_interval_s=POLL, timeout_s=30)
+            stopped = anyio.current_time()
+        assert info.value.state == "FAILED" and info.value.job_id == created.job_id
+        assert "out of GPUs" in str(info.value)
+        assert stopped - failed_at[0] < 1.0  # a poll or two, far from the 30 s timeout
+
+
+@pytest.mark.anyio
+async def test_readiness_timeout() -> None:
+    async with LocalTrainer(warmup_s=60.0) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        started = anyio.current_time()
+        with pytest.raises(ReadinessTimeout) as info:
+            await jobs.wait_for_ready(created.job_id, poll_interval_s=POLL, timeout_s=0.4)
+        elapsed = anyio.current_time() - started
+        assert 0.4 <= elapsed < 1.5
+        assert info.value.job_id == created.job_id and info.value.timeout_s == 0.4
+        assert info.value.last_state in PRE_RUNNING
+        assert isinstance(info.value, TimeoutError)
+
+
+@pytest.mark.anyio
+async def test_deleted_job_fails_fast() -> None:
+    async with LocalTrainer(warmup_s=60.0) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        await jobs.delete(created.job_id)
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.wait_for_ready(created.job_id, poll_interval_s=POLL, timeout_s=30)
+        assert info.value.state in ("DELETED", "DELETING")
+
+
+@pytest.mark.anyio
+async def test_poller_in_a_task_group_and_progress_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="firetitan_async.readiness")
+    async with LocalTrainer(warmup_s=0.3) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        poller = ReadinessPoller(jobs, created.job_id, poll_interval_s=POLL, timeout_s=10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run)
+            first = await poller.wait()  # may start waiting before run() has begun
+            second = await poller.wait()  # waiting again gives the same outcome
+        assert first == second
+        with pytest.raises(RuntimeError):
+            await poller.run()
+    messages = [r.getMessage() for r in caplog.records if r.name == "firetitan_async.readiness"]
+    # One INFO line per state change, not per poll.
+    assert any("RUNNING" in m for m in messages)
+    assert len(messages) <= 4
+
+
+@pytest.mark.anyio
+async def test_cancelled_poller_makes_wait_raise() -> None:
+    async with LocalTrainer(warmup_s=60.0) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        poller = ReadinessPoller(jobs, created.job_id, poll_interval_s=POLL, timeout_s=30)
+        with anyio.move_on_after(0.2):
+            await poller.run()
+        with anyio.fail_after(1):
+            with pytest.raises(FiretitanError, match="stopped before an outcome"):
+                await poller.wait()
+
+
+@pytest.mark.anyio
+async def test_broken_progress_callback_does_not_break_the_wait() -> None:
+    def explode(_progress: ReadinessProgress) -> None:
+        raise RuntimeError("display broke")
+
+    async with LocalTrainer(warmup_s=0.1) as lt, _jobs_for(lt) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        poller = ReadinessPoller(
+            jobs, created.job_id, poll_interval_s=POLL, timeout_s=10, on_progress=explode
+        )
+        await poller.run()
+        assert (await poller.wait()).job_id == created.job_id
+
+
+@pytest.mark.anyio
+async def test_wrong_key_ends_the_wait_with_the_status_error() -> None:
+    async with (
+        LocalTrainer(api_key="right-key") as lt,
+        _jobs_for(lt, api_key="wrong-key-xyz") as jobs,
+    ):
+        with anyio.fail_after(5), pytest.raises(APIStatusError) as info:
+            await jobs.wait_for_ready("some-job", poll_interval_s=POLL, timeout_s=30)
+        assert info.value.status_code == 401
+        assert "wrong-key-xyz" not in f"{info.value} {info.value!r} {info.value.body}"
+
+
+@pytest.mark.parametrize("field", ["poll_interval_s", "timeout_s"])
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
+def test_poller_rejects_bad_timing(field: str, value: float) -> None:
+    jobs = TrainerJobs(account_id="acme", base_url="http://127.0.0.1:9")
+    with pytest.raises(InvalidInput) as info:
+        kwargs: dict[str, Any] = {field: value}
+        ReadinessPoller(jobs, "j1", **kwargs)
+    assert info.value.field == field
+
+
+# -- fault shapes (MockTransport) -------------------------------------------------------------
+
+HANDLE = "https://trainer.example"
+
+
+def _mock_jobs(handler: Callable[[httpx.Request], httpx.Response]) -> TrainerJobs:
+    return TrainerJobs(
+        "k", account_id="acme", transport=httpx.MockTransport(handler), retry=FAST_RETRY
+    )
+
+
+def _job(state: str, handle: str | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": "accounts/acme/rlorTrainerJobs/j1", "state": state}
+    if handle:
+        record["directRouteHandle"] = handle
+    return record
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("probe", [True, False])
+async def test_running_job_waits_for_its_trainer_to_answer(probe: bool) -> None:
+    health: list[int] = []
+    replies = iter([503, 503, 200])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "trainer.example":
+            assert request.url.path == "/api/v1/healthz"
+            assert request.headers["X-API-Key"] == "k"
+            assert "Authorization" not in request.headers
+            health.append(status := next(replies))
+            return httpx.Response(status)
+        return httpx.Response(200, json=_job("JOB_STATE_RUNNING", HANDLE))
+
+    seen: list[ReadinessProgress] = []
+    async with _mock_jobs(handler) as jobs:
+        poller = ReadinessPoller(
+            jobs,
+            "j1",
+            poll_interval_s=0.01,
+            timeout_s=5,
+            on_progress=seen.append,
+            probe_data_plane=probe,
+        )
+        await poller.run()
+        assert (await poller.wait()).base_url == HANDLE
+    if probe:
+        assert health == [503, 503, 200]
+        assert [p.message for p in seen] == [
+            "waiting for the trainer to answer",
+            "waiting for the trainer to answer",
+            None,
+        ]
+    else:
+        assert health == [] and len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_control_plane_outage_mid_wait_is_tolerated() -> None:
+    # PENDING, then an outage longer than one get()'s retries, then RUNNING.
+    script = iter(
+        [(200, _job("JOB_STATE_PENDING"))]
+        + [(503, {"error": "down"})] * 5
+        + [(200, _job("JOB_STATE_RUNNING", HANDLE))]
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "trainer.example":
+            return httpx.Response(200, json={})
+        status, body = next(script)
+        return httpx.Response(status, json=body)
+
+    seen: list[str] = []
+    async with _mock_jobs(handler) as jobs:
+        poller = ReadinessPoller(
+            jobs,
+            "j1",
+            poll_interval_s=0.01,
+            timeout_s=5,
+            on_progress=lambda p: seen.append(p.state),
+        )
+        await poller.run()
+        await poller.wait()
+    assert _collapse(seen) == ["PENDING", "RUNNING"]
+
+
+@pytest.mark.anyio
+async def test_running_without_handle_keeps_waiting() -> None:
+    script = iter([_job("JOB_STATE_RUNNING"), _job("JOB_STATE_RUNNING", HANDLE)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "trainer.example":
+            return httpx.Response(200)
+        return httpx.Response(200, json=next(script))
+
+    async with _mock_jobs(handler) as jobs:
+        endpoint = await jobs.wait_for_ready("j1", poll_interval_s=0.01, timeout_s=5)
+    assert endpoint.base_url == HANDLE
+
+
+# -- the `wait` command -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("FIREWORKS_API_KEY", "FIREWORKS_ACCOUNT_ID", "FIREWORKS_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _create(lt: LocalTrainer) -> str:
+    async def create() -> str:
+        async with _jobs_for(lt) as jobs:
+            return (await jobs.create(TrainerJobConfig(base_model=MODEL))).job_id
+
+    return anyio.run(create)
+
+
+def _wait_argv(lt: LocalTrainer, job_id: str, *more: str) -> list[str]:
+    return [
+        "wait",
+        job_id,
+        "--account-id",
+        lt.account_id,
+        "--base-url",
+        lt.control_plane_url,
+        "--poll-interval",
+        str(POLL),
+        *more,
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_wait_prints_progress_then_the_url(capsys: pytest.CaptureFixture[str]) -> None:
+    lt = LocalTrainer(warmup_s=0.3)
+    lt.start()
+    try:
+        job_id = _create(lt)
+        code = main(_wait_argv(lt, job_id, "--timeout", "10"))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        url = out.strip().splitlines()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("RUNNING") and "after" in lines[-1]
+        assert len(lines) >= 2 and lines[0].split()[0] in PRE_RUNNING
+
+        lt.fail_job(job_id, message="preempted")
+        code = main(_wait_argv(lt, job_id))
+        _, err = capsys.readouterr()
+        assert code == 1 and "FAILED" in err and "preempted" in err and "Traceback" not in err
+
+        slow = LocalTrainer(warmup_s=60.0)
+        slow.start()
+        try:
+            code = main(_wait_argv(slow, _create(slow), "--timeout", "0.3"))
+        finally:
+            slow.stop()
+        _, err = capsys.readouterr()
+        assert code == 1 and "not ready after" in err
+    finally:
+        lt.stop()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_wait_helpful_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["wait", "j1"]) == 2
+    assert "FIREWORKS_ACCOUNT_ID" in capsys.readouterr().err
+
+    assert main(["wait", "j1", "--account-id", "acme"]) == 2
+    assert "FIREWORKS_API_KEY" in capsys.readouterr().err
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    assert main(["wait", "j1", "--account-id", "acme", "--base-url", dead]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and dead in err and "Traceback" not in err
+
+    assert main(["wait", "j1", "--account-id", "a", "--base-url", "http://example.com"]) == 2
+    assert "http://" in capsys.readouterr().err
+
+    assert main(["wait", "j1", "--account-id", "a", "--poll-interval", "0"]) == 2
+    assert "--poll-interval" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["wait"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+
+    lt = LocalTrainer(api_key="right-key")
+    lt.start()
+    try:
+        monkeypatch.setenv("FIREWORKS_API_KEY", "wrong-key-123")
+        code = main(_wait_argv(lt, "j1"))
+        err = capsys.readouterr().err
+        assert code == 1 and "refused the API key" in err and "wrong-key-123" not in err
+        monkeypatch.setenv("FIREWORKS_API_KEY", "right-key")
+        code = main(_wait_argv(lt, "no-such-job"))
+        err = capsys.readouterr().err
+        assert code == 1 and "404" in err
+    finally:
+        lt.stop()
