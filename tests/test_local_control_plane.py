@@ -62,7 +62,8 @@ def test_job_lifecycle_with_warmup() -> None:
 
         lt.fail_job(job_id, message="out of GPUs")
         failed = http.get(url).json()
-        assert failed["state"] == "JOB_STATE_FAILED" and "out of GPUs" in failed["status"]["message"]
+        assert failed["state"] == "JOB_STATE_FAILED"
+        assert "out of GPUs" in failed["status"]["message"]
         assert "directRouteHandle" not in failed
         assert http.get(f"{handle}/api/v1/healthz").status_code == 503
 
@@ -129,17 +130,18 @@ def test_data_plane_under_a_job_is_tagged_and_checked() -> None:
         assert mine["checkpoints"][0]["job_id"] == job_id
         run = http.get(f"{api}/training_runs/{model_id}").json()
         assert run["job_id"] == job_id
-        # A second job created warming makes the root data plane answer 503.
 
 
 @pytest.mark.anyio
 async def test_control_plane_with_async_client_and_key() -> None:
-    async with LocalTrainer(api_key="tml-k", warmup_s=0.2) as lt:
-        async with httpx.AsyncClient(headers={"Authorization": "Bearer tml-k"}) as http:
-            r = await http.post(_jobs_url(lt), json={"trainingConfig": {"baseModel": MODEL_NAME}})
-            assert r.status_code == 200
-            job_url = f"{_jobs_url(lt)}/{r.json()['name'].rsplit('/', 1)[-1]}"
-            assert (await http.get(job_url)).json()["state"] in (
-                "JOB_STATE_CREATING", "JOB_STATE_PENDING")
-            r401 = await http.get(job_url, headers={"Authorization": "Bearer wrong"})
-            assert r401.status_code == 401
+    async with (
+        LocalTrainer(api_key="tml-k", warmup_s=0.2) as lt,
+        httpx.AsyncClient(headers={"Authorization": "Bearer tml-k"}) as http,
+    ):
+        r = await http.post(_jobs_url(lt), json={"trainingConfig": {"baseModel": MODEL_NAME}})
+        assert r.status_code == 200
+        job_url = f"{_jobs_url(lt)}/{r.json()['name'].rsplit('/', 1)[-1]}"
+        assert (await http.get(job_url)).json()["state"] in (
+            "JOB_STATE_CREATING", "JOB_STATE_PENDING")
+        r401 = await http.get(job_url, headers={"Authorization": "Bearer wrong"})
+        assert r401.status_code == 401
