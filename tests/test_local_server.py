@@ -8,6 +8,10 @@ Model results are compared bit-for-bit with a ``TinyByteLM`` run in-process with
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -730,3 +734,40 @@ def test_stats_count_requests_steps_and_compute(trainer: LocalTrainer, api: Api)
     assert set(served) == {"requests", "faults_injected", "optim_steps_applied",
                            "compute_seconds"}
     assert served["requests"].get("_local/stats") is None
+
+
+def test_latency_delays_every_reply(local_trainer: LocalTrainer) -> None:
+    with LocalTrainer(latency_s=0.15) as slow, httpx.Client(timeout=10) as http:
+        for url in (slow.base_url, local_trainer.base_url):
+            http.get(f"{url}/api/v1/healthz")
+        start = time.monotonic()
+        http.get(f"{slow.base_url}/api/v1/healthz")
+        slow_s = time.monotonic() - start
+        start = time.monotonic()
+        http.get(f"{local_trainer.base_url}/api/v1/healthz")
+        fast_s = time.monotonic() - start
+    assert slow_s >= 0.15 > fast_s
+
+
+def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "LOCAL_KEY": "tml-cli-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", "1",
+         "--checkpoint-dir", str(tmp_path), "--api-key-env", "LOCAL_KEY",
+         "--log-level", "debug"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("local trainer serving http://127.0.0.1:"), first
+        url = first.split()[-1]
+        r = httpx.get(f"{url}/api/v1/healthz", headers={"X-API-Key": "tml-cli-key"})
+        assert r.status_code == 200
+        assert httpx.get(f"{url}/api/v1/healthz").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "GET /api/v1/healthz -> 200" in err and "tml-cli-key" not in err
