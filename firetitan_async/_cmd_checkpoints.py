@@ -8,6 +8,7 @@ import os
 import sys
 from datetime import datetime
 from functools import partial
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -87,6 +88,21 @@ async def list_checkpoints(
         for ckpt in await list_checkpoints("http://127.0.0.1:8080", None, run=model_id):
             print(ckpt.checkpoint_id, ckpt.tinker_path)
     """
+    records = await _fetch_records(base_url, api_key, run=run, job=job, limit=limit, retry=retry)
+    return [types.Checkpoint.model_validate(record) for record in records]
+
+
+async def _fetch_records(
+    base_url: str,
+    api_key: str | None,
+    *,
+    run: str | None,
+    job: str | None,
+    limit: int,
+    retry: RetryPolicy = _CLI_RETRY,
+) -> list[dict[str, Any]]:
+    """The listing's raw records (with any extra fields the server adds, e.g. the Fireworks
+    snapshot type), each checked to have the tinker ``Checkpoint`` shape."""
     transport = Transport(base_url, api_key, timeout=30.0, retry=retry)
     try:
         if run is not None:
@@ -100,7 +116,8 @@ async def list_checkpoints(
             reply = await transport.call("GET", "/api/v1/checkpoints", params=params)
     finally:
         await transport.aclose()
-    return list(types.CheckpointsListResponse.model_validate(reply).checkpoints)
+    types.CheckpointsListResponse.model_validate(reply)  # raises on a malformed listing
+    return [dict(record) for record in reply["checkpoints"]]
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -123,10 +140,8 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         return _fail(f"--limit must be >= 1, got {args.limit}", 2)
     try:
-        checkpoints = anyio.run(
-            partial(
-                list_checkpoints, base_url, api_key, run=args.run, job=args.job, limit=args.limit
-            )
+        records = anyio.run(
+            partial(_fetch_records, base_url, api_key, run=args.run, job=args.job, limit=args.limit)
         )
     except APIStatusError as exc:
         if exc.status_code in (401, 403):
@@ -138,10 +153,12 @@ def _run_list(args: argparse.Namespace) -> int:
         return _fail(f"the trainer at {base_url} answered {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the trainer at {base_url}: {exc}")
+    except ValueError as exc:  # pydantic's ValidationError: not a checkpoint listing
+        return _fail(f"the trainer at {base_url} sent an unexpected listing: {exc}")
     if args.json:
-        print(json.dumps([c.model_dump(mode="json") for c in checkpoints], indent=2))
+        print(json.dumps(records, indent=2))
     else:
-        _print_table(checkpoints)
+        _print_table(records)
     return 0
 
 
@@ -162,21 +179,26 @@ def _size(value: int | None) -> str:
     return f"{size:.1f} GiB"
 
 
-def _print_table(checkpoints: list[types.Checkpoint]) -> None:
-    if not checkpoints:
+def _print_table(records: list[dict[str, Any]]) -> None:
+    if not records:
         print("no checkpoints")
         return
-    rows = [
-        (
-            c.checkpoint_id,
-            c.checkpoint_type,
-            _when(c.time),
-            _when(c.expires_at),
-            _size(c.size_bytes),
-            c.tinker_path,
+    rows = []
+    for record in records:
+        ckpt = types.Checkpoint.model_validate(record)
+        kind: str = ckpt.checkpoint_type
+        if isinstance(snapshot := record.get("snapshot_type"), str):
+            kind = f"{kind}/{snapshot}"  # Fireworks base/delta sampler snapshots
+        rows.append(
+            (
+                ckpt.checkpoint_id,
+                kind,
+                _when(ckpt.time),
+                _when(ckpt.expires_at),
+                _size(ckpt.size_bytes),
+                ckpt.tinker_path,
+            )
         )
-        for c in checkpoints
-    ]
     header = ("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """
     parser = subparsers.add_parser(
         "demo",
-        help="run a pipelined RL loop against an embedded local trainer (about 20 s)",
+        help="run a pipelined RL loop against an embedded local trainer (about 10 s)",
         description=(
             "Start an embedded local trainer, create a trainer job on its control plane, wait "
             "until it is RUNNING, then run a pipelined RL loop in which a tiny byte-level model "

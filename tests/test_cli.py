@@ -92,6 +92,8 @@ def test_checkpoints_list(
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["CHECKPOINT", "TYPE", "CREATED"]
     assert "weights/cli-state" in out and "sampler_weights/cli-snap-" in out
+    snap_row = next(line for line in out.splitlines() if "cli-snap-" in line)
+    assert snap_row.split()[1] == "sampler/base", snap_row
     assert f"tinker://{model_id}/weights/cli-state" in out
     assert "job-state" not in out
 
@@ -103,6 +105,10 @@ def test_checkpoints_list(
     listed = json.loads(capsys.readouterr().out)
     ids = {c["checkpoint_id"] for c in listed}
     assert {"weights/cli-state", "weights/job-state"} <= ids
+    # The JSON keeps the server's extra fields (here: which job made it).
+    assert {c.get("job_id") for c in listed if c["checkpoint_id"] == "weights/job-state"} == {
+        job_id
+    }
 
 
 def test_checkpoints_list_url_from_env(
