@@ -66,7 +66,7 @@ class _Record:
 class FutureStore:
     """Request ids → pending/finished replies; keeps the newest ``max_finished`` results."""
 
-    def __init__(self, *, max_finished: int = 100_000) -> None:
+    def __init__(self, *, max_finished: int = 20_000) -> None:
         self._prefix = uuid.uuid4().hex[:12]
         self._counter = 0
         self._records: OrderedDict[str, _Record] = OrderedDict()
