@@ -31,7 +31,9 @@ def forward_batch(data: Sequence[types.Datum]) -> list[types.Datum]:
         weights = datum.loss_fn_inputs.get("weights")
         if weights is None:
             weights = types.TensorData(
-                data=np.zeros(target.to_numpy().shape, dtype=np.float32), dtype="float32"
+                data=np.zeros(target.to_numpy().shape, dtype=np.float32),
+                dtype="float32",
+                shape=target.shape,
             )
         out.append(
             types.Datum(
@@ -76,7 +78,7 @@ def backward_batch(data: Sequence[types.Datum], grads: Sequence[np.ndarray]) -> 
             model_input=datum.model_input,
             loss_fn_inputs={
                 "target_tokens": datum.loss_fn_inputs["target_tokens"],
-                "weights": types.TensorData(data=(-grad).astype(np.float32), dtype="float32"),
+                "weights": types.TensorData.from_numpy((-grad).astype(np.float32)),
             },
         )
         for datum, grad in zip(data, grads, strict=True)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 __all__ = ["SamplingClient"]
 
 T = TypeVar("T")
+# Tells the server it may answer 429 to slow sampling down (the transport then backs off).
+_BACKPRESSURE = {"X-Tinker-Sampling-Backpressure": "1"}
 
 
 class SamplingClient:
@@ -86,7 +88,9 @@ class SamplingClient:
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
             transport = self._session.transport
-            accepted = await transport.submit("/api/v1/asample", json_body=body)
+            accepted = await transport.submit(
+                "/api/v1/asample", json_body=body, headers=_BACKPRESSURE
+            )
             pending.request_id = accepted.request_id
             done = await transport.retrieve(
                 accepted.request_id, request_type=REQUEST_TYPE["sample"], proto=True

@@ -123,7 +123,7 @@ class Transport:
             httpx.AsyncClient(
                 base_url=self.base_url,
                 auth=_ApiKeyAuth(api_key) if api_key else None,
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": USER_AGENT, "Accept": _JSON},
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0), pool=None),
                 limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
                 transport=transport,
