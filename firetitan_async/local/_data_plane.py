@@ -517,20 +517,18 @@ async def save_weights_for_sampler(request: Request) -> Response:
                 raise ApiError(400, "either path (a name) or sampling_session_seq_id is required")
             return _ephemeral_sampler_op(state, entry, n)
         check_name(name)
-        if snapshot_type == "delta" and not entry.base_submitted:
-            raise ApiError(
-                400,
-                f"a delta snapshot needs a previous base snapshot of model {entry.model_id} "
-                "(save one with checkpoint_type='base' first)",
-            )
-        if snapshot_type == "base":
-            entry.base_submitted = True
+        # Whether a base precedes a delta is decided when the op runs, in seq_id order:
+        # pipelined submissions may arrive in any order.
 
         def op() -> FutureReply:
             weights = entry.model.sampler_weights()
             if snapshot_type == "delta":
                 if entry.last_base_path is None or entry.last_base_weights is None:
-                    raise ApiError(400, "a delta snapshot needs a previous base snapshot")
+                    raise ApiError(
+                        400,
+                        f"a delta snapshot needs a previous base snapshot of model "
+                        f"{entry.model_id} (save one with checkpoint_type='base' first)",
+                    )
                 meta = state.checkpoints.save_sampler(
                     entry.run, name, weights, snapshot_type="delta",
                     base_path=entry.last_base_path, base_weights=entry.last_base_weights,

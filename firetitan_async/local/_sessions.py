@@ -42,7 +42,6 @@ class TrainingModel:
     last_request_s: float = attrs.field(factory=time.time)
     last_base_path: str | None = None
     last_base_weights: dict[str, np.ndarray] | None = None
-    base_submitted: bool = False  # a base sampler snapshot was accepted (deltas may follow)
     optimizer_config: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "adamw"})
 
     @property
