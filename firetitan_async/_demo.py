@@ -53,7 +53,8 @@ _EOS = 256
 
 @attrs.frozen
 class DemoConfig:
-    """Knobs of the demo (the CLI sets ``steps``, ``backend``-independent fields and latency).
+    """Knobs of the demo; ``firetitan-async demo`` exposes steps, target, loss, seed, latency
+    and warm-up. The defaults reach a mean reward near 1.0 in about 15 steps for most seeds.
 
     Example::
 
