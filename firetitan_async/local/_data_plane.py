@@ -12,6 +12,11 @@ Fireworks extensions: ``save_weights_for_sampler`` accepts ``checkpoint_type`` (
 ``"delta"``) and ``ttl_seconds``; ``GET checkpoints`` accepts ``job_id=``; checkpoints list
 ``snapshot_type`` and ``job_id`` as extra fields.
 
+Local choices: sampling ``stop`` strings are their UTF-8 bytes (one token per byte) and ints
+are one-token stop sequences; EOS (token 256) always ends a sample, also with ``stop=[]``.
+``max_tokens`` defaults to 16. ``kind="inflight"`` sampler saves behave like ``"snapshot"``.
+Top-k logprobs, ``target_prompt_logprobs`` and ``prompt_alt_tokens_k`` are refused (400).
+
 Example::
 
     app = Starlette(routes=data_plane_routes())   # state at request.app.state.server

@@ -33,6 +33,7 @@ from typing import Any
 
 from ._data_plane import JOB_SCOPE_KEY
 from ._faults import FaultKind
+from ._http_errors import ApiError
 from ._idempotency import CachedReply, IdemKey
 from ._server_state import ServerState
 
@@ -216,8 +217,8 @@ class FrontDoor:
         if job_id is not None:
             try:
                 job = state.jobs.get(job_id)
-            except Exception:
-                return _json_reply(404, {"detail": f"trainer job {job_id!r} not found"})
+            except ApiError as exc:
+                return _json_reply(exc.status, {"detail": exc.detail})
             job_state = state.jobs.state(job)
             if job_state != "JOB_STATE_RUNNING":
                 if job_state in ("JOB_STATE_CREATING", "JOB_STATE_PENDING"):
