@@ -75,6 +75,15 @@ def fb_body(
     return bytes(msg.SerializeToString())
 
 
+def image_body(model_id: str, seq_id: int) -> bytes:
+    """A ForwardBackwardRequest whose datum is an image (the tiny model reads only text)."""
+    msg = pb.ForwardBackwardRequest(model_id=model_id, seq_id=seq_id, loss_fn="cross_entropy")
+    chunk = msg.data.add().model_input.add()
+    chunk.image.data = b"\x89PNG"
+    chunk.image.format = "png"
+    return bytes(msg.SerializeToString())
+
+
 def local_batch() -> list[DatumArrays]:
     return [DatumArrays(tokens=TEXT[:-1], inputs={"target_tokens": TEXT[1:],
                                                    "weights": np.ones(len(TEXT) - 1, np.float32)})]
@@ -346,6 +355,11 @@ def test_bad_requests_say_what_is_wrong_and_change_nothing(trainer: LocalTrainer
         ("malformed tinker path", "load_weights",
          lambda s: {"model_id": model_id, "seq_id": s, "optimizer": False, "path": "s3://x"},
          400, "tinker://", True),
+        ("image chunk", "forward_backward", lambda s: image_body(model_id, s), 400,
+         "data[0].model_input: image chunks are not supported", True),
+        ("load without path", "load_weights",
+         lambda s: {"model_id": model_id, "seq_id": s, "optimizer": False}, 400,
+         "path is required", True),
         ("reused seq_id", "optim_step",
          lambda s: {"model_id": model_id, "seq_id": 1, "adam_params": ADAM}, 400,
          "seq_id 1 of model", False),

@@ -42,6 +42,7 @@ from ._json_body import read_json_object
 from ._model import MODEL_NAME, VOCAB_SIZE, TinyByteLM
 from ._ordering import Operation, OrderedExecutor
 from ._proto_codec import (
+    BadForwardBackwardData,
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,
@@ -349,9 +350,18 @@ def _submit(
 
 async def forward_backward(request: Request) -> Response:
     state = _state(request)
-    sub = decode_forward_backward(
-        await request.body(), content_encoding=request.headers.get("content-encoding")
-    )
+    try:
+        sub = decode_forward_backward(
+            await request.body(), content_encoding=request.headers.get("content-encoding")
+        )
+    except BadForwardBackwardData as exc:
+        error = exc  # valid model and seq_id: the seq_id is consumed
+        bad = state.registry.model(error.model_id)
+
+        def refuse() -> Operation:
+            raise error
+
+        return _submit(state, bad, error.seq_id, "ForwardBackward", refuse)
     entry = state.registry.model(sub.model_id)
 
     def build() -> Operation:
@@ -465,16 +475,18 @@ def _load_op(state: ServerState, entry: TrainingModel, path: str, optimizer: boo
 async def load_weights(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request)
-    path = _req_str(body, "path")
-    optimizer = _bool(body, "optimizer", False)
     if body.get("model_id") is not None:
         entry = state.registry.model(_req_str(body, "model_id"))
 
         def build() -> Operation:
+            path = _req_str(body, "path")
+            optimizer = _bool(body, "optimizer", False)
             _check_training_checkpoint(state, path, entry.run.lora_rank)
             return _load_op(state, entry, path, optimizer)
 
         return _submit(state, entry, _opt_int(body, "seq_id"), "LoadWeights", build)
+    path = _req_str(body, "path")
+    optimizer = _bool(body, "optimizer", False)
     # Create-via-load: the load is the new model's operation 0.
     session = state.registry.session(_req_str(body, "session_id"))
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)

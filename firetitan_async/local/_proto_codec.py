@@ -25,6 +25,7 @@ from ._http_errors import ApiError
 from ._model import DatumArrays
 
 __all__ = [
+    "BadForwardBackwardData",
     "ForwardBackwardSubmission",
     "decode_forward_backward",
     "encode_forward_backward_output",
@@ -37,6 +38,16 @@ _DTYPES: Mapping[int, np.dtype[np.generic]] = {
     pb.DTYPE_INT64: np.dtype(np.int64),
     pb.DTYPE_INT32: np.dtype(np.int32),
 }
+
+
+class BadForwardBackwardData(ApiError):
+    """The request names ``model_id`` and ``seq_id`` but its data cannot be decoded (the
+    server still consumes that ``seq_id``)."""
+
+    def __init__(self, status: int, detail: str, model_id: str, seq_id: int) -> None:
+        super().__init__(status, detail)
+        self.model_id = model_id
+        self.seq_id = seq_id
 
 
 @attrs.frozen(eq=False)
@@ -81,7 +92,11 @@ def decode_forward_backward(
             config[key] = float(value.number)
         elif which == "text":
             config[key] = str(value.text)
-    data = [_decode_datum(d, i) for i, d in enumerate(msg.data)]
+    try:
+        data = [_decode_datum(d, i) for i, d in enumerate(msg.data)]
+    except ApiError as exc:
+        seq_id = int(msg.seq_id)
+        raise BadForwardBackwardData(exc.status, exc.detail, msg.model_id, seq_id) from None
     return ForwardBackwardSubmission(
         model_id=msg.model_id,
         seq_id=int(msg.seq_id),
