@@ -214,7 +214,17 @@ class LocalTrainer:
 
     def stats(self) -> dict[str, Any]:
         """``{"requests": {endpoint: n}, "faults_injected": n, "optim_steps_applied":
-        {model_id: n}, "compute_seconds": s}``."""
+        {model_id: n}, "compute_seconds": s}``.
+
+        ``endpoint`` is the path after ``/api/v1/`` with ids folded (``forward_backward``,
+        ``training_run_checkpoints``, ...) or ``jobs.create``/``jobs.get``/... for the control
+        plane; ``/_local/*`` is not counted. ``compute_seconds`` is the wall time of model
+        operations (math, and checkpoint file I/O of save/load operations).
+
+        Example::
+
+            lt.stats()["optim_steps_applied"]   # {"local-...:train:0": 10}
+        """
         if self._state is None:
             return {"requests": {}, "faults_injected": 0, "optim_steps_applied": {},
                     "compute_seconds": 0.0}
