@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -26,7 +27,9 @@ import httpx
 import numpy as np
 import pytest
 import tinker
+import zstandard
 from tinker import types
+from tinker.proto import tinker_public_pb2 as pb
 
 from firetitan_async import ServiceSession
 from firetitan_async._snapshots import session_suffix
@@ -366,13 +369,7 @@ TIMER_DRIVEN = frozenset({"session_heartbeat"})
 _SUBMISSION_REPLY_KEY = "request_id"
 
 
-@attrs.frozen
-class Normalised:
-    steps: dict[str, list[Op]]
-    session_id: str
-
-
-def normalise(recording: Recording) -> Normalised:
+def normalise(recording: Recording) -> dict[str, list[Op]]:
     """Ids become placeholders, polls attach to their submission, a step's ops are sorted."""
     session_id = _session_id(recording["bootstrap"])
     ids = {session_id: "<session>", session_suffix(session_id): "<session-suffix>"}
@@ -399,7 +396,7 @@ def normalise(recording: Recording) -> Normalised:
             if "polls" in op:
                 op["polls"] = _collapse_polls(op["polls"])
         steps[step] = sorted(ops, key=_op_sort_key)
-    return Normalised(steps=steps, session_id=session_id)
+    return steps
 
 
 def _session_id(bootstrap: Sequence[RecordedExchange]) -> str:
@@ -445,7 +442,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 
 
 def _readable(value: Any) -> Any:
-    """Protobuf bytes fields of tokens and tensors shown as numbers (losslessly), for diffs."""
+    """Protobuf bytes of tokens and dense tensors shown as numbers (exactly), for diffs."""
     if isinstance(value, list):
         return [_readable(v) for v in value]
     if not isinstance(value, dict):
@@ -461,7 +458,10 @@ def _readable(value: Any) -> Any:
 
 
 def _b64_array(text: str, dtype: np.dtype[Any]) -> list[Any]:
-    return list(np.frombuffer(base64.b64decode(text), dtype=dtype).tolist())
+    values = np.frombuffer(base64.b64decode(text), dtype=dtype).tolist()
+    if dtype.kind == "f":  # repr keeps -0.0 apart from 0.0, and float32 -> float64 is exact
+        return [repr(v) for v in values]
+    return list(values)
 
 
 def _collapse_polls(polls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -657,8 +657,8 @@ def compare(sdk: Recording, ours: Recording) -> None:
     """
     assert list(sdk) == list(ours), "both runs must record the same steps"
     used: set[int] = set()
-    sdk_steps = apply_deliberate("sdk", normalise(sdk).steps, used)
-    our_steps = apply_deliberate("ours", normalise(ours).steps, used)
+    sdk_steps = apply_deliberate("sdk", normalise(sdk), used)
+    our_steps = apply_deliberate("ours", normalise(ours), used)
     where: dict[str, list[str]] = {}
     for step in sdk_steps:
         for place, line in _differences(step, sdk_steps[step], our_steps[step]):
@@ -831,7 +831,7 @@ def test_comparison_finds_a_changed_field(sdk_recording: Recording) -> None:
     body["adam_params"] = {**body["adam_params"], "beta2": 0.999}
     exchanges[index] = attrs.evolve(exchanges[index], body=body)
     tampered = {**sdk, "optim_step": tuple(exchanges)}
-    before, after = normalise(sdk).steps, normalise(tampered).steps
+    before, after = normalise(sdk), normalise(tampered)
     assert list(_differences("forward", before["forward"], after["forward"])) == []
     lines = [
         line for _, line in _differences("optim_step", before["optim_step"], after["optim_step"])
@@ -846,12 +846,65 @@ def test_comparison_finds_a_stale_deliberate_entry(sdk_recording: Recording) -> 
     sdk = sdk_recording
     entry = next(i for i, e in enumerate(DELIBERATE) if "dynamic_config at" in e.what)
     used: set[int] = set()
-    apply_deliberate("sdk", normalise(sdk).steps, used)
+    apply_deliberate("sdk", normalise(sdk), used)
     assert entry in used
     without = {
         step: tuple(ex for ex in exchanges if ex.endpoint != "client/dynamic_config")
         for step, exchanges in sdk.items()
     }
     used.clear()
-    apply_deliberate("sdk", normalise(without).steps, used)
+    apply_deliberate("sdk", normalise(without), used)
     assert entry not in used
+
+
+# -- the recorder itself ---------------------------------------------------------------------
+
+
+def test_recorder_records_what_was_sent() -> None:
+    chunk = pb.ForwardBackwardRequest(model_id="nope:train:0", seq_id=1, loss_fn="cross_entropy")
+    chunk.data.add().model_input.add().encoded_text.tokens = np.array([1, 2], np.int32).tobytes()
+    with (
+        LocalTrainer(seed=SEED) as trainer,
+        Recorder(trainer.base_url, client_config={"fwdbwd_max_chunk_len": 3}) as rec,
+        httpx.Client(base_url=rec.base_url, headers={"X-API-Key": API_KEY}) as http,
+    ):
+        config = http.post("/api/v1/client/config", json={"sdk_version": "x", "k": API_KEY})
+        rejected = http.post(
+            "/api/v1/forward_backward",
+            content=zstandard.ZstdCompressor().compress(chunk.SerializeToString()),
+            headers={
+                "Content-Type": "application/x-protobuf",
+                "Content-Encoding": "zstd",
+                "X-Idempotency-Key": "key-1",
+            },
+        )
+        listed = http.get("/api/v1/training_runs/nope:train:0/checkpoints", params={"limit": 2})
+    config_ex, chunk_ex, list_ex = rec.records
+    assert config.json()["fwdbwd_max_chunk_len"] == 3 and config_ex.reply == config.json()
+    assert config_ex.body == {"sdk_version": "x", "k": "<redacted>"}  # a key is never recorded
+    assert config_ex.headers["x-api-key"] == "<present>" and API_KEY not in repr(rec.records)
+    assert (chunk_ex.body_format, chunk_ex.headers["content-encoding"]) == ("protobuf", "zstd")
+    assert chunk_ex.body == {
+        "model_id": "nope:train:0",
+        "seq_id": 1,
+        "loss_fn": "cross_entropy",
+        "data": [{"model_input": [{"encoded_text": {"tokens": "AQAAAAIAAAA="}}]}],
+    }
+    assert (
+        chunk_ex.idempotency_key == "key-1" and chunk_ex.headers["x-idempotency-key"] == "<present>"
+    )
+    assert 400 <= rejected.status_code < 500 and chunk_ex.status == rejected.status_code
+    assert chunk_ex.reply_format == "json" and "detail" in chunk_ex.reply
+    assert (list_ex.method, list_ex.endpoint) == ("GET", "training_runs/nope:train:0/checkpoints")
+    assert list_ex.query == (("limit", "2"),) and list_ex.status == listed.status_code
+    assert [ex.index for ex in rec.records] == [0, 1, 2]
+
+
+def test_recorder_answers_502_when_the_target_is_down() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Recorder(f"http://127.0.0.1:{port}") as rec:
+        reply = httpx.get(f"{rec.base_url}/api/v1/healthz")
+        assert rec.take()[0].status == reply.status_code == 502
+        assert rec.records == ()

@@ -149,6 +149,11 @@ class Recorder:
     A request the target cannot answer (connection refused or dropped) gets a 502 JSON reply
     and is recorded with that status.
 
+    ``client_config`` plays a server with other feature flags: its keys are merged into every
+    ``client/config`` reply (e.g. ``{"proto_compress_fwdbwd": True, "fwdbwd_max_chunk_len": 8}``
+    makes clients compress and chunk ``forward_backward`` bodies). It is the only reply the
+    recorder ever changes; the record shows the reply as the client got it.
+
     Example::
 
         with Recorder(trainer.base_url) as rec:
@@ -157,8 +162,16 @@ class Recorder:
             bootstrap = rec.take()
     """
 
-    def __init__(self, target_url: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        target_url: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.target_url = target_url.rstrip("/")
+        self._client_config = dict(client_config or {})
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -330,6 +343,8 @@ class Recorder:
             reply_headers = [
                 (k, v) for k, v in upstream.headers.multi_items() if k not in _NOT_FORWARDED
             ]
+            if self._client_config and request.url.path.endswith("/api/v1/client/config"):
+                reply, reply_headers = self._override_config(status, reply, reply_headers)
         except httpx.HTTPError as exc:
             status = 502
             detail = f"recorder: the target failed to answer: {type(exc).__name__}"
@@ -380,6 +395,21 @@ class Recorder:
             (b"content-length", str(len(reply)).encode()),
         ]
         return response
+
+    def _override_config(
+        self, status: int, reply: bytes, headers: list[tuple[str, str]]
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        if status != 200 or _header(headers, "content-encoding"):
+            return reply, headers
+        try:
+            config = json.loads(reply)
+        except ValueError:
+            return reply, headers
+        if not isinstance(config, dict):
+            return reply, headers
+        config.update(self._client_config)
+        kept = [(k, v) for k, v in headers if k.lower() != "content-type"]
+        return json.dumps(config).encode(), [*kept, ("content-type", "application/json")]
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str:
