@@ -782,3 +782,20 @@ def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "GET /api/v1/healthz -> 200" in err and "tml-cli-key" not in err
+
+
+def test_delta_before_base_fails_its_future_in_seq_order(api: Api) -> None:
+    model_id = api.model(api.session())
+    # The delta (seq 2) arrives before the base (seq 1): it still runs after it, and succeeds.
+    delta = api.ok("save_weights_for_sampler", {"model_id": model_id, "seq_id": 2, "path": "d",
+                                                "checkpoint_type": "delta"})
+    base = api.ok("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "b",
+                                               "checkpoint_type": "base"})
+    assert api.result(base["request_id"])["path"].endswith("/sampler_weights/b")
+    assert api.result(delta["request_id"])["path"].endswith("/sampler_weights/d")
+    # On a model with no base at all, the delta's future fails as a user error.
+    other = api.model(api.session())
+    lone = api.ok("save_weights_for_sampler", {"model_id": other, "seq_id": 1, "path": "d",
+                                               "checkpoint_type": "delta"})
+    failed = api.result(lone["request_id"])
+    assert failed["category"] == "user" and "needs a previous base" in failed["error"]
