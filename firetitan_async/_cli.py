@@ -20,6 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="firetitan-async",
         description="asyncio/trio-native client and local trainer for Tinker-protocol trainers.",
+        epilog=(
+            "examples:\n"
+            "  firetitan-async demo                      # RL demo against an embedded trainer\n"
+            "  firetitan-async serve --port 8080         # a local trainer for your own code\n"
+            "  firetitan-async wait JOB_ID               # wait for a Fireworks trainer job\n"
+            "  firetitan-async checkpoints list --run MODEL_ID --base-url URL"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:

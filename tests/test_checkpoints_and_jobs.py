@@ -128,8 +128,12 @@ async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
         from_delta = await (await session.create_sampling_client(d1.path)).compute_logprobs(prompt)
         from_base = await (await session.create_sampling_client(b1.path)).compute_logprobs(prompt)
         assert from_delta == from_base
-        names = {c.checkpoint_id for c in await client.list_checkpoints()}
-        assert f"sampler_weights/{d1.snapshot_name}" in names
+        listed = {c.checkpoint_id: c for c in await client.list_checkpoints()}
+        delta_size = listed[f"sampler_weights/{d1.snapshot_name}"].size_bytes
+        base_size = listed[f"sampler_weights/{b1.snapshot_name}"].size_bytes
+        assert delta_size is not None and base_size is not None
+        print(f"delta snapshot {delta_size} bytes, base {base_size} bytes after one step")
+        assert delta_size < base_size
 
 
 async def test_state_checkpoints_expire_after_their_ttl() -> None:

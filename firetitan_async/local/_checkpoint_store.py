@@ -219,8 +219,10 @@ class CheckpointStore:
             self.record_run(run)
         npz = folder / f"{name}.npz"
         tmp = folder / f".{name}.npz.tmp"
+        # A delta's XOR bits are mostly zero where the weights barely moved: compress them.
+        save = np.savez_compressed if extra.get("snapshot_type") == "delta" else np.savez
         with open(tmp, "wb") as fh:
-            np.savez(fh, allow_pickle=False, **arrays)
+            save(fh, allow_pickle=False, **arrays)
         os.replace(tmp, npz)
         now = time.time()
         meta: dict[str, Any] = {
