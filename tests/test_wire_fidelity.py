@@ -31,7 +31,7 @@ import zstandard
 from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 
-from firetitan_async import ServiceSession
+from firetitan_async import Pending, RetryPolicy, ServiceSession
 from firetitan_async._snapshots import session_suffix
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._recorder import RecordedExchange, Recorder
@@ -580,7 +580,8 @@ DELIBERATE: list[Deliberate] = [
         what="X-Idempotency-Key on retrieve_future polls",
         why="a poll reads a result and changes nothing, so repeating it is harmless; the SDK only "
         "sends one because its generated client puts a key on every non-GET. Submissions carry "
-        "one on both sides (and ours keeps it across retries, which no fault-free run shows)",
+        "one on both sides; ours keeps it across all retries (the SDK makes a new one per outer "
+        "retry): see test_our_retries_keep_one_idempotency_key_per_submission",
         side="sdk",
         rewrite=_without_headers(lambda n: n == "x-idempotency-key", polls_only=True),
     ),
@@ -908,3 +909,35 @@ def test_recorder_answers_502_when_the_target_is_down() -> None:
         reply = httpx.get(f"{rec.base_url}/api/v1/healthz")
         assert rec.take()[0].status == reply.status_code == 502
         assert rec.records == ()
+
+
+@pytest.mark.anyio
+async def test_our_retries_keep_one_idempotency_key_per_submission() -> None:
+    """What no fault-free run shows: under injected faults (5xx, 429, dropped connections, some
+    after the server applied the request) every attempt of one submission carries the same
+    X-Idempotency-Key, each submission has its own, and the server applies each op once. (The
+    SDK makes a new key for each of its outer retries; see DELIBERATE.)"""
+    fast = RetryPolicy(backoff_base_s=0.005, backoff_cap_s=0.05)
+    async with (
+        LocalTrainer(seed=SEED, fault_rate=0.3) as trainer,
+        Recorder(trainer.base_url) as rec,
+    ):
+        async with ServiceSession(rec.base_url, api_key=API_KEY, retry=fast) as session:
+            client = await session.create_training_client(BASE_MODEL, lora_rank=4)
+            ops: list[Pending[Any]] = []
+            for _ in range(6):
+                ops += [client.forward_backward(CE_BATCH, "cross_entropy"), client.optim_step(ADAM)]
+            for op in ops:
+                await op
+        applied = trainer.stats()["optim_steps_applied"][client.model_id]
+    keys: dict[tuple[str, int], set[str | None]] = {}
+    attempts: dict[tuple[str, int], int] = {}
+    for ex in rec.records:
+        if ex.endpoint in ("forward_backward", "optim_step") and isinstance(ex.body, dict):
+            submission = (ex.endpoint, int(ex.body["seq_id"]))
+            keys.setdefault(submission, set()).add(ex.idempotency_key)
+            attempts[submission] = attempts.get(submission, 0) + 1
+    assert len(keys) == 12 and applied == 6
+    assert all(len(k) == 1 and None not in k for k in keys.values()), keys
+    assert len({next(iter(k)) for k in keys.values()}) == 12
+    assert max(attempts.values()) > 1, "no submission was retried: the check saw nothing"
