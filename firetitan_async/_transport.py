@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from ._h11_transport import H11Transport
 from ._retry import RetryPolicy, retry_after_seconds
 from ._version import USER_AGENT
 from ._wire_bodies import retrieve_future_body
@@ -50,9 +51,6 @@ _LONG_POLL_TIMEOUT_S = 45.0
 # A try_again faster than this is treated as "the server does not long-poll": back off a little.
 _FAST_TRY_AGAIN_S = 0.5
 _FAST_TRY_AGAIN_MAX_SLEEP_S = 0.5
-# Connection-pool sharding (see Transport.__init__).
-_MAX_SHARDS = 64
-_CONNECTIONS_PER_SHARD = 32
 
 
 class _ApiKeyAuth(httpx.Auth):
@@ -112,42 +110,30 @@ class Transport:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self._timeout = timeout
-        # httpcore's pool rescans every connection and queued request on each request and
-        # reply, which is quadratic in the number in flight: with hundreds of long-polls open
-        # one pool stalls the event loop for whole seconds. So requests are spread round-robin
-        # over small pools (shards), each scanning only its own few connections.
-        shards = max(1, min(_MAX_SHARDS, max_connections // _CONNECTIONS_PER_SHARD))
-        per_shard = max(1, max_connections // shards)
-        ssl_context = httpx.create_ssl_context()  # one for all shards: building one is slow
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=self.base_url,
-                auth=_ApiKeyAuth(api_key) if api_key else None,
-                headers={"User-Agent": USER_AGENT, "Accept": _JSON},
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0), pool=None),
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-                transport=transport,
-                http2=http2,
-                verify=ssl_context,
+        if transport is None and not http2:
+            # Our own HTTP/1.1 transport: httpcore's pool costs O(requests in flight) per
+            # request and reply, which dominated the client's CPU at hundreds in flight.
+            transport = H11Transport(
+                max_connections=max_connections, ssl_context=httpx.create_ssl_context()
             )
-            for _ in range(shards)
-        ]
-        self._next_shard = 0
-
-    @property
-    def _client(self) -> httpx.AsyncClient:
-        """The next shard, round-robin."""
-        index = self._next_shard
-        self._next_shard = (index + 1) % len(self._clients)
-        return self._clients[index]
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=_ApiKeyAuth(api_key) if api_key else None,
+            headers={"User-Agent": USER_AGENT, "Accept": _JSON},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0), pool=None),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=min(512, max_connections)
+            ),
+            transport=transport,
+            http2=http2,
+        )
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
-        """Close the HTTP clients and their connections."""
-        for client in self._clients:
-            await client.aclose()
+        """Close the HTTP client and its connections."""
+        await self._client.aclose()
 
     # -- plain JSON calls -------------------------------------------------------------------
 

@@ -1,0 +1,223 @@
+"""A lean HTTP/1.1 ``httpx.AsyncBaseTransport``: h11 over anyio streams, O(1) pooling.
+
+httpcore's pool rescans every connection and queued request on each request and reply, and
+under hundreds of concurrent requests its HTTP/1.1 connections are often handed two requests
+at once, one of which is then retried internally: at 256 operations in flight most of the
+client's CPU went there. This transport keeps idle connections in a stack (take the most
+recently used, put back after the reply), so a request costs the same however many are in
+flight. It reads whole replies (our bodies are small) and speaks ``http`` and ``https``.
+
+Errors are raised as the httpx exceptions the rest of the client already handles
+(``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``, …). A request that fails on a
+reused keep-alive connection before any reply byte arrived is retried once on a new
+connection: the server had closed the idle connection and never saw the request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import NoReturn
+
+import anyio
+import anyio.abc
+import anyio.streams.tls
+import h11
+import httpx
+
+__all__ = ["H11Transport"]
+
+_READ_SIZE = 65536
+_Key = tuple[str, str, int]
+_STREAM_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection."""
+
+    __slots__ = ("h11", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await self.stream.aclose()
+
+
+class _ReplyStarted(Exception):
+    """Internal: the exchange failed after reply bytes arrived, so it is not retried here."""
+
+
+class H11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 transport with a constant-cost connection pool.
+
+    ``max_connections`` bounds open connections (beyond it a request waits for one);
+    ``max_idle`` bounds kept-alive idle ones; ``ssl_context`` serves ``https`` URLs.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 4096,
+        max_idle: int = 512,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._limit = anyio.CapacityLimiter(max_connections)
+        self._max_idle = max_idle
+        self._ssl_context = ssl_context
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        url = request.url
+        key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        async with self._limit:
+            for attempt in (0, 1):
+                conn, reused = await self._checkout(key, request)
+                try:
+                    response = await self._exchange(conn, request)
+                except _ReplyStarted as exc:
+                    await conn.aclose()
+                    assert isinstance(exc.__cause__, httpx.TransportError)
+                    raise exc.__cause__ from None
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                    await conn.aclose()
+                    if reused and attempt == 0:
+                        continue  # a stale keep-alive connection: the server never saw it
+                    raise
+                except BaseException:
+                    await conn.aclose()
+                    raise
+                await self._check_in(key, conn)
+                return response
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                await conn.aclose()
+
+    async def _checkout(self, key: _Key, request: httpx.Request) -> tuple[_Connection, bool]:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.reusable():
+                return conn, True
+            await conn.aclose()
+        scheme, host, port = key
+        timeout = _timeouts(request).get("connect")
+        try:
+            with anyio.fail_after(timeout):
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+                if scheme == "https":
+                    stream = await anyio.streams.tls.TLSStream.wrap(
+                        stream,
+                        hostname=host,
+                        ssl_context=self._ssl_context or ssl.create_default_context(),
+                        standard_compatible=False,
+                    )
+        except TimeoutError as exc:
+            message = f"connecting to {host}:{port} timed out"
+            raise httpx.ConnectTimeout(message, request=request) from exc
+        except OSError as exc:
+            message = f"cannot connect to {host}:{port}: {exc}"
+            raise httpx.ConnectError(message, request=request) from exc
+        return _Connection(stream), False
+
+    async def _check_in(self, key: _Key, conn: _Connection) -> None:
+        h = conn.h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE:
+            with contextlib.suppress(h11.LocalProtocolError):
+                h.start_next_cycle()
+        idle = self._idle.setdefault(key, [])
+        if not self._closed and conn.reusable() and len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            await conn.aclose()
+
+    async def _exchange(self, conn: _Connection, request: httpx.Request) -> httpx.Response:
+        timeouts = _timeouts(request)
+        body = request.content  # httpx has already read our (small) bodies
+        headers = list(request.headers.raw)
+        if not any(k.lower() == b"host" for k, _ in headers):
+            headers.insert(0, (b"Host", request.url.netloc))
+        if body and not any(k.lower() == b"content-length" for k, _ in headers):
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        h = conn.h11
+        try:
+            out = h.send(
+                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+            )
+            if body:
+                out += h.send(h11.Data(data=body))
+            out += h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        try:
+            with anyio.fail_after(timeouts.get("write")):
+                await conn.stream.send(out or b"")
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout("writing the request timed out", request=request) from exc
+        except _STREAM_ERRORS as exc:
+            raise httpx.WriteError(f"writing the request failed: {exc!r}", request=request) from exc
+
+        started = False
+        status, reason, reply_headers = 0, b"", []
+        chunks: list[bytes] = []
+        try:
+            with anyio.fail_after(timeouts.get("read")):
+                while True:
+                    event = h.next_event()
+                    if event is h11.NEED_DATA:
+                        try:
+                            data = await conn.stream.receive(_READ_SIZE)
+                        except anyio.EndOfStream:
+                            data = b""
+                        h.receive_data(data)
+                    elif isinstance(event, h11.Response):
+                        started = True
+                        status, reason = event.status_code, event.reason
+                        reply_headers = list(event.headers.raw_items())
+                    elif isinstance(event, h11.Data):
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                        raise h11.RemoteProtocolError("the connection closed mid-reply")
+        except TimeoutError as exc:
+            _fail(httpx.ReadTimeout("the reply timed out", request=request), exc, started)
+        except h11.RemoteProtocolError as exc:
+            message = f"the server closed the connection or sent a bad reply: {exc}"
+            _fail(httpx.RemoteProtocolError(message, request=request), exc, started)
+        except _STREAM_ERRORS as exc:
+            message = f"reading the reply failed: {exc!r}"
+            _fail(httpx.ReadError(message, request=request), exc, started)
+        return httpx.Response(
+            status,
+            headers=reply_headers,
+            content=b"".join(chunks),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+
+def _timeouts(request: httpx.Request) -> dict[str, float | None]:
+    timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+    return timeouts
+
+
+def _fail(error: httpx.TransportError, cause: BaseException, started: bool) -> NoReturn:
+    """Raise ``error``; marked as "after the reply started" when it is (then never retried)."""
+    if started:
+        raise _ReplyStarted() from error
+    raise error from cause

@@ -1,0 +1,171 @@
+"""The HTTP/1.1 transport against a scripted raw TCP server (fault shapes on demand)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from firetitan_async._h11_transport import H11Transport
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[anyio.abc.SocketStream, int], Awaitable[None]]
+
+
+def reply(body: bytes = b"ok", *, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n"
+    return (head + ("connection: close\r\n" if close else "") + "\r\n").encode() + body
+
+
+async def read_request(stream: anyio.abc.SocketStream) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(rest) < length:
+        rest += await stream.receive()
+    return head
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A loopback server running ``handler(stream, connection_index)``; yields (url, counts)."""
+    connections: list[int] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        index = len(connections)
+        connections.append(0)
+        async with stream:
+            with suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await handler(stream, index)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        try:
+            yield f"http://127.0.0.1:{port}", connections
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        while True:
+            await read_request(stream)
+            await stream.send(reply(b"hello"))
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            for _ in range(5):
+                response = await client.post(url + "/x", content=b"body")
+                assert response.status_code == 200 and response.content == b"hello"
+    assert len(connections) == 1
+
+
+async def test_stale_idle_connection_is_replaced_transparently() -> None:
+    seen: list[int] = []
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        seen.append(index)
+        await stream.send(reply(b"once"))
+        # then close: the client's idle connection goes stale
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            assert (await client.get(url)).content == b"once"
+            await anyio.sleep(0.05)
+            assert (await client.get(url)).content == b"once"
+    assert seen == [0, 1]
+    assert len(connections) == 2
+
+
+async def test_a_reply_cut_short_is_an_error_and_not_resent() -> None:
+    requests = 0
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        nonlocal requests
+        await read_request(stream)
+        requests += 1
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+
+    async with raw_server(handler) as (url, _):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post(url, content=b"apply me once")
+    assert requests == 1
+
+
+async def test_read_timeout_and_connect_errors_are_httpx_errors() -> None:
+    async def silent(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        await anyio.sleep(10)
+
+    async with raw_server(silent) as (url, _):
+        async with httpx.AsyncClient(transport=H11Transport(), timeout=0.2) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(url)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there now
+    async with httpx.AsyncClient(transport=H11Transport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_chunked_replies_and_connection_close() -> None:
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        await stream.send(
+            b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        await read_request(stream)
+        await stream.send(reply(b"bye", close=True))
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            first = await client.get(url)
+            assert (first.status_code, first.content) == (201, b"hello world")
+            assert (await client.get(url)).content == b"bye"
+    assert len(connections) == 1
+
+
+async def test_many_concurrent_requests_bounded_by_max_connections() -> None:
+    open_now = 0
+    most = 0
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await read_request(stream)
+                await anyio.sleep(0.01)
+                await stream.send(reply())
+        finally:
+            open_now -= 1
+
+    async with raw_server(handler) as (url, _):
+        async with httpx.AsyncClient(transport=H11Transport(max_connections=8)) as client:
+            results: list[int] = []
+
+            async def one() -> None:
+                results.append((await client.get(url)).status_code)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(one)
+    assert results == [200] * 100
+    assert most <= 8
