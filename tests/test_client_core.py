@@ -160,7 +160,10 @@ async def test_awaiting_twice_gives_the_same_result(trainer: LocalTrainer) -> No
         assert "done" in repr(fb)
 
 
-async def test_event_loop_never_blocked(trainer: LocalTrainer) -> None:
+async def test_event_loop_never_blocked() -> None:
+    """Every reply is delayed 1 s, so a request made synchronously on the loop (a blocking
+    bootstrap, a blocking wait) would stall the ticker for at least 1 s; the bound is 0.9 s.
+    The ≤10 ms goal is measured in benchmarks/, not here."""
     gaps: list[float] = []
     stop = anyio.Event()
 
@@ -172,9 +175,9 @@ async def test_event_loop_never_blocked(trainer: LocalTrainer) -> None:
             gaps.append(now - last)
             last = now
 
-    async with anyio.create_task_group() as tg:
+    async with LocalTrainer(seed=7, latency_s=1.0) as slow, anyio.create_task_group() as tg:
         tg.start_soon(ticker)
-        async with ServiceSession(trainer.base_url) as session:
+        async with ServiceSession(slow.base_url) as session:
             client = await session.create_training_client(MODEL, lora_rank=8)
             pendings = []
             for step in range(50):
@@ -186,7 +189,7 @@ async def test_event_loop_never_blocked(trainer: LocalTrainer) -> None:
     worst_ms = max(gaps) * 1000
     print(f"largest 1 ms-ticker gap through start, 50 pipelined steps and exit: {worst_ms:.1f} ms")
     # A generous bound: catches a real block (a synchronous round trip), not scheduling noise.
-    assert worst_ms < 250
+    assert worst_ms < 900
 
 
 async def test_errors_propagate_as_themselves(trainer: LocalTrainer) -> None:
