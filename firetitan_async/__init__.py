@@ -48,6 +48,7 @@ from .errors import (
     ReadinessTimeout,
     RequestFailedError,
     SessionClosed,
+    SubmissionLost,
     TrainerJobFailed,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "SamplingClient",
     "ServiceSession",
     "SessionClosed",
+    "SubmissionLost",
     "TrainerEndpoint",
     "TrainerJob",
     "TrainerJobConfig",

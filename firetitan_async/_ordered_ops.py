@@ -16,9 +16,9 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from ._pending import Pending
-from .errors import APIStatusError, FiretitanError, SessionClosed
+from .errors import APIStatusError, FiretitanError, SessionClosed, SubmissionLost
 
-__all__ = ["OrderedOps", "Spawner", "SubmissionLost"]
+__all__ = ["OrderedOps", "Spawner"]
 
 T = TypeVar("T")
 logger = logging.getLogger("firetitan_async.operations")
@@ -28,10 +28,6 @@ class Spawner(Protocol):
     """What :class:`OrderedOps` needs from its session: a place to run tasks."""
 
     def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
-
-
-class SubmissionLost(FiretitanError):
-    """A submission could not be delivered, so this client's later operations cannot run."""
 
 
 class OrderedOps:

@@ -532,7 +532,7 @@ def _match_checkpoint(
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    from ._ordered_ops import SubmissionLost
+    from .errors import SubmissionLost
 
     leaves: list[BaseException] = []
 

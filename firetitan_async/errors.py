@@ -23,6 +23,7 @@ __all__ = [
     "ReadinessTimeout",
     "RequestFailedError",
     "SessionClosed",
+    "SubmissionLost",
     "TrainerJobFailed",
 ]
 
@@ -98,6 +99,15 @@ class ReadinessTimeout(FiretitanError, TimeoutError):
 
 class SessionClosed(FiretitanError):
     """The session (or client) was used after its ``async with`` block ended."""
+
+
+class SubmissionLost(FiretitanError):
+    """A submission could not be delivered (retries ran out), so its operation failed.
+
+    The server runs a client's operations in sequence-id order and cannot skip the missing
+    one, so every later operation of the same training client fails with this error too,
+    at once, instead of waiting forever.
+    """
 
 
 class InvalidInput(FiretitanError, ValueError):

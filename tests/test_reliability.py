@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 from tinker import types
@@ -17,8 +19,10 @@ from firetitan_async import (
     InvalidInput,
     RetryPolicy,
     ServiceSession,
+    SubmissionLost,
     TrainingClient,
 )
+from firetitan_async._h11_transport import H11Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import rl_datum, sft_datum
 
@@ -273,3 +277,81 @@ async def test_api_key_never_appears_in_logs_reprs_or_errors(
     for text in texts:
         assert secret not in text
         assert "the-right-key" not in text
+
+
+async def test_a_rejected_submission_does_not_wedge_later_operations(
+    trainer: LocalTrainer,
+) -> None:
+    async with ServiceSession(trainer.base_url) as session:
+        client = await session.create_training_client(MODEL, lora_rank=2)
+        ok_before = client.forward_backward(step_batch(0), "cross_entropy")
+        # Token 999 passes the client's checks (it knows no vocabulary) but not the server's.
+        rejected = client.forward_backward(
+            [sft_datum("ab"), d([999, 1], **_ce(2))], "cross_entropy"
+        )
+        later = [client.optim_step(ADAM), client.forward(step_batch(1), "cross_entropy")]
+        with anyio.fail_after(30):
+            await ok_before
+            with pytest.raises(APIStatusError) as info:
+                await rejected
+            for p in later:
+                await p
+    assert 400 <= info.value.status_code < 500
+    assert "999" in str(info.value) or "token" in str(info.value)
+
+
+def _ce(n: int) -> dict[str, Any]:
+    return {
+        "target_tokens": types.TensorData.from_numpy(np.ones(n, dtype=np.int64)),
+        "weights": types.TensorData.from_numpy(np.ones(n, dtype=np.float32)),
+    }
+
+
+class _LoseSubmission(httpx.AsyncBaseTransport):
+    """Forwards to the real server, but every attempt to submit ``seq_id`` fails to connect:
+    a submission lost for good, which a real server cannot be asked to produce."""
+
+    def __init__(self, seq_id: int) -> None:
+        self._inner = H11Transport()
+        self._seq_id = seq_id
+        self.lost_attempts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if (
+            request.url.path.endswith("/optim_step")
+            and json.loads(request.content).get("seq_id") == self._seq_id
+        ):
+            self.lost_attempts += 1
+            raise httpx.ConnectError("injected: connection refused", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_lost_submission_fails_later_operations_instead_of_hanging(
+    trainer: LocalTrainer,
+) -> None:
+    lose = _LoseSubmission(seq_id=4)
+    retry = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.02)
+    async with ServiceSession(trainer.base_url, retry=retry, transport=lose) as session:
+        client = await session.create_training_client(MODEL, lora_rank=3)
+        pendings = []
+        for step in range(4):  # seq ids 1..8: fwd/bwd odd, optim_step even
+            pendings.append(client.forward_backward(step_batch(step), "cross_entropy"))
+            pendings.append(client.optim_step(ADAM))
+        with anyio.fail_after(20):
+            outcomes = []
+            for p in pendings:
+                try:
+                    await p
+                    outcomes.append("ok")
+                except SubmissionLost as exc:
+                    outcomes.append(str(exc))
+        after = client.forward(step_batch(0), "cross_entropy")
+        with pytest.raises(SubmissionLost):
+            await after
+    assert outcomes[:3] == ["ok", "ok", "ok"]
+    assert "seq_id 4" in outcomes[3] and "could not be submitted" in outcomes[3]
+    assert all("earlier operation" in o for o in outcomes[4:])
+    assert lose.lost_attempts == 3
