@@ -233,7 +233,7 @@ class ReadinessPoller:
         self._last_state = job.state
         message = job.status_message
         outcome: TrainerEndpoint | BaseException | None = None
-        if False:
+        if job.is_terminal:
             outcome = TrainerJobFailed(self.job_id, job.state, job.status_message)
         elif (endpoint := job.endpoint()) is not None:
             try:
