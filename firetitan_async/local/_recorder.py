@@ -29,11 +29,10 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-import anyio
 import attrs
 import httpx
 import uvicorn
@@ -45,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from tinker.proto import tinker_public_pb2 as pb
+
+from ._lifetime import ThreadedServerLifetime, bind_listener
 
 __all__ = ["BodyFormat", "RecordedExchange", "Recorder", "decode_body"]
 
@@ -140,7 +141,7 @@ class RecordedExchange:
         return f"{self.method} {self.path}{query} -> {self.status} [{self.body_format}]"
 
 
-class Recorder:
+class Recorder(ThreadedServerLifetime):
     """A recording reverse proxy in front of ``target_url``, on ``127.0.0.1``.
 
     Use it as ``with Recorder(url) as rec:`` (sync) or ``async with`` (asyncio or trio); point
@@ -199,14 +200,7 @@ class Recorder:
         """Bind, start serving on a background thread, and return once connections are accepted."""
         if self._thread is not None:
             raise RuntimeError("the recorder is already running")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-            sock.listen(128)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_listener(self._host, self._port, backlog=128)
         self._bound_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self._app(),
@@ -245,31 +239,6 @@ class Recorder:
             self._sock.close()
             self._sock = None
         self._bound_port = None
-
-    def __enter__(self) -> Recorder:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Recorder:
-        await anyio.to_thread.run_sync(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.stop)
 
     # -- the records ---------------------------------------------------------------------------
 

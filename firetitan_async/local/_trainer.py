@@ -23,20 +23,19 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import anyio
 import uvicorn
 
 from ._app import build_app
 from ._front import quiet_dropped_connections
+from ._lifetime import ThreadedServerLifetime, bind_listener
 from ._server_state import ServerConfig, ServerState
 
 __all__ = ["LocalTrainer"]
 
 
-class LocalTrainer:
+class LocalTrainer(ThreadedServerLifetime):
     """A wire-compatible Tinker trainer (data plane) and Fireworks trainer-job control plane
     on loopback, backed by the numpy model ``local/tiny-byte-lm``.
 
@@ -99,17 +98,7 @@ class LocalTrainer:
         if self._thread is not None:
             raise RuntimeError("this LocalTrainer is already running")
         quiet_dropped_connections()
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when proto says
-        # TCP; with proto 0, Nagle + delayed ACK add ~40 ms to every reply.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(1024)
+        sock = bind_listener(self._host, self._port)
         port = sock.getsockname()[1]
         host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
         if ":" in host:
@@ -168,31 +157,6 @@ class LocalTrainer:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
 
-    def __enter__(self) -> LocalTrainer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> LocalTrainer:
-        await anyio.to_thread.run_sync(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.stop)
-
     # -- addresses and hooks ------------------------------------------------------------------
 
     @property
@@ -226,8 +190,12 @@ class LocalTrainer:
             lt.stats()["optim_steps_applied"]   # {"local-...:train:0": 10}
         """
         if self._state is None:
-            return {"requests": {}, "faults_injected": 0, "optim_steps_applied": {},
-                    "compute_seconds": 0.0}
+            return {
+                "requests": {},
+                "faults_injected": 0,
+                "optim_steps_applied": {},
+                "compute_seconds": 0.0,
+            }
         return self._state.stats.snapshot()
 
     def fail_job(self, job_id: str, message: str = "failed by LocalTrainer.fail_job") -> None:
