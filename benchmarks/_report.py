@@ -176,7 +176,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         f"Sizes: pipelined {plan['pipelined_steps']} steps of batch {plan['batch']} at "
         f"{plan['latency_ms']:g} ms latency; throughput {plan['throughput_ops']} forwards, "
-        f"{plan['inflight']} in flight, no latency; stall {plan['stall_steps']} steps at "
+        f"{plan['inflight']} in flight, no latency (the bare httpx loop: "
+        f"{plan['httpx_ops']} forwards); stall {plan['stall_steps']} steps at "
         f"{plan['latency_ms']:g} ms. Ideal pipelined wall time (server compute + 2 × latency): "
         f"{meta['ideal_pipelined_wall_s']:.3f} s.",
     ]

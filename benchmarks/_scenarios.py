@@ -28,13 +28,14 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
 import anyio
 import attrs
 import httpx
+import numpy as np
 from _server import fetch_stats
 from tinker import types
 
@@ -93,6 +94,7 @@ def run_worker(args: WorkerArgs) -> dict[str, Any]:
     if args.client == "httpx" and args.scenario != "throughput":
         raise ValueError("the bare httpx baseline exists for the throughput scenario only")
     os.environ["TINKER_TELEMETRY"] = "0"
+    _import_client(args.client)  # import time is not part of any measured section
     figures: dict[str, Any] = anyio.run(_run, args, backend=args.backend)
     figures.update(
         scenario=args.scenario,
@@ -116,6 +118,15 @@ async def _run(args: WorkerArgs) -> dict[str, Any]:
 
 
 # -- the clients under test, behind one small interface ---------------------------------------
+
+
+def _import_client(client: Client) -> None:
+    if client == "tinker":
+        import tinker  # noqa: F401
+    else:
+        import firetitan_async
+        import firetitan_async._wire_bodies
+        import firetitan_async._wire_fwdbwd  # noqa: F401
 
 
 class _Trainer(Protocol):
@@ -187,24 +198,40 @@ async def _open_trainer(client: Client, url: str) -> AsyncIterator[_Trainer]:
 # -- scenarios ------------------------------------------------------------------------------
 
 
-def _batch(n: int) -> list[types.Datum]:
-    from firetitan_async.local._datums import sft_datum
+def _sft_datum(text: str) -> types.Datum:
+    """What ``firetitan_async.local._datums.sft_datum`` builds (inputs ``t[:-1]``, targets
+    ``t[1:]``, weight 1), made here so a client process never imports the local trainer."""
+    tokens = list(text.encode())
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "weights": types.TensorData.from_numpy(np.ones(len(tokens) - 1, dtype=np.float32)),
+        },
+    )
 
-    return [sft_datum(_TEXTS[i % len(_TEXTS)]) for i in range(n)]
+
+def _batch(n: int) -> list[types.Datum]:
+    return [_sft_datum(_TEXTS[i % len(_TEXTS)]) for i in range(n)]
 
 
 def _small_datum() -> list[types.Datum]:
-    from firetitan_async.local._datums import sft_datum
-
-    return [sft_datum("hello world")]
+    return [_sft_datum("hello world")]
 
 
-async def _submit_steps(trainer: _Trainer, steps: int, batch: list[types.Datum]) -> int:
+async def _submit_steps(
+    trainer: _Trainer,
+    steps: int,
+    batch: list[types.Datum],
+    phase: Callable[[str], None] = lambda _name: None,
+) -> int:
     """Submit every step first, then await the results in order; returns the op count."""
+    phase("submit")
     futures: list[Awaitable[Any]] = []
     for _ in range(steps):
         futures.append(trainer.forward_backward(batch))
         futures.append(trainer.optim_step())
+    phase("await")
     for future in futures:
         await future
     return len(futures)
@@ -372,13 +399,29 @@ async def _throughput_httpx(args: WorkerArgs) -> dict[str, Any]:
 
 
 class _Ticker:
-    """A task that wakes every 1 ms and records the largest gap between its wake-ups."""
+    """A task that wakes every 1 ms and records the largest gap between its wake-ups.
+
+    The measured run is split into named phases (:meth:`phase`); each phase also keeps the
+    largest part of a gap that fell inside it, so a stall can be traced to where it happened.
+    """
 
     def __init__(self) -> None:
         self.max_gap_s = 0.0
         self.ticks = 0
-        self._last = time.perf_counter()
+        self.by_phase: dict[str, float] = {}
+        self._phase = "idle"
+        self._phase_start = self._last = time.perf_counter()
         self._running = True
+
+    def phase(self, name: str) -> None:
+        """Enter phase ``name`` (the gap in progress counts up to now for the old phase)."""
+        now = time.perf_counter()
+        self._note_phase(now)
+        self._phase, self._phase_start = name, now
+
+    def _note_phase(self, now: float) -> None:
+        part = now - max(self._last, self._phase_start)
+        self.by_phase[self._phase] = max(self.by_phase.get(self._phase, 0.0), part)
 
     async def run(self) -> None:
         self._last = time.perf_counter()
@@ -387,6 +430,7 @@ class _Ticker:
             now = time.perf_counter()
             if not self._running:
                 break
+            self._note_phase(now)
             self.max_gap_s = max(self.max_gap_s, now - self._last)
             self.ticks += 1
             self._last = now
@@ -394,7 +438,9 @@ class _Ticker:
     def stop(self) -> None:
         """Stop measuring now; the gap in progress counts up to this moment."""
         if self._running:
-            self.max_gap_s = max(self.max_gap_s, time.perf_counter() - self._last)
+            now = time.perf_counter()
+            self._note_phase(now)
+            self.max_gap_s = max(self.max_gap_s, now - self._last)
             self._running = False
 
 
@@ -405,17 +451,22 @@ async def _stall(args: WorkerArgs) -> dict[str, Any]:
         tg.start_soon(ticker.run)
         await anyio.sleep(0.01)  # the ticker is running before the session starts
         t0 = time.perf_counter()
+        ticker.phase("session_start")
         async with _open_trainer(args.client, args.url) as trainer:
-            ops = await _submit_steps(trainer, args.steps, batch)
+            ops = await _submit_steps(trainer, args.steps, batch, ticker.phase)
             ticker.stop()
             wall = time.perf_counter() - t0
-    return {
+    figures: dict[str, Any] = {
         "wall_s": wall,
         "steps": args.steps,
         "ops": ops,
         "max_stall_ms": ticker.max_gap_s * 1e3,
         "ticks": ticker.ticks,
     }
+    for phase, gap in ticker.by_phase.items():
+        if phase != "idle":
+            figures[f"max_stall_ms_{phase}"] = gap * 1e3
+    return figures
 
 
 def _cpu_s() -> float:
