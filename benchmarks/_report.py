@@ -149,7 +149,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "# Benchmarks: firetitan_async vs the tinker SDK on the same local trainer",
         "",
         f"Command: `{meta['command']}` ({plan['reps']} repetitions per client, alternating;"
-        f" took {meta['duration_s']:.0f} s).",
+        f" took {meta['duration_s']:.0f} s), at commit `{meta.get('commit', 'unknown')}`.",
         "",
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['os']}, "
         f"Python {machine['python']}, tinker {machine['tinker']}, httpx {machine['httpx']}, "

@@ -180,6 +180,7 @@ def _summaries(
 def run_benchmarks(plan: Plan) -> dict[str, Any]:
     """Start the servers, run every scenario, and return the result document."""
     started = time.monotonic()
+    commit = _git_commit()
     raw: dict[str, dict[str, dict[str, Summary]]] = {}
     _log(f"benchmarks ({plan.mode}: {plan.reps} rep(s)); latency {plan.latency_ms:g} ms")
     with TrainerProcess(latency_ms=plan.latency_ms, cwd=ROOT) as server:
@@ -228,9 +229,34 @@ def run_benchmarks(plan: Plan) -> dict[str, Any]:
         "ideal_pipelined_wall_s": ideal,
         "duration_s": time.monotonic() - started,
         "machine": machine_info(),
+        "commit": commit,
         "command": "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:]),
     }
     return document
+
+
+def _git_commit() -> str:
+    """The tree's commit (with ``+dirty`` when firetitan_async has uncommitted changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "firetitan_async"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def _finite_or_none(obj: Any) -> Any:
