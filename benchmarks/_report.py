@@ -155,22 +155,27 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         f"Python {machine['python']}, tinker {machine['tinker']}, httpx {machine['httpx']}, "
         f"anyio {machine['anyio']}. Date: {machine['date']}.",
         "",
-        "Figures are medians over the repetitions (min–max in brackets in the raw tables);",
-        "ratios are ratios of medians. The local trainer and every client run are separate",
-        "processes, so CPU and RSS are the client's alone.",
+        "Figures are medians over the repetitions (min–max in brackets); ratios are ratios of",
+        'medians, and "per-rep ratios" are the ratios of each adjacent A/B pair (median, min–max),',
+        "which cancel slow drift of the machine. The local trainer and every client run are",
+        "separate processes, so CPU and RSS are the client's alone. Load average (1 min) before",
+        f"and after the run: {meta.get('load_average_before', 0):.2f} / "
+        f"{meta.get('load_average_after', 0):.2f}.",
         "",
-        "| key | figure | goal | met? | scenario |",
-        "|---|---|---|---|---|",
+        "| key | figure | goal | met? | per-rep ratios | scenario |",
+        "|---|---|---|---|---|---|",
     ]
+    paired = document.get("paired_ratios", {})
     for goal in GOALS:
         met = document["goals"][goal.key]["met"]
+        per_rep = _summary_text(paired[goal.key]) if paired.get(goal.key) else "—"
         lines.append(
             f"| `{goal.key}` | {_fmt(document.get(goal.key))} | {goal.text} | "
-            f"{'yes' if met else '**no**'} | {goal.scenario} |"
+            f"{'yes' if met else '**no**'} | {per_rep} | {goal.scenario} |"
         )
     lines.append(
         f"| `tinker_max_loop_stall_ms` | {_fmt(document.get('tinker_max_loop_stall_ms'))} | "
-        "— | — | the same ticker with the tinker SDK |"
+        "— | — | — | the same ticker with the tinker SDK |"
     )
     lines += [
         "",
@@ -196,5 +201,5 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             )
     notes = document.get("notes")
     if notes:
-        lines += ["", "## Notes", "", str(notes)]
+        lines += ["", str(notes).rstrip()]
     return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ from _stats import Summary, ratio, summarize
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS_MD = HERE / "RESULTS.md"
+NOTES_MD = HERE / "NOTES.md"
 
 
 @attrs.frozen
@@ -177,46 +178,80 @@ def _summaries(
     }
 
 
-def run_benchmarks(plan: Plan) -> dict[str, Any]:
-    """Start the servers, run every scenario, and return the result document."""
+def _paired(
+    runs: dict[str, list[dict[str, Any]]], a: str, b: str, figure: str
+) -> dict[str, float | int]:
+    """Per-repetition ratios ``a/b`` of adjacent runs (drift cancels), summarized."""
+    values = [
+        float(x[figure]) / float(y[figure])
+        for x, y in zip(runs[a], runs[b], strict=True)
+        if float(y[figure])
+    ]
+    return summarize(values).as_dict() if values else {}
+
+
+def run_benchmarks(plan: Plan, only: Sequence[str] = SCENARIOS) -> dict[str, Any]:
+    """Start the servers, run the scenarios (all, or ``only`` these), return the document."""
     started = time.monotonic()
     commit = _git_commit()
-    raw: dict[str, dict[str, dict[str, Summary]]] = {}
+    load_before = os.getloadavg()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     _log(f"benchmarks ({plan.mode}: {plan.reps} rep(s)); latency {plan.latency_ms:g} ms")
-    with TrainerProcess(latency_ms=plan.latency_ms, cwd=ROOT) as server:
-        _log(f"local trainer with latency at {server.url}")
-        pipelined = _run_scenario("pipelined", server.url, plan, plan.pipelined_steps)
-        raw["pipelined"] = _summaries("pipelined", pipelined)
-        raw["stall"] = _summaries(
-            "stall", _run_scenario("stall", server.url, plan, plan.stall_steps)
-        )
-    with TrainerProcess(latency_ms=0, cwd=ROOT) as server:
-        _log(f"local trainer without latency at {server.url}")
-        raw["throughput"] = _summaries(
-            "throughput", _run_scenario("throughput", server.url, plan, plan.pipelined_steps)
-        )
+    if "pipelined" in only or "stall" in only:
+        with TrainerProcess(latency_ms=plan.latency_ms, cwd=ROOT) as server:
+            _log(f"local trainer with latency at {server.url}")
+            if "pipelined" in only:
+                runs["pipelined"] = _run_scenario(
+                    "pipelined", server.url, plan, plan.pipelined_steps
+                )
+            if "stall" in only:
+                runs["stall"] = _run_scenario("stall", server.url, plan, plan.stall_steps)
+    if "throughput" in only:
+        with TrainerProcess(latency_ms=0, cwd=ROOT) as server:
+            _log(f"local trainer without latency at {server.url}")
+            runs["throughput"] = _run_scenario("throughput", server.url, plan, 0)
+    raw = {scenario: _summaries(scenario, by_label) for scenario, by_label in runs.items()}
 
-    latency_s = plan.latency_ms / 1e3
-    ours_p = raw["pipelined"]["ours"]
-    ideal = ours_p["server_compute_s"].median + 2 * latency_s
-    thr = raw["throughput"]
-    keys: dict[str, float] = {
-        "pipelined_vs_tinker_steps_ratio": ratio(
+    keys: dict[str, float] = {}
+    paired: dict[str, Any] = {}
+    ideal = math.nan
+    if "pipelined" in raw:
+        ours_p = raw["pipelined"]["ours"]
+        ideal = ours_p["server_compute_s"].median + 2 * plan.latency_ms / 1e3
+        keys["pipelined_vs_tinker_steps_ratio"] = ratio(
             ours_p["steps_per_s"], raw["pipelined"]["tinker"]["steps_per_s"]
-        ),
-        "pipelined_vs_ideal_ratio": ours_p["wall_s"].median / ideal if ideal > 0 else math.nan,
-        "throughput_vs_tinker_ratio": ratio(thr["ours"]["ops_per_s"], thr["tinker"]["ops_per_s"]),
-        "throughput_vs_httpx_ratio": ratio(thr["ours"]["ops_per_s"], thr["httpx"]["ops_per_s"]),
-        "cpu_per_op_vs_tinker_ratio": ratio(
+        )
+        keys["pipelined_vs_ideal_ratio"] = ours_p["wall_s"].median / ideal
+        paired["pipelined_vs_tinker_steps_ratio"] = _paired(
+            runs["pipelined"], "ours", "tinker", "steps_per_s"
+        )
+    if "throughput" in raw:
+        thr = raw["throughput"]
+        keys["throughput_vs_tinker_ratio"] = ratio(
+            thr["ours"]["ops_per_s"], thr["tinker"]["ops_per_s"]
+        )
+        keys["throughput_vs_httpx_ratio"] = ratio(
+            thr["ours"]["ops_per_s"], thr["httpx"]["ops_per_s"]
+        )
+        keys["cpu_per_op_vs_tinker_ratio"] = ratio(
             thr["ours"]["cpu_per_op_us"], thr["tinker"]["cpu_per_op_us"]
-        ),
-        "max_loop_stall_ms": raw["stall"]["ours"]["max_stall_ms"].median,
-        "tinker_max_loop_stall_ms": raw["stall"]["tinker"]["max_stall_ms"].median,
-    }
+        )
+        for key, other, figure in (
+            ("throughput_vs_tinker_ratio", "tinker", "ops_per_s"),
+            ("throughput_vs_httpx_ratio", "httpx", "ops_per_s"),
+            ("cpu_per_op_vs_tinker_ratio", "tinker", "cpu_per_op_us"),
+        ):
+            paired[key] = _paired(runs["throughput"], "ours", other, figure)
+    if "stall" in raw:
+        keys["max_loop_stall_ms"] = raw["stall"]["ours"]["max_stall_ms"].median
+        keys["tinker_max_loop_stall_ms"] = raw["stall"]["tinker"]["max_stall_ms"].median
     document: dict[str, Any] = dict(keys)
     document["goals"] = {
-        goal.key: {"goal": goal.text, "met": goal.met(keys[goal.key])} for goal in GOALS
+        goal.key: {"goal": goal.text, "met": goal.met(keys[goal.key])}
+        for goal in GOALS
+        if goal.key in keys
     }
+    document["paired_ratios"] = paired
     document["raw"] = {
         scenario: {
             label: {fig: s.as_dict() for fig, s in figs.items()} for label, figs in by_label.items()
@@ -226,8 +261,11 @@ def run_benchmarks(plan: Plan) -> dict[str, Any]:
     document["meta"] = {
         "mode": plan.mode,
         "plan": attrs.asdict(plan),
+        "scenarios": list(runs),
         "ideal_pipelined_wall_s": ideal,
         "duration_s": time.monotonic() - started,
+        "load_average_before": load_before[0],
+        "load_average_after": os.getloadavg()[0],
         "machine": machine_info(),
         "commit": commit,
         "command": "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:]),
@@ -276,6 +314,16 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition (< 30 s)")
     parser.add_argument("--json", metavar="FILE", help="write the result document here")
     parser.add_argument("--reps", type=int, help="override the number of repetitions")
+    parser.add_argument(
+        "--render",
+        metavar="FILE",
+        help="rewrite RESULTS.md (with NOTES.md) from a full run's saved --json document",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIOS",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (no RESULTS.md then)",
+    )
     worker = parser.add_argument_group("worker mode (one measured client run; internal)")
     worker.add_argument("--worker", choices=SCENARIOS, help="run one scenario in this process")
     worker.add_argument("--client", choices=CLIENTS, default="ours")
@@ -316,6 +364,10 @@ def _worker_main(ns: argparse.Namespace) -> int:
     os._exit(0)  # skip interpreter teardown (the SDK's loop thread is never joined)
 
 
+def _num(value: Any) -> str:
+    return f"{value:>10.4g}" if isinstance(value, int | float) else f"{value!s:>10}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks (or, with ``--worker``, one measured client run)."""
     ns = _parser().parse_args(argv)
@@ -323,22 +375,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT))
     if ns.worker:
         return _worker_main(ns)
+    if ns.render:
+        _write_results(json.loads(Path(ns.render).read_text()))
+        return 0
     plan = PLANS["smoke" if ns.smoke else "quick" if ns.quick else "full"]
     if ns.reps:
         plan = attrs.evolve(plan, reps=ns.reps)
-    document = _finite_or_none(run_benchmarks(plan))
+    only = tuple(ns.only.split(",")) if ns.only else SCENARIOS
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    document = _finite_or_none(run_benchmarks(plan, only))
     text = json.dumps(document, indent=2)
     if ns.json:
         Path(ns.json).write_text(text + "\n")
     for goal in GOALS:
-        value = document.get(goal.key)
-        verdict = "met" if document["goals"][goal.key]["met"] else "MISSED"
-        _log(f"{goal.key:<34} {value!s:>10.8}  goal {goal.text:<7} {verdict}")
-    _log(f"{'tinker_max_loop_stall_ms':<34} {document['tinker_max_loop_stall_ms']!s:>10.8}")
-    if plan.mode == "full" and not ns.reps:
-        RESULTS_MD.write_text(render_markdown(document))
-        _log(f"wrote {RESULTS_MD}")
+        if goal.key in document["goals"]:
+            verdict = "met" if document["goals"][goal.key]["met"] else "MISSED"
+            _log(f"{goal.key:<34} {_num(document[goal.key])}  goal {goal.text:<7} {verdict}")
+    if "tinker_max_loop_stall_ms" in document:
+        _log(f"{'tinker_max_loop_stall_ms':<34} {_num(document['tinker_max_loop_stall_ms'])}")
+    if plan.mode == "full" and not ns.reps and only == SCENARIOS:
+        _write_results(document)
     return 0
+
+
+def _write_results(document: dict[str, Any]) -> None:
+    if document.get("meta", {}).get("mode") != "full":
+        raise SystemExit("RESULTS.md holds a full run only")
+    if NOTES_MD.exists():  # the analysis of the figures, kept beside the generated tables
+        document["notes"] = NOTES_MD.read_text()
+    RESULTS_MD.write_text(render_markdown(document))
+    _log(f"wrote {RESULTS_MD}")
 
 
 if __name__ == "__main__":
