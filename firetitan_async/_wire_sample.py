@@ -21,26 +21,14 @@ import numpy as np
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
 from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
-from tinker.types.tensor_dtype import TensorDtype
 from tinker.types.topk_logprobs import TopkLogprobs
 
 from ._wire_futures import ProtocolError
+from ._wire_fwdbwd import _PROTO_TO_NUMPY, _PROTO_TO_TENSOR_DTYPE  # one dtype table
 
 __all__ = ["decode_sample_response", "prompt_logprobs_of", "sample_request_body"]
 
 _STOP_REASON: dict[int, Any] = {pb.STOP_REASON_STOP: "stop", pb.STOP_REASON_LENGTH: "length"}
-_PROTO_TO_NUMPY: dict[int, np.dtype[Any]] = {
-    pb.DTYPE_FLOAT32: np.dtype(np.float32),
-    pb.DTYPE_INT64: np.dtype(np.int64),
-    pb.DTYPE_INT32: np.dtype(np.int32),
-    pb.DTYPE_BFLOAT16: np.dtype(np.uint16),
-}
-_PROTO_TO_TENSOR_DTYPE: dict[int, TensorDtype] = {
-    pb.DTYPE_FLOAT32: "float32",
-    pb.DTYPE_BFLOAT16: "float32",
-    pb.DTYPE_INT64: "int64",
-    pb.DTYPE_INT32: "int64",
-}
 _WHAT = "SampleResponse"
 
 
