@@ -6,8 +6,8 @@ Usage::
     python benchmarks/run.py --quick --json out.json   # 3 reps, < 5 minutes
     python benchmarks/run.py --smoke         # tiny sizes, 1 rep (the test suite runs this)
 
-The local trainer runs in its own process (``python -m firetitan_async serve``), and every
-measured client run is its own process too (``run.py --worker SCENARIO --client CLIENT``,
+A fresh local trainer runs in its own process (``python -m firetitan_async serve``) for every
+measured client run, which is its own process too (``run.py --worker SCENARIO --client CLIENT``,
 printing one JSON line), so the CPU time and RSS measured are the client's alone. Clients
 alternate (A B A B …) within each scenario; each figure is reported as the median with
 min–max over the repetitions, and ratios are ratios of medians.
@@ -144,29 +144,41 @@ def _spawn_worker(args: WorkerArgs, timeout_s: float) -> dict[str, Any]:
     return figures
 
 
-def _run_scenario(
-    scenario: str, url: str, plan: Plan, steps: int
-) -> dict[str, list[dict[str, Any]]]:
-    """All repetitions of one scenario, the contenders alternating A B A B …"""
+def _run_scenario(scenario: str, plan: Plan, steps: int) -> dict[str, list[dict[str, Any]]]:
+    """All repetitions of one scenario, the contenders alternating A B A B …
+
+    Every measured run gets a fresh local trainer, so no run inherits another's server
+    state (finished futures, sessions, heartbeats) and every run meets the same server.
+    """
+    latency_ms = 0.0 if scenario == "throughput" else plan.latency_ms
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in CONTENDERS[scenario]}
     for rep in range(plan.reps):
         for label, client, backend in CONTENDERS[scenario]:
-            args = WorkerArgs(
-                scenario=scenario,  # type: ignore[arg-type]
-                client=client,  # type: ignore[arg-type]
-                url=url,
-                steps=steps,
-                ops=plan.httpx_ops if client == "httpx" else plan.throughput_ops,
-                inflight=plan.inflight,
-                batch=plan.batch,
-                warmup=plan.warmup,
-                backend=backend,  # type: ignore[arg-type]
-            )
-            figures = _spawn_worker(args, plan.worker_timeout_s)
+            with TrainerProcess(latency_ms=latency_ms, cwd=ROOT) as server:
+                figures = _spawn_worker(
+                    _worker_args(scenario, client, backend, server.url, plan, steps),
+                    plan.worker_timeout_s,
+                )
             runs[label].append(figures)
             shown = ", ".join(f"{k}={figures[k]:.4g}" for k in FIGURES[scenario][:2])
             _log(f"  {scenario:<10} rep {rep + 1}/{plan.reps} {label:<9} {shown}")
     return runs
+
+
+def _worker_args(
+    scenario: str, client: str, backend: str, url: str, plan: Plan, steps: int
+) -> WorkerArgs:
+    return WorkerArgs(
+        scenario=scenario,  # type: ignore[arg-type]
+        client=client,  # type: ignore[arg-type]
+        url=url,
+        steps=steps,
+        ops=plan.httpx_ops if client == "httpx" else plan.throughput_ops,
+        inflight=plan.inflight,
+        batch=plan.batch,
+        warmup=plan.warmup,
+        backend=backend,  # type: ignore[arg-type]
+    )
 
 
 def _summaries(
@@ -197,19 +209,10 @@ def run_benchmarks(plan: Plan, only: Sequence[str] = SCENARIOS) -> dict[str, Any
     load_before = os.getloadavg()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     _log(f"benchmarks ({plan.mode}: {plan.reps} rep(s)); latency {plan.latency_ms:g} ms")
-    if "pipelined" in only or "stall" in only:
-        with TrainerProcess(latency_ms=plan.latency_ms, cwd=ROOT) as server:
-            _log(f"local trainer with latency at {server.url}")
-            if "pipelined" in only:
-                runs["pipelined"] = _run_scenario(
-                    "pipelined", server.url, plan, plan.pipelined_steps
-                )
-            if "stall" in only:
-                runs["stall"] = _run_scenario("stall", server.url, plan, plan.stall_steps)
-    if "throughput" in only:
-        with TrainerProcess(latency_ms=0, cwd=ROOT) as server:
-            _log(f"local trainer without latency at {server.url}")
-            runs["throughput"] = _run_scenario("throughput", server.url, plan, 0)
+    steps = {"pipelined": plan.pipelined_steps, "stall": plan.stall_steps, "throughput": 0}
+    for scenario in SCENARIOS:
+        if scenario in only:
+            runs[scenario] = _run_scenario(scenario, plan, steps[scenario])
     raw = {scenario: _summaries(scenario, by_label) for scenario, by_label in runs.items()}
 
     keys: dict[str, float] = {}
