@@ -389,11 +389,17 @@ class TinyByteLM:
         return metrics
 
     def _forward(self, ctx: np.ndarray) -> dict[str, np.ndarray]:
-        x = self._params["embed"][ctx].reshape(ctx.shape[0], -1)
+        # Each distinct context row is computed once: BLAS gemm rounds a row differently
+        # depending on where it sits in the matrix (OpenBLAS picks kernels by position and
+        # size), so identical positions of identical datums came out different in the last bit.
+        uniq, inverse = np.unique(ctx, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        x_u = self._params["embed"][uniq].reshape(uniq.shape[0], -1)
         w1, w2 = self._effective("w1"), self._effective("w2")
-        h = np.tanh(x @ w1 + self._params["b1"])
-        z = h @ w2 + self._params["b2"]
-        return {"x": x, "h": h, "w1": w1, "w2": w2, "logp_all": _log_softmax(z)}
+        h_u = np.tanh(x_u @ w1 + self._params["b1"])
+        logp_u = _log_softmax(h_u @ w2 + self._params["b2"])
+        return {"x": x_u[inverse], "h": h_u[inverse], "w1": w1, "w2": w2,
+                "logp_all": logp_u[inverse]}
 
     def _backward(
         self,
