@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import attrs
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,10 +40,17 @@ from ._future_store import FutureReply, UnknownFuture
 from ._http_errors import ApiError
 from ._input_error import ModelInputError
 from ._json_body import read_json_object
+from ._json_codec import (
+    decode_json_head,
+    decode_json_input,
+    encode_forward_backward_json,
+    prefers_json,
+)
 from ._model import MODEL_NAME, VOCAB_SIZE, TinyByteLM
 from ._ordering import Operation, OrderedExecutor
 from ._proto_codec import (
     BadForwardBackwardData,
+    ForwardBackwardSubmission,
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,
@@ -348,7 +356,63 @@ def _submit(
     return _future(request_id, entry.model_id)
 
 
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _fwdbwd_op(
+    state: ServerState, entry: TrainingModel, sub: ForwardBackwardSubmission, *, as_json: bool
+) -> Operation:
+    """The model operation of a checked forward/forward_backward submission. A JSON request's
+    reply carries both forms (``retrieve_future`` picks by ``Accept``); a protobuf one, proto."""
+    with_logprobs = sub.forward_only or state.config.forward_backward_logprobs
+
+    def op() -> FutureReply:
+        result = entry.model.forward_backward(
+            sub.data, sub.loss_fn, sub.loss_fn_config or None, backward=not sub.forward_only
+        )
+        logprobs = result.logprobs if with_logprobs else None
+        proto = encode_forward_backward_output(logprobs, result.metrics, num_datums=len(sub.data))
+        json_form = None
+        if as_json:
+            json_form = encode_forward_backward_json(
+                logprobs, result.metrics, num_datums=len(sub.data)
+            )
+        return FutureReply.proto(proto, json_form=json_form)
+
+    return op
+
+
+async def _json_forward_backward(request: Request, input_key: str) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    head = decode_json_head(body, input_key)
+    entry = state.registry.model(head.model_id)
+
+    def build() -> Operation:
+        sub = decode_json_input(body, head)
+        check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
+        return _fwdbwd_op(state, entry, sub, as_json=True)
+
+    kind = "Forward" if input_key == "forward_input" else "ForwardBackward"
+    return _submit(state, entry, head.seq_id, kind, build)
+
+
 async def forward_backward(request: Request) -> Response:
+    if _is_json(request):
+        return await _json_forward_backward(request, "forward_backward_input")
+    return await _proto_forward_backward(request, force_forward=False)
+
+
+async def forward(request: Request) -> Response:
+    """``POST /api/v1/forward`` (Fireworks): a forward pass; no gradient is accumulated."""
+    if _is_json(request):
+        return await _json_forward_backward(request, "forward_input")
+    return await _proto_forward_backward(request, force_forward=True)
+
+
+async def _proto_forward_backward(request: Request, *, force_forward: bool) -> Response:
     state = _state(request)
     try:
         sub = decode_forward_backward(
@@ -362,20 +426,13 @@ async def forward_backward(request: Request) -> Response:
             raise error
 
         return _submit(state, bad, error.seq_id, "ForwardBackward", refuse)
+    if force_forward and not sub.forward_only:
+        sub = attrs.evolve(sub, forward_only=True)
     entry = state.registry.model(sub.model_id)
 
     def build() -> Operation:
         check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
-
-        def op() -> FutureReply:
-            result = entry.model.forward_backward(
-                sub.data, sub.loss_fn, sub.loss_fn_config or None, backward=not sub.forward_only
-            )
-            return FutureReply.proto(
-                encode_forward_backward_output(result.logprobs, result.metrics)
-            )
-
-        return op
+        return _fwdbwd_op(state, entry, sub, as_json=False)
 
     kind = "Forward" if sub.forward_only else "ForwardBackward"
     return _submit(state, entry, sub.seq_id, kind, build)
@@ -802,7 +859,8 @@ async def retrieve_future(request: Request) -> Response:
         return JSONResponse(
             {"type": "try_again", "request_id": request_id, "queue_state": "active"}
         )
-    return Response(reply.body, media_type=reply.media_type)
+    content, media_type = reply.negotiate(prefers_json(request.headers.get("accept")))
+    return Response(content, media_type=media_type)
 
 
 # -- checkpoints and runs -----------------------------------------------------------------------
@@ -927,6 +985,7 @@ def data_plane_routes() -> list[Route]:
         Route(f"{p}/create_model", create_model, methods=["POST"]),
         Route(f"{p}/get_info", get_info, methods=["POST"]),
         Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
+        Route(f"{p}/forward", forward, methods=["POST"]),
         Route(f"{p}/optim_step", optim_step, methods=["POST"]),
         Route(f"{p}/save_weights", save_weights, methods=["POST"]),
         Route(f"{p}/load_weights", load_weights, methods=["POST"]),

@@ -336,7 +336,7 @@ class TinyByteLM:
         self,
         batch: Sequence[DatumArrays],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float | str] | None = None,
+        loss_fn_config: Mapping[str, float | str | bool] | None = None,
         *,
         backward: bool,
     ) -> FwdBwdResult:
