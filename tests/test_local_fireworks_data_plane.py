@@ -274,3 +274,171 @@ def test_bad_json_requests_say_what_is_wrong_and_change_nothing(api: Api) -> Non
     expected = local.forward_backward(local_batch(), "cross_entropy", backward=False)
     assert np.array_equal(json_logprobs(after), expected.logprobs[0])
     assert np.array_equal(json_logprobs(before), json_logprobs(after))
+
+
+# -- create_model, base_only ----------------------------------------------------------------
+
+
+def _train_step(api: Api, model_id: str, seq: int, **optim: Any) -> tuple[int, dict[str, Any]]:
+    api.fwd(fb_json(model_id, seq))
+    return seq + 2, api.optim(model_id, seq + 1, **optim)
+
+
+def test_create_model_fireworks_form_alpha_init_method_and_capabilities(api: Api) -> None:
+    model_id, result = api.model(api.session())
+    # the defaults path: the Fireworks body has no optimizer_config and no get_info
+    assert result["type"] == "create_model" and result["comms"] == "v1"
+    assert result["supports_rdma_weight_sync"] is False
+    assert result["routing_matrix_format"] == "base64_inline"
+    assert result["supports_reinforce"] is False and result["supports_router_replay"] is False
+
+    session = api.session()
+    fut = api.ok("create_model", {
+        "session_id": session, "model_seq_id": 0, "base_model": MODEL_NAME,
+        "lora_config": {"rank": 4, "alpha": 8, "init_method": "nora", "seed": 3,
+                        "train_unembed": True, "train_mlp": True, "train_attn": True},
+        "type": "create_model"})
+    model_id = fut["model_id"]
+    api.result(fut["request_id"])
+    local = TinyByteLM(seed=3, lora_rank=4, lora_alpha=8, init_method="nora")
+    local.forward_backward(local_batch(), "cross_entropy", backward=True)
+    local.optim_step(AdamConfig(**ADAM))
+    _train_step(api, model_id, 1)
+    out = api.fwd(fb_json(model_id, 3, key="forward_input"), path="forward")
+    expected = local.forward_backward(local_batch(), "cross_entropy", backward=False)
+    assert np.array_equal(json_logprobs(out), expected.logprobs[0])
+    # alpha matters: the default alpha (32) trains to different weights
+    other = TinyByteLM(seed=3, lora_rank=4, init_method="nora")
+    other.forward_backward(local_batch(), "cross_entropy", backward=True)
+    other.optim_step(AdamConfig(**ADAM))
+    moved = other.forward_backward(local_batch(), "cross_entropy", backward=False)
+    assert not np.array_equal(moved.logprobs[0], expected.logprobs[0])
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"lora_config": {"rank": 4, "alpha": 0}}, "lora_config.alpha must be a number > 0"),
+        ({"lora_config": {"rank": 4, "init_method": "xavier"}},
+         "lora_config.init_method: must be one of ['kaiming', 'nora']"),
+        ({"lora_config": {"rank": 2}, "base_only": True}, "lora_config.rank must be 0"),
+        ({"projection_head_dim": 8}, "projection_head_dim is not supported"),
+        ({"base_only": "yes"}, "base_only must be true or false"),
+    ],
+)
+def test_create_model_bad_fireworks_fields(api: Api, patch: dict[str, Any], needle: str) -> None:
+    session = api.session()
+    body = {"session_id": session, "model_seq_id": 0, "base_model": MODEL_NAME,
+            "type": "create_model", **patch}
+    r = api.post("create_model", body)
+    assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    # nothing was created: the same model_seq_id is still free
+    api.ok("create_model", {**body, "lora_config": {"rank": 0}, "base_only": False,
+                            "projection_head_dim": None})
+
+
+def test_base_only_reference_model_is_frozen(api: Api) -> None:
+    model_id, _ = api.model(api.session(), base_only=True)
+    before = api.fwd(fb_json(model_id, 1, key="forward_input"), path="forward")
+    r = api.post("forward_backward", fb_json(model_id, 2))
+    assert r.status_code == 400 and "frozen base_only reference model" in r.json()["detail"]
+    r = api.post("optim_step", {"model_id": model_id, "seq_id": 3, "adam_params": ADAM})
+    assert r.status_code == 400
+    assert "optim_step would train it" in r.json()["detail"], r.text
+    after = api.fwd(fb_json(model_id, 4, key="forward_input"), path="forward")  # seqs consumed
+    assert np.array_equal(json_logprobs(before), json_logprobs(after))
+    expected = TinyByteLM(seed=SEED).forward_backward(local_batch(), "cross_entropy",
+                                                      backward=False)
+    assert np.array_equal(json_logprobs(after), expected.logprobs[0])
+
+
+# -- optim_step: normalization and grad-norm metrics ----------------------------------------
+
+
+def test_grad_accumulation_normalization_matches_the_model(api: Api) -> None:
+    for mode in ("num_loss_tokens", "num_sequences", "none"):
+        model_id, _ = api.model(api.session())
+        api.fwd(fb_json(model_id, 1))
+        api.fwd(fb_json(model_id, 2, data=[datum_json(*sft_inputs())] * 2))
+        metrics = api.optim(model_id, 3, grad_accumulation_normalization=mode)["metrics"]
+        local = TinyByteLM(seed=SEED)
+        local.forward_backward(local_batch(), "cross_entropy", backward=True)
+        local.forward_backward(local_batch() * 2, "cross_entropy", backward=True)
+        assert local.accumulated == (3 * (len(TEXT) - 1), 3)
+        expected = local.optim_step(AdamConfig(**ADAM), normalization=mode)
+        assert metrics == pytest.approx(expected), mode
+        out = api.fwd(fb_json(model_id, 4, key="forward_input"), path="forward")
+        now = local.forward_backward(local_batch(), "cross_entropy", backward=False)
+        assert np.array_equal(json_logprobs(out), now.logprobs[0]), mode
+
+
+def test_grad_norm_metrics_modes(api: Api) -> None:
+    model_id, _ = api.model(api.session(), rank=2)
+    seq = 1
+    keys = {}
+    for mode in (False, "off", True, "basic", "detailed"):
+        seq, out = _train_step(api, model_id, seq,
+                               adam_params={**ADAM, "emit_grad_norm_metrics": mode})
+        keys[str(mode)] = set(out["metrics"])
+    base = {"grad_norm:mean", "learning_rate:mean"}
+    basic = base | {"grad_norm/global:mean", "grad_norm/rms:mean", "grad_norm/clipped:mean"}
+    assert keys["False"] == keys["off"] == base
+    assert keys["True"] == keys["basic"] == basic
+    assert keys["detailed"] == basic | {f"grad_norm/param/w{i}.lora_{ab}:mean"
+                                        for i in (1, 2) for ab in "ab"}
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"grad_accumulation_normalization": "per_token"},
+         "grad_accumulation_normalization must be 'num_loss_tokens', 'num_sequences' or 'none'"),
+        ({"adam_params": {**ADAM, "emit_grad_norm_metrics": "loud"}},
+         "adam_params.emit_grad_norm_metrics must be a bool or 'off', 'basic', 'detailed'"),
+        ({"adam_params": {**ADAM, "momentum": 0.9}}, "adam_params: unknown fields ['momentum']"),
+    ],
+)
+def test_bad_optim_step_fields(api: Api, patch: dict[str, Any], needle: str) -> None:
+    model_id, _ = api.model(api.session())
+    api.fwd(fb_json(model_id, 1))
+    body = {"model_id": model_id, "seq_id": 2, "adam_params": ADAM, "type": "optim_step",
+            **patch}
+    r = api.post("optim_step", body)
+    assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    # The gradient is still there and seq 2 was consumed: seq 3 applies it.
+    metrics = api.optim(model_id, 3)["metrics"]
+    assert metrics["grad_norm:mean"] > 0
+
+
+# -- losses and loss_fn_config --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "config", "needle"),
+    [
+        ("dapo", None, "'dapo' is not implemented by the local trainer"),
+        ("dppo", None, "'dppo' is not implemented"),
+        ("reinforce", {"score_centering": False}, "'reinforce' is not implemented"),
+        ("cross_entropy", {"target_logprob_support": "sampling_support"},
+         "loss_fn_config.target_logprob_support: 'sampling_support' is not supported"),
+        ("cross_entropy", {"weighting": "tis"}, "loss_fn_config.weighting: server-side policy"),
+        ("cross_entropy", {"report_policy_diagnostics": True},
+         "loss_fn_config.report_policy_diagnostics: True is not supported"),
+        ("cross_entropy", {"report_policy_diagnostics": "no"},
+         "loss_fn_config.report_policy_diagnostics: must be a bool"),
+    ],
+)
+def test_refused_losses_and_features(api: Api, loss_fn: str, config: Any, needle: str) -> None:
+    model_id, _ = api.model(api.session())
+    r = api.post("forward_backward", fb_json(model_id, 1, loss_fn=loss_fn, config=config))
+    assert r.status_code == 400 and needle in r.json()["detail"], r.text
+
+
+def test_feature_switches_in_their_off_form_are_accepted(api: Api) -> None:
+    model_id, _ = api.model(api.session())
+    config = {"target_logprob_support": "full_vocabulary", "report_policy_diagnostics": False,
+              "score_centering": False}
+    out = api.fwd(fb_json(model_id, 1, key="forward_input", config=config), path="forward")
+    expected = TinyByteLM(seed=SEED).forward_backward(local_batch(), "cross_entropy",
+                                                      backward=False)
+    assert np.array_equal(json_logprobs(out), expected.logprobs[0])
