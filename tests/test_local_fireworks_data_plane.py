@@ -8,6 +8,7 @@ a ``TinyByteLM`` run in-process with the same seed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ import pytest
 from tinker.proto.response_conv import deserialize_forward_backward_output
 
 from firetitan_async.local import LocalTrainer
+from firetitan_async.local._checkpoint_refs import run_name
+from firetitan_async.local._checkpoint_store import CheckpointStore
 from firetitan_async.local._http_errors import ApiError
 from firetitan_async.local._json_codec import decode_json_head, decode_json_input, prefers_json
 from firetitan_async.local._model import MODEL_NAME, AdamConfig, DatumArrays, TinyByteLM
@@ -442,3 +445,225 @@ def test_feature_switches_in_their_off_form_are_accepted(api: Api) -> None:
     expected = TinyByteLM(seed=SEED).forward_backward(local_batch(), "cross_entropy",
                                                       backward=False)
     assert np.array_equal(json_logprobs(out), expected.logprobs[0])
+
+
+# -- sampler saves ----------------------------------------------------------------------------
+
+
+def _save_sampler(api: Api, model_id: str, seq: int | None, name: str,
+                  **extra: Any) -> httpx.Response:
+    body = {"model_id": model_id, "path": name, "type": "save_weights_for_sampler", **extra}
+    if seq is not None:
+        body["seq_id"] = seq
+    return api.post("save_weights_for_sampler", body)
+
+
+def test_sampler_saves_in_the_fireworks_form(tmp_path: Path) -> None:
+    with LocalTrainer(seed=SEED, checkpoint_dir=str(tmp_path)) as lt:
+        api = Api(lt.base_url)
+        lora, _ = api.model(api.session(), rank=4)
+        # a fresh LoRA model has no adapter delta to merge: its future fails, in seq order
+        fut = _save_sampler(api, lora, 1, "m0-abcd1234", checkpoint_type="merged_base").json()
+        failed = api.result(fut["request_id"])
+        assert failed["category"] == "user" and "no effective adapter delta" in failed["error"]
+        seq, _ = _train_step(api, lora, 2)
+        meta = {"decision_calibration": {"temperature": 0.7}}
+        paths = {}
+        for name, extra in (("m1-abcd1234", {"checkpoint_type": "merged_base",
+                                             "export_precision": "bf16", "metadata": meta}),
+                            ("b1-abcd1234", {"checkpoint_type": "base"})):
+            fut = _save_sampler(api, lora, seq, name, **extra).json()
+            paths[name] = api.result(fut["request_id"])["path"]
+            seq += 1
+        store = CheckpointStore(tmp_path)
+        merged = store.load_sampler_weights(paths["m1-abcd1234"])
+        plain = store.load_sampler_weights(paths["b1-abcd1234"])
+        for key, value in merged.items():
+            assert not np.any(value.view(np.uint32) & np.uint32(0xFFFF)), key  # bf16 values
+            np.testing.assert_allclose(value, plain[key], rtol=2**-8, atol=1e-30)
+        assert not np.array_equal(merged["w1"], plain["w1"])
+        row = store.meta(paths["m1-abcd1234"])
+        assert row["snapshot_type"] == "merged_base" and row["export_precision"] == "bf16"
+        assert row["metadata"] == meta
+
+        full, _ = api.model(api.session())
+        for extra, needle in [
+            ({"checkpoint_type": "merged_base"}, "model " + full + " is full-parameter"),
+            ({"checkpoint_type": "full"}, "checkpoint_type must be 'base', 'delta' or"),
+            ({"checkpoint_type": "base", "export_precision": "bf16"},
+             "export_precision is only valid with checkpoint_type='merged_base'"),
+            ({"checkpoint_type": "merged_base", "export_precision": "nvfp4"},
+             "export_precision 'nvfp4' is not supported"),
+            ({"metadata": "x"}, "metadata must be an object"),
+        ]:
+            r = _save_sampler(api, full, None, "bad-abcd1234", **extra)
+            assert r.status_code == 400 and needle in r.json()["detail"], (extra, r.text)
+        api.http.close()
+
+
+# -- save_state, list_checkpoints, logical names -------------------------------------------
+
+
+def _save_state(api: Api, model_id: str, seq: int, name: str) -> str:
+    fut = api.ok("save_weights", {"model_id": model_id, "path": name, "seq_id": seq,
+                                  "overwrite": False, "type": "save_weights"})
+    out = api.result(fut["request_id"])
+    assert "error" not in out, out
+    return str(out["path"])
+
+
+def _load(api: Api, model_id: str, seq: int, path: str) -> httpx.Response:
+    return api.post("load_weights", {"model_id": model_id, "path": path, "optimizer": True,
+                                     "seq_id": seq, "type": "load_weights"})
+
+
+def _create_job(lt: LocalTrainer, job_id: str) -> str:
+    body = {"displayName": job_id, "serviceMode": True,
+            "trainingConfig": {"baseModel": MODEL_NAME, "loraRank": 0}}
+    r = httpx.post(f"{lt.control_plane_url}/v1/accounts/{lt.account_id}/rlorTrainerJobs",
+                   params={"rlorTrainerJobId": job_id}, json=body)
+    assert r.status_code == 200, r.text
+    return f"{lt.base_url}/jobs/{job_id}"
+
+
+def test_list_checkpoints_and_loading_by_logical_name(tmp_path: Path) -> None:
+    with LocalTrainer(seed=SEED, checkpoint_dir=str(tmp_path)) as lt:
+        api = Api(lt.base_url)
+        first, _ = api.model(api.session())
+        seq, _ = _train_step(api, first, 1)
+        path = _save_state(api, first, seq, "step-1")
+        _save_state(api, first, seq + 1, "aaa")
+        assert api.http.get("/api/v1/list_checkpoints").json() == {"checkpoints": ["aaa", "step-1"]}
+        expected = api.fwd(fb_json(first, seq + 2, key="forward_input"), path="forward")
+
+        second, _ = api.model(api.session())
+        run = run_name(first)
+        assert run.startswith("run-") and len(run) == 36
+        refs = ["step-1", f"{lt.account_id}/{run}/step-1", path]
+        for i, ref in enumerate(refs):  # every form loads the same weights
+            fut = _load(api, second, 1 + 2 * i, ref).json()
+            assert api.result(fut["request_id"])["path"] == path
+            out = api.fwd(fb_json(second, 2 + 2 * i, key="forward_input"), path="forward")
+            assert np.array_equal(json_logprobs(out), json_logprobs(expected)), ref
+
+        bad = [
+            ("nope", 404, "no checkpoint named 'nope'"),
+            (f"other/{run}/step-1", 404, "account 'other' is not this trainer's account"),
+            (f"{lt.account_id}/run-123/step-1", 400, "expected <account>/run-<32 hex>/<name>"),
+            (f"{lt.account_id}/{'run-' + '0' * 32}/step-1", 404, "has no checkpoint 'step-1'"),
+            ("cross_job://ghost/step-1", 404, "job 'ghost' saved no checkpoint 'step-1'"),
+            ("cross_job://only-one-part", 400, "expected cross_job://<job>/<name>"),
+            ("gs://bucket/x", 400, "is not a checkpoint name"),
+            ("a/b", 400, "is not a checkpoint name"),
+            ("Bad Name!", 400, "invalid checkpoint name"),
+        ]
+        seq = 7
+        for ref, status, needle in bad:
+            r = _load(api, second, seq, ref)
+            assert r.status_code == status and needle in r.json()["detail"], (ref, r.text)
+            seq += 1  # a rejected load consumes its seq_id
+        out = api.fwd(fb_json(second, seq, key="forward_input"), path="forward")
+        assert np.array_equal(json_logprobs(out), json_logprobs(expected))
+        api.http.close()
+
+
+def test_cross_job_resume_and_job_scoped_listing(tmp_path: Path) -> None:
+    with LocalTrainer(seed=SEED, checkpoint_dir=str(tmp_path)) as lt:
+        old = Api(_create_job(lt, "old-job"))
+        model, _ = old.model(old.session())
+        seq, _ = _train_step(old, model, 1)
+        _save_state(old, model, seq, "step-4")
+        expected = old.fwd(fb_json(model, seq + 1, key="forward_input"), path="forward")
+        assert old.http.get("/api/v1/list_checkpoints").json()["checkpoints"] == ["step-4"]
+
+        new = Api(_create_job(lt, "new-job"))
+        assert new.http.get("/api/v1/list_checkpoints").json()["checkpoints"] == []
+        root = Api(lt.base_url)
+        assert root.http.get("/api/v1/list_checkpoints").json()["checkpoints"] == []
+        model2, _ = new.model(new.session())
+        r = _load(new, model2, 1, "step-4")  # a bare name is this job's: not found here
+        assert r.status_code == 404, r.text
+        fut = _load(new, model2, 2, "cross_job://old-job/step-4").json()
+        assert new.result(fut["request_id"])["type"] == "load_weights"
+        out = new.fwd(fb_json(model2, 3, key="forward_input"), path="forward")
+        assert np.array_equal(json_logprobs(out), json_logprobs(expected))
+        for client in (old, new, root):
+            client.http.close()
+
+
+# -- unload_model and load_adapter ----------------------------------------------------------
+
+
+def test_unload_model_drains_then_frees(api: Api) -> None:
+    model_id, _ = api.model(api.session())
+    # queue a gap-free burst, then unload at once: every queued op still completes first
+    big = [datum_json(*sft_inputs())] * 400  # slow enough that the ops are still queued
+    futs = [api.ok("forward_backward", fb_json(model_id, s, data=big)) for s in (1, 2, 3)]
+    futs.append(api.ok("optim_step", {"model_id": model_id, "seq_id": 4, "adam_params": ADAM}))
+    parked = api.ok("forward_backward", fb_json(model_id, 6))  # waits for seq 5 forever
+    unload = api.ok("unload_model", {"model_id": model_id, "type": "unload_model"})
+    assert api.result(unload["request_id"]) == {"model_id": model_id, "type": "unload_model"}
+    for fut in futs:
+        assert "error" not in api.result(fut["request_id"])
+    dropped = api.result(parked["request_id"])
+    assert "was unloaded while this operation waited" in dropped["error"]
+    for path, body in [("forward_backward", fb_json(model_id, 5)),
+                       ("unload_model", {"model_id": model_id}),
+                       ("get_info", {"model_id": model_id})]:
+        r = api.post(path, body)
+        assert r.status_code == 404 and "was unloaded" in r.json()["detail"], (path, r.text)
+    r = api.post("unload_model", {"model_id": "nope"})
+    assert r.status_code == 404 and "unknown model_id" in r.json()["detail"]
+
+
+def test_load_adapter(api: Api) -> None:
+    src, _ = api.model(api.session(), rank=4)
+    seq, _ = _train_step(api, src, 1)
+    _save_state(api, src, seq, "adapter-src")
+    expected = api.fwd(fb_json(src, seq + 1, key="forward_input"), path="forward")
+    dst, _ = api.model(api.session(), rank=4)
+    body = {"adapter_path": "adapter-src", "model_id": dst, "seq_id": 1}
+    out = api.result(api.ok("load_adapter", body)["request_id"])
+    assert out == {"model_id": dst, "adapter_path": "adapter-src", "type": "load_adapter"}
+    got = api.fwd(fb_json(dst, 2, key="forward_input"), path="forward")
+    assert np.array_equal(json_logprobs(got), json_logprobs(expected))
+    full, _ = api.model(api.session())
+    small, _ = api.model(api.session(), rank=2)
+    for model_id, path, status, needle in [
+        (full, "adapter-src", 400, "load_adapter needs a LoRA model"),
+        (dst, "gs://bucket/peft", 400, "cannot fetch PEFT adapters"),
+        (dst, "accounts/local/models/m", 400, "cannot fetch PEFT adapters"),
+        (dst, "missing", 404, "no checkpoint named 'missing'"),
+        (small, "adapter-src", 400, "has LoRA rank 4 but model has LoRA rank 2"),
+    ]:
+        r = api.post("load_adapter", {"adapter_path": path, "model_id": model_id})
+        assert r.status_code == status and needle in r.json()["detail"], (path, r.text)
+
+
+# -- knobs ------------------------------------------------------------------------------------
+
+
+def test_dedicated_trainer_knobs_on_the_wire() -> None:
+    with LocalTrainer(seed=SEED, forward_backward_logprobs=False, checkpoint_step_names=True,
+                      checkpoint_list_details=False) as lt:
+        api = Api(lt.base_url)
+        model_id, _ = api.model(api.session())
+        fut = api.ok("forward_backward", fb_json(model_id, 1, data=[datum_json(*sft_inputs())] * 2))
+        as_json = api.raw_result(fut["request_id"]).json()
+        assert as_json["loss_fn_outputs"] == [{}, {}] and as_json["metrics"]["loss:sum"] > 0
+        proto = deserialize_forward_backward_output(
+            api.raw_result(fut["request_id"], SDK_ACCEPT).content)
+        assert proto.metrics["loss:sum"] == pytest.approx(as_json["metrics"]["loss:sum"])
+        api.optim(model_id, 2)
+        fwd = api.fwd(fb_json(model_id, 3, key="forward_input"), path="forward")
+        assert json_logprobs(fwd).size == len(TEXT) - 1  # forward keeps its logprobs
+        assert _save_state(api, model_id, 4, "my-name").endswith("/weights/step-1")
+        assert _save_state(api, model_id, 5, "again").endswith("/weights/step-1")  # replaced
+        assert api.http.get("/api/v1/list_checkpoints").json() == {"checkpoints": ["step-1"]}
+        rows = api.http.get(f"/api/v1/training_runs/{model_id}/checkpoints").json()
+        assert [set(r) & {"time", "tinker_path", "expires_at"} for r in rows["checkpoints"]] == [
+            set()]
+        assert rows["checkpoints"][0]["checkpoint_id"] == "weights/step-1"
+        everything = api.http.get("/api/v1/checkpoints").json()["checkpoints"]
+        assert everything and all("tinker_path" not in r for r in everything)
+        api.http.close()
