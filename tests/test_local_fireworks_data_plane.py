@@ -7,6 +7,10 @@ a ``TinyByteLM`` run in-process with the same seed.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -667,3 +671,48 @@ def test_dedicated_trainer_knobs_on_the_wire() -> None:
         everything = api.http.get("/api/v1/checkpoints").json()["checkpoints"]
         assert everything and all("tinker_path" not in r for r in everything)
         api.http.close()
+
+
+def test_serve_flags_turn_the_knobs_on(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", str(SEED),
+         "--checkpoint-dir", str(tmp_path), "--no-fwdbwd-logprobs", "--step-checkpoint-names",
+         "--bare-checkpoint-list"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        api = Api(url)
+        model_id, _ = api.model(api.session())
+        assert api.fwd(fb_json(model_id, 1))["loss_fn_outputs"] == [{}]
+        assert _save_state(api, model_id, 2, "mine").endswith("/weights/step-0")
+        rows = api.http.get("/api/v1/checkpoints").json()["checkpoints"]
+        assert [r["checkpoint_id"] for r in rows] == ["weights/step-0"]
+        assert "time" not in rows[0]
+        api.http.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.anyio
+async def test_json_forms_under_both_backends(trainer: LocalTrainer) -> None:
+    async with httpx.AsyncClient(base_url=f"{trainer.base_url}/api/v1", timeout=30) as http:
+        session = (await http.post("create_session", json={})).json()["session_id"]
+        fut = (await http.post("create_model", json={
+            "session_id": session, "model_seq_id": 0, "base_model": MODEL_NAME})).json()
+        model_id = fut["model_id"]
+        subs = [await http.post("forward_backward", json=fb_json(model_id, 1)),
+                await http.post("forward", json=fb_json(model_id, 2, key="forward_input")),
+                await http.post("forward", json=fb_json(model_id, 3, key="nope"))]
+        assert [r.status_code for r in subs] == [200, 200, 400]
+        assert "forward_input is required" in subs[2].json()["detail"]
+        outs = [(await http.post("retrieve_future", json={"request_id": r.json()["request_id"]},
+                                 headers=JSON_ACCEPT)).json() for r in subs[:2]]
+        assert np.array_equal(json_logprobs(outs[0]), json_logprobs(outs[1]))
+        unload = await http.post("unload_model", json={"model_id": model_id})
+        done = await http.post("retrieve_future", json={"request_id": unload.json()["request_id"]})
+        assert done.json() == {"model_id": model_id, "type": "unload_model"}
