@@ -8,9 +8,16 @@ the poll until the result exists or ``long_poll_s`` passes. Every 4xx carries
 ``{"detail": "<exactly what is wrong>"}``; a rejected training submission that names a valid
 model and ``seq_id`` still consumes that ``seq_id`` and changes no state.
 
-Fireworks extensions: ``save_weights_for_sampler`` accepts ``checkpoint_type`` (``"base"`` or
-``"delta"``) and ``ttl_seconds``; ``GET checkpoints`` accepts ``job_id=``; checkpoints list
-``snapshot_type`` and ``job_id`` as extra fields.
+Fireworks extensions (the Fireworks Training SDK 1.2.30 dialect, served alongside tinker's):
+JSON ``forward_backward`` and ``POST forward`` (the Content-Type picks JSON or protobuf; a JSON
+request's result is kept in both forms and ``retrieve_future`` answers in the one ``Accept``
+prefers); ``create_model`` with ``lora_config.alpha``/``init_method``, ``base_only`` and the
+capability fields (``CAPABILITIES``); ``optim_step`` with ``grad_accumulation_normalization``
+and ``adam_params.emit_grad_norm_metrics``; ``save_weights_for_sampler`` with
+``checkpoint_type`` ``base``/``delta``/``merged_base``, ``export_precision``, ``metadata`` and
+``ttl_seconds``; ``GET list_checkpoints``; checkpoint references by logical name, run path or
+``cross_job://`` (``_checkpoint_refs``); ``load_adapter``; ``unload_model``. ``GET checkpoints``
+accepts ``job_id=``; checkpoints list ``snapshot_type`` and ``job_id`` as extra fields.
 
 Local choices: sampling ``stop`` strings are their UTF-8 bytes (one token per byte) and ints
 are one-token stop sequences; EOS (token 256) always ends a sample, also with ``stop=[]``.
