@@ -307,7 +307,7 @@ def test_create_model_fireworks_form_alpha_init_method_and_capabilities(api: Api
         "type": "create_model"})
     model_id = fut["model_id"]
     api.result(fut["request_id"])
-    local = TinyByteLM(seed=3, lora_rank=4, lora_alpha=8, init_method="nora")
+    local = TinyByteLM(seed=SEED, lora_rank=4, lora_alpha=8, init_method="nora", lora_seed=3)
     local.forward_backward(local_batch(), "cross_entropy", backward=True)
     local.optim_step(AdamConfig(**ADAM))
     _train_step(api, model_id, 1)
@@ -315,7 +315,7 @@ def test_create_model_fireworks_form_alpha_init_method_and_capabilities(api: Api
     expected = local.forward_backward(local_batch(), "cross_entropy", backward=False)
     assert np.array_equal(json_logprobs(out), expected.logprobs[0])
     # alpha matters: the default alpha (32) trains to different weights
-    other = TinyByteLM(seed=3, lora_rank=4, init_method="nora")
+    other = TinyByteLM(seed=SEED, lora_rank=4, init_method="nora", lora_seed=3)
     other.forward_backward(local_batch(), "cross_entropy", backward=True)
     other.optim_step(AdamConfig(**ADAM))
     moved = other.forward_backward(local_batch(), "cross_entropy", backward=False)

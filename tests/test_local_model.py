@@ -849,3 +849,18 @@ def test_load_adapter_takes_only_the_adapters() -> None:
         TinyByteLM(seed=0, lora_rank=2).load_adapter(src.state(optimizer=False))
     with pytest.raises(ModelInputError, match="no LoRA adapters"):
         TinyByteLM(seed=0).load_adapter(src.state(optimizer=False))
+
+
+def test_lora_seed_seeds_only_the_adapters() -> None:
+    base = TinyByteLM(seed=5)
+    a = TinyByteLM(seed=5, lora_rank=4, lora_seed=1)
+    b = TinyByteLM(seed=5, lora_rank=4, lora_seed=2)
+    for model in (a, b):  # the base weights are the seed's, whatever the adapters' seed
+        for key, value in base.sampler_weights().items():
+            assert np.array_equal(model.sampler_weights()[key], value)
+
+    def lora_a(m: TinyByteLM) -> np.ndarray:
+        return m.trainable_weights()["w1.lora_a"]
+
+    assert not np.array_equal(lora_a(a), lora_a(b))
+    assert np.array_equal(lora_a(a), lora_a(TinyByteLM(seed=5, lora_rank=4, lora_seed=1)))

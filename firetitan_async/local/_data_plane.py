@@ -270,6 +270,7 @@ def _new_model(
     lora_alpha: float = LORA_ALPHA,
     init_method: str = "kaiming",
     base_only: bool = False,
+    lora_seed: int | None = None,
 ) -> TrainingModel:
     model_id = f"{session_id}:train:{model_seq_id}"
     if model_id in state.registry.models:
@@ -279,7 +280,8 @@ def _new_model(
         )
     try:
         model = TinyByteLM(
-            seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method
+            seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method,
+            lora_seed=lora_seed,
         )
     except ModelInputError as exc:
         raise _user_error(exc) from None
@@ -356,7 +358,8 @@ async def create_model(request: Request) -> Response:
         job_id=job_id,
         user_metadata=_str_map(body, "user_metadata"),
         first_seq=1,
-        seed=state.config.seed if lora_seed is None else lora_seed,
+        seed=state.config.seed,
+        lora_seed=lora_seed,
         lora_alpha=alpha,
         init_method=init_method,
         base_only=base_only,
