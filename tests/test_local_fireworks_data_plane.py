@@ -255,6 +255,9 @@ def bad_json_cases(model_id: str) -> list[tuple[dict[str, Any], int, str]]:
          "loss_fn_config.clip_low_threshold must be a finite number"),
         (fb_json(model_id, None, data=[]), 400, "data: the batch is empty"),
         ({**good, "seq_id": "3"}, 400, "seq_id must be an integer"),
+        (fb_json(model_id, None, data=[{**datum, "model_input": {"chunks": [
+            {"type": "encoded_text", "tokens": [2**70]}]}}]), 400,
+         "chunks[0].tokens: a value does not fit int64"),
     ]
 
 
