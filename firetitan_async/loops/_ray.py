@@ -126,6 +126,8 @@ class RayRollouts(Generic[P, T]):
         self._actors: list[Any] = [actor_class.remote(rollout) for _ in range(workers)]
         self._next = itertools.cycle(range(workers))
         self._in_flight = [0] * workers
+        #: Rollouts each worker has finished (successfully or not).
+        self.calls_per_worker = [0] * workers
 
     async def __call__(self, handle: TrainerSamplerHandle, prompt: P) -> Sequence[T]:
         """One rollout on the least busy worker (ties: round robin)."""
@@ -138,6 +140,7 @@ class RayRollouts(Generic[P, T]):
             group: Sequence[T] = await aresult(ref.future())
         finally:
             self._in_flight[index] -= 1
+            self.calls_per_worker[index] += 1
         return group
 
     def close(self) -> None:
