@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import Generic, TypeVar
 
 import anyio
@@ -109,39 +117,49 @@ class _Pacer(Generic[S]):
 
 
 class _Tickets(Generic[P]):
-    """Hands out prompts in order, each with its ticket; counts them once the source ends."""
+    """Hands out prompts in order, each with its ticket; counts them once the source ends.
+
+    A plain iterable is read without yielding to the scheduler (no lock, no wait), so many
+    producers start at once; an async one is read under a lock.
+    """
 
     def __init__(self, prompts: Iterable[P] | AsyncIterable[P], limit: int | None) -> None:
-        self._it: AsyncIterator[P] = _aiter(prompts)
+        self._sync: Iterator[P] | None = None
+        self._async: AsyncIterator[P] | None = None
+        if isinstance(prompts, AsyncIterable):
+            self._async = aiter(prompts)
+        else:
+            self._sync = iter(prompts)
         self._lock = anyio.Lock()
         self._limit = limit
         self.issued = 0
         self.total: int | None = None
 
     async def next(self) -> tuple[int, P] | None:
+        if self._sync is not None:
+            return self._take(next(self._sync, _END) if self._open() else _END)
+        assert self._async is not None
         async with self._lock:
-            if self.total is not None:
-                return None
-            if self._limit is not None and self.issued >= self._limit:
+            return self._take(await anext(self._async, _END) if self._open() else _END)
+
+    def _open(self) -> bool:
+        return self.total is None and (self._limit is None or self.issued < self._limit)
+
+    def _take(self, prompt: P | _End) -> tuple[int, P] | None:
+        if isinstance(prompt, _End):
+            if self.total is None:
                 self.total = self.issued
-                return None
-            try:
-                prompt = await anext(self._it)
-            except StopAsyncIteration:
-                self.total = self.issued
-                return None
-            ticket = self.issued
-            self.issued += 1
-            return ticket, prompt
+            return None
+        ticket = self.issued
+        self.issued += 1
+        return ticket, prompt
 
 
-async def _aiter(prompts: Iterable[P] | AsyncIterable[P]) -> AsyncIterator[P]:
-    if isinstance(prompts, AsyncIterable):
-        async for prompt in prompts:
-            yield prompt
-    else:
-        for prompt in prompts:
-            yield prompt
+class _End:
+    """The end of the prompt source."""
+
+
+_END = _End()
 
 
 async def run_rl(

@@ -36,7 +36,7 @@ class SFTStep:
     #: ``loss:sum`` divided by the step's tokens.
     loss: float
     tokens: int
-    #: This step's tokens over the time since the previous step finished.
+    #: Throughput so far: tokens of the steps finished over the time since the first began.
     tokens_per_s: float
     #: From submission to the result of this step.
     wall_s: float
@@ -67,11 +67,11 @@ async def sft_steps(
 ) -> AsyncIterator[SFTStep]:
     """Train on ``batches``, keeping ``depth`` steps in flight; yields each finished step.
 
-    With ``checkpoints``, a save is made whenever it is due and at the end (``final``): the
-    steps in flight are drained first, the save is submitted, and training goes on while it
-    runs. The data cursor recorded is the number of batches consumed. ``start`` (the record
-    :meth:`CheckpointManager.resume` returned) skips the batches already trained and numbers
-    steps on from it.
+    With ``checkpoints``, a save is made whenever it is due and at the end (``final``, unless
+    the last step was just saved): the steps in flight are drained first, the save is
+    submitted, and training goes on while it runs. The data cursor recorded is the number of
+    batches consumed. ``start`` (the record :meth:`CheckpointManager.resume` returned) skips
+    the batches already trained and numbers steps on from it.
 
     Example::
 
@@ -85,21 +85,22 @@ async def sft_steps(
     skip = int(start.cursor) if start else 0
     total_tokens = start.tokens if start else 0
     in_flight: deque[_Submitted] = deque()
-    last_done = time.monotonic()
+    began = time.monotonic()
+    finished_tokens = 0
+    saved_step = step  # the step of the latest save (or of the start)
 
     async def finish() -> SFTStep:
-        nonlocal last_done
+        nonlocal finished_tokens
         head = in_flight.popleft()
         out = await head.fb
         await head.opt
         now = time.monotonic()
-        tokens_per_s = head.tokens / max(now - last_done, 1e-9)
-        last_done = now
+        finished_tokens += head.tokens
         return SFTStep(
             step=head.step,
             loss=out.metrics.get("loss:sum", float("nan")) / max(1, head.tokens),
             tokens=head.tokens,
-            tokens_per_s=tokens_per_s,
+            tokens_per_s=finished_tokens / max(now - began, 1e-9),
             wall_s=now - head.submitted,
             in_flight=len(in_flight),
             metrics=dict(out.metrics),
@@ -118,12 +119,14 @@ async def sft_steps(
             while in_flight:
                 yield await finish()
             await checkpoints.save(step, cursor=step, tokens=total_tokens)
+            saved_step = step
         while len(in_flight) >= depth:
             yield await finish()
     while in_flight:
         yield await finish()
-    if checkpoints is not None and step > (start.step if start else 0):
-        await checkpoints.save(step, cursor=step, tokens=total_tokens, final=True)
+    if checkpoints is not None:
+        if step > saved_step:
+            await checkpoints.save(step, cursor=step, tokens=total_tokens, final=True)
         await checkpoints.wait()
 
 
