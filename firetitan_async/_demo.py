@@ -18,6 +18,10 @@ pipelined RL loop:
 * while that update runs on the trainer, the next batch is already being sampled from the
   previous snapshot (one step of staleness, corrected by the importance ratio).
 
+The loop is :func:`firetitan_async.loops.run_rl` with a
+:class:`~firetitan_async.loops.TrainerSampler`; :class:`DemoTask` holds the task's rollout and
+advantage functions (picklable: the Ray test runs them in actor workers).
+
 Example::
 
     result = anyio.run(run_demo, DemoConfig(steps=20))
@@ -110,7 +114,8 @@ class DemoRow:
     #: ``loss:sum`` of the step divided by the number of trained tokens.
     loss: float
     mean_reward: float
-    #: Operations in flight right after the step's update was submitted (sampling included).
+    #: Operations in flight while the step's update ran: the update itself (3) plus the
+    #: most sample requests in flight beside it.
     in_flight: int
     snapshot: SamplerSnapshot
     elapsed_s: float
@@ -258,7 +263,7 @@ class _Demo:
         self.emit = emit
         self.task = DemoTask.from_config(config)
         self.sampling = 0  # sample requests in flight
-        self.peak = 0  # their peak since the last table row
+        self.peak = 0  # their peak while the current step's update runs
 
     def seeds(self) -> Iterator[int]:
         """One sampling seed per group, in ticket order (step by step, group by group)."""
@@ -274,6 +279,10 @@ class _Demo:
             return await self.task.rollout(sampler, seed)
         finally:
             self.sampling -= 1
+
+    def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
+        self.peak = self.sampling  # the step's update is submitted right after this
+        return self.task.to_datums(rollouts)
 
     async def samples(self, sampler: SamplingClient, version: int) -> tuple[tuple[str, ...], float]:
         n = max(self.config.show_samples, 16)
@@ -294,9 +303,9 @@ class _Demo:
             assert snapshot is not None
             completions = [c for r in step.rollouts for c in r.group]
             n_tokens = sum(len(c.tokens) for c in completions)
-            # The step's update (forward_backward, optim_step, snapshot) and the sampling
-            # that ran beside it.
-            in_flight, self.peak = 3 + self.peak, self.sampling
+            # The step's update (forward_backward, optim_step, snapshot) and the most
+            # sample requests in flight beside it.
+            in_flight = 3 + self.peak
             row = DemoRow(
                 step=step.step,
                 loss=step.metrics.get("loss:sum", float("nan")) / max(1, n_tokens),
@@ -319,7 +328,7 @@ class _Demo:
             publisher,
             self.seeds(),
             self.rollout,
-            self.task.to_datums,
+            self.to_datums,
             adam=types.AdamParams(learning_rate=cfg.learning_rate, beta1=0.9, beta2=0.99),
             groups_per_step=cfg.groups_per_step,
             loss_fn=cfg.loss_fn,
