@@ -263,7 +263,8 @@ class _Demo:
         self.emit = emit
         self.task = DemoTask.from_config(config)
         self.sampling = 0  # sample requests in flight
-        self.peak = 0  # their peak while the current step's update runs
+        self.peak = 0  # their peak since the current step's update was submitted
+        self.beside_update = 0  # that peak when the update's snapshot was published
 
     def seeds(self) -> Iterator[int]:
         """One sampling seed per group, in ticket order (step by step, group by group)."""
@@ -279,6 +280,11 @@ class _Demo:
             return await self.task.rollout(sampler, seed)
         finally:
             self.sampling -= 1
+
+    async def publish(self, publisher: TrainerSampler, version: int) -> SamplingClient:
+        sampler = await publisher.publish(version)  # returns once the update is done
+        self.beside_update = self.peak
+        return sampler
 
     def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
         self.peak = self.sampling  # the step's update is submitted right after this
@@ -305,7 +311,7 @@ class _Demo:
             n_tokens = sum(len(c.tokens) for c in completions)
             # The step's update (forward_backward, optim_step, snapshot) and the most
             # sample requests in flight beside it.
-            in_flight = 3 + self.peak
+            in_flight = 3 + self.beside_update
             row = DemoRow(
                 step=step.step,
                 loss=step.metrics.get("loss:sum", float("nan")) / max(1, n_tokens),
@@ -325,7 +331,7 @@ class _Demo:
 
         result = await run_rl(
             client,
-            publisher,
+            _Published(self, publisher),
             self.seeds(),
             self.rollout,
             self.to_datums,
@@ -355,6 +361,17 @@ class _Demo:
             reward_after=reward_after,
             wall_s=time.monotonic() - started,
         )
+
+
+class _Published:
+    """The demo's publisher: the trainer's sampler, noting the sampling beside each update."""
+
+    def __init__(self, demo: _Demo, publisher: TrainerSampler) -> None:
+        self._demo = demo
+        self._publisher = publisher
+
+    async def publish(self, version: int) -> SamplingClient:
+        return await self._demo.publish(self._publisher, version)
 
 
 async def run_demo(
