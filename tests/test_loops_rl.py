@@ -180,3 +180,45 @@ async def test_bad_limits_are_refused_before_anything_runs(anyio_backend: str) -
                 adam=ADAM,
                 **kwargs,  # type: ignore[arg-type]
             )
+
+
+@pytest.mark.parametrize("where", ["to_datums", "evaluate", "publish"])
+async def test_a_failure_on_the_trainer_side_is_raised_as_is(
+    anyio_backend: str, where: str
+) -> None:
+    error = LookupError(f"{where} failed")
+
+    def to_datums(rollouts: Sequence[Rollout[int, list[int]]]) -> list[types.Datum]:
+        if where == "to_datums" and rollouts[0].index >= 8:
+            raise error
+        return _datums(rollouts)
+
+    async def evaluate(sampler: SamplingClient, version: int) -> None:
+        if where == "evaluate" and version == 2:
+            raise error
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        inner = TrainerSampler(session, client)
+
+        class Publisher:
+            async def publish(self, version: int) -> SamplingClient:
+                if where == "publish" and version == 3:
+                    raise error
+                return await inner.publish(version)
+
+        with anyio.fail_after(10), pytest.raises(LookupError) as caught:
+            await run_rl(
+                client,
+                Publisher(),
+                range(10_000),
+                lambda sampler, seed: _sample(sampler, seed),
+                to_datums,
+                adam=ADAM,
+                loss_fn="cross_entropy",
+                groups_per_step=4,
+                concurrency=8,
+                evaluate=evaluate,
+            )
+        assert caught.value is error
+        assert not [name for name in _running_task_names() if "loops._rl" in name]

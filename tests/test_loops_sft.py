@@ -136,3 +136,30 @@ async def test_resume_refuses_another_config(anyio_backend: str, tmp_path: Path)
         assert resumed is not None and resumed.step == 3 and resumed.cursor == 3
     with pytest.raises(InvalidInput, match="every_steps"):
         CheckpointManager(store, tmp_path, config={}, every_steps=0)
+
+
+async def test_saves_are_due_by_steps_tokens_or_seconds(anyio_backend: str, tmp_path: Path) -> None:
+    import anyio
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        store = TrainerCheckpoints(session, await session.create_training_client(MODEL))
+        by_tokens = CheckpointManager(
+            store, tmp_path / "t", config={}, every_tokens=100, prefix="t"
+        )
+        assert not by_tokens.due(1, tokens=99) and by_tokens.due(1, tokens=100)
+        await by_tokens.save(1, cursor=1, tokens=100)
+        assert not by_tokens.due(2, tokens=199) and by_tokens.due(2, tokens=200)
+        by_time = CheckpointManager(store, tmp_path / "s", config={}, every_seconds=0.2, prefix="s")
+        assert not by_time.due(1)
+        await anyio.sleep(0.25)
+        assert by_time.due(1)
+        await by_time.save(1, cursor=1)
+        assert not by_time.due(2)
+        by_steps = CheckpointManager(store, tmp_path / "n", config={}, every_steps=5)
+        assert not by_steps.due(4) and by_steps.due(5)
+        await by_tokens.wait()
+        await by_time.wait()
+        # A fresh manager on a run directory counts from its latest save.
+        assert not CheckpointManager(store, tmp_path / "t", config={}, every_tokens=100).due(
+            2, tokens=150
+        )
