@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import anyio
 import pytest
@@ -222,3 +222,55 @@ async def test_a_failure_on_the_trainer_side_is_raised_as_is(
             )
         assert caught.value is error
         assert not [name for name in _running_task_names() if "loops._rl" in name]
+
+
+@pytest.mark.parametrize("shape", ["plain", "async"])
+async def test_training_goes_on_while_a_plain_publish_completes(
+    anyio_backend: str, shape: str
+) -> None:
+    events: list[tuple[str, int]] = []
+
+    async def rollout(sampler: SamplingClient, seed: int) -> list[list[int]]:
+        return await _sample(sampler, seed)
+
+    def to_datums(rollouts: Sequence[Rollout[int, list[int]]]) -> list[types.Datum]:
+        events.append(("update", rollouts[0].index // 4 + 1))
+        return _datums(rollouts)
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        inner = TrainerSampler(session, client)
+
+        async def slow(version: int, saving: Awaitable[SamplingClient]) -> SamplingClient:
+            sampler = await saving
+            await anyio.sleep(0.3)  # e.g. a hot-load onto a deployment
+            events.append(("published", version))
+            return sampler
+
+        class Plain:  # the save is submitted by the call itself
+            def publish(self, version: int) -> Awaitable[SamplingClient]:
+                return slow(version, inner.publish(version))
+
+        class Async:  # runs only when awaited
+            async def publish(self, version: int) -> SamplingClient:
+                return await slow(version, inner.publish(version))
+
+        result = await run_rl(
+            client,
+            Plain() if shape == "plain" else Async(),
+            range(16),
+            rollout,
+            to_datums,
+            adam=ADAM,
+            loss_fn="cross_entropy",
+            groups_per_step=4,
+            concurrency=16,
+            max_staleness=2,
+        )
+    assert [s.version for s in result.steps] == [0, 1, 2, 3] and result.final_version == 4
+    assert max(x for s in result.steps for x in s.staleness) <= 2
+    assert [v for kind, v in events if kind == "published"] == [0, 1, 2, 3, 4]
+    if shape == "plain":  # step 2's update went out before version 1 was served
+        assert events.index(("update", 2)) < events.index(("published", 1)), events
+    else:
+        assert events.index(("published", 1)) < events.index(("update", 2)), events

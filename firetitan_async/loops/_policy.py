@@ -18,10 +18,12 @@ and returns the deployment sampler.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Literal, Protocol, TypeVar
 
 import attrs
 
+from .._pending import Pending
 from .._sampling import SamplingClient
 from .._session import ServiceSession
 from .._snapshots import SamplerSnapshot
@@ -36,19 +38,28 @@ S_co = TypeVar("S_co", covariant=True)
 class Publisher(Protocol[S_co]):
     """Publishes the trainer's current weights as policy ``version``; returns its sampler.
 
-    ``publish`` is called by the pipeline after a step's ``optim_step`` was submitted; since
-    operations run in call order, whatever it saves holds that step's weights. It returns
-    once the new version can be sampled.
+    ``publish`` is called by the pipeline right after a step's ``optim_step``; since
+    operations run in call order, whatever it saves holds that step's weights. What it
+    returns resolves once the new version can be sampled.
 
-    Example (a publisher of your own)::
+    Two shapes are accepted. A plain method that submits its save *before returning* (like
+    every operation of this library, which returns a ``Pending`` at once) and returns an
+    awaitable of the sampler: the pipeline keeps training while the publication completes.
+    Or an ``async def publish``: it only runs when awaited, so the pipeline awaits it before
+    the next step's update.
 
-        class Mine:
-            async def publish(self, version: int) -> MySampler:
-                await my_weight_publisher.publish(f"v{version:05d}")
-                return my_sampler
+    Example (a deployment, with ``WeightPublisher``/``DeploymentSampler``)::
+
+        class DeploymentPolicy:
+            def publish(self, version: int) -> Awaitable[DeploymentSampler]:
+                published = weight_publisher.publish(f"v{version:05d}")  # save submitted
+                async def served() -> DeploymentSampler:
+                    await published                                    # hot-loaded, served
+                    return deployment_sampler
+                return served()
     """
 
-    async def publish(self, version: int) -> S_co: ...
+    def publish(self, version: int) -> Awaitable[S_co]: ...
 
 
 @attrs.frozen
@@ -112,25 +123,39 @@ class TrainerSampler:
         #: The snapshot of the latest version published.
         self.last_snapshot: SamplerSnapshot | None = None
 
-    async def _save(self, version: int) -> str:
+    def _save(self, version: int) -> Pending[SamplerSnapshot]:
         kind: Literal["base", "delta"] = (
             "base" if self._published == 0 or version % self._base_every == 0 else "delta"
         )
-        snapshot = await self._client.save_weights_for_sampler_ext(
+        self._published += 1
+        return self._client.save_weights_for_sampler_ext(
             f"{self._prefix}-{version:06d}", checkpoint_type=kind
         )
-        self._published += 1
+
+    async def _saved(self, saving: Pending[SamplerSnapshot]) -> str:
+        snapshot = await saving
         self.last_snapshot = snapshot
         return snapshot.path
 
-    async def publish(self, version: int) -> SamplingClient:
-        """Snapshot the weights as ``version`` and return a sampling client on them."""
-        path = await self._save(version)
-        return await self._session.create_sampling_client(model_path=path)
+    def publish(self, version: int) -> Awaitable[SamplingClient]:
+        """Submit a snapshot of the weights as ``version`` now; the awaitable gives a
+        sampling client on it."""
+        saving = self._save(version)
 
-    async def publish_handle(self, version: int) -> TrainerSamplerHandle:
-        """Snapshot the weights as ``version`` and return a picklable handle to them."""
-        path = await self._save(version)
+        async def sampler() -> SamplingClient:
+            path = await self._saved(saving)
+            return await self._session.create_sampling_client(model_path=path)
+
+        return sampler()
+
+    def publish_handle(self, version: int) -> Awaitable[TrainerSamplerHandle]:
+        """Submit a snapshot of the weights as ``version`` now; the awaitable gives a
+        picklable handle to it."""
+        saving = self._save(version)
+        return self._handle(version, saving)
+
+    async def _handle(self, version: int, saving: Pending[SamplerSnapshot]) -> TrainerSamplerHandle:
+        path = await self._saved(saving)
         base_url = self._session.base_url
         if base_url is None:
             raise InvalidInput("session", "the session has no trainer URL yet (not ready)")
@@ -151,5 +176,5 @@ class _HandlePublisher:
     def __init__(self, inner: TrainerSampler) -> None:
         self._inner = inner
 
-    async def publish(self, version: int) -> TrainerSamplerHandle:
-        return await self._inner.publish_handle(version)
+    def publish(self, version: int) -> Awaitable[TrainerSamplerHandle]:
+        return self._inner.publish_handle(version)

@@ -185,7 +185,9 @@ async def run_rl(
 
     * ``publisher`` publishes version 0 at once, then a new version every ``publish_every``
       steps (:class:`TrainerSampler` samples from the trainer; a deployment publisher plugs
-      in the same way); the sampler it returns is what ``rollout`` and ``evaluate`` get.
+      in the same way); the sampler it returns is what ``rollout`` and ``evaluate`` get. If
+      its ``publish`` is a plain method (see :class:`Publisher`), the next steps train while
+      a publication completes; an ``async def publish`` is awaited before the next step.
     * ``rollout(sampler, prompt)`` returns a group of trajectories for one prompt; up to
       ``concurrency`` run at once.
     * ``to_datums(rollouts)`` turns one step's ``groups_per_step`` rollouts (in ticket order)
@@ -221,6 +223,12 @@ async def run_rl(
 
     started = time.monotonic()
     tickets = _Tickets(prompts, None if max_steps is None else max_steps * groups_per_step)
+    # A publisher whose ``publish`` is a plain call (returning an awaitable) has submitted its
+    # save when the call returns, like every operation here: training goes on while the rest
+    # (a hot-load, a new sampling session) completes. An ``async def publish`` only starts
+    # when awaited, so the trainer awaits it before submitting anything else.
+    pipelined = not inspect.iscoroutinefunction(publisher.publish)
+    last_published: anyio.Event | None = None
     pacer: _Pacer[S] = _Pacer(await publisher.publish(0))
     steps: list[RLStep[P, T]] = []
     evaluations: list[tuple[int, E]] = []
@@ -272,6 +280,17 @@ async def run_rl(
                 await _train_step(step, batch)
                 step += 1
 
+    async def finish_publish(
+        publishing: Awaitable[S], previous: anyio.Event | None, done: anyio.Event | None
+    ) -> None:
+        sampler = await publishing
+        if previous is not None:  # versions become current in order
+            await previous.wait()
+        pacer.advance(sampler)
+        maybe_eval(task_group)
+        if done is not None:
+            done.set()
+
     async def _train_step(step: int, batch: tuple[Rollout[P, T], ...]) -> None:
         datums = list(to_datums(batch))
         if isinstance(loss_fn, str):
@@ -279,12 +298,17 @@ async def run_rl(
         else:
             fb = client.forward_backward_custom(datums, loss_fn)
         opt = client.optim_step(adam)
-        version = pacer.version
+        version = (step - 1) // publish_every  # the weights this step started from
         publish = step % publish_every == 0
         if publish:
-            # Saved after optim_step (operations run in call order): this step's weights.
-            pacer.advance(await publisher.publish(version + 1))
-            maybe_eval(task_group)
+            # Called after optim_step (operations run in call order): this step's weights.
+            publishing = publisher.publish(version + 1)
+            if pipelined:  # the save is submitted: train on while the rest completes
+                nonlocal last_published
+                previous, last_published = last_published, anyio.Event()
+                task_group.start_soon(finish_publish, publishing, previous, last_published)
+            else:
+                await finish_publish(publishing, None, None)
         out = await fb
         await opt
         record = RLStep(
