@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import anyio
+import anyio.lowlevel
 import pytest
 import sniffio
 from tinker import types
@@ -274,3 +275,34 @@ async def test_training_goes_on_while_a_plain_publish_completes(
         assert events.index(("update", 2)) < events.index(("published", 1)), events
     else:
         assert events.index(("published", 1)) < events.index(("update", 2)), events
+
+
+async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend: str) -> None:
+    async def prompts() -> AsyncIterator[int]:
+        for seed in range(22):  # 5 full steps of 4 and a last one of 2
+            await anyio.lowlevel.checkpoint()
+            yield seed
+
+    async def rollout(sampler: SamplingClient, seed: int) -> list[list[int]]:
+        return await _sample(sampler, seed)
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        result = await run_rl(
+            client,
+            TrainerSampler(session, client),
+            prompts(),
+            rollout,
+            _datums,
+            adam=ADAM,
+            loss_fn="cross_entropy",
+            groups_per_step=4,
+            concurrency=12,
+            max_staleness=0,  # on-policy: every rollout sampled from the version it trains
+            publish_every=2,
+        )
+    assert [len(s.rollouts) for s in result.steps] == [4, 4, 4, 4, 4, 2]
+    assert [s.version for s in result.steps] == [0, 0, 1, 1, 2, 2]
+    assert [s.published for s in result.steps] == [False, True] * 3
+    assert {x for s in result.steps for x in s.staleness} == {0}
+    assert result.final_version == 3
