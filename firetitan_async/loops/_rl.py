@@ -277,7 +277,7 @@ async def run_rl(
                 if need <= 0:
                     return
                 batch = tuple(sorted(waiting.pop(step), key=lambda r: r.index))
-                await _train_step(step, batch)
+                await train_step(step, batch)
                 step += 1
 
     async def finish_publish(
@@ -291,7 +291,7 @@ async def run_rl(
         if done is not None:
             done.set()
 
-    async def _train_step(step: int, batch: tuple[Rollout[P, T], ...]) -> None:
+    async def train_step(step: int, batch: tuple[Rollout[P, T], ...]) -> None:
         datums = list(to_datums(batch))
         if isinstance(loss_fn, str):
             fb = client.forward_backward(datums, loss_fn, loss_fn_config)
