@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
@@ -14,7 +15,7 @@ from tinker import types
 from firetitan_async import SamplingClient, ServiceSession
 from firetitan_async.errors import InvalidInput
 from firetitan_async.local import LocalTrainer
-from firetitan_async.loops import RLStep, Rollout, TrainerSampler, run_rl
+from firetitan_async.loops import RLStep, Rollout, TrainerSampler, TrainerSamplerHandle, run_rl
 
 pytestmark = pytest.mark.anyio
 
@@ -306,3 +307,23 @@ async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend
     assert [s.published for s in result.steps] == [False, True] * 3
     assert {x for s in result.steps for x in s.staleness} == {0}
     assert result.final_version == 3
+
+
+async def test_a_sampler_handle_rebuilds_a_client_elsewhere(anyio_backend: str) -> None:
+    key = "fw-secret-key-1234"
+    async with LocalTrainer(seed=0, api_key=key) as lt:
+        async with ServiceSession(lt.base_url, api_key=key) as session:
+            client = await session.create_training_client(MODEL)
+            handle = await TrainerSampler(session, client).handles().publish(0)
+            text = handle.encode()
+            assert TrainerSamplerHandle.decode(text) == handle
+            assert key not in text and key.encode() not in pickle.dumps(handle)
+            expected = await _sample(await handle.sampler(session), 5)
+        # "Another process": a session of its own, with the key from its environment.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FIREWORKS_API_KEY", key)
+            rebuilt = TrainerSamplerHandle.decode(text)
+            async with rebuilt.session() as other:
+                assert await _sample(await rebuilt.sampler(other), 5) == expected
+    with pytest.raises(InvalidInput, match="handle"):
+        TrainerSamplerHandle.decode("not a handle")

@@ -18,6 +18,8 @@ and returns the deployment sampler.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Awaitable
 from typing import Literal, Protocol, TypeVar
 
@@ -82,6 +84,26 @@ class TrainerSamplerHandle:
     #: The base model, for clients that need it to parse replies.
     base_model: str | None = None
     allow_insecure_http: bool = False
+
+    def encode(self) -> str:
+        """A pickle-free text form (URL-safe base64 of JSON), like the Fireworks SDK's
+        ``get_sampler_handle()``; :meth:`decode` reads it back.
+
+        Example::
+
+            text = handle.encode()
+            assert TrainerSamplerHandle.decode(text) == handle
+        """
+        payload = json.dumps(attrs.asdict(self), separators=(",", ":"))
+        return base64.urlsafe_b64encode(payload.encode()).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> TrainerSamplerHandle:
+        """The handle :meth:`encode` wrote; ``InvalidInput`` if ``text`` is not one."""
+        try:
+            return cls(**json.loads(base64.urlsafe_b64decode(text.encode())))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput("handle", f"is not an encoded TrainerSamplerHandle: {exc}") from None
 
     def session(self) -> ServiceSession:
         """A new (not yet entered) session to this trainer; the key comes from the env."""
