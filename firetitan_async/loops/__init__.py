@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from ._checkpoints import CheckpointManager, CheckpointStore, SaveRecord, TrainerCheckpoints
-from ._policy import Publisher, TrainerSampler, TrainerSamplerHandle
+from ._policy import Publisher, SamplerHandle, TrainerSampler, TrainerSamplerHandle
 from ._ray import RayRollouts
 from ._rl import RLResult, RLStep, Rollout, run_rl
 from ._sft import SFTStep, sft_steps
@@ -36,6 +36,7 @@ __all__ = [
     "RayRollouts",
     "Rollout",
     "SFTStep",
+    "SamplerHandle",
     "SaveRecord",
     "TrainerCheckpoints",
     "TrainerSampler",

@@ -21,7 +21,8 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Awaitable
-from typing import Literal, Protocol, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -32,7 +33,7 @@ from .._snapshots import SamplerSnapshot
 from .._training import TrainingClient
 from ..errors import InvalidInput
 
-__all__ = ["Publisher", "TrainerSampler", "TrainerSamplerHandle"]
+__all__ = ["Publisher", "SamplerHandle", "TrainerSampler", "TrainerSamplerHandle"]
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -62,6 +63,24 @@ class Publisher(Protocol[S_co]):
     """
 
     def publish(self, version: int) -> Awaitable[S_co]: ...
+
+
+class SamplerHandle(Protocol[S_co]):
+    """A picklable pointer to one policy version's sampler, for another process.
+
+    It carries no credentials. The other process opens ``session()`` once (an async context
+    manager that finds its API key in the environment) and rebuilds the sampler of each
+    new version with ``await handle.sampler(session)``. :class:`TrainerSamplerHandle`
+    points at a trainer's sampler snapshot; a deployment's handle would open the
+    deployment's sampler instead.
+    """
+
+    @property
+    def version(self) -> int: ...
+
+    def session(self) -> AbstractAsyncContextManager[Any]: ...
+
+    async def sampler(self, session: Any) -> S_co: ...
 
 
 @attrs.frozen

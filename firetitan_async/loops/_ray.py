@@ -1,7 +1,7 @@
 """Rollouts in Ray actors (the optional ``ray`` extra): many processes, one pipeline.
 
 :class:`RayRollouts` is a rollout function for :func:`~firetitan_async.loops.run_rl` whose
-sampler is a :class:`~firetitan_async.loops.TrainerSamplerHandle` (publish with
+sampler is a :class:`~firetitan_async.loops.SamplerHandle` (publish with
 ``TrainerSampler(...).handles()``). Each call goes to one of ``workers`` Ray actors. An actor
 runs its own asyncio event loop with its own :class:`~firetitan_async.ServiceSession` (the API
 key comes from the worker's environment, never from the pickle) and a sampling client rebuilt
@@ -22,16 +22,15 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from .._adapters import aresult
-from .._sampling import SamplingClient
 from ..errors import FiretitanError
-from ._policy import TrainerSamplerHandle
+from ._policy import SamplerHandle
 
 __all__ = ["RayRollouts"]
 
 P = TypeVar("P")
 T = TypeVar("T")
 
-_Rollout = Callable[[SamplingClient, Any], Awaitable[Sequence[Any]]]
+_Rollout = Callable[[Any, Any], Awaitable[Sequence[Any]]]
 
 
 class _Worker:
@@ -42,7 +41,7 @@ class _Worker:
         self._send: Any = None
         self._serving: asyncio.Task[None] | None = None
 
-    async def rollout(self, handle: TrainerSamplerHandle, prompt: Any) -> list[Any]:
+    async def rollout(self, handle: SamplerHandle[Any], prompt: Any) -> list[Any]:
         loop = asyncio.get_running_loop()
         if self._serving is None or self._serving.done():
             self._send, receive = anyio.create_memory_object_stream[Any](math.inf)
@@ -51,24 +50,24 @@ class _Worker:
         self._send.send_nowait((handle, prompt, reply))
         return await reply
 
-    async def _serve(self, first: TrainerSamplerHandle, receive: Any) -> None:
-        samplers: dict[str, asyncio.Future[SamplingClient]] = {}
+    async def _serve(self, first: SamplerHandle[Any], receive: Any) -> None:
+        samplers: dict[int, asyncio.Future[Any]] = {}
         waiting: list[asyncio.Future[list[Any]]] = []
 
-        async def sampler(session: Any, handle: TrainerSamplerHandle) -> SamplingClient:
-            made = samplers.get(handle.model_path)
+        async def sampler(session: Any, handle: SamplerHandle[Any]) -> Any:
+            made = samplers.get(handle.version)
             if made is None:
                 made = asyncio.get_running_loop().create_future()
                 samplers.clear()  # an older version is not asked for again
-                samplers[handle.model_path] = made
+                samplers[handle.version] = made
                 try:
                     made.set_result(await handle.sampler(session))
                 except Exception as exc:
                     made.set_exception(exc)
-                    samplers.pop(handle.model_path, None)
+                    samplers.pop(handle.version, None)
             return await made
 
-        async def one(session: Any, handle: TrainerSamplerHandle, prompt: Any, reply: Any) -> None:
+        async def one(session: Any, handle: SamplerHandle[Any], prompt: Any, reply: Any) -> None:
             try:
                 group = await self._rollout(await sampler(session, handle), prompt)
             except Exception as exc:
@@ -107,7 +106,7 @@ class RayRollouts(Generic[P, T]):
 
     def __init__(
         self,
-        rollout: Callable[[SamplingClient, P], Awaitable[Sequence[T]]],
+        rollout: Callable[[Any, P], Awaitable[Sequence[T]]],
         *,
         workers: int = 2,
         actor_options: dict[str, Any] | None = None,
@@ -129,7 +128,7 @@ class RayRollouts(Generic[P, T]):
         #: Rollouts each worker has finished (successfully or not).
         self.calls_per_worker = [0] * workers
 
-    async def __call__(self, handle: TrainerSamplerHandle, prompt: P) -> Sequence[T]:
+    async def __call__(self, handle: SamplerHandle[Any], prompt: P) -> Sequence[T]:
         """One rollout on the least busy worker (ties: round robin)."""
         start = next(self._next)
         order = [(start + k) % len(self._actors) for k in range(len(self._actors))]
