@@ -245,7 +245,7 @@ async def test_training_goes_on_while_a_plain_publish_completes(
 
         async def slow(version: int, saving: Awaitable[SamplingClient]) -> SamplingClient:
             sampler = await saving
-            await anyio.sleep(0.3)  # e.g. a hot-load onto a deployment
+            await anyio.sleep(0.15)  # e.g. a hot-load onto a deployment
             events.append(("published", version))
             return sampler
 
