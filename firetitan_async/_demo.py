@@ -265,6 +265,7 @@ class _Demo:
         self.sampling = 0  # sample requests in flight
         self.peak = 0  # their peak since the current step's update was submitted
         self.beside_update = 0  # that peak when the update's snapshot was published
+        self.publisher: TrainerSampler | None = None
 
     def seeds(self) -> Iterator[int]:
         """One sampling seed per group, in ticket order (step by step, group by group)."""
@@ -281,8 +282,10 @@ class _Demo:
         finally:
             self.sampling -= 1
 
-    async def publish(self, publisher: TrainerSampler, version: int) -> SamplingClient:
-        sampler = await publisher.publish(version)  # returns once the update is done
+    async def publish(self, version: int) -> SamplingClient:
+        """The demo's publisher: the trainer's sampler, noting the sampling beside the update."""
+        assert self.publisher is not None
+        sampler = await self.publisher.publish(version)  # returns once the update is done
         self.beside_update = self.peak
         return sampler
 
@@ -302,6 +305,7 @@ class _Demo:
     ) -> DemoResult:
         cfg = self.config
         publisher = TrainerSampler(session, client, prefix="demo", base_every=cfg.base_every)
+        self.publisher = publisher
         rows: list[DemoRow] = []
 
         def on_step(step: RLStep[int, Completion]) -> None:
@@ -331,7 +335,7 @@ class _Demo:
 
         result = await run_rl(
             client,
-            _Published(self, publisher),
+            self,
             self.seeds(),
             self.rollout,
             self.to_datums,
@@ -361,17 +365,6 @@ class _Demo:
             reward_after=reward_after,
             wall_s=time.monotonic() - started,
         )
-
-
-class _Published:
-    """The demo's publisher: the trainer's sampler, noting the sampling beside each update."""
-
-    def __init__(self, demo: _Demo, publisher: TrainerSampler) -> None:
-        self._demo = demo
-        self._publisher = publisher
-
-    async def publish(self, version: int) -> SamplingClient:
-        return await self._demo.publish(self._publisher, version)
 
 
 async def run_demo(
