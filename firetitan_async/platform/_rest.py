@@ -32,9 +32,9 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -254,7 +254,7 @@ class RestCore:
         url: str,
         *,
         json_body: Any = None,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
         timeout: float | None = None,
         replay_safe: bool | None = None,
         bearer: bool = False,
@@ -288,7 +288,7 @@ class RestCore:
             method,
             url,
             content=content,
-            params=params,
+            params=cast(Any, params),  # a mapping or (key, value) pairs, as httpx takes them
             headers=all_headers,
             timeout=timeout if timeout is not None else _TIMEOUTS.get(method, WRITE_TIMEOUT_S),
         )
