@@ -524,3 +524,180 @@ async def test_key_echoed_by_a_server_is_redacted() -> None:
             await jobs.get("j1")
     text = f"{info.value} {info.value!r} {info.value.body}"
     assert SECRET not in text and "<redacted>" in text
+
+
+# -- checkpoints, promotion, shapes, reconnect (against the local trainer) ----------------------
+
+
+def _job_with_checkpoints(lt: LocalTrainer, job_id: str, rank: int) -> None:
+    """Create a job and save a training state, a base and a delta snapshot through its gateway."""
+    with httpx.Client(timeout=10) as http:
+        created = http.post(
+            f"{lt.control_plane_url}/v1/accounts/{lt.account_id}/rlorTrainerJobs",
+            params={"rlorTrainerJobId": job_id},
+            json={"trainingConfig": {"baseModel": MODEL, "loraRank": rank}},
+        )
+        assert created.status_code == 200, created.text
+        api = f"{lt.control_plane_url}/training/v1/rlorTrainerJobs/{lt.account_id}/{job_id}/api/v1"
+        session = http.post(f"{api}/create_session", json={}).json()["session_id"]
+        model = http.post(
+            f"{api}/create_model",
+            json={
+                "session_id": session,
+                "model_seq_id": 0,
+                "base_model": MODEL,
+                "lora_config": {"rank": rank},
+            },
+        ).json()["model_id"]
+        for seq, (endpoint, name, kind) in enumerate(
+            [
+                ("save_weights", "step-1", None),
+                ("save_weights_for_sampler", "snap-a", "base"),
+                ("save_weights_for_sampler", "snap-b", "delta"),
+            ],
+            start=1,
+        ):
+            body: dict[str, Any] = {"model_id": model, "seq_id": seq, "path": name}
+            if kind:
+                body["checkpoint_type"] = kind
+            fut = http.post(f"{api}/{endpoint}", json=body).json()
+            http.post(f"{api}/retrieve_future", json={"request_id": fut["request_id"]})
+
+
+@pytest.mark.anyio
+async def test_list_checkpoints_reads_every_page_typed() -> None:
+    async with LocalTrainer() as lt, TrainerJobs(base_url=lt.control_plane_url) as jobs:
+        await anyio.to_thread.run_sync(_job_with_checkpoints, lt, "ckpt-job", 4)
+        rows = await jobs.list_checkpoints("ckpt-job", page_size=1)
+        assert [(r.checkpoint_id, r.promotable, r.checkpoint_type) for r in rows] == [
+            ("step-1", False, "CHECKPOINT_TYPE_TRAINING_LORA"),
+            ("snap-a", True, "CHECKPOINT_TYPE_INFERENCE_LORA"),
+            ("snap-b", False, "CHECKPOINT_TYPE_INFERENCE_ARC_V2"),
+        ]
+        assert all(r.job_id == "ckpt-job" and r.create_time for r in rows)
+        assert (
+            rows[0].name == f"accounts/{lt.account_id}/rlorTrainerJobs/ckpt-job/checkpoints/step-1"
+        )
+        assert lt.stats()["requests"]["jobs.checkpoints"] == 3  # one request per page
+        assert rows == await jobs.list_checkpoints("ckpt-job")
+        with pytest.raises(PlatformAPIError) as info:
+            await jobs.list_checkpoints("no-such-job")
+        assert info.value.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_list_checkpoints_refuses_a_repeating_page_token() -> None:
+    page = {"checkpoints": [], "nextPageToken": "same"}
+    async with _jobs(lambda _r: httpx.Response(200, json=page)) as jobs:
+        with pytest.raises(FiretitanError, match="repeats"):
+            await jobs.list_checkpoints("j1")
+
+
+@pytest.mark.anyio
+async def test_promotion_polls_the_operation_and_falls_back_without_async() -> None:
+    async with LocalTrainer() as lt, TrainerJobs(base_url=lt.control_plane_url) as jobs:
+        await anyio.to_thread.run_sync(_job_with_checkpoints, lt, "ckpt-job", 0)
+        knobs = f"{lt.base_url}/_local/control_plane"
+        async with httpx.AsyncClient() as http:
+            await http.post(knobs, json={"promote_pending_polls": 2})
+        row = [r for r in await jobs.list_checkpoints("ckpt-job") if r.promotable][-1]
+        model = await jobs.promote_checkpoint(
+            name=row.name, output_model_id="m-one", base_model=MODEL, poll_interval_s=0.01
+        )
+        assert model.name == f"accounts/{lt.account_id}/models/m-one"
+        assert (model.model_id, model.state, model.kind) == ("m-one", "READY", "HF_BASE_MODEL")
+        assert "@type" not in model.raw
+        assert lt.stats()["requests"]["operations.get"] == 2
+        # An older control plane refuses async_promotion: the same body is sent without it.
+        async with httpx.AsyncClient() as http:
+            await http.post(knobs, json={"reject_async_promotion": True})
+        legacy = await jobs.promote_checkpoint(
+            job_id="ckpt-job", checkpoint_id="snap-a", output_model_id="m-two", base_model=MODEL
+        )
+        assert legacy.model_id == "m-two"
+        assert lt.stats()["requests"]["checkpoints.promote"] == 3
+        with pytest.raises(PlatformAPIError, match="not promotable") as info:
+            await jobs.promote_checkpoint(
+                job_id="ckpt-job", checkpoint_id="snap-b", output_model_id="m3", base_model=MODEL
+            )
+        assert info.value.grpc_code == 3
+        sent = lt.stats()["requests"]["checkpoints.promote"]
+        for kwargs, field in (
+            ({"name": row.name, "output_model_id": "Bad_Id"}, "output_model_id"),
+            ({"name": "ckpt-job/snap-a", "output_model_id": "ok"}, "name"),
+            ({"job_id": "ckpt-job", "output_model_id": "ok"}, "name"),
+            ({"name": row.name, "checkpoint_id": "x", "output_model_id": "ok"}, "checkpoint_id"),
+            ({"name": row.name, "job_id": "other", "output_model_id": "ok"}, "job_id"),
+        ):
+            with pytest.raises(InvalidInput) as bad:
+                await jobs.promote_checkpoint(base_model=MODEL, **kwargs)
+            assert bad.value.field == field
+        assert lt.stats()["requests"]["checkpoints.promote"] == sent  # refused before sending
+
+
+@pytest.mark.anyio
+async def test_a_failed_promotion_operation_raises() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"operation": {"name": "accounts/acme/operations/o1"}})
+        return httpx.Response(
+            200,
+            json={
+                "name": "accounts/acme/operations/o1",
+                "done": True,
+                "error": {"code": 9, "message": "bucket gone"},
+            },
+        )
+
+    async with _jobs(handler) as jobs:
+        with pytest.raises(FiretitanError, match="bucket gone"):
+            await jobs.promote_checkpoint(
+                job_id="j1",
+                checkpoint_id="c1",
+                output_model_id="m",
+                base_model=MODEL,
+                poll_interval_s=0.01,
+            )
+
+
+@pytest.mark.anyio
+async def test_resolve_training_profile() -> None:
+    async with LocalTrainer() as lt, TrainerJobs(base_url=lt.control_plane_url) as jobs:
+        shape = f"accounts/{lt.account_id}/trainingShapes/tiny-byte-lm-lora"
+        profile = await jobs.resolve_training_profile(shape)
+        assert profile.training_shape_version == f"{shape}/versions/v1"
+        assert profile.training_shape == shape and profile.supports_lora
+        assert (profile.max_supported_context_length, profile.accelerator_type) == (4096, "CPU")
+        assert profile.pipeline_parallelism == 1 and profile.deployment_shape is None
+        assert await jobs.resolve_training_profile(f"{shape}/versions/v1") == profile
+        full = await jobs.resolve_training_profile(shape.replace("lora", "full"))
+        assert not full.supports_lora
+        with pytest.raises(InvalidInput):
+            await jobs.resolve_training_profile("tiny-byte-lm-lora")
+        with pytest.raises(PlatformAPIError) as info:
+            await jobs.resolve_training_profile(f"accounts/{lt.account_id}/trainingShapes/nope")
+        assert info.value.status_code == 404
+        # A config on the shape path launches with the shape's context length.
+        created = await jobs.create(
+            TrainerJobConfig(
+                base_model=MODEL, lora_rank=4, training_shape_ref=profile.training_shape
+            )
+        )
+        assert (await jobs.get(created.job_id)).max_context_length == 4096
+
+
+@pytest.mark.anyio
+async def test_reconnect_resumes_a_failed_job_and_waits_for_a_running_one() -> None:
+    async with LocalTrainer(warmup_s=0.2) as lt, TrainerJobs(base_url=lt.control_plane_url) as jobs:
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        first = await jobs.reconnect_and_wait(created.job_id, poll_interval_s=0.02, timeout_s=10)
+        assert lt.stats()["requests"].get("jobs.resume", 0) == 0  # it was only warming up
+        lt.fail_job(created.job_id, "preempted")
+        again = await jobs.reconnect_and_wait(created.job_id, poll_interval_s=0.02, timeout_s=10)
+        assert again == first and lt.stats()["requests"]["jobs.resume"] == 1
+        lt.fail_job(created.job_id, "preempted again")
+        assert await jobs.resume_and_wait(created.job_id, poll_interval_s=0.02) == first
+        await jobs.delete(created.job_id)
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.reconnect_and_wait(created.job_id, resumable_poll_s=0.01)
+        assert info.value.state == "DELETED"

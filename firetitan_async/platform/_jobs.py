@@ -386,8 +386,10 @@ class TrainerJobs:
         pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
         resumable_poll_s: float = 10.0,
     ) -> TrainerEndpoint:
-        """Reconnect to a preempted or failed job: wait for it if RUNNING, resume it if it is
-        FAILED, CANCELLED, PAUSED or COMPLETED, and otherwise re-read it every
+        """Reconnect to a preempted or failed job: wait for it if it is RUNNING (or on its way
+        up: CREATING, PENDING; the SDK polls those as "not resumable" and gives up after
+        ``max_wait_for_resumable_s``), resume it if it is FAILED, CANCELLED, PAUSED or
+        COMPLETED, and otherwise (e.g. CANCELLING, DELETING) re-read it every
         ``resumable_poll_s`` (tolerating errors) for up to ``max_wait_for_resumable_s``.
 
         Example::
@@ -405,7 +407,7 @@ class TrainerJobs:
                 await anyio.sleep(resumable_poll_s)
                 continue
             logger.info("reconnect: job %s is %s", job.job_id, job.state)
-            if job.state == JobState.RUNNING:
+            if job.state in (JobState.RUNNING, JobState.CREATING, JobState.PENDING):
                 return await self.wait_for_ready(
                     job_id,
                     poll_interval_s=poll_interval_s,
