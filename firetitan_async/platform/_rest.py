@@ -44,6 +44,7 @@ from .._redact import Redactor
 from .._retry import RetryPolicy
 from .._send import send_with_retry
 from .._transport import _is_loopback, check_url_security
+from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._rpc_status import platform_error
 
@@ -146,7 +147,10 @@ class RestCore:
         self._account_id = account_id
         self._account_lock: anyio.Lock | None = None
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(60.0), transport=transport
+            base_url=self.base_url,
+            headers={"User-Agent": USER_AGENT},  # the SDK sends httpx's default
+            timeout=httpx.Timeout(60.0),
+            transport=transport,
         )
         self._closed = False
 
