@@ -701,3 +701,25 @@ async def test_reconnect_resumes_a_failed_job_and_waits_for_a_running_one() -> N
         with pytest.raises(TrainerJobFailed) as info:
             await jobs.reconnect_and_wait(created.job_id, resumable_poll_s=0.01)
         assert info.value.state == "DELETED"
+
+
+def test_the_trainer_jobs_example_runs() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "FIREWORKS_API_KEY"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "examples/trainer_jobs.py", "--steps", "2", "--backend", "trio"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "RUNNING" in proc.stdout and "promoted" in proc.stdout and "deleted" in proc.stdout
