@@ -277,8 +277,9 @@ async def test_lifecycle_create_get_list_resume_delete() -> None:
         assert (await jobs.get(created.job_name)).job_id == created.job_id
 
         other = await jobs.create(TrainerJobConfig(base_model=MODEL))
-        listed = {j.job_id for j in await jobs.list_jobs()}
-        assert {created.job_id, other.job_id} <= listed
+        listed = [j.job_id for j in await jobs.list_jobs(page_size=1)]  # two pages
+        assert listed == [created.job_id, other.job_id]
+        assert lt.stats()["requests"]["jobs.list"] == 2
 
         endpoint = await jobs.wait_for_ready(created.job_id, poll_interval_s=0.02, timeout_s=10)
         assert endpoint.job_id == created.job_id

@@ -368,9 +368,20 @@ def control_plane_routes(
 
     async def list_jobs(request: Request) -> Response:
         registry = _registry(request)
-        records = [registry.record(j, root_url(request)) for j in registry.all()]
+        size_text = request.query_params.get("pageSize", "50")
+        token = request.query_params.get("pageToken") or "0"
+        if not size_text.isdigit() or not token.isdigit():
+            raise ApiError(400, f"bad pageSize {size_text!r} or pageToken {token!r}")
+        start, size = int(token), int(size_text) or 50
+        jobs_now = registry.all()
+        records = [registry.record(j, root_url(request)) for j in jobs_now[start : start + size]]
+        after = start + size
         return JSONResponse(
-            {"rlorTrainerJobs": records, "nextPageToken": "", "totalSize": len(records)}
+            {
+                "rlorTrainerJobs": records,
+                "nextPageToken": str(after) if after < len(jobs_now) else "",
+                "totalSize": len(jobs_now),
+            }
         )
 
     async def get(request: Request) -> Response:
