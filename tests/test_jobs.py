@@ -298,7 +298,7 @@ async def test_lifecycle_create_get_list_resume_delete() -> None:
         assert again.base_url == endpoint.base_url
         with pytest.raises(PlatformAPIError) as not_resumable:
             await jobs.resume(created.job_id)  # RUNNING: nothing to resume
-        assert not_resumable.value.status_code == 400 and not_resumable.value.grpc_code == 3
+        assert not_resumable.value.status_code == 400 and not_resumable.value.grpc_code == 9
 
         await jobs.delete(created.job_id)
         tombstone = await jobs.get(created.job_id)
@@ -621,7 +621,7 @@ async def test_promotion_polls_the_operation_and_falls_back_without_async() -> N
             await jobs.promote_checkpoint(
                 job_id="ckpt-job", checkpoint_id="snap-b", output_model_id="m3", base_model=MODEL
             )
-        assert info.value.grpc_code == 3
+        assert info.value.grpc_code == 9  # FAILED_PRECONDITION
         sent = lt.stats()["requests"]["checkpoints.promote"]
         for kwargs, field in (
             ({"name": row.name, "output_model_id": "Bad_Id"}, "output_model_id"),
