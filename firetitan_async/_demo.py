@@ -39,8 +39,6 @@ import attrs
 import numpy as np
 from tinker import types
 
-from ._jobs import TrainerJobConfig, TrainerJobs
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
@@ -48,6 +46,7 @@ from ._training import TrainingClient
 from .local import LocalTrainer
 from .local._datums import encode_text
 from .loops import RLStep, Rollout, TrainerSampler, run_rl
+from .platform import ReadinessPoller, ReadinessProgress, TrainerJobConfig, TrainerJobs
 
 __all__ = [
     "Completion",
