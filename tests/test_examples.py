@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -18,9 +20,12 @@ EXAMPLES = ROOT / "examples"
 SMALL_STEPS = 12
 
 
-def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], timeout: float = 120, *, path_first: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     # PYTHONPATH: the examples import the package from this checkout even when not installed.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    first = [str(path_first)] if path_first else []
+    path = os.pathsep.join(p for p in (*first, str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, TINKER_TELEMETRY="0", PYTHONUNBUFFERED="1", PYTHONPATH=path)
     env.pop("FIREWORKS_API_KEY", None)
     env.pop("TINKER_API_KEY", None)
@@ -146,6 +151,60 @@ def test_example_web_backend() -> None:
     out = _ok(_run([str(EXAMPLES / "web_backend.py"), "--smoke", "--steps", "3"]))
     assert "smoke test passed" in out
     assert "HTTP 409" in out
+
+
+def test_example_web_backend_events_jsonl(tmp_path: Path) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    args = ["--smoke", "--steps", "4", "--events-jsonl", str(jsonl)]
+    _ok(_run([str(EXAMPLES / "web_backend.py"), *args]))
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert all(isinstance(e["time"], float) for e in events)
+    assert {"policy", "job", "run", "step", "gauges"} <= {e["kind"] for e in events}
+    runs = [(e["run_id"], e["status"]) for e in events if e["kind"] == "run"]
+    assert runs == [(1, "running"), (1, "done"), (2, "running"), (2, "stopped")]
+    first = [e for e in events if e["kind"] == "step" and e["run_id"] == 1]
+    assert [e["step"] for e in first] == [1, 2, 3, 4]
+    assert first[-1]["loss"] < first[0]["loss"]
+    assert all(e["steps_per_s"] > 0 for e in first[1:])
+    job = next(e for e in events if e["kind"] == "job")
+    assert job["state"] == "RUNNING" and job["job_id"]
+    policy = next(e for e in events if e["kind"] == "policy")
+    assert policy["published"] is None and policy["served"] is None  # no deployment used
+    gauges = [e for e in events if e["kind"] == "gauges"]
+    assert all(e["max_loop_stall_ms"] <= e["max_wall_stall_ms"] for e in gauges)
+
+
+FAKE_WANDB = """
+import json, os
+_out = open(os.environ["FAKE_WANDB_OUT"], "a")
+def _write(*record):
+    _out.write(json.dumps(record) + "\\n")
+    _out.flush()
+class _Run:
+    def log(self, row):
+        _write("log", row)
+    def finish(self):
+        _write("finish")
+def init(project, config):
+    _write("init", project, config)
+    return _Run()
+"""
+
+
+def test_example_web_backend_wandb_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("the real wandb is installed: this test uses a fake module in its place")
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "wandb.py").write_text(FAKE_WANDB)
+    monkeypatch.setenv("FAKE_WANDB_OUT", str(tmp_path / "wandb.jsonl"))
+    args = ["--smoke", "--steps", "3", "--wandb-project", "dashboard-test"]
+    _ok(_run([str(EXAMPLES / "web_backend.py"), *args], path_first=tmp_path / "fake"))
+    records = [json.loads(line) for line in (tmp_path / "wandb.jsonl").read_text().splitlines()]
+    assert records[0][:2] == ["init", "dashboard-test"]
+    assert records[-1] == ["finish"]
+    rows = [r[1] for r in records if r[0] == "log" and r[1]["run_id"] == 1]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]
 
 
 def test_example_tinker_interop() -> None:
