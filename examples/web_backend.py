@@ -171,8 +171,11 @@ class Feed:
     """Broadcasts events to live subscribers (the SSE streams) and to sinks (JSONL, W&B).
 
     A new subscriber first gets the latest gauges, job and policy events and the current run's
-    events. A subscriber that falls 1000 events behind is dropped (its page reconnects).
+    events (its start and the last ``RUN_LOG`` others). A subscriber that falls 1000 events
+    behind is dropped (its page reconnects).
     """
+
+    RUN_LOG = 5000
 
     def __init__(self) -> None:
         self._latest: dict[str, dict[str, Any]] = {}
@@ -189,6 +192,8 @@ class Feed:
             self._run_log = []
         if isinstance(event, RunStatus | Step | Reward):
             self._run_log.append(data)
+            if len(self._run_log) > self.RUN_LOG + 1000:
+                del self._run_log[1:1001]  # keep the run's start
         else:
             self._latest[event.kind] = data
         for sink in self._sinks:
@@ -202,8 +207,9 @@ class Feed:
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](1000)
-        for data in [*self._latest.values(), *self._run_log]:
+        replay = [*self._latest.values(), *self._run_log]
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](len(replay) + 1000)
+        for data in replay:
             send.send_nowait(data)
         self._subscribers.add(send)
         try:
@@ -300,6 +306,7 @@ class Backend:
     client: TrainingClient
     task_group: anyio.abc.TaskGroup
     feed: Feed
+    stopping: Callable[[], bool] = lambda: False  # whether the server is shutting down
     runs: dict[int, Run] = attrs.field(factory=dict)
     held: list[Pending[Any]] = attrs.field(factory=list)  # operations the app sent and holds
     max_in_flight: int = 0
@@ -414,6 +421,8 @@ async def _train(backend: Backend, run: Run, depth: int = 2) -> None:
                     if run.reward_every and step % run.reward_every == 0:
                         rewards.start_soon(_reward, backend, run, step)
     except Exception as exc:  # report it on the stream, keep the server up
+        while isinstance(exc, ExceptionGroup):  # a failed reward task: its own error
+            exc = exc.exceptions[0]
         run.status = "failed"
         run.emit("failed", error=str(exc))
         backend.feed.publish(RunStatus(run.run_id, "failed", run.steps, error=str(exc)))
@@ -493,8 +502,15 @@ async def feed_events(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[str]:
         async with backend.feed.subscribe() as events:
-            async for data in events:
-                yield f"data: {json.dumps(data)}\n\n"
+            while not backend.stopping():  # the server is going down: end the stream
+                data = None
+                with anyio.move_on_after(1.0):
+                    try:
+                        data = await events.receive()
+                    except anyio.EndOfStream:
+                        return
+                # A comment line now and then: a closed page is noticed even when idle.
+                yield ": idle\n\n" if data is None else f"data: {json.dumps(data)}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -532,10 +548,12 @@ def create_app(
     events_jsonl: str | None = None,
     wandb_project: str | None = None,
     latency_s: float = 0.0,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Starlette:
     """The app; with ``base_url=None`` its lifespan also runs a local trainer (its replies
     delayed by ``latency_s``: a remote trainer is never instant) and creates a trainer job on
-    its control plane (deleted again on the way out)."""
+    its control plane (deleted again on the way out). ``stopping()`` tells whether the server
+    is shutting down (the dashboard's event streams then end)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -561,7 +579,7 @@ def create_app(
             session = await stack.enter_async_context(session)
             client = await session.create_training_client(MODEL)  # waits for the job
             task_group = await stack.enter_async_context(anyio.create_task_group())
-            backend = Backend(session=session, client=client, task_group=task_group, feed=feed)
+            backend = Backend(session, client, task_group, feed, stopping)
             feed.publish(PolicyVersion())  # this app uses no deployment: "n/a" on the page
             if jobs is not None and job_id is not None:
                 task_group.start_soon(backend.watch_job, jobs, job_id)
@@ -605,7 +623,7 @@ async def _sse(
 
 async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
     """Serve on a free loopback port; start a run, stream it, start another and stop it."""
-    app = create_app(base_url, **options)
+    app = create_app(base_url, stopping=lambda: server.should_exit, **options)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
@@ -658,9 +676,9 @@ def main() -> None:
     if args.smoke:
         anyio.run(lambda: smoke(args.base_url, args.steps, **options))  # uvicorn runs on asyncio
     else:
-        app = create_app(args.base_url, **options)
-        # An open dashboard keeps its event stream open: give it 2 s to go on shutdown.
-        uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2)
+        app = create_app(args.base_url, stopping=lambda: server.should_exit, **options)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
+        server.run()
 
 
 if __name__ == "__main__":

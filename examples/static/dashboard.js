@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const HISTORY = 300; // points kept by the small gauge charts
+const RUN_POINTS = 5000; // points kept by the run's charts
 let runId = null;
 
 function svg(tag, attrs) {
@@ -55,6 +56,7 @@ function fmt(v) {
 }
 
 const series = { loss: [], reward: [], rate: [], inflight: [], stall: [] };
+const keep = (points, point) => { points.push(point); if (points.length > RUN_POINTS) points.shift(); };
 let tick = 0;
 
 let redrawPending = false;
@@ -80,7 +82,7 @@ function setStatus(status, text) {
 
 const handlers = {
   run(e) {
-    if (e.status === "running" && e.run_id !== runId) {
+    if (e.status === "running") { // a new run, or the replay of this one after a reconnect
       runId = e.run_id;
       series.loss = []; series.reward = []; series.rate = [];
       drawRun();
@@ -92,13 +94,13 @@ const handlers = {
     $("message").textContent = e.error ? ` ${e.error}` : "";
   },
   step(e) {
-    series.loss.push([e.step, e.loss]);
-    if (e.steps_per_s !== null) series.rate.push([e.step, e.steps_per_s]);
+    keep(series.loss, [e.step, e.loss]);
+    if (e.steps_per_s !== null) keep(series.rate, [e.step, e.steps_per_s]);
     $("step").textContent = e.step;
     redrawRun();
   },
   reward(e) {
-    series.reward.push([e.step, e.reward]);
+    keep(series.reward, [e.step, e.reward]);
     redrawRun();
   },
   gauges(e) {
