@@ -171,8 +171,8 @@ class Feed:
     """Broadcasts events to live subscribers (the SSE streams) and to sinks (JSONL, W&B).
 
     A new subscriber first gets the latest gauges, job and policy events and the current run's
-    events (its start and the last ``RUN_LOG`` others). A subscriber that falls 1000 events
-    behind is dropped (its page reconnects).
+    events (its start and the last ``RUN_LOG`` others). A subscriber that falls more than 1000
+    live events behind is dropped (its page reconnects).
     """
 
     RUN_LOG = 5000

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from firetitan_async._demo import DemoConfig, DemoResult, reward_of, run_demo
@@ -212,3 +214,49 @@ def test_example_tinker_interop() -> None:
     assert "step 3: loss/token" in out
     stall = next(line for line in out.splitlines() if line.startswith("longest trio loop stall"))
     print(stall)
+
+
+def _example_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # attrs resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_web_backend_feed_replays_the_current_run_and_drops_a_slow_page(
+    anyio_backend: str,
+) -> None:
+    wb = _example_module("web_backend")
+    feed = wb.Feed()
+    sunk: list[dict[str, Any]] = []
+    feed.add_sink(sunk.append)
+    feed.publish(wb.RunStatus(1, "running", 2))
+    feed.publish(wb.Step(1, 1, 3.0, None))
+    feed.publish(wb.Gauges({"forward_backward": 2}, 2, 0.5, 0.5, 9.0))
+    feed.publish(wb.Gauges({}, 2, 0.1, 0.5, 9.0))  # only the latest gauges are replayed
+    feed.publish(wb.RunStatus(2, "running", 5))  # a new run: its replay starts over
+    feed.publish(wb.Step(2, 1, 2.0, None))
+    assert [e["kind"] for e in sunk] == ["run", "step", "gauges", "gauges", "run", "step"]
+
+    async with feed.subscribe() as events:
+        replay = [await events.receive() for _ in range(3)]
+        assert [(e["kind"], e.get("run_id")) for e in replay] == [
+            ("gauges", None), ("run", 2), ("step", 2)
+        ]
+        assert replay[0]["in_flight"] == {}
+        feed.publish(wb.Step(2, 2, 1.0, 4.0))
+        live = await events.receive()
+        assert (live["kind"], live["step"], live["steps_per_s"]) == ("step", 2, 4.0)
+
+    async with feed.subscribe() as slow:  # replays gauges, run 2 and its two steps; unread
+        for step in range(3, 1004):  # 1001 live events: one more than a page may fall behind
+            feed.publish(wb.Step(2, step, 1.0, 4.0))
+        received = []
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):  # the feed let the page go
+            while True:
+                received.append(await slow.receive())
+        assert len(received) == 4 + 1000
+        assert received[-1]["step"] == 1002
