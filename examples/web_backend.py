@@ -61,6 +61,7 @@ from starlette.staticfiles import StaticFiles
 from tinker import types
 
 from firetitan_async import (
+    FiretitanError,
     Pending,
     ServiceSession,
     TrainerJobConfig,
@@ -358,9 +359,12 @@ class Backend:
         """Publish the trainer job's state whenever it changes."""
         state = None
         while True:
-            job = await jobs.get(job_id)
-            if job.state != state:
-                state = job.state
+            try:
+                seen = (await jobs.get(job_id)).state
+            except FiretitanError as exc:  # shown on the page; the app stays up
+                seen = f"unknown ({type(exc).__name__})"
+            if seen != state:
+                state = seen
                 self.feed.publish(JobState(job_id=job_id, state=state))
             await anyio.sleep(interval_s)
 
