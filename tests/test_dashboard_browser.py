@@ -53,6 +53,7 @@ class Browser:
             "--headless",
             "--no-sandbox",  # CI runs as root
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # containers often have a small /dev/shm
             "--no-first-run",
             "--hide-scrollbars",
             "--remote-debugging-pipe",
