@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from firetitan_async._demo import DemoConfig, DemoResult, reward_of, run_demo
@@ -18,9 +22,12 @@ EXAMPLES = ROOT / "examples"
 SMALL_STEPS = 12
 
 
-def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], timeout: float = 120, *, path_first: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     # PYTHONPATH: the examples import the package from this checkout even when not installed.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    first = [str(path_first)] if path_first else []
+    path = os.pathsep.join(p for p in (*first, str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, TINKER_TELEMETRY="0", PYTHONUNBUFFERED="1", PYTHONPATH=path)
     env.pop("FIREWORKS_API_KEY", None)
     env.pop("TINKER_API_KEY", None)
@@ -148,8 +155,108 @@ def test_example_web_backend() -> None:
     assert "HTTP 409" in out
 
 
+def test_example_web_backend_events_jsonl(tmp_path: Path) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    args = ["--smoke", "--steps", "4", "--events-jsonl", str(jsonl)]
+    _ok(_run([str(EXAMPLES / "web_backend.py"), *args]))
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert all(isinstance(e["time"], float) for e in events)
+    assert {"policy", "job", "run", "step", "gauges"} <= {e["kind"] for e in events}
+    runs = [(e["run_id"], e["status"]) for e in events if e["kind"] == "run"]
+    assert runs == [(1, "running"), (1, "done"), (2, "running"), (2, "stopped")]
+    first = [e for e in events if e["kind"] == "step" and e["run_id"] == 1]
+    assert [e["step"] for e in first] == [1, 2, 3, 4]
+    assert first[-1]["loss"] < first[0]["loss"]
+    assert all(e["steps_per_s"] > 0 for e in first[1:])
+    job = next(e for e in events if e["kind"] == "job")
+    assert job["state"] == "RUNNING" and job["job_id"]
+    policy = next(e for e in events if e["kind"] == "policy")
+    assert policy["published"] is None and policy["served"] is None  # no deployment used
+    gauges = [e for e in events if e["kind"] == "gauges"]
+    assert all(e["max_loop_stall_ms"] <= e["max_wall_stall_ms"] for e in gauges)
+
+
+FAKE_WANDB = """
+import json, os
+_out = open(os.environ["FAKE_WANDB_OUT"], "a")
+def _write(*record):
+    _out.write(json.dumps(record) + "\\n")
+    _out.flush()
+class _Run:
+    def log(self, row):
+        _write("log", row)
+    def finish(self):
+        _write("finish")
+def init(project, config):
+    _write("init", project, config)
+    return _Run()
+"""
+
+
+def test_example_web_backend_wandb_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("the real wandb is installed: this test uses a fake module in its place")
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "wandb.py").write_text(FAKE_WANDB)
+    monkeypatch.setenv("FAKE_WANDB_OUT", str(tmp_path / "wandb.jsonl"))
+    args = ["--smoke", "--steps", "3", "--wandb-project", "dashboard-test"]
+    _ok(_run([str(EXAMPLES / "web_backend.py"), *args], path_first=tmp_path / "fake"))
+    records = [json.loads(line) for line in (tmp_path / "wandb.jsonl").read_text().splitlines()]
+    assert records[0][:2] == ["init", "dashboard-test"]
+    assert records[-1] == ["finish"]
+    rows = [r[1] for r in records if r[0] == "log" and r[1]["run_id"] == 1]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
 def test_example_tinker_interop() -> None:
     out = _ok(_run([str(EXAMPLES / "tinker_interop.py"), "--steps", "3"]))
     assert "step 3: loss/token" in out
     stall = next(line for line in out.splitlines() if line.startswith("longest trio loop stall"))
     print(stall)
+
+
+def _example_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # attrs resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_web_backend_feed_replays_the_current_run_and_drops_a_slow_page(
+    anyio_backend: str,
+) -> None:
+    wb = _example_module("web_backend")
+    feed = wb.Feed()
+    sunk: list[dict[str, Any]] = []
+    feed.add_sink(sunk.append)
+    feed.publish(wb.RunStatus(1, "running", 2))
+    feed.publish(wb.Step(1, 1, 3.0, None))
+    feed.publish(wb.Gauges({"forward_backward": 2}, 2, 0.5, 0.5, 9.0))
+    feed.publish(wb.Gauges({}, 2, 0.1, 0.5, 9.0))  # only the latest gauges are replayed
+    feed.publish(wb.RunStatus(2, "running", 5))  # a new run: its replay starts over
+    feed.publish(wb.Step(2, 1, 2.0, None))
+    assert [e["kind"] for e in sunk] == ["run", "step", "gauges", "gauges", "run", "step"]
+
+    async with feed.subscribe() as events:
+        replay = [await events.receive() for _ in range(3)]
+        assert [(e["kind"], e.get("run_id")) for e in replay] == [
+            ("gauges", None), ("run", 2), ("step", 2)
+        ]
+        assert replay[0]["in_flight"] == {}
+        feed.publish(wb.Step(2, 2, 1.0, 4.0))
+        live = await events.receive()
+        assert (live["kind"], live["step"], live["steps_per_s"]) == ("step", 2, 4.0)
+
+    async with feed.subscribe() as slow:  # replays gauges, run 2 and its two steps; unread
+        for step in range(3, 1004):  # 1001 live events: one more than a page may fall behind
+            feed.publish(wb.Step(2, step, 1.0, 4.0))
+        received = []
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):  # the feed let the page go
+            while True:
+                received.append(await slow.receive())
+        assert len(received) == 4 + 1000
+        assert received[-1]["step"] == 1002
