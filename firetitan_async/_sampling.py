@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, TypeVar
 from tinker import types
 
 from ._pending import Pending
-from ._wire_bodies import REQUEST_TYPE
-from ._wire_sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from ._wire_validation import validate_sample_args
+from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
+from .wire.tinker import REQUEST_TYPE
+from .wire.validation import validate_sample_args
 
 if TYPE_CHECKING:
     from ._session import ServiceSession

@@ -16,7 +16,9 @@ from tinker import types
 
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
-from ._wire_bodies import (
+from .errors import FiretitanError, InvalidInput, SessionClosed
+from .wire.futures import decode_json_result
+from .wire.tinker import (
     client_config_body,
     create_model_body,
     create_sampling_session_body,
@@ -25,8 +27,6 @@ from ._wire_bodies import (
     get_info_body,
     session_heartbeat_body,
 )
-from ._wire_futures import decode_json_result
-from .errors import FiretitanError, InvalidInput, SessionClosed
 
 if TYPE_CHECKING:
     from ._jobs import TrainerJobs
@@ -408,7 +408,7 @@ class ServiceSession:
             out = await sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16))
         """
         from ._sampling import SamplingClient
-        from ._wire_validation import validate_tinker_path
+        from .wire.validation import validate_tinker_path
 
         self._check_open()
         if (model_path is None) == (base_model is None):

@@ -13,7 +13,11 @@ from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_
 from ._ordered_ops import OrderedOps
 from ._pending import Pending
 from ._snapshots import CheckpointType, SamplerSnapshot, snapshot_name
-from ._wire_bodies import (
+from .errors import FiretitanError, InvalidInput
+from .wire.chunking import merge_outputs, split_batch
+from .wire.futures import decode_json_result
+from .wire.fwdbwd import decode_forward_backward_output, encode_forward_backward_request
+from .wire.tinker import (
     REQUEST_TYPE,
     ephemeral_sampler_body,
     load_weights_body,
@@ -21,17 +25,13 @@ from ._wire_bodies import (
     save_weights_body,
     save_weights_for_sampler_body,
 )
-from ._wire_chunking import merge_outputs, split_batch
-from ._wire_futures import decode_json_result
-from ._wire_fwdbwd import decode_forward_backward_output, encode_forward_backward_request
-from ._wire_validation import (
+from .wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_forward_backward,
     validate_tinker_path,
     validate_ttl,
 )
-from .errors import FiretitanError, InvalidInput
 
 if TYPE_CHECKING:
     from ._sampling import SamplingClient

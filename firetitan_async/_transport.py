@@ -4,7 +4,7 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
 
 * :meth:`Transport.call` — a JSON request/response (bootstrap, direct replies, listings);
 * :meth:`Transport.submit` — a POST that starts a server-side operation and returns its
-  :class:`~firetitan_async._wire_futures.Accepted` future id; the idempotency key is fixed for
+  :class:`~firetitan_async.wire.futures.Accepted` future id; the idempotency key is fixed for
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
@@ -28,8 +28,8 @@ import httpx
 from ._h11_transport import H11Transport
 from ._retry import RetryPolicy, retry_after_seconds
 from ._version import USER_AGENT
-from ._wire_bodies import retrieve_future_body
-from ._wire_futures import (
+from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .wire.futures import (
     Accepted,
     Done,
     Failed,
@@ -38,7 +38,7 @@ from ._wire_futures import (
     classify_retrieve_reply,
     parse_accepted,
 )
-from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .wire.tinker import retrieve_future_body
 
 __all__ = ["Transport", "check_url_security"]
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from tinker import types
 
-from ._wire_futures import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["estimate_datum_bytes", "merge_outputs", "split_batch"]
 
@@ -100,7 +100,7 @@ def merge_outputs(outputs: Sequence[types.ForwardBackwardOutput]) -> types.Forwa
     and its reduction suffix is known (unknown suffixes are dropped, like the SDK); a ``unique``
     metric keeps every chunk's value as ``key``, ``key_1``, ``key_2``, … If no chunk has any
     output datum, ``mean`` and ``slack`` fall back to unweighted (where the SDK would divide by
-    zero). Raises :class:`~firetitan_async._wire_futures.ProtocolError` for a metric key that is
+    zero). Raises :class:`~firetitan_async.errors.ProtocolError` for a metric key that is
     not ``name:reduction``.
 
     Example::

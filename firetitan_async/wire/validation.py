@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 from tinker import types
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = [
     "KNOWN_LOSS_FUNCTIONS",
