@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SamplingClient"]
 
+_PROTO = "application/x-protobuf"
+
 T = TypeVar("T")
 # Tells the server it may answer 429 to slow sampling down (the transport then backs off).
 _BACKPRESSURE = {"X-Tinker-Sampling-Backpressure": "1"}
@@ -93,7 +95,7 @@ class SamplingClient:
             )
             pending.request_id = accepted.request_id
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE["sample"], proto=True
+                accepted.request_id, request_type=REQUEST_TYPE["sample"], accept=_PROTO
             )
             return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
 

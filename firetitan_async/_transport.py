@@ -188,8 +188,10 @@ class Transport:
         )
         return parse_accepted(_json_of(response))
 
-    async def retrieve(self, request_id: str, *, request_type: str, proto: bool) -> Done:
+    async def retrieve(self, request_id: str, *, request_type: str, accept: str = _JSON) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
+
+        ``accept`` is the ``Accept`` header of the polls (the result forms the caller decodes).
 
         Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried with backoff,
         counting consecutive failures against the retry policy; a ``try_again`` reply re-polls at
@@ -202,7 +204,7 @@ class Transport:
         fast_sleep = 0.0
         headers = {
             "Content-Type": _JSON,
-            "Accept": _PROTO if proto else _JSON,
+            "Accept": accept,
             "X-Tinker-Request-Type": request_type,
         }
         while True:

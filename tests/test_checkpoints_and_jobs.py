@@ -83,7 +83,7 @@ async def test_readiness_timeout() -> None:
 async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
     async with (
         LocalTrainer(checkpoint_dir=str(tmp_path)) as lt,
-        ServiceSession(lt.base_url) as session,
+        ServiceSession(lt.base_url, dialect="tinker") as session,
     ):
         client = await session.create_training_client(MODEL, lora_rank=0)
         with pytest.raises(ValueError, match="base"):
@@ -95,7 +95,7 @@ async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
         base1 = client.save_weights_for_sampler_ext("step-0001b")
         b0, d1, b1 = await base0, await delta1, await base1
         other_session_suffix = None
-        async with ServiceSession(lt.base_url) as other:
+        async with ServiceSession(lt.base_url, dialect="tinker") as other:
             other_client = await other.create_training_client(MODEL, lora_rank=0)
             snap = await other_client.save_weights_for_sampler_ext("step-0000")
             other_session_suffix = snap.snapshot_name.rsplit("-", 1)[1]
@@ -137,7 +137,7 @@ async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
 
 
 async def test_state_checkpoints_expire_after_their_ttl() -> None:
-    async with LocalTrainer() as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer() as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL, lora_rank=2)
         short = await client.save_state("short-lived", ttl_seconds=1)
         kept = await client.save_state("kept")
