@@ -667,7 +667,8 @@ class TrainingClient:
                 "/api/v1/unload_model", json_body=fw.unload_model_body(model_id=self.model_id)
             )
             pending.request_id = accepted.request_id
-            done = await transport.retrieve(accepted.request_id, request_type="UnloadModel")
+            # The Fireworks SDK's literal request type for this poll.
+            done = await transport.retrieve(accepted.request_id, request_type="Unload model")
             return decode_json_result(types.UnloadModelResponse, done.payload)
 
         return self._ops.start("unload_model", 0, run)
