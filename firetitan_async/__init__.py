@@ -38,7 +38,7 @@ from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
-from ._snapshots import SamplerSnapshot
+from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from .errors import (
@@ -55,6 +55,7 @@ from .errors import (
 
 __all__ = [
     "APIStatusError",
+    "CheckpointEntry",
     "CreatedTrainerJob",
     "CustomLoss",
     "FiretitanError",
