@@ -75,6 +75,15 @@ def test_explicit_dialect_wins_and_a_bad_one_is_refused() -> None:
         ServiceSession("http://127.0.0.1:1", dialect="grpc")  # type: ignore[arg-type]
 
 
+def test_from_job_is_always_fireworks() -> None:
+    from firetitan_async import TrainerJobs
+
+    jobs = TrainerJobs(api_key="k", account_id="a", base_url="http://127.0.0.1:1")
+    assert ServiceSession.from_job(jobs, "job", api_key="tml-x").dialect == "fireworks"
+    with pytest.raises(InvalidInput, match="fireworks dialect only"):
+        ServiceSession.from_job(jobs, "job", dialect="tinker")
+
+
 # -- bootstrap, create_model, forward/backward ---------------------------------------------
 
 
