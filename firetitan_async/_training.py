@@ -20,7 +20,7 @@ from .wire import ModelSpec
 from .wire import fireworks as fw
 from .wire.chunking import merge_outputs
 from .wire.futures import decode_json_result
-from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body, optim_step_body
+from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
 from .wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
@@ -35,15 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["TrainingClient"]
 
 R = TypeVar("R")
-_CAPABILITIES = (
-    "supports_router_replay",
-    "supports_target_logprob_support",
-    "supports_reinforce",
-    "supports_score_centering",
-    "supports_policy_importance_sampling",
-    "supports_policy_diagnostics",
-    "supports_rdma_weight_sync",
-)
 
 
 class TrainingClient:
@@ -341,28 +332,23 @@ class TrainingClient:
             "emit_grad_norm_metrics",
             allow_bool=True,
         )
-        if self._codec.name == "fireworks":
+        codec = self._codec
+        codec.optim_step_body(  # refuses what the dialect cannot send, before sending
+            model_id=self.model_id,
+            seq_id=0,
+            adam_params=adam_params,
+            grad_accumulation_normalization=normalization,
+            emit_grad_norm_metrics=grad_norm,
+        )
 
-            def body(seq: int) -> dict[str, Any]:
-                return fw.optim_step_body(
-                    model_id=self.model_id,
-                    seq_id=seq,
-                    adam_params=adam_params,
-                    grad_accumulation_normalization=normalization,
-                    emit_grad_norm_metrics=grad_norm,
-                )
-        else:
-            for field, value in (
-                ("grad_accumulation_normalization", normalization),
-                ("emit_grad_norm_metrics", grad_norm),
-            ):
-                if value is not None:
-                    raise InvalidInput(
-                        field, "is Fireworks-only: the tinker dialect cannot send it"
-                    )
-
-            def body(seq: int) -> dict[str, Any]:
-                return optim_step_body(model_id=self.model_id, seq_id=seq, adam_params=adam_params)
+        def body(seq: int) -> dict[str, Any]:
+            return codec.optim_step_body(
+                model_id=self.model_id,
+                seq_id=seq,
+                adam_params=adam_params,
+                grad_accumulation_normalization=normalization,
+                emit_grad_norm_metrics=grad_norm,
+            )
 
         return self._simple("optim_step", body, types.OptimStepResponse)
 
