@@ -551,6 +551,13 @@ async def test_sampling_works_in_the_fireworks_dialect_on_the_local_trainer(
         out = await sampler.sample(prompt, 1, params)
         quick = await client.save_weights_and_get_sampling_client()
         again = await quick.sample(prompt, 1, params)
+        # The Fireworks SDK's own ModelInput and SamplingParams are accepted too.
+        theirs = await sampler.sample(
+            ft.ModelInput.from_ints(list(b"once upon")),
+            1,
+            ft.SamplingParams(max_tokens=4, temperature=0.0, seed=1),
+        )
+        assert theirs.sequences[0].tokens == out.sequences[0].tokens
     assert len(out.sequences[0].tokens) == 4
     assert out.sequences[0].tokens == again.sequences[0].tokens
 
