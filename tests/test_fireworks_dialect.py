@@ -571,3 +571,18 @@ def test_custom_loss_never_invents_missing_logprobs() -> None:
     )
     with pytest.raises(ProtocolError, match="no per-token logprobs"):
         run_custom_loss(lambda d, lp: (0.0, lp), BATCH, no_logprobs)
+
+
+async def test_a_listing_without_times_or_paths_invents_none_in_the_tinker_dialect() -> None:
+    async with (
+        LocalTrainer(seed=5, checkpoint_list_details=False) as lt,
+        ServiceSession(lt.base_url, dialect="tinker") as session,
+    ):
+        client = await session.create_training_client(MODEL)
+        saved = await client.save_state("bare")
+        listed = await client.list_checkpoints()
+        with pytest.raises(InvalidInput, match="without its path"):
+            await client.resolve_checkpoint_path("bare")
+        await client.load_state(saved.path)  # the returned path is what counts
+    assert [(c.name, c.path, c.time, c.expires_at) for c in listed] == [("bare", None, None, None)]
+    assert listed[0].checkpoint_type == "training"
