@@ -79,6 +79,10 @@ STEPS = [
     "snapshot_base",
     "snapshot_auto_delta",
     "snapshot_lora",
+    "lora_train",
+    "snapshot_merged",
+    "lora_save_state",
+    "load_adapter",
     "save_state",
     "list_checkpoints",
     "load_state_with_optimizer",
@@ -135,6 +139,22 @@ class SdkScript:
 
     def snapshot_lora(self) -> None:
         self.lora.save_weights_for_sampler_ext("lora-0")
+
+    def lora_train(self) -> None:
+        self.lora.forward_backward(sdk_batch(), "cross_entropy").result()
+        self.lora.optim_step(ft.AdamParams(**ADAM)).result()
+
+    def snapshot_merged(self) -> None:
+        self.lora.save_weights_for_sampler_ext("merged", checkpoint_type="merged_base")
+
+    def lora_save_state(self) -> None:
+        self.lora.save_state("lora-state").result()
+
+    def load_adapter(self) -> None:
+        self.lora2 = self.svc.create_training_client(MODEL, lora_rank=4, seed=1)
+        self.lora2.load_adapter("lora-state").result()
+        out = self.lora2.forward(sdk_batch(), "cross_entropy").result()
+        self.losses.append(out.metrics["loss:sum"])
 
     def save_state(self) -> None:
         self.tc.save_state("state-a").result()
@@ -206,6 +226,22 @@ class OurScript:
     async def snapshot_lora(self) -> None:
         await self.lora.save_weights_for_sampler_ext("lora-0")
 
+    async def lora_train(self) -> None:
+        self.lora.forward_backward(tinker_batch(), "cross_entropy")
+        await self.lora.optim_step(types.AdamParams(**ADAM))
+
+    async def snapshot_merged(self) -> None:
+        await self.lora.save_weights_for_sampler_ext("merged", checkpoint_type="merged_base")
+
+    async def lora_save_state(self) -> None:
+        await self.lora.save_state("lora-state")
+
+    async def load_adapter(self) -> None:
+        self.lora2 = await self.session.create_training_client(MODEL, lora_rank=4, seed=1)
+        await self.lora2.load_adapter("lora-state")
+        out = await self.lora2.forward(tinker_batch(), "cross_entropy")
+        self.losses.append(out.metrics["loss:sum"])
+
     async def save_state(self) -> None:
         await self.tc.save_state("state-a")
 
@@ -265,7 +301,8 @@ def _replace(value: Any, ids: Mapping[str, str]) -> Any:
         for old, new in ids.items():
             value = value.replace(old, new)
         value = _REQ.sub("<request>", value)
-        return _HEX8.sub("-<suffix>", value) if "step-" in value or "lora-" in value else value
+        snapshot = any(k in value for k in ("step-", "lora-", "merged-"))
+        return _HEX8.sub("-<suffix>", value) if snapshot else value
     if isinstance(value, dict):
         return {k: _replace(v, ids) for k, v in value.items()}
     if isinstance(value, list):
@@ -416,7 +453,7 @@ async def test_we_send_what_the_fireworks_sdk_sends(
     stale = [DELIBERATE[i].what for i in range(len(DELIBERATE)) if i not in used]
     assert not stale, f"stale DELIBERATE entries: {stale}"
     # Same server, same seed, same order: bit-identical losses.
-    assert our_losses == sdk_losses and len(our_losses) == 4
+    assert our_losses == sdk_losses and len(our_losses) == 5
 
 
 def test_every_step_did_something(sdk_run: tuple[Recording, list[float]]) -> None:
