@@ -227,8 +227,9 @@ class OurScript:
         await self.lora.save_weights_for_sampler_ext("lora-0")
 
     async def lora_train(self) -> None:
-        self.lora.forward_backward(tinker_batch(), "cross_entropy")
+        fb = self.lora.forward_backward(tinker_batch(), "cross_entropy")  # pipelined
         await self.lora.optim_step(types.AdamParams(**ADAM))
+        await fb  # (its result poll may still be under way: keep it inside this step)
 
     async def snapshot_merged(self) -> None:
         await self.lora.save_weights_for_sampler_ext("merged", checkpoint_type="merged_base")
@@ -353,9 +354,10 @@ def normalise(recording: Recording) -> dict[str, list[dict[str, Any]]]:
     return steps
 
 
-def _op_order(op: dict[str, Any]) -> tuple[str, int]:
+def _op_order(op: dict[str, Any]) -> tuple[str, int, str]:
     body = op["body"] if isinstance(op["body"], dict) else {}
-    return (op["kind"], int(body.get("seq_id", 0)))
+    kind = str(op["headers"].get("x-tinker-request-type", ""))
+    return (op["kind"], int(body.get("seq_id", 0)), kind)
 
 
 # -- deliberate differences -------------------------------------------------------------------
