@@ -44,7 +44,8 @@ class TrainingClient:
     Every operation method is a plain (non-async) call that returns a :class:`Pending` at once:
     its sequence id is reserved at the call, its request leaves immediately (submissions are
     pipelined), and the server runs the operations in call order. Await the Pendings when you
-    need the results.
+    need the results. The session's dialect decides the wire; a call the dialect cannot express
+    raises :class:`InvalidInput` before anything is sent.
 
     Example::
 
