@@ -30,7 +30,7 @@ from tinker import types
 from .._pending import Pending
 from .._session import ServiceSession
 from .._training import TrainingClient
-from .._wire_validation import validate_tinker_path
+from ..wire.validation import validate_tinker_path
 from ..errors import InvalidInput
 
 __all__ = ["CheckpointManager", "CheckpointStore", "SaveRecord", "TrainerCheckpoints"]
