@@ -54,7 +54,14 @@ class CheckpointStore(Protocol):
 
 
 class TrainerCheckpoints:
-    """Training-state checkpoints on the trainer itself (``tinker://`` paths).
+    """Training-state checkpoints on the trainer itself.
+
+    Tinker dialect: the recorded path is the ``tinker://`` path ``save_state`` returned; it is
+    loaded as is and deleted over the checkpoint REST route when it rolls out of the window.
+    Fireworks dialect: the returned path is authoritative (a dedicated trainer may store the
+    state under its own ``step-N`` name), and what is loaded is the logical name it ends with;
+    a Fireworks trainer has no checkpoint deletion (retention is managed by the platform), so a
+    checkpoint that rolls out of the window is only dropped from the record.
 
     Example::
 
@@ -69,9 +76,13 @@ class TrainerCheckpoints:
         return _SavedPath(self._client.save_state(name))  # submitted now, in call order
 
     async def restore(self, path: str) -> None:
+        if self._session.dialect == "fireworks":
+            path = path.rstrip("/").rsplit("/", 1)[-1]
         await self._client.load_state_with_optimizer(path)
 
     async def delete(self, path: str) -> None:
+        if self._session.dialect == "fireworks":
+            return
         parsed = validate_tinker_path(path)
         checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
         await self._session.transport.call(
