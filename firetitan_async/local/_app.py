@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from ._control_plane import JobRegistry, control_plane_routes
 from ._data_plane import data_plane_routes
+from ._deployments import deployment_routes
 from ._front import FrontDoor
 from ._http_errors import ApiError
 from ._json_body import read_json_object
@@ -95,6 +96,7 @@ def build_app(state: ServerState) -> FrontDoor:
     routes = [
         *data_plane_routes(),
         *control_plane_routes(jobs, root_url),
+        *deployment_routes(),
         Route("/_local/stats", _stats, methods=["GET"]),
         Route("/_local/jobs/{job_id}/fail", _fail_job, methods=["POST"]),
     ]
