@@ -24,7 +24,10 @@ Example::
 from __future__ import annotations
 
 from ._adapters import aresult, as_awaitable
+from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 from ._custom_loss import CustomLoss
+from ._deployment_errors import HotloadFailed, SamplingError
+from ._deployment_sampler import DeploymentSampler, SampledCompletion
 from ._jobs import (
     CreatedTrainerJob,
     JobState,
@@ -41,6 +44,7 @@ from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
+from ._wire_completions import StreamDelta
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -51,24 +55,48 @@ from .errors import (
     SubmissionLost,
     TrainerJobFailed,
 )
+from .platform import (
+    DeploymentConfig,
+    DeploymentFailed,
+    DeploymentInfo,
+    Deployments,
+    HotloadStatus,
+    PublishedVersion,
+    WeightPublisher,
+)
 
 __all__ = [
     "APIStatusError",
+    "AdaptiveConcurrency",
+    "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
+    "DeploymentConfig",
+    "DeploymentFailed",
+    "DeploymentInfo",
+    "DeploymentSampler",
+    "Deployments",
     "FiretitanError",
+    "FixedConcurrency",
+    "HotloadFailed",
+    "HotloadStatus",
     "InvalidInput",
     "JobState",
+    "Observation",
     "Pending",
+    "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
     "ReadinessTimeout",
     "RequestFailedError",
     "RetryPolicy",
+    "SampledCompletion",
     "SamplerSnapshot",
     "SamplingClient",
+    "SamplingError",
     "ServiceSession",
     "SessionClosed",
+    "StreamDelta",
     "SubmissionLost",
     "TrainerEndpoint",
     "TrainerJob",
@@ -76,6 +104,7 @@ __all__ = [
     "TrainerJobFailed",
     "TrainerJobs",
     "TrainingClient",
+    "WeightPublisher",
     "__version__",
     "aresult",
     "as_awaitable",

@@ -13,8 +13,10 @@ weights (the untrained base weights until the first hot-load). Routes, as the Fi
 
 Test hooks: ``POST /_local/inference/config`` (``{"latency_s", "max_concurrency",
 "hotload_s"}``: the deployment's own reply latency, the concurrency above which completions get
-429, and how long a hot-load takes), ``GET /_local/inference/stats`` and
-``POST /_local/deployments/{id}/fail_next_hotload``.
+429, and how long a hot-load takes), ``GET /_local/inference/stats``,
+``POST /_local/deployments/{id}/fail_next_hotload`` and
+``GET /_local/deployments/{id}/digest`` (``{"identity", "version", "sha256"}`` of the served
+weights).
 
 Example::
 
@@ -23,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import time
@@ -41,7 +44,14 @@ from ._json_body import read_json_object
 from ._model import MODEL_NAME
 from ._server_state import ServerState
 
-__all__ = ["Deployment", "DeploymentRegistry", "InferenceKnobs", "check_key", "deployment_routes"]
+__all__ = [
+    "Deployment",
+    "DeploymentRegistry",
+    "InferenceKnobs",
+    "check_key",
+    "deployment_routes",
+    "weights_digest",
+]
 
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _MUTABLE = {
@@ -134,6 +144,15 @@ class DeploymentRegistry:
             "max_in_flight": self.max_in_flight,
             "hotloads": self.hotloads,
         }
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the names and float32 bytes of ``weights`` (bit-exact comparisons)."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def check_key(request: Request, state: ServerState) -> None:
@@ -286,6 +305,13 @@ def deployment_routes() -> list[Route]:
     async def stats(request: Request) -> Response:
         return JSONResponse(registry(request).stats())
 
+    async def digest(request: Request) -> Response:
+        dep = registry(request).get(request.path_params["deployment_id"])
+        weights = dep.weights if dep.weights is not None else _state(request).base_weights()
+        return JSONResponse(
+            {"identity": dep.identity, "version": dep.version, "sha256": weights_digest(weights)}
+        )
+
     async def fail_next(request: Request) -> Response:
         dep = registry(request).get(request.path_params["deployment_id"])
         dep.fail_next = True
@@ -304,4 +330,5 @@ def deployment_routes() -> list[Route]:
         Route("/_local/inference/stats", stats, methods=["GET"]),
         Route("/_local/deployments/{deployment_id}/fail_next_hotload", fail_next,
               methods=["POST"]),
+        Route("/_local/deployments/{deployment_id}/digest", digest, methods=["GET"]),
     ]
