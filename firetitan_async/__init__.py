@@ -41,7 +41,7 @@ from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
-from ._snapshots import SamplerSnapshot
+from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from ._wire_completions import StreamDelta
@@ -49,6 +49,7 @@ from .errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
+    ProtocolError,
     ReadinessTimeout,
     RequestFailedError,
     SessionClosed,
@@ -68,6 +69,7 @@ from .platform import (
 __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
+    "CheckpointEntry",
     "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
@@ -84,6 +86,7 @@ __all__ = [
     "JobState",
     "Observation",
     "Pending",
+    "ProtocolError",
     "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
