@@ -28,16 +28,7 @@ from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcu
 from ._custom_loss import CustomLoss
 from ._deployment_errors import HotloadFailed, SamplingError
 from ._deployment_sampler import DeploymentSampler, SampledCompletion
-from ._jobs import (
-    CreatedTrainerJob,
-    JobState,
-    TrainerEndpoint,
-    TrainerJob,
-    TrainerJobConfig,
-    TrainerJobs,
-)
 from ._pending import Pending
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
@@ -57,12 +48,24 @@ from .errors import (
     TrainerJobFailed,
 )
 from .platform import (
+    CreatedTrainerJob,
     DeploymentConfig,
     DeploymentFailed,
     DeploymentInfo,
     Deployments,
     HotloadStatus,
+    JobCheckpoint,
+    JobState,
+    PlatformAPIError,
+    PromotedModel,
     PublishedVersion,
+    ReadinessPoller,
+    ReadinessProgress,
+    TrainerEndpoint,
+    TrainerJob,
+    TrainerJobConfig,
+    TrainerJobs,
+    TrainingShapeProfile,
     WeightPublisher,
 )
 
@@ -83,9 +86,12 @@ __all__ = [
     "HotloadFailed",
     "HotloadStatus",
     "InvalidInput",
+    "JobCheckpoint",
     "JobState",
     "Observation",
     "Pending",
+    "PlatformAPIError",
+    "PromotedModel",
     "ProtocolError",
     "PublishedVersion",
     "ReadinessPoller",
@@ -107,6 +113,7 @@ __all__ = [
     "TrainerJobFailed",
     "TrainerJobs",
     "TrainingClient",
+    "TrainingShapeProfile",
     "WeightPublisher",
     "__version__",
     "aresult",

@@ -32,18 +32,19 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from .._redact import Redactor
+from .._redact import SECRET_HEADERS, Redactor
 from .._retry import RetryPolicy
 from .._send import send_with_retry
 from .._transport import _is_loopback, check_url_security
+from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._rpc_status import platform_error
 
@@ -141,12 +142,18 @@ class RestCore:
             )
         self.allow_insecure_http = allow_insecure_http
         self.retry = retry or _DEFAULT_RETRY
-        self.redactor = Redactor.of(self.api_key)
         self._additional = dict(additional_headers or {})
+        # Credentials passed as extra headers are secrets too (a bearer token also bare).
+        extra_secrets = [v for k, v in self._additional.items() if k.lower() in SECRET_HEADERS]
+        extra_secrets += [v.split(" ", 1)[1] for v in extra_secrets if " " in v]
+        self.redactor = Redactor.of(self.api_key, *extra_secrets)
         self._account_id = account_id
         self._account_lock: anyio.Lock | None = None
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(60.0), transport=transport
+            base_url=self.base_url,
+            headers={"User-Agent": USER_AGENT},  # the SDK sends httpx's default
+            timeout=httpx.Timeout(60.0),
+            transport=transport,
         )
         self._closed = False
 
@@ -254,7 +261,7 @@ class RestCore:
         url: str,
         *,
         json_body: Any = None,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | Sequence[tuple[str, str | int]] | None = None,
         timeout: float | None = None,
         replay_safe: bool | None = None,
         bearer: bool = False,
@@ -288,7 +295,7 @@ class RestCore:
             method,
             url,
             content=content,
-            params=params,
+            params=cast(Any, params),  # a mapping or (key, value) pairs, as httpx takes them
             headers=all_headers,
             timeout=timeout if timeout is not None else _TIMEOUTS.get(method, WRITE_TIMEOUT_S),
         )
