@@ -35,7 +35,6 @@ from ._session import ServiceSession
 from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
-from ._wire_completions import StreamDelta
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -68,6 +67,7 @@ from .platform import (
     TrainingShapeProfile,
     WeightPublisher,
 )
+from .wire.completions import StreamDelta
 
 __all__ = [
     "APIStatusError",
