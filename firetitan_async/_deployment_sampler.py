@@ -40,6 +40,7 @@ from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from ._transport import check_url_security
 from ._version import USER_AGENT
+from .errors import InvalidInput
 from .wire.completions import (
     SSEDecoder,
     StreamDelta,
@@ -106,9 +107,12 @@ class DeploymentSampler:
         transport: httpx.AsyncBaseTransport | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        base = check_url_security(inference_url, allow_insecure_http=allow_insecure_http)
+        try:
+            base = check_url_security(inference_url, allow_insecure_http=allow_insecure_http)
+        except ValueError as exc:
+            raise InvalidInput("inference_url", str(exc)) from None
         if not isinstance(model, str) or not model:
-            raise ValueError("model must be a deployment name, e.g. accounts/a/deployments/d")
+            raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
         key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
         self.model = model
         self.inference_url = base

@@ -239,3 +239,15 @@ async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
     with anyio.fail_after(1):
         await window.acquire()
     assert window.in_flight == 1
+
+
+def test_bad_construction_is_invalid_input_naming_the_field() -> None:
+    for make, field in (
+        (lambda: DeploymentSampler("http://example.com", MODEL), "inference_url"),
+        (lambda: DeploymentSampler("http://127.0.0.1:1", ""), "model"),
+        (lambda: FixedConcurrency(0), "limit"),
+        (lambda: AdaptiveConcurrency(min_window=4, max_window=2), "min_window"),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            make()
+        assert info.value.field == field
