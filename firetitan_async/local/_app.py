@@ -29,6 +29,7 @@ from starlette.routing import Route
 from ._checkpoint_store import CheckpointStore
 from ._control_plane import JobRegistry, control_plane_routes
 from ._data_plane import data_plane_routes
+from ._deployments import deployment_routes
 from ._front import FrontDoor, rpc_status
 from ._http_errors import ApiError
 from ._json_body import read_json_object
@@ -128,6 +129,7 @@ def build_app(state: ServerState) -> FrontDoor:
     routes = [
         *data_plane_routes(),
         *control_plane_routes(jobs, root_url),
+        *deployment_routes(),
         *promotion_routes(jobs, checkpoints, models),
         *shape_routes(account_id),
         Route("/_local/stats", _stats, methods=["GET"]),
