@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 
-from .local import LocalTrainer
+from ._cli import local_extra_missing
 
 __all__ = ["add_parser", "serve"]
 
@@ -73,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
+    try:
+        from .local import LocalTrainer  # the `local` extra: imported only when serving
+    except ImportError as exc:
+        return local_extra_missing("serve", exc)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
