@@ -9,7 +9,8 @@ import anyio
 
 __all__ = ["Pending"]
 
-T = TypeVar("T")
+# Covariant: a Pending[OptimStepResponse] is a Pending[object] (results are only read).
+T = TypeVar("T", covariant=True)
 
 _UNSET: Any = object()
 
@@ -75,7 +76,7 @@ class Pending(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self.wait().__await__()
 
-    def _set_result(self, value: T) -> None:
+    def _set_result(self, value: T) -> None:  # type: ignore[misc]  # set once, by the owner
         if not self._event.is_set():
             self._value = value
             self._event.set()

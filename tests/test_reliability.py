@@ -17,6 +17,7 @@ from tinker import types
 from firetitan_async import (
     APIStatusError,
     InvalidInput,
+    Pending,
     RetryPolicy,
     ServiceSession,
     SubmissionLost,
@@ -47,7 +48,7 @@ async def train(
     cancel_at = set(rng.sample(range(steps), cancel_waits)) if cancel_waits else set()
     async with ServiceSession(trainer.base_url, retry=FAST_RETRY) as session:
         client = await session.create_training_client(MODEL, lora_rank=4)
-        pendings = []
+        pendings: list[Pending[object]] = []
         for step in range(steps):
             fb = client.forward_backward(step_batch(step), "cross_entropy")
             pendings.append(fb)
@@ -107,7 +108,7 @@ I64 = np.int64
 MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     ("empty batch", lambda c: c.forward_backward([], "cross_entropy"), "data"),
     ("unknown loss", lambda c: c.forward_backward([GOOD], "hinge"), "loss_fn"),
-    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "datum"),
+    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "datum"),  # type: ignore[list-item]
     (
         "missing weights",
         lambda c: c.forward_backward(
@@ -172,7 +173,9 @@ MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     (
         "bad config value",
         lambda c: c.forward_backward(
-            [rl_datum([1, 2], [3], [-1.0], 1.0)], "ppo", {"clip_low_threshold": [0.8]}
+            [rl_datum([1, 2], [3], [-1.0], 1.0)],
+            "ppo",
+            {"clip_low_threshold": [0.8]},  # type: ignore[dict-item]
         ),
         "clip_low_threshold",
     ),
@@ -199,9 +202,9 @@ MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     ),
     (
         "unknown snapshot type",
-        lambda c: c.save_weights_for_sampler_ext("s", checkpoint_type="full"),
+        lambda c: c.save_weights_for_sampler_ext("s", checkpoint_type="full"),  # type: ignore[arg-type]
         "checkpoint_type",
-    ),  # type: ignore[arg-type]
+    ),
     ("negative lr", lambda c: c.optim_step(types.AdamParams(learning_rate=-1.0)), "learning_rate"),
     ("beta1 of 1", lambda c: c.optim_step(types.AdamParams(beta1=1.0)), "beta1"),
     ("nan eps", lambda c: c.optim_step(types.AdamParams(eps=float("nan"))), "eps"),
@@ -336,7 +339,7 @@ async def test_a_lost_submission_fails_later_operations_instead_of_hanging(
     retry = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.02)
     async with ServiceSession(trainer.base_url, retry=retry, transport=lose) as session:
         client = await session.create_training_client(MODEL, lora_rank=3)
-        pendings = []
+        pendings: list[Pending[object]] = []
         for step in range(4):  # seq ids 1..8: fwd/bwd odd, optim_step even
             pendings.append(client.forward_backward(step_batch(step), "cross_entropy"))
             pendings.append(client.optim_step(ADAM))
