@@ -247,6 +247,8 @@ class ServiceSession:
 
     async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
+            if self._transport is not None:
+                await self._transport.cpu_gate()  # a burst starts a few per loop turn
             await fn()
         finally:
             self._active_ops -= 1

@@ -19,13 +19,16 @@ import logging
 import time
 import uuid
 from collections.abc import Generator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from ._h11_transport import H11Transport
+from ._cpu_turns import CpuTurns, Turn
+from ._h11_transport import TURN_EXTENSION, H11Transport, ReplyTooLarge
+from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from ._version import USER_AGENT
 from ._wire_bodies import retrieve_future_body
@@ -110,12 +113,17 @@ class Transport:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self._timeout = timeout
+        # Every server text and exception text becomes an error or a log line through this.
+        self._redact = Redactor.of(api_key)
+        # CPU turns only with our own transport, which gives the turn back around its network
+        # waits; a caller's transport (a mock, HTTP/2) runs unbounded.
+        self._turns: CpuTurns | None = None
         if transport is None and not http2:
             # Our own HTTP/1.1 transport: httpcore's pool costs O(requests in flight) per
-            # request and reply, which dominated the client's CPU at hundreds in flight.
-            transport = H11Transport(
-                max_connections=max_connections, ssl_context=httpx.create_ssl_context()
-            )
+            # request and reply, which dominated the client's CPU at hundreds in flight. Its
+            # TLS context is built off the event loop on the first https:// connection.
+            self._turns = CpuTurns()
+            transport = H11Transport(max_connections=max_connections, turns=self._turns)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             auth=_ApiKeyAuth(api_key) if api_key else None,
@@ -148,20 +156,22 @@ class Transport:
         retry: bool = True,
     ) -> Any:
         """A JSON request whose reply is JSON; retried on transient failures."""
-        content = None if json_body is None else _dumps(json_body)
-        headers = {"Content-Type": _JSON} if content is not None else {}
-        if method != "GET":
-            headers["X-Idempotency-Key"] = _idempotency_key()
-        response = await self._send(
-            method,
-            path,
-            content=content,
-            headers=headers,
-            params=params,
-            timeout=timeout,
-            max_attempts=self.retry.max_attempts if retry else 1,
-        )
-        return _json_of(response)
+        async with self._hold() as turn:
+            content = None if json_body is None else _dumps(json_body)
+            headers = {"Content-Type": _JSON} if content is not None else {}
+            if method != "GET":
+                headers["X-Idempotency-Key"] = _idempotency_key()
+            response = await self._send(
+                method,
+                path,
+                content=content,
+                headers=headers,
+                params=params,
+                timeout=timeout,
+                max_attempts=self.retry.max_attempts if retry else 1,
+                turn=turn,
+            )
+            return _json_of(response)
 
     # -- operations: submit, then retrieve -------------------------------------------------
 
@@ -179,14 +189,20 @@ class Transport:
         The ``X-Idempotency-Key`` is generated once and reused for every retry, so the server
         applies the operation at most once however many times the request is sent.
         """
-        body = content if content is not None else _dumps(json_body)
-        all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
-        if headers:
-            all_headers.update(headers)
-        response = await self._send(
-            "POST", path, content=body, headers=all_headers, max_attempts=self.retry.max_attempts
-        )
-        return parse_accepted(_json_of(response))
+        async with self._hold() as turn:
+            body = content if content is not None else _dumps(json_body)
+            all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
+            if headers:
+                all_headers.update(headers)
+            response = await self._send(
+                "POST",
+                path,
+                content=body,
+                headers=all_headers,
+                max_attempts=self.retry.max_attempts,
+                turn=turn,
+            )
+            return parse_accepted(_json_of(response))
 
     async def retrieve(self, request_id: str, *, request_type: str, proto: bool) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
@@ -196,6 +212,14 @@ class Transport:
         once, since the server already held the request. A failed operation raises
         :class:`RequestFailedError`.
         """
+        async with self._hold() as turn:
+            return await self._retrieve(
+                request_id, request_type=request_type, proto=proto, turn=turn
+            )
+
+    async def _retrieve(
+        self, request_id: str, *, request_type: str, proto: bool, turn: Turn | None
+    ) -> Done:
         allow_metadata_only = True
         iteration = 0
         failures = 0
@@ -216,10 +240,14 @@ class Transport:
                     content=body,
                     headers=headers,
                     timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
+                    extensions={TURN_EXTENSION: turn},
                 )
+            except ReplyTooLarge as exc:
+                path = "/api/v1/retrieve_future"
+                raise self._transport_error("POST", path, exc, failures + 1) from self._cause(exc)
             except httpx.TransportError as exc:
                 failures += 1
-                await self._backoff_or_raise(failures, None, exc, "retrieve_future")
+                await self._backoff_or_raise(failures, None, exc, "retrieve_future", turn)
                 continue
             status = response.status_code
             if status != 200:
@@ -230,13 +258,14 @@ class Transport:
                         request_id=request_id,
                     )
                 if not self.retry.retryable_status(status):
-                    raise _status_error(response, request_id=request_id)
+                    raise self._status_error(response, request_id=request_id)
                 failures += 1
                 await self._backoff_or_raise(
                     failures,
                     retry_after_seconds(response.headers),
-                    _status_error(response, request_id=request_id),
+                    self._status_error(response, request_id=request_id),
                     "retrieve_future",
+                    turn,
                 )
                 continue
             failures = 0
@@ -247,7 +276,9 @@ class Transport:
                 return outcome
             if isinstance(outcome, Failed):
                 raise RequestFailedError(
-                    outcome.message, category=outcome.category, request_id=request_id
+                    self._redact.text(outcome.message),
+                    category=outcome.category,
+                    request_id=request_id,
                 )
             if isinstance(outcome, MetadataOnly):
                 allow_metadata_only = False
@@ -256,7 +287,7 @@ class Transport:
             if time.monotonic() - started < _FAST_TRY_AGAIN_S:
                 # The server answered try_again without holding the poll: don't spin.
                 fast_sleep = min(_FAST_TRY_AGAIN_MAX_SLEEP_S, max(0.005, fast_sleep * 2))
-                await anyio.sleep(fast_sleep)
+                await self._sleep(fast_sleep, turn)
             else:
                 fast_sleep = 0.0
 
@@ -272,6 +303,7 @@ class Transport:
         params: Mapping[str, str | int] | None = None,
         timeout: float | None = None,
         max_attempts: int,
+        turn: Turn | None,
     ) -> httpx.Response:
         deadline = (
             None if self.retry.deadline_s is None else time.monotonic() + self.retry.deadline_s
@@ -287,15 +319,23 @@ class Transport:
                     headers=headers,
                     params=params,
                     timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                    extensions={TURN_EXTENSION: turn},
                 )
+            except ReplyTooLarge as exc:  # the same reply would come again: never retried
+                raise self._transport_error(method, path, exc, attempt) from self._cause(exc)
             except httpx.TransportError as exc:
                 if attempt >= max_attempts or _past(deadline):
-                    raise _transport_error(method, path, exc, attempt) from exc
+                    raise self._transport_error(method, path, exc, attempt) from self._cause(exc)
                 delay = self.retry.delay(attempt)
                 logger.debug(
-                    "%s %s: %s; retry %d in %.3fs", method, path, _describe(exc), attempt, delay
+                    "%s %s: %s; retry %d in %.3fs",
+                    method,
+                    path,
+                    self._redact.exception(exc),
+                    attempt,
+                    delay,
                 )
-                await anyio.sleep(delay)
+                await self._sleep(delay, turn)
                 continue
             if response.is_success:
                 return response
@@ -304,7 +344,7 @@ class Transport:
                 or attempt >= max_attempts
                 or _past(deadline)
             ):
-                raise _status_error(response)
+                raise self._status_error(response)
             delay = self.retry.delay(attempt, retry_after_seconds(response.headers))
             logger.debug(
                 "%s %s: HTTP %d; retry %d in %.3fs",
@@ -314,18 +354,78 @@ class Transport:
                 attempt,
                 delay,
             )
-            await anyio.sleep(delay)
+            await self._sleep(delay, turn)
 
     async def _backoff_or_raise(
-        self, failures: int, retry_after: float | None, error: Exception, what: str
+        self,
+        failures: int,
+        retry_after: float | None,
+        error: Exception,
+        what: str,
+        turn: Turn | None,
     ) -> None:
         if failures >= self.retry.max_attempts:
             if isinstance(error, httpx.TransportError):
-                raise _transport_error("POST", f"/api/v1/{what}", error, failures) from error
+                path = f"/api/v1/{what}"
+                raise self._transport_error("POST", path, error, failures) from self._cause(error)
             raise error
         delay = self.retry.delay(failures, retry_after)
-        logger.debug("%s: %s; retry %d in %.3fs", what, _describe(error), failures, delay)
-        await anyio.sleep(delay)
+        logger.debug(
+            "%s: %s; retry %d in %.3fs", what, self._redact.exception(error), failures, delay
+        )
+        await self._sleep(delay, turn)
+
+    # -- errors: every server text and exception text redacted ------------------------------
+
+    def _status_error(
+        self, response: httpx.Response, *, request_id: str | None = None
+    ) -> APIStatusError:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return APIStatusError(
+            response.status_code,
+            self._redact.value(body),
+            method=response.request.method,
+            path=response.request.url.path,
+            request_id=request_id,
+        )
+
+    def _transport_error(
+        self, method: str, path: str, exc: httpx.TransportError, attempts: int
+    ) -> FiretitanError:
+        return FiretitanError(
+            f"{method} {path} failed after {attempts} attempt(s): {self._redact.exception(exc)}"
+        )
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` as the cause of our error, unless its text holds a secret (then none)."""
+        text = str(exc)
+        return exc if self._redact.text(text) == text else None
+
+    # -- CPU turns -------------------------------------------------------------------------
+
+    async def cpu_gate(self) -> None:
+        """Wait for a CPU turn and give it back: an operation's task calls this first.
+
+        Of a burst of operations started together, only a few pass in each loop iteration,
+        so their first CPU segments (encoding the request) do not all run in one iteration.
+        """
+        if self._turns is not None:
+            async with self._turns.hold():
+                pass
+
+    def _hold(self) -> AbstractAsyncContextManager[Turn | None]:
+        """A CPU turn for one exchange (None with a caller's transport: no bound)."""
+        return self._turns.hold() if self._turns is not None else nullcontext()
+
+    async def _sleep(self, seconds: float, turn: Turn | None) -> None:
+        if self._turns is None:
+            await anyio.sleep(seconds)
+            return
+        async with self._turns.yielded(turn):
+            await anyio.sleep(seconds)
 
 
 def _idempotency_key() -> str:
@@ -344,29 +444,6 @@ def _json_of(response: httpx.Response) -> Any:
             f"{response.request.method} {response.request.url.path}: expected JSON, got "
             f"{response.headers.get('content-type', 'no content type')}"
         ) from exc
-
-
-def _status_error(response: httpx.Response, *, request_id: str | None = None) -> APIStatusError:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    return APIStatusError(
-        response.status_code,
-        body,
-        method=response.request.method,
-        path=response.request.url.path,
-        request_id=request_id,
-    )
-
-
-def _transport_error(method: str, path: str, exc: httpx.TransportError, attempts: int) -> Exception:
-    return FiretitanError(f"{method} {path} failed after {attempts} attempt(s): {_describe(exc)}")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _past(deadline: float | None) -> bool:
