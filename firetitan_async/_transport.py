@@ -109,6 +109,7 @@ class Transport:
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
         max_connections: int = 4096,
+        trust_env: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
@@ -118,7 +119,8 @@ class Transport:
         # CPU turns only with our own transport, which gives the turn back around its network
         # waits; a caller's transport (a mock, HTTP/2) runs unbounded.
         self._turns: CpuTurns | None = None
-        if transport is None and not http2:
+        proxied = trust_env and _env_proxy_applies(self.base_url)
+        if transport is None and not http2 and not proxied:
             # Our own HTTP/1.1 transport: httpcore's pool costs O(requests in flight) per
             # request and reply, which dominated the client's CPU at hundreds in flight. Its
             # TLS context is built off the event loop on the first https:// connection.
@@ -134,6 +136,9 @@ class Transport:
             ),
             transport=transport,
             http2=http2,
+            # Behind HTTP(S)_PROXY / ALL_PROXY (not excluded by NO_PROXY) httpx's own pool
+            # carries the traffic through the proxy, exactly as on the control plane.
+            trust_env=trust_env,
         )
 
     def __repr__(self) -> str:
@@ -426,6 +431,25 @@ class Transport:
             return
         async with self._turns.yielded(turn):
             await anyio.sleep(seconds)
+
+
+def _env_proxy_applies(base_url: str) -> bool:
+    """Whether httpx would send requests to ``base_url`` through an environment proxy.
+
+    httpx's own rules (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read with
+    its helpers: httpx is pinned below 0.29, and tests/test_proxy.py checks the behaviour.
+    """
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    url = httpx.URL(base_url)
+    patterns = sorted(
+        ((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()),
+        key=lambda pair: pair[0],  # httpx's own order: the most specific pattern first
+    )
+    for pattern, proxy in patterns:
+        if pattern.matches(url):
+            return proxy is not None
+    return False
 
 
 def _idempotency_key() -> str:
