@@ -106,6 +106,28 @@ async def test_a_reply_cut_short_is_an_error_and_not_resent() -> None:
     assert requests == 1
 
 
+async def test_a_reply_cut_short_on_a_reused_connection_is_not_resent() -> None:
+    """The stale-connection retry is only for a request that got no reply byte at all."""
+    seen: list[bytes] = []
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        head = await read_request(stream)
+        seen.append(head.split(b" ")[1])
+        await stream.send(reply(b"first"))  # keep-alive: the client reuses this connection
+        head = await read_request(stream)
+        seen.append(head.split(b" ")[1])
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            assert (await client.post(url + "/one", content=b"a")).content == b"first"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post(url + "/two", content=b"apply me once")
+            await anyio.sleep(0.05)  # a resend, if any, would have arrived by now
+    assert seen == [b"/one", b"/two"]
+    assert len(connections) == 1
+
+
 async def test_read_timeout_and_connect_errors_are_httpx_errors() -> None:
     async def silent(stream: anyio.abc.SocketStream, index: int) -> None:
         await read_request(stream)
