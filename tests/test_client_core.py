@@ -114,9 +114,10 @@ async def test_cancelled_wait_does_not_wedge_later_operations(trainer: LocalTrai
         client = await session.create_training_client(MODEL, lora_rank=4)
         big = [sft_datum("x" * 200) for _ in range(16)]
         fb = client.forward_backward(big, "cross_entropy")
-        with anyio.move_on_after(0.0005):
+        with anyio.move_on_after(0.0005) as scope:
             await fb
         # The wait was cancelled; the operation was not.
+        assert scope.cancelled_caught and not fb.done()
         later: list[Pending[object]] = []
         for step in range(5):
             later.append(client.forward_backward(batch(step), "cross_entropy"))

@@ -46,6 +46,7 @@ async def train(
     """Run ``steps`` pipelined steps; return the probe logprobs' bytes and optim-step counts."""
     rng = random.Random(seed)
     cancel_at = set(rng.sample(range(steps), cancel_waits)) if cancel_waits else set()
+    cancelled = 0
     async with ServiceSession(trainer.base_url, retry=FAST_RETRY) as session:
         client = await session.create_training_client(MODEL, lora_rank=4)
         pendings: list[Pending[object]] = []
@@ -54,12 +55,15 @@ async def train(
             pendings.append(fb)
             pendings.append(client.optim_step(ADAM))
             if step in cancel_at:
-                with anyio.move_on_after(rng.random() * 0.002):
+                with anyio.move_on_after(rng.random() * 0.002) as scope:
                     await fb
+                cancelled += scope.cancelled_caught
             if step % 25 == 24:  # keep a bounded window in flight, like a real loop
                 await pendings[-1]
         for p in pendings:
             await p
+        # Most of the waits really were cancelled mid-operation (else nothing was tested).
+        assert cancelled >= cancel_waits // 4, (cancelled, cancel_waits)
         out = await client.forward(PROBE, "cross_entropy")
         probe = np.asarray(out.loss_fn_outputs[0]["logprobs"].to_numpy()).tobytes()
     return probe, dict(trainer.stats()["optim_steps_applied"])
