@@ -13,7 +13,9 @@ peak RSS, and the scenario's own figures. Scenarios:
   flight; ``httpx`` does the same two round trips per op (POST ``forward_backward``, POST
   ``retrieve_future``) with no library around it, using our wire codec for the bodies.
 * ``stall`` — a 1 ms ticker in the caller's event loop during session start and ``steps``
-  pipelined steps; the largest gap between ticks is the worst loop stall.
+  pipelined steps; the largest gap between ticks is the worst loop stall. The longest pause
+  of the garbage collector in that window is reported beside it (``max_gc_pause_ms``): a
+  full collection walks the whole heap (imports included) and can be most of a stall.
 
 Example::
 
@@ -23,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -444,9 +447,37 @@ class _Ticker:
             self._running = False
 
 
+class _GcPauses:
+    """The longest garbage-collector pause while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+        else:
+            self.max_s = max(self.max_s, now - self._started)
+
+
 async def _stall(args: WorkerArgs) -> dict[str, Any]:
     batch = _batch(args.batch)
     ticker = _Ticker()
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        figures = await _stall_measured(args, batch, ticker)
+    finally:
+        gc.callbacks.remove(pauses)
+    figures["max_gc_pause_ms"] = pauses.max_s * 1e3
+    return figures
+
+
+async def _stall_measured(
+    args: WorkerArgs, batch: list[types.Datum], ticker: _Ticker
+) -> dict[str, Any]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker.run)
         await anyio.sleep(0.01)  # the ticker is running before the session starts

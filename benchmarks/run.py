@@ -97,6 +97,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
         "max_stall_ms_session_start",
         "max_stall_ms_submit",
         "max_stall_ms_await",
+        "max_gc_pause_ms",
         "peak_rss_mb",
     ),
 }
