@@ -25,16 +25,7 @@ from __future__ import annotations
 
 from ._adapters import aresult, as_awaitable
 from ._custom_loss import CustomLoss
-from ._jobs import (
-    CreatedTrainerJob,
-    JobState,
-    TrainerEndpoint,
-    TrainerJob,
-    TrainerJobConfig,
-    TrainerJobs,
-)
 from ._pending import Pending
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
@@ -51,6 +42,20 @@ from .errors import (
     SubmissionLost,
     TrainerJobFailed,
 )
+from .platform import (
+    CreatedTrainerJob,
+    JobCheckpoint,
+    JobState,
+    PlatformAPIError,
+    PromotedModel,
+    ReadinessPoller,
+    ReadinessProgress,
+    TrainerEndpoint,
+    TrainerJob,
+    TrainerJobConfig,
+    TrainerJobs,
+    TrainingShapeProfile,
+)
 
 __all__ = [
     "APIStatusError",
@@ -58,8 +63,11 @@ __all__ = [
     "CustomLoss",
     "FiretitanError",
     "InvalidInput",
+    "JobCheckpoint",
     "JobState",
     "Pending",
+    "PlatformAPIError",
+    "PromotedModel",
     "ReadinessPoller",
     "ReadinessProgress",
     "ReadinessTimeout",
@@ -76,6 +84,7 @@ __all__ = [
     "TrainerJobFailed",
     "TrainerJobs",
     "TrainingClient",
+    "TrainingShapeProfile",
     "__version__",
     "aresult",
     "as_awaitable",

@@ -11,8 +11,6 @@ from typing import TextIO
 
 import anyio
 
-from ._jobs import TrainerEndpoint, TrainerJobs
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from .errors import (
     APIStatusError,
@@ -21,6 +19,7 @@ from .errors import (
     ReadinessTimeout,
     TrainerJobFailed,
 )
+from .platform import ReadinessPoller, ReadinessProgress, TrainerEndpoint, TrainerJobs
 
 __all__ = ["add_parser", "wait_for_job"]
 
@@ -37,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async wait my-job --account-id me --base-url http://127.0.0.1:8080
+        firetitan-async wait my-job --base-url http://127.0.0.1:8080
     """
     parser = subparsers.add_parser(
         "wait",
@@ -51,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("job_id", metavar="JOB_ID", help="the job id (or its full resource name)")
     parser.add_argument(
-        "--account-id", default=None, help=f"the Fireworks account (default: ${_ACCOUNT_VAR})"
+        "--account-id",
+        default=None,
+        help=f"the Fireworks account (default: ${_ACCOUNT_VAR}, else resolved from the key)",
     )
     parser.add_argument(
         "--base-url",
@@ -86,7 +87,7 @@ async def wait_for_job(
 
     Example::
 
-        async with TrainerJobs(account_id="me") as jobs:
+        async with TrainerJobs() as jobs:
             endpoint = await wait_for_job(jobs, "my-job", poll_interval_s=2)
     """
     stream = out if out is not None else sys.stderr
@@ -119,9 +120,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _run_wait(args: argparse.Namespace) -> int:
-    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR)
-    if not account_id:
-        return _fail(f"no account: pass --account-id A or set {_ACCOUNT_VAR}", 2)
+    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR) or None
     base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
     for name, value in (("--poll-interval", args.poll_interval), ("--timeout", args.timeout)):
         if not math.isfinite(value) or value <= 0:
@@ -149,10 +148,11 @@ def _run_wait(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except APIStatusError as exc:
         if exc.status_code in (401, 403):
-            hint = f"set {_KEY_VAR}" if jobs._api_key is None else f"check {_KEY_VAR}"
+            hint = f"set {_KEY_VAR}" if not jobs.has_api_key else f"check {_KEY_VAR}"
             return _fail(f"the control plane at {base_url} refused the API key ({exc}); {hint}")
         if exc.status_code == 404:
-            return _fail(f"no trainer job {args.job_id!r} in account {account_id!r} ({exc})")
+            where = f"account {account_id!r}" if account_id else "the key's account"
+            return _fail(f"no trainer job {args.job_id!r} in {where} ({exc})")
         return _fail(f"the control plane at {base_url} answered {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the control plane at {base_url}: {exc}")

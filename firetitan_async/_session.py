@@ -29,10 +29,9 @@ from ._wire_futures import decode_json_result
 from .errors import FiretitanError, InvalidInput, SessionClosed
 
 if TYPE_CHECKING:
-    from ._jobs import TrainerJobs
-    from ._readiness import ReadinessPoller
     from ._sampling import SamplingClient
     from ._training import TrainingClient
+    from .platform import ReadinessPoller, TrainerJobs
 
 __all__ = ["ServiceSession"]
 
@@ -147,7 +146,7 @@ class ServiceSession:
                 async with ServiceSession.from_job(jobs, created.job_id) as session:
                     client = await session.create_training_client(model)
         """
-        from ._readiness import ReadinessPoller
+        from .platform import ReadinessPoller
 
         session = cls("", api_key=api_key, **session_kwargs)
         session._poller = ReadinessPoller(

@@ -167,3 +167,20 @@ def test_checkpoints_unknown_run(
     assert code in (0, 1)
     if code == 1:
         assert "no-such-run" in err and "Traceback" not in err
+
+
+def test_wait_does_not_import_the_local_server() -> None:
+    """``firetitan-async wait`` is a client command: it must not pull in the server's stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from firetitan_async._cli import main\n"
+        "rc = main(['wait', 'j1', '--base-url', 'http://127.0.0.1:9', '--timeout', '1'])\n"
+        "server = [m for m in sys.modules if m.startswith(('firetitan_async.local', 'uvicorn',"
+        " 'starlette'))]\n"
+        "print(rc, sorted(server))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1 []", out.stdout + out.stderr
