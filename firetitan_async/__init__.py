@@ -29,13 +29,14 @@ from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
-from ._snapshots import SamplerSnapshot
+from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from .errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
+    ProtocolError,
     ReadinessTimeout,
     RequestFailedError,
     SessionClosed,
@@ -59,6 +60,7 @@ from .platform import (
 
 __all__ = [
     "APIStatusError",
+    "CheckpointEntry",
     "CreatedTrainerJob",
     "CustomLoss",
     "FiretitanError",
@@ -68,6 +70,7 @@ __all__ = [
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
+    "ProtocolError",
     "ReadinessPoller",
     "ReadinessProgress",
     "ReadinessTimeout",

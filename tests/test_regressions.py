@@ -89,13 +89,13 @@ async def test_data_plane_retries_wait_for_retry_after(
     throttling: tuple[str, _Throttling],
 ) -> None:
     url, state = throttling
-    async with ServiceSession(url, retry=FAST):
-        pass
+    async with ServiceSession(url, retry=FAST, dialect="tinker"):  # client/config, then
+        pass  # create_session
     assert state.gap("client/config") >= RETRY_AFTER_S * 0.9
     assert state.gap("create_session") >= RETRY_AFTER_S * 0.9
     transport = Transport(url, None, timeout=10, retry=FAST)
     try:
-        done = await transport.retrieve("r1", request_type="CreateModel", proto=False)
+        done = await transport.retrieve("r1", request_type="CreateModel")
     finally:
         await transport.aclose()
     assert b"m1" in bytes(done.payload)
@@ -121,7 +121,8 @@ async def test_finish_reports_how_the_block_ended(
 ) -> None:
     async with Recorder(local_trainer.base_url) as rec:
         try:
-            async with ServiceSession(rec.base_url):
+            # (the fireworks dialect ends no server-side session, as the Fireworks SDK)
+            async with ServiceSession(rec.base_url, dialect="tinker"):
                 if fail:
                     raise _BodyFailed
         except _BodyFailed:

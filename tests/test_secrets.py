@@ -12,6 +12,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Iterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -31,9 +32,9 @@ FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.001, backoff_cap_s=0.01, jit
 
 
 def _echo_app() -> Starlette:
-    """``/api/v1/client/config`` answers by ``?``-less path prefix: 401 JSON, 503 text, …"""
+    """Every path answers the error of ``app.state.mode``: 401 JSON, 503 text or 400 text."""
 
-    async def client_config(request: Request) -> Response:
+    async def echo(request: Request) -> Response:
         key = request.headers.get("x-api-key", "")
         mode = request.headers.get("x-test-mode") or request.app.state.mode
         if mode == "401":
@@ -42,7 +43,7 @@ def _echo_app() -> Starlette:
             return PlainTextResponse(f"overloaded, try again (you sent {key})", 503)
         return PlainTextResponse(f"bad request from {key}", 400)
 
-    app = Starlette(routes=[Route("/api/v1/client/config", client_config, methods=["POST"])])
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
     app.state.mode = "401"
     return app
 
@@ -77,15 +78,19 @@ def _assert_clean(error: BaseException, caplog: pytest.LogCaptureFixture) -> Non
     assert "<redacted>" in str(error) + caplog.text
 
 
+@pytest.mark.parametrize("dialect", ["fireworks", "tinker"])
 @pytest.mark.parametrize("mode", ["401", "503", "400"])
 async def test_a_server_echoing_the_key_does_not_leak_it(
-    echo_server: tuple[str, Starlette], mode: str, caplog: pytest.LogCaptureFixture
+    echo_server: tuple[str, Starlette],
+    mode: str,
+    dialect: Literal["fireworks", "tinker"],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     url, app = echo_server
     app.state.mode = mode
     caplog.set_level(logging.DEBUG, logger="firetitan_async")
     with pytest.raises(FiretitanError) as info:
-        async with ServiceSession(url, api_key=KEY, retry=FAST):
+        async with ServiceSession(url, api_key=KEY, retry=FAST, dialect=dialect):
             pass
     assert f"HTTP {mode}" in str(info.value)
     if mode == "503":  # retried: the retry log lines are DEBUG
@@ -136,7 +141,11 @@ async def test_a_failed_operation_echoing_the_key_does_not_leak_it(
 
     caplog.set_level(logging.DEBUG, logger="firetitan_async")
     async with ServiceSession(
-        "http://127.0.0.1:9", api_key=KEY, retry=FAST, transport=httpx.MockTransport(handler)
+        "http://127.0.0.1:9",
+        api_key=KEY,
+        retry=FAST,
+        transport=httpx.MockTransport(handler),
+        dialect="tinker",
     ) as session:
         with pytest.raises(FiretitanError) as info:
             await session.create_training_client("local/tiny-byte-lm")
