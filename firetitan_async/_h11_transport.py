@@ -33,6 +33,7 @@ import h11
 import httpx
 
 from ._cpu_turns import CpuTurns, Turn
+from .errors import FiretitanError
 
 __all__ = ["DEFAULT_MAX_REPLY_BYTES", "TURN_EXTENSION", "H11Transport", "ReplyTooLarge"]
 
@@ -64,8 +65,12 @@ class _Connection:
                 await self.stream.aclose()
 
 
-class ReplyTooLarge(httpx.RemoteProtocolError):
-    """The reply was larger than the transport's ``max_reply_bytes`` (not retried)."""
+class ReplyTooLarge(FiretitanError):
+    """The reply was larger than the transport's ``max_reply_bytes``.
+
+    Not an ``httpx.TransportError``: the same request would get the same reply, so no retry
+    loop retries it.
+    """
 
 
 class _ReplyStarted(Exception):
@@ -114,7 +119,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     response = await self._exchange(conn, request, turn)
                 except _ReplyStarted as exc:
                     await conn.aclose()
-                    assert isinstance(exc.__cause__, httpx.TransportError)
+                    assert isinstance(exc.__cause__, httpx.TransportError | ReplyTooLarge)
                     raise exc.__cause__ from None
                 except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                     await conn.aclose()
@@ -237,7 +242,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                         size += len(event.data)
                         if size > self._max_reply_bytes:
                             message = f"the reply is larger than {self._max_reply_bytes} bytes"
-                            raise _ReplyStarted() from ReplyTooLarge(message, request=request)
+                            raise _ReplyStarted() from ReplyTooLarge(message)
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):
                         break

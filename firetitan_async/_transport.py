@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Generator, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,9 +28,10 @@ import anyio
 import httpx
 
 from ._cpu_turns import CpuTurns, Turn
-from ._h11_transport import TURN_EXTENSION, H11Transport, ReplyTooLarge
+from ._h11_transport import TURN_EXTENSION, H11Transport
 from ._redact import Redactor
-from ._retry import RetryPolicy, retry_after_seconds
+from ._retry import RetryPolicy
+from ._send import ErrorFactory, send_with_retry
 from ._version import USER_AGENT
 from .errors import APIStatusError, FiretitanError, RequestFailedError
 from .wire.futures import (
@@ -248,53 +250,38 @@ class Transport:
     ) -> Done:
         allow_metadata_only = True
         iteration = 0
-        failures = 0
         fast_sleep = 0.0
         headers = {
             "Content-Type": _JSON,
             "Accept": accept,
             "X-Tinker-Request-Type": request_type,
         }
+
+        def error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
+            if response.status_code == 410:
+                return RequestFailedError(
+                    "the server no longer holds this operation's result (promise expired)",
+                    category="server",
+                    request_id=request_id,
+                )
+            return self._status_error(response, request_id=request_id)
+
         while True:
+            # One poll; its transient failures are retried (the same request, as the tinker
+            # SDK's HTTP client re-sends it) by the one retry loop.
             headers["X-Tinker-Request-Iteration"] = str(iteration)
             iteration += 1
             started = time.monotonic()
             body = _dumps(retrieve_future_body(request_id, allow_metadata_only=allow_metadata_only))
-            try:
-                response = await self._client.post(
-                    self._url("/api/v1/retrieve_future"),
-                    content=body,
-                    headers=headers,
-                    timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
-                    extensions={TURN_EXTENSION: turn},
-                )
-            except ReplyTooLarge as exc:
-                path = "/api/v1/retrieve_future"
-                raise self._transport_error("POST", path, exc, failures + 1) from self._cause(exc)
-            except httpx.TransportError as exc:
-                failures += 1
-                await self._backoff_or_raise(failures, None, exc, "retrieve_future", turn)
-                continue
-            status = response.status_code
-            if status != 200:
-                if status == 410:
-                    raise RequestFailedError(
-                        "the server no longer holds this operation's result (promise expired)",
-                        category="server",
-                        request_id=request_id,
-                    )
-                if not self.retry.retryable_status(status):
-                    raise self._status_error(response, request_id=request_id)
-                failures += 1
-                await self._backoff_or_raise(
-                    failures,
-                    retry_after_seconds(response.headers),
-                    self._status_error(response, request_id=request_id),
-                    "retrieve_future",
-                    turn,
-                )
-                continue
-            failures = 0
+            request = self._client.build_request(
+                "POST",
+                self._url("/api/v1/retrieve_future"),
+                content=body,
+                headers=headers,
+                timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
+                extensions={TURN_EXTENSION: turn},
+            )
+            response = await self._send_with_retry(request, turn, error=error)
             outcome = classify_retrieve_reply(
                 response.headers.get("content-type", ""), response.content
             )
@@ -317,7 +304,7 @@ class Transport:
             else:
                 fast_sleep = 0.0
 
-    # -- the retry loop ----------------------------------------------------------------------
+    # -- the retry loop: the one in _send.py ---------------------------------------------
 
     async def _send(
         self,
@@ -331,75 +318,37 @@ class Transport:
         max_attempts: int,
         turn: Turn | None,
     ) -> httpx.Response:
-        deadline = (
-            None if self.retry.deadline_s is None else time.monotonic() + self.retry.deadline_s
+        request = self._client.build_request(
+            method,
+            self._url(path),
+            content=content,
+            headers=headers,
+            params=params,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            extensions={TURN_EXTENSION: turn},
         )
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._client.request(
-                    method,
-                    self._url(path),
-                    content=content,
-                    headers=headers,
-                    params=params,
-                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-                    extensions={TURN_EXTENSION: turn},
-                )
-            except ReplyTooLarge as exc:  # the same reply would come again: never retried
-                raise self._transport_error(method, path, exc, attempt) from self._cause(exc)
-            except httpx.TransportError as exc:
-                if attempt >= max_attempts or _past(deadline):
-                    raise self._transport_error(method, path, exc, attempt) from self._cause(exc)
-                delay = self.retry.delay(attempt)
-                logger.debug(
-                    "%s %s: %s; retry %d in %.3fs",
-                    method,
-                    path,
-                    self._redact.exception(exc),
-                    attempt,
-                    delay,
-                )
-                await self._sleep(delay, turn)
-                continue
-            if response.is_success:
-                return response
-            if (
-                not self.retry.retryable_status(response.status_code)
-                or attempt >= max_attempts
-                or _past(deadline)
-            ):
-                raise self._status_error(response)
-            delay = self.retry.delay(attempt, retry_after_seconds(response.headers))
-            logger.debug(
-                "%s %s: HTTP %d; retry %d in %.3fs",
-                method,
-                path,
-                response.status_code,
-                attempt,
-                delay,
-            )
-            await self._sleep(delay, turn)
+        return await self._send_with_retry(request, turn, max_attempts=max_attempts)
 
-    async def _backoff_or_raise(
+    async def _send_with_retry(
         self,
-        failures: int,
-        retry_after: float | None,
-        error: Exception,
-        what: str,
+        request: httpx.Request,
         turn: Turn | None,
-    ) -> None:
-        if failures >= self.retry.max_attempts:
-            if isinstance(error, httpx.TransportError):
-                path = f"/api/v1/{what}"
-                raise self._transport_error("POST", path, error, failures) from self._cause(error)
-            raise error
-        delay = self.retry.delay(failures, retry_after)
-        logger.debug(
-            "%s: %s; retry %d in %.3fs", what, self._redact.exception(error), failures, delay
+        *,
+        max_attempts: int | None = None,
+        error: ErrorFactory | None = None,
+    ) -> httpx.Response:
+        """Every data-plane request carries an idempotency key or is a read: replay-safe."""
+        return await send_with_retry(
+            self._client,
+            request,
+            policy=self.retry,
+            redactor=self._redact,
+            replay_safe=True,
+            max_attempts=max_attempts,
+            error=error or (lambda response, _redactor: self._status_error(response)),
+            log=logger,
+            sleep=partial(self._sleep, turn=turn),
         )
-        await self._sleep(delay, turn)
 
     # -- errors: every server text and exception text redacted ------------------------------
 
@@ -417,18 +366,6 @@ class Transport:
             path=response.request.url.path,
             request_id=request_id,
         )
-
-    def _transport_error(
-        self, method: str, path: str, exc: httpx.TransportError, attempts: int
-    ) -> FiretitanError:
-        return FiretitanError(
-            f"{method} {path} failed after {attempts} attempt(s): {self._redact.exception(exc)}"
-        )
-
-    def _cause(self, exc: BaseException) -> BaseException | None:
-        """``exc`` as the cause of our error, unless its text holds a secret (then none)."""
-        text = str(exc)
-        return exc if self._redact.text(text) == text else None
 
     # -- CPU turns -------------------------------------------------------------------------
 
@@ -489,7 +426,3 @@ def _json_of(response: httpx.Response) -> Any:
             f"{response.request.method} {response.request.url.path}: expected JSON, got "
             f"{response.headers.get('content-type', 'no content type')}"
         ) from exc
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
