@@ -42,6 +42,8 @@ from .errors import (
     SessionClosed,
     SubmissionLost,
     TrainerJobFailed,
+    UnsupportedAwaitable,
+    UsageError,
 )
 from .platform import (
     CreatedTrainerJob,
@@ -88,6 +90,8 @@ __all__ = [
     "TrainerJobs",
     "TrainingClient",
     "TrainingShapeProfile",
+    "UnsupportedAwaitable",
+    "UsageError",
     "__version__",
     "aresult",
     "as_awaitable",

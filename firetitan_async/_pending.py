@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from .errors import UsageError
+
 __all__ = ["Pending"]
 
 # Covariant: a Pending[OptimStepResponse] is a Pending[object] (results are only read).
@@ -54,10 +56,11 @@ class Pending(Generic[T]):
     def result(self) -> T:
         """The result if done (raises the error if it failed); never blocks.
 
-        Raises ``RuntimeError`` if the operation is still running: use ``await`` to wait.
+        Raises :class:`~firetitan_async.UsageError` (a ``RuntimeError``) if the operation is
+        still running: use ``await`` to wait.
         """
         if not self._event.is_set():
-            raise RuntimeError(f"{self.name} is still running; await it instead")
+            raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
             raise self._error
         return self._value
@@ -65,7 +68,7 @@ class Pending(Generic[T]):
     def exception(self) -> BaseException | None:
         """The error if the operation failed, None if it succeeded (raises if not done)."""
         if not self._event.is_set():
-            raise RuntimeError(f"{self.name} is still running; await it instead")
+            raise UsageError(f"{self.name} is still running; await it instead")
         return self._error
 
     async def wait(self) -> T:

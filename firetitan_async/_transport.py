@@ -33,7 +33,7 @@ from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import ErrorFactory, send_with_retry
 from ._version import USER_AGENT
-from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
 from .wire.futures import (
     Accepted,
     Done,
@@ -87,9 +87,10 @@ def check_url_security(base_url: str, *, allow_insecure_http: bool) -> str:
     """
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        raise InvalidInput("base_url", f"must be an http(s) URL with a host, got {base_url!r}")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
-        raise ValueError(
+        raise InvalidInput(
+            "base_url",
             f"refusing plain http:// to non-loopback host {parts.hostname!r}: use https://, "
             "or pass allow_insecure_http=True if you really mean it"
         )
