@@ -131,7 +131,10 @@ def _import_client(client: Client) -> None:
     elif client == "fireworks":
         from fireworks.training import sdk  # noqa: F401
     else:
-        pass
+        import firetitan_async
+        import firetitan_async.wire.fireworks
+        import firetitan_async.wire.fwdbwd
+        import firetitan_async.wire.tinker  # noqa: F401
 
 
 class _Trainer(Protocol):
