@@ -8,9 +8,8 @@ Before CPU turns (``_cpu_turns.py``) every ready operation ran its encode / HTTP
 in the same loop iteration: 37-61 ms of CPU between two ticks (measured on this machine).
 With turns an iteration runs a couple of such steps: 2-6 ms. The bound sits between the two.
 The trainer runs in its own process (sharing no GIL with the client), and the garbage
-collector is paused during the
-measurement: a full collection's pause is the interpreter's, proportional to the whole heap,
-and the benchmarks report it.
+collector is paused during the measurement: a full collection's pause is the interpreter's,
+proportional to the whole heap, and the benchmarks report it.
 """
 
 from __future__ import annotations
