@@ -8,7 +8,12 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
-Every retry decision comes from :class:`~firetitan_async._retry.RetryPolicy`.
+Every request goes through the one retry loop (:func:`~firetitan_async._send.send_with_retry`,
+decisions from :class:`~firetitan_async._retry.RetryPolicy`) and every server or exception text
+that becomes an error or a log line through the session's one
+:class:`~firetitan_async._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
+a CPU turn (:mod:`~firetitan_async._cpu_turns`) while it computes and gives it back while it
+waits. Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``, …) apply as httpx applies them.
 """
 
 from __future__ import annotations
