@@ -56,7 +56,7 @@ GOALS: tuple[Goal, ...] = (
     ),
     Goal(
         "throughput_vs_tinker_ratio",
-        2.0,
+        3.0,
         True,
         "`forward` calls on a small datum, 256 in flight, no latency: our ops/s ÷ the SDK's",
     ),
@@ -68,9 +68,27 @@ GOALS: tuple[Goal, ...] = (
     ),
     Goal(
         "cpu_per_op_vs_tinker_ratio",
-        0.5,
+        0.33,
         False,
         "client-process CPU s (user+sys) per op in the throughput run, ours ÷ the SDK's",
+    ),
+    Goal(
+        "pipelined_vs_fireworks_steps_ratio",
+        4.0,
+        True,
+        "the pipelined steps, ours in the fireworks dialect ÷ the Fireworks SDK",
+    ),
+    Goal(
+        "throughput_vs_fireworks_ratio",
+        2.0,
+        True,
+        "the throughput run, ours in the fireworks dialect ÷ the Fireworks SDK (ops/s)",
+    ),
+    Goal(
+        "cpu_per_op_vs_fireworks_ratio",
+        0.5,
+        False,
+        "client CPU per op in that run, ours in the fireworks dialect ÷ the Fireworks SDK",
     ),
     Goal(
         "max_loop_stall_ms",
@@ -177,6 +195,13 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         f"| `tinker_max_loop_stall_ms` | {_fmt(document.get('tinker_max_loop_stall_ms'))} | "
         "— | — | — | the same ticker with the tinker SDK |"
     )
+    for key, who in (
+        ("ours_fw_max_loop_stall_ms", "ours in the fireworks dialect"),
+        ("fireworks_max_loop_stall_ms", "the Fireworks SDK"),
+    ):
+        lines.append(
+            f"| `{key}` | {_fmt(document.get(key))} | — | — | — | the same ticker with {who} |"
+        )
     lines += [
         "",
         f"Sizes: pipelined {plan['pipelined_steps']} steps of batch {plan['batch']} at "

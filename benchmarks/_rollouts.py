@@ -76,7 +76,7 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
             out = await theirs.sample_with_prompt_tokens(
                 PROMPT, n=1, max_tokens=max_tokens, logprobs=True
             )
-            return out[0].completion_len
+            return int(out[0].completion_len)
 
         async def close() -> None:
             theirs.close()

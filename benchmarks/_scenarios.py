@@ -1,7 +1,9 @@
 """One measured client run (the worker side of the benchmarks), in its own process.
 
-Each run opens a client (``ours``: :class:`firetitan_async.ServiceSession`; ``tinker``: the
-tinker SDK's ``ServiceClient``; ``httpx``: one bare ``httpx.AsyncClient``), runs one scenario
+Each run opens a client (``ours``: :class:`firetitan_async.ServiceSession` in the tinker
+dialect; ``ours_fw``: the same in the fireworks dialect; ``tinker``: the tinker SDK's
+``ServiceClient``; ``fireworks``: the Fireworks Training SDK's ``FiretitanServiceClient``;
+``httpx``: one bare ``httpx.AsyncClient``), runs one scenario
 against a local trainer that is already up, and returns its figures: wall seconds of the
 measured section, client CPU seconds (user+sys of this whole process, SDK threads included),
 peak RSS, and the scenario's own figures. Scenarios:
@@ -13,7 +15,9 @@ peak RSS, and the scenario's own figures. Scenarios:
   flight; ``httpx`` does the same two round trips per op (POST ``forward_backward``, POST
   ``retrieve_future``) with no library around it, using our wire codec for the bodies.
 * ``stall`` — a 1 ms ticker in the caller's event loop during session start and ``steps``
-  pipelined steps; the largest gap between ticks is the worst loop stall.
+  pipelined steps; the largest gap between ticks is the worst loop stall. The longest pause
+  of the garbage collector in that window is reported beside it (``max_gc_pause_ms``): a
+  full collection walks the whole heap (imports included) and can be most of a stall.
 
 Example::
 
@@ -23,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -42,10 +47,10 @@ from tinker import types
 __all__ = ["BACKENDS", "CLIENTS", "SCENARIOS", "WorkerArgs", "run_worker"]
 
 Scenario = Literal["pipelined", "throughput", "stall"]
-Client = Literal["ours", "tinker", "httpx"]
+Client = Literal["ours", "ours_fw", "tinker", "fireworks", "httpx"]
 Backend = Literal["asyncio", "trio"]
 SCENARIOS: tuple[Scenario, ...] = ("pipelined", "throughput", "stall")
-CLIENTS: tuple[Client, ...] = ("ours", "tinker", "httpx")
+CLIENTS: tuple[Client, ...] = ("ours", "ours_fw", "tinker", "fireworks", "httpx")
 BACKENDS: tuple[Backend, ...] = ("asyncio", "trio")
 
 BASE_MODEL = "local/tiny-byte-lm"
@@ -89,8 +94,8 @@ def run_worker(args: WorkerArgs) -> dict[str, Any]:
 
         run_worker(WorkerArgs(scenario="pipelined", client="tinker", url=url))["steps_per_s"]
     """
-    if args.client == "tinker" and args.backend != "asyncio":
-        raise ValueError("the tinker SDK runs only under asyncio")
+    if args.client in ("tinker", "fireworks") and args.backend != "asyncio":
+        raise ValueError(f"the {args.client} SDK runs only under asyncio")
     if args.client == "httpx" and args.scenario != "throughput":
         raise ValueError("the bare httpx baseline exists for the throughput scenario only")
     os.environ["TINKER_TELEMETRY"] = "0"
@@ -123,8 +128,11 @@ async def _run(args: WorkerArgs) -> dict[str, Any]:
 def _import_client(client: Client) -> None:
     if client == "tinker":
         import tinker  # noqa: F401
+    elif client == "fireworks":
+        from fireworks.training import sdk  # noqa: F401
     else:
         import firetitan_async
+        import firetitan_async.wire.fireworks
         import firetitan_async.wire.fwdbwd
         import firetitan_async.wire.tinker  # noqa: F401
 
@@ -171,13 +179,58 @@ class _Tinker:
         return future
 
 
+class _Fireworks:
+    """The Fireworks SDK's training client; its APIFutures are awaited like tinker's.
+
+    The SDK takes its own ``Datum`` type: each batch is converted once, on its first use.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._converted: dict[int, tuple[list[types.Datum], list[Any]]] = {}
+
+    def _theirs(self, data: list[types.Datum]) -> list[Any]:
+        from fireworks.training import sdk
+
+        hit = self._converted.get(id(data))
+        if hit is None or hit[0] is not data:
+            theirs = [
+                sdk.Datum(
+                    model_input=sdk.ModelInput.from_ints(d.model_input.to_ints()),
+                    loss_fn_inputs={
+                        k: sdk.TensorData.from_numpy(v.to_numpy())
+                        for k, v in d.loss_fn_inputs.items()
+                    },
+                )
+                for d in data
+            ]
+            hit = (data, theirs)
+            self._converted[id(data)] = hit
+        return hit[1]
+
+    def forward(self, data: list[types.Datum]) -> Awaitable[Any]:
+        future: Awaitable[Any] = self.client.forward(self._theirs(data), "cross_entropy")
+        return future
+
+    def forward_backward(self, data: list[types.Datum]) -> Awaitable[Any]:
+        future: Awaitable[Any] = self.client.forward_backward(self._theirs(data), "cross_entropy")
+        return future
+
+    def optim_step(self) -> Awaitable[Any]:
+        from fireworks.training import sdk
+
+        future: Awaitable[Any] = self.client.optim_step(sdk.AdamParams(learning_rate=1e-3))
+        return future
+
+
 @asynccontextmanager
 async def _open_trainer(client: Client, url: str) -> AsyncIterator[_Trainer]:
     """Session start and training-client creation, as a user of each library writes them."""
-    if client == "ours":
+    if client in ("ours", "ours_fw"):
         from firetitan_async import ServiceSession
 
-        async with ServiceSession(url, api_key=API_KEY) as session:
+        dialect: Literal["fireworks", "tinker"] = "fireworks" if client == "ours_fw" else "tinker"
+        async with ServiceSession(url, api_key=API_KEY, dialect=dialect) as session:
             training = await session.create_training_client(BASE_MODEL, lora_rank=LORA_RANK)
             yield _Ours(training)
     elif client == "tinker":
@@ -191,6 +244,18 @@ async def _open_trainer(client: Client, url: str) -> AsyncIterator[_Trainer]:
             yield _Tinker(training)
         finally:
             await service.close("success")
+    elif client == "fireworks":
+        from fireworks.training import sdk
+
+        # As a user writes it: the SDK's constructor and client creation are synchronous.
+        fw_service = sdk.FiretitanServiceClient(base_url=url, api_key=API_KEY)
+        try:
+            fw_training = fw_service.create_training_client(
+                base_model=BASE_MODEL, lora_rank=LORA_RANK
+            )
+            yield _Fireworks(fw_training)
+        finally:
+            fw_service.close()
     else:
         raise ValueError(f"no trainer wrapper for client {client!r}")
 
@@ -444,9 +509,37 @@ class _Ticker:
             self._running = False
 
 
+class _GcPauses:
+    """The longest garbage-collector pause while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+        else:
+            self.max_s = max(self.max_s, now - self._started)
+
+
 async def _stall(args: WorkerArgs) -> dict[str, Any]:
     batch = _batch(args.batch)
     ticker = _Ticker()
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        figures = await _stall_measured(args, batch, ticker)
+    finally:
+        gc.callbacks.remove(pauses)
+    figures["max_gc_pause_ms"] = pauses.max_s * 1e3
+    return figures
+
+
+async def _stall_measured(
+    args: WorkerArgs, batch: list[types.Datum], ticker: _Ticker
+) -> dict[str, Any]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker.run)
         await anyio.sleep(0.01)  # the ticker is running before the session starts

@@ -76,15 +76,19 @@ PLANS = {
 }
 
 # (label, client, backend) measured in each scenario, in the order of one round.
+# "ours" speaks the tinker dialect beside the tinker SDK, "ours_fw" the fireworks dialect
+# beside the Fireworks SDK.
+_FIREWORKS = (("ours_fw", "ours_fw", "asyncio"), ("fireworks", "fireworks", "asyncio"))
 CONTENDERS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "pipelined": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio")),
+    "pipelined": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio"), *_FIREWORKS),
     "throughput": (
         ("ours", "ours", "asyncio"),
         ("tinker", "tinker", "asyncio"),
         ("httpx", "httpx", "asyncio"),
         ("ours_trio", "ours", "trio"),
+        *_FIREWORKS,
     ),
-    "stall": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio")),
+    "stall": (("ours", "ours", "asyncio"), ("tinker", "tinker", "asyncio"), *_FIREWORKS),
 }
 
 # The figures summarized per scenario (raw figures in the JSON and in RESULTS.md).
@@ -97,6 +101,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
         "max_stall_ms_session_start",
         "max_stall_ms_submit",
         "max_stall_ms_await",
+        "max_gc_pause_ms",
         "peak_rss_mb",
     ),
 }
@@ -228,6 +233,13 @@ def run_benchmarks(plan: Plan, only: Sequence[str] = SCENARIOS) -> dict[str, Any
         paired["pipelined_vs_tinker_steps_ratio"] = _paired(
             runs["pipelined"], "ours", "tinker", "steps_per_s"
         )
+        keys["pipelined_vs_fireworks_steps_ratio"] = ratio(
+            raw["pipelined"]["ours_fw"]["steps_per_s"],
+            raw["pipelined"]["fireworks"]["steps_per_s"],
+        )
+        paired["pipelined_vs_fireworks_steps_ratio"] = _paired(
+            runs["pipelined"], "ours_fw", "fireworks", "steps_per_s"
+        )
     if "throughput" in raw:
         thr = raw["throughput"]
         keys["throughput_vs_tinker_ratio"] = ratio(
@@ -239,15 +251,25 @@ def run_benchmarks(plan: Plan, only: Sequence[str] = SCENARIOS) -> dict[str, Any
         keys["cpu_per_op_vs_tinker_ratio"] = ratio(
             thr["ours"]["cpu_per_op_us"], thr["tinker"]["cpu_per_op_us"]
         )
-        for key, other, figure in (
-            ("throughput_vs_tinker_ratio", "tinker", "ops_per_s"),
-            ("throughput_vs_httpx_ratio", "httpx", "ops_per_s"),
-            ("cpu_per_op_vs_tinker_ratio", "tinker", "cpu_per_op_us"),
+        keys["throughput_vs_fireworks_ratio"] = ratio(
+            thr["ours_fw"]["ops_per_s"], thr["fireworks"]["ops_per_s"]
+        )
+        keys["cpu_per_op_vs_fireworks_ratio"] = ratio(
+            thr["ours_fw"]["cpu_per_op_us"], thr["fireworks"]["cpu_per_op_us"]
+        )
+        for key, ours, other, figure in (
+            ("throughput_vs_tinker_ratio", "ours", "tinker", "ops_per_s"),
+            ("throughput_vs_httpx_ratio", "ours", "httpx", "ops_per_s"),
+            ("cpu_per_op_vs_tinker_ratio", "ours", "tinker", "cpu_per_op_us"),
+            ("throughput_vs_fireworks_ratio", "ours_fw", "fireworks", "ops_per_s"),
+            ("cpu_per_op_vs_fireworks_ratio", "ours_fw", "fireworks", "cpu_per_op_us"),
         ):
-            paired[key] = _paired(runs["throughput"], "ours", other, figure)
+            paired[key] = _paired(runs["throughput"], ours, other, figure)
     if "stall" in raw:
         keys["max_loop_stall_ms"] = raw["stall"]["ours"]["max_stall_ms"].median
         keys["tinker_max_loop_stall_ms"] = raw["stall"]["tinker"]["max_stall_ms"].median
+        keys["fireworks_max_loop_stall_ms"] = raw["stall"]["fireworks"]["max_stall_ms"].median
+        keys["ours_fw_max_loop_stall_ms"] = raw["stall"]["ours_fw"]["max_stall_ms"].median
     document: dict[str, Any] = dict(keys)
     document["goals"] = {
         goal.key: {"goal": goal.text, "met": goal.met(keys[goal.key])}
@@ -403,8 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if goal.key in document["goals"]:
             verdict = "met" if document["goals"][goal.key]["met"] else "MISSED"
             _log(f"{goal.key:<34} {_num(document[goal.key])}  goal {goal.text:<7} {verdict}")
-    if "tinker_max_loop_stall_ms" in document:
-        _log(f"{'tinker_max_loop_stall_ms':<34} {_num(document['tinker_max_loop_stall_ms'])}")
+    for key in ("tinker_max_loop_stall_ms", "fireworks_max_loop_stall_ms"):
+        if key in document:
+            _log(f"{key:<34} {_num(document[key])}")
     if plan.mode == "full" and not ns.reps and only == SCENARIOS:
         _write_results(document)
     return 0

@@ -23,6 +23,7 @@ import argparse
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import attrs
@@ -31,7 +32,7 @@ from tinker import types
 
 from firetitan_async import SamplingClient, ServiceSession
 from firetitan_async.local import LocalTrainer
-from firetitan_async.loops import RLStep, Rollout, TrainerSampler, run_rl
+from firetitan_async.loops import RLResult, RLStep, Rollout, TrainerSampler, run_rl
 
 MODEL = "local/tiny-byte-lm"
 PROMPT = list(b"Say: ")
@@ -114,7 +115,7 @@ async def orchestrate(base_url: str, args: argparse.Namespace) -> list[float]:
     async with ServiceSession(base_url) as session:
         client = await session.create_training_client(MODEL)
         print("step  reward  staleness  in flight  requests/s")
-        result = await run_rl(
+        result: RLResult[Any, Any, Any] = await run_rl(
             client,
             TrainerSampler(session, client, prefix="rollout"),
             (args.seed * 7919 + n for n in range(args.steps * args.batch)),  # sampling seeds

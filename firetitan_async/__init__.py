@@ -45,6 +45,8 @@ from .errors import (
     SessionClosed,
     SubmissionLost,
     TrainerJobFailed,
+    UnsupportedAwaitable,
+    UsageError,
 )
 from .platform import (
     CreatedTrainerJob,
@@ -114,6 +116,8 @@ __all__ = [
     "TrainerJobs",
     "TrainingClient",
     "TrainingShapeProfile",
+    "UnsupportedAwaitable",
+    "UsageError",
     "WeightPublisher",
     "__version__",
     "aresult",

@@ -22,7 +22,9 @@ from typing import Any, Generic, TypeAlias, TypeVar, cast
 import anyio
 import anyio.lowlevel
 import sniffio
-from tinker.lib.public_interfaces.api_future import APIFuture
+
+from ._sdk_private import APIFuture
+from .errors import InvalidInput, UnsupportedAwaitable, UsageError
 
 __all__ = ["AwaitableSource", "aresult", "as_awaitable"]
 
@@ -50,8 +52,10 @@ async def aresult(obj: AwaitableSource[T], timeout: float | None = None) -> T:
     cancelled, so the operation completes and its result can be read later. A source that
     was itself cancelled raises ``concurrent.futures.CancelledError``.
 
-    Raises ``TypeError`` for an unsupported object, or for an ``asyncio.Future`` under trio,
-    and ``ValueError`` for an ``asyncio.Future`` of another event loop.
+    Raises :class:`~firetitan_async.UnsupportedAwaitable` (a ``TypeError``) for an unsupported
+    object, or for an ``asyncio.Future`` under trio, and
+    :class:`~firetitan_async.InvalidInput` (a ``ValueError``) for an ``asyncio.Future`` of
+    another event loop.
 
     Example (trio, with the tinker SDK)::
 
@@ -87,7 +91,7 @@ async def aresult(obj: AwaitableSource[T], timeout: float | None = None) -> T:
         return await _wait_asyncio(cast("asyncio.Future[T]", obj), timeout)
     if hasattr(obj, "__await__"):
         return await _wait_native(cast("Awaitable[T]", obj), timeout)
-    raise TypeError(_unsupported(obj))
+    raise UnsupportedAwaitable(_unsupported(obj))
 
 
 def as_awaitable(obj: AwaitableSource[T]) -> Awaitable[T]:
@@ -96,7 +100,7 @@ def as_awaitable(obj: AwaitableSource[T]) -> Awaitable[T]:
     The returned object may be awaited any number of times when its source can (futures and
     ``Pending`` can, a bare coroutine only once): each await waits again and gives the same
     outcome. Hand it to ``asyncio.gather`` or await it in a trio nursery task.
-    Unsupported objects raise ``TypeError`` here, at once.
+    Unsupported objects raise :class:`~firetitan_async.UnsupportedAwaitable` here, at once.
 
     Example (trio)::
 
@@ -113,7 +117,7 @@ def as_awaitable(obj: AwaitableSource[T]) -> Awaitable[T]:
         or asyncio.isfuture(obj)
         or hasattr(obj, "__await__")
     ):
-        raise TypeError(_unsupported(obj))
+        raise UnsupportedAwaitable(_unsupported(obj))
     return _Adapted(obj)
 
 
@@ -159,7 +163,7 @@ async def _wait_fireworks(obj: Any, timeout: float | None) -> Any:
         if hasattr(obj, "_value"):
             value = obj._value
             break
-        raise TypeError(
+        raise UnsupportedAwaitable(
             f"cannot await a Fireworks SDK {type(obj).__qualname__} without its own event "
             "loop thread: await it from asyncio with `await future`, or call .result()"
         )
@@ -219,7 +223,7 @@ def _thread_safe_setter(event: anyio.Event) -> Callable[[], None]:
             token.run_sync_soon(event.set)
 
         return set_on_trio
-    raise RuntimeError(f"aresult supports asyncio and trio, not {library}")
+    raise UsageError(f"aresult supports asyncio and trio, not {library}")
 
 
 async def _wait_concurrent(future: concurrent.futures.Future[T], timeout: float | None) -> T:
@@ -242,9 +246,11 @@ async def _wait_concurrent(future: concurrent.futures.Future[T], timeout: float 
 async def _wait_asyncio(future: asyncio.Future[T], timeout: float | None) -> T:
     library = sniffio.current_async_library()
     if library != "asyncio":
-        raise TypeError(f"an asyncio.Future can only be awaited on asyncio, not under {library}")
+        raise UnsupportedAwaitable(
+            f"an asyncio.Future can only be awaited on asyncio, not under {library}"
+        )
     if future.get_loop() is not asyncio.get_running_loop():
-        raise ValueError("this asyncio.Future belongs to a different event loop")
+        raise InvalidInput("future", "this asyncio.Future belongs to a different event loop")
     if not future.done():
         # Not `await future`: cancelling a task that awaits a future cancels that future.
         event = anyio.Event()

@@ -11,6 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+# The packages of the `local` extra: the local trainer needs them, the client never does.
+_LOCAL_EXTRA_PACKAGES = frozenset({"starlette", "uvicorn", "threadpoolctl"})
+
 # Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
 _COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "checkpoints")
 
@@ -34,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"firetitan_async._cmd_{name}")
         module.add_parser(subparsers)
     return parser
+
+
+def local_extra_missing(command: str, exc: ImportError) -> int:
+    """Explain that ``command`` needs the ``local`` extra and return exit code 2.
+
+    Re-raises ``exc`` when the missing module is not one of the extra's packages.
+    """
+    package = (exc.name or "").split(".")[0]
+    if package not in _LOCAL_EXTRA_PACKAGES:
+        raise exc
+    print(
+        f"firetitan-async {command}: the local trainer needs the 'local' extra "
+        f"({package} is not installed): pip install 'firetitan_async[local]'",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

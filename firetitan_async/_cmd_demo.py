@@ -8,6 +8,7 @@ from functools import partial
 
 import anyio
 
+from ._cli import local_extra_missing
 from .errors import FiretitanError
 
 __all__ = ["add_parser"]
@@ -86,7 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._demo import DemoConfig, run_demo
+    try:
+        from ._demo import DemoConfig, run_demo  # the `local` extra: imported only to run
+    except ImportError as exc:
+        return local_extra_missing("demo", exc)
 
     try:
         config = DemoConfig(

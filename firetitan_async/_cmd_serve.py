@@ -8,6 +8,8 @@ import os
 import sys
 import threading
 
+from ._cli import local_extra_missing
+
 __all__ = ["add_parser", "serve"]
 
 
@@ -100,7 +102,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
-    from .local import LocalTrainer  # only here: the other commands must not load the server
+    try:
+        from .local import LocalTrainer  # the `local` extra: only here, when serving
+    except ImportError as exc:
+        return local_extra_missing("serve", exc)
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper()),

@@ -62,20 +62,22 @@ def run_custom_loss(
     logprobs = [np.asarray(o["logprobs"].to_numpy(), dtype=np.float64) for o in outputs]
     result = loss_fn(list(data), logprobs)
     if not (isinstance(result, tuple) and len(result) == 2):
-        raise TypeError("a CustomLoss must return (loss, grads)")
+        raise InvalidInput("CustomLoss", "must return (loss, grads)")
     loss, grads = result
     grads = list(grads)
     if len(grads) != len(logprobs):
-        raise ValueError(f"CustomLoss returned {len(grads)} gradients for {len(logprobs)} datums")
+        raise InvalidInput(
+            "CustomLoss", f"returned {len(grads)} gradients for {len(logprobs)} datums"
+        )
     arrays = []
     for index, (grad, lp) in enumerate(zip(grads, logprobs, strict=True)):
         g = np.asarray(grad, dtype=np.float32)
         if g.shape != lp.shape:
-            raise ValueError(
-                f"CustomLoss gradient {index} has shape {g.shape}, logprobs have {lp.shape}"
+            raise InvalidInput(
+                "CustomLoss", f"gradient {index} has shape {g.shape}, logprobs have {lp.shape}"
             )
         if not np.all(np.isfinite(g)):
-            raise ValueError(f"CustomLoss gradient {index} is not finite")
+            raise InvalidInput("CustomLoss", f"gradient {index} is not finite")
         arrays.append(g)
     return float(loss), arrays
 

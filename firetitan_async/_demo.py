@@ -43,6 +43,7 @@ from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
+from .errors import InvalidInput
 from .local import LocalTrainer
 from .local._datums import encode_text
 from .loops import RLStep, Rollout, TrainerSampler, run_rl
@@ -96,13 +97,13 @@ class DemoConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise InvalidInput("steps", f"must be >= 1, got {self.steps}")
         if not self.target or len(self.target.encode()) > 32:
-            raise ValueError("target must be 1 to 32 bytes")
+            raise InvalidInput("target", "must be 1 to 32 bytes")
         if self.group_size < 2:
-            raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+            raise InvalidInput("group_size", "must be >= 2 (advantages are relative to the group)")
         if self.groups_per_step < 1 or self.base_every < 1:
-            raise ValueError("groups_per_step and base_every must be >= 1")
+            raise InvalidInput("groups_per_step", "groups_per_step and base_every must be >= 1")
 
 
 @attrs.frozen

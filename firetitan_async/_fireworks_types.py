@@ -20,6 +20,7 @@ from typing import Any
 
 from tinker import types
 
+from ._sdk_private import tensor_array
 from .errors import InvalidInput
 
 __all__ = [
@@ -50,7 +51,7 @@ def _tensor(td: Any, field: str, index: int) -> types.TensorData:
         return td  # type: ignore[no-any-return]  # a list or array: tinker's Datum converts it
     try:
         return types.TensorData(
-            data=td._numpy,
+            data=tensor_array(td),
             dtype=td.dtype,
             shape=td.shape,
             sparse_crow_indices=td.sparse_crow_indices,

@@ -7,6 +7,12 @@ client's CPU went there. This transport keeps idle connections in a stack (take 
 recently used, put back after the reply), so a request costs the same however many are in
 flight. It reads whole replies (our bodies are small) and speaks ``http`` and ``https``.
 
+The TLS context for ``https`` is built on the first ``https`` connection, in a worker thread
+(loading the CA bundle takes 30-200 ms), once per transport; ``http`` builds none. An exchange
+that carries a :class:`~firetitan_async._cpu_turns.Turn` (request extension ``TURN_EXTENSION``)
+gives it back while it waits for a connection slot, connects or waits for reply bytes. A reply
+larger than ``max_reply_bytes`` fails with :class:`ReplyTooLarge` (never retried).
+
 Errors are raised as the httpx exceptions the rest of the client already handles
 (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``, …). A request that fails on a
 reused keep-alive connection before any reply byte arrived is retried once on a new
@@ -22,10 +28,19 @@ from typing import NoReturn
 import anyio
 import anyio.abc
 import anyio.streams.tls
+import anyio.to_thread
 import h11
 import httpx
 
-__all__ = ["H11Transport"]
+from ._cpu_turns import CpuTurns, Turn
+from .errors import FiretitanError
+
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "TURN_EXTENSION", "H11Transport", "ReplyTooLarge"]
+
+#: The request extension that carries an exchange's CPU turn (a ``Turn`` or None).
+TURN_EXTENSION = "firetitan_async.turn"
+#: Replies larger than this are refused (a result of ours is kilobytes to a few megabytes).
+DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024
 
 _READ_SIZE = 65536
 _Key = tuple[str, str, int]
@@ -50,6 +65,14 @@ class _Connection:
                 await self.stream.aclose()
 
 
+class ReplyTooLarge(FiretitanError):
+    """The reply was larger than the transport's ``max_reply_bytes``.
+
+    Not an ``httpx.TransportError``: the same request would get the same reply, so no retry
+    loop retries it.
+    """
+
+
 class _ReplyStarted(Exception):
     """Internal: the exchange failed after reply bytes arrived, so it is not retried here."""
 
@@ -58,7 +81,9 @@ class H11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 transport with a constant-cost connection pool.
 
     ``max_connections`` bounds open connections (beyond it a request waits for one);
-    ``max_idle`` bounds kept-alive idle ones; ``ssl_context`` serves ``https`` URLs.
+    ``max_idle`` bounds kept-alive idle ones; ``ssl_context`` serves ``https`` URLs (default:
+    httpx's, built off the loop on first use); ``turns`` is the session's CPU-turn limiter
+    that requests' turns belong to; ``max_reply_bytes`` caps one reply's body.
     """
 
     def __init__(
@@ -67,11 +92,16 @@ class H11Transport(httpx.AsyncBaseTransport):
         max_connections: int = 4096,
         max_idle: int = 512,
         ssl_context: ssl.SSLContext | None = None,
+        turns: CpuTurns | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self._idle: dict[_Key, list[_Connection]] = {}
         self._limit = anyio.CapacityLimiter(max_connections)
         self._max_idle = max_idle
         self._ssl_context = ssl_context
+        self._ssl_lock = anyio.Lock()
+        self._turns = turns or CpuTurns()
+        self._max_reply_bytes = max_reply_bytes
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -79,14 +109,17 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the transport is closed", request=request)
         url = request.url
         key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        async with self._limit:
+        turn: Turn | None = request.extensions.get(TURN_EXTENSION)
+        async with self._turns.yielded(turn):
+            await self._limit.acquire()
+        try:
             for attempt in (0, 1):
-                conn, reused = await self._checkout(key, request)
+                conn, reused = await self._checkout(key, request, turn)
                 try:
-                    response = await self._exchange(conn, request)
+                    response = await self._exchange(conn, request, turn)
                 except _ReplyStarted as exc:
                     await conn.aclose()
-                    assert isinstance(exc.__cause__, httpx.TransportError)
+                    assert isinstance(exc.__cause__, httpx.TransportError | ReplyTooLarge)
                     raise exc.__cause__ from None
                 except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                     await conn.aclose()
@@ -98,6 +131,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                     raise
                 await self._check_in(key, conn)
                 return response
+        finally:
+            self._limit.release()
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
@@ -107,7 +142,17 @@ class H11Transport(httpx.AsyncBaseTransport):
             for conn in conns:
                 await conn.aclose()
 
-    async def _checkout(self, key: _Key, request: httpx.Request) -> tuple[_Connection, bool]:
+    async def _tls_context(self) -> ssl.SSLContext:
+        """httpx's default TLS context, built once, in a worker thread (not on the loop)."""
+        if self._ssl_context is None:
+            async with self._ssl_lock:
+                if self._ssl_context is None:
+                    self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+        return self._ssl_context
+
+    async def _checkout(
+        self, key: _Key, request: httpx.Request, turn: Turn | None
+    ) -> tuple[_Connection, bool]:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -117,15 +162,16 @@ class H11Transport(httpx.AsyncBaseTransport):
         scheme, host, port = key
         timeout = _timeouts(request).get("connect")
         try:
-            with anyio.fail_after(timeout):
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-                if scheme == "https":
-                    stream = await anyio.streams.tls.TLSStream.wrap(
-                        stream,
-                        hostname=host,
-                        ssl_context=self._ssl_context or ssl.create_default_context(),
-                        standard_compatible=False,
-                    )
+            async with self._turns.yielded(turn):
+                with anyio.fail_after(timeout):
+                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+                    if scheme == "https":
+                        stream = await anyio.streams.tls.TLSStream.wrap(
+                            stream,
+                            hostname=host,
+                            ssl_context=await self._tls_context(),
+                            standard_compatible=False,
+                        )
         except TimeoutError as exc:
             message = f"connecting to {host}:{port} timed out"
             raise httpx.ConnectTimeout(message, request=request) from exc
@@ -145,7 +191,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         else:
             await conn.aclose()
 
-    async def _exchange(self, conn: _Connection, request: httpx.Request) -> httpx.Response:
+    async def _exchange(
+        self, conn: _Connection, request: httpx.Request, turn: Turn | None
+    ) -> httpx.Response:
         timeouts = _timeouts(request)
         body = request.content  # httpx has already read our (small) bodies
         headers = list(request.headers.raw)
@@ -174,13 +222,15 @@ class H11Transport(httpx.AsyncBaseTransport):
         started = False
         status, reason, reply_headers = 0, b"", []
         chunks: list[bytes] = []
+        size = 0
         try:
             with anyio.fail_after(timeouts.get("read")):
                 while True:
                     event = h.next_event()
                     if event is h11.NEED_DATA:
                         try:
-                            data = await conn.stream.receive(_READ_SIZE)
+                            async with self._turns.yielded(turn):
+                                data = await conn.stream.receive(_READ_SIZE)
                         except anyio.EndOfStream:
                             data = b""
                         h.receive_data(data)
@@ -189,6 +239,10 @@ class H11Transport(httpx.AsyncBaseTransport):
                         status, reason = event.status_code, event.reason
                         reply_headers = list(event.headers.raw_items())
                     elif isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > self._max_reply_bytes:
+                            message = f"the reply is larger than {self._max_reply_bytes} bytes"
+                            raise _ReplyStarted() from ReplyTooLarge(message)
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):
                         break

@@ -7,9 +7,12 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from .errors import UsageError
+
 __all__ = ["Pending"]
 
-T = TypeVar("T")
+# Covariant: a Pending[OptimStepResponse] is a Pending[object] (results are only read).
+T = TypeVar("T", covariant=True)
 
 _UNSET: Any = object()
 
@@ -53,10 +56,11 @@ class Pending(Generic[T]):
     def result(self) -> T:
         """The result if done (raises the error if it failed); never blocks.
 
-        Raises ``RuntimeError`` if the operation is still running: use ``await`` to wait.
+        Raises :class:`~firetitan_async.UsageError` (a ``RuntimeError``) if the operation is
+        still running: use ``await`` to wait.
         """
         if not self._event.is_set():
-            raise RuntimeError(f"{self.name} is still running; await it instead")
+            raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
             raise self._error
         return self._value
@@ -64,7 +68,7 @@ class Pending(Generic[T]):
     def exception(self) -> BaseException | None:
         """The error if the operation failed, None if it succeeded (raises if not done)."""
         if not self._event.is_set():
-            raise RuntimeError(f"{self.name} is still running; await it instead")
+            raise UsageError(f"{self.name} is still running; await it instead")
         return self._error
 
     async def wait(self) -> T:
@@ -75,7 +79,7 @@ class Pending(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self.wait().__await__()
 
-    def _set_result(self, value: T) -> None:
+    def _set_result(self, value: T) -> None:  # type: ignore[misc]  # set once, by the owner
         if not self._event.is_set():
             self._value = value
             self._event.set()

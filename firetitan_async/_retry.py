@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from .errors import InvalidInput
+
 __all__ = ["RetryPolicy", "retry_after_seconds"]
 
 # 4xx replies that mean "try again": request timeout, conflict (a concurrent duplicate), and
@@ -42,7 +44,7 @@ class RetryPolicy:
     @max_attempts.validator
     def _check_attempts(self, _attr: attrs.Attribute[int], value: int) -> None:
         if value < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {value}")
+            raise InvalidInput("max_attempts", f"must be >= 1, got {value}")
 
     def retryable_status(self, status_code: int) -> bool:
         """Whether an HTTP status is worth another attempt."""

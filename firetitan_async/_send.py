@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -82,6 +82,7 @@ async def send_with_retry(
     accept: Callable[[httpx.Response, int], bool] | None = None,
     error: ErrorFactory = status_error,
     log: logging.Logger = logger,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> httpx.Response:
     """Send ``request`` until it succeeds, fails for good, or the policy runs out.
 
@@ -90,7 +91,8 @@ async def send_with_retry(
     resolves itself). Any other final reply raises ``error(response, redactor)``; a transport
     failure raises :class:`~firetitan_async.FiretitanError` naming the method, the path and
     the attempts. ``max_attempts`` caps ``policy.max_attempts`` (``1``: no retry). The request
-    body must be bytes (it is re-sent as is).
+    body must be bytes (it is re-sent as is). ``sleep`` waits between attempts (the data plane
+    gives its CPU turn back meanwhile).
 
     Example::
 
@@ -121,7 +123,7 @@ async def send_with_retry(
                 attempt,
                 delay,
             )
-            await anyio.sleep(delay)
+            await sleep(delay)
             continue
         status = response.status_code
         if response.is_success or (accept is not None and accept(response, attempt)):
@@ -131,7 +133,7 @@ async def send_with_retry(
             raise error(response, redactor)
         delay = policy.delay(attempt, retry_after_seconds(response.headers))
         log.debug("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
-        await anyio.sleep(delay)
+        await sleep(delay)
 
 
 def _transport_error(

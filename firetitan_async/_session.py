@@ -18,7 +18,7 @@ from tinker import types
 
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
-from .errors import FiretitanError, InvalidInput, SessionClosed
+from .errors import FiretitanError, InvalidInput, SessionClosed, UsageError
 from .wire import Dialect, DialectName, ModelSpec, dialect_named
 from .wire.futures import decode_json_result
 from .wire.tinker import (
@@ -203,7 +203,7 @@ class ServiceSession:
 
     async def __aenter__(self) -> ServiceSession:
         if self._entered:
-            raise RuntimeError("a ServiceSession can be entered only once")
+            raise UsageError("a ServiceSession can be entered only once")
         self._entered = True
         self._bootstrap_lock = anyio.Lock()
         self._idle = anyio.Event()
@@ -285,6 +285,8 @@ class ServiceSession:
 
     async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
+            if self._transport is not None:
+                await self._transport.cpu_gate()  # a burst starts a few per loop turn
             await fn()
         finally:
             self._active_ops -= 1
@@ -454,7 +456,8 @@ class ServiceSession:
         # Refuse what the dialect cannot express before anything is sent.
         codec.create_model_body(spec, session_id="", model_seq_id=0, user_metadata=user_metadata)
         if spec in self._training_keys:
-            raise ValueError(
+            raise InvalidInput(
+                "base_model",
                 f"this session already has a training client for base_model="
                 f"{spec.base_model!r}, lora_rank={spec.lora_rank} with these settings; reuse it"
             )

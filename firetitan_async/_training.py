@@ -15,6 +15,7 @@ from tinker import types
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._ordered_ops import OrderedOps
 from ._pending import Pending
+from ._sdk_private import tensor_array
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 from .errors import FiretitanError, InvalidInput, ProtocolError
 from .wire import ModelSpec
@@ -771,13 +772,13 @@ def _response_tokens(data: Sequence[types.Datum]) -> float:
         weights = datum.loss_fn_inputs.get("weights")
         if weights is not None:
             if weights.sparse_crow_indices is not None:
-                total += float(np.count_nonzero(weights._numpy))
+                total += float(np.count_nonzero(tensor_array(weights)))
             else:
                 total += float(np.count_nonzero(weights.to_numpy()))
             continue
         targets = datum.loss_fn_inputs.get("target_tokens")
         if targets is not None:
-            total += float(targets._numpy.size)
+            total += float(tensor_array(targets).size)
     return total
 
 

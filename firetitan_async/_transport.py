@@ -8,7 +8,12 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
-Every retry decision comes from :class:`~firetitan_async._retry.RetryPolicy`.
+Every request goes through the one retry loop (:func:`~firetitan_async._send.send_with_retry`,
+decisions from :class:`~firetitan_async._retry.RetryPolicy`) and every server or exception text
+that becomes an error or a log line through the session's one
+:class:`~firetitan_async._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
+a CPU turn (:mod:`~firetitan_async._cpu_turns`) while it computes and gives it back while it
+waits. Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``, …) apply as httpx applies them.
 """
 
 from __future__ import annotations
@@ -19,16 +24,21 @@ import logging
 import time
 import uuid
 from collections.abc import Generator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from ._h11_transport import H11Transport
-from ._retry import RetryPolicy, retry_after_seconds
+from ._cpu_turns import CpuTurns, Turn
+from ._h11_transport import TURN_EXTENSION, H11Transport
+from ._redact import Redactor
+from ._retry import RetryPolicy
+from ._send import ErrorFactory, send_with_retry
 from ._version import USER_AGENT
-from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
 from .wire.futures import (
     Accepted,
     Done,
@@ -50,6 +60,14 @@ _LONG_POLL_TIMEOUT_S = 45.0
 # A try_again faster than this is treated as "the server does not long-poll": back off a little.
 _FAST_TRY_AGAIN_S = 0.5
 _FAST_TRY_AGAIN_MAX_SLEEP_S = 0.5
+
+
+class _CookiesWhenSet(httpx.Cookies):
+    """httpx's cookie jar, consulted only for replies that carry ``Set-Cookie``."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
 
 
 class _ApiKeyAuth(httpx.Auth):
@@ -74,9 +92,10 @@ def check_url_security(base_url: str, *, allow_insecure_http: bool) -> str:
     """
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        raise InvalidInput("base_url", f"must be an http(s) URL with a host, got {base_url!r}")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
-        raise ValueError(
+        raise InvalidInput(
+            "base_url",
             f"refusing plain http:// to non-loopback host {parts.hostname!r}: use https://, "
             "or pass allow_insecure_http=True if you really mean it"
         )
@@ -105,16 +124,23 @@ class Transport:
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
         max_connections: int = 4096,
+        trust_env: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         self._timeout = timeout
-        if transport is None and not http2:
+        # Every server text and exception text becomes an error or a log line through this.
+        self._redact = Redactor.of(api_key)
+        # CPU turns only with our own transport, which gives the turn back around its network
+        # waits; a caller's transport (a mock, HTTP/2) runs unbounded.
+        self._turns: CpuTurns | None = None
+        proxied = trust_env and _env_proxy_applies(self.base_url)
+        if transport is None and not http2 and not proxied:
             # Our own HTTP/1.1 transport: httpcore's pool costs O(requests in flight) per
-            # request and reply, which dominated the client's CPU at hundreds in flight.
-            transport = H11Transport(
-                max_connections=max_connections, ssl_context=httpx.create_ssl_context()
-            )
+            # request and reply, which dominated the client's CPU at hundreds in flight. Its
+            # TLS context is built off the event loop on the first https:// connection.
+            self._turns = CpuTurns()
+            transport = H11Transport(max_connections=max_connections, turns=self._turns)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             auth=_ApiKeyAuth(api_key) if api_key else None,
@@ -125,7 +151,22 @@ class Transport:
             ),
             transport=transport,
             http2=http2,
+            # Behind HTTP(S)_PROXY / ALL_PROXY (not excluded by NO_PROXY) httpx's own pool
+            # carries the traffic through the proxy, exactly as on the control plane.
+            trust_env=trust_env,
         )
+        # Hot-path costs of the httpx client layer (measured with cProfile at 256 in flight):
+        # parsing the cookie headers of every reply, and merging base_url with a relative
+        # path on every request. Replies without Set-Cookie skip the jar (cookies still work:
+        # a reply that sets one is stored as before), and absolute URLs are built once a path.
+        self._client._cookies = _CookiesWhenSet(self._client.cookies)
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
@@ -147,20 +188,22 @@ class Transport:
         retry: bool = True,
     ) -> Any:
         """A JSON request whose reply is JSON; retried on transient failures."""
-        content = None if json_body is None else _dumps(json_body)
-        headers = {"Content-Type": _JSON} if content is not None else {}
-        if method != "GET":
-            headers["X-Idempotency-Key"] = _idempotency_key()
-        response = await self._send(
-            method,
-            path,
-            content=content,
-            headers=headers,
-            params=params,
-            timeout=timeout,
-            max_attempts=self.retry.max_attempts if retry else 1,
-        )
-        return _json_of(response)
+        async with self._hold() as turn:
+            content = None if json_body is None else _dumps(json_body)
+            headers = {"Content-Type": _JSON} if content is not None else {}
+            if method != "GET":
+                headers["X-Idempotency-Key"] = _idempotency_key()
+            response = await self._send(
+                method,
+                path,
+                content=content,
+                headers=headers,
+                params=params,
+                timeout=timeout,
+                max_attempts=self.retry.max_attempts if retry else 1,
+                turn=turn,
+            )
+            return _json_of(response)
 
     # -- operations: submit, then retrieve -------------------------------------------------
 
@@ -178,14 +221,20 @@ class Transport:
         The ``X-Idempotency-Key`` is generated once and reused for every retry, so the server
         applies the operation at most once however many times the request is sent.
         """
-        body = content if content is not None else _dumps(json_body)
-        all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
-        if headers:
-            all_headers.update(headers)
-        response = await self._send(
-            "POST", path, content=body, headers=all_headers, max_attempts=self.retry.max_attempts
-        )
-        return parse_accepted(_json_of(response))
+        async with self._hold() as turn:
+            body = content if content is not None else _dumps(json_body)
+            all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
+            if headers:
+                all_headers.update(headers)
+            response = await self._send(
+                "POST",
+                path,
+                content=body,
+                headers=all_headers,
+                max_attempts=self.retry.max_attempts,
+                turn=turn,
+            )
+            return parse_accepted(_json_of(response))
 
     async def retrieve(self, request_id: str, *, request_type: str, accept: str = _JSON) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
@@ -197,50 +246,48 @@ class Transport:
         once, since the server already held the request. A failed operation raises
         :class:`RequestFailedError`.
         """
+        async with self._hold() as turn:
+            return await self._retrieve(
+                request_id, request_type=request_type, accept=accept, turn=turn
+            )
+
+    async def _retrieve(
+        self, request_id: str, *, request_type: str, accept: str, turn: Turn | None
+    ) -> Done:
         allow_metadata_only = True
         iteration = 0
-        failures = 0
         fast_sleep = 0.0
         headers = {
             "Content-Type": _JSON,
             "Accept": accept,
             "X-Tinker-Request-Type": request_type,
         }
+
+        def error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
+            if response.status_code == 410:
+                return RequestFailedError(
+                    "the server no longer holds this operation's result (promise expired)",
+                    category="server",
+                    request_id=request_id,
+                )
+            return self._status_error(response, request_id=request_id)
+
         while True:
+            # One poll; its transient failures are retried (the same request, as the tinker
+            # SDK's HTTP client re-sends it) by the one retry loop.
             headers["X-Tinker-Request-Iteration"] = str(iteration)
             iteration += 1
             started = time.monotonic()
             body = _dumps(retrieve_future_body(request_id, allow_metadata_only=allow_metadata_only))
-            try:
-                response = await self._client.post(
-                    "/api/v1/retrieve_future",
-                    content=body,
-                    headers=headers,
-                    timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
-                )
-            except httpx.TransportError as exc:
-                failures += 1
-                await self._backoff_or_raise(failures, None, exc, "retrieve_future")
-                continue
-            status = response.status_code
-            if status != 200:
-                if status == 410:
-                    raise RequestFailedError(
-                        "the server no longer holds this operation's result (promise expired)",
-                        category="server",
-                        request_id=request_id,
-                    )
-                if not self.retry.retryable_status(status):
-                    raise _status_error(response, request_id=request_id)
-                failures += 1
-                await self._backoff_or_raise(
-                    failures,
-                    retry_after_seconds(response.headers),
-                    _status_error(response, request_id=request_id),
-                    "retrieve_future",
-                )
-                continue
-            failures = 0
+            request = self._client.build_request(
+                "POST",
+                self._url("/api/v1/retrieve_future"),
+                content=body,
+                headers=headers,
+                timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
+                extensions={TURN_EXTENSION: turn},
+            )
+            response = await self._send_with_retry(request, turn, error=error)
             outcome = classify_retrieve_reply(
                 response.headers.get("content-type", ""), response.content
             )
@@ -248,7 +295,9 @@ class Transport:
                 return outcome
             if isinstance(outcome, Failed):
                 raise RequestFailedError(
-                    outcome.message, category=outcome.category, request_id=request_id
+                    self._redact.text(outcome.message),
+                    category=outcome.category,
+                    request_id=request_id,
                 )
             if isinstance(outcome, MetadataOnly):
                 allow_metadata_only = False
@@ -257,11 +306,11 @@ class Transport:
             if time.monotonic() - started < _FAST_TRY_AGAIN_S:
                 # The server answered try_again without holding the poll: don't spin.
                 fast_sleep = min(_FAST_TRY_AGAIN_MAX_SLEEP_S, max(0.005, fast_sleep * 2))
-                await anyio.sleep(fast_sleep)
+                await self._sleep(fast_sleep, turn)
             else:
                 fast_sleep = 0.0
 
-    # -- the retry loop ----------------------------------------------------------------------
+    # -- the retry loop: the one in _send.py ---------------------------------------------
 
     async def _send(
         self,
@@ -273,60 +322,98 @@ class Transport:
         params: Mapping[str, str | int] | None = None,
         timeout: float | None = None,
         max_attempts: int,
+        turn: Turn | None,
     ) -> httpx.Response:
-        deadline = (
-            None if self.retry.deadline_s is None else time.monotonic() + self.retry.deadline_s
+        request = self._client.build_request(
+            method,
+            self._url(path),
+            content=content,
+            headers=headers,
+            params=params,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            extensions={TURN_EXTENSION: turn},
         )
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._client.request(
-                    method,
-                    path,
-                    content=content,
-                    headers=headers,
-                    params=params,
-                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-                )
-            except httpx.TransportError as exc:
-                if attempt >= max_attempts or _past(deadline):
-                    raise _transport_error(method, path, exc, attempt) from exc
-                delay = self.retry.delay(attempt)
-                logger.debug(
-                    "%s %s: %s; retry %d in %.3fs", method, path, _describe(exc), attempt, delay
-                )
-                await anyio.sleep(delay)
-                continue
-            if response.is_success:
-                return response
-            if (
-                not self.retry.retryable_status(response.status_code)
-                or attempt >= max_attempts
-                or _past(deadline)
-            ):
-                raise _status_error(response)
-            delay = self.retry.delay(attempt, retry_after_seconds(response.headers))
-            logger.debug(
-                "%s %s: HTTP %d; retry %d in %.3fs",
-                method,
-                path,
-                response.status_code,
-                attempt,
-                delay,
-            )
-            await anyio.sleep(delay)
+        return await self._send_with_retry(request, turn, max_attempts=max_attempts)
 
-    async def _backoff_or_raise(
-        self, failures: int, retry_after: float | None, error: Exception, what: str
-    ) -> None:
-        if failures >= self.retry.max_attempts:
-            if isinstance(error, httpx.TransportError):
-                raise _transport_error("POST", f"/api/v1/{what}", error, failures) from error
-            raise error
-        delay = self.retry.delay(failures, retry_after)
-        logger.debug("%s: %s; retry %d in %.3fs", what, _describe(error), failures, delay)
-        await anyio.sleep(delay)
+    async def _send_with_retry(
+        self,
+        request: httpx.Request,
+        turn: Turn | None,
+        *,
+        max_attempts: int | None = None,
+        error: ErrorFactory | None = None,
+    ) -> httpx.Response:
+        """Every data-plane request carries an idempotency key or is a read: replay-safe."""
+        return await send_with_retry(
+            self._client,
+            request,
+            policy=self.retry,
+            redactor=self._redact,
+            replay_safe=True,
+            max_attempts=max_attempts,
+            error=error or (lambda response, _redactor: self._status_error(response)),
+            log=logger,
+            sleep=partial(self._sleep, turn=turn),
+        )
+
+    # -- errors: every server text and exception text redacted ------------------------------
+
+    def _status_error(
+        self, response: httpx.Response, *, request_id: str | None = None
+    ) -> APIStatusError:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return APIStatusError(
+            response.status_code,
+            self._redact.value(body),
+            method=response.request.method,
+            path=response.request.url.path,
+            request_id=request_id,
+        )
+
+    # -- CPU turns -------------------------------------------------------------------------
+
+    async def cpu_gate(self) -> None:
+        """Wait for a CPU turn and give it back: an operation's task calls this first.
+
+        Of a burst of operations started together, only a few pass in each loop iteration,
+        so their first CPU segments (encoding the request) do not all run in one iteration.
+        """
+        if self._turns is not None:
+            async with self._turns.hold():
+                pass
+
+    def _hold(self) -> AbstractAsyncContextManager[Turn | None]:
+        """A CPU turn for one exchange (None with a caller's transport: no bound)."""
+        return self._turns.hold() if self._turns is not None else nullcontext()
+
+    async def _sleep(self, seconds: float, turn: Turn | None) -> None:
+        if self._turns is None:
+            await anyio.sleep(seconds)
+            return
+        async with self._turns.yielded(turn):
+            await anyio.sleep(seconds)
+
+
+def _env_proxy_applies(base_url: str) -> bool:
+    """Whether httpx would send requests to ``base_url`` through an environment proxy.
+
+    httpx's own rules (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read with
+    its helpers: httpx is pinned below 0.29, and tests/test_proxy.py checks the behaviour.
+    """
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    url = httpx.URL(base_url)
+    patterns = sorted(
+        ((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()),
+        key=lambda pair: pair[0],  # httpx's own order: the most specific pattern first
+    )
+    for pattern, proxy in patterns:
+        if pattern.matches(url):
+            return proxy is not None
+    return False
 
 
 def _idempotency_key() -> str:
@@ -345,30 +432,3 @@ def _json_of(response: httpx.Response) -> Any:
             f"{response.request.method} {response.request.url.path}: expected JSON, got "
             f"{response.headers.get('content-type', 'no content type')}"
         ) from exc
-
-
-def _status_error(response: httpx.Response, *, request_id: str | None = None) -> APIStatusError:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    return APIStatusError(
-        response.status_code,
-        body,
-        method=response.request.method,
-        path=response.request.url.path,
-        request_id=request_id,
-    )
-
-
-def _transport_error(method: str, path: str, exc: httpx.TransportError, attempts: int) -> Exception:
-    return FiretitanError(f"{method} {path} failed after {attempts} attempt(s): {_describe(exc)}")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline

@@ -26,6 +26,8 @@ __all__ = [
     "SessionClosed",
     "SubmissionLost",
     "TrainerJobFailed",
+    "UnsupportedAwaitable",
+    "UsageError",
 ]
 
 
@@ -157,3 +159,23 @@ def _describe_body(body: Any) -> str:
                 return str(body[key])
     text = str(body)
     return text if len(text) <= 500 else text[:500] + "…"
+
+
+class UsageError(FiretitanError, RuntimeError):
+    """An object was used in a way it does not support (a ``RuntimeError`` too).
+
+    E.g. reading ``Pending.result()`` before the operation finished, or entering a
+    ``ServiceSession`` twice.
+
+    Example::
+
+        try:
+            value = pending.result()
+        except UsageError:
+            value = await pending
+    """
+
+
+class UnsupportedAwaitable(FiretitanError, TypeError):
+    """``aresult`` / ``as_awaitable`` got an object they cannot wait for (a ``TypeError`` too)."""
+

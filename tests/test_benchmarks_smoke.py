@@ -1,8 +1,8 @@
 """The benchmark harness cannot rot: ``benchmarks/run.py --smoke`` runs end to end.
 
 The smoke mode starts the real local trainer in its own process and runs every scenario once
-with tiny sizes, ours and the tinker SDK side by side; the figures are not judged here, only
-that every key of issue 6 is present and numeric.
+with tiny sizes, ours beside the tinker SDK and the Fireworks SDK; the figures are not judged
+here, only that every key (issues 6, 12 and 16) is present and numeric.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ KEYS = (
     "cpu_per_op_vs_tinker_ratio",
     "max_loop_stall_ms",
     "tinker_max_loop_stall_ms",
+    "pipelined_vs_fireworks_steps_ratio",
+    "throughput_vs_fireworks_ratio",
+    "cpu_per_op_vs_fireworks_ratio",
+    "fireworks_max_loop_stall_ms",
 )
 
 
@@ -42,7 +46,8 @@ def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
         [sys.executable, str(BENCHMARKS / "run.py"), "--smoke", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        # 14 worker processes since the Fireworks column (about 75 s on a loaded 2-core box).
+        timeout=240,
         cwd=ROOT,
         env=env,
         check=False,
@@ -54,7 +59,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
         assert math.isfinite(value) and value > 0, (key, value)
     assert set(document["raw"]) == {"pipelined", "throughput", "stall"}
-    assert {"ours", "tinker", "httpx"} <= set(document["raw"]["throughput"])
+    assert {"ours", "tinker", "httpx", "ours_fw", "fireworks"} <= set(document["raw"]["throughput"])
     for goal in document["goals"].values():
         assert isinstance(goal["met"], bool)
     # The smoke run never overwrites the full run's RESULTS.md.
@@ -80,4 +85,8 @@ def test_summaries_and_goals() -> None:
     assert goals["max_loop_stall_ms"].met(9.5)
     assert not goals["max_loop_stall_ms"].met(10.5)
     assert not goals["cpu_per_op_vs_tinker_ratio"].met(math.nan)
-    assert set(goals) == set(KEYS) - {"tinker_max_loop_stall_ms"}
+    assert set(goals) == set(KEYS) - {"tinker_max_loop_stall_ms", "fireworks_max_loop_stall_ms"}
+    assert goals["throughput_vs_tinker_ratio"].met(3.0)
+    assert not goals["throughput_vs_tinker_ratio"].met(2.9)
+    assert goals["pipelined_vs_fireworks_steps_ratio"].met(4.0)
+    assert not goals["cpu_per_op_vs_fireworks_ratio"].met(0.51)

@@ -13,6 +13,7 @@ from tinker import types
 from firetitan_async import (
     FiretitanError,
     ReadinessTimeout,
+    RetryPolicy,
     ServiceSession,
     TrainerJobConfig,
     TrainerJobFailed,
@@ -40,7 +41,11 @@ async def test_training_client_waits_until_the_job_is_running() -> None:
     async with LocalTrainer(warmup_s=0.6) as lt, jobs_for(lt) as jobs:
         created = await jobs.create(CONFIG)
         started = time.monotonic()
-        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+        # No data-plane retries: were readiness skipped, the warming trainer's 503s would fail
+        # the first call instead of being retried until the warm-up ends (hiding the skip).
+        async with ServiceSession.from_job(
+            jobs, created.job_id, poll_interval_s=0.05, retry=RetryPolicy(max_attempts=1)
+        ) as session:
             client = await session.create_training_client(MODEL, lora_rank=4)
             elapsed = time.monotonic() - started
             assert (await jobs.get(created.job_id)).state == "RUNNING"

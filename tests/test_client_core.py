@@ -126,10 +126,11 @@ async def test_cancelled_wait_does_not_wedge_later_operations(
         client = await session.create_training_client(MODEL, lora_rank=4)
         big = [sft_datum("x" * 200) for _ in range(16)]
         fb = client.forward_backward(big, "cross_entropy")
-        with anyio.move_on_after(0.0005):
+        with anyio.move_on_after(0.0005) as scope:
             await fb
         # The wait was cancelled; the operation was not.
-        later = []
+        assert scope.cancelled_caught and not fb.done()
+        later: list[Pending[object]] = []
         for step in range(5):
             later.append(client.forward_backward(batch(step), "cross_entropy"))
             later.append(client.optim_step(ADAM))
@@ -148,7 +149,7 @@ async def test_exit_waits_for_in_flight_work_and_then_refuses_calls(
     async with slow:
         async with ServiceSession(slow.base_url, dialect="tinker") as session:
             client = await session.create_training_client(MODEL)
-            pendings = []
+            pendings: list[Pending[object]] = []
             for step in range(5):
                 pendings.append(client.forward_backward(batch(step), "cross_entropy"))
                 pendings.append(client.optim_step(ADAM))
@@ -191,7 +192,7 @@ async def test_event_loop_never_blocked() -> None:
         tg.start_soon(ticker)
         async with ServiceSession(slow.base_url, dialect="tinker") as session:
             client = await session.create_training_client(MODEL, lora_rank=8)
-            pendings = []
+            pendings: list[Pending[object]] = []
             for step in range(50):
                 pendings.append(client.forward_backward(batch(step), "cross_entropy"))
                 pendings.append(client.optim_step(ADAM))

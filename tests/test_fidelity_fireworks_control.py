@@ -3,7 +3,7 @@
 
 One script of control-plane calls runs through the unmodified Fireworks SDK (1.2.30, sync)
 and through ``firetitan_async`` (asyncio and trio), each against its own local trainer behind
-the recording proxy (:class:`~firetitan_async.local.Recorder`). The recordings are compared
+the recording proxy (``firetitan_async.local._recorder.Recorder``). The recordings are compared
 step by step: method, path, query, decoded JSON body, and the headers that carry meaning
 (``Content-Type``, ``Accept``, ``X-Api-Key`` present, ``Authorization`` present or absent,
 idempotency keys present or absent, the ``X-Fireworks-*`` headers). Replies are not compared;
@@ -28,8 +28,8 @@ from fireworks.training.sdk import TrainerJobConfig as SdkConfig
 from fireworks.training.sdk import TrainerJobManager
 
 from firetitan_async import TrainerJobConfig, TrainerJobFailed, TrainerJobs
-from firetitan_async.local import LocalTrainer, Recorder
-from firetitan_async.local._recorder import RecordedExchange
+from firetitan_async.local import LocalTrainer
+from firetitan_async.local._recorder import RecordedExchange, Recorder
 
 KEY = "fw-fidelity-key-0123456789"
 MODEL = "local/tiny-byte-lm"

@@ -37,9 +37,9 @@ from firetitan_async import (
     SamplerSnapshot,
     ServiceSession,
 )
-from firetitan_async.local import LocalTrainer, Recorder
+from firetitan_async.local import LocalTrainer
 from firetitan_async.local._model import MODEL_NAME
-from firetitan_async.local._recorder import RecordedExchange
+from firetitan_async.local._recorder import RecordedExchange, Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -68,11 +68,11 @@ def _script_sdk(url: str, base: str, delta: str) -> None:
     mgr.wait_for_ready(DEP, timeout_s=5, poll_interval_s=0.05)
     mgr.update(DEP, {"maxReplicaCount": 2}, ["max_replica_count"])
     mgr.hotload(DEP, MODEL_NAME, base)
-    assert mgr.wait_for_hotload(DEP, MODEL_NAME, base, poll_interval=0.05)  # type: ignore[arg-type]
+    assert mgr.wait_for_hotload(DEP, MODEL_NAME, base, poll_interval=0.05)
     meta = {"previous_snapshot_identity": base, "compression_format": "arc_v2",
             "checksum_format": "alder32"}
     mgr.hotload(DEP, MODEL_NAME, delta, incremental_snapshot_metadata=meta)
-    assert mgr.wait_for_hotload(DEP, MODEL_NAME, delta, poll_interval=0.05)  # type: ignore[arg-type]
+    assert mgr.wait_for_hotload(DEP, MODEL_NAME, delta, poll_interval=0.05)
     assert mgr.warmup(f"accounts/local/deployments/{DEP}", max_retries=1)
     mgr.scale_to_zero(DEP)
     mgr.delete(DEP)

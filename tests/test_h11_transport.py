@@ -10,7 +10,9 @@ import anyio.abc
 import httpx
 import pytest
 
+from firetitan_async import RetryPolicy
 from firetitan_async._h11_transport import H11Transport
+from firetitan_async._transport import Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +108,28 @@ async def test_a_reply_cut_short_is_an_error_and_not_resent() -> None:
     assert requests == 1
 
 
+async def test_a_reply_cut_short_on_a_reused_connection_is_not_resent() -> None:
+    """The stale-connection retry is only for a request that got no reply byte at all."""
+    seen: list[bytes] = []
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        head = await read_request(stream)
+        seen.append(head.split(b" ")[1])
+        await stream.send(reply(b"first"))  # keep-alive: the client reuses this connection
+        head = await read_request(stream)
+        seen.append(head.split(b" ")[1])
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=H11Transport()) as client:
+            assert (await client.post(url + "/one", content=b"a")).content == b"first"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post(url + "/two", content=b"apply me once")
+            await anyio.sleep(0.05)  # a resend, if any, would have arrived by now
+    assert seen == [b"/one", b"/two"]
+    assert len(connections) == 1
+
+
 async def test_read_timeout_and_connect_errors_are_httpx_errors() -> None:
     async def silent(stream: anyio.abc.SocketStream, index: int) -> None:
         await read_request(stream)
@@ -169,3 +193,24 @@ async def test_many_concurrent_requests_bounded_by_max_connections() -> None:
                     tg.start_soon(one)
     assert results == [200] * 100
     assert most <= 8
+
+
+async def test_the_session_transport_keeps_cookies_a_reply_sets() -> None:
+    """Replies without Set-Cookie skip the cookie jar; one that sets a cookie is honoured."""
+    heads: list[bytes] = []
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        while True:
+            heads.append((await read_request(stream)).lower())
+            cookie = b"set-cookie: route=r7; Path=/\r\n" if len(heads) == 1 else b""
+            await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + cookie + b"\r\n{}")
+
+    async with raw_server(handler) as (url, _):
+        transport = Transport(url, None, timeout=10, retry=RetryPolicy())
+        try:
+            for _ in range(3):
+                assert await transport.call("GET", "/x") == {}
+        finally:
+            await transport.aclose()
+    assert b"cookie: route=r7" not in heads[0]
+    assert all(b"cookie: route=r7" in head for head in heads[1:]), heads

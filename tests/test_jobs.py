@@ -631,7 +631,7 @@ async def test_promotion_polls_the_operation_and_falls_back_without_async() -> N
             ({"name": row.name, "job_id": "other", "output_model_id": "ok"}, "job_id"),
         ):
             with pytest.raises(InvalidInput) as bad:
-                await jobs.promote_checkpoint(base_model=MODEL, **kwargs)
+                await jobs.promote_checkpoint(base_model=MODEL, **kwargs)  # type: ignore[arg-type]
             assert bad.value.field == field
         assert lt.stats()["requests"]["checkpoints.promote"] == sent  # refused before sending
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from tinker import types
 from firetitan_async import ServiceSession
 from firetitan_async._demo import DemoTask
 from firetitan_async.local import LocalTrainer
-from firetitan_async.loops import RayRollouts, TrainerSampler, run_rl
+from firetitan_async.loops import RayRollouts, RLResult, TrainerSampler, run_rl
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +46,7 @@ async def test_two_ray_workers_train_the_demo_task(anyio_backend: str, ray_clust
             handles = publisher.handles()
             assert KEY.encode() not in pickle.dumps(await handles.publish(0))
             with RayRollouts(TASK.rollout, workers=2) as remote:
-                result = await run_rl(
+                result: RLResult[Any, Any, Any] = await run_rl(
                     client,
                     handles,
                     range(4 * STEPS),  # the sampling seeds: STEPS steps of 4 groups

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -15,7 +16,14 @@ from tinker import types
 from firetitan_async import SamplingClient, ServiceSession
 from firetitan_async.errors import InvalidInput
 from firetitan_async.local import LocalTrainer
-from firetitan_async.loops import RLStep, Rollout, TrainerSampler, TrainerSamplerHandle, run_rl
+from firetitan_async.loops import (
+    RLResult,
+    RLStep,
+    Rollout,
+    TrainerSampler,
+    TrainerSamplerHandle,
+    run_rl,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +48,9 @@ def _running_task_names() -> list[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
     return names
 
 
@@ -133,7 +143,7 @@ async def test_staleness_is_paced_not_discarded(anyio_backend: str) -> None:
 
     async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
         client = await session.create_training_client(MODEL)
-        result = await run_rl(
+        result: RLResult[Any, Any, Any] = await run_rl(
             client,
             TrainerSampler(session, client),
             range(30),  # 7 full steps of 4 and a last one of 2
@@ -257,7 +267,7 @@ async def test_training_goes_on_while_a_plain_publish_completes(
             async def publish(self, version: int) -> SamplingClient:
                 return await slow(version, inner.publish(version))
 
-        result = await run_rl(
+        result: RLResult[Any, Any, Any] = await run_rl(
             client,
             Plain() if shape == "plain" else Async(),
             range(16),
@@ -289,7 +299,7 @@ async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend
 
     async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
         client = await session.create_training_client(MODEL)
-        result = await run_rl(
+        result: RLResult[Any, Any, Any] = await run_rl(
             client,
             TrainerSampler(session, client),
             prompts(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -109,10 +110,11 @@ async def test_checkpoints_drain_roll_and_record(anyio_backend: str, tmp_path: P
     # Rolling: keep_last=1 drops the older periodic save from the record on the next save;
     # the tinker dialect deletes it on the trainer, the fireworks one cannot (retention is the
     # platform's) and keeps it listed.
-    for dialect, listed in (
+    rolls: tuple[tuple[Literal["tinker", "fireworks"], list[str]], ...] = (
         ("tinker", ["ckpt-0000002"]),
         ("fireworks", ["ckpt-0000001", "ckpt-0000002"]),
-    ):
+    )
+    for dialect, listed in rolls:
         async with (
             LocalTrainer(seed=0) as lt,
             ServiceSession(lt.base_url, dialect=dialect) as session,

@@ -17,6 +17,7 @@ from tinker import types
 from firetitan_async import (
     APIStatusError,
     InvalidInput,
+    Pending,
     RetryPolicy,
     ServiceSession,
     SubmissionLost,
@@ -45,20 +46,24 @@ async def train(
     """Run ``steps`` pipelined steps; return the probe logprobs' bytes and optim-step counts."""
     rng = random.Random(seed)
     cancel_at = set(rng.sample(range(steps), cancel_waits)) if cancel_waits else set()
+    cancelled = 0
     async with ServiceSession(trainer.base_url, dialect="tinker", retry=FAST_RETRY) as session:
         client = await session.create_training_client(MODEL, lora_rank=4)
-        pendings = []
+        pendings: list[Pending[object]] = []
         for step in range(steps):
             fb = client.forward_backward(step_batch(step), "cross_entropy")
             pendings.append(fb)
             pendings.append(client.optim_step(ADAM))
             if step in cancel_at:
-                with anyio.move_on_after(rng.random() * 0.002):
+                with anyio.move_on_after(rng.random() * 0.002) as scope:
                     await fb
+                cancelled += scope.cancelled_caught
             if step % 25 == 24:  # keep a bounded window in flight, like a real loop
                 await pendings[-1]
         for p in pendings:
             await p
+        # Most of the waits really were cancelled mid-operation (else nothing was tested).
+        assert cancelled >= cancel_waits // 4, (cancelled, cancel_waits)
         out = await client.forward(PROBE, "cross_entropy")
         probe = np.asarray(out.loss_fn_outputs[0]["logprobs"].to_numpy()).tobytes()
     return probe, dict(trainer.stats()["optim_steps_applied"])
@@ -113,7 +118,7 @@ I64 = np.int64
 MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     ("empty batch", lambda c: c.forward_backward([], "cross_entropy"), "data"),
     ("unknown loss", lambda c: c.forward_backward([GOOD], "hinge"), "loss_fn"),
-    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "datum"),
+    ("not a datum", lambda c: c.forward_backward([{"x": 1}], "cross_entropy"), "datum"),  # type: ignore[list-item]
     (
         "missing weights",
         lambda c: c.forward_backward(
@@ -178,7 +183,9 @@ MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     (
         "bad config value",
         lambda c: c.forward_backward(
-            [rl_datum([1, 2], [3], [-1.0], 1.0)], "ppo", {"clip_low_threshold": [0.8]}
+            [rl_datum([1, 2], [3], [-1.0], 1.0)],
+            "ppo",
+            {"clip_low_threshold": [0.8]},  # type: ignore[dict-item]
         ),
         "clip_low_threshold",
     ),
@@ -205,9 +212,9 @@ MALFORMED: list[tuple[str, Callable[[TrainingClient], Any], str]] = [
     ),
     (
         "unknown snapshot type",
-        lambda c: c.save_weights_for_sampler_ext("s", checkpoint_type="full"),
+        lambda c: c.save_weights_for_sampler_ext("s", checkpoint_type="full"),  # type: ignore[arg-type]
         "checkpoint_type",
-    ),  # type: ignore[arg-type]
+    ),
     ("negative lr", lambda c: c.optim_step(types.AdamParams(learning_rate=-1.0)), "learning_rate"),
     ("beta1 of 1", lambda c: c.optim_step(types.AdamParams(beta1=1.0)), "beta1"),
     ("nan eps", lambda c: c.optim_step(types.AdamParams(eps=float("nan"))), "eps"),
@@ -348,7 +355,7 @@ async def test_a_lost_submission_fails_later_operations_instead_of_hanging(
         trainer.base_url, dialect=dialect, retry=retry, transport=lose
     ) as session:
         client = await session.create_training_client(MODEL, lora_rank=3)
-        pendings = []
+        pendings: list[Pending[object]] = []
         for step in range(4):  # seq ids 1..8: fwd/bwd odd, optim_step even
             pendings.append(client.forward_backward(step_batch(step), "cross_entropy"))
             pendings.append(client.optim_step(ADAM))

@@ -11,14 +11,12 @@ Example::
     async with LocalTrainer(seed=0) as lt:
         print(lt.base_url)
 
-``sft_datum`` / ``rl_datum`` build training data for the byte model from text, and
-:class:`Recorder` is a recording proxy that shows what a client puts on the wire.
+``sft_datum`` / ``rl_datum`` build training data for the byte model from text.
 """
 
 from __future__ import annotations
 
 from ._datums import encode_text, rl_datum, sft_datum
-from ._recorder import Recorder
 from ._trainer import LocalTrainer
 
-__all__ = ["LocalTrainer", "Recorder", "encode_text", "rl_datum", "sft_datum"]
+__all__ = ["LocalTrainer", "encode_text", "rl_datum", "sft_datum"]

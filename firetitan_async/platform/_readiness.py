@@ -42,6 +42,7 @@ from ..errors import (
     ReadinessTimeout,
     SessionClosed,
     TrainerJobFailed,
+    UsageError,
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
@@ -181,7 +182,7 @@ class ReadinessPoller:
         called once.
         """
         if self._started:
-            raise RuntimeError("ReadinessPoller.run() can be called only once")
+            raise UsageError("ReadinessPoller.run() can be called only once")
         self._started = True
         done = self._event()
         try:

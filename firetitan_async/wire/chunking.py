@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tinker import types
 
+from .._sdk_private import tensor_array
 from ..errors import ProtocolError
 
 __all__ = ["estimate_datum_bytes", "merge_outputs", "split_batch"]
@@ -55,7 +56,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
         else:
             total += chunk.length * _BYTES_PER_TOKEN
     for td in datum.loss_fn_inputs.values():
-        total += td._numpy.nbytes
+        total += tensor_array(td).nbytes
         if td.sparse_crow_indices is not None:
             total += _BYTES_PER_SPARSE_INDEX * len(td.sparse_crow_indices)
         if td.sparse_col_indices is not None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from tinker import types
 
+from .._sdk_private import tensor_array
 from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest
 from .chunking import split_batch
@@ -189,7 +190,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
         else:
             total += chunk.length * _BYTES_PER_VALUE
     for td in datum.loss_fn_inputs.values():
-        total += int(td._numpy.size) * _BYTES_PER_VALUE
+        total += int(tensor_array(td).size) * _BYTES_PER_VALUE
     return total
 
 
@@ -206,7 +207,7 @@ def split(data: Sequence[types.Datum]) -> list[list[types.Datum]]:
 
 
 def _tensor_json(td: types.TensorData) -> dict[str, Any]:
-    out: dict[str, Any] = {"data": td._numpy.reshape(-1).tolist(), "dtype": td.dtype}
+    out: dict[str, Any] = {"data": tensor_array(td).reshape(-1).tolist(), "dtype": td.dtype}
     if td.shape is not None:
         out["shape"] = list(td.shape)
     if td.sparse_crow_indices is not None:

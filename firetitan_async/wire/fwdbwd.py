@@ -28,6 +28,7 @@ from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.types.tensor_dtype import TensorDtype
 
+from .._sdk_private import tensor_array
 from ..errors import InvalidInput, ProtocolError
 
 __all__ = ["decode_forward_backward_output", "encode_forward_backward_request"]
@@ -156,7 +157,7 @@ def _write_tensor(out: Any, td: types.TensorData, name: str, index: int) -> None
     out.dtype = proto_dtype
     if td.shape is not None:
         out.shape.extend(td.shape)
-    arr = td._numpy
+    arr = tensor_array(td)
     if arr.dtype != np_dtype:
         arr = arr.astype(np_dtype)
     if td.sparse_crow_indices is not None:

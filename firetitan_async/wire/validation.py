@@ -22,6 +22,7 @@ import attrs
 import numpy as np
 from tinker import types
 
+from .._sdk_private import tensor_array
 from ..errors import InvalidInput
 
 __all__ = [
@@ -159,7 +160,7 @@ def validate_forward_backward(
         for name, td in inputs.items():
             _check_input_tensor(name, td, n_tokens, index)
             if name in _MUST_BE_FINITE or name == "target_tokens":
-                deferred.setdefault(name, []).append((index, td._numpy))
+                deferred.setdefault(name, []).append((index, tensor_array(td)))
     for name, arrays in deferred.items():
         _check_values(name, arrays)
 
@@ -279,7 +280,7 @@ def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) ->
         raise InvalidInput(field, f"dtype {td.dtype!r} is not float32 or int64", index=index)
     if want is not None and td.dtype != want:
         raise InvalidInput(field, f"must be {want}, got {td.dtype}", index=index)
-    values = td._numpy
+    values = tensor_array(td)
     if td.sparse_crow_indices is not None:
         _check_sparse(field, td, index)
     else:
@@ -305,7 +306,7 @@ def _check_sparse(field: str, td: types.TensorData, index: int) -> None:
         raise InvalidInput(
             field, f"has {len(crow)} crow indices for {shape[0]} rows (want rows+1)", index=index
         )
-    nnz = td._numpy.size
+    nnz = tensor_array(td).size
     if len(col) != nnz or (len(crow) and (crow[0] != 0 or crow[-1] != nnz)):
         raise InvalidInput(field, f"CSR indices do not match its {nnz} stored values", index=index)
 

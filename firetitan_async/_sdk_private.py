@@ -1,0 +1,29 @@
+"""Every private part of the tinker SDK that firetitan_async reads, in one place.
+
+When a tinker release moves one of these, this module is the one to fix (and the fidelity
+tests say so first).
+
+Example::
+
+    from firetitan_async._sdk_private import APIFuture, tensor_array
+
+    tensor_array(types.TensorData(data=[1, 2], dtype="int64", shape=[2]))   # array([1, 2])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tinker.lib.public_interfaces.api_future import APIFuture
+
+__all__ = ["APIFuture", "tensor_array"]
+
+
+def tensor_array(td: Any) -> np.ndarray:
+    """The numpy array a ``TensorData`` (tinker's or the Fireworks SDK's) holds, uncopied.
+
+    ``to_numpy()`` would do, but copies: the private ``_numpy`` is the array itself.
+    """
+    array: np.ndarray = td._numpy
+    return array
