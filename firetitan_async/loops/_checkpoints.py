@@ -30,8 +30,8 @@ from tinker import types
 from .._pending import Pending
 from .._session import ServiceSession
 from .._training import TrainingClient
-from ..wire.validation import validate_tinker_path
 from ..errors import InvalidInput
+from ..wire.validation import validate_tinker_path
 
 __all__ = ["CheckpointManager", "CheckpointStore", "SaveRecord", "TrainerCheckpoints"]
 
