@@ -4,12 +4,15 @@ The whole job of the Fireworks conformance suite (``test_conformance_fireworks_c
 runs twice, each time on a fresh key-protected ``LocalTrainer`` with a warm-up and the same
 seed: once through ``firetitan_async`` (``TrainerJobs`` + ``ServiceSession.from_job``, dialect
 fireworks) under asyncio and trio, once through the unmodified Fireworks SDK (sync,
-``TrainerJobManager`` + ``FiretitanServiceClient``). Job create → ready → create the training
-client → 5 pipelined ``forward_backward`` + ``optim_step`` with the loss falling → ``forward``
-→ optim extras → sampler snapshots (base, then the automatic delta) → ``save_state`` →
-``list_checkpoints`` → a second job resumes from the first one's state by ``cross_job://`` and
-reproduces its next steps → control-plane checkpoint listing and promotion → ``unload_model``
-→ ``resume_and_wait`` and ``reconnect_and_wait`` on a failed job → delete.
+``TrainerJobManager`` + ``FiretitanServiceClient``).
+
+Job create (again: a 409 adopts it) → ready → create the training client → 5 pipelined
+``forward_backward`` + ``optim_step`` with the loss falling → ``forward`` → optim extras →
+sampler snapshots (base, then the automatic delta) → ``save_state`` → ``list_checkpoints`` →
+a second job resumes from the first one's state by ``cross_job://`` and reproduces its next
+steps → control-plane checkpoint listing and promotion → ``unload_model`` →
+``resume_and_wait`` and ``reconnect_and_wait`` on a failed job → delete (the checkpoints stay
+listed, the id cannot be reused).
 
 Same server, same seed, same order: the losses of the two runs must be bit-identical.
 """
@@ -87,6 +90,8 @@ def sdk_flow(lt: LocalTrainer) -> list[float]:
     first = mgr.create(sdk.TrainerJobConfig(base_model=MODEL_NAME, lora_rank=0)).job_id
     endpoint = mgr.wait_for_ready(first, poll_interval_s=POLL_S, timeout_s=20)
     assert time.monotonic() - started >= WARMUP_S
+    again = sdk.TrainerJobConfig(base_model=MODEL_NAME, requested_job_id=first)
+    assert mgr.create(again).job_id == first  # a 409 adopts the job
     service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=KEY)
     tc = service.create_training_client(MODEL_NAME, lora_rank=0, seed=CLIENT_SEED)
     pipelined = [
@@ -152,6 +157,9 @@ def sdk_flow(lt: LocalTrainer) -> list[float]:
     for job in (first, second):
         mgr.delete(job)
     assert mgr.try_get(first)["state"] == "JOB_STATE_DELETED"
+    assert len(mgr.list_checkpoints(first)) == 3  # a deleted job's checkpoints stay listed
+    with pytest.raises(RuntimeError, match="cannot be recreated"):
+        mgr.create(again)
     mgr.close()
     return losses
 
@@ -201,6 +209,8 @@ async def our_flow(lt: LocalTrainer) -> list[float]:
         started = anyio.current_time()
         first = (await jobs.create(TrainerJobConfig(base_model=MODEL_NAME, lora_rank=0))).job_id
         assert JOB_ID_RE.fullmatch(first)
+        again = TrainerJobConfig(base_model=MODEL_NAME, requested_job_id=first)
+        assert (await jobs.create(again)).job_id == first  # a 409 adopts the job
         async with ServiceSession.from_job(jobs, first, poll_interval_s=POLL_S) as session:
             tc = await session.create_training_client(MODEL_NAME, lora_rank=0, seed=CLIENT_SEED)
             assert anyio.current_time() - started >= WARMUP_S
@@ -276,6 +286,9 @@ async def our_flow(lt: LocalTrainer) -> list[float]:
             await jobs.delete(job)
         deleted = await jobs.try_get(first)
         assert deleted is not None and deleted.is_tombstone
+        assert len(await jobs.list_checkpoints(first)) == 3  # still listed
+        with pytest.raises(TrainerJobFailed, match="cannot be reused"):
+            await jobs.create(again)
     return losses
 
 
