@@ -31,6 +31,7 @@ import pytest
 from fireworks.training import sdk
 from fireworks.training.sdk import FiretitanServiceClient, TrainerJobManager
 from test_conformance_fireworks_control import ADAM, BATCH, KEY, POLL_S, TEXTS, WARMUP_S, _fail
+from test_conformance_fireworks_control import _step as _conformance_step
 
 from firetitan_async import (
     FiretitanError,
@@ -74,14 +75,6 @@ def _check_rows(rows: list[tuple[str, str, bool]], snapshots: list[str]) -> None
 # -- through the Fireworks SDK (sync) ---------------------------------------------------------
 
 
-def _sdk_step(client: sdk.FiretitanTrainingClient) -> float:
-    fb = client.forward_backward(BATCH, "cross_entropy")
-    step = client.optim_step(ADAM)
-    loss = float(fb.result(timeout=30).metrics["loss:sum"])
-    step.result(timeout=30)
-    return loss
-
-
 def sdk_flow(lt: LocalTrainer) -> list[float]:
     """The flow through the unmodified Fireworks SDK; returns every loss, in order."""
     losses: list[float] = []
@@ -122,7 +115,7 @@ def sdk_flow(lt: LocalTrainer) -> list[float]:
     snapshots = [tc.save_weights_for_sampler_ext(n).snapshot_name for n in ("snap-a", "snap-b")]
     tc.save_state("state-a").result()
     assert "state-a" in tc.list_checkpoints()
-    losses += [_sdk_step(tc) for _ in range(2)]
+    losses += [_conformance_step(tc) for _ in range(2)]
     service.close()
 
     second = mgr.create(sdk.TrainerJobConfig(base_model=MODEL_NAME, lora_rank=0)).job_id
@@ -134,7 +127,7 @@ def sdk_flow(lt: LocalTrainer) -> list[float]:
     tc2.load_state_with_optimizer(
         tc2.resolve_checkpoint_path("state-a", source_job_id=first)
     ).result(timeout=30)
-    resumed = [_sdk_step(tc2) for _ in range(2)]
+    resumed = [_conformance_step(tc2) for _ in range(2)]
     assert resumed == losses[-2:]
     losses += resumed
 
