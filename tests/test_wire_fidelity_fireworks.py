@@ -5,9 +5,10 @@ One script runs twice, each time against its own key-protected ``LocalTrainer`` 
 behind a :class:`~firetitan_async.local.Recorder`: through the unmodified Fireworks Training
 SDK (1.2.30, sync: ``TrainerJobManager`` and ``FiretitanServiceClient``) and through
 ``firetitan_async`` (``TrainerJobs`` and ``ServiceSession``, dialect fireworks; asyncio and
-trio). The job is created and waited for through the control plane, the data-plane script runs
-through the job's trainer gateway URL, then the control plane lists and promotes the
-checkpoints the script saved, resumes, reconnects, deletes.
+trio). The jobs (a full-parameter one, and a LoRA one on a training shape: a trainer serves
+clients of its job's LoRA rank) are created and waited for through the control plane, the
+data-plane script runs through their trainer gateway URLs, then the control plane lists and
+promotes the checkpoints the script saved, resumes, reconnects, deletes.
 
 The recordings are cut into the script's steps, normalised (job, session and request ids, the
 random snapshot suffix, timing headers, the number of long-poll rounds, the timer-driven
