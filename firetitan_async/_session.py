@@ -170,7 +170,8 @@ class ServiceSession:
         RUNNING and its healthz answers 200 (the rules of :meth:`TrainerJobs.wait_for_ready`) —
         raising :class:`TrainerJobFailed` at once if it fails and :class:`ReadinessTimeout`
         after ``timeout_s`` — then talks to the trainer through the job's gateway URL, retrying
-        creation while the trainer still warms up (503, connection refused).
+        creation while the trainer still warms up (503, connection refused). ``api_key``
+        defaults to the key ``jobs`` uses.
 
         Example::
 
@@ -185,6 +186,8 @@ class ServiceSession:
         if session_kwargs.get("dialect", "fireworks") not in ("auto", "fireworks"):
             raise InvalidInput("dialect", "a trainer job speaks the fireworks dialect only")
         session_kwargs["dialect"] = "fireworks"
+        if api_key is None:  # the gateway takes the control plane's key
+            api_key = jobs._rest.api_key
         session = cls("", api_key=api_key, **session_kwargs)
         session._poller = ReadinessPoller(
             jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s

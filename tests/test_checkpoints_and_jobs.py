@@ -187,3 +187,19 @@ async def test_cross_job_resume_reproduces_the_next_step() -> None:
     assert resumed_loss["loss:sum"] == expected_loss["loss:sum"]
     for ours, theirs in zip(resumed_probe.loss_fn_outputs, probe.loss_fn_outputs, strict=True):
         assert ours["logprobs"].to_numpy().tobytes() == theirs["logprobs"].to_numpy().tobytes()
+
+
+async def test_from_job_sends_the_control_planes_key_to_the_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session defaults to the key of its ``TrainerJobs`` (not to the environment's)."""
+    monkeypatch.setenv("FIREWORKS_API_KEY", "fw-some-other-key-000")
+    key = "fw-the-jobs-key-0123456789"
+    async with (
+        LocalTrainer(api_key=key) as lt,
+        TrainerJobs(key, base_url=lt.control_plane_url) as jobs,
+    ):
+        created = await jobs.create(CONFIG)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            assert (await client.forward(batch(0), "cross_entropy")).metrics["loss:sum"] > 0

@@ -512,6 +512,25 @@ def test_cross_job_refs_follow_the_sdk(job: str, name: str) -> None:
         assert cross_job_ref(job, name) == expected
 
 
+@pytest.mark.parametrize(
+    ("job", "name", "field"),
+    [
+        ("a/b", "step-4", "source_job_id"),
+        ("", "step-4", "source_job_id"),
+        ("accounts/a/rlorTrainerJobs/j", "step-4", "source_job_id"),
+        ("Old", "step-4", "source_job_id"),
+        ("old-job", "Step 4", "checkpoint_name"),
+        ("old-job", "a/b", "checkpoint_name"),
+    ],
+)
+def test_a_bad_cross_job_part_is_named(job: str, name: str, field: str) -> None:
+    from firetitan_async.wire.fireworks import cross_job_ref
+
+    with pytest.raises(InvalidInput) as caught:
+        cross_job_ref(job, name)
+    assert caught.value.field == field
+
+
 def test_datum_json_is_the_sdks_json() -> None:
     """The datum JSON the Fireworks SDK sent in the recorded run (see the fidelity test)."""
 

@@ -563,15 +563,25 @@ def validate_checkpoint_ref(ref: str, *, field: str = "path") -> str:
 
 
 def cross_job_ref(source_job_id: str, checkpoint_name: str) -> str:
-    """``cross_job://<source_job_id>/<checkpoint_name>``, each part one DNS label.
+    """``cross_job://<source_job_id>/<checkpoint_name>``, each part one DNS label; a bad part
+    raises :class:`InvalidInput` naming it (``source_job_id`` or ``checkpoint_name``).
 
     Example::
 
         cross_job_ref("old-job", "step-4")   # "cross_job://old-job/step-4"
     """
-    return validate_checkpoint_ref(
-        f"{_CROSS_JOB}{source_job_id}/{checkpoint_name}", field="checkpoint_name"
-    )
+    try:
+        return validate_checkpoint_ref(
+            f"{_CROSS_JOB}{source_job_id}/{checkpoint_name}", field="checkpoint_name"
+        )
+    except InvalidInput:
+        job = source_job_id.strip() if isinstance(source_job_id, str) else ""
+        if not _DNS_LABEL.fullmatch(job):
+            raise InvalidInput(
+                "source_job_id",
+                f"must be a bare trainer job id (one DNS label), got {source_job_id!r}",
+            ) from None
+        raise
 
 
 def normalize_choice(
