@@ -1,26 +1,30 @@
 """The RL demo behind ``firetitan-async demo``: a tiny byte model learns to say a word.
 
-Everything runs against an embedded :class:`~firetitan_async.local.LocalTrainer` and goes
-through the same path as a real Fireworks trainer: create a trainer job on the control plane,
+Everything runs against an embedded :class:`~firetitan_async.local.LocalTrainer` and, by
+default, takes the shape of an RL run on Fireworks: create a trainer job on the control plane,
 wait for it to become RUNNING (with a progress display), open a
-:meth:`ServiceSession.from_job <firetitan_async.ServiceSession.from_job>` session, then run a
-pipelined RL loop:
+:meth:`ServiceSession.from_job <firetitan_async.ServiceSession.from_job>` session, create an
+inference deployment and wait for it, then run a pipelined RL loop:
 
-* sample groups of completions of ``"Say: "`` from the latest sampler snapshot;
+* sample groups of completions of ``"Say: "`` from the deployment (its completions API, token
+  ids in, token ids and logprobs out; each reply names the snapshot that served it);
 * reward = fraction of the first ``len(target)`` bytes that match the target word, position by
   position. Credit is given per position: a token's advantage is its own match (1 or 0) minus
   the group's mean match at that position, so a lucky ``"a"`` is reinforced without also
   reinforcing the random bytes after it (with one advantage per sequence the policy tends to
   lock onto those and stop exploring);
 * ``importance_sampling`` (or ``ppo``) ``forward_backward`` with the sampler's logprobs, then
-  ``optim_step``, then a sampler snapshot (``base`` first and every ``base_every`` steps,
-  ``delta`` in between);
+  ``optim_step``, then the weights are published: a sampler snapshot (``base`` first and every
+  ``base_every`` steps, ``delta`` in between) hot-loaded into the deployment;
 * while that update runs on the trainer, the next batch is already being sampled from the
-  previous snapshot (one step of staleness, corrected by the importance ratio).
+  previous version (at most one step of staleness, corrected by the importance ratio).
 
 The loop is :func:`firetitan_async.loops.run_rl` with a
-:class:`~firetitan_async.loops.TrainerSampler`; :class:`DemoTask` holds the task's rollout and
-advantage functions (picklable: the Ray test runs them in actor workers).
+:class:`~firetitan_async.loops.DeploymentPolicy`. With ``dialect="tinker"`` (Tinker has no
+trainer jobs or deployments) it opens a tinker-dialect session on the trainer and samples
+from the trainer's own sampler snapshots (:class:`~firetitan_async.loops.TrainerSampler`).
+:class:`DemoTask` holds the task's rollout and advantage functions (picklable: the Ray test
+runs them in actor workers).
 
 Example::
 
@@ -31,23 +35,41 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Literal
 
 import anyio
 import attrs
+import httpx
 import numpy as np
 from tinker import types
 
+from ._deployment_sampler import DeploymentSampler
 from ._sampling import SamplingClient
-from ._session import ServiceSession
+from ._session import ServiceSession, resolve_dialect
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from .errors import InvalidInput
 from .local import LocalTrainer
 from .local._datums import encode_text
-from .loops import RLStep, Rollout, TrainerSampler, run_rl
-from .platform import ReadinessPoller, ReadinessProgress, TrainerJobConfig, TrainerJobs
+from .loops import (
+    DeploymentPolicy,
+    DeploymentPolicySampler,
+    RLStep,
+    Rollout,
+    TrainerSampler,
+    run_rl,
+)
+from .platform import (
+    DeploymentConfig,
+    Deployments,
+    ReadinessPoller,
+    ReadinessProgress,
+    TrainerJobConfig,
+    TrainerJobs,
+    WeightPublisher,
+)
 
 __all__ = [
     "Completion",
@@ -60,17 +82,22 @@ __all__ = [
 ]
 
 MODEL = "local/tiny-byte-lm"
+DEPLOYMENT = "demo-rollouts"
 _EOS = 256
+
+#: What a rollout samples from: the deployment (fireworks) or the trainer (tinker).
+DemoSampler = SamplingClient | DeploymentPolicySampler
 
 
 @attrs.frozen
 class DemoConfig:
-    """Knobs of the demo; ``firetitan-async demo`` exposes steps, target, loss, seed, latency
-    and warm-up. The defaults reach a mean reward near 1.0 in about 15 steps for most seeds.
+    """Knobs of the demo; ``firetitan-async demo`` exposes steps, target, loss, seed, latency,
+    warm-up and dialect. The defaults reach a mean reward near 1.0 in about 15 steps for most
+    seeds.
 
     Example::
 
-        DemoConfig(steps=12, latency_s=0.05, loss_fn="ppo")
+        DemoConfig(steps=12, latency_s=0.05, loss_fn="ppo", dialect="tinker")
     """
 
     steps: int = 30
@@ -94,6 +121,10 @@ class DemoConfig:
     poll_interval_s: float = 0.1
     #: Samples shown before and after training.
     show_samples: int = 4
+    #: ``"fireworks"``: a trainer job and a deployment, rollouts from the deployment;
+    #: ``"tinker"``: a tinker-dialect session, rollouts from the trainer's sampler snapshots;
+    #: ``"auto"``: the dialect a session would pick for the local trainer (``fireworks``).
+    dialect: Literal["auto", "fireworks", "tinker"] = "fireworks"
 
     def __attrs_post_init__(self) -> None:
         if self.steps < 1:
@@ -104,6 +135,10 @@ class DemoConfig:
             raise InvalidInput("group_size", "must be >= 2 (advantages are relative to the group)")
         if self.groups_per_step < 1 or self.base_every < 1:
             raise InvalidInput("groups_per_step", "groups_per_step and base_every must be >= 1")
+        if self.dialect not in ("auto", "fireworks", "tinker"):
+            raise InvalidInput(
+                "dialect", f"must be auto, fireworks or tinker, got {self.dialect!r}"
+            )
 
 
 @attrs.frozen
@@ -117,8 +152,14 @@ class DemoRow:
     #: Operations in flight while the step's update ran: the update itself (3) plus the
     #: most sample requests in flight beside it.
     in_flight: int
+    #: The snapshot this step published (policy version ``step``).
     snapshot: SamplerSnapshot
     elapsed_s: float
+    #: The policy version the step published (its weights after the update) ...
+    published: int = 0
+    #: ... and the versions that served its rollouts (what the deployment, or the trainer's
+    #: sampler, said produced the tokens): at most one behind ``published - 1``.
+    served: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -130,7 +171,8 @@ class DemoResult:
         assert result.last_reward > result.first_reward
     """
 
-    job_id: str
+    #: The trainer job (None in the tinker dialect: no control plane).
+    job_id: str | None
     rows: tuple[DemoRow, ...]
     samples_before: tuple[str, ...]
     samples_after: tuple[str, ...]
@@ -138,6 +180,12 @@ class DemoResult:
     reward_before: float
     reward_after: float
     wall_s: float
+    dialect: Literal["fireworks", "tinker"] = "fireworks"
+    #: The deployment's name (None in the tinker dialect).
+    deployment: str | None = None
+    #: Hot-loads and completion requests the local deployment counted.
+    hotloads: int = 0
+    completions: int = 0
 
     @property
     def first_reward(self) -> float:
@@ -174,6 +222,8 @@ class Completion:
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
     matches: tuple[float, ...]
+    #: The policy version that produced it, when the sampler says (a deployment does).
+    served: int | None = None
 
     @property
     def reward(self) -> float:
@@ -206,19 +256,30 @@ class DemoTask:
             max_tokens=len(self.target), temperature=self.temperature, seed=seed
         )
 
-    async def rollout(self, sampler: SamplingClient, seed: int) -> list[Completion]:
-        """One group: ``group_size`` completions of the prompt, scored per position."""
+    async def rollout(self, sampler: DemoSampler, seed: int) -> list[Completion]:
+        """One group: ``group_size`` completions of the prompt, scored per position, from
+        the trainer's sampler or a deployment (one request either way)."""
+        if isinstance(sampler, DeploymentPolicySampler):
+            completions = await sampler.sample(
+                list(self.prompt), n=self.group_size, max_tokens=len(self.target),
+                temperature=self.temperature, logprobs=True, seed=seed,
+            )
+            return [
+                self._scored(c.tokens, c.logprobs, sampler.version_of(c)) for c in completions
+            ]
         out = await sampler.sample(
             types.ModelInput.from_ints(list(self.prompt)), self.group_size, self.params(seed)
         )
-        group = []
-        for seq in out.sequences:
-            assert seq.logprobs is not None, "the sampler returned no logprobs"
-            matches = [0.0] * len(self.target)
-            for t, (got, want) in enumerate(zip(seq.tokens, self.target, strict=False)):
-                matches[t] = float(got == want)
-            group.append(Completion(tuple(seq.tokens), tuple(seq.logprobs), tuple(matches)))
-        return group
+        return [self._scored(seq.tokens, seq.logprobs, None) for seq in out.sequences]
+
+    def _scored(
+        self, tokens: Sequence[int], logprobs: Sequence[float] | None, served: int | None
+    ) -> Completion:
+        assert logprobs is not None, "the sampler returned no logprobs"
+        matches = [0.0] * len(self.target)
+        for t, (got, want) in enumerate(zip(tokens, self.target, strict=False)):
+            matches[t] = float(got == want)
+        return Completion(tuple(tokens), tuple(logprobs), tuple(matches), served)
 
     def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
         """Per-position advantages: a token's match minus the group's mean match there."""
@@ -265,7 +326,7 @@ class _Demo:
         self.sampling = 0  # sample requests in flight
         self.peak = 0  # their peak since the current step's update was submitted
         self.beside_update = 0  # that peak when the update's snapshot was published
-        self.publisher: TrainerSampler | None = None
+        self.publisher: TrainerSampler | DeploymentPolicy | None = None
 
     def seeds(self) -> Iterator[int]:
         """One sampling seed per group, in ticket order (step by step, group by group)."""
@@ -274,7 +335,7 @@ class _Demo:
             for group in range(cfg.groups_per_step):
                 yield (cfg.seed * 1_000_003 + step * 1_009 + group) % (2**31)
 
-    async def rollout(self, sampler: SamplingClient, seed: int) -> list[Completion]:
+    async def rollout(self, sampler: DemoSampler, seed: int) -> list[Completion]:
         self.sampling += 1
         self.peak = max(self.peak, self.sampling)
         try:
@@ -282,18 +343,27 @@ class _Demo:
         finally:
             self.sampling -= 1
 
-    async def publish(self, version: int) -> SamplingClient:
-        """The demo's publisher: the trainer's sampler, noting the sampling beside the update."""
+    async def publish(self, version: int) -> DemoSampler:
+        """The demo's publisher: the trainer's sampler or the deployment (once it serves the
+        version), noting the sampling beside the update."""
         assert self.publisher is not None
-        sampler = await self.publisher.publish(version)  # returns once the update is done
+        sampler: DemoSampler = await self.publisher.publish(version)  # the update is done
         self.beside_update = self.peak
         return sampler
+
+    def snapshot(self, version: int) -> SamplerSnapshot:
+        """The snapshot published as ``version`` (the latest one, for the trainer's sampler)."""
+        if isinstance(self.publisher, DeploymentPolicy):
+            v = self.publisher.published[version]
+            return SamplerSnapshot(v.snapshot, v.path, v.checkpoint_type)
+        assert self.publisher is not None and self.publisher.last_snapshot is not None
+        return self.publisher.last_snapshot
 
     def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
         self.peak = self.sampling  # the step's update is submitted right after this
         return self.task.to_datums(rollouts)
 
-    async def samples(self, sampler: SamplingClient, version: int) -> tuple[tuple[str, ...], float]:
+    async def samples(self, sampler: DemoSampler, version: int) -> tuple[tuple[str, ...], float]:
         n = max(self.config.show_samples, 16)
         task = attrs.evolve(self.task, group_size=n)
         group = await task.rollout(sampler, self.config.seed + 7)
@@ -301,21 +371,82 @@ class _Demo:
         return shown, float(np.mean([c.reward for c in group]))
 
     async def train(
-        self, session: ServiceSession, client: TrainingClient, job_id: str, started: float
+        self,
+        session: ServiceSession,
+        client: TrainingClient,
+        job_id: str | None,
+        started: float,
+        control_plane_url: str | None = None,
+    ) -> DemoResult:
+        """Train; through a deployment on ``control_plane_url`` (the local trainer's), or, with
+        None, sampling from the trainer."""
+        if control_plane_url is None:
+            self.publisher = TrainerSampler(
+                session, client, prefix="demo", base_every=self.config.base_every
+            )
+            result = await self._train(client, job_id, started)
+            return attrs.evolve(result, dialect="tinker")
+        async with self._deployment(client, control_plane_url) as policy:
+            self.publisher = policy
+            result = await self._train(client, job_id, started)
+        stats = await _inference_stats(control_plane_url)
+        return attrs.evolve(
+            result,
+            deployment=policy.sampler.model,
+            hotloads=int(stats["hotloads"]),
+            completions=int(stats["completions"]),
+            wall_s=time.monotonic() - started,
+        )
+
+    @asynccontextmanager
+    async def _deployment(
+        self, client: TrainingClient, control_plane_url: str
+    ) -> AsyncIterator[DeploymentPolicy]:
+        """A deployment (created, waited for), its weight publisher and its sampler."""
+        cfg = self.config
+        async with Deployments(base_url=control_plane_url) as deployments:
+            info = await deployments.create_or_get(DeploymentConfig(DEPLOYMENT, MODEL))
+            self.emit(f"created deployment {info.name}")
+            waited = time.monotonic()
+            info = await deployments.wait_for_ready(
+                DEPLOYMENT, poll_interval_s=cfg.poll_interval_s, timeout_s=60.0
+            )
+            self.emit(f"  deployment {info.state} after {time.monotonic() - waited:.2f}s")
+            if cfg.latency_s:  # the local deployment's own reply latency, like the trainer's
+                await _set_inference_latency(control_plane_url, cfg.latency_s)
+            async with (
+                WeightPublisher(
+                    client, deployments, DEPLOYMENT, base_model=MODEL,
+                    base_every=cfg.base_every, poll_interval_s=cfg.poll_interval_s,
+                ) as weights,
+                DeploymentSampler(
+                    deployments.inference_url, info.inference_model,
+                    api_key=deployments.api_key, concurrency=2 * cfg.groups_per_step,
+                ) as completions,
+            ):
+                yield DeploymentPolicy(weights, completions, prefix="demo")
+
+    async def _train(
+        self, client: TrainingClient, job_id: str | None, started: float
     ) -> DemoResult:
         cfg = self.config
-        publisher = TrainerSampler(session, client, prefix="demo", base_every=cfg.base_every)
-        self.publisher = publisher
         rows: list[DemoRow] = []
 
         def on_step(step: RLStep[int, Completion]) -> None:
-            snapshot = publisher.last_snapshot
-            assert snapshot is not None
+            snapshot = self.snapshot(step.step)
             completions = [c for r in step.rollouts for c in r.group]
             n_tokens = sum(len(c.tokens) for c in completions)
             # The step's update (forward_backward, optim_step, snapshot) and the most
             # sample requests in flight beside it.
             in_flight = 3 + self.beside_update
+            # What served the rollouts: the deployment says per completion; the trainer's
+            # sampler served the version each rollout was started under.
+            said = {c.served for c in completions}
+            served = (
+                tuple(sorted(v for v in said if v is not None))
+                if None not in said
+                else tuple(sorted({r.version for r in step.rollouts}))
+            )
             row = DemoRow(
                 step=step.step,
                 loss=step.metrics.get("loss:sum", float("nan")) / max(1, n_tokens),
@@ -323,13 +454,20 @@ class _Demo:
                 in_flight=in_flight,
                 snapshot=snapshot,
                 elapsed_s=time.monotonic() - started,
+                published=step.version + 1,
+                served=served,
             )
             rows.append(row)
             if step.step == 1:
                 self.emit("")
-                self.emit(f"{'step':>4}  {'loss':>8}  {'reward':>6}  {'in flight':>9}  snapshot")
+                self.emit(
+                    f"{'step':>4}  {'loss':>8}  {'reward':>6}  {'in flight':>9}  "
+                    f"{'published / served':>18}  snapshot"
+                )
+            shown = str(served[0]) if served[0] == served[-1] else f"{served[0]}-{served[-1]}"
             self.emit(
                 f"{row.step:>4}  {row.loss:>8.4f}  {row.mean_reward:>6.3f}  {in_flight:>9}  "
+                f"{row.published:>9} / {shown:<6}  "
                 f"{snapshot.checkpoint_type:<5} {snapshot.snapshot_name}"
             )
 
@@ -367,6 +505,21 @@ class _Demo:
         )
 
 
+async def _inference_stats(local_url: str) -> dict[str, int]:
+    """The local deployment's counters (``GET /_local/inference/stats``, a local test hook)."""
+    async with httpx.AsyncClient(base_url=local_url) as http:
+        response = await http.get("/_local/inference/stats")
+        response.raise_for_status()
+        stats: dict[str, int] = response.json()
+        return stats
+
+
+async def _set_inference_latency(local_url: str, latency_s: float) -> None:
+    async with httpx.AsyncClient(base_url=local_url) as http:
+        response = await http.post("/_local/inference/config", json={"latency_s": latency_s})
+        response.raise_for_status()
+
+
 async def run_demo(
     config: DemoConfig | None = None, *, emit: Callable[[str], None] = print
 ) -> DemoResult:
@@ -385,6 +538,10 @@ async def run_demo(
     started = time.monotonic()
     async with LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed) as lt:
         emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
+        if resolve_dialect(cfg.dialect, lt.base_url, None) == "tinker":
+            result = await _run_tinker(demo, lt, started)
+            _summary(result, cfg.prompt, emit)
+            return result
         async with TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url) as jobs:
             created = await jobs.create(
                 TrainerJobConfig(
@@ -405,9 +562,20 @@ async def run_demo(
                 # Gated by the session's own readiness poller: returns once the job is RUNNING.
                 client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
                 emit(f"training client {client.model_id} on session {session.session_id}")
-                result = await demo.train(session, client, created.job_id, started)
+                result = await demo.train(
+                    session, client, created.job_id, started, lt.control_plane_url
+                )
     _summary(result, cfg.prompt, emit)
     return result
+
+
+async def _run_tinker(demo: _Demo, lt: LocalTrainer, started: float) -> DemoResult:
+    """The tinker dialect: no trainer job, no deployment; rollouts from the trainer."""
+    cfg = demo.config
+    async with ServiceSession(lt.base_url, dialect="tinker") as session:
+        client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
+        demo.emit(f"training client {client.model_id} on tinker session {session.session_id}")
+        return await demo.train(session, client, None, started)
 
 
 async def _show_readiness(
@@ -441,4 +609,10 @@ def _summary(result: DemoResult, prompt: str, emit: Callable[[str], None]) -> No
         f"(first 3 steps {first3:.3f}, last 3 steps {last3:.3f}); "
         f"held-out samples {result.reward_before:.3f} -> {result.reward_after:.3f}"
     )
-    emit(f"wall time {result.wall_s:.1f}s for {len(result.rows)} steps (job {result.job_id})")
+    where = f"job {result.job_id}" if result.job_id else f"{result.dialect} dialect, no job"
+    emit(f"wall time {result.wall_s:.1f}s for {len(result.rows)} steps ({where})")
+    if result.deployment:
+        emit(
+            f"rollouts from deployment {result.deployment}: {result.completions} completion "
+            f"requests, {result.hotloads} hot-loads (a base, then deltas)"
+        )

@@ -1,8 +1,9 @@
 """Training-loop primitives: an RL pipeline, pipelined SFT, checkpoints and resume.
 
 * :func:`run_rl`: rollout producers → a bounded stream → the trainer, in one task group, with
-  staleness bounded by pacing; weights published through a :class:`Publisher`
-  (:class:`TrainerSampler` here; a deployment publisher plugs in the same way).
+  staleness bounded by pacing; weights published through a :class:`Publisher`:
+  :class:`TrainerSampler` (rollouts sampled by the trainer) or :class:`DeploymentPolicy`
+  (hot-loaded into an inference deployment, rollouts from its completions API).
 * :func:`sft_steps`: ``async for step in sft_steps(client, batches, depth=k, ...)``.
 * :class:`CheckpointManager`: periodic, rolling and final saves recorded beside the run;
   ``resume()``.
@@ -22,6 +23,7 @@ Example::
 from __future__ import annotations
 
 from ._checkpoints import CheckpointManager, CheckpointStore, SaveRecord, TrainerCheckpoints
+from ._deployment import DeploymentPolicy, DeploymentPolicySampler
 from ._policy import Publisher, SamplerHandle, TrainerSampler, TrainerSamplerHandle
 from ._ray import RayRollouts
 from ._rl import RLResult, RLStep, Rollout, run_rl
@@ -30,6 +32,8 @@ from ._sft import SFTStep, sft_steps
 __all__ = [
     "CheckpointManager",
     "CheckpointStore",
+    "DeploymentPolicy",
+    "DeploymentPolicySampler",
     "Publisher",
     "RLResult",
     "RLStep",

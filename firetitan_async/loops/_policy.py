@@ -5,15 +5,14 @@ The RL pipeline knows two small protocols and nothing else about where rollouts 
 * :class:`Publisher` turns the trainer's current weights into policy version ``n`` and hands
   back the sampler that serves them (``await publisher.publish(n) -> sampler``);
 * the sampler itself is whatever the user's rollout function expects (a
-  :class:`~firetitan_async.SamplingClient` here; a deployment sampler later).
+  :class:`~firetitan_async.SamplingClient`, or a deployment's sampler).
 
 :class:`TrainerSampler` is the implementation that samples from the trainer itself: a sampler
 snapshot (``base`` first and every ``base_every`` versions, ``delta`` in between) and a
 sampling client on it. ``TrainerSampler.handles()`` publishes :class:`TrainerSamplerHandle`
 values instead: picklable, carrying no API key, from which another process (a Ray worker)
-rebuilds its own sampling client. A deployment publisher (hot-load into an inference
-deployment, then sample from it) plugs in the same way: its ``publish`` awaits the hot-load
-and returns the deployment sampler.
+rebuilds its own sampling client. :class:`~firetitan_async.loops.DeploymentPolicy` publishes
+to an inference deployment instead (hot-load, then sample from its completions API).
 """
 
 from __future__ import annotations

@@ -184,10 +184,11 @@ async def run_rl(
     """Train ``client`` by RL on rollouts of ``prompts``, sampled from published policies.
 
     * ``publisher`` publishes version 0 at once, then a new version every ``publish_every``
-      steps (:class:`TrainerSampler` samples from the trainer; a deployment publisher plugs
-      in the same way); the sampler it returns is what ``rollout`` and ``evaluate`` get. If
-      its ``publish`` is a plain method (see :class:`Publisher`), the next steps train while
-      a publication completes; an ``async def publish`` is awaited before the next step.
+      steps (:class:`TrainerSampler` samples from the trainer; :class:`DeploymentPolicy` from
+      an inference deployment); the sampler it returns is what ``rollout`` and ``evaluate``
+      get. If its ``publish`` is a plain method (see :class:`Publisher`), the next steps
+      train while a publication completes; an ``async def publish`` is awaited before the
+      next step.
     * ``rollout(sampler, prompt)`` returns a group of trajectories for one prompt; up to
       ``concurrency`` run at once.
     * ``to_datums(rollouts)`` turns one step's ``groups_per_step`` rollouts (in ticket order)
