@@ -43,13 +43,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """
     parser = subparsers.add_parser(
         "demo",
-        help="run a pipelined RL loop against an embedded local trainer (about 10 s)",
+        help="run an RL loop (trainer job + deployment) on an embedded local trainer (~10 s)",
         description=(
-            "Start an embedded local trainer, create a trainer job on its control plane, wait "
-            "until it is RUNNING, then run a pipelined RL loop in which a tiny byte-level model "
-            "learns to answer 'Say: ' with a target word. Prints a live table (step, loss, "
-            "mean reward, operations in flight, snapshot) and samples before and after. "
-            "Needs no network and no API key."
+            "Start an embedded local trainer and run an RL loop the way it runs on Fireworks: "
+            "create a trainer job on its control plane and wait until it is RUNNING, create an "
+            "inference deployment, then train a tiny byte-level model to answer 'Say: ' with a "
+            "target word, publishing the weights to the deployment every step (a base, then "
+            "deltas) and sampling the rollouts from it. Prints a live table (step, loss, mean "
+            "reward, operations in flight, published / served policy version, snapshot) and "
+            "samples before and after. --dialect tinker samples from the trainer instead (no "
+            "job, no deployment). Needs no network and no API key."
         ),
     )
     parser.add_argument(
@@ -83,6 +86,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1.0,
         help="how long the local trainer job warms up before it is RUNNING (default: 1)",
     )
+    parser.add_argument(
+        "--dialect",
+        choices=("fireworks", "tinker", "auto"),
+        default="fireworks",
+        help="fireworks: trainer job + deployment, rollouts from the deployment (default); "
+        "tinker: a tinker session, rollouts from the trainer; auto: what a session picks",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -100,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             latency_s=args.latency_ms / 1000.0,
             warmup_s=args.warmup_s,
+            dialect=args.dialect,
         )
     except ValueError as exc:
         print(f"firetitan-async demo: {exc}", file=sys.stderr)

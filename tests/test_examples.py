@@ -73,6 +73,35 @@ async def test_demo_reward_rises(anyio_backend: str) -> None:
     assert max(row.in_flight for row in result.rows) > 3
 
 
+@pytest.mark.anyio
+async def test_demo_default_runs_through_a_deployment(anyio_backend: str) -> None:
+    """The default shape: trainer job, deployment, a hot-load per version, rollouts served by
+    the deployment; it reaches the reward the trainer-sampled (tinker) run reaches."""
+    lines: list[str] = []
+    result = await run_demo(DemoConfig(steps=SMALL_STEPS, warmup_s=0.3, seed=1), emit=lines.append)
+    assert result.dialect == "fireworks" and result.job_id
+    assert result.deployment == "accounts/local/deployments/demo-rollouts"
+    # The local deployment counted them: version 0 and one per step hot-loaded; every group
+    # (and the two held-out evaluations) one completions request.
+    assert result.hotloads == SMALL_STEPS + 1
+    assert result.completions == SMALL_STEPS * DemoConfig().groups_per_step + 2
+    for row in result.rows:  # served by what the deployment said, within one step of staleness
+        assert row.published == row.step
+        assert row.served and set(row.served) <= {row.step - 2, row.step - 1}, row
+    text = "\n".join(lines)
+    assert "published / served" in text and "created deployment" in text
+    assert "rollouts from deployment" in text
+    tinker = await run_demo(
+        DemoConfig(steps=SMALL_STEPS, warmup_s=0.3, seed=1, dialect="tinker"), emit=lambda _: None
+    )
+    assert tinker.dialect == "tinker" and tinker.job_id is None and tinker.deployment is None
+    assert tinker.hotloads == 0 and tinker.completions == 0
+    assert [row.served for row in tinker.rows][:2] == [(0,), (0,)]
+    (first, last), (t_first, t_last) = result.window_means(), tinker.window_means()
+    assert last > first + 0.25 and t_last > t_first + 0.25, (first, last, t_first, t_last)
+    assert last >= t_last - 0.1 and result.reward_after >= tinker.reward_after - 0.1
+
+
 # Seeds 2 and 7 rise the slowest of 0-9 (the run is deterministic for a seed).
 @pytest.mark.parametrize("seed", [2, 3, 7])
 def test_demo_rise_is_robust_across_seeds(seed: int) -> None:
@@ -115,6 +144,13 @@ def test_demo_command_bad_arguments() -> None:
     assert "must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run(["-m", "firetitan_async", "demo", "--backend", "curio"])
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    proc = _run(["-m", "firetitan_async", "demo", "--dialect", "grpc"])
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_demo_command_tinker_dialect() -> None:
+    out = _ok(_run(["-m", "firetitan_async", "demo", "--steps", "3", "--dialect", "tinker"]))
+    assert "tinker dialect, no job" in out and "deployment" not in out
 
 
 def test_example_async_training_loop() -> None:
