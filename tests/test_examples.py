@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,24 +166,39 @@ def test_example_async_training_loop_trio() -> None:
     _ok(_run([str(EXAMPLES / "async_training_loop.py"), "--steps", "2", "--backend", "trio"]))
 
 
+def _orchestrator_rows(out: str) -> list[tuple[int, int, int, int]]:
+    """(step, published, lowest served, highest served) per table row."""
+    rows = []
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0].isdigit():
+            low, _, high = cells[4].partition("-")
+            rows.append((int(cells[0]), int(cells[2]), int(low), int(high or low)))
+    return rows
+
+
 def test_example_rollout_orchestrator() -> None:
-    out = _ok(
-        _run(
-            [
-                str(EXAMPLES / "rollout_orchestrator.py"),
-                "--concurrency",
-                "64",
-                "--batch",
-                "16",
-                "--steps",
-                "3",
-                "--backend",
-                "trio",
-            ]
-        )
-    )
+    """The Fireworks shape (default): rollouts from the deployment, every version published
+    and hot-loaded, served versions within --max-staleness of the step, nothing discarded."""
+    args = ["--concurrency", "64", "--batch", "8", "--steps", "8", "--max-staleness", "1"]
+    out = _ok(_run([str(EXAMPLES / "rollout_orchestrator.py"), *args, "--backend", "trio"]))
     peak = next(line for line in out.splitlines() if line.startswith("peak sampling"))
-    assert int(peak.split(":")[1].split(";")[0]) > 32, peak
+    assert int(peak.split(":")[1].split(";")[0]) > 8, peak  # more than one step's worth
+    assert "groups sampled 64, all trained" in peak
+    rows = _orchestrator_rows(out)
+    assert [r[0] for r in rows] == list(range(1, 9))
+    for step, published, low, high in rows:  # the step trains at version step - 1
+        assert published == step and step - 2 <= low <= high <= step - 1, (step, low, high)
+    assert "published 9 versions (bdddddbdd" in out  # version 0 and one per step
+    rewards = re.search(r"first step ([0-9.]+) -> last step ([0-9.]+)", out)
+    assert rewards and float(rewards.group(2)) > float(rewards.group(1)), out
+
+
+def test_example_rollout_orchestrator_tinker_dialect() -> None:
+    args = ["--concurrency", "64", "--batch", "16", "--steps", "3", "--dialect", "tinker"]
+    out = _ok(_run([str(EXAMPLES / "rollout_orchestrator.py"), *args]))
+    assert "groups sampled 48, all trained" in out and "deployment" not in out
+    assert [r[:2] for r in _orchestrator_rows(out)] == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_example_web_backend() -> None:
