@@ -19,6 +19,7 @@ from firetitan_async import (
     DeploymentConfig,
     Deployments,
     DeploymentSampler,
+    HotloadFailed,
     SampledCompletion,
     ServiceSession,
     TrainingClient,
@@ -132,3 +133,27 @@ async def test_a_bad_prefix_is_refused(
     _, _, deployment = policy
     with pytest.raises(InvalidInput, match="prefix"):
         DeploymentPolicy(deployment.publisher, deployment.sampler, prefix="a/b")
+
+
+async def test_a_failed_hotload_fails_the_run_with_its_error(
+    policy: tuple[LocalTrainer, TrainingClient, DeploymentPolicy],
+) -> None:
+    lt, client, deployment = policy
+    published = 0
+
+    async def rollout(sampler: DeploymentPolicySampler, seed: int) -> list[Completion]:
+        nonlocal published
+        if published == 0:  # version 0 is served: make the next hot-load fail
+            published = 1
+            async with httpx.AsyncClient(base_url=lt.base_url) as http:
+                reply = await http.post(f"/_local/deployments/{DEP}/fail_next_hotload")
+                reply.raise_for_status()
+        return await TASK.rollout(sampler, seed)
+
+    with pytest.raises(HotloadFailed):
+        await run_rl(
+            client, deployment, range(GROUPS * 4), rollout, TASK.to_datums,
+            adam=types.AdamParams(learning_rate=2e-2), groups_per_step=GROUPS,
+            concurrency=GROUPS, max_staleness=1,
+        )
+    assert sorted(deployment.published) == [0]

@@ -28,14 +28,15 @@ class DeploymentPolicy:
     ``publish(n)`` submits the save of version ``n`` at once (so it holds the weights after
     every operation called before it) and returns an awaitable that resolves, once the
     deployment serves that snapshot, to a :class:`DeploymentPolicySampler`. ``publish`` is a
-    plain method, so :func:`run_rl` trains on while the hot-load completes.
+    plain method, so :func:`run_rl` trains on while the hot-load completes. A publication that
+    fails (``HotloadFailed``, the save's error) fails the run with that error.
 
     Example::
 
         async with (
             WeightPublisher(client, deployments, "rollouts", base_model=MODEL) as weights,
-            DeploymentSampler(deployments.inference_url, await deployments.model("rollouts"),
-                              allow_insecure_http=True) as completions,
+            DeploymentSampler(deployments.inference_url,
+                              await deployments.model("rollouts")) as completions,
         ):
             policy = DeploymentPolicy(weights, completions)
             result = await run_rl(client, policy, prompts, rollout, to_datums, ...)
