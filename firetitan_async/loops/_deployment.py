@@ -66,8 +66,11 @@ class DeploymentPolicy:
         return served()
 
     def version_of(self, completion: SampledCompletion) -> int | None:
-        """The policy version whose snapshot served ``completion`` (None: not one of ours,
-        e.g. the deployment's base weights before the first publication)."""
+        """The policy version whose snapshot served ``completion``, read from its
+        ``policy_version`` (the ``fireworks-snapshot-identity`` reply header). None: not one of
+        this policy's snapshots (e.g. the base weights before the first publication), or a
+        deployment that does not name the snapshot; then the version the rollout started
+        under (``sampler.version``) is the bound you have."""
         match = self._name.match(completion.policy_version or "")
         return int(match.group(1)) if match else None
 
