@@ -14,8 +14,8 @@ inference deployment and wait for it, then run a pipelined RL loop:
   reinforcing the random bytes after it (with one advantage per sequence the policy tends to
   lock onto those and stop exploring);
 * ``importance_sampling`` (or ``ppo``) ``forward_backward`` with the sampler's logprobs, then
-  ``optim_step``, then the weights are published: a sampler snapshot (``base`` first and every
-  ``base_every`` steps, ``delta`` in between) hot-loaded into the deployment;
+  ``optim_step``, then the weights are published: a sampler snapshot (``base`` first, then
+  ``delta``s, a new ``base`` after every ``base_every`` deltas) hot-loaded into the deployment;
 * while that update runs on the trainer, the next batch is already being sampled from the
   previous version (at most one step of staleness, corrected by the importance ratio).
 
@@ -110,7 +110,8 @@ class DemoConfig:
     learning_rate: float = 1e-2
     temperature: float = 1.0
     loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
-    #: A full (``base``) snapshot every this many steps; ``delta`` snapshots in between.
+    #: A full (``base``) snapshot, then ``delta``s: a new base after this many deltas
+    #: (``WeightPublisher``), or every this many versions from the trainer (tinker dialect).
     base_every: int = 10
     lora_rank: int = 0
     seed: int = 0
