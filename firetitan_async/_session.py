@@ -140,6 +140,8 @@ class ServiceSession:
 
         self._transport: Transport | None = None
         self._session_id: str | None = None
+        # The server's client/config reply (feature flags, chunking limits; {} in the
+        # fireworks dialect, which never asks).
         self._client_config: dict[str, Any] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -277,7 +279,9 @@ class ServiceSession:
         if not self._entered:
             raise SessionClosed("use the ServiceSession in an `async with` block first")
 
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) ----------------
+
+    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
         self._check_open()
         assert self._task_group is not None and self._idle is not None
@@ -314,28 +318,17 @@ class ServiceSession:
         return self._codec.name
 
     @property
-    def codec(self) -> Dialect:
-        """The dialect's codec (for the clients)."""
-        return self._codec
-
-    @property
     def base_url(self) -> str | None:
         """The trainer's data-plane URL (None until a from_job session is ready)."""
         return self._base_url
 
     @property
-    def transport(self) -> Transport:
+    def _open_transport(self) -> Transport:
         """The session's transport (for the clients; raises if the session is not ready)."""
         self._check_open()
         if self._transport is None:
             raise FiretitanError("the session is not ready yet: await session.wait_ready()")
         return self._transport
-
-    @property
-    def client_config(self) -> dict[str, Any]:
-        """The server's ``client/config`` reply (feature flags and chunking limits; ``{}`` in
-        the fireworks dialect, which never asks)."""
-        return self._client_config
 
     async def wait_ready(self) -> None:
         """Wait until the trainer is ready and the server-side session exists.
@@ -467,7 +460,7 @@ class ServiceSession:
         self._training_keys.add(spec)
         try:
             await self.wait_ready()
-            transport = self.transport
+            transport = self._open_transport
             model_seq_id = self._model_seq
             self._model_seq += 1
             accepted = await transport.submit(
@@ -520,8 +513,8 @@ class ServiceSession:
             # both dialects: sampling sessions are the local trainer's, not Fireworks'.
             validate_tinker_path(model_path, field="model_path")
         await self.wait_ready()
-        seq = self.next_sampling_session_seq_id()
-        reply = await self.transport.call(
+        seq = self._next_sampling_session_seq_id()
+        reply = await self._open_transport.call(
             "POST",
             "/api/v1/create_sampling_session",
             json_body=create_sampling_session_body(
@@ -538,7 +531,7 @@ class ServiceSession:
             self, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
-    def next_sampling_session_seq_id(self) -> int:
+    def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq
         self._sampling_seq += 1
