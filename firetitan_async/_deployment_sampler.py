@@ -34,13 +34,12 @@ import attrs
 import httpx
 
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._deployment_errors import SamplingError
 from ._h11_transport import H11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from ._transport import check_url_security
 from ._version import USER_AGENT
-from .errors import InvalidInput
+from .errors import InvalidInput, SamplingError
 from .wire.completions import (
     SSEDecoder,
     StreamDelta,
