@@ -16,7 +16,13 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from ._pending import Pending
-from .errors import APIStatusError, FiretitanError, SessionClosed, SubmissionLost
+from .errors import (
+    APIStatusError,
+    FiretitanError,
+    SessionClosed,
+    SubmissionLost,
+    TrainerJobFailed,
+)
 
 __all__ = ["OrderedOps", "Spawner"]
 
@@ -101,6 +107,8 @@ class OrderedOps:
         """
         try:
             return await submission
+        except TrainerJobFailed:
+            raise  # nothing later can run either: each call fails at once on its own
         except APIStatusError as exc:
             if 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429):
                 raise

@@ -89,6 +89,7 @@ async def send_with_retry(
     max_attempts: int | None = None,
     accept: Callable[[httpx.Response, int], bool] | None = None,
     not_yet: Callable[[httpx.Response], float | None] | None = None,
+    before_retry: Callable[[httpx.Response], Awaitable[None]] | None = None,
     error: ErrorFactory = status_error,
     log: logging.Logger = logger,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -104,7 +105,10 @@ async def send_with_retry(
     gives its CPU turn back meanwhile). ``not_yet(response)`` may call a reply "not yet" (a
     deployment still hot-loading answers 404/425): it returns the seconds to wait before the
     same request is sent again, which spends no attempt of the policy, or None (the reply is
-    then judged as usual); it keeps its own count.
+    then judged as usual); it keeps its own count. ``before_retry(response)`` is awaited with
+    every reply of a retryable status (before the wait, or before the final error) and may
+    raise to stop at once (a session whose trainer job has failed raises
+    :class:`~firetitan_async.TrainerJobFailed`).
 
     Example::
 
@@ -147,6 +151,8 @@ async def send_with_retry(
             await sleep(wait)
             continue
         retryable = policy.retryable_status(status) and (replay_safe or status in _REFUSED_STATUSES)
+        if retryable and before_retry is not None:
+            await before_retry(response)
         if out_of_budget or not retryable:
             raise error(response, redactor)
         delay = policy.delay(attempt, retry_after_seconds(response.headers))

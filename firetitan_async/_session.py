@@ -18,7 +18,7 @@ from tinker import types
 
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
-from .errors import FiretitanError, InvalidInput, SessionClosed, UsageError
+from .errors import FiretitanError, InvalidInput, SessionClosed, TrainerJobFailed, UsageError
 from .wire import Dialect, DialectName, ModelSpec, dialect_named
 from .wire.futures import decode_json_result
 from .wire.tinker import (
@@ -42,6 +42,9 @@ _HEARTBEAT_PERIOD_S = 10.0
 _FinishStatus = Literal["success", "errored", "interrupted"]
 _FINISH_TIMEOUT_S = 5.0
 _TINKER_HOSTS = ("thinkingmachines.dev", "thinkingmachines.ai")
+# A from_job session asks the control plane about its job at most this often while its
+# trainer answers 503 (a failed job's gateway says 503 "not running" to every call).
+_JOB_CHECK_INTERVAL_S = 1.0
 
 
 def resolve_dialect(
@@ -137,6 +140,9 @@ class ServiceSession:
         self._http_transport = transport
         self._http2 = http2
         self._poller: ReadinessPoller | None = None
+        self._jobs: TrainerJobs | None = None  # from_job: the job watched for failure
+        self._job_failure: tuple[str, str, str | None] | None = None  # (job id, state, message)
+        self._next_job_check = 0.0
 
         self._transport: Transport | None = None
         self._session_id: str | None = None
@@ -175,6 +181,12 @@ class ServiceSession:
         creation while the trainer still warms up (503, connection refused). ``api_key``
         defaults to the key ``jobs`` uses.
 
+        If the job fails (or stops) while the session is open, the gateway answers 503 to every
+        call; the session then asks the control plane about the job and fails that call, every
+        operation in flight and every later call with :class:`TrainerJobFailed` at once
+        (instead of retrying 503s until the policy runs out). Such a session stays failed:
+        after :meth:`TrainerJobs.resume_and_wait`, open a new one.
+
         Example::
 
             async with TrainerJobs() as jobs:  # the account comes from the key
@@ -194,6 +206,7 @@ class ServiceSession:
         session._poller = ReadinessPoller(
             jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s
         )
+        session._jobs = jobs
         return session
 
     def __repr__(self) -> str:
@@ -278,6 +291,31 @@ class ServiceSession:
             raise SessionClosed("this ServiceSession has been closed")
         if not self._entered:
             raise SessionClosed("use the ServiceSession in an `async with` block first")
+        if self._job_failure is not None:
+            raise TrainerJobFailed(*self._job_failure)
+
+    async def _check_job(self, response: httpx.Response) -> None:
+        """``before_retry`` of a from_job session: on a 503, ask the control plane (at most
+        every ``_JOB_CHECK_INTERVAL_S``) whether the job still runs; raise
+        :class:`TrainerJobFailed` once it has failed or stopped."""
+        from .platform import JobState
+
+        if response.status_code != 503 or self._jobs is None or self._poller is None:
+            return
+        now = anyio.current_time()
+        if self._job_failure is None and now >= self._next_job_check:
+            self._next_job_check = now + _JOB_CHECK_INTERVAL_S
+            try:
+                job = await self._jobs.get(self._poller.job_id)
+            except FiretitanError as exc:  # the control plane is down too: keep retrying
+                logger.debug("could not check trainer job %s: %s", self._poller.job_id, exc)
+                return
+            if job.is_tombstone or job.state == JobState.FAILED or job.state in JobState.STOPPED:
+                message = job.status_message or "it stopped while the session was open"
+                self._job_failure = (self._poller.job_id, job.state, message)
+                logger.error("trainer job %s is %s: %s", self._poller.job_id, job.state, message)
+        if self._job_failure is not None:
+            raise TrainerJobFailed(*self._job_failure)
 
     # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) ----------------
 
@@ -357,6 +395,7 @@ class ServiceSession:
                 retry=self._retry,
                 transport=self._http_transport,
                 http2=self._http2,
+                before_retry=self._check_job if self._jobs is not None else None,
             )
         if self._codec.fetches_client_config:
             config = await self._transport.call(

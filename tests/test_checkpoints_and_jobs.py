@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 from tinker import types
@@ -53,6 +54,35 @@ async def test_training_client_waits_until_the_job_is_running() -> None:
             assert out.metrics["loss:sum"] > 0
             assert session.base_url is not None and created.job_id in session.base_url
     assert elapsed >= 0.5, elapsed
+
+
+async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once() -> None:
+    async with LocalTrainer() as lt, jobs_for(lt) as jobs:
+        created = await jobs.create(CONFIG)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            await client.forward_backward(batch(0), "cross_entropy")
+            async with httpx.AsyncClient() as http:
+                failed = await http.post(
+                    f"{lt.base_url}/_local/jobs/{created.job_id}/fail",
+                    json={"message": "GPU fell off the bus"},
+                )
+                failed.raise_for_status()
+            started = time.monotonic()
+            # The default policy retries the gateway's 503 "not running" 10 times (~30 s).
+            with pytest.raises(TrainerJobFailed) as info:
+                await client.forward_backward(batch(1), "cross_entropy")
+            assert time.monotonic() - started < 5.0
+            assert info.value.state == "FAILED" and "GPU fell off the bus" in str(info.value)
+            with pytest.raises(TrainerJobFailed):  # later calls: at call time, nothing sent
+                client.optim_step(ADAM)
+            with pytest.raises(TrainerJobFailed):
+                await session.create_sampling_client(base_model=MODEL)
+        await jobs.resume_and_wait(created.job_id, poll_interval_s=0.05)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            out = await client.forward_backward(batch(2), "cross_entropy")
+            assert out.metrics["loss:sum"] > 0
 
 
 async def test_a_failed_job_stops_the_wait_at_once() -> None:
