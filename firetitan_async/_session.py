@@ -98,7 +98,9 @@ class ServiceSession:
     fireworks). A call the dialect cannot express raises :class:`InvalidInput` before
     anything is sent. Plain ``http://`` is refused for non-loopback
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
-    ``httpx.MockTransport`` in tests).
+    ``httpx.MockTransport`` in tests). Environment proxies (``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
+    them (as ``httpx.AsyncClient(trust_env=False)``).
 
     Example::
 
@@ -121,6 +123,7 @@ class ServiceSession:
         allow_insecure_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
+        trust_env: bool = True,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
@@ -139,6 +142,7 @@ class ServiceSession:
         self._allow_insecure_http = allow_insecure_http
         self._http_transport = transport
         self._http2 = http2
+        self._trust_env = trust_env
         self._poller: ReadinessPoller | None = None
         self._jobs: TrainerJobs | None = None  # from_job: the job watched for failure
         self._job_failure: tuple[str, str, str | None] | None = None  # (job id, state, message)
@@ -395,6 +399,7 @@ class ServiceSession:
                 retry=self._retry,
                 transport=self._http_transport,
                 http2=self._http2,
+                trust_env=self._trust_env,
                 before_retry=self._check_job if self._jobs is not None else None,
             )
         if self._codec.fetches_client_config:
