@@ -186,10 +186,11 @@ class ServiceSession:
         defaults to the key ``jobs`` uses.
 
         If the job fails (or stops) while the session is open, the gateway answers 503 to every
-        call; the session then asks the control plane about the job and fails that call, every
-        operation in flight and every later call with :class:`TrainerJobFailed` at once
-        (instead of retrying 503s until the policy runs out). Such a session stays failed:
-        after :meth:`TrainerJobs.resume_and_wait`, open a new one.
+        call; the session then asks the control plane about the job (at most once a second)
+        and fails that call, each operation in flight at its next exchange with the trainer,
+        and every later call at call time with :class:`TrainerJobFailed`, instead of retrying
+        503s until the policy runs out. Such a session stays failed: after
+        :meth:`TrainerJobs.resume_and_wait`, open a new one.
 
         Example::
 
