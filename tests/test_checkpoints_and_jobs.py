@@ -85,6 +85,26 @@ async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once() 
             assert out.metrics["loss:sum"] > 0
 
 
+async def test_operations_in_flight_when_the_job_fails_fail_with_trainer_job_failed() -> None:
+    async with LocalTrainer(latency_s=0.2) as lt, jobs_for(lt) as jobs:
+        created = await jobs.create(CONFIG)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            fb = client.forward_backward(batch(0), "cross_entropy")
+            in_flight = [fb, client.optim_step(ADAM)]
+            await anyio.sleep(0.05)  # submitted; the trainer holds every reply back 0.2 s
+            async with httpx.AsyncClient() as http:
+                failed = await http.post(
+                    f"{lt.base_url}/_local/jobs/{created.job_id}/fail", json={}
+                )
+                failed.raise_for_status()
+            started = time.monotonic()
+            for pending in in_flight:
+                with pytest.raises(TrainerJobFailed):  # not SubmissionLost, not a 503
+                    await pending
+            assert time.monotonic() - started < 5.0
+
+
 async def test_a_failed_job_stops_the_wait_at_once() -> None:
     async with LocalTrainer(warmup_s=30) as lt, jobs_for(lt) as jobs:
         created = await jobs.create(CONFIG)
