@@ -16,6 +16,7 @@ import anyio.abc
 import httpx
 from tinker import types
 
+from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
 from .errors import FiretitanError, InvalidInput, SessionClosed, TrainerJobFailed, UsageError
@@ -316,7 +317,9 @@ class ServiceSession:
                 logger.debug("could not check trainer job %s: %s", self._poller.job_id, exc)
                 return
             if job.is_tombstone or job.state == JobState.FAILED or job.state in JobState.STOPPED:
-                message = job.status_message or "it stopped while the session was open"
+                message = Redactor.of(self._api_key).text(
+                    job.status_message or "it stopped while the session was open"
+                )
                 self._job_failure = (self._poller.job_id, job.state, message)
                 logger.error("trainer job %s is %s: %s", self._poller.job_id, job.state, message)
         if self._job_failure is not None:

@@ -56,8 +56,14 @@ async def test_training_client_waits_until_the_job_is_running() -> None:
     assert elapsed >= 0.5, elapsed
 
 
-async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once() -> None:
-    async with LocalTrainer() as lt, jobs_for(lt) as jobs:
+async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "fw-secret-job-key-0123456789"
+    async with (
+        LocalTrainer(api_key=key) as lt,
+        TrainerJobs(api_key=key, account_id=lt.account_id, base_url=lt.control_plane_url) as jobs,
+    ):
         created = await jobs.create(CONFIG)
         async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
             client = await session.create_training_client(MODEL, lora_rank=4)
@@ -65,7 +71,7 @@ async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once() 
             async with httpx.AsyncClient() as http:
                 failed = await http.post(
                     f"{lt.base_url}/_local/jobs/{created.job_id}/fail",
-                    json={"message": "GPU fell off the bus"},
+                    json={"message": f"GPU fell off the bus (key {key})"},
                 )
                 failed.raise_for_status()
             started = time.monotonic()
@@ -74,6 +80,8 @@ async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once() 
                 await client.forward_backward(batch(1), "cross_entropy")
             assert time.monotonic() - started < 5.0
             assert info.value.state == "FAILED" and "GPU fell off the bus" in str(info.value)
+            assert key not in str(info.value)
+            assert not [r for r in caplog.records if key in r.getMessage()]
             with pytest.raises(TrainerJobFailed):  # later calls: at call time, nothing sent
                 client.optim_step(ADAM)
             with pytest.raises(TrainerJobFailed):
