@@ -325,7 +325,7 @@ class ServiceSession:
         if self._job_failure is not None:
             raise TrainerJobFailed(*self._job_failure)
 
-    # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) ----------------
+    # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) -------------
 
     def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
