@@ -223,7 +223,7 @@ class DeploymentSampler:
         )
         try:  # the reply holds its slot until the stream ends
             decoder = SSEDecoder()
-            async for raw in response.aiter_bytes():
+            async for raw in _body_chunks(response, request_id, sender.attempts, self._redact):
                 for data in decoder.feed(raw):
                     if data.strip() == "[DONE]":
                         return
@@ -343,6 +343,19 @@ def _observe(response: httpx.Response, t0: float) -> Observation:
                 queue = None
             break
     return Observation(response.status_code, time.monotonic() - t0, queue)
+
+
+async def _body_chunks(
+    response: httpx.Response, request_id: str, attempts: int, redactor: Redactor
+) -> AsyncIterator[bytes]:
+    """A streaming reply's body; a connection broken mid-stream is a ``SamplingError`` (not
+    retried: deltas were already yielded)."""
+    try:
+        async for raw in response.aiter_bytes():
+            yield raw
+    except httpx.TransportError as exc:
+        raise SamplingError(f"the stream broke: {redactor.exception(exc)}",
+                            request_id=request_id, attempts=attempts) from None
 
 
 def _deltas(data: str, request_id: str, attempt: int) -> list[StreamDelta]:

@@ -8,8 +8,9 @@ hot-load lands, a server echoing the key).
 from __future__ import annotations
 
 import functools
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -236,6 +237,31 @@ async def test_a_connection_failure_is_a_sampling_error_after_the_policy_s_attem
     err = info.value
     assert (err.status_code, err.attempts) == (None, 3) and err.request_id
     assert window.in_flight == 0 and KEY not in str(err)
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """One SSE event, then the connection breaks (with the key in the error's text)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        event = {"choices": [{"index": 0, "text": "a", "logprobs": {"content": [
+            {"token_id": 97, "logprob": -0.5}]}}]}
+        yield f"data: {json.dumps(event)}\n\n".encode()
+        raise httpx.ReadError(f"connection reset (X-Api-Key: {KEY})")
+
+
+async def test_a_stream_broken_midway_is_a_sampling_error_and_gives_its_slot_back() -> None:
+    window = FixedConcurrency(1)
+    reply = httpx.Response(200, stream=_BrokenStream(),
+                           headers={"content-type": "text/event-stream"})
+    async with DeploymentSampler(
+        "http://127.0.0.1:1", MODEL, KEY, transport=_mock([reply], []), concurrency=window
+    ) as sampler:
+        got = []
+        with pytest.raises(SamplingError, match="the stream broke") as info:
+            async for delta in sampler.stream(PROMPT):
+                got.append(delta.token)
+    assert got == [97] and info.value.attempts == 1  # not retried: a delta was yielded
+    assert window.in_flight == 0 and KEY not in str(info.value)
 
 
 async def test_bad_input_is_refused_before_anything_is_sent() -> None:
