@@ -26,7 +26,6 @@ from __future__ import annotations
 from ._adapters import aresult, as_awaitable
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 from ._custom_loss import CustomLoss
-from ._deployment_errors import HotloadFailed, SamplingError
 from ._deployment_sampler import DeploymentSampler, SampledCompletion
 from ._pending import Pending
 from ._retry import RetryPolicy
@@ -38,10 +37,12 @@ from ._version import __version__
 from .errors import (
     APIStatusError,
     FiretitanError,
+    HotloadFailed,
     InvalidInput,
     ProtocolError,
     ReadinessTimeout,
     RequestFailedError,
+    SamplingError,
     SessionClosed,
     SubmissionLost,
     TrainerJobFailed,

@@ -9,6 +9,9 @@ deltas as the server sends them. Retries:
   up to ``hotload_max_retries`` times (the SDK: 5 s x 10);
 * connection errors, timeouts, 408, 429 and 5xx follow the ``RetryPolicy`` (``_retry.py``),
   honouring ``Retry-After``; the slot is given back while waiting;
+
+both in the library's one retry loop (``_send.send_with_retry``), each attempt holding one
+slot of the concurrency controller (:class:`_Slotted`);
 * anything else, or exhausted retries, raises ``SamplingError`` with the request id we sent
   as ``x-request-id`` (the same on every attempt).
 
@@ -23,24 +26,24 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
 import attrs
 import httpx
 
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._deployment_errors import SamplingError
 from ._h11_transport import H11Transport
 from ._redact import Redactor
-from ._retry import RetryPolicy, retry_after_seconds
+from ._retry import RetryPolicy
+from ._send import send_with_retry
 from ._transport import check_url_security
 from ._version import USER_AGENT
-from .errors import InvalidInput
+from .errors import FiretitanError, InvalidInput, SamplingError
 from .wire.completions import (
     SSEDecoder,
     StreamDelta,
@@ -50,6 +53,8 @@ from .wire.completions import (
 )
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
+
+logger = logging.getLogger("firetitan_async.deployment_sampler")
 
 _HOTLOADING = frozenset({404, 425})
 _IDENTITY_HEADER = "fireworks-snapshot-identity"
@@ -174,29 +179,19 @@ class DeploymentSampler:
             top_p=top_p, stop=stop, logprobs=logprobs, seed=seed,
         )
         request_id = uuid.uuid4().hex
-        content = json.dumps(body).encode()
-        attempt = 0
-        hot = 0
-        started = time.monotonic()
-        while True:
-            attempt += 1
-            response, error = await self._attempt(content, request_id)
-            if response is not None and response.is_success:
-                try:
-                    choices = parse_completion_reply(response.json(), want_logprobs=logprobs)
-                except (SamplingError, ValueError) as exc:
-                    raise self._error(str(exc), request_id, response, attempt) from None
-                version = response.headers.get(_IDENTITY_HEADER) or None
-                prompt = list(body["prompt"])
-                return [
-                    SampledCompletion(prompt, c.tokens, c.logprobs, c.finish_reason, c.text,
-                                      version, request_id)
-                    for c in choices
-                ]
-            wait, hot = self._retry_wait(response, error, attempt, hot, started)
-            if wait is None:
-                raise self._failure(response, error, request_id, attempt)
-            await anyio.sleep(wait)
+        sender = _Slotted(self, stream=False)
+        response = await self._send_with_retry(sender, body, request_id, {})
+        try:
+            choices = parse_completion_reply(response.json(), want_logprobs=logprobs)
+        except (SamplingError, ValueError) as exc:
+            raise self._error(str(exc), request_id, response, sender.attempts) from None
+        version = response.headers.get(_IDENTITY_HEADER) or None
+        prompt = list(body["prompt"])
+        return [
+            SampledCompletion(prompt, c.tokens, c.logprobs, c.finish_reason, c.text,
+                              version, request_id)
+            for c in choices
+        ]
 
     async def stream(
         self,
@@ -222,117 +217,64 @@ class DeploymentSampler:
             top_p=top_p, stop=stop, logprobs=True, seed=seed, stream=True,
         )
         request_id = uuid.uuid4().hex
-        content = json.dumps(body).encode()
-        headers = {"x-request-id": request_id, "Accept": "text/event-stream"}
-        attempt = 0
-        hot = 0
-        started = time.monotonic()
-        while True:
-            attempt += 1
-            await self.concurrency.acquire()
-            observation: Observation | None = None
-            t0 = time.monotonic()
+        sender = _Slotted(self, stream=True)
+        response = await self._send_with_retry(
+            sender, body, request_id, {"Accept": "text/event-stream"}
+        )
+        try:  # the reply holds its slot until the stream ends
+            decoder = SSEDecoder()
+            async for raw in _body_chunks(response, request_id, sender.attempts, self._redact):
+                for data in decoder.feed(raw):
+                    if data.strip() == "[DONE]":
+                        return
+                    for delta in _deltas(data, request_id, sender.attempts):
+                        yield delta if logprobs else attrs.evolve(delta, logprob=None)
+            raise SamplingError("the stream ended without [DONE]",
+                                request_id=request_id, attempts=sender.attempts)
+        finally:
             try:
-                try:
-                    response = await self._send(content, headers)
-                    try:
-                        observation = _observe(response, t0)
-                        if response.is_success:
-                            decoder = SSEDecoder()
-                            async for raw in response.aiter_bytes():
-                                for data in decoder.feed(raw):
-                                    if data.strip() == "[DONE]":
-                                        return
-                                    for delta in _deltas(data, request_id, attempt):
-                                        yield delta if logprobs else attrs.evolve(
-                                            delta, logprob=None
-                                        )
-                            raise SamplingError("the stream ended without [DONE]",
-                                                request_id=request_id, attempts=attempt)
-                        await response.aread()
-                    finally:
-                        await response.aclose()
-                    error: httpx.TransportError | None = None
-                except httpx.TransportError as exc:
-                    observation = Observation(None, time.monotonic() - t0)
-                    response, error = None, exc
+                await response.aclose()
             finally:
-                self.concurrency.release(observation)
-            wait, hot = self._retry_wait(response, error, attempt, hot, started)
-            if wait is None:
-                raise self._failure(response, error, request_id, attempt)
-            await anyio.sleep(wait)
+                sender.release_held()
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _attempt(
-        self, content: bytes, request_id: str
-    ) -> tuple[httpx.Response | None, httpx.TransportError | None]:
-        await self.concurrency.acquire()
-        observation: Observation | None = None
-        t0 = time.monotonic()
-        try:
-            try:
-                response = await self._send(content, {"x-request-id": request_id})
-                await response.aread()
-                await response.aclose()
-            except httpx.TransportError as exc:
-                observation = Observation(None, time.monotonic() - t0)
-                return None, exc
-            observation = _observe(response, t0)
-            return response, None
-        finally:
-            self.concurrency.release(observation)
-
-    async def _send(self, content: bytes, extra: dict[str, str]) -> httpx.Response:
+    async def _send_with_retry(
+        self, sender: _Slotted, body: dict[str, Any], request_id: str, extra: dict[str, str]
+    ) -> httpx.Response:
+        """One completions request through the one retry loop: the same ``x-request-id`` on
+        every attempt; 404/425 waited out as hot-loading; a final failure as ``SamplingError``."""
         request = httpx.Request(
-            "POST", self._url, headers=[*self._headers, *extra.items()], content=content,
-            extensions={"timeout": self._timeout},
+            "POST", self._url, headers=[*self._headers, ("x-request-id", request_id),
+                                        *extra.items()],
+            content=json.dumps(body).encode(), extensions={"timeout": self._timeout},
         )
-        return await self._transport.handle_async_request(request)
+        hot = 0
 
-    def _retry_wait(
-        self,
-        response: httpx.Response | None,
-        error: httpx.TransportError | None,
-        attempt: int,
-        hot: int,
-        started: float,
-    ) -> tuple[float | None, int]:
-        """Seconds to wait before the next attempt (None: give up), and the hot-load count."""
-        if response is not None and response.status_code in _HOTLOADING:
-            if hot < self._hot_max:
-                return self._hot_interval, hot + 1
-            return None, hot
-        retryable = error is not None or (
-            response is not None and self._retry.retryable_status(response.status_code)
-        )
-        deadline = self._retry.deadline_s
-        if (
-            not retryable
-            or attempt >= self._retry.max_attempts
-            or (deadline is not None and time.monotonic() - started >= deadline)
-        ):
-            return None, hot
-        after = retry_after_seconds(response.headers) if response is not None else None
-        return self._retry.delay(attempt, after), hot
+        def not_yet(response: httpx.Response) -> float | None:
+            nonlocal hot
+            if response.status_code not in _HOTLOADING or hot >= self._hot_max:
+                return None
+            hot += 1
+            return self._hot_interval
 
-    def _failure(
-        self,
-        response: httpx.Response | None,
-        error: httpx.TransportError | None,
-        request_id: str,
-        attempts: int,
-    ) -> SamplingError:
-        if response is None:
-            what = self._redact.exception(error) if error else "no reply"
-            return SamplingError(f"completions request failed: {what}", request_id=request_id,
-                                 attempts=attempts)
-        return self._error(
-            f"completions request failed: HTTP {response.status_code}: "
-            f"{self._redact.text(response.text[:500])}",
-            request_id, response, attempts,
-        )
+        def error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
+            return self._error(
+                f"completions request failed: HTTP {response.status_code}: "
+                f"{redactor.text(response.text[:500])}",
+                request_id, response, sender.attempts,
+            )
+
+        try:
+            return await send_with_retry(
+                sender, request, policy=self._retry, redactor=self._redact, replay_safe=True,
+                not_yet=not_yet, error=error, log=logger,
+            )
+        except SamplingError:
+            raise
+        except FiretitanError as exc:  # no reply: the loop's redacted transport failure
+            raise SamplingError(str(exc), request_id=request_id,
+                                attempts=sender.attempts) from None
 
     def _error(
         self, message: str, request_id: str, response: httpx.Response, attempts: int
@@ -346,6 +288,50 @@ class DeploymentSampler:
         )
 
 
+class _Slotted:
+    """Sends one attempt of a sampler's request while holding one slot of its concurrency
+    controller: the slot is taken before the request goes out and given back, with what was
+    observed, once the reply has been read (or failed), so no slot is held between attempts.
+    A successful ``stream=True`` reply keeps its slot until :meth:`release_held`."""
+
+    def __init__(self, sampler: DeploymentSampler, *, stream: bool) -> None:
+        self._concurrency = sampler.concurrency
+        self._transport = sampler._transport
+        self._stream = stream
+        self._held: Observation | None = None
+        #: Attempts sent so far (hot-load waits included).
+        self.attempts = 0
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        await self._concurrency.acquire()
+        self.attempts += 1
+        t0 = time.monotonic()
+        observation = Observation(None, 0.0)
+        try:
+            response = await self._transport.handle_async_request(request)
+            if self._stream and response.is_success:
+                self._held = _observe(response, t0)
+                return response
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            observation = _observe(response, t0)
+            return response
+        except httpx.TransportError:
+            observation = Observation(None, time.monotonic() - t0)
+            raise
+        finally:
+            if self._held is None:
+                self._concurrency.release(observation)
+
+    def release_held(self) -> None:
+        """Give back the slot a streaming reply held."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._concurrency.release(held)
+
+
 def _observe(response: httpx.Response, t0: float) -> Observation:
     queue: float | None = None
     for name in _QUEUE_HEADERS:
@@ -357,6 +343,19 @@ def _observe(response: httpx.Response, t0: float) -> Observation:
                 queue = None
             break
     return Observation(response.status_code, time.monotonic() - t0, queue)
+
+
+async def _body_chunks(
+    response: httpx.Response, request_id: str, attempts: int, redactor: Redactor
+) -> AsyncIterator[bytes]:
+    """A streaming reply's body; a connection broken mid-stream is a ``SamplingError`` (not
+    retried: deltas were already yielded)."""
+    try:
+        async for raw in response.aiter_bytes():
+            yield raw
+    except httpx.TransportError as exc:
+        raise SamplingError(f"the stream broke: {redactor.exception(exc)}",
+                            request_id=request_id, attempts=attempts) from None
 
 
 def _deltas(data: str, request_id: str, attempt: int) -> list[StreamDelta]:

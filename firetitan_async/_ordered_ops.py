@@ -16,7 +16,13 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from ._pending import Pending
-from .errors import APIStatusError, FiretitanError, SessionClosed, SubmissionLost
+from .errors import (
+    APIStatusError,
+    FiretitanError,
+    SessionClosed,
+    SubmissionLost,
+    TrainerJobFailed,
+)
 
 __all__ = ["OrderedOps", "Spawner"]
 
@@ -25,9 +31,13 @@ logger = logging.getLogger("firetitan_async.operations")
 
 
 class Spawner(Protocol):
-    """What :class:`OrderedOps` needs from its session: a place to run tasks."""
+    """What :class:`OrderedOps` needs from its session: a place to run tasks.
 
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    The session's side of it is private (``ServiceSession._spawn_operation``): users never
+    see it; the clients reach it through this interface.
+    """
+
+    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
 
 
 class OrderedOps:
@@ -82,7 +92,7 @@ class OrderedOps:
                 if not pending.done():  # cancelled by _break: its error was already set
                     pending._set_exception(self._broken or SessionClosed(f"{name} was abandoned"))
 
-        self._spawner.spawn_operation(carry)
+        self._spawner._spawn_operation(carry)
         return pending
 
     def in_flight(self) -> list[Pending[Any]]:
@@ -97,6 +107,8 @@ class OrderedOps:
         """
         try:
             return await submission
+        except TrainerJobFailed:
+            raise  # nothing later can run either: each call fails at once on its own
         except APIStatusError as exc:
             if 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429):
                 raise

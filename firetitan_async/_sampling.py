@@ -92,7 +92,7 @@ class SamplingClient:
         )
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
-            transport = self._session.transport
+            transport = self._session._open_transport
             accepted = await transport.submit(
                 "/api/v1/asample", json_body=body, headers=_BACKPRESSURE
             )
@@ -144,5 +144,5 @@ class SamplingClient:
                         SessionClosed(f"{name} was still running when its session closed")
                     )
 
-        self._session.spawn_operation(carry)
+        self._session._spawn_operation(carry)
         return pending

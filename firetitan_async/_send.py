@@ -10,8 +10,9 @@ Whether a request may be sent again after it *may* have reached the server is th
 call (``replay_safe``): a GET, a DELETE, a POST with an idempotency key or a client-chosen
 resource id are replay-safe; a plain POST is retried only when it provably never left (the
 connection was never established) or the server asked for a retry (429, 503) before doing
-anything. The control plane (``platform/_rest.py``) uses this loop; the data-plane transport
-is meant to adopt it too.
+anything. The control plane (``platform/_rest.py``), the data-plane transport
+(``_transport.py``) and the rollout sampler (``_deployment_sampler.py``, which sends through
+its own :class:`Sender` that holds a concurrency slot per attempt) all use this loop.
 
 Example::
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import httpx
@@ -34,7 +36,7 @@ from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from .errors import APIStatusError, FiretitanError
 
-__all__ = ["NOT_SENT_ERRORS", "ErrorFactory", "send_with_retry", "status_error"]
+__all__ = ["NOT_SENT_ERRORS", "ErrorFactory", "Sender", "send_with_retry", "status_error"]
 
 logger = logging.getLogger("firetitan_async.send")
 
@@ -46,6 +48,12 @@ NOT_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
 )
 # Statuses a server sends before doing anything: safe to retry even a non-replayable request.
 _REFUSED_STATUSES = frozenset({429, 503})
+
+class Sender(Protocol):
+    """What sends one attempt: an ``httpx.AsyncClient``, or anything with its ``send``."""
+
+    async def send(self, request: httpx.Request) -> httpx.Response: ...
+
 
 #: Builds the exception raised for a final non-2xx reply (the body must be redacted with it).
 ErrorFactory = Callable[[httpx.Response, Redactor], FiretitanError]
@@ -72,7 +80,7 @@ def status_error(response: httpx.Response, redactor: Redactor) -> FiretitanError
 
 
 async def send_with_retry(
-    client: httpx.AsyncClient,
+    client: Sender,
     request: httpx.Request,
     *,
     policy: RetryPolicy,
@@ -80,6 +88,8 @@ async def send_with_retry(
     replay_safe: bool,
     max_attempts: int | None = None,
     accept: Callable[[httpx.Response, int], bool] | None = None,
+    not_yet: Callable[[httpx.Response], float | None] | None = None,
+    before_retry: Callable[[httpx.Response], Awaitable[None]] | None = None,
     error: ErrorFactory = status_error,
     log: logging.Logger = logger,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -92,7 +102,13 @@ async def send_with_retry(
     failure raises :class:`~firetitan_async.FiretitanError` naming the method, the path and
     the attempts. ``max_attempts`` caps ``policy.max_attempts`` (``1``: no retry). The request
     body must be bytes (it is re-sent as is). ``sleep`` waits between attempts (the data plane
-    gives its CPU turn back meanwhile).
+    gives its CPU turn back meanwhile). ``not_yet(response)`` may call a reply "not yet" (a
+    deployment still hot-loading answers 404/425): it returns the seconds to wait before the
+    same request is sent again, which spends no attempt of the policy, or None (the reply is
+    then judged as usual); it keeps its own count. ``before_retry(response)`` is awaited with
+    every reply of a retryable status (before the wait, or before the final error) and may
+    raise to stop at once (a session whose trainer job has failed raises
+    :class:`~firetitan_async.TrainerJobFailed`).
 
     Example::
 
@@ -128,7 +144,15 @@ async def send_with_retry(
         status = response.status_code
         if response.is_success or (accept is not None and accept(response, attempt)):
             return response
+        wait = None if not_yet is None else not_yet(response)
+        if wait is not None:
+            log.debug("%s %s: HTTP %d, not yet; again in %.2fs", method, path, status, wait)
+            attempt -= 1  # the policy's attempts are for failures, not for "not yet"
+            await sleep(wait)
+            continue
         retryable = policy.retryable_status(status) and (replay_safe or status in _REFUSED_STATUSES)
+        if retryable and before_retry is not None:
+            await before_retry(response)
         if out_of_budget or not retryable:
             raise error(response, redactor)
         delay = policy.delay(attempt, retry_after_seconds(response.headers))

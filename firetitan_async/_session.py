@@ -16,9 +16,10 @@ import anyio.abc
 import httpx
 from tinker import types
 
+from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
-from .errors import FiretitanError, InvalidInput, SessionClosed, UsageError
+from .errors import FiretitanError, InvalidInput, SessionClosed, TrainerJobFailed, UsageError
 from .wire import Dialect, DialectName, ModelSpec, dialect_named
 from .wire.futures import decode_json_result
 from .wire.tinker import (
@@ -42,6 +43,9 @@ _HEARTBEAT_PERIOD_S = 10.0
 _FinishStatus = Literal["success", "errored", "interrupted"]
 _FINISH_TIMEOUT_S = 5.0
 _TINKER_HOSTS = ("thinkingmachines.dev", "thinkingmachines.ai")
+# A from_job session asks the control plane about its job at most this often while its
+# trainer answers 503 (a failed job's gateway says 503 "not running" to every call).
+_JOB_CHECK_INTERVAL_S = 1.0
 
 
 def resolve_dialect(
@@ -95,7 +99,9 @@ class ServiceSession:
     fireworks). A call the dialect cannot express raises :class:`InvalidInput` before
     anything is sent. Plain ``http://`` is refused for non-loopback
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
-    ``httpx.MockTransport`` in tests).
+    ``httpx.MockTransport`` in tests). Environment proxies (``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
+    them (as ``httpx.AsyncClient(trust_env=False)``).
 
     Example::
 
@@ -118,6 +124,7 @@ class ServiceSession:
         allow_insecure_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
+        trust_env: bool = True,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
@@ -136,10 +143,16 @@ class ServiceSession:
         self._allow_insecure_http = allow_insecure_http
         self._http_transport = transport
         self._http2 = http2
+        self._trust_env = trust_env
         self._poller: ReadinessPoller | None = None
+        self._jobs: TrainerJobs | None = None  # from_job: the job watched for failure
+        self._job_failure: tuple[str, str, str | None] | None = None  # (job id, state, message)
+        self._next_job_check = 0.0
 
         self._transport: Transport | None = None
         self._session_id: str | None = None
+        # The server's client/config reply (feature flags, chunking limits; {} in the
+        # fireworks dialect, which never asks).
         self._client_config: dict[str, Any] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -173,6 +186,13 @@ class ServiceSession:
         creation while the trainer still warms up (503, connection refused). ``api_key``
         defaults to the key ``jobs`` uses.
 
+        If the job fails (or stops) while the session is open, the gateway answers 503 to every
+        call; the session then asks the control plane about the job (at most once a second)
+        and fails that call, each operation in flight at its next exchange with the trainer,
+        and every later call at call time with :class:`TrainerJobFailed`, instead of retrying
+        503s until the policy runs out. Such a session stays failed: after
+        :meth:`TrainerJobs.resume_and_wait`, open a new one.
+
         Example::
 
             async with TrainerJobs() as jobs:  # the account comes from the key
@@ -192,6 +212,7 @@ class ServiceSession:
         session._poller = ReadinessPoller(
             jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s
         )
+        session._jobs = jobs
         return session
 
     def __repr__(self) -> str:
@@ -276,8 +297,37 @@ class ServiceSession:
             raise SessionClosed("this ServiceSession has been closed")
         if not self._entered:
             raise SessionClosed("use the ServiceSession in an `async with` block first")
+        if self._job_failure is not None:
+            raise TrainerJobFailed(*self._job_failure)
 
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _check_job(self, response: httpx.Response) -> None:
+        """``before_retry`` of a from_job session: on a 503, ask the control plane (at most
+        every ``_JOB_CHECK_INTERVAL_S``) whether the job still runs; raise
+        :class:`TrainerJobFailed` once it has failed or stopped."""
+        from .platform import JobState
+
+        if response.status_code != 503 or self._jobs is None or self._poller is None:
+            return
+        now = anyio.current_time()
+        if self._job_failure is None and now >= self._next_job_check:
+            self._next_job_check = now + _JOB_CHECK_INTERVAL_S
+            try:
+                job = await self._jobs.get(self._poller.job_id)
+            except FiretitanError as exc:  # the control plane is down too: keep retrying
+                logger.debug("could not check trainer job %s: %s", self._poller.job_id, exc)
+                return
+            if job.is_tombstone or job.state == JobState.FAILED or job.state in JobState.STOPPED:
+                message = Redactor.of(self._api_key).text(
+                    job.status_message or "it stopped while the session was open"
+                )
+                self._job_failure = (self._poller.job_id, job.state, message)
+                logger.error("trainer job %s is %s: %s", self._poller.job_id, job.state, message)
+        if self._job_failure is not None:
+            raise TrainerJobFailed(*self._job_failure)
+
+    # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) -------------
+
+    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
         self._check_open()
         assert self._task_group is not None and self._idle is not None
@@ -314,28 +364,17 @@ class ServiceSession:
         return self._codec.name
 
     @property
-    def codec(self) -> Dialect:
-        """The dialect's codec (for the clients)."""
-        return self._codec
-
-    @property
     def base_url(self) -> str | None:
         """The trainer's data-plane URL (None until a from_job session is ready)."""
         return self._base_url
 
     @property
-    def transport(self) -> Transport:
+    def _open_transport(self) -> Transport:
         """The session's transport (for the clients; raises if the session is not ready)."""
         self._check_open()
         if self._transport is None:
             raise FiretitanError("the session is not ready yet: await session.wait_ready()")
         return self._transport
-
-    @property
-    def client_config(self) -> dict[str, Any]:
-        """The server's ``client/config`` reply (feature flags and chunking limits; ``{}`` in
-        the fireworks dialect, which never asks)."""
-        return self._client_config
 
     async def wait_ready(self) -> None:
         """Wait until the trainer is ready and the server-side session exists.
@@ -364,6 +403,8 @@ class ServiceSession:
                 retry=self._retry,
                 transport=self._http_transport,
                 http2=self._http2,
+                trust_env=self._trust_env,
+                before_retry=self._check_job if self._jobs is not None else None,
             )
         if self._codec.fetches_client_config:
             config = await self._transport.call(
@@ -467,7 +508,7 @@ class ServiceSession:
         self._training_keys.add(spec)
         try:
             await self.wait_ready()
-            transport = self.transport
+            transport = self._open_transport
             model_seq_id = self._model_seq
             self._model_seq += 1
             accepted = await transport.submit(
@@ -520,8 +561,8 @@ class ServiceSession:
             # both dialects: sampling sessions are the local trainer's, not Fireworks'.
             validate_tinker_path(model_path, field="model_path")
         await self.wait_ready()
-        seq = self.next_sampling_session_seq_id()
-        reply = await self.transport.call(
+        seq = self._next_sampling_session_seq_id()
+        reply = await self._open_transport.call(
             "POST",
             "/api/v1/create_sampling_session",
             json_body=create_sampling_session_body(
@@ -538,7 +579,7 @@ class ServiceSession:
             self, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
-    def next_sampling_session_seq_id(self) -> int:
+    def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq
         self._sampling_seq += 1

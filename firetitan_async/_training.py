@@ -67,7 +67,7 @@ class TrainingClient:
         capabilities: Mapping[str, Any] | None = None,
     ) -> None:
         self._session = session
-        self._codec = session.codec
+        self._codec = session._codec
         self._ops = OrderedOps(session)
         #: The server's model id (also the training-run id of checkpoint paths).
         self.model_id = model_id
@@ -201,7 +201,7 @@ class TrainingClient:
         return self._ops.start("forward_backward_custom", 2 * n, run)
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
-        return self._codec.split(data, self._session.client_config)
+        return self._codec.split(data, self._session._client_config)
 
     def _check_usable(self) -> None:
         self._session._check_open()
@@ -259,9 +259,9 @@ class TrainingClient:
                 data=chunks[index],
                 loss_fn=loss_fn,
                 loss_fn_config=loss_fn_config,
-                client_config=self._session.client_config,
+                client_config=self._session._client_config,
             )
-            transport = self._session.transport
+            transport = self._session._open_transport
             accepted = await self._ops.submit(
                 seqs[index],
                 name,
@@ -546,7 +546,7 @@ class TrainingClient:
         from ._sampling import SamplingClient
 
         self._check_usable()
-        sampling_seq = self._session.next_sampling_session_seq_id()
+        sampling_seq = self._session._next_sampling_session_seq_id()
         pending = self._simple(
             "save_weights_for_sampler",
             lambda seq: ephemeral_sampler_body(
@@ -573,7 +573,7 @@ class TrainingClient:
         """
         self._session._check_open()
         if self._codec.name == "fireworks":
-            reply = await self._session.transport.call("GET", "/api/v1/list_checkpoints")
+            reply = await self._session._open_transport.call("GET", "/api/v1/list_checkpoints")
             return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
         return await _list_checkpoints(
             self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
@@ -648,7 +648,7 @@ class TrainingClient:
             for op in earlier:  # drain: the model's queued operations finish first
                 with contextlib.suppress(Exception):
                     await op
-            transport = self._session.transport
+            transport = self._session._open_transport
             accepted = await transport.submit(
                 "/api/v1/unload_model", json_body=fw.unload_model_body(model_id=self.model_id)
             )
@@ -673,7 +673,7 @@ class TrainingClient:
             raise InvalidInput("path", "must be a non-empty string")
 
         async def run(seqs: range, pending: Pending[dict[str, Any]]) -> dict[str, Any]:
-            transport = self._session.transport
+            transport = self._session._open_transport
             accepted = await self._ops.submit(
                 seqs[0],
                 "load_adapter",
@@ -701,7 +701,7 @@ class TrainingClient:
     async def _submit_and_retrieve(
         self, op: str, seq: int, body: dict[str, Any], result_type: type[R], pending: Pending[Any]
     ) -> R:
-        transport = self._session.transport
+        transport = self._session._open_transport
         accepted = await self._ops.submit(
             seq, op, transport.submit(f"/api/v1/{op}", json_body=body)
         )
@@ -714,7 +714,7 @@ async def _list_checkpoints(
     session: ServiceSession, path: str, params: dict[str, str | int] | None = None
 ) -> list[CheckpointEntry]:
     session._check_open()
-    reply = await session.transport.call("GET", path, params=params)
+    reply = await session._open_transport.call("GET", path, params=params)
     rows = reply.get("checkpoints") if isinstance(reply, dict) else None
     if not isinstance(rows, list) or not all(
         isinstance(r, dict) and isinstance(r.get("checkpoint_id"), str) for r in rows

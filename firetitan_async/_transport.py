@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
 from typing import Any
@@ -125,8 +125,11 @@ class Transport:
         http2: bool = False,
         max_connections: int = 4096,
         trust_env: bool = True,
+        before_retry: Callable[[httpx.Response], Awaitable[None]] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Awaited with each reply about to be retried (see send_with_retry); may raise.
+        self._before_retry = before_retry
         self.retry = retry
         self._timeout = timeout
         # Every server text and exception text becomes an error or a log line through this.
@@ -354,7 +357,17 @@ class Transport:
             error=error or (lambda response, _redactor: self._status_error(response)),
             log=logger,
             sleep=partial(self._sleep, turn=turn),
+            before_retry=None if self._before_retry is None else partial(self._check, turn=turn),
         )
+
+    async def _check(self, response: httpx.Response, turn: Turn | None) -> None:
+        """The ``before_retry`` hook, run with the CPU turn given back (it may do I/O)."""
+        assert self._before_retry is not None
+        if self._turns is None:
+            await self._before_retry(response)
+            return
+        async with self._turns.yielded(turn):
+            await self._before_retry(response)
 
     # -- errors: every server text and exception text redacted ------------------------------
 

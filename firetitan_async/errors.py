@@ -19,10 +19,12 @@ from typing import Any
 __all__ = [
     "APIStatusError",
     "FiretitanError",
+    "HotloadFailed",
     "InvalidInput",
     "ProtocolError",
     "ReadinessTimeout",
     "RequestFailedError",
+    "SamplingError",
     "SessionClosed",
     "SubmissionLost",
     "TrainerJobFailed",
@@ -179,3 +181,55 @@ class UsageError(FiretitanError, RuntimeError):
 class UnsupportedAwaitable(FiretitanError, TypeError):
     """``aresult`` / ``as_awaitable`` got an object they cannot wait for (a ``TypeError`` too)."""
 
+
+class SamplingError(FiretitanError):
+    """A completions request failed for good (a non-retryable status, retries or the hot-load
+    wait exhausted, or a malformed reply).
+
+    ``request_id`` is the id we sent as ``x-request-id`` (the same on every attempt, so it
+    finds the request in server logs), ``server_request_id`` the one the server echoed,
+    ``status_code`` the last HTTP status (None: no reply) and ``attempts`` how many were made.
+
+    Example::
+
+        try:
+            completions = await sampler.sample(prompt, max_tokens=64)
+        except SamplingError as exc:
+            print(exc.status_code, exc.request_id, exc.attempts)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        server_request_id: str | None = None,
+        status_code: int | None = None,
+        attempts: int = 0,
+    ) -> None:
+        self.request_id = request_id
+        self.server_request_id = server_request_id
+        self.status_code = status_code
+        self.attempts = attempts
+        where = f"request_id={request_id}, status={status_code}, attempts={attempts}"
+        super().__init__(f"{message} ({where})")
+
+
+class HotloadFailed(FiretitanError):
+    """A hot-load did not complete: the deployment reported an error for the snapshot, or it
+    was not served before the timeout. ``snapshot`` is its identity; ``detail`` what the
+    deployment last said.
+
+    Example::
+
+        try:
+            await deployments.wait_for_hotload(deployment_id, base_model=model, snapshot=snapshot)
+        except HotloadFailed as exc:
+            print(exc.snapshot, exc.detail)
+    """
+
+    def __init__(self, deployment_id: str, snapshot: str, detail: str) -> None:
+        self.deployment_id = deployment_id
+        self.snapshot = snapshot
+        self.detail = detail
+        super().__init__(f"hot-load of {snapshot!r} onto {deployment_id!r} failed: {detail}")

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 from tinker import types
@@ -53,6 +54,63 @@ async def test_training_client_waits_until_the_job_is_running() -> None:
             assert out.metrics["loss:sum"] > 0
             assert session.base_url is not None and created.job_id in session.base_url
     assert elapsed >= 0.5, elapsed
+
+
+async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "fw-secret-job-key-0123456789"
+    async with (
+        LocalTrainer(api_key=key) as lt,
+        TrainerJobs(api_key=key, account_id=lt.account_id, base_url=lt.control_plane_url) as jobs,
+    ):
+        created = await jobs.create(CONFIG)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            await client.forward_backward(batch(0), "cross_entropy")
+            async with httpx.AsyncClient() as http:
+                failed = await http.post(
+                    f"{lt.base_url}/_local/jobs/{created.job_id}/fail",
+                    json={"message": f"GPU fell off the bus (key {key})"},
+                )
+                failed.raise_for_status()
+            started = time.monotonic()
+            # The default policy retries the gateway's 503 "not running" 10 times (~30 s).
+            with pytest.raises(TrainerJobFailed) as info:
+                await client.forward_backward(batch(1), "cross_entropy")
+            assert time.monotonic() - started < 5.0
+            assert info.value.state == "FAILED" and "GPU fell off the bus" in str(info.value)
+            assert key not in str(info.value)
+            assert not [r for r in caplog.records if key in r.getMessage()]
+            with pytest.raises(TrainerJobFailed):  # later calls: at call time, nothing sent
+                client.optim_step(ADAM)
+            with pytest.raises(TrainerJobFailed):
+                await session.create_sampling_client(base_model=MODEL)
+        await jobs.resume_and_wait(created.job_id, poll_interval_s=0.05)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            out = await client.forward_backward(batch(2), "cross_entropy")
+            assert out.metrics["loss:sum"] > 0
+
+
+async def test_operations_in_flight_when_the_job_fails_fail_with_trainer_job_failed() -> None:
+    async with LocalTrainer(latency_s=0.2) as lt, jobs_for(lt) as jobs:
+        created = await jobs.create(CONFIG)
+        async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
+            client = await session.create_training_client(MODEL, lora_rank=4)
+            fb = client.forward_backward(batch(0), "cross_entropy")
+            in_flight = [fb, client.optim_step(ADAM)]
+            await anyio.sleep(0.05)  # submitted; the trainer holds every reply back 0.2 s
+            async with httpx.AsyncClient() as http:
+                failed = await http.post(
+                    f"{lt.base_url}/_local/jobs/{created.job_id}/fail", json={}
+                )
+                failed.raise_for_status()
+            started = time.monotonic()
+            for pending in in_flight:
+                with pytest.raises(TrainerJobFailed):  # not SubmissionLost, not a 503
+                    await pending
+            assert time.monotonic() - started < 5.0
 
 
 async def test_a_failed_job_stops_the_wait_at_once() -> None:

@@ -8,8 +8,9 @@ hot-load lands, a server echoing the key).
 from __future__ import annotations
 
 import functools
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -193,6 +194,74 @@ async def test_429_is_retried_with_the_slot_given_back() -> None:
     ) as sampler:
         assert len(await sampler.sample(PROMPT)) == 1
     assert len(seen) == 2 and window.in_flight == 0
+
+
+async def test_streams_over_capacity_are_retried_and_hold_a_slot_only_while_streaming(
+    deployment: LocalTrainer,
+) -> None:
+    # The deployment serves one request at a time (429 beyond): eight concurrent streams
+    # through a window of 4 are retried by the one loop until each gets its turn.
+    _knobs(deployment, latency_s=0.005, max_concurrency=1)
+    window = FixedConcurrency(4)
+    held: list[int] = []
+    retry = RetryPolicy(max_attempts=200, backoff_base_s=0.001, backoff_cap_s=0.01)
+    async with DeploymentSampler(
+        deployment.base_url, MODEL, concurrency=window, retry=retry
+    ) as sampler:
+        [whole] = await sampler.sample(PROMPT, max_tokens=6, seed=1)
+
+        async def one() -> None:
+            tokens = []
+            async for delta in sampler.stream(PROMPT, max_tokens=6, seed=1):
+                held.append(window.in_flight)
+                if delta.token is not None:
+                    tokens.append(delta.token)
+            assert tokens == whole.tokens
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(one)
+    assert _server_stats(deployment)["rejected_429"] > 0  # the 429s happened and were retried
+    assert min(held) >= 1 and window.in_flight == 0  # held while streaming, given back after
+
+
+async def test_a_connection_failure_is_a_sampling_error_after_the_policy_s_attempts() -> None:
+    with anyio.fail_after(30):
+        window = FixedConcurrency(1)
+        async with DeploymentSampler(
+            "http://127.0.0.1:1", MODEL, KEY, concurrency=window,
+            retry=RetryPolicy(max_attempts=3, backoff_base_s=0.001),
+        ) as sampler:
+            with pytest.raises(SamplingError) as info:
+                await sampler.sample(PROMPT)
+    err = info.value
+    assert (err.status_code, err.attempts) == (None, 3) and err.request_id
+    assert window.in_flight == 0 and KEY not in str(err)
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """One SSE event, then the connection breaks (with the key in the error's text)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        event = {"choices": [{"index": 0, "text": "a", "logprobs": {"content": [
+            {"token_id": 97, "logprob": -0.5}]}}]}
+        yield f"data: {json.dumps(event)}\n\n".encode()
+        raise httpx.ReadError(f"connection reset (X-Api-Key: {KEY})")
+
+
+async def test_a_stream_broken_midway_is_a_sampling_error_and_gives_its_slot_back() -> None:
+    window = FixedConcurrency(1)
+    reply = httpx.Response(200, stream=_BrokenStream(),
+                           headers={"content-type": "text/event-stream"})
+    async with DeploymentSampler(
+        "http://127.0.0.1:1", MODEL, KEY, transport=_mock([reply], []), concurrency=window
+    ) as sampler:
+        got = []
+        with pytest.raises(SamplingError, match="the stream broke") as info:
+            async for delta in sampler.stream(PROMPT):
+                got.append(delta.token)
+    assert got == [97] and info.value.attempts == 1  # not retried: a delta was yielded
+    assert window.in_flight == 0 and KEY not in str(info.value)
 
 
 async def test_bad_input_is_refused_before_anything_is_sent() -> None:

@@ -54,3 +54,65 @@ async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer)
         await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
         with pytest.raises(InvalidInput, match="already has a training client"):
             await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
+
+
+# -- no plumbing on the public surface (issue 16 item 5) -------------------------------------
+
+# What a user may touch on a session: its lifetime (``async with``, ``wait_ready``), what it is
+# connected to, and the ``create_*`` methods. Everything the clients need is private.
+_SESSION_SURFACE = {
+    "base_url",
+    "create_base_training_client",
+    "create_sampling_client",
+    "create_training_client",
+    "dialect",
+    "from_job",
+    "session_id",
+    "wait_ready",
+}
+_PLUMBING_NAMES = {
+    "spawn_operation",
+    "transport",
+    "client_config",
+    "codec",
+    "next_sampling_session_seq_id",
+    "session",
+    "ops",
+}
+
+
+def _public(obj: object) -> set[str]:
+    return {name for name in dir(obj) if not name.startswith("_")}
+
+
+def _plumbing_values(obj: object) -> dict[str, str]:
+    """Public attributes of ``obj`` whose value is a piece of the session's machinery."""
+    import httpx
+
+    from firetitan_async._ordered_ops import OrderedOps
+    from firetitan_async._transport import Transport
+    from firetitan_async.wire import dialect_named
+
+    codecs = tuple(type(dialect_named(name)) for name in ("fireworks", "tinker"))
+    machinery = (Transport, httpx.AsyncClient, OrderedOps, ServiceSession, *codecs)
+    found = {}
+    for name in _public(obj):
+        value = getattr(obj, name)
+        if isinstance(value, machinery):
+            found[name] = type(value).__name__
+    return found
+
+
+async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
+    local_trainer: LocalTrainer,
+) -> None:
+    assert _public(ServiceSession) == _SESSION_SURFACE
+    async with ServiceSession(local_trainer.base_url) as session:
+        assert _public(session) == _SESSION_SURFACE
+        training = await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
+        sampling = await session.create_sampling_client(base_model="local/tiny-byte-lm")
+        for obj in (session, training, sampling):
+            assert not _public(obj) & _PLUMBING_NAMES, type(obj).__name__
+            assert _plumbing_values(obj) == {}, type(obj).__name__
+        # The private interface the clients use is still there (a rename would break them).
+        assert training._session is session and sampling._session is session

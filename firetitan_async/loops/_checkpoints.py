@@ -85,7 +85,7 @@ class TrainerCheckpoints:
             return
         parsed = validate_tinker_path(path)
         checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
-        await self._session.transport.call(
+        await self._session._open_transport.call(
             "DELETE",
             f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints/{checkpoint_id}",
         )

@@ -37,9 +37,8 @@ import anyio
 import attrs
 import httpx
 
-from .._deployment_errors import HotloadFailed
 from .._retry import RetryPolicy
-from ..errors import FiretitanError, InvalidInput
+from ..errors import FiretitanError, HotloadFailed, InvalidInput
 from ._rest import DEFAULT_BASE_URL, RestCore
 
 __all__ = [

@@ -19,8 +19,7 @@ from typing import Any
 
 import attrs
 
-from .._deployment_errors import SamplingError
-from ..errors import InvalidInput
+from ..errors import InvalidInput, SamplingError
 
 __all__ = [
     "ChoiceResult",
