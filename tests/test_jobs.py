@@ -724,3 +724,24 @@ def test_the_trainer_jobs_example_runs() -> None:
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "RUNNING" in proc.stdout and "promoted" in proc.stdout and "deleted" in proc.stdout
+
+
+@pytest.mark.anyio
+async def test_a_failed_jobs_status_message_never_shows_the_key() -> None:
+    """A job whose status message echoes the key: records, waits and errors stay clean."""
+    async with (
+        LocalTrainer(api_key=SECRET) as lt,
+        TrainerJobs(SECRET, base_url=lt.control_plane_url) as jobs,
+    ):
+        created = await jobs.create(TrainerJobConfig(base_model=MODEL))
+        fail = f"{lt.control_plane_url}/_local/jobs/{created.job_id}/fail"
+        async with httpx.AsyncClient(headers={"X-Api-Key": SECRET}) as http:
+            reply = await http.post(fail, json={"message": f"bad credential {SECRET}"})
+            assert reply.status_code == 200, reply.text
+        job = await jobs.get(created.job_id)
+        assert job.status_message and SECRET not in f"{job.status_message} {job.raw}"
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.wait_for_ready(created.job_id, poll_interval_s=0.01, timeout_s=5)
+        assert "bad credential <redacted>" in str(info.value)
+        assert SECRET not in f"{info.value} {info.value!r}"
+        await jobs.delete(created.job_id)

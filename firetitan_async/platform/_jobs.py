@@ -224,7 +224,7 @@ class TrainerJobs:
             logger.info("trainer job %s already exists (409): adopting it", job_id)
             job = existing
         else:
-            job = TrainerJob.from_record(self._rest.json_of(response))
+            job = TrainerJob.from_record(self._rest.redactor.value(self._rest.json_of(response)))
         _warn_backend_message(job)
         logger.info("created trainer job %s (%s)", job.job_name, job.state)
         return CreatedTrainerJob(job.job_id, job.job_name)
@@ -571,6 +571,8 @@ class TrainerJobs:
         return f"{self._collection(account)}/{quote(self.bare_job_id(job_id), safe='')}"
 
     async def _job(self, record: object) -> TrainerJob:
+        # A status message can echo what the server was sent: redact before anything keeps it.
+        record = self._rest.redactor.value(record)
         job = TrainerJob.from_record(record)
         return TrainerJob.from_record(record, gateway_url=await self.gateway_url(job.job_id))
 
