@@ -24,7 +24,10 @@ Example::
 from __future__ import annotations
 
 from ._adapters import aresult, as_awaitable
+from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 from ._custom_loss import CustomLoss
+from ._deployment_errors import HotloadFailed, SamplingError
+from ._deployment_sampler import DeploymentSampler, SampledCompletion
 from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
@@ -32,6 +35,7 @@ from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
+from ._wire_completions import StreamDelta
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -44,10 +48,16 @@ from .errors import (
 )
 from .platform import (
     CreatedTrainerJob,
+    DeploymentConfig,
+    DeploymentFailed,
+    DeploymentInfo,
+    Deployments,
+    HotloadStatus,
     JobCheckpoint,
     JobState,
     PlatformAPIError,
     PromotedModel,
+    PublishedVersion,
     ReadinessPoller,
     ReadinessProgress,
     TrainerEndpoint,
@@ -55,28 +65,44 @@ from .platform import (
     TrainerJobConfig,
     TrainerJobs,
     TrainingShapeProfile,
+    WeightPublisher,
 )
 
 __all__ = [
     "APIStatusError",
+    "AdaptiveConcurrency",
+    "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
+    "DeploymentConfig",
+    "DeploymentFailed",
+    "DeploymentInfo",
+    "DeploymentSampler",
+    "Deployments",
     "FiretitanError",
+    "FixedConcurrency",
+    "HotloadFailed",
+    "HotloadStatus",
     "InvalidInput",
     "JobCheckpoint",
     "JobState",
+    "Observation",
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
+    "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
     "ReadinessTimeout",
     "RequestFailedError",
     "RetryPolicy",
+    "SampledCompletion",
     "SamplerSnapshot",
     "SamplingClient",
+    "SamplingError",
     "ServiceSession",
     "SessionClosed",
+    "StreamDelta",
     "SubmissionLost",
     "TrainerEndpoint",
     "TrainerJob",
@@ -85,6 +111,7 @@ __all__ = [
     "TrainerJobs",
     "TrainingClient",
     "TrainingShapeProfile",
+    "WeightPublisher",
     "__version__",
     "aresult",
     "as_awaitable",

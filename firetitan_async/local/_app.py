@@ -29,6 +29,7 @@ from starlette.routing import Route
 from ._checkpoint_store import CheckpointStore
 from ._control_plane import JobRegistry, control_plane_routes
 from ._data_plane import data_plane_routes
+from ._deployments import deployment_routes
 from ._front import FrontDoor, rpc_status
 from ._http_errors import ApiError
 from ._json_body import read_json_object
@@ -124,6 +125,7 @@ def build_app(state: ServerState) -> FrontDoor:
         *control_plane_routes(jobs, root_url),
         *promotion_routes(jobs, checkpoints, models),
         *shape_routes(account_id),
+        *deployment_routes(),
         Route("/_local/stats", _stats, methods=["GET"]),
         Route("/_local/jobs/{job_id}/fail", _fail_job, methods=["POST"]),
         Route("/_local/control_plane", _control_plane_knobs, methods=["POST"]),

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from ._checkpoints import JobCheckpoint, PromotedModel
 from ._config import TrainerJobConfig
+from ._deployments import (
+    DeploymentConfig,
+    DeploymentFailed,
+    DeploymentInfo,
+    Deployments,
+    HotloadStatus,
+)
 from ._jobs import TrainerJobs
+from ._publisher import PublishedVersion, WeightPublisher
 from ._readiness import ReadinessPoller, ReadinessProgress
 from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
 from ._rest import DEFAULT_BASE_URL, RestCore
@@ -26,10 +34,16 @@ from ._shapes import TrainingShapeProfile
 __all__ = [
     "DEFAULT_BASE_URL",
     "CreatedTrainerJob",
+    "DeploymentConfig",
+    "DeploymentFailed",
+    "DeploymentInfo",
+    "Deployments",
+    "HotloadStatus",
     "JobCheckpoint",
     "JobState",
     "PlatformAPIError",
     "PromotedModel",
+    "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
     "RestCore",
@@ -38,4 +52,5 @@ __all__ = [
     "TrainerJobConfig",
     "TrainerJobs",
     "TrainingShapeProfile",
+    "WeightPublisher",
 ]
