@@ -32,6 +32,7 @@ from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
+from ._signals import Interrupted, cleanup_on_signals
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
@@ -47,6 +48,7 @@ from .errors import (
     TrainerJobFailed,
 )
 from .platform import (
+    CleanupFailed,
     CreatedTrainerJob,
     DeploymentConfig,
     DeploymentFailed,
@@ -55,8 +57,10 @@ from .platform import (
     HotloadStatus,
     JobCheckpoint,
     JobState,
+    LiveResource,
     PlatformAPIError,
     PromotedModel,
+    Provisioning,
     PublishedVersion,
     ReadinessPoller,
     ReadinessProgress,
@@ -66,11 +70,13 @@ from .platform import (
     TrainerJobs,
     TrainingShapeProfile,
     WeightPublisher,
+    live_resources,
 )
 
 __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
+    "CleanupFailed",
     "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
@@ -83,13 +89,16 @@ __all__ = [
     "FixedConcurrency",
     "HotloadFailed",
     "HotloadStatus",
+    "Interrupted",
     "InvalidInput",
     "JobCheckpoint",
     "JobState",
+    "LiveResource",
     "Observation",
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
+    "Provisioning",
     "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
@@ -115,4 +124,6 @@ __all__ = [
     "__version__",
     "aresult",
     "as_awaitable",
+    "cleanup_on_signals",
+    "live_resources",
 ]

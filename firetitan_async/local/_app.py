@@ -29,7 +29,7 @@ from starlette.routing import Route
 from ._checkpoint_store import CheckpointStore
 from ._control_plane import JobRegistry, control_plane_routes
 from ._data_plane import data_plane_routes
-from ._deployments import deployment_routes
+from ._deployments import deployment_registry, deployment_routes
 from ._front import FrontDoor, rpc_status
 from ._http_errors import ApiError
 from ._json_body import read_json_object
@@ -48,7 +48,16 @@ def _state(request: Request) -> ServerState:
 
 
 async def _stats(request: Request) -> Response:
-    return JSONResponse(_state(request).stats.snapshot())
+    state = _state(request)
+    snapshot = state.stats.snapshot()
+    # What still runs (and would bill on a real platform): trainer jobs not deleted nor stopped,
+    # client sessions not finished, deployments not deleted.
+    snapshot["live"] = {
+        "jobs": state.jobs.live_count(),
+        "sessions": sum(not s.finished for s in state.registry.sessions.values()),
+        "deployments": len(deployment_registry(request).deployments),
+    }
+    return JSONResponse(snapshot)
 
 
 async def _fail_job(request: Request) -> Response:

@@ -287,6 +287,11 @@ class JobRegistry:
             return "JOB_STATE_RUNNING"
         return "JOB_STATE_CREATING" if elapsed < self.warmup_s / 2 else "JOB_STATE_PENDING"
 
+    def live_count(self) -> int:
+        """Jobs CREATING, PENDING or RUNNING (not deleted, stopped or failed)."""
+        live = ("JOB_STATE_CREATING", "JOB_STATE_PENDING", "JOB_STATE_RUNNING")
+        return sum(self.state(j) in live for j in self.all())
+
     def any_warming(self) -> bool:
         """Whether some job is still CREATING or PENDING."""
         return any(self.state(j) in ("JOB_STATE_CREATING", "JOB_STATE_PENDING") for j in self.all())
