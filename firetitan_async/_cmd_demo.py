@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 import anyio
 
+from ._signals import Interrupted, cleanup_on_signals
 from .errors import FiretitanError
 
 __all__ = ["add_parser"]
@@ -82,6 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1.0,
         help="how long the local trainer job warms up before it is RUNNING (default: 1)",
     )
+    parser.add_argument(
+        "--control-plane-url",
+        default=None,
+        metavar="URL",
+        help="use the local trainer at URL (firetitan-async serve) instead of an embedded one",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -104,8 +110,16 @@ def _run(args: argparse.Namespace) -> int:
     def emit(line: str) -> None:
         print(line, flush=True)
 
+    async def main() -> None:
+        # SIGINT/SIGTERM cancel the run: the session ends and the trainer job is deleted.
+        async with cleanup_on_signals():
+            await run_demo(config, emit=emit, control_plane_url=args.control_plane_url)
+
     try:
-        anyio.run(partial(run_demo, config, emit=emit), backend=args.backend)
+        anyio.run(main, backend=args.backend)
+    except Interrupted as exc:
+        print(f"firetitan-async demo: {exc}", file=sys.stderr)
+        return exc.exit_code
     except FiretitanError as exc:
         print(f"firetitan-async demo: failed: {exc}", file=sys.stderr)
         return 1

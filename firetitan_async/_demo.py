@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 
-import anyio
 import attrs
 import numpy as np
 from tinker import types
@@ -42,7 +42,7 @@ from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from .local import LocalTrainer
 from .local._datums import encode_text
-from .platform import ReadinessPoller, ReadinessProgress, TrainerJobConfig, TrainerJobs
+from .platform import ReadinessProgress, TrainerJobConfig, TrainerJobs
 
 __all__ = ["DemoConfig", "DemoResult", "DemoRow", "reward_of", "run_demo"]
 
@@ -316,10 +316,16 @@ class _Demo:
 
 
 async def run_demo(
-    config: DemoConfig | None = None, *, emit: Callable[[str], None] = print
+    config: DemoConfig | None = None,
+    *,
+    emit: Callable[[str], None] = print,
+    control_plane_url: str | None = None,
 ) -> DemoResult:
-    """Run the demo end to end against an embedded local trainer; ``emit`` gets each line.
+    """Run the demo end to end against an embedded local trainer (or the one at
+    ``control_plane_url``, e.g. ``firetitan-async serve``); ``emit`` gets each line.
 
+    The trainer job is owned by the run: deleted however it ends (an error, cancellation, or
+    SIGINT/SIGTERM under :func:`~firetitan_async.cleanup_on_signals`, as the CLI runs it).
     Works under asyncio and trio. Raises :class:`~firetitan_async.FiretitanError` subclasses
     when the trainer misbehaves.
 
@@ -331,36 +337,35 @@ async def run_demo(
     cfg = config or DemoConfig()
     demo = _Demo(cfg, emit)
     started = time.monotonic()
-    async with LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed) as lt:
-        emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
-        async with TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url) as jobs:
-            created = await jobs.create(
-                TrainerJobConfig(
-                    base_model=MODEL,
-                    lora_rank=cfg.lora_rank,
-                    learning_rate=cfg.learning_rate,
-                    display_name="firetitan-async demo",
-                )
+    async with AsyncExitStack() as stack:
+        if control_plane_url is None:
+            lt = await stack.enter_async_context(
+                LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed)
             )
-            emit(f"created trainer job {created.job_name}")
-            async with (
-                ServiceSession.from_job(
-                    jobs, created.job_id, poll_interval_s=cfg.poll_interval_s
-                ) as session,
-                anyio.create_task_group() as tg,
-            ):
-                tg.start_soon(_show_readiness, jobs, created.job_id, cfg, emit)
-                # Gated by the session's own readiness poller: returns once the job is RUNNING.
-                client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
-                emit(f"training client {client.model_id} on session {session.session_id}")
-                result = await demo.train(session, client, created.job_id, started)
+            emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
+            control_plane_url = lt.control_plane_url
+        jobs = await stack.enter_async_context(TrainerJobs(base_url=control_plane_url))
+        job_config = TrainerJobConfig(
+            base_model=MODEL, lora_rank=cfg.lora_rank, learning_rate=cfg.learning_rate
+        )
+        endpoint = await stack.enter_async_context(  # deleted when this block exits
+            jobs.create_and_wait(
+                job_config,
+                poll_interval_s=cfg.poll_interval_s,
+                timeout_s=60.0,
+                on_progress=_readiness_display(emit),
+            )
+        )
+        emit(f"trainer job {endpoint.job_name}")
+        session = await stack.enter_async_context(ServiceSession(endpoint.base_url))
+        client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
+        emit(f"training client {client.model_id} on session {session.session_id}")
+        result = await demo.train(session, client, endpoint.job_id, started)
     _summary(result, cfg.prompt, emit)
     return result
 
 
-async def _show_readiness(
-    jobs: TrainerJobs, job_id: str, cfg: DemoConfig, emit: Callable[[str], None]
-) -> None:
+def _readiness_display(emit: Callable[[str], None]) -> Callable[[ReadinessProgress], None]:
     last: list[str] = []
 
     def on_progress(progress: ReadinessProgress) -> None:
@@ -368,10 +373,7 @@ async def _show_readiness(
             last.append(progress.state)
             emit(f"  job {progress.state:<9} after {progress.elapsed_s:5.2f}s")
 
-    poller = ReadinessPoller(
-        jobs, job_id, poll_interval_s=cfg.poll_interval_s, timeout_s=60.0, on_progress=on_progress
-    )
-    await poller.run()
+    return on_progress
 
 
 def _summary(result: DemoResult, prompt: str, emit: Callable[[str], None]) -> None:
