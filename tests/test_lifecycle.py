@@ -277,3 +277,15 @@ def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str
         assert capsys.readouterr().out == ""
         assert _live(lt) == {"jobs": 3, "sessions": 0, "deployments": 1}
     assert os.getpid() != dead
+
+
+def test_example_owned_resources_leaves_nothing(trainer: LocalTrainer) -> None:
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "owned_resources.py")
+    proc = subprocess.run(
+        [sys.executable, example, "--steps", "2", "--backend", "trio",
+         "--control-plane-url", trainer.control_plane_url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "step 2: loss" in proc.stdout and "released" in proc.stdout
+    assert _live(trainer) == {"jobs": 0, "sessions": 0, "deployments": 0}
