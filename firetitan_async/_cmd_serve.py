@@ -8,8 +8,6 @@ import os
 import sys
 import threading
 
-from .local import LocalTrainer
-
 __all__ = ["add_parser", "serve"]
 
 
@@ -63,6 +61,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="longest hold of a retrieve_future poll (default 30)",
     )
     parser.add_argument(
+        "--no-fwdbwd-logprobs",
+        action="store_true",
+        help="forward_backward replies carry the aggregate loss but no per-token logprobs "
+        "(like a dedicated Fireworks trainer)",
+    )
+    parser.add_argument(
+        "--step-checkpoint-names",
+        action="store_true",
+        help="store every save_state as step-N, whatever name was asked for",
+    )
+    parser.add_argument(
+        "--bare-checkpoint-list",
+        action="store_true",
+        help="leave timestamps and paths out of the tinker-form checkpoint listings",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -73,6 +87,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
+    from .local import LocalTrainer  # only here: the other commands must not load the server
+
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -94,6 +110,9 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             checkpoint_dir=args.checkpoint_dir,
             api_key=api_key,
             long_poll_s=args.long_poll_s,
+            forward_backward_logprobs=not args.no_fwdbwd_logprobs,
+            checkpoint_step_names=args.step_checkpoint_names,
+            checkpoint_list_details=not args.bare_checkpoint_list,
         )
         trainer.start()
     except (ValueError, OSError) as exc:

@@ -63,7 +63,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls"
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, metavar="S", help="give up after S seconds"
+        "--timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="give up after S seconds once the job has capacity (not PENDING)",
+    )
+    parser.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=48 * 3600.0,
+        metavar="S",
+        help="give up after S seconds waiting for capacity (PENDING; default 48 h)",
     )
     parser.add_argument(
         "--no-probe",
@@ -79,6 +90,7 @@ async def wait_for_job(
     *,
     poll_interval_s: float = 5.0,
     timeout_s: float = 900.0,
+    pending_timeout_s: float = 48 * 3600.0,
     probe_data_plane: bool = True,
     out: TextIO | None = None,
 ) -> TrainerEndpoint:
@@ -107,6 +119,7 @@ async def wait_for_job(
         job_id,
         poll_interval_s=poll_interval_s,
         timeout_s=timeout_s,
+        pending_timeout_s=pending_timeout_s,
         on_progress=show,
         probe_data_plane=probe_data_plane,
     )
@@ -122,7 +135,11 @@ def _fail(message: str, code: int = 1) -> int:
 def _run_wait(args: argparse.Namespace) -> int:
     account_id = args.account_id or os.environ.get(_ACCOUNT_VAR) or None
     base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
-    for name, value in (("--poll-interval", args.poll_interval), ("--timeout", args.timeout)):
+    for name, value in (
+        ("--poll-interval", args.poll_interval),
+        ("--timeout", args.timeout),
+        ("--pending-timeout", args.pending_timeout),
+    ):
         if not math.isfinite(value) or value <= 0:
             return _fail(f"{name} must be a number > 0, got {value}", 2)
     try:
@@ -137,6 +154,7 @@ def _run_wait(args: argparse.Namespace) -> int:
                 args.job_id,
                 poll_interval_s=args.poll_interval,
                 timeout_s=args.timeout,
+                pending_timeout_s=args.pending_timeout,
                 probe_data_plane=not args.no_probe,
             )
         )
@@ -166,6 +184,7 @@ async def _wait(
     *,
     poll_interval_s: float,
     timeout_s: float,
+    pending_timeout_s: float,
     probe_data_plane: bool,
 ) -> TrainerEndpoint:
     async with jobs:
@@ -175,5 +194,6 @@ async def _wait(
             job_id,
             poll_interval_s=poll_interval_s,
             timeout_s=timeout_s,
+            pending_timeout_s=pending_timeout_s,
             probe_data_plane=probe_data_plane,
         )

@@ -1,9 +1,11 @@
 """Conformance, control plane: the UNMODIFIED Fireworks SDK (1.2.30, sync) drives trainer jobs
 on the local trainer: account resolution, create (client-chosen id, 409 adoption), the wait
-for readiness through a warm-up (healthz through the trainer gateway), a training client
-through the gateway, control-plane checkpoint listing and promotion, training shapes,
-resume_and_wait and reconnect_and_wait on failed jobs, delete (a tombstone is left), and the
-tombstone refusing its id.
+for readiness through a warm-up (healthz through the trainer gateway), training through the
+gateway, ``save_state``, a SECOND job resuming from the first one's state
+(``load_state_with_optimizer(resolve_checkpoint_path(name, source_job_id=first))``) and
+reproducing its next-step loss exactly, control-plane checkpoint listing and promotion,
+training shapes, resume_and_wait and reconnect_and_wait on failed jobs, delete (a tombstone is
+left), and the tombstone refusing its id.
 
 Every SDK call must succeed as the SDK sees it: its log warnings are captured and must be
 empty (the SDK hides some failures behind a warning, e.g. a 404 on delete).
@@ -17,7 +19,9 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
+from fireworks.training import sdk
 from fireworks.training.sdk import FiretitanServiceClient, TrainerJobConfig, TrainerJobManager
 
 from firetitan_async.local import LocalTrainer
@@ -28,6 +32,31 @@ pytestmark = pytest.mark.conformance
 KEY = "fw-conformance-key-0123456789"
 WARMUP_S = 0.6
 POLL_S = 0.05
+TEXTS = [b"hello gateway, hello job", b"the second job resumes", b"bytes in, bytes out!"]
+ADAM = sdk.AdamParams(learning_rate=1e-2)
+
+
+def _datum(text: bytes) -> sdk.Datum:
+    tokens = list(text)
+    return sdk.Datum(
+        model_input=sdk.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": sdk.TensorData.from_numpy(np.asarray(tokens[1:], np.int64)),
+            "weights": sdk.TensorData.from_numpy(np.ones(len(tokens) - 1, np.float32)),
+        },
+    )
+
+
+BATCH = [_datum(t) for t in TEXTS]
+
+
+def _step(client: sdk.FiretitanTrainingClient) -> float:
+    """One forward_backward + optim_step, pipelined; the loss of the forward_backward."""
+    fb = client.forward_backward(BATCH, "cross_entropy")
+    step = client.optim_step(ADAM)
+    loss = float(fb.result(timeout=30).metrics["loss:sum"])
+    step.result(timeout=30)
+    return loss
 
 
 @pytest.fixture
@@ -75,14 +104,31 @@ def test_fireworks_sdk_drives_the_control_plane(
     adopted = mgr.create(TrainerJobConfig(base_model=MODEL_NAME, requested_job_id=created.job_id))
     assert adopted.job_id == created.job_id
 
-    # A training client through the trainer gateway; sampler snapshot and state saved there.
+    # Training through the trainer gateway: steps, a sampler snapshot, the state.
     service = FiretitanServiceClient(base_url=endpoint.base_url, api_key=KEY)
     try:
-        client = service.create_training_client(MODEL_NAME, lora_rank=0)
+        client = service.create_training_client(MODEL_NAME, lora_rank=0, seed=11)
+        losses = [_step(client) for _ in range(3)]
+        assert losses[-1] < losses[0]
         snapshot = client.save_weights_for_sampler_ext("conformance-snap")
         assert snapshot.snapshot_name.startswith("conformance-snap-")
         state = client.save_state("step-1").result(timeout=30)
         assert state.path.endswith("/step-1")
+        next_losses = [_step(client) for _ in range(2)]
+    finally:
+        service.close()
+
+    # A second job resumes from the first job's state and reproduces its next steps exactly.
+    second = mgr.create(TrainerJobConfig(base_model=MODEL_NAME, lora_rank=0))
+    second_endpoint = mgr.wait_for_ready(second.job_id, poll_interval_s=POLL_S, timeout_s=20)
+    assert second_endpoint.base_url.endswith(f"/{second.job_id}")
+    service = FiretitanServiceClient(base_url=second_endpoint.base_url, api_key=KEY)
+    try:
+        resumed_client = service.create_training_client(MODEL_NAME, lora_rank=0, seed=11)
+        path = resumed_client.resolve_checkpoint_path("step-1", source_job_id=created.job_id)
+        assert path == f"cross_job://{created.job_id}/step-1"
+        resumed_client.load_state_with_optimizer(path).result(timeout=30)
+        assert [_step(resumed_client) for _ in range(2)] == next_losses
     finally:
         service.close()
 
@@ -119,7 +165,7 @@ def test_fireworks_sdk_drives_the_control_plane(
     assert lt.stats()["requests"]["jobs.resume"] == 2
 
     # delete leaves a tombstone whose id cannot be reused; checkpoints stay listed.
-    for job_id in (created.job_id, shaped.job_id):
+    for job_id in (created.job_id, shaped.job_id, second.job_id):
         mgr.delete(job_id)
     assert mgr.try_get(created.job_id)["state"] == "JOB_STATE_DELETED"
     assert len(mgr.list_checkpoints(created.job_id)) == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -43,6 +44,8 @@ ENV = {
 }
 STEPS = (
     "create",
+    "create_on_a_shape",
+    "create_with_every_field",
     "get",
     "wait_for_ready",
     "list_checkpoints",
@@ -58,6 +61,48 @@ STEPS = (
 
 Op = dict[str, Any]
 Recording = dict[str, list[Op]]
+
+
+# Configs whose create requests are compared field for field (same kwargs on both sides).
+EVERY_FIELD: dict[str, Any] = {
+    "base_model": MODEL,
+    "lora_rank": 2,
+    "projection_head_dim": 8,
+    "max_context_length": 512,
+    "learning_rate": 3e-4,
+    "gradient_accumulation_steps": 1,
+    "node_count": 1,
+    "trainer_replica_count": 1,
+    "display_name": "every field",
+    "hot_load_deployment_id": "dep-1",
+    "region": "US_IOWA_1",
+    "custom_image_tag": "img:1",
+    "extra_args": ["--alpha 1", "--beta"],
+    "extra_values": {"k": "v"},
+    "accelerator_type": "CPU",
+    "accelerator_count": 1,
+    "forward_only": True,
+    "inactivity_timeout": timedelta(minutes=30),
+    "purpose": "fidelity",
+    "preemptible": True,
+    "managed_by": "tests",
+    "reservation_target": "res-1",
+}
+ON_A_SHAPE: dict[str, Any] = {
+    "base_model": MODEL,
+    "lora_rank": 4,
+    "training_shape_ref": SHAPE,
+    "skip_validations": True,
+    "max_context_length": 1024,  # dropped on the shape path: the shape sets it
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "minimal": {"base_model": MODEL},
+    "every_field": EVERY_FIELD,
+    "on_a_shape": ON_A_SHAPE,
+    "auto_shape": {"base_model": MODEL, "auto_select_training_shape": True, "region": "EU"},
+    "reservation_off": {"base_model": MODEL, "use_reservation": False, "display_name": "x"},
+    "inactivity_string": {"base_model": MODEL, "inactivity_timeout": "90.5s"},
+}
 
 
 # -- what the scripts need from the local trainer (not recorded) -------------------------------
@@ -104,6 +149,10 @@ def run_sdk(lt: LocalTrainer, rec: Recorder) -> Recording:
     rec.clear()
     created = mgr.create(SdkConfig(base_model=MODEL, lora_rank=0, display_name="fidelity"))
     out["create"] = _take(rec)
+    mgr.create(SdkConfig(**ON_A_SHAPE))
+    out["create_on_a_shape"] = _take(rec)
+    mgr.create(SdkConfig(**EVERY_FIELD))
+    out["create_with_every_field"] = _take(rec)
     job = created.job_id
     mgr.get(job)
     out["get"] = _take(rec)
@@ -146,6 +195,10 @@ async def run_ours(lt: LocalTrainer, rec: Recorder) -> Recording:
             TrainerJobConfig(base_model=MODEL, lora_rank=0, display_name="fidelity")
         )
         out["create"] = _take(rec)
+        await jobs.create(TrainerJobConfig(**ON_A_SHAPE))
+        out["create_on_a_shape"] = _take(rec)
+        await jobs.create(TrainerJobConfig(**EVERY_FIELD))
+        out["create_with_every_field"] = _take(rec)
         job = created.job_id
         await jobs.get(job)
         out["get"] = _take(rec)
@@ -343,6 +396,14 @@ def test_the_sdk_recording_is_what_the_study_says(sdk_recording: Recording) -> N
     assert len(resume) == 1 and resume[0]["body"] is None
     promote = sdk_recording["promote_checkpoint"][0]
     assert promote["body"]["async_promotion"] is True
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_our_create_body_is_the_sdks(name: str) -> None:
+    """The create body, offline, for configs across the three launch paths."""
+    kwargs = CONFIGS[name]
+    sdk_body = TrainerJobManager._build_trainer_create_payload(SdkConfig(**kwargs))
+    assert TrainerJobConfig(**kwargs).to_body() == sdk_body
 
 
 @pytest.mark.anyio

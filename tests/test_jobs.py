@@ -277,8 +277,9 @@ async def test_lifecycle_create_get_list_resume_delete() -> None:
         assert (await jobs.get(created.job_name)).job_id == created.job_id
 
         other = await jobs.create(TrainerJobConfig(base_model=MODEL))
-        listed = {j.job_id for j in await jobs.list_jobs()}
-        assert {created.job_id, other.job_id} <= listed
+        listed = [j.job_id for j in await jobs.list_jobs(page_size=1)]  # two pages
+        assert listed == [created.job_id, other.job_id]
+        assert lt.stats()["requests"]["jobs.list"] == 2
 
         endpoint = await jobs.wait_for_ready(created.job_id, poll_interval_s=0.02, timeout_s=10)
         assert endpoint.job_id == created.job_id
@@ -297,7 +298,7 @@ async def test_lifecycle_create_get_list_resume_delete() -> None:
         assert again.base_url == endpoint.base_url
         with pytest.raises(PlatformAPIError) as not_resumable:
             await jobs.resume(created.job_id)  # RUNNING: nothing to resume
-        assert not_resumable.value.status_code == 400 and not_resumable.value.grpc_code == 3
+        assert not_resumable.value.status_code == 400 and not_resumable.value.grpc_code == 9
 
         await jobs.delete(created.job_id)
         tombstone = await jobs.get(created.job_id)
@@ -620,7 +621,7 @@ async def test_promotion_polls_the_operation_and_falls_back_without_async() -> N
             await jobs.promote_checkpoint(
                 job_id="ckpt-job", checkpoint_id="snap-b", output_model_id="m3", base_model=MODEL
             )
-        assert info.value.grpc_code == 3
+        assert info.value.grpc_code == 9  # FAILED_PRECONDITION
         sent = lt.stats()["requests"]["checkpoints.promote"]
         for kwargs, field in (
             ({"name": row.name, "output_model_id": "Bad_Id"}, "output_model_id"),
@@ -701,3 +702,25 @@ async def test_reconnect_resumes_a_failed_job_and_waits_for_a_running_one() -> N
         with pytest.raises(TrainerJobFailed) as info:
             await jobs.reconnect_and_wait(created.job_id, resumable_poll_s=0.01)
         assert info.value.state == "DELETED"
+
+
+def test_the_trainer_jobs_example_runs() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "FIREWORKS_API_KEY"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "examples/trainer_jobs.py", "--steps", "2", "--backend", "trio"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "RUNNING" in proc.stdout and "promoted" in proc.stdout and "deleted" in proc.stdout

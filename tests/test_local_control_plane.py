@@ -206,7 +206,7 @@ def test_other_bad_requests() -> None:
         job_id = _create(http, lt)
         url = f"{_jobs_url(lt)}/{job_id}"
         _rpc_error(http.post(f"{url}:resume", json={"force": True}), 400, 3, "no body")
-        _rpc_error(http.post(f"{url}:resume"), 400, 3, "JOB_STATE_RUNNING")
+        _rpc_error(http.post(f"{url}:resume"), 400, 9, "JOB_STATE_RUNNING")
         _rpc_error(http.post(f"{url}:cancel"), 404, 5, "unknown action")
         _rpc_error(http.get(f"{lt.control_plane_url}/v1/nothing"), 404, 5, "no such endpoint")
         # Data-plane errors keep their {"detail"} form.
@@ -389,8 +389,8 @@ def test_promotion_sync_async_polled_and_refused() -> None:
         assert http.get(f"{account}/models/m-sync-2").status_code == 200
         # Refusals: not promotable, unknown, camelCase body, a bad model id; an old server.
         for checkpoint, payload, status, code, word in (
-            ("snap-delta", {**body, "output_model": body["output_model"] + "-3"}, 400, 3, "ARC_V2"),
-            ("step-1", {**body, "output_model": body["output_model"] + "-3"}, 400, 3, "TRAINING"),
+            ("snap-delta", {**body, "output_model": body["output_model"] + "-3"}, 400, 9, "ARC_V2"),
+            ("step-1", {**body, "output_model": body["output_model"] + "-3"}, 400, 9, "TRAINING"),
             ("nope", {**body, "output_model": body["output_model"] + "-3"}, 404, 5, "nope"),
             ("snap-base", {"outputModel": "x"}, 400, 3, "snake_case"),
             (

@@ -195,3 +195,22 @@ async def test_connection_refused_is_retried_even_for_post(anyio_backend: str) -
             await rest.call("POST", "/v1/x", json_body={})
     assert calls == 2
     assert SECRET not in str(info.value)
+
+
+async def test_credentials_in_additional_headers_are_redacted_too(anyio_backend: str) -> None:
+    other = "other-credential-0123456789"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        return httpx.Response(403, json={"message": f"bad token {token}"})
+
+    async with RestCore(
+        SECRET,
+        base_url="https://fw.example",
+        account_id="a",
+        additional_headers={"Authorization": f"Bearer {other}"},
+        transport=_mock(handler),
+    ) as rest:
+        with pytest.raises(PlatformAPIError) as info:
+            await rest.call("GET", "/v1/x")
+    assert other not in str(info.value) and other not in json.dumps(info.value.body)

@@ -440,6 +440,8 @@ def test_cli_wait_helpful_errors(
 
     assert main(["wait", "j1", "--account-id", "a", "--poll-interval", "0"]) == 2
     assert "--poll-interval" in capsys.readouterr().err
+    assert main(["wait", "j1", "--pending-timeout", "-1"]) == 2
+    assert "--pending-timeout" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         main(["wait"])

@@ -76,15 +76,21 @@ async def _control_plane_knobs(request: Request) -> Response:
 
 
 def _error_reply(
-    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    code: int | None = None,
 ) -> Response:
-    body = rpc_status(status, detail) if request.url.path.startswith("/v1/") else {"detail": detail}
+    control_plane = request.url.path.startswith("/v1/")
+    body = rpc_status(status, detail, code) if control_plane else {"detail": detail}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error_reply(request, exc.status, exc.detail, exc.headers)
+    code = getattr(exc, "grpc_code", None)  # e.g. FailedPrecondition's 9
+    return _error_reply(request, exc.status, exc.detail, exc.headers, code)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

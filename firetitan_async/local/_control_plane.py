@@ -44,7 +44,7 @@ from ._json_body import read_json_object
 from ._model import MODEL_NAME
 from ._shapes import find_shape
 
-__all__ = ["Job", "JobRegistry", "control_plane_routes"]
+__all__ = ["FailedPrecondition", "Job", "JobRegistry", "control_plane_routes"]
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DURATION_RE = re.compile(r"^(\d+)(\.\d{1,9})?s$")
@@ -90,6 +90,16 @@ _TRAINING_TYPES: dict[str, tuple[type, ...]] = {
     "region": (str,),
     "extraArgs": (list,),
 }
+
+
+class FailedPrecondition(ApiError):
+    """A 400 whose ``google.rpc`` code is ``FAILED_PRECONDITION`` (9): the request is well
+    formed but the resource is not in a state that allows it (e.g. resuming a RUNNING job)."""
+
+    grpc_code = 9
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, detail)
 
 
 @attrs.define(eq=False)
@@ -266,9 +276,8 @@ class JobRegistry:
         job = self.get_live(job_id)
         state = self.state(job)
         if state not in _RESUMABLE:
-            raise ApiError(
-                400,
-                f"trainer job {job_id!r} is {state}: only a failed or stopped job can be resumed",
+            raise FailedPrecondition(
+                f"trainer job {job_id!r} is {state}: only a failed or stopped job can be resumed"
             )
         with self._lock:
             job.forced_state = None
@@ -373,9 +382,20 @@ def control_plane_routes(
 
     async def list_jobs(request: Request) -> Response:
         registry = _registry(request)
-        records = [registry.record(j, root_url(request)) for j in registry.all()]
+        size_text = request.query_params.get("pageSize", "50")
+        token = request.query_params.get("pageToken") or "0"
+        if not size_text.isdigit() or not token.isdigit():
+            raise ApiError(400, f"bad pageSize {size_text!r} or pageToken {token!r}")
+        start, size = int(token), int(size_text) or 50
+        jobs_now = registry.all()
+        records = [registry.record(j, root_url(request)) for j in jobs_now[start : start + size]]
+        after = start + size
         return JSONResponse(
-            {"rlorTrainerJobs": records, "nextPageToken": "", "totalSize": len(records)}
+            {
+                "rlorTrainerJobs": records,
+                "nextPageToken": str(after) if after < len(jobs_now) else "",
+                "totalSize": len(jobs_now),
+            }
         )
 
     async def get(request: Request) -> Response:

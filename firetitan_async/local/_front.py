@@ -120,14 +120,16 @@ def endpoint_name(method: str, path: str) -> str:
     return path.lstrip("/") or "/"
 
 
-def rpc_status(status: int, message: str) -> dict[str, Any]:
-    """A ``google.rpc.Status`` error body for an HTTP status (what the Fireworks SDK parses).
+def rpc_status(status: int, message: str, code: int | None = None) -> dict[str, Any]:
+    """A ``google.rpc.Status`` error body for an HTTP status (what the Fireworks SDK parses);
+    ``code`` overrides the gRPC code the status maps to.
 
     Example::
 
         rpc_status(404, "trainer job 'x' not found")   # {"code": 5, "message": ..., "details": []}
     """
-    code = _GRPC_CODES.get(status, 13 if status >= 500 else 2)
+    if code is None:
+        code = _GRPC_CODES.get(status, 13 if status >= 500 else 2)
     return {"code": code, "message": message, "details": []}
 
 

@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._checkpoint_store import CheckpointStore, rfc3339
-from ._control_plane import JobRegistry, check_account
+from ._control_plane import FailedPrecondition, JobRegistry, check_account
 from ._http_errors import ApiError
 from ._json_body import read_json_object
 
@@ -196,10 +196,8 @@ def promotion_routes(
             raise ApiError(404, f"checkpoint {checkpoint_id!r} of trainer job {job_id!r} not found")
         row = next((r for r in found if r["promotable"]), None)
         if row is None:
-            raise ApiError(
-                400,
-                f"checkpoint {checkpoint_id!r} is not promotable ({found[0]['checkpointType']})",
-            )
+            kind = found[0]["checkpointType"]
+            raise FailedPrecondition(f"checkpoint {checkpoint_id!r} is not promotable: {kind}")
         model: dict[str, Any] = {
             "name": name,
             "displayName": model_id,

@@ -46,6 +46,15 @@ class LocalTrainer(ThreadedServerLifetime):
     ``api_key`` makes every request need that key; ``long_poll_s`` is the longest
     ``retrieve_future`` hold.
 
+    Knobs that make it behave like a dedicated Fireworks trainer (the SDK's
+    ``TINKER_COMPATIBILITY.md``): ``forward_backward_logprobs=False`` answers
+    ``forward_backward`` with the aggregate loss and metrics but no per-token logprobs (one
+    empty output per datum; ``forward`` still returns them); ``checkpoint_step_names=True``
+    stores every ``save_state`` as ``step-N`` (N = optimizer steps so far) whatever name was
+    asked for (the returned path is what counts); ``checkpoint_list_details=False`` leaves
+    ``time``, ``tinker_path`` and ``expires_at`` out of the tinker-form checkpoint listings
+    (``GET /api/v1/list_checkpoints`` is names only anyway).
+
     Example::
 
         with LocalTrainer(port=8080, latency_s=0.01) as lt:
@@ -64,6 +73,9 @@ class LocalTrainer(ThreadedServerLifetime):
         checkpoint_dir: str | None = None,
         api_key: str | None = None,
         long_poll_s: float = 30.0,
+        forward_backward_logprobs: bool = True,
+        checkpoint_step_names: bool = False,
+        checkpoint_list_details: bool = True,
     ) -> None:
         if latency_s < 0 or warmup_s < 0 or long_poll_s <= 0:
             raise ValueError("latency_s and warmup_s must be >= 0 and long_poll_s > 0")
@@ -78,6 +90,9 @@ class LocalTrainer(ThreadedServerLifetime):
             seed=seed,
             api_key=api_key,
             long_poll_s=long_poll_s,
+            forward_backward_logprobs=forward_backward_logprobs,
+            checkpoint_step_names=checkpoint_step_names,
+            checkpoint_list_details=checkpoint_list_details,
         )
         self._checkpoint_dir = checkpoint_dir
         self._temp_dir: str | None = None

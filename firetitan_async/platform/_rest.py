@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from .._redact import Redactor
+from .._redact import SECRET_HEADERS, Redactor
 from .._retry import RetryPolicy
 from .._send import send_with_retry
 from .._transport import _is_loopback, check_url_security
@@ -142,8 +142,11 @@ class RestCore:
             )
         self.allow_insecure_http = allow_insecure_http
         self.retry = retry or _DEFAULT_RETRY
-        self.redactor = Redactor.of(self.api_key)
         self._additional = dict(additional_headers or {})
+        # Credentials passed as extra headers are secrets too (a bearer token also bare).
+        extra_secrets = [v for k, v in self._additional.items() if k.lower() in SECRET_HEADERS]
+        extra_secrets += [v.split(" ", 1)[1] for v in extra_secrets if " " in v]
+        self.redactor = Redactor.of(self.api_key, *extra_secrets)
         self._account_id = account_id
         self._account_lock: anyio.Lock | None = None
         self._client = httpx.AsyncClient(
