@@ -33,7 +33,7 @@ from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._signals import Interrupted, cleanup_on_signals
-from ._snapshots import SamplerSnapshot
+from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from ._wire_completions import StreamDelta
@@ -41,6 +41,7 @@ from .errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
+    ProtocolError,
     ReadinessTimeout,
     RequestFailedError,
     SessionClosed,
@@ -76,6 +77,7 @@ from .platform import (
 __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
+    "CheckpointEntry",
     "CleanupFailed",
     "ConcurrencyController",
     "CreatedTrainerJob",
@@ -98,6 +100,7 @@ __all__ = [
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
+    "ProtocolError",
     "Provisioning",
     "PublishedVersion",
     "ReadinessPoller",

@@ -14,9 +14,10 @@ created before first use, no thread).
 * with the ``prefill-queue-duration`` header (dedicated deployments), every ``interval``
   replies the queue's EMA is compared with ``queue_target_s``: above it shrinks, below it grows
   by ``increase`` scaled by the headroom (at most 4x);
-* without it, each clean 2xx grows the window by ``increase / window`` (one slot per window of
-  clean replies; the SDK grows one slot per 32 replies), and with ``latency_target_s`` a reply
-  slower than the target counts as congestion.
+* without it, each clean 2xx that arrives while the window is full grows it by
+  ``increase / window`` (one slot per window of clean replies; the SDK grows one slot per 32
+  replies, also when the window is not in use), and with ``latency_target_s`` a reply slower
+  than the target counts as congestion.
 
 Example::
 
@@ -234,7 +235,8 @@ class AdaptiveConcurrency(_Gate):
                     headroom = min(self._queue_target_s / max(ema, 1e-3), 4.0)
                     self._resize(self._window + self._increase * headroom)
             return
-        if obs.status is not None and 200 <= obs.status < 300:
+        limited = self._in_flight + 1 >= int(self._window)  # was the window in use?
+        if obs.status is not None and 200 <= obs.status < 300 and limited:
             self._resize(self._window + self._increase / self._window)
 
     def _resize(self, value: float) -> None:

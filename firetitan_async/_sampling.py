@@ -7,15 +7,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tinker import types
 
+from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
 from ._pending import Pending
-from ._wire_bodies import REQUEST_TYPE
-from ._wire_sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from ._wire_validation import validate_sample_args
+from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
+from .wire.tinker import REQUEST_TYPE
+from .wire.validation import validate_sample_args
 
 if TYPE_CHECKING:
     from ._session import ServiceSession
 
 __all__ = ["SamplingClient"]
+
+_PROTO = "application/x-protobuf"
 
 T = TypeVar("T")
 # Tells the server it may answer 429 to slow sampling down (the transport then backs off).
@@ -76,6 +79,8 @@ class SamplingClient:
             print(out.sequences[0].tokens, out.sequences[0].logprobs)
         """
         self._session._check_open()
+        prompt = to_tinker_model_input(prompt)
+        sampling_params = to_tinker_sampling_params(sampling_params)
         validate_sample_args(prompt, num_samples, sampling_params)
         body = sample_request_body(
             sampling_session_id=self.sampling_session_id,
@@ -93,7 +98,7 @@ class SamplingClient:
             )
             pending.request_id = accepted.request_id
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE["sample"], proto=True
+                accepted.request_id, request_type=REQUEST_TYPE["sample"], accept=_PROTO
             )
             return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
 
@@ -106,6 +111,7 @@ class SamplingClient:
 
             lps = await sampler.compute_logprobs(types.ModelInput.from_ints(list(b"abc")))
         """
+        prompt = to_tinker_model_input(prompt)
         inner = self.sample(
             prompt, 1, types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
         )

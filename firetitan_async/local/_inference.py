@@ -50,6 +50,7 @@ from ._server_state import ServerState
 __all__ = ["inference_routes"]
 
 MAX_N = 64
+_INLINE_TOKENS = 32
 _FIELDS = frozenset(
     {
         "model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed",
@@ -190,7 +191,9 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
             weights = dep.weights if dep.weights is not None else state.base_weights()
             identity, version = dep.identity, dep.version
             seed = params.seed
-            rng = reg.rng if seed is not None else reg.rng.spawn(1)[0]
+            # a few tokens are cheaper inline than a thread hand-off; a thread gets its own rng
+            small = params.n * params.max_tokens <= _INLINE_TOKENS
+            rng = reg.rng if small or seed is not None else reg.rng.spawn(1)[0]
 
             def run() -> list[SampledSequence]:
                 return sample(
@@ -200,7 +203,7 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
                 )
 
             try:
-                seqs = await asyncio.to_thread(run)
+                seqs = run() if small else await asyncio.to_thread(run)
             except ModelInputError as exc:
                 raise ApiError(400, str(exc)) from None
         finally:
