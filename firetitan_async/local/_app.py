@@ -50,11 +50,16 @@ def _state(request: Request) -> ServerState:
 async def _stats(request: Request) -> Response:
     state = _state(request)
     snapshot = state.stats.snapshot()
-    # What still runs (and would bill on a real platform): trainer jobs not deleted nor stopped,
-    # client sessions not finished, deployments not deleted.
+    # What still runs (and would bill on a real platform): trainer jobs not deleted nor stopped;
+    # client sessions not finished whose job (if opened through one) still runs: the Fireworks
+    # wire never finishes a session, deleting its job ends it; deployments not deleted.
+    sessions = state.registry.sessions.values()
     snapshot["live"] = {
         "jobs": state.jobs.live_count(),
-        "sessions": sum(not s.finished for s in state.registry.sessions.values()),
+        "sessions": sum(
+            not s.finished and (s.job_id is None or state.jobs.is_live(s.job_id))
+            for s in sessions
+        ),
         "deployments": len(deployment_registry(request).deployments),
     }
     return JSONResponse(snapshot)
