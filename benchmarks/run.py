@@ -327,6 +327,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SCENARIOS",
         help=f"comma-separated subset of {','.join(SCENARIOS)} (no RESULTS.md then)",
     )
+    parser.add_argument(
+        "--rollouts", action="store_true", help="only the deployment rollouts (_rollouts.py)"
+    )
     worker = parser.add_argument_group("worker mode (one measured client run; internal)")
     worker.add_argument("--worker", choices=SCENARIOS, help="run one scenario in this process")
     worker.add_argument("--client", choices=CLIENTS, default="ours")
@@ -378,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT))
     if ns.worker:
         return _worker_main(ns)
+    if ns.rollouts:
+        from _rollouts import main as rollouts_main
+
+        return rollouts_main([], quick=ns.quick)
     if ns.render:
         _write_results(json.loads(Path(ns.render).read_text()))
         return 0

@@ -36,7 +36,6 @@ from ._signals import Interrupted, cleanup_on_signals
 from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
-from ._wire_completions import StreamDelta
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -73,6 +72,7 @@ from .platform import (
     WeightPublisher,
     live_resources,
 )
+from .wire.completions import StreamDelta
 
 __all__ = [
     "APIStatusError",

@@ -40,7 +40,7 @@ from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from ._transport import check_url_security
 from ._version import USER_AGENT
-from ._wire_completions import (
+from .wire.completions import (
     SSEDecoder,
     StreamDelta,
     completion_body,

@@ -143,9 +143,9 @@ def build_app(state: ServerState) -> FrontDoor:
     routes = [
         *data_plane_routes(),
         *control_plane_routes(jobs, root_url),
+        *deployment_routes(),
         *promotion_routes(jobs, checkpoints, models),
         *shape_routes(account_id),
-        *deployment_routes(),
         Route("/_local/stats", _stats, methods=["GET"]),
         Route("/_local/jobs/{job_id}/fail", _fail_job, methods=["POST"]),
         Route("/_local/control_plane", _control_plane_knobs, methods=["POST"]),

@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 
-from ._deployment_errors import SamplingError
-from .errors import InvalidInput
+from .._deployment_errors import SamplingError
+from ..errors import InvalidInput
 
 __all__ = [
     "ChoiceResult",
