@@ -106,7 +106,9 @@ async def test_cancelled_while_warming_up_deletes_in_both_forms() -> None:
 async def test_plain_await_and_keep_leave_the_job(trainer: LocalTrainer) -> None:
     async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
         endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=MODEL), **FAST)
-        assert (await jobs.get(endpoint.job_id)).state == "RUNNING"  # the caller owns it now
+        job = await jobs.get(endpoint.job_id)
+        assert job.state == "RUNNING"  # the caller owns it now
+        assert parse_owner_tag(job.display_name) is None  # the SDK's request, untagged
         async with jobs.create_and_wait(
             TrainerJobConfig(base_model=MODEL, display_name="mine"), keep=True, **FAST
         ) as kept:
@@ -227,7 +229,9 @@ def _make(lt: LocalTrainer, dead: int, jobs_to_make: list[tuple[str, str | None]
                 await jobs.create(
                     TrainerJobConfig(base_model=MODEL, requested_job_id=job_id, display_name=tag)
                 )
-            await deployments.create_or_get(DeploymentConfig("dep-mine", MODEL))
+            async with deployments.create_or_get(DeploymentConfig("dep-mine", MODEL), keep=True):
+                pass
+            await deployments.create_or_get(DeploymentConfig("dep-plain", MODEL))  # untagged
             # A deployment whose owner died: tagged by hand (create_or_get tags with our pid).
             body = DeploymentConfig("dep-dead", MODEL).body()
             await deployments._rest.call(
@@ -263,6 +267,7 @@ def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str
             "remote-job": "unknown",
             "plain-job": "unmanaged",
             "dep-mine": "owned",
+            "dep-plain": "unmanaged",
             "dep-dead": "orphan",
         }
         url = ["--base-url", lt.control_plane_url]
@@ -270,12 +275,12 @@ def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str
         out = capsys.readouterr().out
         assert sorted(line.split()[1] for line in out.splitlines()) == ["dep-dead", "orphan-job"]
         assert cli_main(["jobs", "list", *url]) == 0
-        assert len(capsys.readouterr().out.splitlines()) == 6
+        assert len(capsys.readouterr().out.splitlines()) == 7
         assert cli_main(["jobs", "list", "--delete", *url]) == 0
         assert "deleted job orphan-job" in capsys.readouterr().err
         assert cli_main(["jobs", "list", "--orphans", *url]) == 0
         assert capsys.readouterr().out == ""
-        assert _live(lt) == {"jobs": 3, "sessions": 0, "deployments": 1}
+        assert _live(lt) == {"jobs": 3, "sessions": 0, "deployments": 2}
     assert os.getpid() != dead
 
 

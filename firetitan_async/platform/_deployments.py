@@ -353,8 +353,9 @@ class Deployments:
         deployment this call created when the block exits, however it exits: ``cleanup``
         ``"delete"`` or ``"scale_to_zero"`` (it stays, for a later scale-up); ``keep=True``
         opts out, ``grace_s`` bounds the release (see :class:`~firetitan_async.Provisioning`).
-        A healthy deployment that already existed is adopted and never released. Created
-        deployments carry the annotation ``firetitan-async/owner``.
+        A healthy deployment that already existed is adopted and never released. In the
+        ``async with`` form the created deployment carries the owner tag (``displayName`` and
+        the annotation ``firetitan-async/owner``) that ``jobs list --orphans`` reads.
 
         Example::
 
@@ -365,9 +366,6 @@ class Deployments:
         if cleanup not in ("delete", "scale_to_zero"):
             raise InvalidInput("cleanup", f"must be 'delete' or 'scale_to_zero', got {cleanup!r}")
         config.validate()
-        config = attrs.evolve(
-            config, annotations={**(config.annotations or {}), OWNER_ANNOTATION: owner_tag()}
-        )
 
         async def provision(claim: Claim) -> DeploymentInfo:
             return await self._create_or_get(config, force_recreate, claim)
@@ -384,6 +382,10 @@ class Deployments:
         self, config: DeploymentConfig, force_recreate: bool, claim: Claim
     ) -> DeploymentInfo:
         body = config.body()
+        if claim.block:  # owned by an `async with` block: say by whom (jobs list --orphans)
+            tag = owner_tag()
+            body["annotations"] = {**body.get("annotations", {}), OWNER_ANNOTATION: tag}
+            body.setdefault("displayName", tag)
         existing = await self._get_record(config.deployment_id)
         if existing is not None:
             if existing.get("state") not in _BAD_STATES and not force_recreate:

@@ -335,8 +335,9 @@ class TrainerJobs:
         as ``async with`` to delete the job when the block exits, however it exits (see
         :class:`~firetitan_async.Provisioning`; ``keep=True`` opts out, ``grace_s`` bounds the
         deletion). A failed or cancelled wait deletes the job it created in both forms. A job
-        that already existed (``requested_job_id``) is adopted and never deleted. A config
-        without ``display_name`` gets the owner tag (``firetitan-async:<host>:<pid>``).
+        that already existed (``requested_job_id``) is adopted and never deleted. In the
+        ``async with`` form a config without ``display_name`` gets the owner tag
+        (``firetitan-async:<host>:<pid>``) that ``firetitan-async jobs list --orphans`` reads.
 
         Example::
 
@@ -346,14 +347,15 @@ class TrainerJobs:
         """
         if not isinstance(config, TrainerJobConfig):
             raise InvalidInput("config", f"must be a TrainerJobConfig, got {type(config).__name__}")
-        if config.display_name is None:
-            config = attrs.evolve(config, display_name=owner_tag())
 
         async def provision(claim: Claim) -> TrainerEndpoint:
             existing = None
             if config.requested_job_id is not None:
                 existing = await self.try_get(config.requested_job_id)
-            created = await self.create(config)
+            tagged = config
+            if claim.block and config.display_name is None:
+                tagged = attrs.evolve(config, display_name=owner_tag())
+            created = await self.create(tagged)
             if existing is None:
                 claim.own(created.job_id)
             return await self.wait_for_ready(

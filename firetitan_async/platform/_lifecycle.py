@@ -17,9 +17,11 @@ left alone. Release runs shielded from cancellation for at most ``grace_s`` seco
 fails or runs out of time, the resource is named in a :class:`CleanupFailed` (raised when the
 block had no error of its own, logged otherwise) so that nothing bills silently.
 
-Created resources are marked with :func:`owner_tag` (``firetitan-async:<host>:<pid>``): a
-job's ``displayName`` when the config leaves it empty, a deployment's annotation
-``firetitan-async/owner``. ``firetitan-async jobs list --orphans`` reads that mark.
+What an ``async with`` block creates is marked with :func:`owner_tag`
+(``firetitan-async:<host>:<pid>``): a job's ``displayName`` when the config leaves it empty, a
+deployment's ``displayName`` and its annotation ``firetitan-async/owner``.
+``firetitan-async jobs list --orphans`` reads that mark. The plain ``await`` form writes no
+mark: its requests are the Fireworks SDK's, byte for byte.
 
 Example::
 
@@ -133,10 +135,13 @@ def parse_owner_tag(text: object) -> Owner | None:
 
 
 class Claim:
-    """What a provisioning step created, registered the moment it exists."""
+    """What a provisioning step created, registered the moment it exists. ``block`` says
+    whether an ``async with`` block owns it (only then is the owner tag written: a plain
+    ``await`` sends exactly the Fireworks SDK's request)."""
 
     def __init__(self) -> None:
         self.created: list[str] = []
+        self.block = False
 
     def own(self, resource_id: str) -> None:
         """Record that ``resource_id`` was created by this call (and is to be released)."""
@@ -192,6 +197,7 @@ class Provisioning(Generic[T]):
         return self._run().__await__()
 
     async def __aenter__(self) -> T:
+        self._claim.block = True
         return await self._run()
 
     async def __aexit__(

@@ -1,14 +1,15 @@
 """Live billable resources and who owns them: what ``firetitan-async jobs list`` shows.
 
 "Owned" means: the resource carries an owner tag (``firetitan-async:<host>:<pid>``, written by
-``create_and_wait`` / ``create_or_get`` into a job's ``displayName`` or a deployment's
-``firetitan-async/owner`` annotation) and that process still runs. An **orphan** is a live
-resource (a job CREATING, PENDING or RUNNING; a deployment not deleted and not scaled to zero)
-whose tag names a process on this host that is gone: it crashed, was SIGKILLed, or kept the
-resource and ended. What the control plane cannot tell, this does not guess: a tag from
-another host is reported as "unknown" (no API says whether that process lives, and the data
-plane has no session listing), and an untagged resource (created by other tools, or with your
-own ``display_name``) is "unmanaged". A reused pid reads as alive: errs towards "owned".
+``create_and_wait`` / ``create_or_get`` opened as ``async with``: a job's ``displayName``, a
+deployment's ``displayName`` and ``firetitan-async/owner`` annotation) and that process still
+runs. An **orphan** is a live resource (a job CREATING, PENDING or RUNNING; a deployment not
+deleted and not scaled to zero) whose tag names a process on this host that is gone: it
+crashed, was SIGKILLed, or kept the resource (``keep=True``) and ended. What the control plane
+cannot tell, this does not guess: a tag from another host is reported as "unknown" (no API
+says whether that process lives, and the data plane has no session listing), and an untagged
+resource (the plain ``await`` form, other tools, your own ``display_name``) is "unmanaged". A
+reused pid reads as alive: errs towards "owned".
 
 Example::
 
@@ -80,9 +81,12 @@ async def live_resources(
                 continue
             if dep.raw.get("maxReplicaCount") == 0:  # scaled to zero: nothing runs
                 continue
+            # The annotation is the SDK's mechanism; the public Deployment resource documents
+            # displayName but not annotations, so either one counts.
             annotations = dep.raw.get("annotations")
-            tag = annotations.get(OWNER_ANNOTATION) if isinstance(annotations, dict) else None
-            tag = tag if parse_owner_tag(tag) else None
+            tags = [annotations.get(OWNER_ANNOTATION) if isinstance(annotations, dict) else None,
+                    dep.raw.get("displayName")]
+            tag = next((t for t in tags if isinstance(t, str) and parse_owner_tag(t)), None)
             found.append(
                 LiveResource("deployment", dep.deployment_id, dep.state, tag, _status(tag))
             )
