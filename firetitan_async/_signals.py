@@ -50,6 +50,13 @@ class Interrupted(FiretitanError):
     """A signal cancelled a :func:`cleanup_on_signals` block, which then cleaned up.
 
     ``signal`` is the signal number, ``exit_code`` the conventional exit status (128 + it).
+
+    Example::
+
+        try:
+            anyio.run(main)
+        except Interrupted as exc:
+            sys.exit(exc.exit_code)      # 130 for SIGINT, 143 for SIGTERM
     """
 
     def __init__(self, signum: int) -> None:

@@ -69,6 +69,14 @@ class CleanupFailed(FiretitanError):
     """Releasing a created resource failed or outlived its grace period: it may still bill.
 
     ``resources`` names each one left behind (``"trainer job <id>"``).
+
+    Example::
+
+        try:
+            async with jobs.create_and_wait(config, grace_s=10) as endpoint:
+                ...
+        except CleanupFailed as exc:
+            print("still running, delete by hand:", exc.resources)
     """
 
     def __init__(self, resources: list[str], detail: str) -> None:

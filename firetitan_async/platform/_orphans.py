@@ -39,7 +39,14 @@ OwnerStatus = Literal["owned", "orphan", "unknown", "unmanaged"]
 @attrs.frozen
 class LiveResource:
     """A live job or deployment: ``owner`` is its tag (or None), ``owner_status`` one of
-    ``owned``, ``orphan``, ``unknown`` (owner on another host), ``unmanaged`` (no tag)."""
+    ``owned``, ``orphan``, ``unknown`` (owner on another host), ``unmanaged`` (no tag).
+
+    Example::
+
+        for item in await live_resources(jobs, deployments):
+            if item.is_orphan:
+                print(item.kind, item.resource_id, item.owner)
+    """
 
     kind: Literal["job", "deployment"]
     resource_id: str
