@@ -127,3 +127,42 @@ def test_signal_to_the_demo_leaves_nothing_running(
     assert elapsed < 5.0
     assert f"interrupted by {signum.name}" in stderr
     assert _live(lt) == {"jobs": 0, "sessions": 0, "deployments": 0}, stderr
+
+
+_SLOW_CLEANUP = """
+import sys, anyio
+from firetitan_async import cleanup_on_signals
+
+async def main():
+    async with cleanup_on_signals():
+        try:
+            print("ready", flush=True)
+            await anyio.sleep(30)
+        finally:
+            with anyio.CancelScope(shield=True):
+                print("cleaning", flush=True)
+                await anyio.sleep(30)   # a cleanup that would take too long
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_second_sigterm_during_cleanup_stops_at_once(backend: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLEANUP, backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "cleaning\n"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # the handler in place before the block: the default
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        assert time.monotonic() - sent < 2.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
