@@ -29,7 +29,7 @@ from starlette.routing import Route
 from ._checkpoint_store import CheckpointStore
 from ._control_plane import JobRegistry, control_plane_routes
 from ._data_plane import data_plane_routes
-from ._deployments import deployment_registry, deployment_routes
+from ._deployments import deployment_routes
 from ._front import FrontDoor, rpc_status
 from ._http_errors import ApiError
 from ._json_body import read_json_object
@@ -49,20 +49,7 @@ def _state(request: Request) -> ServerState:
 
 async def _stats(request: Request) -> Response:
     state = _state(request)
-    snapshot = state.stats.snapshot()
-    # What still runs (and would bill on a real platform): trainer jobs not deleted nor stopped;
-    # client sessions not finished whose job (if opened through one) still runs: the Fireworks
-    # wire never finishes a session, deleting its job ends it; deployments not deleted.
-    sessions = state.registry.sessions.values()
-    snapshot["live"] = {
-        "jobs": state.jobs.live_count(),
-        "sessions": sum(
-            not s.finished and (s.job_id is None or state.jobs.is_live(s.job_id))
-            for s in sessions
-        ),
-        "deployments": len(deployment_registry(request).deployments),
-    }
-    return JSONResponse(snapshot)
+    return JSONResponse({**state.stats.snapshot(), "live": state.live()})
 
 
 async def _fail_job(request: Request) -> Response:

@@ -199,11 +199,11 @@ def _check_create_body(body: Mapping[str, Any]) -> None:
 
 
 def deployment_registry(request: Request) -> DeploymentRegistry:
-    """The app's ``DeploymentRegistry`` (kept on ``app.state``: per app, no global state)."""
-    reg: DeploymentRegistry | None = getattr(request.app.state, "deployments", None)
-    if reg is None:
-        reg = request.app.state.deployments = DeploymentRegistry(_state(request).config.account_id)
-    return reg
+    """The server's ``DeploymentRegistry`` (kept on its ``ServerState``: no global state)."""
+    state = _state(request)
+    if state.deployments is None:
+        state.deployments = DeploymentRegistry(state.config.account_id)
+    return state.deployments
 
 
 def deployment_routes() -> list[Route]:
