@@ -16,7 +16,6 @@ session is finished, the deployment deleted (or scaled to zero) and the job dele
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import AsyncExitStack
 
 import anyio
@@ -26,7 +25,6 @@ from tinker import types
 from firetitan_async import (
     DeploymentConfig,
     Deployments,
-    Interrupted,
     ServiceSession,
     TrainerJobConfig,
     TrainerJobs,
@@ -88,8 +86,4 @@ if __name__ == "__main__":
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--control-plane-url", default=None)
     arguments = parser.parse_args()
-    try:
-        anyio.run(main, arguments, backend=arguments.backend)
-    except Interrupted as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(exc.exit_code)
+    anyio.run(main, arguments, backend=arguments.backend)  # a signal: exit status 130 / 143

@@ -6,7 +6,8 @@ cancels the block: every ``async with`` in it exits as on any cancellation, so t
 and deployments created with :meth:`TrainerJobs.create_and_wait
 <firetitan_async.TrainerJobs.create_and_wait>` / ``Deployments.create_or_get`` as context
 managers are deleted, and ``ServiceSession`` ends its server session. Then it raises
-:class:`Interrupted` (``exit_code`` 130 for SIGINT, 143 for SIGTERM). The signals are received
+:class:`Interrupted` (``exit_code`` 130 for SIGINT, 143 for SIGTERM; a ``SystemExit``, so a
+script that does not catch it exits with that status). The signals are received
 by anyio's ``open_signal_receiver`` in a task group (no thread); the previous handlers are put
 back when the block ends, so a second signal during cleanup gets the default behaviour
 (SIGINT: ``KeyboardInterrupt``; SIGTERM: the process ends) — an escape hatch, like a second
@@ -19,10 +20,7 @@ Example::
             async with TrainerJobs() as jobs, jobs.create_and_wait(config) as endpoint:
                 ...
 
-    try:
-        anyio.run(main)
-    except Interrupted as exc:
-        sys.exit(exc.exit_code)
+    anyio.run(main)     # SIGTERM: cleaned up, then the process exits with status 143
 """
 
 from __future__ import annotations
@@ -46,23 +44,27 @@ logger = logging.getLogger("firetitan_async")
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(FiretitanError):
+class Interrupted(FiretitanError, SystemExit):
     """A signal cancelled a :func:`cleanup_on_signals` block, which then cleaned up.
 
-    ``signal`` is the signal number, ``exit_code`` the conventional exit status (128 + it).
+    ``signal`` is the signal number, ``exit_code`` (also ``code``) the conventional exit
+    status, 128 + it. It is a ``SystemExit`` too: left uncaught, it ends the program with that
+    status and no traceback, like ``sys.exit`` (what a scheduler that sent SIGTERM expects).
 
     Example::
 
         try:
             anyio.run(main)
         except Interrupted as exc:
+            print(exc, file=sys.stderr)
             sys.exit(exc.exit_code)      # 130 for SIGINT, 143 for SIGTERM
     """
 
     def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up")
         self.signal = signum
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up")
+        self.code = self.exit_code
 
 
 class cleanup_on_signals:  # lower case: reads like a function, `async with cleanup_on_signals():`

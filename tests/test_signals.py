@@ -129,7 +129,7 @@ def test_signal_to_the_demo_leaves_nothing_running(
     assert _live(lt) == {"jobs": 0, "sessions": 0, "deployments": 0}, stderr
 
 
-_SLOW_CLEANUP = """
+_SCRIPT = """
 import sys, anyio
 from firetitan_async import cleanup_on_signals
 
@@ -141,16 +141,30 @@ async def main():
         finally:
             with anyio.CancelScope(shield=True):
                 print("cleaning", flush=True)
-                await anyio.sleep(30)   # a cleanup that would take too long
+                await anyio.sleep(float(sys.argv[2]))
+                print("cleaned", flush=True)
 
 anyio.run(main, backend=sys.argv[1])
 """
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_uncaught_interrupted_exits_with_the_signal_status(backend: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, backend, "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 143 and out == "cleaning\ncleaned\n"
+    assert "Traceback" not in err  # a SystemExit: no traceback, like sys.exit(143)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_second_sigterm_during_cleanup_stops_at_once(backend: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CLEANUP, backend],
+        [sys.executable, "-c", _SCRIPT, backend, "30"],  # a cleanup that would take too long
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
