@@ -77,6 +77,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="leave timestamps and paths out of the tinker-form checkpoint listings",
     )
     parser.add_argument(
+        "--inference-latency-ms",
+        type=float,
+        default=0.0,
+        help="delay every completion of the local deployment by this many ms",
+    )
+    parser.add_argument(
+        "--inference-max-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the local deployment answers 429 to completions beyond N in flight",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -114,7 +127,15 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             checkpoint_step_names=args.step_checkpoint_names,
             checkpoint_list_details=not args.bare_checkpoint_list,
         )
+        if args.inference_latency_ms < 0 or (args.inference_max_concurrency or 1) < 1:
+            raise ValueError("need --inference-latency-ms >= 0, --inference-max-concurrency >= 1")
         trainer.start()
+        if args.inference_latency_ms or args.inference_max_concurrency:
+            import httpx
+
+            knobs = {"latency_s": args.inference_latency_ms / 1000.0,
+                     "max_concurrency": args.inference_max_concurrency}
+            httpx.post(f"{trainer.base_url}/_local/inference/config", json=knobs).raise_for_status()
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -125,6 +146,11 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         print(
             f"  control plane: {trainer.control_plane_url}/v1/accounts/{trainer.account_id}"
             "/rlorTrainerJobs",
+            flush=True,
+        )
+        print(
+            f"  deployments:   {trainer.control_plane_url}/v1/accounts/{trainer.account_id}"
+            "/deployments (hot-load, /inference/v1/completions)",
             flush=True,
         )
         print(f"  export TINKER_BASE_URL={trainer.base_url}  (Ctrl-C to stop)", flush=True)

@@ -35,6 +35,8 @@ from typing import Protocol, runtime_checkable
 import anyio
 import attrs
 
+from .errors import InvalidInput
+
 __all__ = ["AdaptiveConcurrency", "ConcurrencyController", "FixedConcurrency", "Observation"]
 
 _CONGESTION = frozenset({429, 503})
@@ -136,7 +138,7 @@ class FixedConcurrency(_Gate):
 
     def __init__(self, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+            raise InvalidInput("limit", f"must be an integer >= 1, got {limit!r}")
         super().__init__()
         self._limit = limit
 
@@ -172,9 +174,9 @@ class AdaptiveConcurrency(_Gate):
         ema_alpha: float = 0.3,
     ) -> None:
         if not 1 <= min_window <= max_window:
-            raise ValueError("need 1 <= min_window <= max_window")
+            raise InvalidInput("min_window", "need 1 <= min_window <= max_window")
         if not 0.0 < decrease < 1.0 or increase <= 0 or interval < 1:
-            raise ValueError("need 0 < decrease < 1, increase > 0 and interval >= 1")
+            raise InvalidInput("decrease", "need 0 < decrease < 1, increase > 0 and interval >= 1")
         super().__init__()
         self._min, self._max = float(min_window), float(max_window)
         self._window = min(self._max, max(self._min, float(initial)))

@@ -17,6 +17,7 @@ from firetitan_async import (
     DeploymentConfig,
     Deployments,
     DeploymentSampler,
+    FiretitanError,
     HotloadFailed,
     ServiceSession,
     TrainingClient,
@@ -207,3 +208,23 @@ async def test_a_delta_not_chained_on_the_current_snapshot_is_refused(
                                        poll_interval_s=0.02)
     assert (await _served(lt))["sha256"] == _trainer_digest(lt, client)
     assert await deployments.warmup(DEP, max_retries=2, retry_interval_s=0.01)
+
+
+async def test_deltas_queued_behind_a_failed_hotload_fail_fast_and_the_next_is_a_base(
+    world: tuple[LocalTrainer, TrainingClient, Deployments, ServiceSession],
+) -> None:
+    lt, client, deployments, _ = world
+    async with WeightPublisher(client, deployments, DEP, base_model=MODEL) as publisher:
+        await publisher.publish("a")
+        async with httpx.AsyncClient(base_url=lt.base_url) as http:
+            await http.post(f"/_local/deployments/{DEP}/fail_next_hotload")
+        failing = publisher.publish("b")   # a delta whose hot-load fails
+        queued = publisher.publish("c")    # a delta submitted before that failure was known
+        with pytest.raises(HotloadFailed):
+            await failing
+        with pytest.raises(FiretitanError, match="the next publication will be a base"):
+            await queued
+        await _step(client, 0)
+        recovered = await publisher.publish("d")
+        assert recovered.checkpoint_type == "base" and publisher.serving == recovered.snapshot
+        assert (await _served(lt))["sha256"] == _trainer_digest(lt, client)
