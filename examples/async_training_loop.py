@@ -1,13 +1,14 @@
-"""Supervised fine-tuning with pipelined steps and checkpoints.
+"""Supervised fine-tuning with pipelined steps, checkpoints and resume.
 
-Each step's ``forward_backward`` and ``optim_step`` are submitted at once (they return
-``Pending`` futures); the loop keeps ``--depth`` steps in flight and only then waits for the
-oldest one, so the trainer never idles between steps. Every ``--save-every`` steps it saves
-the training state with a TTL; at the end it lists the run's checkpoints and samples from the
-trained weights.
+``sft_steps`` keeps ``--depth`` steps in flight (each step's ``forward_backward`` and
+``optim_step`` are submitted at once), so the trainer never idles between steps. A
+``CheckpointManager`` saves the training state every ``--save-every`` steps and at the end,
+keeps the last two, and records each save (step, data cursor, config) in ``--run-dir``; run
+again with the same ``--run-dir`` and it resumes where the last save left off.
 
     python examples/async_training_loop.py                     # embedded local trainer
     python examples/async_training_loop.py --steps 5 --backend trio
+    python examples/async_training_loop.py --run-dir runs/sft  # again later: resumes
     FIREWORKS_API_KEY=... python examples/async_training_loop.py \\
         --base-url https://<trainer> --model accounts/fireworks/models/qwen3-8b
 
@@ -17,16 +18,17 @@ trained weights.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
-from collections import deque
 from contextlib import AsyncExitStack
 
 import anyio
 import numpy as np
 from tinker import types
 
-from firetitan_async import Pending, ServiceSession
+from firetitan_async import InvalidInput, ServiceSession
 from firetitan_async.local import LocalTrainer
+from firetitan_async.loops import CheckpointManager, TrainerCheckpoints, sft_steps
 
 CORPUS = [
     "firetitan speaks asyncio and trio.",
@@ -34,6 +36,7 @@ CORPUS = [
     "the trainer runs operations in call order.",
     "await the result only when you need it.",
 ]
+LEARNING_RATE = 1e-2
 
 
 def sft_datum(text: str) -> types.Datum:
@@ -48,37 +51,48 @@ def sft_datum(text: str) -> types.Datum:
     )
 
 
-async def train(base_url: str, model: str, *, steps: int, depth: int, save_every: int) -> float:
-    """Run the SFT loop; returns the last step's loss per token."""
-    batch = [sft_datum(text) for text in CORPUS]
-    n_tokens = sum(len(d.model_input.to_ints()) for d in batch)
-    adam = types.AdamParams(learning_rate=1e-2)
+async def train(
+    base_url: str, model: str, *, steps: int, depth: int, save_every: int, run_dir: str
+) -> float:
+    """Run (or resume) the SFT loop; returns the last step's loss per token."""
+    batches = [[sft_datum(text) for text in CORPUS]] * steps
+    # What defines the run: resuming under anything else is refused. (Not --steps: a resumed
+    # run may go on for longer.)
+    config = {"model": model, "learning_rate": LEARNING_RATE, "corpus": CORPUS}
+    loss = float("nan")
     async with ServiceSession(base_url) as session:
         client = await session.create_training_client(model, lora_rank=0)
-        print(f"training {client.model_id}")
-        in_flight: deque[tuple[int, Pending[types.ForwardBackwardOutput]]] = deque()
-        saves: list[Pending[types.SaveWeightsResponse]] = []
+        print(f"training {client.model_id}; run directory {run_dir}")
         started = time.monotonic()
-        loss = float("nan")
-        for step in range(1, steps + 1):
-            fb = client.forward_backward(batch, "cross_entropy")
-            client.optim_step(adam)  # ordered after fb; its result is not needed
-            if step % save_every == 0 or step == steps:
-                saves.append(client.save_state(f"sft-{step:04d}", ttl_seconds=3600))
-            in_flight.append((step, fb))
-            while len(in_flight) >= depth or (step == steps and in_flight):
-                done_step, oldest = in_flight.popleft()
-                loss = (await oldest).metrics["loss:sum"] / n_tokens
-                if steps <= 20 or done_step % 10 == 0 or done_step == 1:
+        async with CheckpointManager(
+            TrainerCheckpoints(session, client),
+            run_dir,
+            config=config,
+            every_steps=save_every,
+            keep_last=2,
+            prefix="sft",
+        ) as checkpoints:
+            start = await checkpoints.resume()
+            if start is not None:
+                print(f"resumed from {start.name} (step {start.step})")
+            async for step in sft_steps(
+                client,
+                batches,
+                adam=types.AdamParams(learning_rate=LEARNING_RATE),
+                depth=depth,
+                checkpoints=checkpoints,
+                start=start,
+            ):
+                loss = step.loss
+                if steps <= 20 or step.step % 10 == 0 or step.step == 1:
                     print(
-                        f"step {done_step:4d}  loss/token {loss:.4f}  ({len(in_flight)} in flight)"
+                        f"step {step.step:4d}  loss/token {loss:.4f}  "
+                        f"{step.tokens_per_s:6.0f} tokens/s  {step.wall_s * 1e3:5.0f} ms  "
+                        f"({step.in_flight} in flight)"
                     )
-        for saved in saves:
-            print(f"saved {(await saved).path}")
-        print(f"{steps} steps in {time.monotonic() - started:.2f}s")
-
-        for ckpt in await client.list_checkpoints():
-            print(f"checkpoint {ckpt.checkpoint_id}  expires {ckpt.expires_at}")
+        print(f"done in {time.monotonic() - started:.2f}s")
+        for record in checkpoints.records:
+            print(f"saved {record.name} at step {record.step}: {record.path}")
 
         sampler = await client.save_weights_and_get_sampling_client()
         prompt = types.ModelInput.from_ints(list(b"every "))
@@ -90,12 +104,22 @@ async def train(base_url: str, model: str, *, steps: int, depth: int, save_every
 
 async def main(args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
+        run_dir = args.run_dir or stack.enter_context(tempfile.TemporaryDirectory())
         base_url = args.base_url
         if base_url is None:
-            local = await stack.enter_async_context(LocalTrainer(seed=args.seed))
+            # The embedded trainer keeps its checkpoint files in the run directory, so that a
+            # second run with the same --run-dir can resume from them.
+            local = await stack.enter_async_context(
+                LocalTrainer(seed=args.seed, checkpoint_dir=f"{run_dir}/local-trainer")
+            )
             base_url = local.base_url
         await train(
-            base_url, args.model, steps=args.steps, depth=args.depth, save_every=args.save_every
+            base_url,
+            args.model,
+            steps=args.steps,
+            depth=args.depth,
+            save_every=args.save_every,
+            run_dir=run_dir,
         )
 
 
@@ -106,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--depth", type=int, default=3, help="steps kept in flight")
     parser.add_argument("--save-every", type=int, default=20)
+    parser.add_argument("--run-dir", help="where the checkpoint record lives (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     return parser.parse_args(argv)
@@ -113,4 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    anyio.run(main, arguments, backend=arguments.backend)
+    try:
+        anyio.run(main, arguments, backend=arguments.backend)
+    except InvalidInput as exc:  # e.g. resuming a --run-dir made with another config
+        raise SystemExit(f"error: {exc}") from None

@@ -1,13 +1,13 @@
 """A rollout orchestrator: hundreds of concurrent sampling requests feed an RL trainer.
 
-``--concurrency`` rollout workers (tasks, not threads) each keep one ``sample`` request (a
-group of ``--group`` completions of one prompt) in flight against the latest published
-sampler. Finished groups flow through a bounded memory stream to the trainer, which takes
-``--batch`` groups per step. Every rollout is tagged with
-the policy version that produced it; the trainer drops rollouts more than ``--max-staleness``
-versions old (the bounded staleness window), and workers never start a request on a sampler
-that is already too old. After each ``optim_step`` the trainer saves a sampler snapshot
-(``base`` first, then ``delta``) and publishes it as the next version.
+``run_rl`` (``firetitan_async.loops``) runs ``--concurrency`` rollouts at once (tasks, not
+threads), each one ``sample`` request for a group of ``--group`` completions of one prompt,
+against the latest published policy. Finished groups flow through a bounded stream to the
+trainer, which takes ``--batch`` groups per step, then publishes the new weights as the next
+policy version (a sampler snapshot: ``base`` first, then ``delta``). Every rollout is tagged
+with the version that sampled it; staleness is bounded by pacing: a rollout starts only when
+the policy is at most ``--max-staleness`` versions behind the one it will be trained under,
+so nothing is sampled to be thrown away. A failing rollout stops everything, with its error.
 
 The task: after ``"Say: "``, emit the bytes of ``--target`` (reward = fraction of positions
 right); advantages are reward minus the group mean; loss ``importance_sampling`` with the
@@ -22,15 +22,16 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 
 import anyio
 import attrs
 import numpy as np
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tinker import types
 
-from firetitan_async import SamplingClient, ServiceSession, TrainingClient
+from firetitan_async import SamplingClient, ServiceSession
 from firetitan_async.local import LocalTrainer
+from firetitan_async.loops import RLStep, Rollout, TrainerSampler, run_rl
 
 MODEL = "local/tiny-byte-lm"
 PROMPT = list(b"Say: ")
@@ -41,37 +42,6 @@ class Completion:
     tokens: list[int]
     logprobs: list[float]
     reward: float
-
-
-@attrs.frozen
-class Rollout:
-    """One sampled group, tagged with the policy version that produced it."""
-
-    version: int
-    completions: list[Completion]
-
-
-@attrs.define
-class Policy:
-    """The latest published sampler; ``changed`` fires when a new version is published."""
-
-    version: int
-    sampler: SamplingClient
-    changed: anyio.Event = attrs.field(factory=anyio.Event)
-
-    def publish(self, sampler: SamplingClient) -> None:
-        self.version += 1
-        self.sampler = sampler
-        self.changed.set()
-        self.changed = anyio.Event()
-
-
-@attrs.define
-class Counters:
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    sampled: int = 0
-    dropped_stale: int = 0
 
 
 def reward_of(tokens: list[int], target: bytes) -> float:
@@ -96,122 +66,72 @@ def rl_datum(completion: Completion, advantage: float) -> types.Datum:
     )
 
 
-async def rollout_worker(
-    worker: int,
-    policy: Policy,
-    trainer_version: list[int],
-    max_staleness: int,
-    target: bytes,
-    group: int,
-    send: MemoryObjectSendStream[Rollout],
-    counters: Counters,
-) -> None:
-    seed = worker * 7919
-    with send:
-        while True:
-            # Never start a request on a policy that is already outside the window.
-            while trainer_version[0] - policy.version > max_staleness:
-                await policy.changed.wait()
-            version, sampler = policy.version, policy.sampler
-            seed += 1
-            params = types.SamplingParams(max_tokens=len(target), seed=seed % 2**31)
-            counters.in_flight += 1
-            counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
-            try:
-                out = await sampler.sample(types.ModelInput.from_ints(PROMPT), group, params)
-            finally:
-                counters.in_flight -= 1
-            counters.sampled += 1
-            completions = [
-                Completion(seq.tokens, seq.logprobs or [], reward_of(seq.tokens, target))
-                for seq in out.sequences
-                if seq.tokens
-            ]
-            try:
-                await send.send(Rollout(version, completions))
-            except anyio.BrokenResourceError:  # the trainer is done
-                return
+def advantages(rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
+    """Each completion's reward minus its group's mean."""
+    datums = []
+    for rollout in rollouts:
+        rewards = np.array([c.reward for c in rollout.group])
+        for completion, advantage in zip(rollout.group, rewards - rewards.mean(), strict=True):
+            datums.append(rl_datum(completion, float(advantage)))
+    return datums
 
 
-async def trainer_loop(
-    session: ServiceSession,
-    client: TrainingClient,
-    policy: Policy,
-    trainer_version: list[int],
-    receive: MemoryObjectReceiveStream[Rollout],
-    args: argparse.Namespace,
-    counters: Counters,
-) -> list[float]:
-    adam = types.AdamParams(learning_rate=args.learning_rate, beta2=0.99)
-    mean_rewards: list[float] = []
-    started = time.monotonic()
-    print("step  reward  staleness  dropped  in flight  requests/s")
-    with receive:
-        for step in range(1, args.steps + 1):
-            batch: list[Rollout] = []
-            while len(batch) < args.batch:
-                rollout = await receive.receive()
-                if trainer_version[0] - rollout.version > args.max_staleness:
-                    counters.dropped_stale += 1
-                    continue
-                batch.append(rollout)
-            datums = []
-            for rollout in batch:
-                rewards = np.array([c.reward for c in rollout.completions])
-                for completion, advantage in zip(
-                    rollout.completions, rewards - rewards.mean(), strict=True
-                ):
-                    datums.append(rl_datum(completion, float(advantage)))
-            rewards = np.array([c.reward for r in batch for c in r.completions])
-            in_flight = counters.in_flight
-            client.forward_backward(datums, "importance_sampling")
-            client.optim_step(adam)
-            snapshot = await client.save_weights_for_sampler_ext(
-                f"rollout-{step:04d}", checkpoint_type="delta"
-            )
-            trainer_version[0] = step
-            policy.publish(await session.create_sampling_client(model_path=snapshot.path))
-            staleness = np.mean([step - 1 - r.version for r in batch])
-            mean_rewards.append(float(rewards.mean()))
-            rate = counters.sampled / (time.monotonic() - started)
-            print(
-                f"{step:>4}  {rewards.mean():>6.3f}  {staleness:>9.2f}  "
-                f"{counters.dropped_stale:>7}  {in_flight:>9}  {rate:>10.0f}"
-            )
-    return mean_rewards
+@attrs.define
+class Counters:
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    sampled: int = 0
 
 
 async def orchestrate(base_url: str, args: argparse.Namespace) -> list[float]:
     target = args.target.encode()
     counters = Counters()
+    started = time.monotonic()
+
+    async def rollout(sampler: SamplingClient, seed: int) -> list[Completion]:
+        params = types.SamplingParams(max_tokens=len(target), seed=seed)
+        counters.in_flight += 1
+        counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
+        try:
+            out = await sampler.sample(types.ModelInput.from_ints(PROMPT), args.group, params)
+        finally:
+            counters.in_flight -= 1
+        counters.sampled += 1
+        return [
+            Completion(seq.tokens, seq.logprobs or [], reward_of(seq.tokens, target))
+            for seq in out.sequences
+            if seq.tokens
+        ]
+
+    def report(step: RLStep[int, Completion]) -> None:
+        rewards = [c.reward for r in step.rollouts for c in r.group]
+        rate = counters.sampled / (time.monotonic() - started)
+        print(
+            f"{step.step:>4}  {np.mean(rewards):>6.3f}  {np.mean(step.staleness):>9.2f}  "
+            f"{counters.in_flight:>9}  {rate:>10.0f}"
+        )
+
     async with ServiceSession(base_url) as session:
         client = await session.create_training_client(MODEL)
-        base = await client.save_weights_for_sampler_ext("rollout-0000", checkpoint_type="base")
-        policy = Policy(0, await session.create_sampling_client(model_path=base.path))
-        trainer_version = [0]
-        # A buffer of one batch: when the trainer is busy, workers wait (backpressure).
-        send, receive = anyio.create_memory_object_stream[Rollout](max_buffer_size=args.batch)
-        async with anyio.create_task_group() as tg:
-            for worker in range(args.concurrency):
-                tg.start_soon(
-                    rollout_worker,
-                    worker,
-                    policy,
-                    trainer_version,
-                    args.max_staleness,
-                    target,
-                    args.group,
-                    send.clone(),
-                    counters,
-                )
-            send.close()
-            rewards = await trainer_loop(
-                session, client, policy, trainer_version, receive, args, counters
-            )
-            tg.cancel_scope.cancel()  # stop the workers; in-flight samples finish server-side
+        print("step  reward  staleness  in flight  requests/s")
+        result = await run_rl(
+            client,
+            TrainerSampler(session, client, prefix="rollout"),
+            (args.seed * 7919 + n for n in range(args.steps * args.batch)),  # sampling seeds
+            rollout,
+            advantages,
+            adam=types.AdamParams(learning_rate=args.learning_rate, beta2=0.99),
+            groups_per_step=args.batch,
+            concurrency=args.concurrency,
+            max_staleness=args.max_staleness,
+            on_step=report,
+        )
+    rewards = [
+        float(np.mean([c.reward for r in s.rollouts for c in r.group])) for s in result.steps
+    ]
     print(
         f"peak sampling requests in flight: {counters.peak_in_flight}; "
-        f"groups sampled {counters.sampled}, dropped as stale {counters.dropped_stale}"
+        f"groups sampled {counters.sampled}, all trained (none discarded)"
     )
     if rewards:
         print(f"mean reward: first step {rewards[0]:.3f} -> last step {rewards[-1]:.3f}")

@@ -18,6 +18,10 @@ pipelined RL loop:
 * while that update runs on the trainer, the next batch is already being sampled from the
   previous snapshot (one step of staleness, corrected by the importance ratio).
 
+The loop is :func:`firetitan_async.loops.run_rl` with a
+:class:`~firetitan_async.loops.TrainerSampler`; :class:`DemoTask` holds the task's rollout and
+advantage functions (picklable: the Ray test runs them in actor workers).
+
 Example::
 
     result = anyio.run(run_demo, DemoConfig(steps=20))
@@ -27,24 +31,32 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import numpy as np
 from tinker import types
 
-from ._pending import Pending
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from .local import LocalTrainer
 from .local._datums import encode_text
+from .loops import RLStep, Rollout, TrainerSampler, run_rl
 from .platform import ReadinessProgress, TrainerJobConfig, TrainerJobs
 
-__all__ = ["DemoConfig", "DemoResult", "DemoRow", "reward_of", "run_demo"]
+__all__ = [
+    "Completion",
+    "DemoConfig",
+    "DemoResult",
+    "DemoRow",
+    "DemoTask",
+    "reward_of",
+    "run_demo",
+]
 
 MODEL = "local/tiny-byte-lm"
 _EOS = 256
@@ -101,7 +113,8 @@ class DemoRow:
     #: ``loss:sum`` of the step divided by the number of trained tokens.
     loss: float
     mean_reward: float
-    #: Operations in flight right after the step's update was submitted (sampling included).
+    #: Operations in flight while the step's update ran: the update itself (3) plus the
+    #: most sample requests in flight beside it.
     in_flight: int
     snapshot: SamplerSnapshot
     elapsed_s: float
@@ -153,25 +166,89 @@ def reward_of(tokens: Sequence[int], target: bytes) -> float:
     return hits / len(target)
 
 
-def _token_datum(
-    prompt: list[int], completion: list[int], sampler_logprobs: list[float], advantages: np.ndarray
-) -> types.Datum:
-    """An ``importance_sampling``/``ppo`` datum with one advantage per completion token (prompt
-    positions get advantage 0, so they are not trained)."""
-    tokens = prompt + completion
-    n_prompt = len(prompt) - 1
-    logprobs = np.zeros(len(tokens) - 1, dtype=np.float32)
-    logprobs[n_prompt:] = sampler_logprobs
-    token_advantages = np.zeros(len(tokens) - 1, dtype=np.float32)
-    token_advantages[n_prompt:] = advantages
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
-            "logprobs": types.TensorData.from_numpy(logprobs),
-            "advantages": types.TensorData.from_numpy(token_advantages),
-        },
-    )
+@attrs.frozen
+class Completion:
+    """One sampled completion and, per target position, whether it got the byte right."""
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    matches: tuple[float, ...]
+
+    @property
+    def reward(self) -> float:
+        return sum(self.matches) / len(self.matches)
+
+
+@attrs.frozen
+class DemoTask:
+    """The demo's RL task as plain functions of the pipeline (picklable, for Ray workers).
+
+    Example::
+
+        task = DemoTask.from_config(DemoConfig())
+        group = await task.rollout(sampler, seed=1)     # group_size completions of the prompt
+    """
+
+    target: bytes
+    prompt: tuple[int, ...]
+    group_size: int
+    temperature: float
+
+    @classmethod
+    def from_config(cls, cfg: DemoConfig) -> DemoTask:
+        return cls(
+            cfg.target.encode(), tuple(encode_text(cfg.prompt)), cfg.group_size, cfg.temperature
+        )
+
+    def params(self, seed: int) -> types.SamplingParams:
+        return types.SamplingParams(
+            max_tokens=len(self.target), temperature=self.temperature, seed=seed
+        )
+
+    async def rollout(self, sampler: SamplingClient, seed: int) -> list[Completion]:
+        """One group: ``group_size`` completions of the prompt, scored per position."""
+        out = await sampler.sample(
+            types.ModelInput.from_ints(list(self.prompt)), self.group_size, self.params(seed)
+        )
+        group = []
+        for seq in out.sequences:
+            assert seq.logprobs is not None, "the sampler returned no logprobs"
+            matches = [0.0] * len(self.target)
+            for t, (got, want) in enumerate(zip(seq.tokens, self.target, strict=False)):
+                matches[t] = float(got == want)
+            group.append(Completion(tuple(seq.tokens), tuple(seq.logprobs), tuple(matches)))
+        return group
+
+    def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
+        """Per-position advantages: a token's match minus the group's mean match there."""
+        datums = []
+        for rollout in rollouts:
+            matches = np.array([c.matches for c in rollout.group], dtype=np.float32)
+            advantages = matches - matches.mean(axis=0, keepdims=True)
+            for completion, adv in zip(rollout.group, advantages, strict=True):
+                if completion.tokens:
+                    datums.append(self._datum(completion, adv[: len(completion.tokens)]))
+        return datums
+
+    def _datum(self, completion: Completion, advantages: np.ndarray) -> types.Datum:
+        """An ``importance_sampling``/``ppo`` datum; prompt positions get advantage 0."""
+        prompt = list(self.prompt)
+        tokens = prompt + list(completion.tokens)
+        n_prompt = len(prompt) - 1
+        logprobs = np.zeros(len(tokens) - 1, dtype=np.float32)
+        logprobs[n_prompt:] = completion.logprobs
+        token_advantages = np.zeros(len(tokens) - 1, dtype=np.float32)
+        token_advantages[n_prompt:] = advantages
+        return types.Datum(
+            model_input=types.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={
+                "target_tokens": types.TensorData.from_numpy(
+                    np.asarray(tokens[1:], dtype=np.int64)
+                ),
+                "logprobs": types.TensorData.from_numpy(logprobs),
+                "advantages": types.TensorData.from_numpy(token_advantages),
+            },
+        )
 
 
 def _show(tokens: Sequence[int]) -> str:
@@ -179,131 +256,105 @@ def _show(tokens: Sequence[int]) -> str:
     return "".join("⏎" if t == _EOS else chr(t) if 32 <= t < 127 else "·" for t in tokens)
 
 
-class _InFlight:
-    """Counts operations that have been started and not yet finished."""
-
-    def __init__(self) -> None:
-        self._ops: list[Pending[Any]] = []
-
-    def add(self, pending: Pending[Any]) -> None:
-        self._ops.append(pending)
-
-    def count(self) -> int:
-        self._ops = [op for op in self._ops if not op.done()]
-        return len(self._ops)
-
-
 class _Demo:
     def __init__(self, config: DemoConfig, emit: Callable[[str], None]) -> None:
         self.config = config
         self.emit = emit
-        self.target = config.target.encode()
-        self.prompt = encode_text(config.prompt)
-        self.in_flight = _InFlight()
+        self.task = DemoTask.from_config(config)
+        self.sampling = 0  # sample requests in flight
+        self.peak = 0  # their peak since the current step's update was submitted
+        self.beside_update = 0  # that peak when the update's snapshot was published
+        self.publisher: TrainerSampler | None = None
 
-    def params(self, seed: int) -> types.SamplingParams:
-        return types.SamplingParams(
-            max_tokens=len(self.target), temperature=self.config.temperature, seed=seed
-        )
-
-    def start_batch(
-        self, sampler: SamplingClient, step: int
-    ) -> list[Pending[types.SampleResponse]]:
+    def seeds(self) -> Iterator[int]:
+        """One sampling seed per group, in ticket order (step by step, group by group)."""
         cfg = self.config
-        batch = []
-        for group in range(cfg.groups_per_step):
-            seed = (cfg.seed * 1_000_003 + step * 1_009 + group) % (2**31)
-            pending = sampler.sample(
-                types.ModelInput.from_ints(self.prompt), cfg.group_size, self.params(seed)
-            )
-            self.in_flight.add(pending)
-            batch.append(pending)
-        return batch
+        for step in range(cfg.steps):
+            for group in range(cfg.groups_per_step):
+                yield (cfg.seed * 1_000_003 + step * 1_009 + group) % (2**31)
 
-    def score(
-        self, responses: Sequence[types.SampleResponse]
-    ) -> tuple[list[types.Datum], float, int]:
-        """The batch's datums, its mean reward and the number of trained tokens."""
-        datums: list[types.Datum] = []
-        all_rewards: list[float] = []
-        n_tokens = 0
-        width = len(self.target)
-        for response in responses:
-            # matches[i, t]: sample i got the target byte right at position t.
-            matches = np.zeros((len(response.sequences), width), dtype=np.float32)
-            for i, seq in enumerate(response.sequences):
-                for t, (got, want) in enumerate(zip(seq.tokens, self.target, strict=False)):
-                    matches[i, t] = float(got == want)
-            all_rewards.extend(matches.mean(axis=1).tolist())
-            advantages = matches - matches.mean(axis=0, keepdims=True)
-            for i, seq in enumerate(response.sequences):
-                if not seq.tokens:
-                    continue
-                assert seq.logprobs is not None, "the sampler returned no logprobs"
-                n = len(seq.tokens)
-                datums.append(
-                    _token_datum(self.prompt, seq.tokens, seq.logprobs, advantages[i, :n])
-                )
-                n_tokens += n
-        return datums, float(np.mean(all_rewards)), n_tokens
+    async def rollout(self, sampler: SamplingClient, seed: int) -> list[Completion]:
+        self.sampling += 1
+        self.peak = max(self.peak, self.sampling)
+        try:
+            return await self.task.rollout(sampler, seed)
+        finally:
+            self.sampling -= 1
 
-    async def samples(self, sampler: SamplingClient, seed: int) -> tuple[tuple[str, ...], float]:
+    async def publish(self, version: int) -> SamplingClient:
+        """The demo's publisher: the trainer's sampler, noting the sampling beside the update."""
+        assert self.publisher is not None
+        sampler = await self.publisher.publish(version)  # returns once the update is done
+        self.beside_update = self.peak
+        return sampler
+
+    def to_datums(self, rollouts: Sequence[Rollout[int, Completion]]) -> list[types.Datum]:
+        self.peak = self.sampling  # the step's update is submitted right after this
+        return self.task.to_datums(rollouts)
+
+    async def samples(self, sampler: SamplingClient, version: int) -> tuple[tuple[str, ...], float]:
         n = max(self.config.show_samples, 16)
-        out = await sampler.sample(types.ModelInput.from_ints(self.prompt), n, self.params(seed))
-        rewards = [reward_of(seq.tokens, self.target) for seq in out.sequences]
-        shown = tuple(_show(seq.tokens) for seq in out.sequences[: self.config.show_samples])
-        return shown, float(np.mean(rewards))
+        task = attrs.evolve(self.task, group_size=n)
+        group = await task.rollout(sampler, self.config.seed + 7)
+        shown = tuple(_show(c.tokens) for c in group[: self.config.show_samples])
+        return shown, float(np.mean([c.reward for c in group]))
 
     async def train(
         self, session: ServiceSession, client: TrainingClient, job_id: str, started: float
     ) -> DemoResult:
         cfg = self.config
-        adam = types.AdamParams(learning_rate=cfg.learning_rate, beta1=0.9, beta2=0.99)
-        loss_config = (
-            {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
-            if cfg.loss_fn == "ppo"
-            else None
-        )
-        base = await client.save_weights_for_sampler_ext("demo-0000", checkpoint_type="base")
-        self.emit(f"saved base snapshot {base.snapshot_name} ({base.path})")
-        sampler = await session.create_sampling_client(model_path=base.path)
-        before, reward_before = await self.samples(sampler, seed=cfg.seed + 7)
-
-        self.emit("")
-        self.emit(f"{'step':>4}  {'loss':>8}  {'reward':>6}  {'in flight':>9}  snapshot")
+        publisher = TrainerSampler(session, client, prefix="demo", base_every=cfg.base_every)
+        self.publisher = publisher
         rows: list[DemoRow] = []
-        next_batch = self.start_batch(sampler, 0)
-        for step in range(1, cfg.steps + 1):
-            responses = [await pending for pending in next_batch]
-            datums, mean_reward, n_tokens = self.score(responses)
-            fb = client.forward_backward(datums, cfg.loss_fn, loss_config)
-            opt = client.optim_step(adam)
-            kind: Literal["base", "delta"] = "base" if step % cfg.base_every == 0 else "delta"
-            snap = client.save_weights_for_sampler_ext(f"demo-{step:04d}", checkpoint_type=kind)
-            for pending in (fb, opt, snap):
-                self.in_flight.add(pending)
-            # While the trainer runs this update, sample the next batch from the previous
-            # snapshot: the importance ratio corrects for that one step of staleness.
-            next_batch = self.start_batch(sampler, step) if step < cfg.steps else []
-            in_flight = self.in_flight.count()
-            out = await fb
-            await opt
-            snapshot = await snap
-            sampler = await session.create_sampling_client(model_path=snapshot.path)
+
+        def on_step(step: RLStep[int, Completion]) -> None:
+            snapshot = publisher.last_snapshot
+            assert snapshot is not None
+            completions = [c for r in step.rollouts for c in r.group]
+            n_tokens = sum(len(c.tokens) for c in completions)
+            # The step's update (forward_backward, optim_step, snapshot) and the most
+            # sample requests in flight beside it.
+            in_flight = 3 + self.beside_update
             row = DemoRow(
-                step=step,
-                loss=out.metrics.get("loss:sum", float("nan")) / max(1, n_tokens),
-                mean_reward=mean_reward,
+                step=step.step,
+                loss=step.metrics.get("loss:sum", float("nan")) / max(1, n_tokens),
+                mean_reward=float(np.mean([c.reward for c in completions])),
                 in_flight=in_flight,
                 snapshot=snapshot,
                 elapsed_s=time.monotonic() - started,
             )
             rows.append(row)
+            if step.step == 1:
+                self.emit("")
+                self.emit(f"{'step':>4}  {'loss':>8}  {'reward':>6}  {'in flight':>9}  snapshot")
             self.emit(
-                f"{step:>4}  {row.loss:>8.4f}  {row.mean_reward:>6.3f}  {in_flight:>9}  "
+                f"{row.step:>4}  {row.loss:>8.4f}  {row.mean_reward:>6.3f}  {in_flight:>9}  "
                 f"{snapshot.checkpoint_type:<5} {snapshot.snapshot_name}"
             )
-        after, reward_after = await self.samples(sampler, seed=cfg.seed + 7)
+
+        result = await run_rl(
+            client,
+            self,
+            self.seeds(),
+            self.rollout,
+            self.to_datums,
+            adam=types.AdamParams(learning_rate=cfg.learning_rate, beta1=0.9, beta2=0.99),
+            groups_per_step=cfg.groups_per_step,
+            loss_fn=cfg.loss_fn,
+            loss_fn_config=(
+                {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
+                if cfg.loss_fn == "ppo"
+                else None
+            ),
+            # The next step's groups are sampled while this step trains, one version behind;
+            # the importance ratio corrects for that.
+            concurrency=2 * cfg.groups_per_step,
+            max_staleness=1,
+            evaluate=self.samples,
+            eval_every=cfg.steps,  # before training (version 0) and after the last step
+            on_step=on_step,
+        )
+        (_, (before, reward_before)), (_, (after, reward_after)) = result.evaluations
         return DemoResult(
             job_id=job_id,
             rows=tuple(rows),

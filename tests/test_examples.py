@@ -114,7 +114,7 @@ def test_example_async_training_loop() -> None:
     out = _ok(_run([str(EXAMPLES / "async_training_loop.py"), "--steps", "6", "--save-every", "3"]))
     losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step ")]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    assert "sft-0003" in out and "sft-0006" in out
+    assert "saved sft-0000003 at step 3" in out and "saved sft-0000006 at step 6" in out
     assert "sample:" in out
 
 
