@@ -31,6 +31,7 @@ from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
+from ._signals import Interrupted, cleanup_on_signals
 from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._training import TrainingClient
 from ._version import __version__
@@ -50,6 +51,7 @@ from .errors import (
     UsageError,
 )
 from .platform import (
+    CleanupFailed,
     CreatedTrainerJob,
     DeploymentConfig,
     DeploymentFailed,
@@ -58,8 +60,10 @@ from .platform import (
     HotloadStatus,
     JobCheckpoint,
     JobState,
+    LiveResource,
     PlatformAPIError,
     PromotedModel,
+    Provisioning,
     PublishedVersion,
     ReadinessPoller,
     ReadinessProgress,
@@ -69,6 +73,7 @@ from .platform import (
     TrainerJobs,
     TrainingShapeProfile,
     WeightPublisher,
+    live_resources,
 )
 from .wire.completions import StreamDelta
 
@@ -76,6 +81,7 @@ __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
     "CheckpointEntry",
+    "CleanupFailed",
     "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
@@ -88,14 +94,17 @@ __all__ = [
     "FixedConcurrency",
     "HotloadFailed",
     "HotloadStatus",
+    "Interrupted",
     "InvalidInput",
     "JobCheckpoint",
     "JobState",
+    "LiveResource",
     "Observation",
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
     "ProtocolError",
+    "Provisioning",
     "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
@@ -123,4 +132,6 @@ __all__ = [
     "__version__",
     "aresult",
     "as_awaitable",
+    "cleanup_on_signals",
+    "live_resources",
 ]

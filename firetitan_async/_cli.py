@@ -15,7 +15,7 @@ from collections.abc import Sequence
 _LOCAL_EXTRA_PACKAGES = frozenset({"starlette", "uvicorn", "threadpoolctl"})
 
 # Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
-_COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "checkpoints")
+_COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "jobs", "checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  firetitan-async demo                      # RL demo against an embedded trainer\n"
             "  firetitan-async serve --port 8080         # a local trainer for your own code\n"
             "  firetitan-async wait JOB_ID               # wait for a Fireworks trainer job\n"
+            "  firetitan-async jobs list --orphans       # jobs/deployments nothing owns\n"
             "  firetitan-async checkpoints list --run MODEL_ID --base-url URL"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

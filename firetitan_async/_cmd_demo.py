@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 import anyio
 
 from ._cli import local_extra_missing
+from ._signals import Interrupted, cleanup_on_signals
 from .errors import FiretitanError
 
 __all__ = ["add_parser"]
@@ -93,6 +93,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="fireworks: trainer job + deployment, rollouts from the deployment (default); "
         "tinker: a tinker session, rollouts from the trainer; auto: what a session picks",
     )
+    parser.add_argument(
+        "--control-plane-url",
+        default=None,
+        metavar="URL",
+        help="use the local trainer at URL (firetitan-async serve) instead of an embedded one",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -119,8 +125,16 @@ def _run(args: argparse.Namespace) -> int:
     def emit(line: str) -> None:
         print(line, flush=True)
 
+    async def main() -> None:
+        # SIGINT/SIGTERM cancel the run: the session ends and the trainer job is deleted.
+        async with cleanup_on_signals():
+            await run_demo(config, emit=emit, control_plane_url=args.control_plane_url)
+
     try:
-        anyio.run(partial(run_demo, config, emit=emit), backend=args.backend)
+        anyio.run(main, backend=args.backend)
+    except Interrupted as exc:
+        print(f"firetitan-async demo: {exc}", file=sys.stderr)
+        return exc.exit_code
     except FiretitanError as exc:
         print(f"firetitan-async demo: failed: {exc}", file=sys.stderr)
         return 1

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Literal
 
-import anyio
 import attrs
 import httpx
 import numpy as np
@@ -64,7 +63,6 @@ from .loops import (
 from .platform import (
     DeploymentConfig,
     Deployments,
-    ReadinessPoller,
     ReadinessProgress,
     TrainerJobConfig,
     TrainerJobs,
@@ -405,8 +403,11 @@ class _Demo:
     ) -> AsyncIterator[DeploymentPolicy]:
         """A deployment (created, waited for), its weight publisher and its sampler."""
         cfg = self.config
-        async with Deployments(base_url=control_plane_url) as deployments:
-            info = await deployments.create_or_get(DeploymentConfig(DEPLOYMENT, MODEL))
+        async with (
+            Deployments(base_url=control_plane_url) as deployments,
+            # Owned: deleted however the demo ends (an error, Ctrl-C, SIGTERM).
+            deployments.create_or_get(DeploymentConfig(DEPLOYMENT, MODEL)) as info,
+        ):
             self.emit(f"created deployment {info.name}")
             waited = time.monotonic()
             info = await deployments.wait_for_ready(
@@ -522,10 +523,16 @@ async def _set_inference_latency(local_url: str, latency_s: float) -> None:
 
 
 async def run_demo(
-    config: DemoConfig | None = None, *, emit: Callable[[str], None] = print
+    config: DemoConfig | None = None,
+    *,
+    emit: Callable[[str], None] = print,
+    control_plane_url: str | None = None,
 ) -> DemoResult:
-    """Run the demo end to end against an embedded local trainer; ``emit`` gets each line.
+    """Run the demo end to end against an embedded local trainer (or the one at
+    ``control_plane_url``, e.g. ``firetitan-async serve``); ``emit`` gets each line.
 
+    The trainer job is owned by the run: deleted however it ends (an error, cancellation, or
+    SIGINT/SIGTERM under :func:`~firetitan_async.cleanup_on_signals`, as the CLI runs it).
     Works under asyncio and trio. Raises :class:`~firetitan_async.FiretitanError` subclasses
     when the trainer misbehaves.
 
@@ -537,51 +544,51 @@ async def run_demo(
     cfg = config or DemoConfig()
     demo = _Demo(cfg, emit)
     started = time.monotonic()
-    async with LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed) as lt:
-        emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
-        if resolve_dialect(cfg.dialect, lt.base_url, None) == "tinker":
-            result = await _run_tinker(demo, lt, started)
-            _summary(result, cfg.prompt, emit)
-            return result
-        async with TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url) as jobs:
-            created = await jobs.create(
-                TrainerJobConfig(
-                    base_model=MODEL,
-                    lora_rank=cfg.lora_rank,
-                    learning_rate=cfg.learning_rate,
-                    display_name="firetitan-async demo",
+    async with AsyncExitStack() as stack:
+        if control_plane_url is None:
+            lt = await stack.enter_async_context(
+                LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed)
+            )
+            emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
+            control_plane_url = lt.control_plane_url
+        if resolve_dialect(cfg.dialect, control_plane_url, None) == "tinker":
+            result = await _run_tinker(demo, control_plane_url, started)
+        else:
+            jobs = await stack.enter_async_context(TrainerJobs(base_url=control_plane_url))
+            job_config = TrainerJobConfig(
+                base_model=MODEL, lora_rank=cfg.lora_rank, learning_rate=cfg.learning_rate
+            )
+            endpoint = await stack.enter_async_context(  # deleted when this block exits
+                jobs.create_and_wait(
+                    job_config,
+                    poll_interval_s=cfg.poll_interval_s,
+                    timeout_s=60.0,
+                    on_progress=_readiness_display(emit),
                 )
             )
-            emit(f"created trainer job {created.job_name}")
-            async with (
-                ServiceSession.from_job(
-                    jobs, created.job_id, poll_interval_s=cfg.poll_interval_s
-                ) as session,
-                anyio.create_task_group() as tg,
-            ):
-                tg.start_soon(_show_readiness, jobs, created.job_id, cfg, emit)
-                # Gated by the session's own readiness poller: returns once the job is RUNNING.
-                client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
-                emit(f"training client {client.model_id} on session {session.session_id}")
-                result = await demo.train(
-                    session, client, created.job_id, started, lt.control_plane_url
-                )
+            emit(f"trainer job {endpoint.job_name}")
+            session = await stack.enter_async_context(
+                ServiceSession.from_job(jobs, endpoint.job_id, poll_interval_s=cfg.poll_interval_s)
+            )
+            client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
+            emit(f"training client {client.model_id} on session {session.session_id}")
+            result = await demo.train(
+                session, client, endpoint.job_id, started, control_plane_url
+            )
     _summary(result, cfg.prompt, emit)
     return result
 
 
-async def _run_tinker(demo: _Demo, lt: LocalTrainer, started: float) -> DemoResult:
+async def _run_tinker(demo: _Demo, base_url: str, started: float) -> DemoResult:
     """The tinker dialect: no trainer job, no deployment; rollouts from the trainer."""
     cfg = demo.config
-    async with ServiceSession(lt.base_url, dialect="tinker") as session:
+    async with ServiceSession(base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
         demo.emit(f"training client {client.model_id} on tinker session {session.session_id}")
         return await demo.train(session, client, None, started)
 
 
-async def _show_readiness(
-    jobs: TrainerJobs, job_id: str, cfg: DemoConfig, emit: Callable[[str], None]
-) -> None:
+def _readiness_display(emit: Callable[[str], None]) -> Callable[[ReadinessProgress], None]:
     last: list[str] = []
 
     def on_progress(progress: ReadinessProgress) -> None:
@@ -589,10 +596,7 @@ async def _show_readiness(
             last.append(progress.state)
             emit(f"  job {progress.state:<9} after {progress.elapsed_s:5.2f}s")
 
-    poller = ReadinessPoller(
-        jobs, job_id, poll_interval_s=cfg.poll_interval_s, timeout_s=60.0, on_progress=on_progress
-    )
-    await poller.run()
+    return on_progress
 
 
 def _summary(result: DemoResult, prompt: str, emit: Callable[[str], None]) -> None:

@@ -744,7 +744,7 @@ def test_stats_count_requests_steps_and_compute(trainer: LocalTrainer, api: Api)
     served = httpx.get(f"{trainer.base_url}/_local/stats").json()
     assert served["optim_steps_applied"][model_id] == 1
     assert set(served) == {"requests", "faults_injected", "optim_steps_applied",
-                           "compute_seconds"}
+                           "compute_seconds", "live"}
     assert served["requests"].get("_local/stats") is None
 
 

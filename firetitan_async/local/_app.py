@@ -48,7 +48,8 @@ def _state(request: Request) -> ServerState:
 
 
 async def _stats(request: Request) -> Response:
-    return JSONResponse(_state(request).stats.snapshot())
+    state = _state(request)
+    return JSONResponse({**state.stats.snapshot(), "live": state.live()})
 
 
 async def _fail_job(request: Request) -> Response:

@@ -58,6 +58,7 @@ _STOPPED = frozenset(
         "JOB_STATE_EARLY_STOPPED",
     }
 )
+_LIVE = frozenset({"JOB_STATE_CREATING", "JOB_STATE_PENDING", "JOB_STATE_RUNNING"})
 _RESUMABLE = frozenset({"JOB_STATE_FAILED"} | _STOPPED)
 # Known body fields and the JSON types they must have (unknown fields are kept as they are).
 _BODY_TYPES: dict[str, tuple[type, ...]] = {
@@ -295,6 +296,16 @@ class JobRegistry:
         if elapsed >= self.warmup_s:
             return "JOB_STATE_RUNNING"
         return "JOB_STATE_CREATING" if elapsed < self.warmup_s / 2 else "JOB_STATE_PENDING"
+
+    def live_count(self) -> int:
+        """Jobs CREATING, PENDING or RUNNING (not deleted, stopped or failed)."""
+        return sum(self.state(j) in _LIVE for j in self.all())
+
+    def is_live(self, job_id: str) -> bool:
+        """Whether the job exists and is CREATING, PENDING or RUNNING."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        return job is not None and self.state(job) in _LIVE
 
     def any_warming(self) -> bool:
         """Whether some job is still CREATING or PENDING."""

@@ -198,20 +198,22 @@ def _check_create_body(body: Mapping[str, Any]) -> None:
         raise ApiError(400, f"hotLoadTransitionType must be ASYNC or SYNC, got {transition!r}")
 
 
+def deployment_registry(request: Request) -> DeploymentRegistry:
+    """The server's ``DeploymentRegistry`` (kept on its ``ServerState``: no global state)."""
+    state = _state(request)
+    if state.deployments is None:
+        state.deployments = DeploymentRegistry(state.config.account_id)
+    return state.deployments
+
+
 def deployment_routes() -> list[Route]:
     """The deployments control plane, the hot-load and completions endpoints and the hooks,
     sharing one ``DeploymentRegistry`` (per app: no global state)."""
     from ._hotload import hotload_routes
     from ._inference import inference_routes
 
-    registries: dict[int, DeploymentRegistry] = {}
-
     def registry(request: Request) -> DeploymentRegistry:
-        state = _state(request)
-        reg = registries.get(id(state))
-        if reg is None:
-            reg = registries[id(state)] = DeploymentRegistry(state.config.account_id)
-        return reg
+        return deployment_registry(request)
 
     async def create(request: Request) -> Response:
         check_key(request, _state(request))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -24,6 +24,9 @@ from ._idempotency import IdempotencyCache
 from ._model import TinyByteLM
 from ._sessions import Registry
 from ._stats import ServerStats
+
+if TYPE_CHECKING:
+    from ._deployments import DeploymentRegistry
 
 __all__ = ["ServerConfig", "ServerState", "TaskSpawner"]
 
@@ -80,6 +83,22 @@ class ServerState:
         self.tasks = TaskSpawner()
         self.sampling_rng = np.random.default_rng([config.seed, 1])
         self._base_weights: dict[str, np.ndarray] | None = None
+        self.deployments: DeploymentRegistry | None = None  # made by the deployments routes
+
+    def live(self) -> dict[str, int]:
+        """What still runs, as a platform would bill it: trainer jobs CREATING, PENDING or
+        RUNNING; client sessions not finished whose job (if opened through one) is live (the
+        Fireworks wire never finishes a session: deleting its job ends it); deployments not
+        deleted."""
+        jobs = self.jobs
+        sessions = list(self.registry.sessions.values())  # one C-level copy: any thread
+        return {
+            "jobs": jobs.live_count(),
+            "sessions": sum(
+                not s.finished and (s.job_id is None or jobs.is_live(s.job_id)) for s in sessions
+            ),
+            "deployments": len(self.deployments.deployments) if self.deployments else 0,
+        }
 
     def base_weights(self) -> dict[str, np.ndarray]:
         """Sampler weights of the untrained base model (same for every model of this seed)."""

@@ -193,7 +193,8 @@ class LocalTrainer(ThreadedServerLifetime):
 
     def stats(self) -> dict[str, Any]:
         """``{"requests": {endpoint: n}, "faults_injected": n, "optim_steps_applied":
-        {model_id: n}, "compute_seconds": s}``.
+        {model_id: n}, "compute_seconds": s, "live": {"jobs": n, "sessions": n,
+        "deployments": n}}`` (``live``: what still runs, see ``ServerState.live``).
 
         ``endpoint`` is the path after ``/api/v1/`` with ids folded (``forward_backward``,
         ``training_run_checkpoints``, ...) or ``jobs.create``/``jobs.get``/... for the control
@@ -210,8 +211,9 @@ class LocalTrainer(ThreadedServerLifetime):
                 "faults_injected": 0,
                 "optim_steps_applied": {},
                 "compute_seconds": 0.0,
+                "live": {"jobs": 0, "sessions": 0, "deployments": 0},
             }
-        return self._state.stats.snapshot()
+        return {**self._state.stats.snapshot(), "live": self._state.live()}
 
     def fail_job(self, job_id: str, message: str = "failed by LocalTrainer.fail_job") -> None:
         """Drive trainer job ``job_id`` to ``JOB_STATE_FAILED`` with ``message`` (test hook)."""

@@ -24,6 +24,8 @@ from ._deployments import (
     HotloadStatus,
 )
 from ._jobs import TrainerJobs
+from ._lifecycle import CleanupFailed, Provisioning
+from ._orphans import LiveResource, live_resources
 from ._publisher import PublishedVersion, WeightPublisher
 from ._readiness import ReadinessPoller, ReadinessProgress
 from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
@@ -33,6 +35,7 @@ from ._shapes import TrainingShapeProfile
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "CleanupFailed",
     "CreatedTrainerJob",
     "DeploymentConfig",
     "DeploymentFailed",
@@ -41,8 +44,10 @@ __all__ = [
     "HotloadStatus",
     "JobCheckpoint",
     "JobState",
+    "LiveResource",
     "PlatformAPIError",
     "PromotedModel",
+    "Provisioning",
     "PublishedVersion",
     "ReadinessPoller",
     "ReadinessProgress",
@@ -53,4 +58,5 @@ __all__ = [
     "TrainerJobs",
     "TrainingShapeProfile",
     "WeightPublisher",
+    "live_resources",
 ]

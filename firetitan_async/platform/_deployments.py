@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import attrs
@@ -39,6 +39,7 @@ import httpx
 
 from .._retry import RetryPolicy
 from ..errors import FiretitanError, HotloadFailed, InvalidInput
+from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
 from ._rest import DEFAULT_BASE_URL, RestCore
 
 __all__ = [
@@ -335,23 +336,62 @@ class Deployments:
         record = await self._get_record(deployment_id)
         return None if record is None else await self._info(deployment_id, record)
 
-    async def create_or_get(
-        self, config: DeploymentConfig, *, force_recreate: bool = False
-    ) -> DeploymentInfo:
+    def create_or_get(
+        self,
+        config: DeploymentConfig,
+        *,
+        force_recreate: bool = False,
+        keep: bool = False,
+        cleanup: Literal["delete", "scale_to_zero"] = "delete",
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> Provisioning[DeploymentInfo]:
         """The deployment ``config`` names, created if missing (or if ``FAILED``, ``DELETED``,
         ``DELETING``, or ``force_recreate``: deleted first). Idempotent: a 409 fetches it.
+
+        ``await`` it for the :class:`DeploymentInfo`, or use it as ``async with`` to release a
+        deployment this call created when the block exits, however it exits: ``cleanup``
+        ``"delete"`` or ``"scale_to_zero"`` (it stays, for a later scale-up); ``keep=True``
+        opts out, ``grace_s`` bounds the release (see :class:`~firetitan_async.Provisioning`).
+        A healthy deployment that already existed is adopted and never released. In the
+        ``async with`` form the created deployment carries the owner tag (``displayName`` and
+        the annotation ``firetitan-async/owner``) that ``jobs list --orphans`` reads.
 
         Example::
 
             info = await deployments.create_or_get(DeploymentConfig("rollouts", MODEL))
+            async with deployments.create_or_get(config, cleanup="scale_to_zero") as info:
+                ...
         """
+        if cleanup not in ("delete", "scale_to_zero"):
+            raise InvalidInput("cleanup", f"must be 'delete' or 'scale_to_zero', got {cleanup!r}")
+        config.validate()
+
+        async def provision(claim: Claim) -> DeploymentInfo:
+            return await self._create_or_get(config, force_recreate, claim)
+
+        async def release(deployment_id: str) -> None:
+            if cleanup == "delete":
+                await self.delete(deployment_id)
+            elif await self._get_record(deployment_id) is not None:
+                await self.scale_to_zero(deployment_id)
+
+        return Provisioning("deployment", provision, release, keep=keep, grace_s=grace_s)
+
+    async def _create_or_get(
+        self, config: DeploymentConfig, force_recreate: bool, claim: Claim
+    ) -> DeploymentInfo:
         body = config.body()
+        if claim.block:  # owned by an `async with` block: say by whom (jobs list --orphans)
+            tag = owner_tag()
+            body["annotations"] = {**body.get("annotations", {}), OWNER_ANNOTATION: tag}
+            body.setdefault("displayName", tag)
         existing = await self._get_record(config.deployment_id)
         if existing is not None:
             if existing.get("state") not in _BAD_STATES and not force_recreate:
                 return await self._info(config.deployment_id, existing)
             await self.delete(config.deployment_id)
             await self._wait_gone(config.deployment_id)
+        claim.own(config.deployment_id)  # before sending: a lost reply may still have created it
         response = await self._rest.request(
             "POST",
             await self._path(),
@@ -367,6 +407,29 @@ class Deployments:
         else:
             record = self._rest.json_of(response)
         return await self._info(config.deployment_id, record)
+
+    async def list_deployments(self) -> list[DeploymentInfo]:
+        """Every deployment of the account (all pages).
+
+        Example::
+
+            live = [d for d in await deployments.list_deployments() if d.state != "DELETED"]
+        """
+        found: list[DeploymentInfo] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params = {"pageSize": "200", **({"pageToken": token} if token else {})}
+            reply = await self._rest.call("GET", await self._path(), params=params)
+            if not isinstance(reply, dict):
+                raise FiretitanError(f"malformed deployment listing: {reply!r:.200}")
+            for record in reply.get("deployments") or []:
+                name = str(record.get("name", ""))
+                found.append(await self._info(name.rsplit("/", 1)[-1], record))
+            token = reply.get("nextPageToken") or None
+            if not isinstance(token, str) or token in seen:
+                return found
+            seen.add(token)
 
     async def _wait_gone(self, deployment_id: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -31,11 +31,12 @@ from typing import Final
 from urllib.parse import quote
 
 import anyio
+import attrs
 import httpx
 
 from .._retry import RetryPolicy
 from .._transport import check_url_security
-from ..errors import FiretitanError, InvalidInput, TrainerJobFailed
+from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
 from ._checkpoints import (
     JobCheckpoint,
     PromotedModel,
@@ -44,6 +45,7 @@ from ._checkpoints import (
 )
 from ._checkpoints import promote_checkpoint as _promote
 from ._config import TrainerJobConfig
+from ._lifecycle import DEFAULT_GRACE_S, Claim, Provisioning, owner_tag
 from ._readiness import (
     DEFAULT_PENDING_TIMEOUT_S,
     DEFAULT_STOPPED_SETTLE_S,
@@ -318,27 +320,60 @@ class TrainerJobs:
         await poller.run()
         return await poller.wait()
 
-    async def create_and_wait(
+    def create_and_wait(
         self,
         config: TrainerJobConfig,
         *,
         poll_interval_s: float = 5.0,
         timeout_s: float = 900.0,
         pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
-    ) -> TrainerEndpoint:
-        """:meth:`create`, then :meth:`wait_for_ready`.
+        on_progress: Callable[[ReadinessProgress], None] | None = None,
+        keep: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> Provisioning[TrainerEndpoint]:
+        """:meth:`create`, then :meth:`wait_for_ready`: ``await`` it for the endpoint, or use it
+        as ``async with`` to delete the job when the block exits, however it exits (see
+        :class:`~firetitan_async.Provisioning`; ``keep=True`` opts out, ``grace_s`` bounds the
+        deletion). A failed or cancelled wait deletes the job it created in both forms. A job
+        that already existed (``requested_job_id``) is adopted and never deleted. In the
+        ``async with`` form a config without ``display_name`` gets the owner tag
+        (``firetitan-async:<host>:<pid>``) that ``firetitan-async jobs list --orphans`` reads.
 
         Example::
 
             endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=model, lora_rank=8))
+            async with jobs.create_and_wait(TrainerJobConfig(base_model=model)) as endpoint:
+                ...                                  # deleted at the end of the block
         """
-        created = await self.create(config)
-        return await self.wait_for_ready(
-            created.job_id,
-            poll_interval_s=poll_interval_s,
-            timeout_s=timeout_s,
-            pending_timeout_s=pending_timeout_s,
-        )
+        if not isinstance(config, TrainerJobConfig):
+            raise InvalidInput("config", f"must be a TrainerJobConfig, got {type(config).__name__}")
+
+        async def provision(claim: Claim) -> TrainerEndpoint:
+            existing = None
+            if config.requested_job_id is not None:
+                existing = await self.try_get(config.requested_job_id)
+            tagged = config
+            if claim.block and config.display_name is None:
+                tagged = attrs.evolve(config, display_name=owner_tag())
+            created = await self.create(tagged)
+            if existing is None:
+                claim.own(created.job_id)
+            return await self.wait_for_ready(
+                created.job_id,
+                poll_interval_s=poll_interval_s,
+                timeout_s=timeout_s,
+                pending_timeout_s=pending_timeout_s,
+                on_progress=on_progress,
+            )
+
+        async def release(job_id: str) -> None:
+            try:
+                await self.delete(job_id)
+            except APIStatusError as exc:
+                if exc.status_code != 404:  # already deleted (e.g. by the block) is done
+                    raise
+
+        return Provisioning("trainer job", provision, release, keep=keep, grace_s=grace_s)
 
     async def resume(self, job_id: str) -> TrainerJob:
         """Resume a stopped job (``POST …:resume``, no body); returns its new record.
