@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from ._adapters import aresult, as_awaitable
 from ._custom_loss import CustomLoss
+from ._deadlines import Deadlines
+from ._events import EventStream, OperationEvent
 from ._jobs import (
     CreatedTrainerJob,
     JobState,
@@ -39,12 +41,14 @@ from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
+from ._throughput import Throughput, ThroughputSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from .errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
+    OperationTimeout,
     ReadinessTimeout,
     RequestFailedError,
     SessionClosed,
@@ -56,9 +60,13 @@ __all__ = [
     "APIStatusError",
     "CreatedTrainerJob",
     "CustomLoss",
+    "Deadlines",
+    "EventStream",
     "FiretitanError",
     "InvalidInput",
     "JobState",
+    "OperationEvent",
+    "OperationTimeout",
     "Pending",
     "ReadinessPoller",
     "ReadinessProgress",
@@ -70,6 +78,8 @@ __all__ = [
     "ServiceSession",
     "SessionClosed",
     "SubmissionLost",
+    "Throughput",
+    "ThroughputSnapshot",
     "TrainerEndpoint",
     "TrainerJob",
     "TrainerJobConfig",

@@ -172,6 +172,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.WriteError(f"writing the request failed: {exc!r}", request=request) from exc
 
         started = False
+        on_reply_started = request.extensions.get("firetitan.reply_started")
         status, reason, reply_headers = 0, b"", []
         chunks: list[bytes] = []
         try:
@@ -188,6 +189,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                         started = True
                         status, reason = event.status_code, event.reason
                         reply_headers = list(event.headers.raw_items())
+                        if on_reply_started is not None:
+                            on_reply_started()  # the body follows (deadlines time it apart)
                     elif isinstance(event, h11.Data):
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):

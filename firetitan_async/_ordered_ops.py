@@ -15,8 +15,9 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from ._deadlines import Deadlines
 from ._pending import Pending
-from .errors import APIStatusError, FiretitanError, SessionClosed, SubmissionLost
+from .errors import APIStatusError, FiretitanError, OperationTimeout, SessionClosed, SubmissionLost
 
 __all__ = ["OrderedOps", "Spawner"]
 
@@ -25,9 +26,19 @@ logger = logging.getLogger("firetitan_async.operations")
 
 
 class Spawner(Protocol):
-    """What :class:`OrderedOps` needs from its session: a place to run tasks."""
+    """What :class:`OrderedOps` needs from its session: a place to run tasks, and the tracking
+    (deadlines, events) of each operation."""
 
     def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+    def track_operation(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> Awaitable[T]: ...
 
 
 class OrderedOps:
@@ -46,11 +57,18 @@ class OrderedOps:
         return self._next_seq
 
     def start(
-        self, name: str, n_seq_ids: int, run: Callable[[range, Pending[T]], Awaitable[T]]
+        self,
+        name: str,
+        n_seq_ids: int,
+        run: Callable[[range, Pending[T]], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
     ) -> Pending[T]:
         """Reserve ``n_seq_ids`` ids now and run ``run(ids, pending)`` in a task.
 
-        Returns the operation's :class:`Pending` at once.
+        Returns the operation's :class:`Pending` at once. ``deadlines`` replaces the session's
+        for this operation; ``tokens`` (input tokens) goes into its events.
         """
         seqs = range(self._next_seq, self._next_seq + n_seq_ids)
         self._next_seq += n_seq_ids
@@ -65,7 +83,11 @@ class OrderedOps:
         async def carry() -> None:
             try:
                 with scope:
-                    pending._set_result(await run(seqs, pending))
+                    pending._set_result(
+                        await self._spawner.track_operation(
+                            pending, lambda: run(seqs, pending), deadlines=deadlines, tokens=tokens
+                        )
+                    )
             except anyio.get_cancelled_exc_class():
                 pending._set_exception(
                     SessionClosed(f"{name} was still running when its session closed")
@@ -73,6 +95,10 @@ class OrderedOps:
                 raise
             except SubmissionLost as exc:
                 self._break(seqs, exc)
+                pending._set_exception(exc)
+            except OperationTimeout as exc:
+                if exc.phase == "submit":  # maybe never delivered: the server may wait forever
+                    self._break(seqs, SubmissionLost(str(exc)))
                 pending._set_exception(exc)
             except Exception as exc:
                 pending._set_exception(exc)

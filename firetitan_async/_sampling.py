@@ -115,19 +115,25 @@ class SamplingClient:
             pending.request_id = inner.request_id
             return prompt_logprobs_of(response)
 
-        return self._start("compute_logprobs", run)
+        return self._start("compute_logprobs", run, tracked=False)  # its `sample` is tracked
 
     def _reserve(self) -> int:
         seq = self._next_seq
         self._next_seq += 1
         return seq
 
-    def _start(self, name: str, run: Callable[[Pending[T]], Awaitable[T]]) -> Pending[T]:
+    def _start(
+        self, name: str, run: Callable[[Pending[T]], Awaitable[T]], *, tracked: bool = True
+    ) -> Pending[T]:
         pending: Pending[T] = Pending(name)
 
         async def carry() -> None:
             try:
-                pending._set_result(await run(pending))
+                if tracked:
+                    work = self._session.track_operation(pending, lambda: run(pending))
+                    pending._set_result(await work)
+                else:
+                    pending._set_result(await run(pending))
             except Exception as exc:
                 pending._set_exception(exc)
             finally:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
 import httpx
 from tinker import types
 
+from ._deadlines import DeadlinePolicy, Deadlines
+from ._events import EventHook, EventHub, EventStream
+from ._pending import Pending
+from ._redact import Redactor
 from ._retry import RetryPolicy
+from ._throughput import Throughput
+from ._tracking import OperationMonitor
 from ._transport import Transport, check_url_security
 from ._wire_bodies import (
     client_config_body,
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
     from ._training import TrainingClient
 
 __all__ = ["ServiceSession"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("firetitan_async.session")
 
@@ -69,6 +77,13 @@ class ServiceSession:
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
     ``httpx.MockTransport`` in tests).
 
+    ``deadlines`` bounds every operation's phases (a :class:`Deadlines` for all operations,
+    or a mapping from operation names such as ``"save_state"`` and ``"default"`` to them; see
+    :class:`Deadlines` for the defaults); ``on_event`` is called with every
+    :class:`OperationEvent` (see also :meth:`events` and :meth:`add_event_hook`). Leaving the
+    block, however it is left (error, cancellation), unloads the models it created and ends
+    the server-side session.
+
     Example::
 
         async with ServiceSession("http://127.0.0.1:8080") as session:
@@ -89,6 +104,8 @@ class ServiceSession:
         allow_insecure_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
+        deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
@@ -119,6 +136,13 @@ class ServiceSession:
         self._training_keys: set[tuple[str, int]] = set()
         self._model_seq = 0
         self._sampling_seq = 0
+        self._model_ids: list[str] = []
+        self._events = EventHub()
+        if on_event is not None:
+            self._events.add_hook(on_event)
+        self._monitor = OperationMonitor(
+            self._events, DeadlinePolicy(deadlines), Redactor.of(self._api_key)
+        )
 
     @classmethod
     def from_job(
@@ -173,6 +197,7 @@ class ServiceSession:
         self._idle.set()
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        self._task_group.start_soon(self._monitor.watch_stalls)
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)
@@ -213,10 +238,13 @@ class ServiceSession:
         return None
 
     async def _finish(self, status: _FinishStatus = "errored") -> None:
+        self._events.close()
         transport = self._transport
         if transport is None:
             return
         try:
+            with anyio.move_on_after(_FINISH_TIMEOUT_S):
+                await self._unload_models(transport)
             if self._session_id is not None:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await transport.call(
@@ -229,6 +257,20 @@ class ServiceSession:
             logger.warning("could not finish session %s: %s", self._session_id, exc)
         finally:
             await transport.aclose()
+
+    async def _unload_models(self, transport: Transport) -> None:
+        """Ask the trainer to unload every model this session created (best effort: a server
+        without ``unload_model`` releases them when the session ends)."""
+        for model_id in self._model_ids:
+            try:
+                await transport.call(
+                    "POST",
+                    "/api/v1/unload_model",
+                    json_body={"model_id": model_id, "type": "unload_model"},
+                    retry=False,
+                )
+            except FiretitanError as exc:
+                logger.debug("could not unload model %s: %s", model_id, exc)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -244,6 +286,61 @@ class ServiceSession:
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._task_group.start_soon(self._run_counted, fn)
+
+    def track_operation(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> Awaitable[T]:
+        """Run ``work()`` as ``pending``'s operation: deadlines, stall reports, events."""
+        return self._monitor.track(pending, work, deadlines=deadlines, tokens=tokens)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, max_buffer: int = 1024) -> EventStream:
+        """An async iterator over the :class:`OperationEvent` of every later operation.
+
+        Each stream buffers up to ``max_buffer`` events; when its reader falls behind, the
+        oldest are dropped (``stream.dropped`` counts them), so operations never wait for a
+        reader. It ends when the session closes; ``async with`` detaches it earlier.
+
+        Example::
+
+            async with session.events() as events:
+                async for event in events:
+                    print(event.kind, event.operation, event.seq_id, event.phase_s)
+        """
+        return self._events.stream(max_buffer)
+
+    def add_event_hook(self, hook: EventHook) -> Callable[[], None]:
+        """Call ``hook(event)`` for every :class:`OperationEvent`; returns a remover.
+
+        The hook runs inline in the operation's task: keep it quick and non-blocking. An
+        exception it raises is logged once and ignored.
+
+        Example::
+
+            remove = session.add_event_hook(lambda e: print(e.kind, e.operation))
+            ...
+            remove()
+        """
+        return self._events.add_hook(hook)
+
+    def throughput(self, window_s: float | None = None) -> Throughput:
+        """A :class:`Throughput` meter fed by this session's events from now on.
+
+        Example::
+
+            meter = session.throughput()
+            ...  # train
+            print(meter.snapshot().tokens_per_s, meter.snapshot().steps_per_s)
+        """
+        meter = Throughput(window_s=window_s)
+        self._events.add_hook(meter)
+        return meter
 
     async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -387,6 +484,7 @@ class ServiceSession:
                 accepted.request_id, request_type="CreateModel", proto=False
             )
             model_id = decode_json_result(types.CreateModelResponse, done.payload).model_id
+            self._model_ids.append(model_id)
             info = types.GetInfoResponse.model_validate(
                 await transport.call("POST", "/api/v1/get_info", json_body=get_info_body(model_id))
             )

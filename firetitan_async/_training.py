@@ -174,7 +174,8 @@ class TrainingClient:
                 metrics=metrics,
             )
 
-        return self._ops.start("forward_backward_custom", 2 * n, run)
+        tokens = sum(d.model_input.length for d in data)
+        return self._ops.start("forward_backward_custom", 2 * n, run, tokens=tokens)
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
         config = self._session.client_config
@@ -204,7 +205,8 @@ class TrainingClient:
                 name, chunks, seqs, loss_fn, loss_fn_config, forward_only, pending
             )
 
-        return self._ops.start(name, len(chunks), run)
+        tokens = sum(d.model_input.length for d in data)
+        return self._ops.start(name, len(chunks), run, tokens=tokens)
 
     async def _run_chunks(
         self,

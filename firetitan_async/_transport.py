@@ -27,6 +27,7 @@ import httpx
 
 from ._h11_transport import H11Transport
 from ._retry import RetryPolicy, retry_after_seconds
+from ._tracking import current_tracker
 from ._version import USER_AGENT
 from ._wire_bodies import retrieve_future_body
 from ._wire_futures import (
@@ -186,7 +187,10 @@ class Transport:
         response = await self._send(
             "POST", path, content=body, headers=all_headers, max_attempts=self.retry.max_attempts
         )
-        return parse_accepted(_json_of(response))
+        accepted = parse_accepted(_json_of(response))
+        if (tracker := current_tracker()) is not None:
+            tracker.accepted(accepted.request_id)
+        return accepted
 
     async def retrieve(self, request_id: str, *, request_type: str, proto: bool) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
@@ -196,6 +200,8 @@ class Transport:
         once, since the server already held the request. A failed operation raises
         :class:`RequestFailedError`.
         """
+        tracker = current_tracker()
+        extensions = {} if tracker is None else {"firetitan.reply_started": tracker.reply_started}
         allow_metadata_only = True
         iteration = 0
         failures = 0
@@ -210,12 +216,15 @@ class Transport:
             iteration += 1
             started = time.monotonic()
             body = _dumps(retrieve_future_body(request_id, allow_metadata_only=allow_metadata_only))
+            if tracker is not None:
+                tracker.polling(request_type)
             try:
                 response = await self._client.post(
                     "/api/v1/retrieve_future",
                     content=body,
                     headers=headers,
                     timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
+                    extensions=extensions,
                 )
             except httpx.TransportError as exc:
                 failures += 1
@@ -243,6 +252,11 @@ class Transport:
             outcome = classify_retrieve_reply(
                 response.headers.get("content-type", ""), response.content
             )
+            if tracker is not None:
+                if isinstance(outcome, TryAgain):
+                    tracker.try_again(outcome.queue_state, outcome.queue_state_reason)
+                elif isinstance(outcome, Done | MetadataOnly):
+                    tracker.result_ready()
             if isinstance(outcome, Done):
                 return outcome
             if isinstance(outcome, Failed):
@@ -295,6 +309,8 @@ class Transport:
                 logger.debug(
                     "%s %s: %s; retry %d in %.3fs", method, path, _describe(exc), attempt, delay
                 )
+                if (tracker := current_tracker()) is not None:
+                    tracker.retried(f"{method} {path}: {type(exc).__name__}")
                 await anyio.sleep(delay)
                 continue
             if response.is_success:
@@ -306,6 +322,8 @@ class Transport:
             ):
                 raise _status_error(response)
             delay = self.retry.delay(attempt, retry_after_seconds(response.headers))
+            if (tracker := current_tracker()) is not None:
+                tracker.retried(f"{method} {path}: HTTP {response.status_code}")
             logger.debug(
                 "%s %s: HTTP %d; retry %d in %.3fs",
                 method,
@@ -325,6 +343,8 @@ class Transport:
             raise error
         delay = self.retry.delay(failures, retry_after)
         logger.debug("%s: %s; retry %d in %.3fs", what, _describe(error), failures, delay)
+        if (tracker := current_tracker()) is not None:
+            tracker.retried(f"{what}: {_short(error)}")
         await anyio.sleep(delay)
 
 
@@ -367,6 +387,12 @@ def _transport_error(method: str, path: str, exc: httpx.TransportError, attempts
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _short(error: Exception) -> str:
+    if isinstance(error, APIStatusError):
+        return f"HTTP {error.status_code}"
+    return type(error).__name__
 
 
 def _past(deadline: float | None) -> bool:

@@ -31,6 +31,7 @@ from ._app import build_app
 from ._front import quiet_dropped_connections
 from ._lifetime import ThreadedServerLifetime, bind_listener
 from ._server_state import ServerConfig, ServerState
+from ._stalls import StallInjector, StallPlan
 
 __all__ = ["LocalTrainer"]
 
@@ -44,7 +45,10 @@ class LocalTrainer(ThreadedServerLifetime):
     ``seed`` seeds every model (same seed and same operations → bit-identical weights);
     ``checkpoint_dir`` holds checkpoint files (default: a temp dir removed on ``stop``);
     ``api_key`` makes every request need that key; ``long_poll_s`` is the longest
-    ``retrieve_future`` hold.
+    ``retrieve_future`` hold. Stalls (see ``StallPlan``): the first ``stall_count`` operations
+    submitted to ``stall_endpoint`` (``None``: any; ``stall_count=0``: all) are accepted but
+    not finished for ``stall_s`` seconds, and their result body stops half-way for
+    ``body_stall_s`` seconds (``math.inf``: forever).
 
     Example::
 
@@ -64,6 +68,10 @@ class LocalTrainer(ThreadedServerLifetime):
         checkpoint_dir: str | None = None,
         api_key: str | None = None,
         long_poll_s: float = 30.0,
+        stall_s: float = 0.0,
+        body_stall_s: float = 0.0,
+        stall_endpoint: str | None = None,
+        stall_count: int = 1,
     ) -> None:
         if latency_s < 0 or warmup_s < 0 or long_poll_s <= 0:
             raise ValueError("latency_s and warmup_s must be >= 0 and long_poll_s > 0")
@@ -78,6 +86,9 @@ class LocalTrainer(ThreadedServerLifetime):
             seed=seed,
             api_key=api_key,
             long_poll_s=long_poll_s,
+        )
+        self._stalls = StallPlan(
+            stall_s=stall_s, body_stall_s=body_stall_s, endpoint=stall_endpoint, count=stall_count
         )
         self._checkpoint_dir = checkpoint_dir
         self._temp_dir: str | None = None
@@ -111,8 +122,9 @@ class LocalTrainer(ThreadedServerLifetime):
             root = Path(self._temp_dir)
         state = ServerState(self._config, checkpoint_root=root)
         state.root_url = self._root_url
+        app = build_app(state)
         config = uvicorn.Config(
-            build_app(state),
+            StallInjector(app, state, self._stalls) if self._stalls.active else app,
             log_level="warning",
             access_log=False,
             lifespan="on",

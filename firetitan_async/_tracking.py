@@ -1,0 +1,328 @@
+"""Operation tracking: phases, deadlines, stall reports and events of every operation.
+
+:meth:`OperationMonitor.track` runs one operation's work inside a cancel scope whose deadline
+follows the operation's phase (submit → compute/queue → transfer, see
+:mod:`~firetitan_async._deadlines`). The transport reports what it sees — the request
+accepted, a retry, a reply's headers, a ``try_again`` and its queue state, the result — to the
+operation's :class:`Tracker`, which it finds through a context variable: the operation's task
+(and the tasks it starts) carry it, so neither the clients nor the wire layer pass it around.
+
+When a phase's budget runs out the scope is cancelled: the HTTP wait ends, the operation fails
+with :class:`~firetitan_async.OperationTimeout`, and nothing is sent to the server (the
+operation goes on there; later operations are not affected). One task per session watches for
+stalls: an operation without progress for ``stall_warning_s`` gets a ``stalled`` event and a
+WARNING on the ``firetitan_async`` loggers naming it and what the server last said.
+
+Example::
+
+    result = await monitor.track(pending, lambda: run(seqs, pending))
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from ._deadlines import PHASES, DeadlinePolicy, Deadlines, Phase
+from ._events import EventHub, EventKind, OperationEvent
+from ._pending import Pending
+from ._redact import Redactor
+from .errors import OperationTimeout
+
+__all__ = ["OperationMonitor", "Tracker", "current_tracker"]
+
+T = TypeVar("T")
+logger = logging.getLogger("firetitan_async.operations")
+
+_PAUSED = frozenset({"paused_capacity", "paused_rate_limit"})
+# The stall watcher looks at least this often while operations are running.
+_MAX_WATCH_INTERVAL_S = 5.0
+
+_CURRENT: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar(
+    "firetitan_async_tracker", default=None
+)
+
+
+def current_tracker() -> Tracker | None:
+    """The tracker of the operation running in this task, if any (used by the transport)."""
+    return _CURRENT.get()
+
+
+class Tracker:
+    """The phase, timings and last server word of one running operation."""
+
+    def __init__(
+        self,
+        monitor: OperationMonitor,
+        op_id: int,
+        pending: Pending[Any],
+        deadlines: Deadlines,
+        tokens: int | None,
+    ) -> None:
+        now = anyio.current_time()
+        self._monitor = monitor
+        self.op_id = op_id
+        self.pending = pending
+        self.deadlines = deadlines
+        self.tokens = tokens
+        self.started_at = now
+        self.phase: Phase | None = "submit"
+        self._phase_started = now
+        self._spent: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.last_progress = now
+        self.stall_reports = 0
+        self.queue_state: str | None = None
+        self.queue_reason: str | None = None
+        self.request_type: str | None = None
+        self.retries = 0
+        self.polls = 0
+        self.last_said = "nothing yet (submitting)"
+        self._accepted = False
+        self._in_body = False
+        self._before_body: Phase | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    # -- what the transport reports ----------------------------------------------------------
+
+    def accepted(self, request_id: str) -> None:
+        """A submission was accepted (for a chunked operation, the first one counts)."""
+        if self.pending.request_id is None:
+            self.pending.request_id = request_id
+        if self._accepted:
+            return
+        self._accepted = True
+        self.last_said = f"accepted as {request_id}"
+        self._progress()
+        self._emit("accepted")
+        self._move("compute")
+        self._emit("started")
+
+    def retried(self, what: str) -> None:
+        """A submission or poll failed transiently and will be tried again."""
+        self.retries += 1
+        self.last_said = what
+        if self._in_body:  # the reply broke off: back to waiting
+            self._in_body = False
+            self._move(self._before_body)
+        self._emit("retried", detail=what)
+
+    def polling(self, request_type: str) -> None:
+        """A ``retrieve_future`` poll is about to be sent."""
+        self.request_type = request_type
+        self.polls += 1
+
+    def reply_started(self) -> None:
+        """A reply's headers arrived: its body is being read (the ``transfer`` phase)."""
+        if not self._accepted or self.phase is None:
+            return
+        if not self._in_body:
+            self._in_body, self._before_body = True, self.phase
+        self.last_said = "a reply whose body is still arriving"
+        self._move("transfer")
+
+    def try_again(self, queue_state: str | None, reason: str | None) -> None:
+        """The server answered ``try_again``: not done yet."""
+        if self._in_body:
+            self._in_body = False
+            self._move(self._before_body)
+        changed = queue_state != self.queue_state
+        self.queue_state, self.queue_reason = queue_state, reason
+        self.last_said = f"try_again (queue_state={queue_state})"
+        if changed:
+            self._progress()
+        if queue_state in _PAUSED:
+            if self.phase != "queue":
+                self._move("queue")
+                self._emit("queued", detail=reason)
+        elif self.phase == "queue":
+            self._move("compute")
+            self._emit("started")
+        else:
+            self._move("compute")
+
+    def result_ready(self) -> None:
+        """The result (or a metadata-only reply announcing it) has been read."""
+        self._in_body = False
+        self.last_said = "the result"
+        self._progress()
+        self._move("compute")
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def phase_s(self, now: float | None = None) -> dict[str, float]:
+        """Seconds spent in each phase so far."""
+        spent = dict(self._spent)
+        if self.phase is not None:
+            now = anyio.current_time() if now is None else now
+            spent[self.phase] += now - self._phase_started
+        return spent
+
+    def _move(self, phase: Phase | None) -> None:
+        now = anyio.current_time()
+        if self.phase is not None:
+            self._spent[self.phase] += now - self._phase_started
+        self.phase, self._phase_started = phase, now
+        self._apply_deadline()
+
+    def _apply_deadline(self) -> None:
+        scope = self._scope
+        if scope is None:
+            return
+        budget = None if self.phase is None else self.deadlines.budget(self.phase)
+        if budget is None or self.phase is None:
+            scope.deadline = math.inf
+        else:
+            scope.deadline = self._phase_started + budget - self._spent[self.phase]
+
+    def _progress(self) -> None:
+        self.last_progress = anyio.current_time()
+        self.stall_reports = 0
+
+    def timeout(self) -> OperationTimeout:
+        """The error for the phase whose budget ran out."""
+        phase = self.phase or "compute"
+        return OperationTimeout(
+            self.pending.name,
+            seq_id=self.pending.seq_id,
+            request_id=self.pending.request_id,
+            phase=phase,
+            budget_s=self.deadlines.budget(phase) or 0.0,
+            phase_s=self.phase_s(),
+        )
+
+    # -- stall reports -----------------------------------------------------------------------
+
+    def next_stall_report_at(self) -> float:
+        """When the next stall report is due (``inf`` if stall warnings are off)."""
+        every = self.deadlines.stall_warning_s
+        if every is None or self.phase is None:
+            return math.inf
+        return self.last_progress + every * (self.stall_reports + 1)
+
+    def stall_report(self, now: float) -> str:
+        """A one-line report: the operation, how long without progress, what the server said."""
+        pending = self.pending
+        phase = self.phase or "compute"
+        budget = self.deadlines.budget(phase)
+        left = "no deadline" if budget is None else (
+            f"its {phase} deadline is in {max(0.0, budget - self.phase_s(now)[phase]):.1f}s"
+        )
+        doing = "reading the reply body" if self._in_body else f"in phase {phase}"
+        reason = f" ({self.queue_reason})" if self.queue_reason else ""
+        return (
+            f"{pending.name} (seq_id {pending.seq_id}, request_id {pending.request_id}) has made "
+            f"no progress for {now - self.last_progress:.1f}s, {doing}; the server last said "
+            f"{self.last_said}{reason}; X-Tinker-Request-Type={self.request_type}, "
+            f"{self.polls} polls, {self.retries} retries; {left}"
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _emit(self, kind: EventKind, *, detail: str | None = None) -> None:
+        hub = self._monitor.hub
+        if not hub.listening:
+            return
+        now = anyio.current_time()
+        hub.emit(
+            OperationEvent(
+                kind=kind,
+                operation=self.pending.name,
+                op_id=self.op_id,
+                seq_id=self.pending.seq_id,
+                request_id=self.pending.request_id,
+                time=now,
+                wall_time=time.time(),
+                elapsed_s=now - self.started_at,
+                phase=self.phase,
+                phase_s=self.phase_s(now),
+                queue_state=self.queue_state,
+                request_type=self.request_type,
+                retries=self.retries,
+                tokens=self.tokens,
+                detail=detail,
+            )
+        )
+
+
+class OperationMonitor:
+    """Tracks a session's running operations: deadlines, stall reports, events."""
+
+    def __init__(self, hub: EventHub, policy: DeadlinePolicy, redactor: Redactor) -> None:
+        self.hub = hub
+        self.policy = policy
+        self._redactor = redactor
+        self._ids = itertools.count(1)
+        self._active: set[Tracker] = set()
+        self._wake: anyio.Event | None = None
+        self._next_look = math.inf
+
+    async def track(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> T:
+        """Run ``work()`` as the operation of ``pending``, under its deadlines.
+
+        Raises :class:`OperationTimeout` when a phase's budget runs out.
+        """
+        tracker = Tracker(
+            self,
+            next(self._ids),
+            pending,
+            self.policy.for_operation(pending.name, deadlines),
+            tokens,
+        )
+        token = _CURRENT.set(tracker)
+        self._active.add(tracker)
+        if tracker.next_stall_report_at() < self._next_look and self._wake is not None:
+            self._wake.set()
+        tracker._emit("submitted")
+        try:
+            with anyio.CancelScope() as scope:
+                tracker._scope = scope
+                tracker._apply_deadline()
+                result = await work()
+            if scope.cancelled_caught:
+                raise tracker.timeout()
+        except BaseException as exc:
+            tracker._emit("failed", detail=self._redactor.exception(exc))
+            raise
+        finally:
+            tracker._scope = None
+            self._active.discard(tracker)
+            _CURRENT.reset(token)
+        tracker._move(None)
+        tracker._emit("finished")
+        return result
+
+    async def watch_stalls(self) -> None:
+        """Report stalled operations until cancelled (runs in the session's task group)."""
+        while True:
+            now = anyio.current_time()
+            due = math.inf
+            for tracker in tuple(self._active):
+                at = tracker.next_stall_report_at()
+                if at <= now:
+                    self._report(tracker, now)
+                    at = tracker.next_stall_report_at()
+                due = min(due, at)
+            self._next_look = min(due, now + _MAX_WATCH_INTERVAL_S) if self._active else math.inf
+            self._wake = anyio.Event()
+            with anyio.move_on_after(self._next_look - now):
+                await self._wake.wait()
+
+    def _report(self, tracker: Tracker, now: float) -> None:
+        tracker.stall_reports += 1
+        report = self._redactor.text(tracker.stall_report(now))
+        logger.warning("stalled: %s", report)
+        tracker._emit("stalled", detail=report)
