@@ -35,6 +35,7 @@ from ._jobs import (
     TrainerJobConfig,
     TrainerJobs,
 )
+from ._otel import OtelExporter
 from ._pending import Pending
 from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
@@ -67,6 +68,7 @@ __all__ = [
     "JobState",
     "OperationEvent",
     "OperationTimeout",
+    "OtelExporter",
     "Pending",
     "ReadinessPoller",
     "ReadinessProgress",

@@ -164,12 +164,13 @@ class Tracker:
             spent[self.phase] += now - self._phase_started
         return spent
 
-    def _move(self, phase: Phase | None) -> None:
+    def _move(self, phase: Phase | None) -> float:
         now = anyio.current_time()
         if self.phase is not None:
             self._spent[self.phase] += now - self._phase_started
         self.phase, self._phase_started = phase, now
         self._apply_deadline()
+        return now
 
     def _apply_deadline(self) -> None:
         scope = self._scope
@@ -225,11 +226,13 @@ class Tracker:
 
     # -- events ------------------------------------------------------------------------------
 
-    def _emit(self, kind: EventKind, *, detail: str | None = None) -> None:
+    def _emit(
+        self, kind: EventKind, *, detail: str | None = None, now: float | None = None
+    ) -> None:
         hub = self._monitor.hub
         if not hub.listening:
             return
-        now = anyio.current_time()
+        now = anyio.current_time() if now is None else now
         hub.emit(
             OperationEvent(
                 kind=kind,
@@ -301,8 +304,7 @@ class OperationMonitor:
             tracker._scope = None
             self._active.discard(tracker)
             _CURRENT.reset(token)
-        tracker._move(None)
-        tracker._emit("finished")
+        tracker._emit("finished", now=tracker._move(None))
         return result
 
     async def watch_stalls(self) -> None:
