@@ -124,9 +124,7 @@ def _import_client(client: Client) -> None:
     if client == "tinker":
         import tinker  # noqa: F401
     else:
-        import firetitan_async
-        import firetitan_async._wire_bodies
-        import firetitan_async._wire_fwdbwd  # noqa: F401
+        pass
 
 
 class _Trainer(Protocol):
@@ -295,7 +293,7 @@ class _BareHttpx:
         self._compress = False
 
     async def open(self) -> None:
-        from firetitan_async._wire_bodies import (
+        from firetitan_async.wire.tinker import (
             client_config_body,
             create_model_body,
             create_session_body,
@@ -341,7 +339,7 @@ class _BareHttpx:
             return reply.content
 
     async def forward(self, data: Sequence[types.Datum]) -> types.ForwardBackwardOutput:
-        from firetitan_async._wire_fwdbwd import (
+        from firetitan_async.wire.fwdbwd import (
             decode_forward_backward_output,
             encode_forward_backward_request,
         )

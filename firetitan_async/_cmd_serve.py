@@ -86,6 +86,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="how many matching operations stall (0: all; default 1)",
     )
     parser.add_argument(
+        "--no-fwdbwd-logprobs",
+        action="store_true",
+        help="forward_backward replies carry the aggregate loss but no per-token logprobs "
+        "(like a dedicated Fireworks trainer)",
+    )
+    parser.add_argument(
+        "--step-checkpoint-names",
+        action="store_true",
+        help="store every save_state as step-N, whatever name was asked for",
+    )
+    parser.add_argument(
+        "--bare-checkpoint-list",
+        action="store_true",
+        help="leave timestamps and paths out of the tinker-form checkpoint listings",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -121,6 +137,9 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             body_stall_s=args.body_stall_s,
             stall_endpoint=args.stall_endpoint,
             stall_count=args.stall_count,
+            forward_backward_logprobs=not args.no_fwdbwd_logprobs,
+            checkpoint_step_names=args.step_checkpoint_names,
+            checkpoint_list_details=not args.bare_checkpoint_list,
         )
         trainer.start()
     except (ValueError, OSError) as exc:

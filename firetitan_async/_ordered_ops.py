@@ -111,6 +111,10 @@ class OrderedOps:
         self._spawner.spawn_operation(carry)
         return pending
 
+    def in_flight(self) -> list[Pending[Any]]:
+        """The Pendings of this client's operations that have not finished yet."""
+        return [pending for pending, _ in self._inflight.values() if not pending.done()]
+
     async def submit(self, seq_id: int, name: str, submission: Awaitable[T]) -> T:
         """Await a submission; if it is lost for good, raise :class:`SubmissionLost`.
 

@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, TypeVar
 from tinker import types
 
 from ._pending import Pending
-from ._wire_bodies import REQUEST_TYPE
-from ._wire_sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from ._wire_validation import validate_sample_args
+from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
+from .wire.tinker import REQUEST_TYPE
+from .wire.validation import validate_sample_args
 
 if TYPE_CHECKING:
     from ._session import ServiceSession
 
 __all__ = ["SamplingClient"]
+
+_PROTO = "application/x-protobuf"
 
 T = TypeVar("T")
 # Tells the server it may answer 429 to slow sampling down (the transport then backs off).
@@ -93,7 +95,7 @@ class SamplingClient:
             )
             pending.request_id = accepted.request_id
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE["sample"], proto=True
+                accepted.request_id, request_type=REQUEST_TYPE["sample"], accept=_PROTO
             )
             return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -22,17 +24,17 @@ from ._retry import RetryPolicy
 from ._throughput import Throughput
 from ._tracking import OperationMonitor
 from ._transport import Transport, check_url_security
-from ._wire_bodies import (
+from .errors import FiretitanError, InvalidInput, SessionClosed
+from .wire import Dialect, DialectName, ModelSpec, dialect_named
+from .wire import fireworks as fw
+from .wire.futures import decode_json_result
+from .wire.tinker import (
     client_config_body,
-    create_model_body,
     create_sampling_session_body,
-    create_session_body,
     finish_session_body,
     get_info_body,
     session_heartbeat_body,
 )
-from ._wire_futures import decode_json_result
-from .errors import FiretitanError, InvalidInput, SessionClosed
 
 if TYPE_CHECKING:
     from ._jobs import TrainerJobs
@@ -49,6 +51,30 @@ logger = logging.getLogger("firetitan_async.session")
 _HEARTBEAT_PERIOD_S = 10.0
 _FinishStatus = Literal["success", "errored", "interrupted"]
 _FINISH_TIMEOUT_S = 5.0
+_TINKER_HOSTS = ("thinkingmachines.dev", "thinkingmachines.ai")
+
+
+def resolve_dialect(
+    dialect: Literal["auto", "fireworks", "tinker"], base_url: str, api_key: str | None
+) -> DialectName:
+    """The dialect ``"auto"`` picks: ``tinker`` for a ``tml-`` key or one of Tinker's hosted
+    URLs (``*.thinkingmachines.dev``/``.ai``), ``fireworks`` for everything else.
+
+    Example::
+
+        resolve_dialect("auto", "http://127.0.0.1:8080", None)   # "fireworks"
+        resolve_dialect("auto", "http://127.0.0.1:8080", "tml-x") # "tinker"
+    """
+    if dialect in ("fireworks", "tinker"):
+        return dialect
+    if dialect != "auto":
+        raise InvalidInput("dialect", f"must be 'auto', 'fireworks' or 'tinker', got {dialect!r}")
+    if api_key is not None and api_key.startswith("tml-"):
+        return "tinker"
+    host = (urlsplit(base_url).hostname or "").lower()
+    if any(host == h or host.endswith("." + h) for h in _TINKER_HOSTS):
+        return "tinker"
+    return "fireworks"
 
 
 def _default_api_key() -> str | None:
@@ -73,7 +99,11 @@ class ServiceSession:
     the HTTP client. After that every call raises :class:`SessionClosed`.
 
     ``api_key`` defaults to ``FIREWORKS_API_KEY``, then ``TINKER_API_KEY``; it is sent as
-    ``X-API-Key`` and never logged or shown. Plain ``http://`` is refused for non-loopback
+    ``X-API-Key`` and never logged or shown. ``dialect`` picks the wire: ``"fireworks"`` (the
+    Fireworks Training SDK's), ``"tinker"`` (the tinker SDK 0.38's) or ``"auto"`` (tinker for a
+    ``tml-`` key or Tinker's hosted URLs, fireworks otherwise; :meth:`from_job` is always
+    fireworks). A call the dialect cannot express raises :class:`InvalidInput` before
+    anything is sent. Plain ``http://`` is refused for non-loopback
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
     ``httpx.MockTransport`` in tests).
 
@@ -101,6 +131,7 @@ class ServiceSession:
         user_metadata: dict[str, str] | None = None,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
+        dialect: Literal["auto", "fireworks", "tinker"] = "auto",
         allow_insecure_http: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
@@ -115,6 +146,9 @@ class ServiceSession:
             else None
         )
         self._api_key = api_key if api_key is not None else _default_api_key()
+        self._codec: Dialect = dialect_named(
+            resolve_dialect(dialect, base_url or "", self._api_key)
+        )
         self._user_metadata = dict(user_metadata) if user_metadata else None
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
@@ -133,7 +167,7 @@ class ServiceSession:
         self._bootstrap_lock: anyio.Lock | None = None
         self._active_ops = 0
         self._idle: anyio.Event | None = None
-        self._training_keys: set[tuple[str, int]] = set()
+        self._training_keys: set[ModelSpec] = set()
         self._model_seq = 0
         self._sampling_seq = 0
         self._model_ids: list[str] = []
@@ -173,6 +207,7 @@ class ServiceSession:
         """
         from ._readiness import ReadinessPoller
 
+        session_kwargs["dialect"] = "fireworks"
         session = cls("", api_key=api_key, **session_kwargs)
         session._poller = ReadinessPoller(
             jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s
@@ -182,7 +217,8 @@ class ServiceSession:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._entered else "new")
         return (
-            f"ServiceSession(base_url={self._base_url!r}, session_id={self._session_id!r}, "
+            f"ServiceSession(base_url={self._base_url!r}, dialect={self.dialect!r}, "
+            f"session_id={self._session_id!r}, "
             f"api_key={'<redacted>' if self._api_key else None}, {state})"
         )
 
@@ -243,9 +279,11 @@ class ServiceSession:
         if transport is None:
             return
         try:
-            with anyio.move_on_after(_FINISH_TIMEOUT_S):
-                await self._unload_models(transport)
-            if self._session_id is not None:
+            if self._codec.name == "fireworks":  # the Fireworks SDK's unload_model
+                with anyio.move_on_after(_FINISH_TIMEOUT_S):
+                    await self._unload_models(transport)
+            # The Fireworks SDK never ends its session; a Fireworks trainer may not know how.
+            if self._session_id is not None and self._codec.finishes_session:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await transport.call(
                         "POST",
@@ -266,7 +304,7 @@ class ServiceSession:
                 await transport.call(
                     "POST",
                     "/api/v1/unload_model",
-                    json_body={"model_id": model_id, "type": "unload_model"},
+                    json_body=fw.unload_model_body(model_id=model_id),
                     retry=False,
                 )
             except FiretitanError as exc:
@@ -363,6 +401,16 @@ class ServiceSession:
         return self._session_id
 
     @property
+    def dialect(self) -> DialectName:
+        """The wire dialect this session speaks: ``"fireworks"`` or ``"tinker"``."""
+        return self._codec.name
+
+    @property
+    def codec(self) -> Dialect:
+        """The dialect's codec (for the clients)."""
+        return self._codec
+
+    @property
     def base_url(self) -> str | None:
         """The trainer's data-plane URL (None until a from_job session is ready)."""
         return self._base_url
@@ -377,7 +425,8 @@ class ServiceSession:
 
     @property
     def client_config(self) -> dict[str, Any]:
-        """The server's ``client/config`` reply (feature flags and chunking limits)."""
+        """The server's ``client/config`` reply (feature flags and chunking limits; ``{}`` in
+        the fireworks dialect, which never asks)."""
         return self._client_config
 
     async def wait_ready(self) -> None:
@@ -408,14 +457,15 @@ class ServiceSession:
                 transport=self._http_transport,
                 http2=self._http2,
             )
-        config = await self._transport.call(
-            "POST", "/api/v1/client/config", json_body=client_config_body()
-        )
-        self._client_config = config if isinstance(config, dict) else {}
+        if self._codec.fetches_client_config:
+            config = await self._transport.call(
+                "POST", "/api/v1/client/config", json_body=client_config_body()
+            )
+            self._client_config = config if isinstance(config, dict) else {}
         reply = await self._transport.call(
             "POST",
             "/api/v1/create_session",
-            json_body=create_session_body(user_metadata=self._user_metadata),
+            json_body=self._codec.create_session_body(user_metadata=self._user_metadata),
         )
         self._session_id = types.CreateSessionResponse.model_validate(reply).session_id
         assert self._task_group is not None
@@ -439,32 +489,73 @@ class ServiceSession:
     # -- clients ---------------------------------------------------------------------------
 
     async def create_training_client(
-        self, base_model: str, lora_rank: int = 0, user_metadata: dict[str, str] | None = None
+        self,
+        base_model: str,
+        lora_rank: int = 0,
+        *,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        lora_alpha: int = 32,
+        user_metadata: dict[str, str] | None = None,
     ) -> TrainingClient:
-        """Create the training client for ``(base_model, lora_rank)`` on this session.
+        """Create the training client for ``base_model`` on this session.
 
-        ``lora_rank=0`` trains all parameters; ``lora_rank > 0`` trains a LoRA adapter. A
-        second client with the same ``(base_model, lora_rank)`` on one session raises
-        ``ValueError`` before any request is sent.
+        ``lora_rank=0`` trains all parameters; ``lora_rank > 0`` trains a LoRA adapter
+        (``lora_alpha``, fireworks dialect only, defaults to 32 as the Fireworks SDK). A
+        second client with the same arguments on one session raises ``ValueError`` before
+        any request is sent.
 
         Example::
 
             client = await session.create_training_client("local/tiny-byte-lm", lora_rank=8)
         """
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+            raise InvalidInput("lora_rank", f"must be an int >= 0, got {lora_rank!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidInput("seed", f"must be an int or None, got {seed!r}")
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, int) or lora_alpha <= 0:
+            raise InvalidInput("lora_alpha", f"must be an int > 0, got {lora_alpha!r}")
+        spec = ModelSpec(
+            base_model=base_model,
+            lora_rank=lora_rank,
+            seed=seed,
+            train_mlp=bool(train_mlp),
+            train_attn=bool(train_attn),
+            train_unembed=bool(train_unembed),
+            lora_alpha=lora_alpha if lora_rank > 0 else 32,
+        )
+        return await self._create_model(spec, user_metadata)
+
+    async def create_base_training_client(self, base_model: str) -> TrainingClient:
+        """A frozen, base-only reference model (``create_model`` with ``base_only``; fireworks
+        dialect only): forward passes for reference logprobs, no training.
+
+        Example::
+
+            reference = await session.create_base_training_client("local/tiny-byte-lm")
+            ref = await reference.forward(batch, "cross_entropy")
+        """
+        return await self._create_model(ModelSpec(base_model=base_model, base_only=True), None)
+
+    async def _create_model(
+        self, spec: ModelSpec, user_metadata: dict[str, str] | None
+    ) -> TrainingClient:
         from ._training import TrainingClient
 
         self._check_open()
-        if not isinstance(base_model, str) or not base_model:
+        if not isinstance(spec.base_model, str) or not spec.base_model:
             raise InvalidInput("base_model", "must be a non-empty string")
-        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-            raise InvalidInput("lora_rank", f"must be an int >= 0, got {lora_rank!r}")
-        key = (base_model, lora_rank)
-        if key in self._training_keys:
+        codec = self._codec
+        # Refuse what the dialect cannot express before anything is sent.
+        codec.create_model_body(spec, session_id="", model_seq_id=0, user_metadata=user_metadata)
+        if spec in self._training_keys:
             raise ValueError(
-                f"this session already has a training client for base_model={base_model!r}, "
-                f"lora_rank={lora_rank}; reuse it (one per (base_model, lora_rank) per session)"
+                f"this session already has a training client for base_model="
+                f"{spec.base_model!r}, lora_rank={spec.lora_rank} with these settings; reuse it"
             )
-        self._training_keys.add(key)
+        self._training_keys.add(spec)
         try:
             await self.wait_ready()
             transport = self.transport
@@ -472,27 +563,32 @@ class ServiceSession:
             self._model_seq += 1
             accepted = await transport.submit(
                 "/api/v1/create_model",
-                json_body=create_model_body(
+                json_body=codec.create_model_body(
+                    spec,
                     session_id=self.session_id,
                     model_seq_id=model_seq_id,
-                    base_model=base_model,
-                    lora_rank=lora_rank,
                     user_metadata=user_metadata,
                 ),
             )
-            done = await transport.retrieve(
-                accepted.request_id, request_type="CreateModel", proto=False
-            )
-            model_id = decode_json_result(types.CreateModelResponse, done.payload).model_id
-            self._model_ids.append(model_id)
-            info = types.GetInfoResponse.model_validate(
-                await transport.call("POST", "/api/v1/get_info", json_body=get_info_body(model_id))
-            )
+            done = await transport.retrieve(accepted.request_id, request_type="CreateModel")
+            created = decode_json_result(types.CreateModelResponse, done.payload)
+            self._model_ids.append(created.model_id)
+            info = None
+            if codec.fetches_info:
+                info = types.GetInfoResponse.model_validate(
+                    await transport.call(
+                        "POST", "/api/v1/get_info", json_body=get_info_body(created.model_id)
+                    )
+                )
         except BaseException:
-            self._training_keys.discard(key)
+            self._training_keys.discard(spec)
             raise
         return TrainingClient(
-            self, model_id=model_id, base_model=base_model, lora_rank=lora_rank, info=info
+            self,
+            model_id=created.model_id,
+            spec=spec,
+            info=info,
+            capabilities=_capabilities(done.payload),
         )
 
     async def create_sampling_client(
@@ -506,12 +602,14 @@ class ServiceSession:
             out = await sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16))
         """
         from ._sampling import SamplingClient
-        from ._wire_validation import validate_tinker_path
+        from .wire.validation import validate_tinker_path
 
         self._check_open()
         if (model_path is None) == (base_model is None):
             raise InvalidInput("model_path", "give exactly one of model_path or base_model")
         if model_path is not None:
+            # A sampler path is what the trainer returned (tinker:// on the local trainer), in
+            # both dialects: sampling sessions are the local trainer's, not Fireworks'.
             validate_tinker_path(model_path, field="model_path")
         await self.wait_ready()
         seq = self.next_sampling_session_seq_id()
@@ -537,3 +635,14 @@ class ServiceSession:
         seq = self._sampling_seq
         self._sampling_seq += 1
         return seq
+
+
+def _capabilities(payload: bytes) -> dict[str, Any]:
+    """The ``create_model`` result's fields besides ``model_id`` (Fireworks capabilities)."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    return {k: v for k, v in obj.items() if k not in ("model_id", "type")}

@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
-import zstandard
+import numpy as np
 from tinker import types
 
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._ordered_ops import OrderedOps
 from ._pending import Pending
-from ._snapshots import CheckpointType, SamplerSnapshot, snapshot_name
-from ._wire_bodies import (
-    REQUEST_TYPE,
-    ephemeral_sampler_body,
-    load_weights_body,
-    optim_step_body,
-    save_weights_body,
-    save_weights_for_sampler_body,
-)
-from ._wire_chunking import merge_outputs, split_batch
-from ._wire_futures import decode_json_result
-from ._wire_fwdbwd import decode_forward_backward_output, encode_forward_backward_request
-from ._wire_validation import (
+from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
+from .errors import FiretitanError, InvalidInput
+from .wire import ModelSpec
+from .wire import fireworks as fw
+from .wire.chunking import merge_outputs
+from .wire.futures import decode_json_result
+from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body, optim_step_body
+from .wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_forward_backward,
     validate_tinker_path,
-    validate_ttl,
 )
-from .errors import FiretitanError, InvalidInput
 
 if TYPE_CHECKING:
     from ._sampling import SamplingClient
@@ -40,7 +35,15 @@ if TYPE_CHECKING:
 __all__ = ["TrainingClient"]
 
 R = TypeVar("R")
-_PROTO = "application/x-protobuf"
+_CAPABILITIES = (
+    "supports_router_replay",
+    "supports_target_logprob_support",
+    "supports_reinforce",
+    "supports_score_centering",
+    "supports_policy_importance_sampling",
+    "supports_policy_diagnostics",
+    "supports_rdma_weight_sync",
+)
 
 
 class TrainingClient:
@@ -65,26 +68,52 @@ class TrainingClient:
         session: ServiceSession,
         *,
         model_id: str,
-        base_model: str,
-        lora_rank: int,
-        info: types.GetInfoResponse,
+        spec: ModelSpec,
+        info: types.GetInfoResponse | None = None,
+        capabilities: Mapping[str, Any] | None = None,
     ) -> None:
         self._session = session
+        self._codec = session.codec
         self._ops = OrderedOps(session)
         #: The server's model id (also the training-run id of checkpoint paths).
         self.model_id = model_id
         #: The base model name given at creation.
-        self.base_model = base_model
+        self.base_model = spec.base_model
         #: 0 for full-parameter training, the LoRA rank otherwise.
-        self.lora_rank = lora_rank
-        #: The server's ``get_info`` reply.
+        self.lora_rank = spec.lora_rank
+        #: Whether this is a frozen base-only reference (``create_base_training_client``).
+        self.base_only = spec.base_only
+        #: The server's ``get_info`` reply (tinker dialect; ``None`` in the fireworks one).
         self.info = info
+        caps = dict(capabilities or {})
+        #: Every field of the ``create_model`` result besides ``model_id`` (Fireworks
+        #: trainers advertise their capabilities there).
+        self.capabilities: Mapping[str, Any] = caps
+        #: ``"v1"`` or ``"v2"`` (Fireworks trainers; ``"v1"`` when not advertised).
+        self.comms: str = str(caps.get("comms") or "v1")
+        #: Capability flags, ``True`` only when the trainer advertised them (as the SDK).
+        self.supports_router_replay = caps.get("supports_router_replay") is True
+        self.supports_target_logprob_support = caps.get("supports_target_logprob_support") is True
+        self.supports_reinforce = caps.get("supports_reinforce") is True
+        self.supports_score_centering = caps.get("supports_score_centering") is True
+        self.supports_policy_importance_sampling = (
+            caps.get("supports_policy_importance_sampling") is True
+        )
+        self.supports_policy_diagnostics = caps.get("supports_policy_diagnostics") is True
+        self.supports_rdma_weight_sync = caps.get("supports_rdma_weight_sync") is True
+        #: The suffix of this client's sampler snapshot names: 8 random hex per client in the
+        #: fireworks dialect (the Fireworks SDK's ``session_id``), derived from the session
+        #: in the tinker dialect.
+        self.snapshot_suffix = (
+            fw.generate_snapshot_suffix() if self._codec.name == "fireworks" else None
+        )
         self._has_base_snapshot = False
+        self._unloading = False
 
     def __repr__(self) -> str:
         return (
             f"TrainingClient(model_id={self.model_id!r}, base_model={self.base_model!r}, "
-            f"lora_rank={self.lora_rank})"
+            f"lora_rank={self.lora_rank}, dialect={self._codec.name!r})"
         )
 
     # -- forward / backward ----------------------------------------------------------------
@@ -142,9 +171,10 @@ class TrainingClient:
 
             out = await client.forward_backward_custom(batch, mean_logprob)
         """
-        self._session._check_open()
+        self._check_usable()
+        data = _convert_data(data)
         fwd_data = forward_batch(data)
-        validate_forward_backward(fwd_data, "cross_entropy", None)
+        validate_forward_backward(fwd_data, "cross_entropy", None, dialect=self._codec.name)
         if not callable(loss_fn):
             raise InvalidInput("loss_fn", "must be a callable (data, logprobs) -> (loss, grads)")
         chunks = self._split(fwd_data)
@@ -178,32 +208,38 @@ class TrainingClient:
         return self._ops.start("forward_backward_custom", 2 * n, run, tokens=tokens)
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
-        config = self._session.client_config
-        return split_batch(
-            data,
-            max_len=int(config.get("fwdbwd_max_chunk_len") or 1024),
-            max_bytes=int(config.get("fwdbwd_max_chunk_bytes_count") or 5_000_000),
-        )
+        return self._codec.split(data, self._session.client_config)
+
+    def _check_usable(self) -> None:
+        self._session._check_open()
+        if self._unloading:
+            raise FiretitanError("this training client's model was unloaded (unload_model)")
 
     def _fwdbwd(
         self,
         name: Literal["forward", "forward_backward"],
         data: Sequence[types.Datum],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float | str] | None,
+        loss_fn_config: Mapping[str, float | str | bool] | None,
         *,
         forward_only: bool,
     ) -> Pending[types.ForwardBackwardOutput]:
-        self._session._check_open()
-        validate_forward_backward(data, loss_fn, loss_fn_config)
+        self._check_usable()
+        data = _convert_data(data)
+        validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
         chunks = self._split(data)
+        add_response_tokens = self._codec.name == "fireworks" and loss_fn == "cross_entropy"
 
         async def run(
             seqs: range, pending: Pending[types.ForwardBackwardOutput]
         ) -> types.ForwardBackwardOutput:
-            return await self._run_chunks(
+            out = await self._run_chunks(
                 name, chunks, seqs, loss_fn, loss_fn_config, forward_only, pending
             )
+            if add_response_tokens and "response_tokens" not in out.metrics:
+                # The Fireworks SDK's client-side metric: the non-zero weights of the batch.
+                out.metrics["response_tokens"] = _response_tokens(data)
+            return out
 
         tokens = sum(d.model_input.length for d in data)
         return self._ops.start(name, len(chunks), run, tokens=tokens)
@@ -218,33 +254,38 @@ class TrainingClient:
         forward_only: bool,
         pending: Pending[Any] | None,
     ) -> types.ForwardBackwardOutput:
+        codec = self._codec
+        op: Literal["forward", "forward_backward"] = (
+            "forward" if forward_only else "forward_backward"
+        )
+
         async def one(index: int) -> types.ForwardBackwardOutput:
-            body = encode_forward_backward_request(
+            request = codec.fwdbwd_request(
+                op,
                 model_id=self.model_id,
                 seq_id=seqs[index],
                 data=chunks[index],
                 loss_fn=loss_fn,
                 loss_fn_config=loss_fn_config,
-                forward_only=forward_only,
+                client_config=self._session.client_config,
             )
             transport = self._session.transport
-            headers = None
-            if self._session.client_config.get("proto_compress_fwdbwd"):
-                body = zstandard.ZstdCompressor().compress(body)
-                headers = {"Content-Encoding": "zstd"}
             accepted = await self._ops.submit(
                 seqs[index],
                 name,
                 transport.submit(
-                    "/api/v1/forward_backward", content=body, content_type=_PROTO, headers=headers
+                    request.path,
+                    content=request.content,
+                    content_type=request.content_type,
+                    headers=request.headers,
                 ),
             )
             if pending is not None and index == 0:
                 pending.request_id = accepted.request_id
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE[name], proto=True
+                accepted.request_id, request_type=REQUEST_TYPE[name], accept=codec.fwdbwd_accept
             )
-            return decode_forward_backward_output(done.payload)
+            return codec.decode_fwdbwd(done)
 
         if len(chunks) == 1:
             return await one(0)
@@ -255,8 +296,12 @@ class TrainingClient:
 
         try:
             async with anyio.create_task_group() as tg:
-                # The first chunk goes last, as the tinker SDK sends them.
-                for index in [*range(1, len(chunks)), 0]:
+                # The tinker SDK (and the Fireworks SDK's forward) sends the first chunk last;
+                # the Fireworks SDK's forward_backward starts the leading chunk first.
+                order = [*range(1, len(chunks)), 0]
+                if codec.name == "fireworks" and not forward_only:
+                    order = list(range(len(chunks)))
+                for index in order:
                     tg.start_soon(into, index)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
@@ -264,48 +309,97 @@ class TrainingClient:
 
     # -- optimizer and checkpoints ---------------------------------------------------------
 
-    def optim_step(self, adam_params: types.AdamParams) -> Pending[types.OptimStepResponse]:
+    def optim_step(
+        self,
+        adam_params: types.AdamParams,
+        *,
+        grad_accumulation_normalization: str | None = None,
+        emit_grad_norm_metrics: bool | str | None = None,
+    ) -> Pending[types.OptimStepResponse]:
         """Apply the accumulated gradients with AdamW and clear them.
+
+        Fireworks dialect extras: ``grad_accumulation_normalization`` (``"num_loss_tokens"``,
+        ``"num_sequences"`` or ``"none"``; for raw-sum RL losses pass ``"num_loss_tokens"``)
+        and ``emit_grad_norm_metrics`` (a bool, or ``"off"``/``"basic"``/``"detailed"``).
 
         Example::
 
             await client.optim_step(types.AdamParams(learning_rate=1e-4, weight_decay=0.01))
+            await client.optim_step(params, grad_accumulation_normalization="num_loss_tokens")
         """
-        self._session._check_open()
+        self._check_usable()
+        if emit_grad_norm_metrics is None:  # the Fireworks SDK's AdamParams carries it too
+            emit_grad_norm_metrics = getattr(adam_params, "emit_grad_norm_metrics", None)
+        adam_params = _convert_adam(adam_params)
         validate_adam_params(adam_params)
-        return self._simple(
-            "optim_step",
-            lambda seq: optim_step_body(
-                model_id=self.model_id, seq_id=seq, adam_params=adam_params
-            ),
-            types.OptimStepResponse,
+        normalization = fw.normalize_choice(
+            grad_accumulation_normalization,
+            fw.GRAD_ACC_NORMALIZATIONS,
+            "grad_accumulation_normalization",
         )
+        grad_norm = fw.normalize_choice(
+            emit_grad_norm_metrics,
+            fw.GRAD_NORM_METRICS_MODES,
+            "emit_grad_norm_metrics",
+            allow_bool=True,
+        )
+        if self._codec.name == "fireworks":
+
+            def body(seq: int) -> dict[str, Any]:
+                return fw.optim_step_body(
+                    model_id=self.model_id,
+                    seq_id=seq,
+                    adam_params=adam_params,
+                    grad_accumulation_normalization=normalization,
+                    emit_grad_norm_metrics=grad_norm,
+                )
+        else:
+            for field, value in (
+                ("grad_accumulation_normalization", normalization),
+                ("emit_grad_norm_metrics", grad_norm),
+            ):
+                if value is not None:
+                    raise InvalidInput(
+                        field, "is Fireworks-only: the tinker dialect cannot send it"
+                    )
+
+            def body(seq: int) -> dict[str, Any]:
+                return optim_step_body(model_id=self.model_id, seq_id=seq, adam_params=adam_params)
+
+        return self._simple("optim_step", body, types.OptimStepResponse)
 
     def save_state(
         self, name: str, *, ttl_seconds: int | None = None
     ) -> Pending[types.SaveWeightsResponse]:
         """Save the full training state (weights and optimizer) as ``name``.
 
-        With ``ttl_seconds`` the checkpoint expires after that long.
+        With ``ttl_seconds`` the checkpoint expires after that long (tinker dialect only:
+        Fireworks does not support checkpoint TTLs, and the call raises ``InvalidInput``).
+        The returned ``path`` is the one to load: a Fireworks trainer may store the state
+        under its own name (e.g. ``step-N``).
 
         Example::
 
             saved = await client.save_state("step-100", ttl_seconds=86400)
             print(saved.path)   # tinker://…/weights/step-100
         """
-        self._session._check_open()
+        self._check_usable()
         validate_checkpoint_name(name)
-        validate_ttl(ttl_seconds)
+        self._codec.check_ttl(ttl_seconds)
         return self._simple(
             "save_weights",
-            lambda seq: save_weights_body(
+            lambda seq: self._codec.save_weights_body(
                 model_id=self.model_id, seq_id=seq, name=name, ttl_seconds=ttl_seconds
             ),
             types.SaveWeightsResponse,
         )
 
     def load_state(self, path: str) -> Pending[types.LoadWeightsResponse]:
-        """Load weights from a ``tinker://`` training checkpoint; the optimizer starts fresh.
+        """Load weights from a training checkpoint; the optimizer starts fresh.
+
+        The path is a ``tinker://`` path in the tinker dialect; a logical name, an
+        ``<account>/run-<hex>/<name>`` path or a ``cross_job://`` reference in the fireworks
+        dialect (checked by the Fireworks SDK's rules before anything is sent).
 
         Example::
 
@@ -314,7 +408,8 @@ class TrainingClient:
         return self._load(path, optimizer=False)
 
     def load_state_with_optimizer(self, path: str) -> Pending[types.LoadWeightsResponse]:
-        """Load weights and optimizer state from a ``tinker://`` checkpoint (to resume a run).
+        """Load weights and optimizer state from a checkpoint (to resume a run); paths as in
+        :meth:`load_state`.
 
         Example::
 
@@ -323,11 +418,11 @@ class TrainingClient:
         return self._load(path, optimizer=True)
 
     def _load(self, path: str, *, optimizer: bool) -> Pending[types.LoadWeightsResponse]:
-        self._session._check_open()
-        validate_tinker_path(path)
+        self._check_usable()
+        path = self._codec.check_load_path(path)
         return self._simple(
             "load_weights",
-            lambda seq: load_weights_body(
+            lambda seq: self._codec.load_weights_body(
                 model_id=self.model_id, seq_id=seq, path=path, optimizer=optimizer
             ),
             types.LoadWeightsResponse,
@@ -338,18 +433,37 @@ class TrainingClient:
     ) -> Pending[types.SaveWeightsForSamplerResponse]:
         """Save the current weights for sampling as ``name``; the result has the path.
 
+        In the fireworks dialect this is :meth:`save_weights_for_sampler_ext` with the
+        automatic snapshot type (as the Fireworks SDK does), and ``ttl_seconds`` is refused.
+
         Example::
 
             saved = await client.save_weights_for_sampler("final")
             sampler = await session.create_sampling_client(model_path=saved.path)
         """
-        self._session._check_open()
+        self._check_usable()
         validate_checkpoint_name(name)
-        validate_ttl(ttl_seconds)
+        self._codec.check_ttl(ttl_seconds)
+        if self._codec.name == "fireworks":
+            ext = self.save_weights_for_sampler_ext(name)
+
+            async def run(
+                seqs: range, pending: Pending[types.SaveWeightsForSamplerResponse]
+            ) -> types.SaveWeightsForSamplerResponse:
+                del seqs
+                snap = await ext
+                pending.request_id = ext.request_id
+                return types.SaveWeightsForSamplerResponse(path=snap.path)
+
+            return self._ops.start("save_weights_for_sampler", 0, run)
         return self._simple(
             "save_weights_for_sampler",
-            lambda seq: save_weights_for_sampler_body(
-                model_id=self.model_id, seq_id=seq, name=name, ttl_seconds=ttl_seconds
+            lambda seq: self._codec.sampler_body(
+                model_id=self.model_id,
+                seq_id=seq,
+                name=name,
+                ttl_seconds=ttl_seconds,
+                checkpoint_type=None,
             ),
             types.SaveWeightsForSamplerResponse,
         )
@@ -357,48 +471,76 @@ class TrainingClient:
     def save_weights_for_sampler_ext(
         self,
         name: str,
+        checkpoint_type: Literal["base", "delta", "merged_base"] | None = None,
         *,
-        checkpoint_type: Literal["base", "delta"] = "base",
+        export_precision: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         ttl_seconds: int | None = None,
     ) -> Pending[SamplerSnapshot]:
-        """Save a Fireworks sampler snapshot: ``base`` (full weights) or ``delta`` (XOR diff).
+        """Save a sampler snapshot: ``base`` (full weights), ``delta`` (a diff against the
+        previous base) or ``merged_base`` (LoRA merged into the base; fireworks dialect).
 
-        The name is qualified with a session-scoped suffix (see :class:`SamplerSnapshot`).
-        The first snapshot of a client must be ``base``: a ``delta`` before any ``base`` raises
-        ``ValueError`` before anything is sent.
+        ``checkpoint_type=None`` is the Fireworks SDK's rule: a LoRA client always saves
+        ``base``; a full-parameter client saves ``base`` first, then ``delta``. The name is
+        qualified with a session-scoped suffix (see :class:`SamplerSnapshot`). A ``delta``
+        before any ``base`` raises ``InvalidInput`` before anything is sent.
+        ``export_precision`` (``"source"``, ``"bf16"``, ``"nvfp4"``, ``"mxfp8"``,
+        ``"fp8_block128"``) and ``metadata`` are Fireworks-only.
 
         Example::
 
             base = await client.save_weights_for_sampler_ext("step-0000")
-            delta = await client.save_weights_for_sampler_ext("step-0001", checkpoint_type="delta")
+            delta = await client.save_weights_for_sampler_ext("step-0001")  # full-param: delta
         """
-        self._session._check_open()
+        self._check_usable()
         validate_checkpoint_name(name)
-        validate_ttl(ttl_seconds)
-        if checkpoint_type not in ("base", "delta"):
+        self._codec.check_ttl(ttl_seconds)
+        if checkpoint_type is not None and checkpoint_type not in fw.CHECKPOINT_TYPES:
             raise InvalidInput(
-                "checkpoint_type", f"must be 'base' or 'delta', got {checkpoint_type!r}"
+                "checkpoint_type",
+                f"must be one of {', '.join(fw.CHECKPOINT_TYPES)} or None, got {checkpoint_type!r}",
             )
-        if checkpoint_type == "delta" and not self._has_base_snapshot:
+        if export_precision is not None and export_precision not in fw.EXPORT_PRECISIONS:
+            raise InvalidInput(
+                "export_precision",
+                f"must be one of {', '.join(fw.EXPORT_PRECISIONS)}, got {export_precision!r}",
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInput("metadata", f"must be a dict, got {type(metadata).__name__}")
+        kind: CheckpointType
+        if checkpoint_type is not None:
+            kind = checkpoint_type
+        elif self.lora_rank > 0 or not self._has_base_snapshot:
+            kind = "base"
+        else:
+            kind = "delta"
+        if kind == "delta" and not self._has_base_snapshot:
             raise InvalidInput(
                 "checkpoint_type", "the first snapshot of a client must be 'base', not 'delta'"
             )
-        if checkpoint_type == "base":
+        if kind == "merged_base" and export_precision is None and self._codec.name == "fireworks":
+            export_precision = "source"  # the Fireworks SDK's default for merged_base
+        if self.snapshot_suffix is not None:
+            full_name = f"{name}-{self.snapshot_suffix}"
+        else:
+            full_name = snapshot_name(name, self._session.session_id)
+        body = self._codec.sampler_body(  # refuses what the dialect cannot send, before sending
+            model_id=self.model_id,
+            seq_id=0,
+            name=full_name,
+            ttl_seconds=ttl_seconds,
+            checkpoint_type=kind,
+            export_precision=export_precision,
+            metadata=metadata,
+        )
+        if kind in ("base", "merged_base"):
             self._has_base_snapshot = True
-        full_name = snapshot_name(name, self._session.session_id)
-        kind: CheckpointType = checkpoint_type
 
         async def run(seqs: range, pending: Pending[SamplerSnapshot]) -> SamplerSnapshot:
             saved = await self._submit_and_retrieve(
                 "save_weights_for_sampler",
                 seqs[0],
-                save_weights_for_sampler_body(
-                    model_id=self.model_id,
-                    seq_id=seqs[0],
-                    name=full_name,
-                    ttl_seconds=ttl_seconds,
-                    checkpoint_type=kind,
-                ),
+                {**body, "seq_id": seqs[0]},
                 types.SaveWeightsForSamplerResponse,
                 pending,
             )
@@ -416,7 +558,7 @@ class TrainingClient:
         """
         from ._sampling import SamplingClient
 
-        self._session._check_open()
+        self._check_usable()
         sampling_seq = self._session.next_sampling_session_seq_id()
         pending = self._simple(
             "save_weights_for_sampler",
@@ -430,48 +572,138 @@ class TrainingClient:
             raise FiretitanError("the server did not return a sampling session id")
         return SamplingClient(self._session, saved.sampling_session_id, base_model=self.base_model)
 
-    async def list_checkpoints(self) -> list[types.Checkpoint]:
-        """The checkpoints of this training run (expired ones are not listed).
+    async def list_checkpoints(self) -> list[CheckpointEntry]:
+        """The training checkpoints of this run. Errors raise (never a silent ``[]``).
+
+        Tinker dialect: ``GET /api/v1/training_runs/{model_id}/checkpoints`` (expired ones
+        are not listed). Fireworks dialect: ``GET /api/v1/list_checkpoints``, whose rows may
+        carry names only (then ``path`` and ``time`` are ``None``).
 
         Example::
 
             for ckpt in await client.list_checkpoints():
-                print(ckpt.checkpoint_id, ckpt.tinker_path, ckpt.expires_at)
+                print(ckpt.name, ckpt.path, ckpt.expires_at)
         """
-        return await _list_checkpoints(
-            self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
-        )
+        self._session._check_open()
+        if self._codec.name == "fireworks":
+            reply = await self._session.transport.call("GET", "/api/v1/list_checkpoints")
+            return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
+        return [
+            _entry_of_tinker(c)
+            for c in await _list_checkpoints(
+                self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
+            )
+        ]
 
-    async def resolve_checkpoint_path(self, name_or_path: str, *, job_id: str | None = None) -> str:
-        """Turn a checkpoint name (or path) into a ``tinker://`` path this trainer can load.
+    async def resolve_checkpoint_path(
+        self, checkpoint_name: str, source_job_id: str | None = None
+    ) -> str:
+        """Turn a checkpoint name into a path :meth:`load_state` accepts.
 
-        A bare name resolves against this run's checkpoints, or with ``job_id`` against the
-        checkpoints made by another trainer job (cross-job resume); a snapshot's short name
-        (without the session suffix) also matches. A full ``tinker://`` path is checked to
-        exist and returned. Raises ``InvalidInput`` naming what exists when nothing matches.
+        Fireworks dialect (offline, the SDK's rules): the name itself (checked), or with
+        ``source_job_id`` the reference ``cross_job://<source_job_id>/<name>``.
+
+        Tinker dialect: a bare name resolves against this run's checkpoints, or with
+        ``source_job_id`` against another trainer job's (cross-job resume); a snapshot's short
+        name (without the session suffix) also matches. A full ``tinker://`` path is checked
+        to exist and returned. Raises ``InvalidInput`` naming what exists when nothing matches.
 
         Example::
 
-            path = await client.resolve_checkpoint_path("step-100", job_id="old-job")
+            path = await client.resolve_checkpoint_path("step-100", source_job_id="old-job")
             await client.load_state_with_optimizer(path)
         """
         self._session._check_open()
-        if name_or_path.startswith("tinker://"):
-            parsed = validate_tinker_path(name_or_path, field="name_or_path")
+        if self._codec.name == "fireworks":
+            if source_job_id is not None:
+                return fw.cross_job_ref(source_job_id, checkpoint_name)
+            return fw.validate_checkpoint_ref(checkpoint_name, field="checkpoint_name")
+        if checkpoint_name.startswith("cross_job://"):
+            raise InvalidInput(
+                "checkpoint_name", "cross_job:// references are Fireworks-only (tinker dialect)"
+            )
+        if checkpoint_name.startswith("tinker://"):
+            parsed = validate_tinker_path(checkpoint_name, field="checkpoint_name")
             checkpoints = await _list_checkpoints(
                 self._session, f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints"
             )
-            if any(c.tinker_path == name_or_path for c in checkpoints):
-                return name_or_path
-            raise InvalidInput("name_or_path", f"no checkpoint at {name_or_path!r}")
-        validate_checkpoint_name(name_or_path, field="name_or_path")
-        if job_id is None:
-            checkpoints = await self.list_checkpoints()
+            if any(c.tinker_path == checkpoint_name for c in checkpoints):
+                return checkpoint_name
+            raise InvalidInput("checkpoint_name", f"no checkpoint at {checkpoint_name!r}")
+        validate_checkpoint_name(checkpoint_name, field="checkpoint_name")
+        if source_job_id is None:
+            checkpoints = await _list_checkpoints(
+                self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
+            )
         else:
             checkpoints = await _list_checkpoints(
-                self._session, "/api/v1/checkpoints", params={"job_id": job_id, "limit": 1000}
+                self._session,
+                "/api/v1/checkpoints",
+                params={"job_id": source_job_id, "limit": 1000},
             )
-        return _match_checkpoint(checkpoints, name_or_path, job_id)
+        return _match_checkpoint(checkpoints, checkpoint_name, source_job_id)
+
+    def unload_model(self) -> Pending[types.UnloadModelResponse]:
+        """Unload this model from the trainer once its accepted operations have finished
+        (fireworks dialect). Later operations on this client raise at once.
+
+        Example::
+
+            await client.unload_model()
+        """
+        self._session._check_open()
+        if self._codec.name != "fireworks":
+            raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
+        self._unloading = True
+        earlier = self._ops.in_flight()
+
+        async def run(
+            seqs: range, pending: Pending[types.UnloadModelResponse]
+        ) -> types.UnloadModelResponse:
+            del seqs
+            for op in earlier:  # drain: the model's queued operations finish first
+                with contextlib.suppress(Exception):
+                    await op
+            transport = self._session.transport
+            accepted = await transport.submit(
+                "/api/v1/unload_model", json_body=fw.unload_model_body(model_id=self.model_id)
+            )
+            pending.request_id = accepted.request_id
+            done = await transport.retrieve(accepted.request_id, request_type="UnloadModel")
+            return decode_json_result(types.UnloadModelResponse, done.payload)
+
+        return self._ops.start("unload_model", 0, run)
+
+    def load_adapter(self, path: str) -> Pending[dict[str, Any]]:
+        """Load a LoRA adapter into this model (fireworks dialect), in call order.
+
+        Example::
+
+            await client.load_adapter("accounts/me/models/my-adapter")
+        """
+        self._check_usable()
+        if self._codec.name != "fireworks":
+            raise InvalidInput("load_adapter", "is Fireworks-only: the tinker dialect has none")
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidInput("path", "must be a non-empty string")
+
+        async def run(seqs: range, pending: Pending[dict[str, Any]]) -> dict[str, Any]:
+            transport = self._session.transport
+            accepted = await self._ops.submit(
+                seqs[0],
+                "load_adapter",
+                transport.submit(
+                    "/api/v1/load_adapter",
+                    json_body=fw.load_adapter_body(
+                        model_id=self.model_id, seq_id=seqs[0], adapter_path=path
+                    ),
+                ),
+            )
+            pending.request_id = accepted.request_id
+            done = await transport.retrieve(accepted.request_id, request_type="LoadAdapter")
+            return _json_dict(done.payload)
+
+        return self._ops.start("load_adapter", 1, run)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -489,9 +721,7 @@ class TrainingClient:
             seq, op, transport.submit(f"/api/v1/{op}", json_body=body)
         )
         pending.request_id = accepted.request_id
-        done = await transport.retrieve(
-            accepted.request_id, request_type=REQUEST_TYPE[op], proto=False
-        )
+        done = await transport.retrieve(accepted.request_id, request_type=REQUEST_TYPE[op])
         return decode_json_result(result_type, done.payload)
 
 
@@ -501,6 +731,64 @@ async def _list_checkpoints(
     session._check_open()
     reply = await session.transport.call("GET", path, params=params)
     return list(types.CheckpointsListResponse.model_validate(reply).checkpoints)
+
+
+def _entry_of_tinker(c: types.Checkpoint) -> CheckpointEntry:
+    return CheckpointEntry(
+        name=c.checkpoint_id.split("/", 1)[-1],
+        path=c.tinker_path,
+        checkpoint_type=c.checkpoint_type,
+        time=c.time,
+        expires_at=c.expires_at,
+        size_bytes=c.size_bytes,
+        raw=c.model_dump(mode="json"),
+    )
+
+
+def _entry_of_row(row: Mapping[str, Any]) -> CheckpointEntry:
+    """A Fireworks list row: whatever the trainer sent, nothing invented."""
+    path = row.get("path") or row.get("tinker_path")
+    kind = row.get("checkpoint_type") or row.get("checkpointType")
+    return CheckpointEntry(
+        name=str(row["name"]),
+        path=path if isinstance(path, str) else None,
+        checkpoint_type=kind if isinstance(kind, str) else None,
+        raw=dict(row),
+    )
+
+
+def _json_dict(payload: bytes) -> dict[str, Any]:
+    obj = json.loads(payload)
+    return obj if isinstance(obj, dict) else {"result": obj}
+
+
+def _response_tokens(data: Sequence[types.Datum]) -> float:
+    """The Fireworks SDK's ``response_tokens``: non-zero ``weights`` (else target tokens)."""
+    total = 0.0
+    for datum in data:
+        weights = datum.loss_fn_inputs.get("weights")
+        if weights is not None:
+            if weights.sparse_crow_indices is not None:
+                total += float(np.count_nonzero(weights._numpy))
+            else:
+                total += float(np.count_nonzero(weights.to_numpy()))
+            continue
+        targets = datum.loss_fn_inputs.get("target_tokens")
+        if targets is not None:
+            total += float(targets._numpy.size)
+    return total
+
+
+def _convert_data(data: Sequence[Any]) -> list[types.Datum]:
+    from ._fireworks_types import to_tinker_data
+
+    return to_tinker_data(data)
+
+
+def _convert_adam(params: Any) -> types.AdamParams:
+    from ._fireworks_types import to_tinker_adam
+
+    return to_tinker_adam(params)
 
 
 def _match_checkpoint(

@@ -4,7 +4,7 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
 
 * :meth:`Transport.call` — a JSON request/response (bootstrap, direct replies, listings);
 * :meth:`Transport.submit` — a POST that starts a server-side operation and returns its
-  :class:`~firetitan_async._wire_futures.Accepted` future id; the idempotency key is fixed for
+  :class:`~firetitan_async.wire.futures.Accepted` future id; the idempotency key is fixed for
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
@@ -29,8 +29,8 @@ from ._h11_transport import H11Transport
 from ._retry import RetryPolicy, retry_after_seconds
 from ._tracking import current_tracker
 from ._version import USER_AGENT
-from ._wire_bodies import retrieve_future_body
-from ._wire_futures import (
+from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .wire.futures import (
     Accepted,
     Done,
     Failed,
@@ -39,7 +39,7 @@ from ._wire_futures import (
     classify_retrieve_reply,
     parse_accepted,
 )
-from .errors import APIStatusError, FiretitanError, RequestFailedError
+from .wire.tinker import retrieve_future_body
 
 __all__ = ["Transport", "check_url_security"]
 
@@ -192,8 +192,10 @@ class Transport:
             tracker.accepted(accepted.request_id)
         return accepted
 
-    async def retrieve(self, request_id: str, *, request_type: str, proto: bool) -> Done:
+    async def retrieve(self, request_id: str, *, request_type: str, accept: str = _JSON) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
+
+        ``accept`` is the ``Accept`` header of the polls (the result forms the caller decodes).
 
         Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried with backoff,
         counting consecutive failures against the retry policy; a ``try_again`` reply re-polls at
@@ -208,7 +210,7 @@ class Transport:
         fast_sleep = 0.0
         headers = {
             "Content-Type": _JSON,
-            "Accept": _PROTO if proto else _JSON,
+            "Accept": accept,
             "X-Tinker-Request-Type": request_type,
         }
         while True:

@@ -22,6 +22,7 @@ __all__ = [
     "FiretitanError",
     "InvalidInput",
     "OperationTimeout",
+    "ProtocolError",
     "ReadinessTimeout",
     "RequestFailedError",
     "SessionClosed",
@@ -110,6 +111,26 @@ class SubmissionLost(FiretitanError):
     one, so every later operation of the same training client fails with this error too,
     at once, instead of waiting forever.
     """
+
+
+class ProtocolError(FiretitanError):
+    """The server's reply does not follow the wire protocol (malformed JSON or protobuf,
+    missing or ill-typed fields, inconsistent sizes).
+
+    ``what`` names the reply (e.g. ``"retrieve_future reply"``), ``problem`` what is wrong.
+
+    Example::
+
+        try:
+            await client.optim_step(params)
+        except ProtocolError as exc:
+            print(exc.what, exc.problem)
+    """
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"malformed {what}: {problem}")
 
 
 class OperationTimeout(FiretitanError, TimeoutError):

@@ -83,7 +83,7 @@ async def test_readiness_timeout() -> None:
 async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
     async with (
         LocalTrainer(checkpoint_dir=str(tmp_path)) as lt,
-        ServiceSession(lt.base_url) as session,
+        ServiceSession(lt.base_url, dialect="tinker") as session,
     ):
         client = await session.create_training_client(MODEL, lora_rank=0)
         with pytest.raises(ValueError, match="base"):
@@ -92,10 +92,10 @@ async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
         client.forward_backward(batch(0), "cross_entropy")
         client.optim_step(ADAM)
         delta1 = client.save_weights_for_sampler_ext("step-0001", checkpoint_type="delta")
-        base1 = client.save_weights_for_sampler_ext("step-0001b")
+        base1 = client.save_weights_for_sampler_ext("step-0001b", checkpoint_type="base")
         b0, d1, b1 = await base0, await delta1, await base1
         other_session_suffix = None
-        async with ServiceSession(lt.base_url) as other:
+        async with ServiceSession(lt.base_url, dialect="tinker") as other:
             other_client = await other.create_training_client(MODEL, lora_rank=0)
             snap = await other_client.save_weights_for_sampler_ext("step-0000")
             other_session_suffix = snap.snapshot_name.rsplit("-", 1)[1]
@@ -137,7 +137,7 @@ async def test_base_and_delta_snapshots(tmp_path: Path) -> None:
 
 
 async def test_state_checkpoints_expire_after_their_ttl() -> None:
-    async with LocalTrainer() as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer() as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL, lora_rank=2)
         short = await client.save_state("short-lived", ttl_seconds=1)
         kept = await client.save_state("kept")
@@ -171,8 +171,9 @@ async def test_cross_job_resume_reproduces_the_next_step() -> None:
         second = await jobs.create(CONFIG)
         async with ServiceSession.from_job(jobs, second.job_id, poll_interval_s=0.05) as session:
             client = await session.create_training_client(MODEL, lora_rank=4)
-            path = await client.resolve_checkpoint_path("resume-here", job_id=first.job_id)
-            assert path.startswith("tinker://") and path.endswith("/weights/resume-here")
+            path = await client.resolve_checkpoint_path("resume-here", source_job_id=first.job_id)
+            # from_job speaks the fireworks dialect: an offline cross_job:// reference.
+            assert path == f"cross_job://{first.job_id}/resume-here"
             await client.load_state_with_optimizer(path)
             resumed_loss = (await client.forward_backward(batch(3), "cross_entropy")).metrics
             await client.optim_step(ADAM)

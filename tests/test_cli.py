@@ -70,7 +70,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 async def _make_checkpoints(lt: LocalTrainer) -> tuple[str, str]:
     """A run with a state checkpoint and a snapshot, and a job with one checkpoint."""
-    async with ServiceSession(lt.base_url) as session:
+    async with ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         await client.save_state("cli-state", ttl_seconds=3600)
         await client.save_weights_for_sampler_ext("cli-snap")

@@ -3,6 +3,8 @@ the real local trainer (asyncio and trio)."""
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -96,7 +98,9 @@ async def test_a_failed_operation_ends_with_failed_and_the_error(
     local_trainer: LocalTrainer,
 ) -> None:
     events: list[OperationEvent] = []
-    async with ServiceSession(local_trainer.base_url, on_event=events.append) as session:
+    async with ServiceSession(
+        local_trainer.base_url, dialect="tinker", on_event=events.append
+    ) as session:
         client = await session.create_training_client(MODEL)
         with pytest.raises(APIStatusError):  # refused at submission: never accepted
             await client.load_state(f"tinker://{client.model_id}/weights/missing")
@@ -151,7 +155,7 @@ async def test_the_otel_exporter_makes_one_span_per_operation(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
     async with ServiceSession(
-        local_trainer.base_url, on_event=OtelExporter(provider)
+        local_trainer.base_url, dialect="tinker", on_event=OtelExporter(provider)
     ) as session:
         client = await session.create_training_client(MODEL)
         for _ in range(5):
@@ -194,6 +198,10 @@ async def test_throughput_counts_steps_and_tokens(local_trainer: LocalTrainer) -
 
 
 # -- the session cleans up on every exit path -------------------------------------------------
+# tinker dialect: the server-side session is finished (the tinker SDK's way); fireworks
+# dialect: every model the session created is unloaded (the Fireworks SDK never finishes).
+
+DIALECTS = pytest.mark.parametrize("dialect", ["tinker", "fireworks"])
 
 
 def cleanup_counts(trainer: LocalTrainer) -> tuple[int, int]:
@@ -201,32 +209,39 @@ def cleanup_counts(trainer: LocalTrainer) -> tuple[int, int]:
     return requests.get("sessions/finish", 0), requests.get("unload_model", 0)
 
 
-async def test_an_error_exit_unloads_the_models_and_ends_the_session(
-    local_trainer: LocalTrainer,
+def expected(dialect: str, models: int) -> tuple[int, int]:
+    return (1, 0) if dialect == "tinker" else (0, models)
+
+
+@DIALECTS
+async def test_an_error_exit_cleans_up(
+    local_trainer: LocalTrainer, dialect: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="firetitan_async.session")
     with pytest.raises(ZeroDivisionError):
-        async with ServiceSession(local_trainer.base_url) as session:
+        async with ServiceSession(local_trainer.base_url, dialect=dialect) as session:  # type: ignore[arg-type]
             await session.create_training_client(MODEL)
             await session.create_training_client(MODEL, lora_rank=2)
             1 / 0  # noqa: B018
-    assert cleanup_counts(local_trainer) == (1, 2)
+    assert cleanup_counts(local_trainer) == expected(dialect, 2)
+    assert "could not" not in caplog.text  # the unloads and the finish were accepted
 
 
-async def test_a_cancelled_session_unloads_its_model_and_ends_the_session(
-    local_trainer: LocalTrainer,
-) -> None:
+@DIALECTS
+async def test_a_cancelled_session_cleans_up(local_trainer: LocalTrainer, dialect: str) -> None:
     with anyio.CancelScope() as scope:
-        async with ServiceSession(local_trainer.base_url) as session:
+        async with ServiceSession(local_trainer.base_url, dialect=dialect) as session:  # type: ignore[arg-type]
             client = await session.create_training_client(MODEL)
             client.forward_backward(BATCH, "cross_entropy")  # in flight when cancelled
             scope.cancel()
             await anyio.sleep(5)
     assert scope.cancelled_caught
-    assert cleanup_counts(local_trainer) == (1, 1)
+    assert cleanup_counts(local_trainer) == expected(dialect, 1)
 
 
-async def test_a_normal_exit_also_unloads(local_trainer: LocalTrainer) -> None:
-    async with ServiceSession(local_trainer.base_url) as session:
+@DIALECTS
+async def test_a_normal_exit_cleans_up(local_trainer: LocalTrainer, dialect: str) -> None:
+    async with ServiceSession(local_trainer.base_url, dialect=dialect) as session:  # type: ignore[arg-type]
         client = await session.create_training_client(MODEL)
         await client.optim_step(ADAM)
-    assert cleanup_counts(local_trainer) == (1, 1)
+    assert cleanup_counts(local_trainer) == expected(dialect, 1)

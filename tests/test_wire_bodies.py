@@ -15,7 +15,7 @@ import pytest
 import tinker
 from tinker import types
 
-from firetitan_async import _wire_bodies as wb
+from firetitan_async.wire import tinker as wb
 
 
 def _same(mine: dict[str, Any], sdk_request: Any) -> None:

@@ -14,8 +14,8 @@ from tinker.lib.public_interfaces.training_client import (
     _estimate_datum_bytes_count_proto,
 )
 
-from firetitan_async._wire_chunking import estimate_datum_bytes, merge_outputs, split_batch
-from firetitan_async._wire_futures import ProtocolError
+from firetitan_async.errors import ProtocolError
+from firetitan_async.wire.chunking import estimate_datum_bytes, merge_outputs, split_batch
 
 RNG = np.random.default_rng(7)
 

@@ -8,18 +8,17 @@ from typing import Any
 import pytest
 from tinker import types
 
-from firetitan_async._wire_futures import (
+from firetitan_async.errors import FiretitanError, ProtocolError
+from firetitan_async.wire.futures import (
     Accepted,
     Done,
     Failed,
     MetadataOnly,
-    ProtocolError,
     TryAgain,
     classify_retrieve_reply,
     decode_json_result,
     parse_accepted,
 )
-from firetitan_async.errors import FiretitanError
 
 JSON = "application/json"
 PROTO = "application/x-protobuf"

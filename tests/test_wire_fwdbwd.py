@@ -11,12 +11,11 @@ from tinker import types
 from tinker.proto import request_conv, response_conv
 from tinker.proto import tinker_public_pb2 as pb
 
-from firetitan_async._wire_futures import ProtocolError
-from firetitan_async._wire_fwdbwd import (
+from firetitan_async.errors import InvalidInput, ProtocolError
+from firetitan_async.wire.fwdbwd import (
     decode_forward_backward_output,
     encode_forward_backward_request,
 )
-from firetitan_async.errors import InvalidInput
 
 RNG = np.random.default_rng(1234)
 

@@ -11,8 +11,8 @@ from tinker import types
 from tinker.proto import response_conv
 from tinker.proto import tinker_public_pb2 as pb
 
-from firetitan_async._wire_futures import ProtocolError
-from firetitan_async._wire_sample import (
+from firetitan_async.errors import ProtocolError
+from firetitan_async.wire.sample import (
     decode_sample_response,
     prompt_logprobs_of,
     sample_request_body,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tinker import types
 
-from firetitan_async._wire_validation import (
+from firetitan_async.errors import InvalidInput
+from firetitan_async.wire.validation import (
     ParsedPath,
     validate_adam_params,
     validate_checkpoint_name,
@@ -18,7 +19,6 @@ from firetitan_async._wire_validation import (
     validate_tinker_path,
     validate_ttl,
 )
-from firetitan_async.errors import InvalidInput
 
 
 def _as_inputs(inputs: dict[str, Any]) -> dict[str, types.TensorData]:

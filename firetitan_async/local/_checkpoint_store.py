@@ -39,7 +39,14 @@ import numpy as np
 
 from ._http_errors import ApiError
 
-__all__ = ["CheckpointStore", "ParsedPath", "RunInfo", "parse_tinker_path", "rfc3339"]
+__all__ = [
+    "CheckpointStore",
+    "ParsedPath",
+    "RunInfo",
+    "SnapshotType",
+    "parse_tinker_path",
+    "rfc3339",
+]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _RUN_RE = re.compile(r"[A-Za-z0-9:._-]{1,256}")
@@ -47,7 +54,7 @@ _KINDS: Mapping[str, Literal["training", "sampler"]] = {
     "weights": "training",
     "sampler_weights": "sampler",
 }
-SnapshotType = Literal["base", "delta"]
+SnapshotType = Literal["base", "delta", "merged_base"]
 
 
 def rfc3339(epoch_s: float) -> str:
@@ -149,6 +156,30 @@ class CheckpointStore:
             record: dict[str, Any] = json.loads(path.read_text())
             return record
 
+    def runs(self) -> list[dict[str, Any]]:
+        """Every stored ``run.json`` record."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for path in sorted(self.root.glob("*/run.json")):
+                out.append(json.loads(path.read_text()))
+        return out
+
+    def live_meta(self, training_run_id: str, segment: str, name: str) -> dict[str, Any] | None:
+        """The listing entry of ``{segment}/{name}`` of a run, or ``None`` (absent/expired)."""
+        with self._lock:
+            return self._live_meta(training_run_id, segment, name)
+
+    def training_names(self, *, job_id: str | None) -> list[str]:
+        """Sorted names of the live ``weights/`` checkpoints of runs of ``job_id`` (``None``:
+        runs not made through a job)."""
+        names: set[str] = set()
+        for run in self.runs():
+            if run.get("job_id") == job_id:
+                folder = self._run_dir(str(run["training_run_id"])) / "weights"
+                with self._lock:
+                    names.update(m["checkpoint_id"].partition("/")[2] for m in self._metas(folder))
+        return sorted(names)
+
     # -- save ---------------------------------------------------------------------------------
 
     def save_state(
@@ -182,11 +213,13 @@ class CheckpointStore:
         base_weights: Mapping[str, np.ndarray] | None = None,
         ttl_seconds: int | None = None,
         user_metadata: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Save sampler weights as ``sampler_weights/{name}``: full (``base``) or, for
-        ``delta``, the XOR of their bits against ``base_weights`` (saved at ``base_path``)."""
+        """Save sampler weights as ``sampler_weights/{name}``: full (``base``, ``merged_base``)
+        or, for ``delta``, the XOR of their bits against ``base_weights`` (saved at
+        ``base_path``). ``extra`` fields go into the listing entry."""
         arrays: dict[str, np.ndarray] = {}
-        extra: dict[str, Any] = {"snapshot_type": snapshot_type}
+        extra = {**(extra or {}), "snapshot_type": snapshot_type}
         if snapshot_type == "delta":
             if base_path is None or base_weights is None:
                 raise ApiError(400, "a delta snapshot needs a previous base snapshot")

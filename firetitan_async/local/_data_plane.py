@@ -29,20 +29,35 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import attrs
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._checkpoint_store import RunInfo, check_name, parse_tinker_path, rfc3339
+from ._checkpoint_refs import resolve_checkpoint_ref
+from ._checkpoint_store import (
+    RunInfo,
+    SnapshotType,
+    check_name,
+    parse_tinker_path,
+    rfc3339,
+)
 from ._future_store import FutureReply, UnknownFuture
 from ._http_errors import ApiError
 from ._input_error import ModelInputError
 from ._json_body import read_json_object
-from ._model import MODEL_NAME, VOCAB_SIZE, TinyByteLM
+from ._json_codec import (
+    decode_json_head,
+    decode_json_input,
+    encode_forward_backward_json,
+    prefers_json,
+)
+from ._model import LORA_ALPHA, MODEL_NAME, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
 from ._ordering import Operation, OrderedExecutor
 from ._proto_codec import (
     BadForwardBackwardData,
+    ForwardBackwardSubmission,
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,
@@ -245,6 +260,9 @@ def _new_model(
     user_metadata: Mapping[str, str] | None,
     first_seq: int,
     seed: int,
+    lora_alpha: float = LORA_ALPHA,
+    init_method: str = "kaiming",
+    base_only: bool = False,
 ) -> TrainingModel:
     model_id = f"{session_id}:train:{model_seq_id}"
     if model_id in state.registry.models:
@@ -253,7 +271,9 @@ def _new_model(
             f"(model {model_id} exists)"
         )
     try:
-        model = TinyByteLM(seed=seed, lora_rank=lora_rank)
+        model = TinyByteLM(
+            seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method
+        )
     except ModelInputError as exc:
         raise _user_error(exc) from None
     executor = OrderedExecutor(
@@ -264,9 +284,38 @@ def _new_model(
         on_compute=state.stats.add_compute,
     )
     run = RunInfo(model_id, MODEL_NAME, lora_rank, job_id, user_metadata)
-    entry = TrainingModel(run=run, session_id=session_id, model=model, executor=executor)
+    entry = TrainingModel(
+        run=run, session_id=session_id, model=model, executor=executor, base_only=base_only
+    )
     state.registry.models[model_id] = entry
     return entry
+
+
+CAPABILITIES: Mapping[str, Any] = {
+    "comms": "v1",
+    "routing_matrix_format": "base64_inline",
+    "r3_store_id": None,
+    "supports_router_replay": False,
+    "supports_target_logprob_support": False,
+    "supports_reinforce": False,
+    "supports_score_centering": False,
+    "supports_policy_importance_sampling": False,
+    "supports_policy_diagnostics": False,
+    "supports_rdma_weight_sync": False,
+    "rdma_weight_sync_enabled": False,
+}
+"""The Fireworks capability fields of a ``create_model`` result, answered for the local model:
+JSON v1 requests, no experts (no router replay), no RDMA weight sync, none of the optional
+loss features."""
+
+
+def _lora_alpha(lora: Mapping[str, Any]) -> float:
+    alpha = lora.get("alpha")
+    if alpha is None:
+        return LORA_ALPHA
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+        raise ApiError(400, f"lora_config.alpha must be a number > 0, got {alpha!r}")
+    return float(alpha)
 
 
 async def create_model(request: Request) -> Response:
@@ -275,9 +324,16 @@ async def create_model(request: Request) -> Response:
     session = state.registry.session(_req_str(body, "session_id"))
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
     _check_base_model(body.get("base_model"))
+    base_only = _bool(body, "base_only", False)
     lora = _get(body, "lora_config", dict, "an object") or {}
     rank = _opt_int(lora, "rank", minimum=0) or 0
+    if base_only and rank:
+        raise ApiError(400, "base_only models are frozen base weights: lora_config.rank must be 0")
     lora_seed = _opt_int(lora, "seed")
+    alpha = _lora_alpha(lora)
+    init_method = _get(lora, "init_method", str, "a string") or "kaiming"
+    if _opt_int(body, "projection_head_dim", minimum=0):
+        raise ApiError(400, f"projection_head_dim is not supported by {MODEL_NAME}")
     optimizer = _get(body, "optimizer_config", dict, "an object") or {"type": "adamw"}
     if optimizer.get("type", "adamw") != "adamw":
         raise ApiError(
@@ -294,10 +350,14 @@ async def create_model(request: Request) -> Response:
         user_metadata=_str_map(body, "user_metadata"),
         first_seq=1,
         seed=state.config.seed if lora_seed is None else lora_seed,
+        lora_alpha=alpha,
+        init_method=init_method,
+        base_only=base_only,
     )
     request_id = state.futures.create("CreateModel")
     state.futures.complete(
-        request_id, FutureReply.json({"model_id": entry.model_id, "type": "create_model"})
+        request_id,
+        FutureReply.json({"model_id": entry.model_id, "type": "create_model", **CAPABILITIES}),
     )
     return _future(request_id, entry.model_id)
 
@@ -348,7 +408,65 @@ def _submit(
     return _future(request_id, entry.model_id)
 
 
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _fwdbwd_op(
+    state: ServerState, entry: TrainingModel, sub: ForwardBackwardSubmission, *, as_json: bool
+) -> Operation:
+    """The model operation of a checked forward/forward_backward submission. A JSON request's
+    reply carries both forms (``retrieve_future`` picks by ``Accept``); a protobuf one, proto."""
+    with_logprobs = sub.forward_only or state.config.forward_backward_logprobs
+
+    def op() -> FutureReply:
+        result = entry.model.forward_backward(
+            sub.data, sub.loss_fn, sub.loss_fn_config or None, backward=not sub.forward_only
+        )
+        logprobs = result.logprobs if with_logprobs else None
+        proto = encode_forward_backward_output(logprobs, result.metrics, num_datums=len(sub.data))
+        json_form = None
+        if as_json:
+            json_form = encode_forward_backward_json(
+                logprobs, result.metrics, num_datums=len(sub.data)
+            )
+        return FutureReply.proto(proto, json_form=json_form)
+
+    return op
+
+
+async def _json_forward_backward(request: Request, input_key: str) -> Response:
+    state = _state(request)
+    body = await read_json_object(request)
+    head = decode_json_head(body, input_key)
+    entry = state.registry.model(head.model_id)
+
+    def build() -> Operation:
+        sub = decode_json_input(body, head)
+        if not sub.forward_only:
+            _refuse_if_base_only(entry, "forward_backward")
+        check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
+        return _fwdbwd_op(state, entry, sub, as_json=True)
+
+    kind = "Forward" if input_key == "forward_input" else "ForwardBackward"
+    return _submit(state, entry, head.seq_id, kind, build)
+
+
 async def forward_backward(request: Request) -> Response:
+    if _is_json(request):
+        return await _json_forward_backward(request, "forward_backward_input")
+    return await _proto_forward_backward(request, force_forward=False)
+
+
+async def forward(request: Request) -> Response:
+    """``POST /api/v1/forward`` (Fireworks): a forward pass; no gradient is accumulated."""
+    if _is_json(request):
+        return await _json_forward_backward(request, "forward_input")
+    return await _proto_forward_backward(request, force_forward=True)
+
+
+async def _proto_forward_backward(request: Request, *, force_forward: bool) -> Response:
     state = _state(request)
     try:
         sub = decode_forward_backward(
@@ -362,23 +480,41 @@ async def forward_backward(request: Request) -> Response:
             raise error
 
         return _submit(state, bad, error.seq_id, "ForwardBackward", refuse)
+    if force_forward and not sub.forward_only:
+        sub = attrs.evolve(sub, forward_only=True)
     entry = state.registry.model(sub.model_id)
 
     def build() -> Operation:
+        if not sub.forward_only:
+            _refuse_if_base_only(entry, "forward_backward")
         check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
-
-        def op() -> FutureReply:
-            result = entry.model.forward_backward(
-                sub.data, sub.loss_fn, sub.loss_fn_config or None, backward=not sub.forward_only
-            )
-            return FutureReply.proto(
-                encode_forward_backward_output(result.logprobs, result.metrics)
-            )
-
-        return op
+        return _fwdbwd_op(state, entry, sub, as_json=False)
 
     kind = "Forward" if sub.forward_only else "ForwardBackward"
     return _submit(state, entry, sub.seq_id, kind, build)
+
+
+def _refuse_if_base_only(entry: TrainingModel, what: str) -> None:
+    if entry.base_only:
+        raise ApiError(
+            400, f"model {entry.model_id} is a frozen base_only reference model: {what} would "
+            "train it (use forward for reference logprobs)"
+        )
+
+
+def _grad_norm_mode(params: object) -> str:
+    """``adam_params.emit_grad_norm_metrics`` (bool or off/basic/detailed) → the mode."""
+    value = params.get("emit_grad_norm_metrics") if isinstance(params, Mapping) else None
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "basic"
+    if value in ("off", "basic", "detailed"):
+        return str(value)
+    raise ApiError(
+        400, "adam_params.emit_grad_norm_metrics must be a bool or 'off', 'basic', 'detailed', "
+        f"got {value!r}"
+    )
 
 
 async def optim_step(request: Request) -> Response:
@@ -388,6 +524,7 @@ async def optim_step(request: Request) -> Response:
     seq_id = _opt_int(body, "seq_id")
 
     def build() -> Operation:
+        _refuse_if_base_only(entry, "optim_step")
         params = body.get("adam_params", body.get("optim_params"))
         if params is None:
             other = body.get("optimizer_params")
@@ -397,10 +534,21 @@ async def optim_step(request: Request) -> Response:
                     400, f"optimizer_params of type {kind!r} are not supported (only adam_params)"
                 )
             raise ApiError(400, "adam_params is required")
+        grad_metrics = _grad_norm_mode(params)
+        if isinstance(params, Mapping):
+            params = {k: v for k, v in params.items() if k != "emit_grad_norm_metrics"}
         config = check_adam(params)
+        normalization = body.get("grad_accumulation_normalization")
+        if normalization not in NORMALIZATIONS:
+            raise ApiError(
+                400, "grad_accumulation_normalization must be 'num_loss_tokens', "
+                f"'num_sequences' or 'none', got {normalization!r}"
+            )
 
         def op() -> FutureReply:
-            metrics = entry.model.optim_step(config)
+            metrics = entry.model.optim_step(
+                config, normalization=normalization, grad_norm_metrics=grad_metrics
+            )
             state.stats.count_optim_step(entry.model_id)
             return FutureReply.json({"metrics": metrics})
 
@@ -423,15 +571,19 @@ async def save_weights(request: Request) -> Response:
         if name is not None:
             check_name(name)
 
+        step_names = state.config.checkpoint_step_names
+
         def op() -> FutureReply:
             final = name if name is not None else f"ckpt-{entry.model.optim_steps:06d}"
+            if step_names:  # like a dedicated Fireworks trainer: the name is the step
+                final = f"step-{entry.model.optim_steps}"
             meta = state.checkpoints.save_state(
                 entry.run,
                 final,
                 entry.model.state(optimizer=True),
                 ttl_seconds=ttl,
                 user_metadata=metadata,
-                overwrite=overwrite,
+                overwrite=overwrite or step_names,
             )
             return FutureReply.json({"path": meta["tinker_path"], "type": "save_weights"})
 
@@ -472,6 +624,26 @@ def _load_op(state: ServerState, entry: TrainingModel, path: str, optimizer: boo
     return op
 
 
+def _resolve_ref(
+    state: ServerState,
+    request: Request,
+    ref: object,
+    entry: TrainingModel | None,
+    *,
+    job_id: str | None = None,
+    field: str = "path",
+) -> str:
+    """A checkpoint reference (tinker path, logical name, run path, cross_job) → tinker path."""
+    return resolve_checkpoint_ref(
+        state.checkpoints,
+        ref,
+        own_run=entry.model_id if entry is not None else None,
+        job_id=entry.run.job_id if entry is not None else (_job_id(request) or job_id),
+        account_id=state.config.account_id,
+        field=field,
+    )
+
+
 async def load_weights(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request)
@@ -479,16 +651,16 @@ async def load_weights(request: Request) -> Response:
         entry = state.registry.model(_req_str(body, "model_id"))
 
         def build() -> Operation:
-            path = _req_str(body, "path")
+            path = _resolve_ref(state, request, body.get("path"), entry)
             optimizer = _bool(body, "optimizer", False)
             _check_training_checkpoint(state, path, entry.run.lora_rank)
             return _load_op(state, entry, path, optimizer)
 
         return _submit(state, entry, _opt_int(body, "seq_id"), "LoadWeights", build)
-    path = _req_str(body, "path")
     optimizer = _bool(body, "optimizer", False)
     # Create-via-load: the load is the new model's operation 0.
     session = state.registry.session(_req_str(body, "session_id"))
+    path = _resolve_ref(state, request, body.get("path"), None, job_id=session.job_id)
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
     if body.get("base_model") is not None:
         _check_base_model(body["base_model"])
@@ -524,10 +696,25 @@ async def save_weights_for_sampler(request: Request) -> Response:
         if kind not in ("snapshot", "inflight"):
             raise ApiError(400, f"kind must be 'snapshot' or 'inflight', got {kind!r}")
         snapshot_type = body.get("checkpoint_type") or "base"
-        if snapshot_type not in ("base", "delta"):
+        if snapshot_type not in ("base", "delta", "merged_base"):
             raise ApiError(
-                400, f"checkpoint_type must be 'base' or 'delta', got {snapshot_type!r}"
+                400, "checkpoint_type must be 'base', 'delta' or 'merged_base', "
+                f"got {snapshot_type!r}"
             )
+        precision = body.get("export_precision")
+        if precision is not None and snapshot_type != "merged_base":
+            raise ApiError(400, "export_precision is only valid with checkpoint_type='merged_base'")
+        if precision not in (None, *EXPORT_PRECISIONS):
+            raise ApiError(
+                400, f"export_precision {precision!r} is not supported by the local trainer "
+                f"(supported: {', '.join(EXPORT_PRECISIONS)})"
+            )
+        if snapshot_type == "merged_base" and not entry.run.lora_rank:
+            raise ApiError(
+                400, "checkpoint_type='merged_base' folds a LoRA adapter into the base weights; "
+                f"model {entry.model_id} is full-parameter (save 'base' or 'delta' instead)"
+            )
+        sampler_metadata = _get(body, "metadata", dict, "an object")
         if name is None:
             n = _opt_int(body, "sampling_session_seq_id", minimum=0)
             if n is None:
@@ -539,6 +726,7 @@ async def save_weights_for_sampler(request: Request) -> Response:
 
         def op() -> FutureReply:
             weights = entry.model.sampler_weights()
+            extra = {"metadata": sampler_metadata} if sampler_metadata is not None else {}
             if snapshot_type == "delta":
                 if entry.last_base_path is None or entry.last_base_weights is None:
                     raise ApiError(
@@ -549,12 +737,21 @@ async def save_weights_for_sampler(request: Request) -> Response:
                 meta = state.checkpoints.save_sampler(
                     entry.run, name, weights, snapshot_type="delta",
                     base_path=entry.last_base_path, base_weights=entry.last_base_weights,
-                    ttl_seconds=ttl, user_metadata=metadata,
+                    ttl_seconds=ttl, user_metadata=metadata, extra=extra,
                 )
             else:
+                if snapshot_type == "merged_base":
+                    if not entry.model.has_adapter_delta():
+                        raise ApiError(
+                            400, f"model {entry.model_id} has no effective adapter delta to "
+                            "merge (train it or load_adapter first)"
+                        )
+                    weights = _export(weights, precision or "source")
+                    extra["export_precision"] = precision or "source"
+                full: SnapshotType = "merged_base" if snapshot_type == "merged_base" else "base"
                 meta = state.checkpoints.save_sampler(
-                    entry.run, name, weights, snapshot_type="base",
-                    ttl_seconds=ttl, user_metadata=metadata,
+                    entry.run, name, weights, snapshot_type=full,
+                    ttl_seconds=ttl, user_metadata=metadata, extra=extra,
                 )
                 entry.last_base_path = meta["tinker_path"]
                 entry.last_base_weights = weights
@@ -565,6 +762,25 @@ async def save_weights_for_sampler(request: Request) -> Response:
         return op
 
     return _submit(state, entry, seq_id, "SaveWeightsForSampler", build)
+
+
+EXPORT_PRECISIONS = ("source", "bf16")
+"""``export_precision`` values of a ``merged_base`` save the local trainer can produce."""
+
+
+def _export(weights: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
+    """Weights as exported at ``precision``: ``source`` is float32 as is; ``bf16`` rounds each
+    value to the nearest bfloat16 (ties to even), stored as float32."""
+    if precision == "source":
+        return weights
+    out: dict[str, np.ndarray] = {}
+    for key, value in weights.items():
+        bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & (
+            np.uint32(0xFFFF0000)
+        )
+        out[key] = rounded.view(np.float32)
+    return out
 
 
 def _ephemeral_sampler_op(state: ServerState, entry: TrainingModel, n: int) -> Operation:
@@ -583,6 +799,68 @@ def _ephemeral_sampler_op(state: ServerState, entry: TrainingModel, n: int) -> O
         )
 
     return op
+
+
+async def list_checkpoints(request: Request) -> Response:
+    """``GET /api/v1/list_checkpoints`` (Fireworks): sorted names of this trainer's
+    ``save_state`` checkpoints (the job's, or those of models made without a job)."""
+    state = _state(request)
+    return JSONResponse({"checkpoints": state.checkpoints.training_names(job_id=_job_id(request))})
+
+
+async def load_adapter(request: Request) -> Response:
+    """``POST /api/v1/load_adapter`` (Fireworks): a LoRA model takes the adapter weights of a
+    training checkpoint (any reference ``load_weights`` accepts), weights only."""
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+
+    def build() -> Operation:
+        if not entry.run.lora_rank:
+            raise ApiError(400, f"load_adapter needs a LoRA model; {entry.model_id} is "
+                           "full-parameter")
+        ref = body.get("adapter_path")
+        if isinstance(ref, str) and (ref.startswith("gs://") or ref.startswith("accounts/")):
+            raise ApiError(
+                400, f"adapter_path {ref!r}: the local trainer cannot fetch PEFT adapters; "
+                "pass a checkpoint of a LoRA run (a name, <account>/run-<32 hex>/<name>, "
+                "cross_job://<job>/<name> or tinker:// path)"
+            )
+        path = _resolve_ref(state, request, ref, entry, field="adapter_path")
+        _check_training_checkpoint(state, path, entry.run.lora_rank)
+
+        def op() -> FutureReply:
+            arrays = state.checkpoints.load_arrays(path)
+            entry.model.load_adapter(arrays)
+            entry.adapter_loaded = True
+            return FutureReply.json(
+                {"model_id": entry.model_id, "adapter_path": ref, "type": "load_adapter"}
+            )
+
+        return op
+
+    return _submit(state, entry, _opt_int(body, "seq_id"), "LoadAdapter", build)
+
+
+async def unload_model(request: Request) -> Response:
+    """``POST /api/v1/unload_model`` (Fireworks): a future that completes once the model's
+    queued operations have run; then the model is freed and later requests get a 404."""
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    model_id = entry.model_id
+    state.registry.unloaded.add(model_id)  # refuses new work at once
+    request_id = state.futures.create("UnloadModel")
+
+    async def job() -> None:
+        await entry.executor.wait_idle()
+        state.registry.models.pop(model_id, None)
+        state.futures.complete(
+            request_id, FutureReply.json({"model_id": model_id, "type": "unload_model"})
+        )
+
+    state.tasks.spawn(job())
+    return _future(request_id, model_id)
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -802,7 +1080,8 @@ async def retrieve_future(request: Request) -> Response:
         return JSONResponse(
             {"type": "try_again", "request_id": request_id, "queue_state": "active"}
         )
-    return Response(reply.body, media_type=reply.media_type)
+    content, media_type = reply.negotiate(prefers_json(request.headers.get("accept")))
+    return Response(content, media_type=media_type)
 
 
 # -- checkpoints and runs -----------------------------------------------------------------------
@@ -848,7 +1127,20 @@ async def list_run_checkpoints(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     if run_id not in state.registry.models and state.checkpoints.get_run(run_id) is None:
         raise ApiError(404, f"unknown training run {run_id!r}")
-    return JSONResponse({"checkpoints": state.checkpoints.list_run(run_id), "cursor": None})
+    return JSONResponse(
+        {"checkpoints": _listing(state, state.checkpoints.list_run(run_id)), "cursor": None}
+    )
+
+
+_DETAIL_FIELDS = ("time", "tinker_path", "expires_at")
+
+
+def _listing(state: ServerState, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tinker-form checkpoint rows; without ``time``/``tinker_path``/``expires_at`` when the
+    ``checkpoint_list_details`` knob is off (as a Fireworks trainer lists them)."""
+    if state.config.checkpoint_list_details:
+        return rows
+    return [{k: v for k, v in row.items() if k not in _DETAIL_FIELDS} for row in rows]
 
 
 async def get_training_run(request: Request) -> Response:
@@ -884,7 +1176,7 @@ async def list_user_checkpoints(request: Request) -> Response:
     limit, offset = _page(request, 100)
     everything = state.checkpoints.list_all(job_id=request.query_params.get("job_id"))
     return JSONResponse(
-        {"checkpoints": everything[offset : offset + limit],
+        {"checkpoints": _listing(state, everything[offset : offset + limit]),
          "cursor": {"offset": offset, "limit": limit, "total_count": len(everything)}}
     )
 
@@ -927,6 +1219,7 @@ def data_plane_routes() -> list[Route]:
         Route(f"{p}/create_model", create_model, methods=["POST"]),
         Route(f"{p}/get_info", get_info, methods=["POST"]),
         Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
+        Route(f"{p}/forward", forward, methods=["POST"]),
         Route(f"{p}/optim_step", optim_step, methods=["POST"]),
         Route(f"{p}/save_weights", save_weights, methods=["POST"]),
         Route(f"{p}/load_weights", load_weights, methods=["POST"]),
@@ -945,5 +1238,8 @@ def data_plane_routes() -> list[Route]:
             methods=["DELETE"],
         ),
         Route(f"{p}/checkpoints", list_user_checkpoints, methods=["GET"]),
+        Route(f"{p}/list_checkpoints", list_checkpoints, methods=["GET"]),
+        Route(f"{p}/load_adapter", load_adapter, methods=["POST"]),
+        Route(f"{p}/unload_model", unload_model, methods=["POST"]),
     ]
 

@@ -33,6 +33,14 @@ class FutureReply:
 
     body: bytes
     media_type: str
+    json_form: bytes | None = None
+    """The same result as JSON, for a protobuf reply whose poller prefers JSON."""
+
+    def negotiate(self, prefer_json: bool) -> tuple[bytes, str]:
+        """The body and media type to send, given the poller's preference."""
+        if prefer_json and self.json_form is not None:
+            return self.json_form, JSON_MEDIA_TYPE
+        return self.body, self.media_type
 
     @classmethod
     def json(cls, payload: Any) -> FutureReply:
@@ -40,9 +48,10 @@ class FutureReply:
         return cls(json.dumps(payload).encode(), JSON_MEDIA_TYPE)
 
     @classmethod
-    def proto(cls, payload: bytes) -> FutureReply:
-        """A protobuf reply (``ForwardBackwardOutput`` or ``SampleResponse``)."""
-        return cls(payload, PROTO_MEDIA_TYPE)
+    def proto(cls, payload: bytes, *, json_form: bytes | None = None) -> FutureReply:
+        """A protobuf reply (``ForwardBackwardOutput`` or ``SampleResponse``), optionally with
+        its JSON rendering for pollers whose ``Accept`` prefers JSON."""
+        return cls(payload, PROTO_MEDIA_TYPE, json_form)
 
     @classmethod
     def failure(cls, message: str, category: Literal["user", "server"]) -> FutureReply:

@@ -90,7 +90,9 @@ class LossOutput:
     metrics: dict[str, float]
 
 
-def resolve_config(loss_fn: str, config: Mapping[str, float | str] | None) -> dict[str, float]:
+def resolve_config(
+    loss_fn: str, config: Mapping[str, float | str | bool] | None
+) -> dict[str, float]:
     """``config`` checked against ``loss_fn``'s keys, with defaults filled in.
 
     Raises ``ModelInputError`` for an unknown loss, an unknown key or a bad value.

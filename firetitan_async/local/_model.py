@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from ._input_error import ModelInputError
 from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, compute_loss, resolve_config
-from ._optim import AdamConfig, AdamW
+from ._optim import AdamConfig, AdamW, global_norm
 
 __all__ = [
     "CONTEXT",
@@ -63,6 +64,11 @@ HIDDEN_DIM = 128
 LORA_ALPHA = 32.0
 LORA_MAX_RANK = 256
 LORA_TARGETS = ("w1", "w2")
+INIT_METHODS = frozenset({"kaiming", "nora"})
+"""LoRA ``init_method`` values: ``kaiming`` (A Gaussian with std 1/sqrt(fan_in), B zero) and
+``nora`` (as kaiming, then each input's row of A scaled to unit L2 norm over the rank)."""
+NORMALIZATIONS = frozenset({None, "none", "num_loss_tokens", "num_sequences"})
+"""``grad_accumulation_normalization`` values (``None`` is the same as ``"none"``)."""
 
 _BASE_SHAPES: dict[str, tuple[int, ...]] = {
     "embed": (VOCAB_SIZE + 1, EMBED_DIM),
@@ -198,7 +204,13 @@ class TinyByteLM:
     lora_rank: int
 
     def __init__(
-        self, *, seed: int, lora_rank: int = 0, dtype: type[np.floating] = np.float32
+        self,
+        *,
+        seed: int,
+        lora_rank: int = 0,
+        dtype: type[np.floating] = np.float32,
+        lora_alpha: float = LORA_ALPHA,
+        init_method: str = "kaiming",
     ) -> None:
         if (
             isinstance(lora_rank, bool)
@@ -208,7 +220,17 @@ class TinyByteLM:
             raise ModelInputError(
                 "lora_rank", f"must be an integer in [0, {LORA_MAX_RANK}], got {lora_rank!r}"
             )
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, int | float) or not (
+            0 < lora_alpha < float("inf")
+        ):
+            raise ModelInputError("lora_config.alpha", f"must be > 0, got {lora_alpha!r}")
+        if init_method not in INIT_METHODS:
+            raise ModelInputError(
+                "lora_config.init_method",
+                f"must be one of {sorted(INIT_METHODS)}, got {init_method!r}",
+            )
         self.lora_rank = lora_rank
+        self.lora_alpha = float(lora_alpha)
         self.seed = seed
         self._dtype = dtype
         rng = np.random.default_rng(seed)
@@ -224,12 +246,16 @@ class TinyByteLM:
             for name in LORA_TARGETS:
                 fan_in, fan_out = _BASE_SHAPES[name]
                 a = rng.standard_normal((fan_in, lora_rank)) / np.sqrt(fan_in)
+                if init_method == "nora":  # each input's row of A has unit L2 norm over the rank
+                    a /= np.linalg.norm(a, axis=1, keepdims=True)
                 p[f"{name}.lora_a"] = a.astype(dtype)
                 p[f"{name}.lora_b"] = np.zeros((lora_rank, fan_out), dtype=dtype)
             self._trainable = tuple(f"{n}.lora_{ab}" for n in LORA_TARGETS for ab in "ab")
         else:
             self._trainable = tuple(_BASE_SHAPES)
         self._params = p
+        self._acc_tokens = 0
+        self._acc_sequences = 0
         self._shapes = {k: v.shape for k, v in p.items()}
         self._grads = {k: np.zeros_like(p[k]) for k in self._trainable}
         self._adam = AdamW({k: self._shapes[k] for k in self._trainable}, dtype)
@@ -239,8 +265,8 @@ class TinyByteLM:
 
     @property
     def lora_scale(self) -> float:
-        """``LORA_ALPHA / lora_rank`` (0 without LoRA)."""
-        return LORA_ALPHA / self.lora_rank if self.lora_rank else 0.0
+        """``lora_alpha / lora_rank`` (0 without LoRA)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
     @property
     def optim_steps(self) -> int:
@@ -264,14 +290,27 @@ class TinyByteLM:
         """Copies of the trained parameters (LoRA adapters when ``lora_rank > 0``)."""
         return {k: self._params[k].copy() for k in self._trainable}
 
+    def has_adapter_delta(self) -> bool:
+        """Whether the LoRA adapters change the weights (``B`` not all zero)."""
+        return any(
+            np.any(self._params[f"{name}.lora_b"]) for name in LORA_TARGETS if self.lora_rank
+        )
+
     def gradients(self) -> dict[str, np.ndarray]:
         """Copies of the accumulated (not yet applied) gradients of the trained parameters."""
         return {k: g.copy() for k, g in self._grads.items()}
 
     def zero_grad(self) -> None:
-        """Drop the accumulated gradients."""
+        """Drop the accumulated gradients (and their loss-token and sequence counts)."""
         for g in self._grads.values():
             g.fill(0.0)
+        self._acc_tokens = 0
+        self._acc_sequences = 0
+
+    @property
+    def accumulated(self) -> tuple[int, int]:
+        """``(loss tokens, sequences)`` with a non-zero gradient since the last step."""
+        return self._acc_tokens, self._acc_sequences
 
     # ------------------------------------------------------------------ state
 
@@ -330,13 +369,27 @@ class TinyByteLM:
             self._adam.reset()
         self.zero_grad()
 
+    def load_adapter(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take the LoRA adapters (``param/<w>.lora_a|b``) of a ``state()`` checkpoint; the
+        base weights and the optimizer state are left alone, gradients are dropped."""
+        keys = [f"{n}.lora_{ab}" for n in LORA_TARGETS for ab in "ab"] if self.lora_rank else []
+        if not keys:
+            raise ModelInputError("adapter_path", "this model has no LoRA adapters")
+        for key in keys:
+            arr = np.asarray(state.get(f"param/{key}"))
+            if arr.shape != self._shapes[key] or arr.dtype.kind != "f":
+                raise ModelInputError("adapter_path", f"the checkpoint's {key} does not fit")
+        for key in keys:
+            self._params[key][...] = state[f"param/{key}"]
+        self.zero_grad()
+
     # ------------------------------------------------------------- training
 
     def forward_backward(
         self,
         batch: Sequence[DatumArrays],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float | str] | None = None,
+        loss_fn_config: Mapping[str, float | str | bool] | None = None,
         *,
         backward: bool,
     ) -> FwdBwdResult:
@@ -374,26 +427,79 @@ class TinyByteLM:
                     "are the sampler logprobs right?",
                 )
             self._backward(ctx, targets, out.grad, cache)
+            nonzero = out.grad != 0
+            self._acc_tokens += int(np.count_nonzero(nonzero))
+            per_sequence = np.add.reduceat(nonzero.astype(np.int64), starts_of(lengths))
+            self._acc_sequences += int(np.count_nonzero(per_sequence))
         split = np.split(lp.astype(np.float32), np.cumsum(lengths)[:-1])
         return FwdBwdResult(logprobs=split, metrics=dict(out.metrics))
 
-    def optim_step(self, adam: AdamConfig) -> dict[str, float]:
+    def optim_step(
+        self,
+        adam: AdamConfig,
+        *,
+        normalization: str | None = None,
+        grad_norm_metrics: str = "off",
+    ) -> dict[str, float]:
         """Apply the accumulated gradients with AdamW, then clear them.
 
-        Returns metrics ``grad_norm:mean`` (before clipping) and ``learning_rate:mean``.
+        ``normalization`` (``grad_accumulation_normalization``) first divides the accumulated
+        gradient by the number of loss tokens (``"num_loss_tokens"``) or sequences
+        (``"num_sequences"``) with a non-zero gradient since the last step (``None``/``"none"``:
+        as is; a count of 0 leaves the zero gradient alone). Returns metrics
+        ``grad_norm:mean`` (after normalization, before clipping) and ``learning_rate:mean``;
+        ``grad_norm_metrics`` ``"basic"`` adds ``grad_norm/global:mean`` (the same norm),
+        ``grad_norm/rms:mean`` (it over the square root of the element count) and
+        ``grad_norm/clipped:mean`` (after clipping); ``"detailed"`` also adds
+        ``grad_norm/param/<name>:mean`` per trained parameter.
         """
         adam.validate()
+        if normalization not in NORMALIZATIONS:
+            raise ModelInputError(
+                "grad_accumulation_normalization",
+                f"must be one of {sorted(n for n in NORMALIZATIONS if n)}, got {normalization!r}",
+            )
+        if grad_norm_metrics not in ("off", "basic", "detailed"):
+            raise ModelInputError(
+                "adam_params.emit_grad_norm_metrics",
+                f"must be off, basic, detailed or a bool, got {grad_norm_metrics!r}",
+            )
+        count = {"num_loss_tokens": self._acc_tokens, "num_sequences": self._acc_sequences}.get(
+            normalization or "none", 0
+        )
         with self._blas():
+            if count > 1:
+                for g in self._grads.values():
+                    g *= self._dtype(1.0 / count)
+            extra: dict[str, float] = {}
+            if grad_norm_metrics != "off":
+                norm = global_norm(self._grads)
+                size = sum(g.size for g in self._grads.values())
+                clip = adam.grad_clip_norm
+                extra = {
+                    "grad_norm/global:mean": norm,
+                    "grad_norm/rms:mean": norm / math.sqrt(size),
+                    "grad_norm/clipped:mean": min(norm, clip) if clip > 0 else norm,
+                }
+                if grad_norm_metrics == "detailed":
+                    for name, g in self._grads.items():
+                        extra[f"grad_norm/param/{name}:mean"] = global_norm({name: g})
             metrics = self._adam.step(self._params, self._grads, adam)
         self.zero_grad()
-        return metrics
+        return {**metrics, **extra}
 
     def _forward(self, ctx: np.ndarray) -> dict[str, np.ndarray]:
-        x = self._params["embed"][ctx].reshape(ctx.shape[0], -1)
+        # Each distinct context row is computed once: BLAS gemm rounds a row differently
+        # depending on where it sits in the matrix (OpenBLAS picks kernels by position and
+        # size), so identical positions of identical datums came out different in the last bit.
+        uniq, inverse = np.unique(ctx, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        x_u = self._params["embed"][uniq].reshape(uniq.shape[0], -1)
         w1, w2 = self._effective("w1"), self._effective("w2")
-        h = np.tanh(x @ w1 + self._params["b1"])
-        z = h @ w2 + self._params["b2"]
-        return {"x": x, "h": h, "w1": w1, "w2": w2, "logp_all": _log_softmax(z)}
+        h_u = np.tanh(x_u @ w1 + self._params["b1"])
+        logp_u = _log_softmax(h_u @ w2 + self._params["b2"])
+        return {"x": x_u[inverse], "h": h_u[inverse], "w1": w1, "w2": w2,
+                "logp_all": logp_u[inverse]}
 
     def _backward(
         self,
@@ -426,6 +532,12 @@ class TinyByteLM:
         self._grads["b1"] += da.sum(axis=0)
         dx = (da @ cache["w1"].T).reshape(ctx.shape[0] * CONTEXT, EMBED_DIM)
         np.add.at(self._grads["embed"], ctx.reshape(-1), dx)
+
+
+def starts_of(lengths: np.ndarray) -> np.ndarray:
+    """Start index of each sequence in the concatenation of sequences of ``lengths``."""
+    out: np.ndarray = np.cumsum(lengths) - lengths
+    return out
 
 
 def _validate_batch(

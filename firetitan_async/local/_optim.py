@@ -19,7 +19,7 @@ import numpy as np
 
 from ._input_error import ModelInputError
 
-__all__ = ["AdamConfig", "AdamW"]
+__all__ = ["AdamConfig", "AdamW", "global_norm"]
 
 
 @attrs.frozen

@@ -59,6 +59,7 @@ class OrderedExecutor:
         self._spawn = spawn
         self._on_compute = on_compute
         self._draining = False
+        self._idle_waiters: list[asyncio.Event] = []
 
     @property
     def next_seq(self) -> int:
@@ -106,6 +107,24 @@ class OrderedExecutor:
             self._draining = True
             self._spawn(self._drain())
 
+    async def wait_idle(self) -> None:
+        """Return once every parked operation that can run has run (an operation still
+        waiting for an earlier ``seq_id`` that never comes is dropped)."""
+        while self._draining or self._next in self._parked:
+            event = asyncio.Event()
+            self._idle_waiters.append(event)
+            await event.wait()
+        for request_id, _ in self._parked.values():
+            if request_id is not None:
+                self._futures.complete(
+                    request_id,
+                    FutureReply.failure(
+                        f"model {self.name} was unloaded while this operation waited for an "
+                        "earlier seq_id", "user"
+                    ),
+                )
+        self._parked.clear()
+
     async def _drain(self) -> None:
         try:
             while self._next in self._parked:
@@ -118,6 +137,10 @@ class OrderedExecutor:
         finally:
             self._draining = False
         self._kick()
+        if not self._draining:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for event in waiters:
+                event.set()
 
     def _run(self, op: Operation) -> FutureReply:
         start = time.perf_counter()

@@ -57,7 +57,7 @@ class ForwardBackwardSubmission:
     model_id: str
     seq_id: int
     loss_fn: str
-    loss_fn_config: dict[str, float | str]
+    loss_fn_config: dict[str, float | str | bool]
     forward_only: bool
     data: list[DatumArrays]
 
@@ -85,7 +85,7 @@ def decode_forward_backward(
         ) from None
     if not msg.model_id:
         raise ApiError(400, "model_id is missing")
-    config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
+    config: dict[str, float | str | bool] = {k: float(v) for k, v in msg.loss_fn_config.items()}
     for key, value in msg.loss_fn_config_v2.items():
         which = value.WhichOneof("value")
         if which == "number":
@@ -180,11 +180,20 @@ def _decode_csr(
 
 
 def encode_forward_backward_output(
-    logprobs: Sequence[np.ndarray], metrics: Mapping[str, float]
+    logprobs: Sequence[np.ndarray] | None,
+    metrics: Mapping[str, float],
+    *,
+    num_datums: int | None = None,
 ) -> bytes:
-    """``ForwardBackwardOutput`` with one ``logprobs`` (float32) field per datum."""
+    """``ForwardBackwardOutput`` with one ``logprobs`` (float32) field per datum; with
+    ``logprobs=None``, ``num_datums`` records with no fields (the aggregate loss only)."""
     out = pb.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord")
     record = out.loss_fn_outputs.add()
+    if logprobs is None:
+        record.num_datums = int(num_datums or 0)
+        for key, value in metrics.items():
+            out.metrics[key] = float(value)
+        return bytes(out.SerializeToString())
     record.num_datums = len(logprobs)
     field = record.fields["logprobs"]
     field.dtype = pb.DTYPE_FLOAT32

@@ -39,6 +39,9 @@ class ServerConfig:
     api_key: str | None = attrs.field(default=None, repr=False)
     long_poll_s: float = 30.0
     account_id: str = "local"
+    forward_backward_logprobs: bool = True
+    checkpoint_step_names: bool = False
+    checkpoint_list_details: bool = True
 
 
 class TaskSpawner:

@@ -43,6 +43,8 @@ class TrainingModel:
     last_base_path: str | None = None
     last_base_weights: dict[str, np.ndarray] | None = None
     optimizer_config: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "adamw"})
+    base_only: bool = False
+    adapter_loaded: bool = False
 
     @property
     def model_id(self) -> str:
@@ -82,6 +84,7 @@ class Registry:
         # Written from operation threads too (ephemeral sampler saves): single dict stores.
         self.samplers: dict[str, SamplingSession] = {}
         self.reserved_samplers: set[str] = set()
+        self.unloaded: set[str] = set()
 
     def new_session(self, *, job_id: str | None, user_metadata: Mapping[str, Any]) -> Session:
         """Create a session with a fresh, globally unique id."""
@@ -97,6 +100,8 @@ class Registry:
 
     def model(self, model_id: object) -> TrainingModel:
         """The training model, or ``ApiError(404)``."""
+        if isinstance(model_id, str) and model_id in self.unloaded:
+            raise ApiError(404, f"model {model_id!r} was unloaded (unload_model)")
         if not isinstance(model_id, str) or model_id not in self.models:
             raise ApiError(404, f"unknown model_id {model_id!r} (create it with create_model)")
         return self.models[model_id]

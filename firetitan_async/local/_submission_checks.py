@@ -27,7 +27,7 @@ _ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_
 
 
 def check_forward_backward(
-    loss_fn: str, loss_fn_config: Mapping[str, float | str], data: Sequence[DatumArrays]
+    loss_fn: str, loss_fn_config: Mapping[str, float | str | bool], data: Sequence[DatumArrays]
 ) -> None:
     """Raise ``ModelInputError`` naming the field (and datum) of the first problem."""
     resolve_config(loss_fn, loss_fn_config)

@@ -50,6 +50,15 @@ class LocalTrainer(ThreadedServerLifetime):
     not finished for ``stall_s`` seconds, and their result body stops half-way for
     ``body_stall_s`` seconds (``math.inf``: forever).
 
+    Knobs that make it behave like a dedicated Fireworks trainer (the SDK's
+    ``TINKER_COMPATIBILITY.md``): ``forward_backward_logprobs=False`` answers
+    ``forward_backward`` with the aggregate loss and metrics but no per-token logprobs (one
+    empty output per datum; ``forward`` still returns them); ``checkpoint_step_names=True``
+    stores every ``save_state`` as ``step-N`` (N = optimizer steps so far) whatever name was
+    asked for (the returned path is what counts); ``checkpoint_list_details=False`` leaves
+    ``time``, ``tinker_path`` and ``expires_at`` out of the tinker-form checkpoint listings
+    (``GET /api/v1/list_checkpoints`` is names only anyway).
+
     Example::
 
         with LocalTrainer(port=8080, latency_s=0.01) as lt:
@@ -72,6 +81,9 @@ class LocalTrainer(ThreadedServerLifetime):
         body_stall_s: float = 0.0,
         stall_endpoint: str | None = None,
         stall_count: int = 1,
+        forward_backward_logprobs: bool = True,
+        checkpoint_step_names: bool = False,
+        checkpoint_list_details: bool = True,
     ) -> None:
         if latency_s < 0 or warmup_s < 0 or long_poll_s <= 0:
             raise ValueError("latency_s and warmup_s must be >= 0 and long_poll_s > 0")
@@ -86,6 +98,9 @@ class LocalTrainer(ThreadedServerLifetime):
             seed=seed,
             api_key=api_key,
             long_poll_s=long_poll_s,
+            forward_backward_logprobs=forward_backward_logprobs,
+            checkpoint_step_names=checkpoint_step_names,
+            checkpoint_list_details=checkpoint_list_details,
         )
         self._stalls = StallPlan(
             stall_s=stall_s, body_stall_s=body_stall_s, endpoint=stall_endpoint, count=stall_count

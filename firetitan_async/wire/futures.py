@@ -23,14 +23,13 @@ from typing import Any, TypeVar
 import attrs
 import pydantic
 
-from .errors import FiretitanError
+from ..errors import ProtocolError
 
 __all__ = [
     "Accepted",
     "Done",
     "Failed",
     "MetadataOnly",
-    "ProtocolError",
     "RetrieveOutcome",
     "TryAgain",
     "classify_retrieve_reply",
@@ -43,26 +42,6 @@ T = TypeVar("T")
 _PROTO_CONTENT_TYPE = "application/x-protobuf"
 _ERROR_CATEGORIES = frozenset({"unknown", "server", "user"})
 _MAX_SNIPPET = 200
-
-
-class ProtocolError(FiretitanError):
-    """The server's reply does not follow the wire protocol (malformed JSON or protobuf,
-    missing or ill-typed fields, inconsistent sizes).
-
-    ``what`` names the reply (e.g. ``"retrieve_future reply"``), ``problem`` what is wrong.
-
-    Example::
-
-        try:
-            parse_accepted({"oops": 1})
-        except ProtocolError as exc:
-            print(exc.what, exc.problem)
-    """
-
-    def __init__(self, what: str, problem: str) -> None:
-        self.what = what
-        self.problem = problem
-        super().__init__(f"malformed {what}: {problem}")
 
 
 @attrs.frozen

@@ -16,11 +16,21 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
+import zstandard
 from tinker import types
+
+from ..errors import InvalidInput
+from . import ModelSpec, WireRequest
+from .chunking import split_batch
+from .futures import Done
+from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
+from .validation import validate_tinker_path, validate_ttl
 
 __all__ = [
     "PROTOCOL_SDK_VERSION",
     "REQUEST_TYPE",
+    "TINKER",
+    "TinkerDialect",
     "adam_params_json",
     "client_config_body",
     "create_model_body",
@@ -139,11 +149,15 @@ def create_model_body(
     base_model: str,
     lora_rank: int,
     user_metadata: Mapping[str, str] | None,
+    seed: int | None = None,
+    train_mlp: bool = True,
+    train_attn: bool = True,
+    train_unembed: bool = True,
 ) -> dict[str, Any]:
     """Body of ``POST /api/v1/create_model``.
 
-    ``lora_rank > 0`` sends the SDK's ``lora_config`` (all of unembed, MLP and attention
-    trained). ``lora_rank == 0`` means full-parameter training, which the 0.38 SDK cannot
+    ``lora_rank > 0`` sends the SDK's ``lora_config`` (``seed`` when given, and the three train
+    flags). ``lora_rank == 0`` means full-parameter training, which the 0.38 SDK cannot
     express; we send ``lora_config`` with ``rank: 0`` (Fireworks service-mode trainers and the
     local trainer read rank 0, or no ``lora_config``, as full-parameter).
 
@@ -159,12 +173,11 @@ def create_model_body(
     }
     if user_metadata is not None:
         body["user_metadata"] = dict(user_metadata)
-    body["lora_config"] = {
-        "rank": lora_rank,
-        "train_unembed": True,
-        "train_mlp": True,
-        "train_attn": True,
-    }
+    lora: dict[str, Any] = {"rank": lora_rank}
+    if seed is not None:
+        lora["seed"] = seed
+    lora.update(train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn)
+    body["lora_config"] = lora
     body["optimizer_config"] = {"type": "adamw"}
     body["type"] = "create_model"
     return body
@@ -333,3 +346,158 @@ def retrieve_future_body(request_id: str, *, allow_metadata_only: bool) -> dict[
         # {"request_id": "req-1", "allow_metadata_only": True}
     """
     return {"request_id": request_id, "allow_metadata_only": allow_metadata_only}
+
+
+_PROTO = "application/x-protobuf"
+
+
+class TinkerDialect:
+    """The tinker SDK 0.38 wire (``protocol/tinker-wire.md``), byte for byte.
+
+    Example::
+
+        TINKER.fwdbwd_request("forward_backward", model_id="s:train:0", seq_id=1, data=batch,
+                              loss_fn="cross_entropy", loss_fn_config=None, client_config={})
+    """
+
+    name: Literal["tinker"] = "tinker"
+    fetches_client_config = True
+    finishes_session = True
+    fetches_info = True
+    fwdbwd_accept = _PROTO
+
+    def __repr__(self) -> str:
+        return "TinkerDialect()"
+
+    def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
+        """Body of ``create_session`` (``sdk_version`` 0.38.0)."""
+        return create_session_body(user_metadata=user_metadata)
+
+    def create_model_body(
+        self,
+        spec: ModelSpec,
+        *,
+        session_id: str,
+        model_seq_id: int,
+        user_metadata: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        """Body of ``create_model``; ``base_only`` and a LoRA ``alpha`` other than 32 do not
+        exist in this dialect."""
+        if spec.base_only:
+            raise InvalidInput(
+                "base_only", "the tinker dialect has no base-only (frozen reference) model"
+            )
+        if spec.lora_alpha != 32:
+            raise InvalidInput("lora_alpha", "the tinker dialect cannot send a LoRA alpha")
+        return create_model_body(
+            session_id=session_id,
+            model_seq_id=model_seq_id,
+            base_model=spec.base_model,
+            lora_rank=spec.lora_rank,
+            user_metadata=user_metadata,
+            seed=spec.seed,
+            train_mlp=spec.train_mlp,
+            train_attn=spec.train_attn,
+            train_unembed=spec.train_unembed,
+        )
+
+    def split(
+        self, data: Sequence[types.Datum], client_config: Mapping[str, Any]
+    ) -> list[list[types.Datum]]:
+        """Chunks by the server's ``client/config`` limits (the tinker SDK's estimate)."""
+        return split_batch(
+            data,
+            max_len=int(client_config.get("fwdbwd_max_chunk_len") or 1024),
+            max_bytes=int(client_config.get("fwdbwd_max_chunk_bytes_count") or 5_000_000),
+        )
+
+    def fwdbwd_request(
+        self,
+        op: Literal["forward", "forward_backward"],
+        *,
+        model_id: str,
+        seq_id: int,
+        data: Sequence[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, Any] | None,
+        client_config: Mapping[str, Any],
+    ) -> WireRequest:
+        """A protobuf ``forward_backward`` (``forward_only`` for ``forward``), zstd when the
+        server's config asks for it."""
+        body = encode_forward_backward_request(
+            model_id=model_id,
+            seq_id=seq_id,
+            data=data,
+            loss_fn=loss_fn,
+            loss_fn_config=loss_fn_config,
+            forward_only=op == "forward",
+        )
+        headers = None
+        if client_config.get("proto_compress_fwdbwd"):
+            body = zstandard.ZstdCompressor().compress(body)
+            headers = {"Content-Encoding": "zstd"}
+        return WireRequest("/api/v1/forward_backward", body, _PROTO, headers)
+
+    def decode_fwdbwd(self, done: Done) -> types.ForwardBackwardOutput:
+        """The protobuf ``ForwardBackwardOutput``."""
+        return decode_forward_backward_output(done.payload)
+
+    def check_ttl(self, ttl_seconds: int | None) -> None:
+        """``None`` or an int > 0."""
+        validate_ttl(ttl_seconds)
+
+    def check_load_path(self, path: str, *, field: str = "path") -> str:
+        """A ``tinker://`` path (``cross_job://`` and logical names are Fireworks-only)."""
+        if isinstance(path, str) and path.startswith("cross_job://"):
+            raise InvalidInput(
+                field, "the tinker dialect cannot load a cross_job:// reference (Fireworks only)"
+            )
+        validate_tinker_path(path, field=field)
+        return path
+
+    def save_weights_body(
+        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        """Body of ``save_weights``."""
+        return save_weights_body(
+            model_id=model_id, seq_id=seq_id, name=name, ttl_seconds=ttl_seconds
+        )
+
+    def load_weights_body(
+        self, *, model_id: str, seq_id: int, path: str, optimizer: bool
+    ) -> dict[str, Any]:
+        """Body of ``load_weights``."""
+        return load_weights_body(model_id=model_id, seq_id=seq_id, path=path, optimizer=optimizer)
+
+    def sampler_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        name: str,
+        ttl_seconds: int | None,
+        checkpoint_type: str | None,
+        export_precision: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Body of a named ``save_weights_for_sampler`` (``kind: snapshot``); ``merged_base``,
+        ``export_precision`` and ``metadata`` are Fireworks-only."""
+        if checkpoint_type == "merged_base":
+            raise InvalidInput(
+                "checkpoint_type", "the tinker dialect cannot save a merged_base (Fireworks only)"
+            )
+        if export_precision is not None:
+            raise InvalidInput("export_precision", "is Fireworks-only (tinker dialect)")
+        if metadata is not None:
+            raise InvalidInput("metadata", "is Fireworks-only (tinker dialect)")
+        return save_weights_for_sampler_body(
+            model_id=model_id,
+            seq_id=seq_id,
+            name=name,
+            ttl_seconds=ttl_seconds,
+            checkpoint_type=checkpoint_type,
+        )
+
+
+TINKER = TinkerDialect()
+"""The tinker dialect."""

@@ -18,12 +18,12 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tinker import types
 
-from ._wire_futures import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["estimate_datum_bytes", "merge_outputs", "split_batch"]
 
@@ -64,12 +64,17 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
 
 
 def split_batch(
-    data: Sequence[types.Datum], *, max_len: int = 1024, max_bytes: int = 5_000_000
+    data: Sequence[types.Datum],
+    *,
+    max_len: int = 1024,
+    max_bytes: int = 5_000_000,
+    estimate: Callable[[types.Datum], int] | None = None,
 ) -> list[list[types.Datum]]:
     """Split ``data`` into consecutive chunks, by the SDK's rule (order is kept).
 
     ``max_len`` and ``max_bytes`` come from the server's ``client/config``
-    (``fwdbwd_max_chunk_len``, ``fwdbwd_max_chunk_bytes_count``). An empty batch gives ``[]``.
+    (``fwdbwd_max_chunk_len``, ``fwdbwd_max_chunk_bytes_count``); ``estimate`` sizes a datum
+    (default: :func:`estimate_datum_bytes`, the tinker SDK's). An empty batch gives ``[]``.
 
     Example::
 
@@ -81,7 +86,7 @@ def split_batch(
     current: list[types.Datum] = []
     current_bytes = 0
     for datum in data:
-        size = estimate_datum_bytes(datum)
+        size = (estimate or estimate_datum_bytes)(datum)
         if current and (current_bytes + size > max_bytes or len(current) >= max_len):
             chunks.append(current)
             current = []
@@ -100,7 +105,7 @@ def merge_outputs(outputs: Sequence[types.ForwardBackwardOutput]) -> types.Forwa
     and its reduction suffix is known (unknown suffixes are dropped, like the SDK); a ``unique``
     metric keeps every chunk's value as ``key``, ``key_1``, ``key_2``, … If no chunk has any
     output datum, ``mean`` and ``slack`` fall back to unweighted (where the SDK would divide by
-    zero). Raises :class:`~firetitan_async._wire_futures.ProtocolError` for a metric key that is
+    zero). Raises :class:`~firetitan_async.errors.ProtocolError` for a metric key that is
     not ``name:reduction``.
 
     Example::

@@ -28,8 +28,7 @@ from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.types.tensor_dtype import TensorDtype
 
-from ._wire_futures import ProtocolError
-from .errors import InvalidInput
+from ..errors import InvalidInput, ProtocolError
 
 __all__ = ["decode_forward_backward_output", "encode_forward_backward_request"]
 
@@ -190,7 +189,7 @@ def decode_forward_backward_output(payload: bytes) -> types.ForwardBackwardOutpu
 
     Ragged results arrive as several records and are concatenated; int32 values widen to
     int64 and bfloat16 to float32; each datum's shape is ``[n / prod(trailing), *trailing]``.
-    Raises :class:`~firetitan_async._wire_futures.ProtocolError` on a malformed payload.
+    Raises :class:`~firetitan_async.errors.ProtocolError` on a malformed payload.
 
     Example::
 

@@ -22,9 +22,10 @@ import attrs
 import numpy as np
 from tinker import types
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = [
+    "FIREWORKS_LOSS_INPUTS",
     "KNOWN_LOSS_FUNCTIONS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
@@ -47,6 +48,14 @@ REQUIRED_LOSS_INPUTS: Mapping[str, tuple[str, ...]] = {
     "stable_reinforce": _RL_INPUTS,
 }
 """The ``loss_fn_inputs`` each built-in loss needs (per token, shape ``(N,)``)."""
+
+FIREWORKS_LOSS_INPUTS: Mapping[str, tuple[str, ...]] = {
+    **{k: v for k, v in REQUIRED_LOSS_INPUTS.items() if k != "stable_reinforce"},
+    "dapo": _RL_INPUTS,
+    "dppo": _RL_INPUTS,
+    "reinforce": ("target_tokens", "advantages"),
+}
+"""The losses of the Fireworks SDK's ``LossFnType`` and the inputs we require of them."""
 
 KNOWN_LOSS_FUNCTIONS: frozenset[str] = frozenset(REQUIRED_LOSS_INPUTS)
 """The loss functions a forward/backward may name (``custom`` needs a server-side handle
@@ -97,7 +106,11 @@ class ParsedPath:
 
 
 def validate_forward_backward(
-    data: Sequence[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None
+    data: Sequence[types.Datum],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, Any] | None,
+    *,
+    dialect: str = "tinker",
 ) -> None:
     """Check a ``forward``/``forward_backward`` call before it is sent.
 
@@ -113,19 +126,20 @@ def validate_forward_backward(
         validate_forward_backward([datum], "ppo", {"clip_low_threshold": 0.8,
                                                    "clip_high_threshold": 1.2})
     """
-    if not isinstance(loss_fn, str) or loss_fn not in KNOWN_LOSS_FUNCTIONS:
+    losses = FIREWORKS_LOSS_INPUTS if dialect == "fireworks" else REQUIRED_LOSS_INPUTS
+    if not isinstance(loss_fn, str) or loss_fn not in losses:
         hint = " (use forward_backward_custom for a custom loss)" if loss_fn == "custom" else ""
         raise InvalidInput(
             "loss_fn",
-            f"unknown loss function {loss_fn!r}; expected one of "
-            f"{', '.join(sorted(KNOWN_LOSS_FUNCTIONS))}{hint}",
+            f"unknown loss function {loss_fn!r} in the {dialect} dialect; expected one of "
+            f"{', '.join(sorted(losses))}{hint}",
         )
-    _validate_loss_fn_config(loss_fn_config)
+    _validate_loss_fn_config(loss_fn_config, allow_bool=dialect == "fireworks")
     if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
         raise InvalidInput("data", f"must be a list of Datum, got {type(data).__name__}")
     if len(data) == 0:
         raise InvalidInput("data", "is empty; pass at least one Datum")
-    required = REQUIRED_LOSS_INPUTS[loss_fn]
+    required = losses[loss_fn]
     # Value checks (finiteness, sign) are batched per input name: one numpy pass per batch.
     deferred: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
     for index, datum in enumerate(data):
@@ -175,7 +189,7 @@ def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> 
             )
 
 
-def _validate_loss_fn_config(config: Mapping[str, Any] | None) -> None:
+def _validate_loss_fn_config(config: Mapping[str, Any] | None, *, allow_bool: bool) -> None:
     if config is None:
         return
     if not isinstance(config, Mapping):
@@ -184,17 +198,18 @@ def _validate_loss_fn_config(config: Mapping[str, Any] | None) -> None:
         field = f"loss_fn_config.{key}"
         if not isinstance(key, str) or not key:
             raise InvalidInput("loss_fn_config", f"keys must be non-empty strings, got {key!r}")
-        if isinstance(value, str):
+        if isinstance(value, str) or (allow_bool and isinstance(value, bool)):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(field, f"must be a float or a str, got {type(value).__name__}")
+            kinds = "a float, a str or a bool" if allow_bool else "a float or a str"
+            raise InvalidInput(field, f"must be {kinds}, got {type(value).__name__}")
         if not math.isfinite(value):
             raise InvalidInput(field, f"must be finite, got {value!r}")
     low, high = (config.get(k) for k in _CLIP_KEYS)
     for key, value in zip(_CLIP_KEYS, (low, high), strict=True):
         if value is None:
             continue
-        if isinstance(value, str):
+        if isinstance(value, (str, bool)):
             raise InvalidInput(f"loss_fn_config.{key}", "must be a number")
         if value <= 0:
             raise InvalidInput(f"loss_fn_config.{key}", f"must be > 0, got {value!r}")

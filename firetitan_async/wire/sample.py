@@ -23,8 +23,8 @@ from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.types.topk_logprobs import TopkLogprobs
 
-from ._wire_futures import ProtocolError
-from ._wire_fwdbwd import _PROTO_TO_NUMPY, _PROTO_TO_TENSOR_DTYPE  # one dtype table
+from ..errors import ProtocolError
+from .fwdbwd import _PROTO_TO_NUMPY, _PROTO_TO_TENSOR_DTYPE  # one dtype table
 
 __all__ = ["decode_sample_response", "prompt_logprobs_of", "sample_request_body"]
 
@@ -78,7 +78,7 @@ def decode_sample_response(payload: bytes, sequence_ids: Sequence[str]) -> types
 
     Tokens come back as int32 arrays, logprobs as float32; prompt logprobs keep ``NaN`` where
     there is no value (``response.prompt_logprobs`` shows those as ``None``). Raises
-    :class:`~firetitan_async._wire_futures.ProtocolError` on a malformed payload or when the
+    :class:`~firetitan_async.errors.ProtocolError` on a malformed payload or when the
     number of ids differs from the number of sequences.
 
     Example::
@@ -158,7 +158,7 @@ def prompt_logprobs_of(response: types.SampleResponse) -> list[float | None]:
     """The prompt's per-token logprobs (``None`` where there is none, e.g. the first token),
     i.e. what ``compute_logprobs`` returns.
 
-    Raises :class:`~firetitan_async._wire_futures.ProtocolError` if the server sent none.
+    Raises :class:`~firetitan_async.errors.ProtocolError` if the server sent none.
 
     Example::
 
