@@ -58,6 +58,12 @@ class Deadlines:
 
     Saving and loading state get ``compute_s=7200`` by default (see :data:`DEFAULT_DEADLINES`).
 
+    A blown deadline never cancels the operation on the server, unless ``cancel_on_timeout``
+    is set *and* the operation is a ``sample`` in the tinker dialect: then the client also
+    sends ``cancel_future`` for it (best effort; a server without sampling cancel ignores it).
+    Training operations cannot be cancelled on either wire: the server runs a model's
+    operations in sequence-id order and cannot skip one.
+
     Example::
 
         Deadlines(compute_s=120, stall_warning_s=30)       # a small model: fail fast
@@ -69,6 +75,7 @@ class Deadlines:
     compute_s: float | None = attrs.field(default=3600.0, validator=_budget)
     transfer_s: float | None = attrs.field(default=300.0, validator=_budget)
     stall_warning_s: float | None = attrs.field(default=300.0, validator=_budget)
+    cancel_on_timeout: bool = False
 
     def budget(self, phase: Phase) -> float | None:
         """The budget of ``phase`` in seconds (``None``: no limit).

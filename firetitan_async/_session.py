@@ -29,6 +29,7 @@ from .wire import Dialect, DialectName, ModelSpec, dialect_named
 from .wire import fireworks as fw
 from .wire.futures import decode_json_result
 from .wire.tinker import (
+    cancel_future_body,
     client_config_body,
     create_sampling_session_body,
     finish_session_body,
@@ -175,7 +176,10 @@ class ServiceSession:
         if on_event is not None:
             self._events.add_hook(on_event)
         self._monitor = OperationMonitor(
-            self._events, DeadlinePolicy(deadlines), Redactor.of(self._api_key)
+            self._events,
+            DeadlinePolicy(deadlines),
+            Redactor.of(self._api_key),
+            cancel=self._cancel_on_server,
         )
 
     @classmethod
@@ -309,6 +313,21 @@ class ServiceSession:
                 )
             except FiretitanError as exc:
                 logger.debug("could not unload model %s: %s", model_id, exc)
+
+    async def _cancel_on_server(self, pending: Pending[Any]) -> None:
+        """Best-effort ``cancel_future`` for a timed-out ``sample`` (tinker dialect only: no
+        wire can cancel a training operation, and the Fireworks SDK has no cancel)."""
+        if pending.name != "sample" or pending.request_id is None or self.dialect != "tinker":
+            return
+        try:
+            await self.transport.call(
+                "POST",
+                "/api/v1/cancel_future",
+                json_body=cancel_future_body(pending.request_id),
+                retry=False,
+            )
+        except FiretitanError as exc:
+            logger.debug("could not cancel %s on the server: %s", pending.request_id, exc)
 
     def _check_open(self) -> None:
         if self._closed:

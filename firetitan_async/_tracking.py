@@ -42,6 +42,8 @@ T = TypeVar("T")
 logger = logging.getLogger("firetitan_async.operations")
 
 _PAUSED = frozenset({"paused_capacity", "paused_rate_limit"})
+# How long the best-effort server-side cancel of a timed-out operation may take.
+_CANCEL_TIMEOUT_S = 5.0
 # The stall watcher looks at least this often while operations are running.
 _MAX_WATCH_INTERVAL_S = 5.0
 
@@ -257,10 +259,18 @@ class Tracker:
 class OperationMonitor:
     """Tracks a session's running operations: deadlines, stall reports, events."""
 
-    def __init__(self, hub: EventHub, policy: DeadlinePolicy, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        policy: DeadlinePolicy,
+        redactor: Redactor,
+        *,
+        cancel: Callable[[Pending[Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self.hub = hub
         self.policy = policy
         self._redactor = redactor
+        self._cancel = cancel
         self._ids = itertools.count(1)
         self._active: set[Tracker] = set()
         self._wake: anyio.Event | None = None
@@ -296,7 +306,11 @@ class OperationMonitor:
                 tracker._apply_deadline()
                 result = await work()
             if scope.cancelled_caught:
-                raise tracker.timeout()
+                error = tracker.timeout()
+                if tracker.deadlines.cancel_on_timeout and self._cancel is not None:
+                    with anyio.move_on_after(_CANCEL_TIMEOUT_S, shield=True):
+                        await self._cancel(pending)
+                raise error
         except BaseException as exc:
             tracker._emit("failed", detail=self._redactor.exception(exc))
             raise

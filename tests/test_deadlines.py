@@ -224,3 +224,36 @@ def test_bad_deadlines_are_refused_naming_the_field() -> None:
         ServiceSession("http://127.0.0.1:1", deadlines={"save_sate": Deadlines()})
     with pytest.raises(InvalidInput, match=r"deadlines\['optim_step'\]"):
         DeadlinePolicy({"optim_step": 5})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "cancel"), [("asample", True), ("asample", False), ("forward_backward", True)]
+)
+async def test_cancel_on_timeout_cancels_only_a_sample(endpoint: str, cancel: bool) -> None:
+    cancelled: list[str] = []
+
+    async def intercept(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == "/api/v1/cancel_future":
+            cancelled.append(request.read().decode())
+            return httpx.Response(200, json={})
+        return None
+
+    deadlines = Deadlines(compute_s=0.5, stall_warning_s=None, cancel_on_timeout=cancel)
+    with LocalTrainer(stall_s=math.inf, stall_endpoint=endpoint, long_poll_s=0.2) as lt:
+        async with ServiceSession(
+            lt.base_url, dialect="tinker", transport=Proxy(intercept), deadlines=deadlines
+        ) as session:
+            sampler = await session.create_sampling_client(base_model=MODEL)
+            client = await session.create_training_client(MODEL)
+            prompt = types.ModelInput.from_ints(list(b"Say: "))
+            params = types.SamplingParams(max_tokens=4, seed=1)
+            if endpoint == "asample":
+                pending = sampler.sample(prompt, 1, params)
+            else:
+                pending = client.forward_backward(BATCH, "cross_entropy")
+            with anyio.fail_after(10), pytest.raises(OperationTimeout):
+                await pending
+            assert len((await sampler.sample(prompt, 1, params)).sequences) == 1
+            await client.optim_step(ADAM)
+    sample_cancel = endpoint == "asample" and cancel
+    assert cancelled == ([f'{{"request_id":"{pending.request_id}"}}'] if sample_cancel else [])
