@@ -75,7 +75,10 @@ class Tracker:
         self.deadlines = deadlines
         self.tokens = tokens
         self.started_at = now
-        self.phase: Phase | None = "submit"
+        # No phase (and no deadline) until the operation's own first submission: an operation
+        # that first waits for others (unload_model drains, a composite that awaits an inner
+        # operation) is only bounded by theirs.
+        self.phase: Phase | None = None
         self._phase_started = now
         self._spent: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.last_progress = now
@@ -92,6 +95,11 @@ class Tracker:
         self._scope: anyio.CancelScope | None = None
 
     # -- what the transport reports ----------------------------------------------------------
+
+    def submitting(self) -> None:
+        """A submission is about to be sent (the first one starts the ``submit`` phase)."""
+        if self.phase is None and not self._accepted:
+            self._move("submit")
 
     def accepted(self, request_id: str) -> None:
         """A submission was accepted (for a chunked operation, the first one counts)."""

@@ -180,6 +180,8 @@ class Transport:
         The ``X-Idempotency-Key`` is generated once and reused for every retry, so the server
         applies the operation at most once however many times the request is sent.
         """
+        if (tracker := current_tracker()) is not None:
+            tracker.submitting()
         body = content if content is not None else _dumps(json_body)
         all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
         if headers:

@@ -257,3 +257,17 @@ async def test_cancel_on_timeout_cancels_only_a_sample(endpoint: str, cancel: bo
             await client.optim_step(ADAM)
     sample_cancel = endpoint == "asample" and cancel
     assert cancelled == ([f'{{"request_id":"{pending.request_id}"}}'] if sample_cancel else [])
+
+
+async def test_time_spent_waiting_for_earlier_operations_is_not_a_phase() -> None:
+    # unload_model first drains the model's earlier operations: that wait must not count
+    # against its own submit budget (its phases start with its own submission).
+    deadlines = {"unload_model": Deadlines(submit_s=0.5)}
+    with LocalTrainer(stall_s=1.0, stall_endpoint="forward_backward", long_poll_s=0.2) as lt:
+        async with ServiceSession(lt.base_url, dialect="fireworks", deadlines=deadlines) as session:
+            client = await session.create_training_client(MODEL)
+            fb = client.forward_backward(BATCH, "cross_entropy")
+            unload = client.unload_model()
+            with anyio.fail_after(10):
+                await unload
+            assert fb.done()
