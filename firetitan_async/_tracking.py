@@ -100,6 +100,7 @@ class Tracker:
         """A submission is about to be sent (the first one starts the ``submit`` phase)."""
         if self.phase is None and not self._accepted:
             self._move("submit")
+            self._monitor.watch(self)
 
     def accepted(self, request_id: str) -> None:
         """A submission was accepted (for a chunked operation, the first one counts)."""
@@ -305,8 +306,6 @@ class OperationMonitor:
         )
         token = _CURRENT.set(tracker)
         self._active.add(tracker)
-        if tracker.next_stall_report_at() < self._next_look and self._wake is not None:
-            self._wake.set()
         tracker._emit("submitted")
         try:
             with anyio.CancelScope() as scope:
@@ -328,6 +327,11 @@ class OperationMonitor:
             _CURRENT.reset(token)
         tracker._emit("finished", now=tracker._move(None))
         return result
+
+    def watch(self, tracker: Tracker) -> None:
+        """Make sure the stall watcher looks at ``tracker`` in time (it just started)."""
+        if tracker.next_stall_report_at() < self._next_look and self._wake is not None:
+            self._wake.set()
 
     async def watch_stalls(self) -> None:
         """Report stalled operations until cancelled (runs in the session's task group)."""

@@ -63,7 +63,8 @@ async def test_a_20_step_run_emits_exactly_the_expected_events_in_order(
     assert times == sorted(times)
     for done in (e for e in hooked if e.kind == "finished"):
         assert done.phase is None and done.retries == 0
-        assert sum(done.phase_s.values()) == pytest.approx(done.elapsed_s, abs=1e-6)
+        # the phases start with the operation's first submission, a moment after submitted
+        assert 0 < sum(done.phase_s.values()) <= done.elapsed_s
         assert done.phase_s["queue"] == 0.0 and done.phase_s["compute"] > 0
 
 
