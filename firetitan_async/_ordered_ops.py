@@ -94,10 +94,11 @@ class OrderedOps:
                 )
                 raise
             except SubmissionLost as exc:
-                self._break(seqs, exc)
+                if seqs:  # (an operation without ids only relays an inner one's loss)
+                    self._break(seqs, exc)
                 pending._set_exception(exc)
             except OperationTimeout as exc:
-                if exc.phase == "submit":  # maybe never delivered: the server may wait forever
+                if exc.phase == "submit" and seqs:  # maybe never delivered: a gap forever
                     self._break(seqs, SubmissionLost(str(exc)))
                 pending._set_exception(exc)
             except Exception as exc:

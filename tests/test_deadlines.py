@@ -271,3 +271,28 @@ async def test_time_spent_waiting_for_earlier_operations_is_not_a_phase() -> Non
             with anyio.fail_after(10):
                 await unload
             assert fb.done()
+
+
+async def test_a_composite_operation_whose_inner_submission_times_out_fails_cleanly() -> None:
+    # fireworks save_weights_for_sampler awaits an inner save_weights_for_sampler_ext; the
+    # inner submission never gets a reply.
+    async def intercept(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == "/api/v1/save_weights_for_sampler":
+            await anyio.sleep_forever()
+        return None
+
+    with LocalTrainer() as lt:
+        async with ServiceSession(
+            lt.base_url,
+            dialect="fireworks",
+            transport=Proxy(intercept),
+            deadlines=Deadlines(submit_s=0.3),
+        ) as session:
+            client = await session.create_training_client(MODEL)
+            with anyio.fail_after(5):
+                with pytest.raises(OperationTimeout) as caught:
+                    await client.save_weights_for_sampler("snap")
+                with pytest.raises(SubmissionLost):
+                    await client.optim_step(ADAM)
+    assert caught.value.phase == "submit"
+    assert caught.value.operation == "save_weights_for_sampler_ext"
