@@ -46,7 +46,7 @@ class OperationEvent:
     """One thing that happened to one operation.
 
     ``op_id`` ties the events of one operation together (unique within a session). ``time`` is
-    the event loop's clock (``anyio.current_time()``) and ``wall_time`` the Unix time;
+    ``time.monotonic()`` and ``wall_time`` the Unix time;
     ``elapsed_s`` counts from ``submitted`` and ``phase_s`` holds the seconds spent so far in
     each phase (``submit``, ``queue``, ``compute``, ``transfer``). ``queue_state`` and
     ``request_type`` are what the server last said and the ``X-Tinker-Request-Type`` polled;

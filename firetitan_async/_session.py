@@ -237,7 +237,7 @@ class ServiceSession:
         self._idle.set()
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
-        self._task_group.start_soon(self._monitor.watch_stalls)
+        self._task_group.start_soon(self._monitor.watch)
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)

@@ -1,17 +1,20 @@
 """Operation tracking: phases, deadlines, stall reports and events of every operation.
 
-:meth:`OperationMonitor.track` runs one operation's work inside a cancel scope whose deadline
-follows the operation's phase (submit → compute/queue → transfer, see
+:meth:`OperationMonitor.track` runs one operation's work inside a cancel scope, and the
+operation's deadline follows its phase (submit → compute/queue → transfer, see
 :mod:`~firetitan_async._deadlines`). The transport reports what it sees — the request
 accepted, a retry, a reply's headers, a ``try_again`` and its queue state, the result — to the
 operation's :class:`Tracker`, which it finds through a context variable: the operation's task
 (and the tasks it starts) carry it, so neither the clients nor the wire layer pass it around.
 
-When a phase's budget runs out the scope is cancelled: the HTTP wait ends, the operation fails
-with :class:`~firetitan_async.OperationTimeout`, and nothing is sent to the server (the
-operation goes on there; later operations are not affected). One task per session watches for
-stalls: an operation without progress for ``stall_warning_s`` gets a ``stalled`` event and a
-WARNING on the ``firetitan_async`` loggers naming it and what the server last said.
+One task per session, the watcher, sleeps until the earliest deadline or stall report of all
+running operations (a phase change only wakes it when it brings that moment closer, so an
+operation costs no timer of its own). When a phase's budget runs out it cancels that
+operation's scope: the HTTP wait ends, the operation fails with
+:class:`~firetitan_async.OperationTimeout`, and nothing is sent to the server (the operation
+goes on there; later operations are not affected). An operation without progress for
+``stall_warning_s`` gets a ``stalled`` event and a WARNING on the ``firetitan_async``
+loggers naming it and what the server last said.
 
 Example::
 
@@ -47,6 +50,8 @@ _CANCEL_TIMEOUT_S = 5.0
 # The stall watcher looks at least this often while operations are running.
 _MAX_WATCH_INTERVAL_S = 5.0
 
+_now = time.monotonic
+
 _CURRENT: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar(
     "firetitan_async_tracker", default=None
 )
@@ -68,7 +73,7 @@ class Tracker:
         deadlines: Deadlines,
         tokens: int | None,
     ) -> None:
-        now = anyio.current_time()
+        now = _now()
         self._monitor = monitor
         self.op_id = op_id
         self.pending = pending
@@ -93,6 +98,9 @@ class Tracker:
         self._in_body = False
         self._before_body: Phase | None = None
         self._scope: anyio.CancelScope | None = None
+        #: When the current phase's budget runs out (``time.monotonic()``; ``inf``: never).
+        self.deadline_at = math.inf
+        self._expired: Phase | None = None
 
     # -- what the transport reports ----------------------------------------------------------
 
@@ -100,7 +108,7 @@ class Tracker:
         """A submission is about to be sent (the first one starts the ``submit`` phase)."""
         if self.phase is None and not self._accepted:
             self._move("submit")
-            self._monitor.watch(self)
+            self._monitor.look_by(self.next_stall_report_at())
 
     def accepted(self, request_id: str) -> None:
         """A submission was accepted (for a chunked operation, the first one counts)."""
@@ -155,15 +163,14 @@ class Tracker:
         elif self.phase == "queue":
             self._move("compute")
             self._emit("started")
-        else:
-            self._move("compute")
 
-    def result_ready(self) -> None:
-        """The result (or a metadata-only reply announcing it) has been read."""
+    def result_ready(self, *, final: bool = True) -> None:
+        """The result (``final``) or a metadata-only reply announcing it has been read."""
         self._in_body = False
-        self.last_said = "the result"
+        self.last_said = "the result" if final else "the result is ready (metadata only)"
         self._progress()
-        self._move("compute")
+        if not final:  # the result itself is fetched next: the operation waits again
+            self._move("compute")
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -171,12 +178,12 @@ class Tracker:
         """Seconds spent in each phase so far."""
         spent = dict(self._spent)
         if self.phase is not None:
-            now = anyio.current_time() if now is None else now
+            now = _now() if now is None else now
             spent[self.phase] += now - self._phase_started
         return spent
 
     def _move(self, phase: Phase | None) -> float:
-        now = anyio.current_time()
+        now = _now()
         if self.phase is not None:
             self._spent[self.phase] += now - self._phase_started
         self.phase, self._phase_started = phase, now
@@ -184,22 +191,27 @@ class Tracker:
         return now
 
     def _apply_deadline(self) -> None:
-        scope = self._scope
-        if scope is None:
-            return
         budget = None if self.phase is None else self.deadlines.budget(self.phase)
-        if budget is None or self.phase is None:
-            scope.deadline = math.inf
+        if budget is None or self.phase is None or self._scope is None:
+            self.deadline_at = math.inf
         else:
-            scope.deadline = self._phase_started + budget - self._spent[self.phase]
+            self.deadline_at = self._phase_started + budget - self._spent[self.phase]
+            self._monitor.look_by(self.deadline_at)
+
+    def expire(self) -> None:
+        """The current phase's budget ran out: end the operation's wait (the watcher calls)."""
+        if self._scope is not None and self._expired is None:
+            self._expired = self.phase
+            self.deadline_at = math.inf
+            self._scope.cancel()
 
     def _progress(self) -> None:
-        self.last_progress = anyio.current_time()
+        self.last_progress = _now()
         self.stall_reports = 0
 
     def timeout(self) -> OperationTimeout:
         """The error for the phase whose budget ran out."""
-        phase = self.phase or "compute"
+        phase = self._expired or self.phase or "compute"
         return OperationTimeout(
             self.pending.name,
             seq_id=self.pending.seq_id,
@@ -243,7 +255,7 @@ class Tracker:
         hub = self._monitor.hub
         if not hub.listening:
             return
-        now = anyio.current_time() if now is None else now
+        now = _now() if now is None else now
         hub.emit(
             OperationEvent(
                 kind=kind,
@@ -310,7 +322,6 @@ class OperationMonitor:
         try:
             with anyio.CancelScope() as scope:
                 tracker._scope = scope
-                tracker._apply_deadline()
                 result = await work()
             if scope.cancelled_caught:
                 error = tracker.timeout()
@@ -328,22 +339,25 @@ class OperationMonitor:
         tracker._emit("finished", now=tracker._move(None))
         return result
 
-    def watch(self, tracker: Tracker) -> None:
-        """Make sure the stall watcher looks at ``tracker`` in time (it just started)."""
-        if tracker.next_stall_report_at() < self._next_look and self._wake is not None:
+    def look_by(self, at: float) -> None:
+        """Make sure the watcher looks at the operations again no later than ``at``."""
+        if at < self._next_look and self._wake is not None:
+            self._next_look = at
             self._wake.set()
 
-    async def watch_stalls(self) -> None:
-        """Report stalled operations until cancelled (runs in the session's task group)."""
+    async def watch(self) -> None:
+        """Enforce deadlines and report stalls until cancelled (in the session's task group)."""
         while True:
-            now = anyio.current_time()
+            now = _now()
             due = math.inf
             for tracker in tuple(self._active):
+                if tracker.deadline_at <= now:
+                    tracker.expire()
                 at = tracker.next_stall_report_at()
                 if at <= now:
                     self._report(tracker, now)
                     at = tracker.next_stall_report_at()
-                due = min(due, at)
+                due = min(due, at, tracker.deadline_at)
             self._next_look = min(due, now + _MAX_WATCH_INTERVAL_S) if self._active else math.inf
             self._wake = anyio.Event()
             with anyio.move_on_after(self._next_look - now):

@@ -260,7 +260,7 @@ class Transport:
                 if isinstance(outcome, TryAgain):
                     tracker.try_again(outcome.queue_state, outcome.queue_state_reason)
                 elif isinstance(outcome, Done | MetadataOnly):
-                    tracker.result_ready()
+                    tracker.result_ready(final=isinstance(outcome, Done))
             if isinstance(outcome, Done):
                 return outcome
             if isinstance(outcome, Failed):
