@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import httpx
@@ -296,3 +301,30 @@ async def test_a_composite_operation_whose_inner_submission_times_out_fails_clea
                     await client.optim_step(ADAM)
     assert caught.value.phase == "submit"
     assert caught.value.operation == "save_weights_for_sampler_ext"
+
+
+def test_serve_flags_make_a_stalling_trainer() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--long-poll-s", "0.2",
+         "--stall-s", "inf", "--stall-endpoint", "optim_step", "--stall-count", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+
+        async def main() -> OperationTimeout:
+            async with ServiceSession(url, deadlines=Deadlines(compute_s=0.5)) as session:
+                client = await session.create_training_client(MODEL)
+                await client.forward_backward(BATCH, "cross_entropy")
+                with anyio.fail_after(10), pytest.raises(OperationTimeout) as caught:
+                    await client.optim_step(ADAM)
+                await client.optim_step(ADAM)  # only the first one stalls
+                return caught.value
+
+        assert anyio.run(main).operation == "optim_step"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
