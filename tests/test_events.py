@@ -95,6 +95,28 @@ async def test_pipelined_operations_keep_each_ones_events_in_order(
     ]
 
 
+async def test_under_injected_faults_retries_are_events_and_nothing_else_changes() -> None:
+    events: list[OperationEvent] = []
+    with LocalTrainer(fault_rate=0.3, seed=3) as lt:
+        async with ServiceSession(lt.base_url, on_event=events.append) as session:
+            client = await session.create_training_client(MODEL)
+            for _ in range(10):
+                fb = client.forward_backward(BATCH, "cross_entropy")
+                step = client.optim_step(ADAM)
+                await fb
+                await step
+    by_op: dict[int, list[OperationEvent]] = {}
+    for event in events:
+        by_op.setdefault(event.op_id, []).append(event)
+    assert len(by_op) == 20
+    for op in by_op.values():
+        assert [e.kind for e in op if e.kind != "retried"] == ONE_OP
+        assert [e.retries for e in op if e.kind == "retried"] == list(range(1, op[-1].retries + 1))
+        assert all(e.detail for e in op if e.kind == "retried")
+        assert sum(op[-1].phase_s.values()) <= op[-1].elapsed_s
+    assert sum(op[-1].retries for op in by_op.values()) > 0
+
+
 async def test_a_failed_operation_ends_with_failed_and_the_error(
     local_trainer: LocalTrainer,
 ) -> None:
