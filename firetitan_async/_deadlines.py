@@ -26,7 +26,7 @@ import attrs
 
 from .errors import InvalidInput
 
-__all__ = ["DEFAULT_DEADLINES", "PHASES", "DeadlinePolicy", "Deadlines", "Phase"]
+__all__ = ["DEFAULT_DEADLINES", "PHASES", "DeadlinePolicy", "Deadlines", "Phase", "call_deadlines"]
 
 Phase = Literal["submit", "queue", "compute", "transfer"]
 PHASES: tuple[Phase, ...] = ("submit", "queue", "compute", "transfer")
@@ -161,3 +161,15 @@ class DeadlinePolicy:
         if override is not None:
             return override
         return self._table.get(name) or self._table.get("default") or Deadlines()
+
+
+def call_deadlines(value: object) -> Deadlines | None:
+    """A per-call ``deadlines=`` argument, checked before anything is sent.
+
+    Example::
+
+        call_deadlines(Deadlines(compute_s=30))   # returned as is; None too
+    """
+    if value is None or isinstance(value, Deadlines):
+        return value
+    raise InvalidInput("deadlines", f"must be a Deadlines or None, got {value!r}")

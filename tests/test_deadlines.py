@@ -31,7 +31,7 @@ from firetitan_async import (
     ServiceSession,
     SubmissionLost,
 )
-from firetitan_async._deadlines import DeadlinePolicy
+from firetitan_async._deadlines import DeadlinePolicy, call_deadlines
 from firetitan_async._h11_transport import H11Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
@@ -218,6 +218,13 @@ def test_the_policy_picks_per_call_then_per_kind_then_default() -> None:
     assert builtin.for_operation("save_weights").compute_s == 7200
     assert builtin.for_operation("optim_step") == Deadlines()
     assert DeadlinePolicy(default).for_operation("save_weights") is default
+
+
+def test_call_deadlines_are_checked_before_sending() -> None:
+    assert call_deadlines(None) is None
+    assert call_deadlines(Deadlines()) == Deadlines()
+    with pytest.raises(InvalidInput, match="deadlines"):
+        call_deadlines(30)
 
 
 def test_bad_deadlines_are_refused_naming_the_field() -> None:

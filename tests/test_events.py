@@ -4,6 +4,7 @@ the real local trainer (asyncio and trio)."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import anyio
 import pytest
@@ -15,6 +16,7 @@ from tinker import types
 
 from firetitan_async import (
     APIStatusError,
+    FiretitanError,
     InvalidInput,
     OperationEvent,
     OtelExporter,
@@ -268,3 +270,11 @@ async def test_a_normal_exit_cleans_up(local_trainer: LocalTrainer, dialect: str
         client = await session.create_training_client(MODEL)
         await client.optim_step(ADAM)
     assert cleanup_counts(local_trainer) == expected(dialect, 1)
+
+
+def test_the_otel_exporter_without_opentelemetry_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # makes the import fail
+    with pytest.raises(FiretitanError, match=r"firetitan_async\[otel\]"):
+        OtelExporter()
