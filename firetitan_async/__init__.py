@@ -27,17 +27,8 @@ from ._adapters import aresult, as_awaitable
 from ._custom_loss import CustomLoss
 from ._deadlines import Deadlines
 from ._events import EventStream, OperationEvent
-from ._jobs import (
-    CreatedTrainerJob,
-    JobState,
-    TrainerEndpoint,
-    TrainerJob,
-    TrainerJobConfig,
-    TrainerJobs,
-)
 from ._otel import OtelExporter
 from ._pending import Pending
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
@@ -57,6 +48,20 @@ from .errors import (
     SubmissionLost,
     TrainerJobFailed,
 )
+from .platform import (
+    CreatedTrainerJob,
+    JobCheckpoint,
+    JobState,
+    PlatformAPIError,
+    PromotedModel,
+    ReadinessPoller,
+    ReadinessProgress,
+    TrainerEndpoint,
+    TrainerJob,
+    TrainerJobConfig,
+    TrainerJobs,
+    TrainingShapeProfile,
+)
 
 __all__ = [
     "APIStatusError",
@@ -66,11 +71,14 @@ __all__ = [
     "EventStream",
     "FiretitanError",
     "InvalidInput",
+    "JobCheckpoint",
     "JobState",
     "OperationEvent",
     "OperationTimeout",
     "OtelExporter",
     "Pending",
+    "PlatformAPIError",
+    "PromotedModel",
     "ProtocolError",
     "ReadinessPoller",
     "ReadinessProgress",
@@ -90,6 +98,7 @@ __all__ = [
     "TrainerJobFailed",
     "TrainerJobs",
     "TrainingClient",
+    "TrainingShapeProfile",
     "__version__",
     "aresult",
     "as_awaitable",

@@ -22,6 +22,8 @@ __all__ = ["add_parser", "list_checkpoints"]
 
 _KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
 _URL_VAR = "TINKER_BASE_URL"
+_CP_URL_VAR = "FIREWORKS_BASE_URL"
+_CP_DEFAULT_URL = "https://api.fireworks.ai"
 # A CLI should fail in seconds, not after the library's patient default retries.
 _CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
 
@@ -61,6 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--limit", type=int, default=100, help="at most this many (all of yours / a job)"
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument(
+        "--control-plane",
+        action="store_true",
+        help=(
+            "list --job's checkpoints from the Fireworks control plane instead, with whether "
+            f"each is promotable (--base-url is then the control plane: default ${_CP_URL_VAR}, "
+            f"else {_CP_DEFAULT_URL}); works for stopped and deleted jobs too"
+        ),
+    )
     listing.set_defaults(func=_run_list)
     parser.set_defaults(func=partial(_no_action, parser))
 
@@ -125,7 +136,55 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _run_control_plane_list(args: argparse.Namespace) -> int:
+    from .platform import JobCheckpoint, TrainerJobs  # only this mode needs the control plane
+
+    if not args.job:
+        return _fail("--control-plane lists one trainer job's checkpoints: pass --job JOB_ID", 2)
+    base_url = args.base_url or os.environ.get(_CP_URL_VAR) or _CP_DEFAULT_URL
+    try:
+        jobs = TrainerJobs(base_url=base_url, retry=_CLI_RETRY)
+    except (ValueError, FiretitanError) as exc:  # bad URL, missing key
+        return _fail(str(exc), 2)
+
+    async def fetch() -> list[JobCheckpoint]:
+        async with jobs:
+            return await jobs.list_checkpoints(args.job)
+
+    try:
+        rows = anyio.run(fetch)
+    except APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            return _fail(f"the control plane at {base_url} refused the API key ({exc})")
+        if exc.status_code == 404:
+            return _fail(f"the control plane at {base_url} knows no job {args.job!r} ({exc})")
+        return _fail(f"the control plane at {base_url} answered {exc}")
+    except FiretitanError as exc:
+        return _fail(f"cannot reach the control plane at {base_url}: {exc}")
+    if args.json:
+        print(json.dumps([dict(row.raw) for row in rows], indent=2))
+        return 0
+    if not rows:
+        print("no checkpoints")
+        return 0
+    table = [("CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED")] + [
+        (
+            row.checkpoint_id,
+            row.checkpoint_type or "-",
+            "yes" if row.promotable else "no",
+            row.create_time or "-",
+        )
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
 def _run_list(args: argparse.Namespace) -> int:
+    if args.control_plane:
+        return _run_control_plane_list(args)
     base_url = args.base_url or os.environ.get(_URL_VAR)
     if not base_url:
         return _fail(f"no trainer URL: pass --base-url URL or set {_URL_VAR}", 2)

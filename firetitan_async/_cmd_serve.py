@@ -8,8 +8,6 @@ import os
 import sys
 import threading
 
-from .local import LocalTrainer
-
 __all__ = ["add_parser", "serve"]
 
 
@@ -112,6 +110,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
+    from .local import LocalTrainer  # only here: the other commands must not load the server
+
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -11,8 +11,6 @@ from typing import TextIO
 
 import anyio
 
-from ._jobs import TrainerEndpoint, TrainerJobs
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._retry import RetryPolicy
 from .errors import (
     APIStatusError,
@@ -21,6 +19,7 @@ from .errors import (
     ReadinessTimeout,
     TrainerJobFailed,
 )
+from .platform import ReadinessPoller, ReadinessProgress, TrainerEndpoint, TrainerJobs
 
 __all__ = ["add_parser", "wait_for_job"]
 
@@ -37,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async wait my-job --account-id me --base-url http://127.0.0.1:8080
+        firetitan-async wait my-job --base-url http://127.0.0.1:8080
     """
     parser = subparsers.add_parser(
         "wait",
@@ -51,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("job_id", metavar="JOB_ID", help="the job id (or its full resource name)")
     parser.add_argument(
-        "--account-id", default=None, help=f"the Fireworks account (default: ${_ACCOUNT_VAR})"
+        "--account-id",
+        default=None,
+        help=f"the Fireworks account (default: ${_ACCOUNT_VAR}, else resolved from the key)",
     )
     parser.add_argument(
         "--base-url",
@@ -62,7 +63,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls"
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, metavar="S", help="give up after S seconds"
+        "--timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="give up after S seconds once the job has capacity (not PENDING)",
+    )
+    parser.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=48 * 3600.0,
+        metavar="S",
+        help="give up after S seconds waiting for capacity (PENDING; default 48 h)",
     )
     parser.add_argument(
         "--no-probe",
@@ -78,6 +90,7 @@ async def wait_for_job(
     *,
     poll_interval_s: float = 5.0,
     timeout_s: float = 900.0,
+    pending_timeout_s: float = 48 * 3600.0,
     probe_data_plane: bool = True,
     out: TextIO | None = None,
 ) -> TrainerEndpoint:
@@ -86,7 +99,7 @@ async def wait_for_job(
 
     Example::
 
-        async with TrainerJobs(account_id="me") as jobs:
+        async with TrainerJobs() as jobs:
             endpoint = await wait_for_job(jobs, "my-job", poll_interval_s=2)
     """
     stream = out if out is not None else sys.stderr
@@ -106,6 +119,7 @@ async def wait_for_job(
         job_id,
         poll_interval_s=poll_interval_s,
         timeout_s=timeout_s,
+        pending_timeout_s=pending_timeout_s,
         on_progress=show,
         probe_data_plane=probe_data_plane,
     )
@@ -119,11 +133,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _run_wait(args: argparse.Namespace) -> int:
-    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR)
-    if not account_id:
-        return _fail(f"no account: pass --account-id A or set {_ACCOUNT_VAR}", 2)
+    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR) or None
     base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
-    for name, value in (("--poll-interval", args.poll_interval), ("--timeout", args.timeout)):
+    for name, value in (
+        ("--poll-interval", args.poll_interval),
+        ("--timeout", args.timeout),
+        ("--pending-timeout", args.pending_timeout),
+    ):
         if not math.isfinite(value) or value <= 0:
             return _fail(f"{name} must be a number > 0, got {value}", 2)
     try:
@@ -138,6 +154,7 @@ def _run_wait(args: argparse.Namespace) -> int:
                 args.job_id,
                 poll_interval_s=args.poll_interval,
                 timeout_s=args.timeout,
+                pending_timeout_s=args.pending_timeout,
                 probe_data_plane=not args.no_probe,
             )
         )
@@ -149,10 +166,11 @@ def _run_wait(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except APIStatusError as exc:
         if exc.status_code in (401, 403):
-            hint = f"set {_KEY_VAR}" if jobs._api_key is None else f"check {_KEY_VAR}"
+            hint = f"set {_KEY_VAR}" if not jobs.has_api_key else f"check {_KEY_VAR}"
             return _fail(f"the control plane at {base_url} refused the API key ({exc}); {hint}")
         if exc.status_code == 404:
-            return _fail(f"no trainer job {args.job_id!r} in account {account_id!r} ({exc})")
+            where = f"account {account_id!r}" if account_id else "the key's account"
+            return _fail(f"no trainer job {args.job_id!r} in {where} ({exc})")
         return _fail(f"the control plane at {base_url} answered {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the control plane at {base_url}: {exc}")
@@ -166,6 +184,7 @@ async def _wait(
     *,
     poll_interval_s: float,
     timeout_s: float,
+    pending_timeout_s: float,
     probe_data_plane: bool,
 ) -> TrainerEndpoint:
     async with jobs:
@@ -175,5 +194,6 @@ async def _wait(
             job_id,
             poll_interval_s=poll_interval_s,
             timeout_s=timeout_s,
+            pending_timeout_s=pending_timeout_s,
             probe_data_plane=probe_data_plane,
         )

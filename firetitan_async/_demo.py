@@ -35,15 +35,14 @@ import attrs
 import numpy as np
 from tinker import types
 
-from ._jobs import TrainerJobConfig, TrainerJobs
 from ._pending import Pending
-from ._readiness import ReadinessPoller, ReadinessProgress
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._snapshots import SamplerSnapshot
 from ._training import TrainingClient
 from .local import LocalTrainer
 from .local._datums import encode_text
+from .platform import ReadinessPoller, ReadinessProgress, TrainerJobConfig, TrainerJobs
 
 __all__ = ["DemoConfig", "DemoResult", "DemoRow", "reward_of", "run_demo"]
 

@@ -38,10 +38,9 @@ from .wire.tinker import (
 )
 
 if TYPE_CHECKING:
-    from ._jobs import TrainerJobs
-    from ._readiness import ReadinessPoller
     from ._sampling import SamplingClient
     from ._training import TrainingClient
+    from .platform import ReadinessPoller, TrainerJobs
 
 __all__ = ["ServiceSession"]
 
@@ -197,19 +196,20 @@ class ServiceSession:
 
         Entering the session starts a readiness poller on the job (in the session's task
         group) and returns at once. :meth:`create_training_client` waits until the job is
-        RUNNING — raising :class:`TrainerJobFailed` at once if it reaches a terminal state and
-        :class:`ReadinessTimeout` after ``timeout_s`` — and then retries creation while the
-        trainer still warms up (503, connection refused).
+        RUNNING and its healthz answers 200 (the rules of :meth:`TrainerJobs.wait_for_ready`) —
+        raising :class:`TrainerJobFailed` at once if it fails and :class:`ReadinessTimeout`
+        after ``timeout_s`` — then talks to the trainer through the job's gateway URL, retrying
+        creation while the trainer still warms up (503, connection refused).
 
         Example::
 
-            async with TrainerJobs(account_id="my-account") as jobs:
+            async with TrainerJobs() as jobs:  # the account comes from the key
                 model = "accounts/fireworks/models/qwen3-8b"
                 created = await jobs.create(TrainerJobConfig(base_model=model))
                 async with ServiceSession.from_job(jobs, created.job_id) as session:
                     client = await session.create_training_client(model)
         """
-        from ._readiness import ReadinessPoller
+        from .platform import ReadinessPoller
 
         session_kwargs["dialect"] = "fireworks"
         session = cls("", api_key=api_key, **session_kwargs)

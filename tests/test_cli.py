@@ -80,6 +80,7 @@ async def _make_checkpoints(lt: LocalTrainer) -> tuple[str, str]:
         async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
             client = await session.create_training_client(MODEL)
             await client.save_state("job-state")
+            await client.save_weights_for_sampler_ext("job-snap")
     return model_id, created.job_id
 
 
@@ -167,3 +168,41 @@ def test_checkpoints_unknown_run(
     assert code in (0, 1)
     if code == 1:
         assert "no-such-run" in err and "Traceback" not in err
+
+
+def test_wait_does_not_import_the_local_server() -> None:
+    """``firetitan-async wait`` is a client command: it must not pull in the server's stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from firetitan_async._cli import main\n"
+        "rc = main(['wait', 'j1', '--base-url', 'http://127.0.0.1:9', '--timeout', '1'])\n"
+        "server = [m for m in sys.modules if m.startswith(('firetitan_async.local', 'uvicorn',"
+        " 'starlette'))]\n"
+        "print(rc, sorted(server))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1 []", out.stdout + out.stderr
+
+
+def test_checkpoints_list_from_the_control_plane(
+    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, job_id = anyio.run(_make_checkpoints, trainer)
+    argv = ["checkpoints", "list", "--control-plane", "--base-url", trainer.control_plane_url]
+    assert main([*argv, "--job", job_id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED"]
+    rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
+    assert rows["job-state"] == ["CHECKPOINT_TYPE_TRAINING", "no"]
+    snap = next(name for name in rows if name.startswith("job-snap-"))
+    assert rows[snap] == ["CHECKPOINT_TYPE_INFERENCE_BASE", "yes"]
+    assert main([*argv, "--job", job_id, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [row["promotable"] for row in listed] == [False, True]
+    assert main(argv) == 2
+    assert "--job" in capsys.readouterr().err
+    assert main([*argv, "--job", "nope"]) == 1
+    assert "knows no job 'nope'" in capsys.readouterr().err

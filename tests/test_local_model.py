@@ -746,3 +746,121 @@ def test_step_timing_micro_benchmark(lora_rank: int) -> None:
     median_ms = float(np.median(times[10:])) * 1e3
     print(f"\nforward_backward+optim_step, 64 tokens, lora_rank={lora_rank}: {median_ms:.2f} ms")
     assert median_ms < 50.0
+
+
+# -- Fireworks extensions: batch invariance, normalization, alpha, init, adapters -------------
+
+
+def test_identical_datums_get_identical_logprobs_whatever_the_batch() -> None:
+    model = TinyByteLM(seed=0, lora_rank=4)
+    _randomize_trainable(model, 1)
+    d = sft(TEXT[:40])
+    for n in (2, 3, 5, 17):
+        lps = model.forward_backward([d] * n, "cross_entropy", backward=False).logprobs
+        assert all(np.array_equal(lp, lps[0]) for lp in lps), n
+
+
+def test_accumulated_counts_skip_zero_gradient_tokens_and_sequences() -> None:
+    model = TinyByteLM(seed=0)
+    half = sft(TEXT[:21])
+    w = np.asarray(half.inputs["weights"]).copy()
+    w[:5] = 0.0
+    batch = [DatumArrays(tokens=half.tokens, inputs={**half.inputs, "weights": w}),
+             sft(TEXT[:11], weight=0.0), sft(TEXT[:9])]
+    model.forward_backward(batch, "cross_entropy", backward=True)
+    assert model.accumulated == (15 + 8, 2)
+    model.forward_backward(batch[2:], "cross_entropy", backward=False)  # forward: not counted
+    assert model.accumulated == (23, 2)
+    model.optim_step(AdamConfig(learning_rate=1e-3))
+    assert model.accumulated == (0, 0)
+
+
+@pytest.mark.parametrize(("mode", "divisor"), [("num_loss_tokens", 29 + 21), ("num_sequences", 2),
+                                               ("none", 1), (None, 1)])
+def test_normalization_divides_the_accumulated_gradient(mode: str | None, divisor: int) -> None:
+    batch = [sft(TEXT[:30]), sft(TEXT[30:52])]
+    a, b = TinyByteLM(seed=0, dtype=np.float64), TinyByteLM(seed=0, dtype=np.float64)
+    a.forward_backward(batch, "cross_entropy", backward=True)
+    scaled = [
+        DatumArrays(tokens=d.tokens, inputs={
+            **d.inputs, "weights": np.asarray(d.inputs["weights"], np.float64) / divisor})
+        for d in batch
+    ]
+    b.forward_backward(scaled, "cross_entropy", backward=True)
+    ma = a.optim_step(AdamConfig(learning_rate=1e-2), normalization=mode,
+                      grad_norm_metrics="basic")
+    mb = b.optim_step(AdamConfig(learning_rate=1e-2), grad_norm_metrics="basic")
+    assert ma == pytest.approx(mb, rel=1e-9)
+    for key, value in a.trainable_weights().items():
+        np.testing.assert_allclose(value, b.trainable_weights()[key], rtol=1e-9, atol=1e-12)
+
+
+def test_optim_step_refuses_bad_normalization_and_metrics_mode_without_change() -> None:
+    model = TinyByteLM(seed=0)
+    model.forward_backward([sft(TEXT[:20])], "cross_entropy", backward=True)
+    before = full_state(model)
+    with pytest.raises(ModelInputError, match="grad_accumulation_normalization"):
+        model.optim_step(AdamConfig(), normalization="mean")
+    with pytest.raises(ModelInputError, match="emit_grad_norm_metrics"):
+        model.optim_step(AdamConfig(), grad_norm_metrics="all")
+    assert_states_equal(before, full_state(model))
+    assert model.accumulated == (19, 1)
+
+
+def test_grad_norm_metrics_values() -> None:
+    model = TinyByteLM(seed=0, lora_rank=2)
+    _randomize_trainable(model, 3)
+    model.forward_backward([sft(TEXT[:30])], "cross_entropy", backward=True)
+    grads = model.gradients()
+    norms = {k: float(np.linalg.norm(g.astype(np.float64))) for k, g in grads.items()}
+    total = float(np.sqrt(sum(n * n for n in norms.values())))
+    size = sum(g.size for g in grads.values())
+    m = model.optim_step(AdamConfig(grad_clip_norm=0.5), grad_norm_metrics="detailed")
+    assert m["grad_norm/global:mean"] == pytest.approx(total, rel=1e-6)
+    assert m["grad_norm/rms:mean"] == pytest.approx(total / np.sqrt(size), rel=1e-6)
+    assert m["grad_norm/clipped:mean"] == pytest.approx(min(total, 0.5), rel=1e-6)
+    for key, value in norms.items():
+        assert m[f"grad_norm/param/{key}:mean"] == pytest.approx(value, rel=1e-6)
+
+
+def test_lora_alpha_scales_the_adapter_and_nora_normalizes_a() -> None:
+    a = TinyByteLM(seed=0, lora_rank=4, lora_alpha=8)
+    assert a.lora_scale == 2.0
+    b = TinyByteLM(seed=0, lora_rank=4, init_method="nora")
+    rows = np.linalg.norm(b.trainable_weights()["w1.lora_a"].astype(np.float64), axis=1)
+    np.testing.assert_allclose(rows, 1.0, rtol=1e-6)
+    with pytest.raises(ModelInputError, match=r"lora_config\.alpha"):
+        TinyByteLM(seed=0, lora_rank=4, lora_alpha=0)
+    with pytest.raises(ModelInputError, match="init_method"):
+        TinyByteLM(seed=0, lora_rank=4, init_method="pissa")
+
+
+def test_load_adapter_takes_only_the_adapters() -> None:
+    src = TinyByteLM(seed=0, lora_rank=4)
+    assert not src.has_adapter_delta()
+    train(src, [sft(TEXT[:30])], steps=2)
+    assert src.has_adapter_delta()
+    dst = TinyByteLM(seed=0, lora_rank=4)
+    dst.load_adapter(src.state(optimizer=False))
+    assert dst.optim_steps == 0  # the optimizer state is not taken
+    for key, value in src.sampler_weights().items():
+        assert np.array_equal(value, dst.sampler_weights()[key])
+    with pytest.raises(ModelInputError, match="adapter_path"):
+        TinyByteLM(seed=0, lora_rank=2).load_adapter(src.state(optimizer=False))
+    with pytest.raises(ModelInputError, match="no LoRA adapters"):
+        TinyByteLM(seed=0).load_adapter(src.state(optimizer=False))
+
+
+def test_lora_seed_seeds_only_the_adapters() -> None:
+    base = TinyByteLM(seed=5)
+    a = TinyByteLM(seed=5, lora_rank=4, lora_seed=1)
+    b = TinyByteLM(seed=5, lora_rank=4, lora_seed=2)
+    for model in (a, b):  # the base weights are the seed's, whatever the adapters' seed
+        for key, value in base.sampler_weights().items():
+            assert np.array_equal(model.sampler_weights()[key], value)
+
+    def lora_a(m: TinyByteLM) -> np.ndarray:
+        return m.trainable_weights()["w1.lora_a"]
+
+    assert not np.array_equal(lora_a(a), lora_a(b))
+    assert np.array_equal(lora_a(a), lora_a(TinyByteLM(seed=5, lora_rank=4, lora_seed=1)))

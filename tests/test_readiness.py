@@ -190,7 +190,7 @@ async def test_wrong_key_ends_the_wait_with_the_status_error() -> None:
         assert "wrong-key-xyz" not in f"{info.value} {info.value!r} {info.value.body}"
 
 
-@pytest.mark.parametrize("field", ["poll_interval_s", "timeout_s"])
+@pytest.mark.parametrize("field", ["poll_interval_s", "timeout_s", "pending_timeout_s"])
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
 def test_poller_rejects_bad_timing(field: str, value: float) -> None:
     jobs = TrainerJobs(account_id="acme", base_url="http://127.0.0.1:9")
@@ -202,36 +202,42 @@ def test_poller_rejects_bad_timing(field: str, value: float) -> None:
 
 # -- fault shapes (MockTransport) -------------------------------------------------------------
 
-HANDLE = "https://trainer.example"
+GATEWAY = "https://trainer.example"
+HANDLE = f"{GATEWAY}/training/v1/rlorTrainerJobs/acme/j1"
 
 
 def _mock_jobs(handler: Callable[[httpx.Request], httpx.Response]) -> TrainerJobs:
     return TrainerJobs(
-        "k", account_id="acme", transport=httpx.MockTransport(handler), retry=FAST_RETRY
+        "k-secret",
+        account_id="acme",
+        trainer_gateway_url=GATEWAY,
+        transport=httpx.MockTransport(handler),
+        retry=FAST_RETRY,
     )
 
 
-def _job(state: str, handle: str | None = None) -> dict[str, Any]:
+def _job(state: str, message: str | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {"name": "accounts/acme/rlorTrainerJobs/j1", "state": state}
-    if handle:
-        record["directRouteHandle"] = handle
+    if message:
+        record["statusMessage"] = message
     return record
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("probe", [True, False])
-async def test_running_job_waits_for_its_trainer_to_answer(probe: bool) -> None:
+async def test_running_job_is_ready_only_on_healthz_200(probe: bool) -> None:
     health: list[int] = []
-    replies = iter([503, 503, 200])
+    replies = iter([503, 404, 204, 200])
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "trainer.example":
-            assert request.url.path == "/api/v1/healthz"
-            assert request.headers["X-API-Key"] == "k"
-            assert "Authorization" not in request.headers
+            assert str(request.url) == f"{HANDLE}/api/v1/healthz"
+            assert request.headers["X-Api-Key"] == "k-secret"
+            assert request.headers["Authorization"] == "Bearer k-secret"
             health.append(status := next(replies))
             return httpx.Response(status)
-        return httpx.Response(200, json=_job("JOB_STATE_RUNNING", HANDLE))
+        assert "Authorization" not in request.headers
+        return httpx.Response(200, json=_job("JOB_STATE_RUNNING"))
 
     seen: list[ReadinessProgress] = []
     async with _mock_jobs(handler) as jobs:
@@ -246,12 +252,9 @@ async def test_running_job_waits_for_its_trainer_to_answer(probe: bool) -> None:
         await poller.run()
         assert (await poller.wait()).base_url == HANDLE
     if probe:
-        assert health == [503, 503, 200]
-        assert [p.message for p in seen] == [
-            "waiting for the trainer to answer",
-            "waiting for the trainer to answer",
-            None,
-        ]
+        assert health == [503, 404, 204, 200]  # a 404 or 204 is not ready: 200 only
+        waiting = "waiting for the trainer's health check (HTTP 200)"
+        assert [p.message for p in seen] == [waiting] * 3 + [None]
     else:
         assert health == [] and len(seen) == 1
 
@@ -262,7 +265,7 @@ async def test_control_plane_outage_mid_wait_is_tolerated() -> None:
     script = iter(
         [(200, _job("JOB_STATE_PENDING"))]
         + [(503, {"error": "down"})] * 5
-        + [(200, _job("JOB_STATE_RUNNING", HANDLE))]
+        + [(200, _job("JOB_STATE_RUNNING"))]
     )
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -285,18 +288,70 @@ async def test_control_plane_outage_mid_wait_is_tolerated() -> None:
     assert _collapse(seen) == ["PENDING", "RUNNING"]
 
 
-@pytest.mark.anyio
-async def test_running_without_handle_keeps_waiting() -> None:
-    script = iter([_job("JOB_STATE_RUNNING"), _job("JOB_STATE_RUNNING", HANDLE)])
+def _states(*states: str) -> Callable[[httpx.Request], httpx.Response]:
+    """The job reads as each state in turn, then stays in the last one."""
+    queue = list(states)
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "trainer.example":
             return httpx.Response(200)
-        return httpx.Response(200, json=next(script))
+        state = queue.pop(0) if len(queue) > 1 else queue[0]
+        return httpx.Response(200, json=_job(state, "detail from the control plane"))
 
+    return handler
+
+
+@pytest.mark.anyio
+async def test_pending_has_its_own_budget_apart_from_the_readiness_budget() -> None:
+    # PENDING far longer than timeout_s is fine: only pending_timeout_s bounds it.
+    handler = _states(*["JOB_STATE_PENDING"] * 30, "JOB_STATE_RUNNING")
     async with _mock_jobs(handler) as jobs:
-        endpoint = await jobs.wait_for_ready("j1", poll_interval_s=0.01, timeout_s=5)
+        endpoint = await jobs.wait_for_ready(
+            "j1", poll_interval_s=0.01, timeout_s=0.05, pending_timeout_s=10
+        )
     assert endpoint.base_url == HANDLE
+    # ...and pending_timeout_s does end a wait that stays PENDING.
+    async with _mock_jobs(_states("JOB_STATE_PENDING")) as jobs:
+        with pytest.raises(ReadinessTimeout) as info:
+            await jobs.wait_for_ready(
+                "j1", poll_interval_s=0.01, timeout_s=10, pending_timeout_s=0.1
+            )
+    assert info.value.timeout_s == 0.1 and info.value.last_state == "PENDING"
+    # The readiness budget starts at the first poll that is not PENDING.
+    handler = _states(*["JOB_STATE_PENDING"] * 10, "JOB_STATE_CREATING")
+    async with _mock_jobs(handler) as jobs:
+        started = anyio.current_time()
+        with pytest.raises(ReadinessTimeout) as info:
+            await jobs.wait_for_ready("j1", poll_interval_s=0.02, timeout_s=0.2)
+    assert info.value.timeout_s == 0.2 and info.value.last_state == "CREATING"
+    assert anyio.current_time() - started >= 0.2 + 10 * 0.02 * 0.8
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("state", ["CANCELLED", "COMPLETED", "EARLY_STOPPED", "DELETING"])
+async def test_stopped_states_fail_only_after_the_settle_window(state: str) -> None:
+    # Right after a resume the job may still read as stopped: that is waited out...
+    handler = _states(f"JOB_STATE_{state}", f"JOB_STATE_{state}", "JOB_STATE_RUNNING")
+    async with _mock_jobs(handler) as jobs:
+        assert (await jobs.wait_for_ready("j1", poll_interval_s=0.01)).base_url == HANDLE
+    # ...but a job that stays stopped past stopped_settle_s fails with its detail.
+    async with _mock_jobs(_states(f"JOB_STATE_{state}")) as jobs:
+        started = anyio.current_time()
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.wait_for_ready("j1", poll_interval_s=0.01, stopped_settle_s=0.2)
+    assert anyio.current_time() - started >= 0.2
+    assert info.value.state == state and "detail from the control plane" in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("state", ["FAILED", "DELETED", "ARCHIVED"])
+async def test_failed_and_tombstones_fail_at_once(state: str) -> None:
+    async with _mock_jobs(_states(f"JOB_STATE_{state}")) as jobs:
+        started = anyio.current_time()
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.wait_for_ready("j1", poll_interval_s=1.0, stopped_settle_s=30)
+    assert anyio.current_time() - started < 0.5  # the first poll decides
+    assert info.value.state == state
 
 
 # -- the `wait` command -----------------------------------------------------------------------
@@ -373,9 +428,6 @@ def test_cli_wait_helpful_errors(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert main(["wait", "j1"]) == 2
-    assert "FIREWORKS_ACCOUNT_ID" in capsys.readouterr().err
-
-    assert main(["wait", "j1", "--account-id", "acme"]) == 2
     assert "FIREWORKS_API_KEY" in capsys.readouterr().err
 
     dead = f"http://127.0.0.1:{_free_port()}"
@@ -388,6 +440,8 @@ def test_cli_wait_helpful_errors(
 
     assert main(["wait", "j1", "--account-id", "a", "--poll-interval", "0"]) == 2
     assert "--poll-interval" in capsys.readouterr().err
+    assert main(["wait", "j1", "--pending-timeout", "-1"]) == 2
+    assert "--pending-timeout" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         main(["wait"])

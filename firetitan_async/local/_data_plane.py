@@ -8,9 +8,16 @@ the poll until the result exists or ``long_poll_s`` passes. Every 4xx carries
 ``{"detail": "<exactly what is wrong>"}``; a rejected training submission that names a valid
 model and ``seq_id`` still consumes that ``seq_id`` and changes no state.
 
-Fireworks extensions: ``save_weights_for_sampler`` accepts ``checkpoint_type`` (``"base"`` or
-``"delta"``) and ``ttl_seconds``; ``GET checkpoints`` accepts ``job_id=``; checkpoints list
-``snapshot_type`` and ``job_id`` as extra fields.
+Fireworks extensions (the Fireworks Training SDK 1.2.30 dialect, served alongside tinker's):
+JSON ``forward_backward`` and ``POST forward`` (the Content-Type picks JSON or protobuf; a JSON
+request's result is kept in both forms and ``retrieve_future`` answers in the one ``Accept``
+prefers); ``create_model`` with ``lora_config.alpha``/``init_method``, ``base_only`` and the
+capability fields (``CAPABILITIES``); ``optim_step`` with ``grad_accumulation_normalization``
+and ``adam_params.emit_grad_norm_metrics``; ``save_weights_for_sampler`` with
+``checkpoint_type`` ``base``/``delta``/``merged_base``, ``export_precision``, ``metadata`` and
+``ttl_seconds``; ``GET list_checkpoints``; checkpoint references by logical name, run path or
+``cross_job://`` (``_checkpoint_refs``); ``load_adapter``; ``unload_model``. ``GET checkpoints``
+accepts ``job_id=``; checkpoints list ``snapshot_type`` and ``job_id`` as extra fields.
 
 Local choices: sampling ``stop`` strings are their UTF-8 bytes (one token per byte) and ints
 are one-token stop sequences; EOS (token 256) always ends a sample, also with ``stop=[]``.
@@ -263,6 +270,7 @@ def _new_model(
     lora_alpha: float = LORA_ALPHA,
     init_method: str = "kaiming",
     base_only: bool = False,
+    lora_seed: int | None = None,
 ) -> TrainingModel:
     model_id = f"{session_id}:train:{model_seq_id}"
     if model_id in state.registry.models:
@@ -272,7 +280,8 @@ def _new_model(
         )
     try:
         model = TinyByteLM(
-            seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method
+            seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method,
+            lora_seed=lora_seed,
         )
     except ModelInputError as exc:
         raise _user_error(exc) from None
@@ -349,7 +358,8 @@ async def create_model(request: Request) -> Response:
         job_id=job_id,
         user_metadata=_str_map(body, "user_metadata"),
         first_seq=1,
-        seed=state.config.seed if lora_seed is None else lora_seed,
+        seed=state.config.seed,
+        lora_seed=lora_seed,
         lora_alpha=alpha,
         init_method=init_method,
         base_only=base_only,

@@ -2,13 +2,16 @@
 
 For every HTTP request, in order:
 
-1. ``/jobs/{job_id}/api/v1/...`` is rewritten to ``/api/v1/...`` with the job id kept in the
-   scope (the job's ``directRouteHandle`` prefix); an unknown job gets 404.
+1. A job's data plane, ``/jobs/{job_id}/api/v1/...`` (its ``directRouteHandle``) or the
+   trainer gateway ``/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/...`` (what the
+   Fireworks SDK uses), is rewritten to ``/api/v1/...`` with the job id kept in the scope
+   (``JOB_SCOPE_KEY``); an unknown or deleted job (or another account) gets 404.
 2. The request is counted under its endpoint name (not ``/_local/*``).
-3. Auth, when an API key is set: ``X-API-Key`` on the data plane, ``Authorization: Bearer`` on
-   the control plane; anything else gets 401 (the key is never logged or echoed).
-4. Warm-up: the job's data plane answers 503 while that job is not RUNNING; the root data
-   plane answers 503 while any job is CREATING or PENDING.
+3. Auth, when an API key is set, on both planes: ``X-Api-Key: <key>`` or
+   ``Authorization: Bearer <key>`` (every credential offered must be the key); anything else
+   gets the same 401 (the key is never logged or echoed).
+4. Warm-up: the job's data plane answers 503 while that job is not RUNNING (healthz too); the
+   root data plane answers 503 while any job is CREATING or PENDING.
 5. Fault injection (data plane only, ``FaultInjector``).
 6. Idempotency: a POST with ``X-Idempotency-Key`` (other than the read-like
    ``retrieve_future``, heartbeat and telemetry) is answered once and replayed on repeats.
@@ -37,7 +40,13 @@ from ._http_errors import ApiError
 from ._idempotency import CachedReply, IdemKey
 from ._server_state import ServerState
 
-__all__ = ["DroppedConnection", "FrontDoor", "endpoint_name", "quiet_dropped_connections"]
+__all__ = [
+    "DroppedConnection",
+    "FrontDoor",
+    "endpoint_name",
+    "quiet_dropped_connections",
+    "rpc_status",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +57,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("firetitan_async.local")
 
 _JOB_PREFIX = re.compile(r"^/jobs/([^/]+)(/api/v1/.*)$")
+_GATEWAY_PREFIX = re.compile(r"^/training/v1/rlorTrainerJobs/([^/]+)/([^/]+)(/api/v1/.*)$")
+_UNAUTHORIZED = "missing or invalid API key (send X-Api-Key: <key> or Authorization: Bearer <key>)"
+# HTTP status → google.rpc code, for control-plane error bodies.
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 412: 9, 429: 8, 501: 12, 503: 14}
+_CONTROL_ENDPOINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^/v1/accounts$"), "accounts.list"),
+    (re.compile(r"^/v1/accounts/[^/]+/rlorTrainerJobs/[^/]+/checkpoints$"), "jobs.checkpoints"),
+    (re.compile(r"^/v1/accounts/[^/]+/checkpoints/[^/]+:promote$"), "checkpoints.promote"),
+    (re.compile(r"^/v1/accounts/[^/]+/operations/[^/]+$"), "operations.get"),
+    (re.compile(r"^/v1/accounts/[^/]+/models/[^/]+$"), "models.get"),
+    (re.compile(r"^/v1/accounts/[^/]+/trainingShapes/"), "shapes.get"),
+)
 _NOT_REPLAYED = frozenset({"retrieve_future", "session_heartbeat", "telemetry"})
 _ENDPOINT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^sessions/[^/]+/finish$"), "sessions/finish"),
@@ -86,6 +107,9 @@ def endpoint_name(method: str, path: str) -> str:
             if pattern.match(rest):
                 return f"delete_{name}" if method == "DELETE" else name
         return rest
+    for pattern, control_name in _CONTROL_ENDPOINTS:
+        if pattern.match(path):
+            return control_name
     if path.startswith("/v1/accounts/"):
         parts = path.split("/")
         if len(parts) <= 5:
@@ -94,6 +118,19 @@ def endpoint_name(method: str, path: str) -> str:
             return "jobs.resume"
         return {"GET": "jobs.get", "DELETE": "jobs.delete"}.get(method, "jobs.other")
     return path.lstrip("/") or "/"
+
+
+def rpc_status(status: int, message: str, code: int | None = None) -> dict[str, Any]:
+    """A ``google.rpc.Status`` error body for an HTTP status (what the Fireworks SDK parses);
+    ``code`` overrides the gRPC code the status maps to.
+
+    Example::
+
+        rpc_status(404, "trainer job 'x' not found")   # {"code": 5, "message": ..., "details": []}
+    """
+    if code is None:
+        code = _GRPC_CODES.get(status, 13 if status >= 500 else 2)
+    return {"code": code, "message": message, "details": []}
 
 
 class FrontDoor:
@@ -135,9 +172,15 @@ class FrontDoor:
         path: str = scope["path"]
         method: str = scope["method"]
         job_id: str | None = None
+        account: str | None = None
         match = _JOB_PREFIX.match(path)
-        if match:
-            job_id, path = match.group(1), match.group(2)
+        gateway = _GATEWAY_PREFIX.match(path)
+        if match or gateway:
+            if gateway:
+                account, job_id, path = gateway.group(1), gateway.group(2), gateway.group(3)
+            else:
+                assert match is not None
+                job_id, path = match.group(1), match.group(2)
             scope = dict(scope)
             scope["path"] = path
             scope["raw_path"] = path.encode()
@@ -150,7 +193,7 @@ class FrontDoor:
         state.stats.count_request(name)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
-        problem = self._admission(job_id, data_plane, path, headers)
+        problem = self._admission(job_id, account, data_plane, path, headers)
         if problem is not None:
             await self._send_after_latency(send, problem, 0.0)
             return
@@ -196,27 +239,27 @@ class FrontDoor:
         await self._send_after_latency(send, reply, extra_delay)
 
     def _admission(
-        self, job_id: str | None, data_plane: bool, path: str, headers: dict[str, str]
+        self,
+        job_id: str | None,
+        account: str | None,
+        data_plane: bool,
+        path: str,
+        headers: dict[str, str],
     ) -> CachedReply | None:
         """A 401/404/503 reply if the request may not go on, else ``None``."""
         state = self.state
         key = state.config.api_key
-        control_plane = path.startswith("/v1/accounts/")
-        if key is not None and (data_plane or control_plane):
-            if data_plane:
-                offered = headers.get("x-api-key", "")
-                what = "X-API-Key header"
-            else:
-                auth = headers.get("authorization", "")
-                offered = auth[len("bearer ") :] if auth.lower().startswith("bearer ") else ""
-                what = "Authorization: Bearer header"
-            if not hmac.compare_digest(offered.encode(), key.encode()):
-                return _json_reply(401, {"detail": f"missing or invalid API key ({what})"})
+        control_plane = path.startswith("/v1/")
+        if key is not None and (data_plane or control_plane) and not _authorized(headers, key):
+            body = rpc_status(401, _UNAUTHORIZED) if control_plane else {"detail": _UNAUTHORIZED}
+            return _json_reply(401, body)
         if not data_plane:
             return None
         if job_id is not None:
             try:
-                job = state.jobs.get(job_id)
+                if account is not None and account != state.jobs.account_id:
+                    raise ApiError(404, f"account {account!r} not found")
+                job = state.jobs.get_live(job_id)
             except ApiError as exc:
                 return _json_reply(exc.status, {"detail": exc.detail})
             job_state = state.jobs.state(job)
@@ -234,8 +277,9 @@ class FrontDoor:
         delay = self.state.config.latency_s + extra
         if delay > 0:
             await asyncio.sleep(delay)
-        await send({"type": "http.response.start", "status": reply.status,
-                    "headers": list(reply.headers)})
+        await send(
+            {"type": "http.response.start", "status": reply.status, "headers": list(reply.headers)}
+        )
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
     async def _drop(self, send: Send, reply: CachedReply) -> None:
@@ -243,9 +287,21 @@ class FrontDoor:
         body = reply.body or b"{}"
         headers.append((b"content-length", str(len(body) + 16).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body[: len(body) // 2],
-                    "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+        )
         raise DroppedConnection("injected fault: connection dropped mid-reply")
+
+
+def _authorized(headers: dict[str, str], key: str) -> bool:
+    """Whether the request offers the key (as X-Api-Key or Bearer) and nothing else."""
+    offered: list[str] = []
+    if "x-api-key" in headers:
+        offered.append(headers["x-api-key"])
+    auth = headers.get("authorization")
+    if auth is not None:
+        offered.append(auth[len("bearer ") :] if auth.lower().startswith("bearer ") else "")
+    return bool(offered) and all(hmac.compare_digest(o.encode(), key.encode()) for o in offered)
 
 
 async def _run_buffered(app: ASGIApp, scope: Scope, receive: Receive) -> CachedReply:
@@ -282,9 +338,7 @@ def _fault_reply(fault: FaultKind) -> CachedReply:
     if fault is FaultKind.ERROR_503:
         return _json_reply(503, detail)
     if fault is FaultKind.RATE_LIMIT_429:
-        return _json_reply(
-            429, detail, ((b"retry-after", b"1"), (b"retry-after-ms", b"50"))
-        )
+        return _json_reply(429, detail, ((b"retry-after", b"1"), (b"retry-after-ms", b"50")))
     if fault is FaultKind.TIMEOUT_408:
         return _json_reply(408, {**detail, "queue_state": "active"})
     return _json_reply(500, detail)

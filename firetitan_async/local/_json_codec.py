@@ -100,7 +100,7 @@ def decode_json_input(body: Mapping[str, Any], head: JsonHead) -> ForwardBackwar
     datums = [_decode_datum(d, f"{key}.data[{i}]") for i, d in enumerate(data)]
     return ForwardBackwardSubmission(
         model_id=head.model_id,
-        seq_id=-1 if head.seq_id is None else head.seq_id,
+        seq_id=-1 if head.seq_id is None else head.seq_id,  # -1: none given (the next free)
         loss_fn=loss_fn,
         loss_fn_config=config,
         forward_only=key == "forward_input",
@@ -153,7 +153,7 @@ def _decode_datum(datum: object, where: str) -> DatumArrays:
             isinstance(t, int) and not isinstance(t, bool) for t in tokens
         ):
             raise ApiError(400, f"{cwhere}.tokens must be a list of integers")
-        parts.append(np.asarray(tokens, dtype=np.int64))
+        parts.append(_array(tokens, np.dtype(np.int64), f"{cwhere}.tokens"))
     toks = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     raw_inputs = datum.get("loss_fn_inputs", {})
     if not isinstance(raw_inputs, Mapping):
@@ -180,7 +180,7 @@ def _decode_tensor(tensor: object, where: str) -> np.ndarray:
         raise ApiError(400, f"{where}.data must be a list of numbers")
     if dtype.kind in "iu" and not all(isinstance(x, int) for x in data):
         raise ApiError(400, f"{where}.data must be integers for dtype {dtype}")
-    values = np.asarray(data, dtype=dtype)
+    values = _array(data, dtype, f"{where}.data")
     shape = tensor.get("shape")
     if shape is not None and (
         not isinstance(shape, list)
@@ -197,6 +197,13 @@ def _decode_tensor(tensor: object, where: str) -> np.ndarray:
     return values.reshape(shape)
 
 
+def _array(values: list[Any], dtype: np.dtype[Any], where: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=dtype)
+    except (OverflowError, ValueError):
+        raise ApiError(400, f"{where}: a value does not fit {dtype}") from None
+
+
 def _decode_csr(
     values: np.ndarray, crow_raw: object, col_raw: object, shape: list[int] | None, where: str
 ) -> np.ndarray:
@@ -208,8 +215,8 @@ def _decode_csr(
         )
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in [*crow_raw, *col_raw]):
         raise ApiError(400, f"{where}: sparse indices must be integers")
-    crow = np.asarray(crow_raw, dtype=np.int64)
-    col = np.asarray(col_raw, dtype=np.int64)
+    crow = _array(crow_raw, np.dtype(np.int64), f"{where}.sparse_crow_indices")
+    col = _array(col_raw, np.dtype(np.int64), f"{where}.sparse_col_indices")
     rows, cols = shape
     if (
         crow.size != rows + 1

@@ -15,6 +15,13 @@ the target tokens, ``q`` the sampler's (input ``logprobs``), ``A`` the ``advanta
 ``low``/``high`` are ``clip_low_threshold``/``clip_high_threshold`` (ratio bounds, defaults
 0.8/1.2); ``beta`` defaults to 0.05.
 
+Fireworks ``loss_fn_config`` feature switches (strings and bools) are accepted in the form that
+asks for what the local model computes, and refused otherwise: ``target_logprob_support``
+``"full_vocabulary"``, ``report_policy_diagnostics`` and ``score_centering`` ``false``;
+``weighting`` and ``anchor_logprob_source`` (server-side TIS/MIS) are always refused.
+``dapo``, ``dppo`` and ``reinforce`` (named by the Fireworks SDK) are refused: the SDK does not
+define their inputs or math, so the local trainer does not guess them.
+
 Example::
 
     out = compute_loss("cross_entropy", lp, {"weights": w}, resolve_config("cross_entropy", None))
@@ -90,6 +97,32 @@ class LossOutput:
     metrics: dict[str, float]
 
 
+_FEATURE_OFF: Mapping[str, object] = MappingProxyType(
+    {
+        "target_logprob_support": "full_vocabulary",
+        "report_policy_diagnostics": False,
+        "score_centering": False,
+    }
+)
+_FEATURE_REFUSED = frozenset({"weighting", "anchor_logprob_source"})
+UNDEFINED_LOSSES: frozenset[str] = frozenset({"dapo", "dppo", "reinforce"})
+"""Losses the Fireworks SDK names without defining their inputs or math (refused)."""
+
+
+def _check_feature(key: str, value: object) -> None:
+    field = f"loss_fn_config.{key}"
+    if key in _FEATURE_REFUSED:
+        raise ModelInputError(field, "server-side policy importance weighting is not supported "
+                              "by the local trainer (create_model reports it unsupported)")
+    off = _FEATURE_OFF[key]
+    if type(value) is not type(off):
+        raise ModelInputError(field, f"must be a {type(off).__name__}, got {value!r}")
+    if value != off:
+        raise ModelInputError(
+            field, f"{value!r} is not supported by the local trainer (only {off!r})"
+        )
+
+
 def resolve_config(
     loss_fn: str, config: Mapping[str, float | str | bool] | None
 ) -> dict[str, float]:
@@ -102,6 +135,11 @@ def resolve_config(
         resolve_config("ppo", {"clip_high_threshold": 1.1})
         # {'clip_low_threshold': 0.8, 'clip_high_threshold': 1.1}
     """
+    if loss_fn in UNDEFINED_LOSSES:
+        raise ModelInputError(
+            "loss_fn", f"{loss_fn!r} is not implemented by the local trainer: the Fireworks SDK "
+            "names it but does not define its inputs or math (use a custom loss)"
+        )
     if loss_fn not in LOSS_FUNCTIONS:
         known = ", ".join(sorted(LOSS_FUNCTIONS))
         raise ModelInputError("loss_fn", f"unknown loss function {loss_fn!r} (known: {known})")
@@ -109,6 +147,9 @@ def resolve_config(
     resolved = dict(defaults)
     for key, value in (config or {}).items():
         field = f"loss_fn_config.{key}"
+        if key in _FEATURE_OFF or key in _FEATURE_REFUSED:
+            _check_feature(key, value)
+            continue
         if key not in defaults:
             allowed = ", ".join(defaults) or "none"
             raise ModelInputError(field, f"unknown key for {loss_fn!r} (allowed: {allowed})")

@@ -211,6 +211,7 @@ class TinyByteLM:
         dtype: type[np.floating] = np.float32,
         lora_alpha: float = LORA_ALPHA,
         init_method: str = "kaiming",
+        lora_seed: int | None = None,
     ) -> None:
         if (
             isinstance(lora_rank, bool)
@@ -243,6 +244,8 @@ class TinyByteLM:
         p["w2"] = (rng.standard_normal(_BASE_SHAPES["w2"]) / np.sqrt(HIDDEN_DIM)).astype(dtype)
         p["b2"] = np.zeros(_BASE_SHAPES["b2"], dtype=dtype)
         if lora_rank:
+            if lora_seed is not None:  # the adapters' own seed; the base stays ``seed``'s
+                rng = np.random.default_rng([seed, lora_seed])
             for name in LORA_TARGETS:
                 fan_in, fan_out = _BASE_SHAPES[name]
                 a = rng.standard_normal((fan_in, lora_rank)) / np.sqrt(fan_in)

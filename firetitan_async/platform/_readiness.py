@@ -1,5 +1,17 @@
 """The readiness poller: wait for a trainer job to be RUNNING and its trainer to answer.
 
+The rules are the Fireworks SDK's ``TrainerJobManager.wait_for_ready`` (study §2.5):
+
+* each poll reads the job; a job that is gone (404) or a tombstone (``DELETED``,
+  ``ARCHIVED``) fails at once, and so does ``FAILED`` (with the record's status message);
+* a stopped state (``CANCELLING``, ``CANCELLED``, ``COMPLETED``, ``EARLY_STOPPED``,
+  ``DELETING``, ``EXPIRED``) fails only once ``stopped_settle_s`` (30 s) have passed since the
+  wait began, because a resume flips the state asynchronously;
+* ``RUNNING`` is ready when ``GET {gateway}/api/v1/healthz`` answers HTTP 200, and only 200;
+* while the job is ``PENDING`` (waiting for capacity) the budget is ``pending_timeout_s``
+  (48 h), counted from the start; the readiness budget ``timeout_s`` starts at the first poll
+  that is not ``PENDING``.
+
 A :class:`ReadinessPoller` splits the wait in two so it can live in a task group:
 :meth:`ReadinessPoller.run` polls and records the outcome (it never raises, except on
 cancellation) and :meth:`ReadinessPoller.wait` waits for that outcome and raises on failure.
@@ -18,12 +30,12 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from typing import Final, Protocol
 
 import anyio
 import attrs
 
-from ._jobs import JobState, TrainerEndpoint, TrainerJob, TrainerJobs
-from .errors import (
+from ..errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
@@ -31,14 +43,29 @@ from .errors import (
     SessionClosed,
     TrainerJobFailed,
 )
+from ._records import JobState, TrainerEndpoint, TrainerJob
 
 __all__ = ["ReadinessPoller", "ReadinessProgress"]
 
 logger = logging.getLogger("firetitan_async.readiness")
 
-_JITTER = 0.2
+_JITTER: Final = 0.2
 # Replies that will not change by polling again: stop at once and report them.
-_FATAL_STATUS = frozenset({400, 401, 403})
+_FATAL_STATUS: Final = frozenset({400, 401, 403})
+#: The SDK's 48 h capacity wait (``DEFAULT_TRAINER_PENDING_TIMEOUT_S``).
+DEFAULT_PENDING_TIMEOUT_S: Final = 48 * 60 * 60.0
+#: How long a stopped state is taken for a stale pre-resume read (``_TRAINER_STOPPED_SETTLE_S``).
+DEFAULT_STOPPED_SETTLE_S: Final = 30.0
+
+
+class _JobSource(Protocol):
+    """What the poller needs of :class:`~firetitan_async.TrainerJobs` (no import circle)."""
+
+    def bare_job_id(self, job_id: str) -> str: ...
+
+    async def get(self, job_id: str) -> TrainerJob: ...
+
+    async def probe_trainer(self, base_url: str) -> bool: ...
 
 
 @attrs.frozen
@@ -63,16 +90,14 @@ class ReadinessProgress:
 
 
 class ReadinessPoller:
-    """Poll a trainer job until it is ready, failed, or out of time.
+    """Poll a trainer job until it is ready, failed, or out of time (rules: module docstring).
 
-    Ready means RUNNING with a ``directRouteHandle`` and, when ``probe_data_plane`` is set,
-    a trainer there that answers ``GET /api/v1/healthz`` (see
-    :meth:`TrainerJobs.probe_trainer`). Polls are ``poll_interval_s`` apart, spread by ±20%.
-    A terminal state (or the job disappearing, reported as state ``"DELETED"``) ends the wait
-    at once with :class:`~firetitan_async.TrainerJobFailed`; ``timeout_s`` after :meth:`run`
-    starts it ends with :class:`~firetitan_async.ReadinessTimeout`. A rejected key (HTTP 401/403)
-    ends it with that :class:`~firetitan_async.APIStatusError`; other transient control-plane
-    failures are retried until the timeout.
+    Polls are ``poll_interval_s`` apart, spread by ±20%. Failure ends the wait with
+    :class:`~firetitan_async.TrainerJobFailed` (state ``"DELETED"`` for a job that vanished),
+    :class:`~firetitan_async.ReadinessTimeout` (a budget ran out), or the control plane's
+    :class:`~firetitan_async.APIStatusError` for a rejected key (401/403). Other transient
+    control-plane failures are retried for up to ``timeout_s``. With
+    ``probe_data_plane=False`` a RUNNING job is ready without the health probe.
 
     ``on_progress`` is called after every poll (from the polling task; keep it quick). State
     changes are logged at INFO on ``firetitan_async.readiness``.
@@ -87,20 +112,33 @@ class ReadinessPoller:
 
     def __init__(
         self,
-        jobs: TrainerJobs,
+        jobs: _JobSource,
         job_id: str,
         *,
         poll_interval_s: float = 5.0,
         timeout_s: float = 900.0,
+        pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
+        stopped_settle_s: float = DEFAULT_STOPPED_SETTLE_S,
         on_progress: Callable[[ReadinessProgress], None] | None = None,
         probe_data_plane: bool = True,
     ) -> None:
         _check_positive("poll_interval_s", poll_interval_s)
         _check_positive("timeout_s", timeout_s)
+        _check_positive("pending_timeout_s", pending_timeout_s)
+        if (
+            isinstance(stopped_settle_s, bool)
+            or not isinstance(stopped_settle_s, int | float)
+            or (not math.isfinite(stopped_settle_s) or stopped_settle_s < 0)
+        ):
+            raise InvalidInput(
+                "stopped_settle_s", f"must be a number >= 0, got {stopped_settle_s!r}"
+            )
         self._jobs = jobs
-        self.job_id = jobs._job_id(job_id)
+        self.job_id = jobs.bare_job_id(job_id)
         self.poll_interval_s = float(poll_interval_s)
         self.timeout_s = float(timeout_s)
+        self.pending_timeout_s = float(pending_timeout_s)
+        self.stopped_settle_s = float(stopped_settle_s)
         self._on_progress = on_progress
         self._probe = probe_data_plane
         self._rng = random.Random()
@@ -111,13 +149,12 @@ class ReadinessPoller:
         self._last_state: str | None = None
 
     def __repr__(self) -> str:
-        outcome = (
-            "ready"
-            if self._endpoint
-            else (
-                type(self._error).__name__ if self._error else "running" if self._started else "new"
-            )
-        )
+        if self._endpoint:
+            outcome = "ready"
+        elif self._error:
+            outcome = type(self._error).__name__
+        else:
+            outcome = "running" if self._started else "new"
         return (
             f"ReadinessPoller(job_id={self.job_id!r}, last_state={self._last_state!r}, {outcome})"
         )
@@ -147,17 +184,14 @@ class ReadinessPoller:
             raise RuntimeError("ReadinessPoller.run() can be called only once")
         self._started = True
         done = self._event()
-        start = anyio.current_time()
         try:
-            with anyio.move_on_after(self.timeout_s) as scope:
-                outcome = await self._poll(start)
-                if isinstance(outcome, TrainerEndpoint):
-                    self._endpoint = outcome
-                else:
-                    self._error = outcome
-            if scope.cancelled_caught:
-                self._error = ReadinessTimeout(self.job_id, self.timeout_s, self._last_state)
-                logger.warning("trainer job %s: %s", self.job_id, self._error)
+            outcome = await self._poll(anyio.current_time())
+            if isinstance(outcome, TrainerEndpoint):
+                self._endpoint = outcome
+            else:
+                self._error = outcome
+                if isinstance(outcome, ReadinessTimeout):
+                    logger.warning("trainer job %s: %s", self.job_id, outcome)
         finally:
             if not self.done():
                 self._error = FiretitanError(
@@ -168,7 +202,7 @@ class ReadinessPoller:
     async def wait(self) -> TrainerEndpoint:
         """Wait for :meth:`run`'s outcome: the endpoint, or the failure raised.
 
-        Raises :class:`~firetitan_async.TrainerJobFailed` (terminal state, or ``"DELETED"``),
+        Raises :class:`~firetitan_async.TrainerJobFailed`,
         :class:`~firetitan_async.ReadinessTimeout`, or the control plane's
         :class:`~firetitan_async.APIStatusError` for a rejected key. Cancelling the wait does not
         stop :meth:`run`. Waits forever if :meth:`run` is never started.
@@ -188,15 +222,30 @@ class ReadinessPoller:
 
     async def _poll(self, start: float) -> TrainerEndpoint | BaseException:
         attempt = 0
+        ready_deadline: float | None = None
+        failing_since: float | None = None
         while True:
             attempt += 1
             job = await self._get_job()
+            now = anyio.current_time()
             if isinstance(job, BaseException):
                 return job
-            if job is not None:
-                outcome = await self._assess(job, start, attempt)
+            if job is None:  # a transient control-plane failure
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.timeout_s:
+                    return ReadinessTimeout(self.job_id, self.timeout_s, self._last_state)
+            else:
+                failing_since = None
+                outcome = await self._assess(job, now - start, attempt)
                 if outcome is not None:
                     return outcome
+                if job.state == JobState.PENDING:
+                    if now - start >= self.pending_timeout_s:
+                        return ReadinessTimeout(self.job_id, self.pending_timeout_s, job.state)
+                elif ready_deadline is None:
+                    ready_deadline = now + self.timeout_s
+                elif now >= ready_deadline:
+                    return ReadinessTimeout(self.job_id, self.timeout_s, job.state)
             await anyio.sleep(self._next_delay())
 
     async def _get_job(self) -> TrainerJob | BaseException | None:
@@ -219,7 +268,7 @@ class ReadinessPoller:
         return None
 
     async def _assess(
-        self, job: TrainerJob, start: float, attempt: int
+        self, job: TrainerJob, elapsed: float, attempt: int
     ) -> TrainerEndpoint | BaseException | None:
         """Report one poll; return the outcome if this poll decides it."""
         if job.state != self._last_state:
@@ -227,14 +276,27 @@ class ReadinessPoller:
                 "trainer job %s: %s after %.1fs%s",
                 self.job_id,
                 job.state,
-                anyio.current_time() - start,
+                elapsed,
                 f" ({job.status_message})" if job.status_message else "",
             )
         self._last_state = job.state
         message = job.status_message
         outcome: TrainerEndpoint | BaseException | None = None
-        if job.is_terminal:
-            outcome = TrainerJobFailed(self.job_id, job.state, job.status_message)
+        if job.is_tombstone:
+            outcome = TrainerJobFailed(
+                self.job_id,
+                job.state,
+                message or "the job was deleted (its id cannot be used for a new job)",
+            )
+        elif job.state in JobState.STOPPED:
+            if elapsed >= self.stopped_settle_s:
+                outcome = TrainerJobFailed(
+                    self.job_id, job.state, message or "it stopped before it became ready"
+                )
+            else:
+                message = f"{job.state} (may be stale after a resume; settling)"
+        elif job.state == JobState.FAILED:
+            outcome = TrainerJobFailed(self.job_id, job.state, message)
         elif (endpoint := job.endpoint()) is not None:
             try:
                 ready = not self._probe or await self._jobs.probe_trainer(endpoint.base_url)
@@ -244,14 +306,8 @@ class ReadinessPoller:
                 if ready:
                     outcome = endpoint
                 else:
-                    message = "waiting for the trainer to answer"
-        elif job.state == JobState.RUNNING:
-            message = "RUNNING without a trainer URL yet"
-        self._report(
-            ReadinessProgress(
-                self.job_id, job.state, anyio.current_time() - start, attempt, message
-            )
-        )
+                    message = "waiting for the trainer's health check (HTTP 200)"
+        self._report(ReadinessProgress(self.job_id, job.state, elapsed, attempt, message))
         return outcome
 
     def _report(self, progress: ReadinessProgress) -> None:

@@ -1,0 +1,153 @@
+"""``send_with_retry``: the one send-classify-back-off-raise loop for HTTP requests.
+
+Every request that may be retried goes through :func:`send_with_retry`: it sends the request,
+classifies the outcome with the one :class:`~firetitan_async.RetryPolicy` (connection errors,
+timeouts, 408/409/429, 5xx), waits as the policy says (honouring ``Retry-After`` and
+``retry-after-ms``), and raises a :class:`~firetitan_async.FiretitanError` whose text went
+through the one :class:`~firetitan_async._redact.Redactor`.
+
+Whether a request may be sent again after it *may* have reached the server is the caller's
+call (``replay_safe``): a GET, a DELETE, a POST with an idempotency key or a client-chosen
+resource id are replay-safe; a plain POST is retried only when it provably never left (the
+connection was never established) or the server asked for a retry (429, 503) before doing
+anything. The control plane (``platform/_rest.py``) uses this loop; the data-plane transport
+is meant to adopt it too.
+
+Example::
+
+    request = client.build_request("GET", "/v1/accounts", params={"pageSize": 2})
+    response = await send_with_retry(
+        client, request, policy=RetryPolicy(), redactor=Redactor.of(key), replay_safe=True
+    )
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+import httpx
+
+from ._redact import Redactor
+from ._retry import RetryPolicy, retry_after_seconds
+from .errors import APIStatusError, FiretitanError
+
+__all__ = ["NOT_SENT_ERRORS", "ErrorFactory", "send_with_retry", "status_error"]
+
+logger = logging.getLogger("firetitan_async.send")
+
+#: Transport errors raised before a request reached the server: any request may be re-sent.
+NOT_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
+# Statuses a server sends before doing anything: safe to retry even a non-replayable request.
+_REFUSED_STATUSES = frozenset({429, 503})
+
+#: Builds the exception raised for a final non-2xx reply (the body must be redacted with it).
+ErrorFactory = Callable[[httpx.Response, Redactor], FiretitanError]
+
+
+def status_error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
+    """The default error of a non-2xx reply: :class:`APIStatusError` with a redacted body.
+
+    Example::
+
+        raise status_error(response, Redactor.of(api_key))
+    """
+    body: object
+    try:
+        body = redactor.value(response.json())
+    except ValueError:
+        body = redactor.text(response.text)
+    return APIStatusError(
+        response.status_code,
+        body,
+        method=response.request.method,
+        path=response.request.url.path,
+    )
+
+
+async def send_with_retry(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    policy: RetryPolicy,
+    redactor: Redactor,
+    replay_safe: bool,
+    max_attempts: int | None = None,
+    accept: Callable[[httpx.Response, int], bool] | None = None,
+    error: ErrorFactory = status_error,
+    log: logging.Logger = logger,
+) -> httpx.Response:
+    """Send ``request`` until it succeeds, fails for good, or the policy runs out.
+
+    Returns the 2xx reply, or a reply for which ``accept(response, attempt)`` is true (e.g. a
+    404 to a DELETE that an earlier, lost attempt already applied, or a 409 the caller
+    resolves itself). Any other final reply raises ``error(response, redactor)``; a transport
+    failure raises :class:`~firetitan_async.FiretitanError` naming the method, the path and
+    the attempts. ``max_attempts`` caps ``policy.max_attempts`` (``1``: no retry). The request
+    body must be bytes (it is re-sent as is).
+
+    Example::
+
+        request = client.build_request("DELETE", path, timeout=30.0)
+        await send_with_retry(
+            client, request, policy=policy, redactor=redactor, replay_safe=True,
+            accept=lambda r, attempt: r.status_code == 404 and attempt > 1,
+        )
+    """
+    limit = policy.max_attempts if max_attempts is None else min(max_attempts, policy.max_attempts)
+    deadline = None if policy.deadline_s is None else time.monotonic() + policy.deadline_s
+    method, path = request.method, request.url.path
+    attempt = 0
+    while True:
+        attempt += 1
+        out_of_budget = attempt >= limit or (deadline is not None and time.monotonic() >= deadline)
+        try:
+            response = await client.send(request)
+        except httpx.TransportError as exc:
+            if out_of_budget or not (replay_safe or isinstance(exc, NOT_SENT_ERRORS)):
+                raise _transport_error(method, path, exc, attempt, redactor, replay_safe) from None
+            delay = policy.delay(attempt)
+            log.debug(
+                "%s %s: %s; retry %d in %.2fs",
+                method,
+                path,
+                redactor.exception(exc),
+                attempt,
+                delay,
+            )
+            await anyio.sleep(delay)
+            continue
+        status = response.status_code
+        if response.is_success or (accept is not None and accept(response, attempt)):
+            return response
+        retryable = policy.retryable_status(status) and (replay_safe or status in _REFUSED_STATUSES)
+        if out_of_budget or not retryable:
+            raise error(response, redactor)
+        delay = policy.delay(attempt, retry_after_seconds(response.headers))
+        log.debug("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
+        await anyio.sleep(delay)
+
+
+def _transport_error(
+    method: str,
+    path: str,
+    exc: httpx.TransportError,
+    attempts: int,
+    redactor: Redactor,
+    replay_safe: bool,
+) -> FiretitanError:
+    maybe_applied = (
+        " (the request may have reached the server)"
+        if not replay_safe and not isinstance(exc, NOT_SENT_ERRORS)
+        else ""
+    )
+    return FiretitanError(
+        f"{method} {path} failed after {attempts} attempt(s): "
+        f"{redactor.exception(exc)}{maybe_applied}"
+    )

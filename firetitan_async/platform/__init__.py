@@ -1,0 +1,41 @@
+"""The Fireworks control plane: accounts, trainer jobs, readiness, checkpoints, training shapes.
+
+``_rest.RestCore`` is the shared HTTP core (SDK headers, account resolution, timeouts, the one
+retry loop, ``google.rpc`` errors); ``TrainerJobs`` and its value types are built on it. The
+public names are re-exported from ``firetitan_async``.
+
+Example::
+
+    from firetitan_async import TrainerJobConfig, TrainerJobs
+
+    async with TrainerJobs() as jobs:
+        endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=model))
+"""
+
+from __future__ import annotations
+
+from ._checkpoints import JobCheckpoint, PromotedModel
+from ._config import TrainerJobConfig
+from ._jobs import TrainerJobs
+from ._readiness import ReadinessPoller, ReadinessProgress
+from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
+from ._rest import DEFAULT_BASE_URL, RestCore
+from ._rpc_status import PlatformAPIError
+from ._shapes import TrainingShapeProfile
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "CreatedTrainerJob",
+    "JobCheckpoint",
+    "JobState",
+    "PlatformAPIError",
+    "PromotedModel",
+    "ReadinessPoller",
+    "ReadinessProgress",
+    "RestCore",
+    "TrainerEndpoint",
+    "TrainerJob",
+    "TrainerJobConfig",
+    "TrainerJobs",
+    "TrainingShapeProfile",
+]
