@@ -51,6 +51,7 @@ from .errors import (
 from .platform import (
     CreatedTrainerJob,
     JobCheckpoint,
+    JobLease,
     JobState,
     PlatformAPIError,
     PromotedModel,
@@ -72,6 +73,7 @@ __all__ = [
     "FiretitanError",
     "InvalidInput",
     "JobCheckpoint",
+    "JobLease",
     "JobState",
     "OperationEvent",
     "OperationTimeout",

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ._checkpoints import JobCheckpoint, PromotedModel
 from ._config import TrainerJobConfig
 from ._jobs import TrainerJobs
+from ._lease import JobLease
 from ._readiness import ReadinessPoller, ReadinessProgress
 from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
 from ._rest import DEFAULT_BASE_URL, RestCore
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "CreatedTrainerJob",
     "JobCheckpoint",
+    "JobLease",
     "JobState",
     "PlatformAPIError",
     "PromotedModel",

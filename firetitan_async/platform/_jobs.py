@@ -25,9 +25,9 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import anyio
@@ -44,6 +44,7 @@ from ._checkpoints import (
 )
 from ._checkpoints import promote_checkpoint as _promote
 from ._config import TrainerJobConfig
+from ._lease import JobLease
 from ._readiness import (
     DEFAULT_PENDING_TIMEOUT_S,
     DEFAULT_STOPPED_SETTLE_S,
@@ -318,27 +319,39 @@ class TrainerJobs:
         await poller.run()
         return await poller.wait()
 
-    async def create_and_wait(
+    def create_and_wait(
         self,
         config: TrainerJobConfig,
         *,
         poll_interval_s: float = 5.0,
         timeout_s: float = 900.0,
         pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
-    ) -> TrainerEndpoint:
-        """:meth:`create`, then :meth:`wait_for_ready`.
+        keep: bool = False,
+        grace_s: float = 60.0,
+    ) -> JobLease:
+        """:meth:`create`, then :meth:`wait_for_ready`; await it, or use it as ``async with``.
+
+        Awaited, the job keeps running. As ``async with``, leaving the block (however: error,
+        cancellation, Ctrl-C) deletes the job unless ``keep=True``, waiting at most
+        ``grace_s`` for the delete. A job that never became ready is deleted either way.
+        See :class:`JobLease`.
 
         Example::
 
             endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=model, lora_rank=8))
+            async with jobs.create_and_wait(TrainerJobConfig(base_model=model)) as endpoint:
+                ...   # the job is deleted when the block ends
         """
-        created = await self.create(config)
-        return await self.wait_for_ready(
-            created.job_id,
-            poll_interval_s=poll_interval_s,
-            timeout_s=timeout_s,
-            pending_timeout_s=pending_timeout_s,
-        )
+
+        def wait(job_id: str) -> Coroutine[Any, Any, TrainerEndpoint]:
+            return self.wait_for_ready(
+                job_id,
+                poll_interval_s=poll_interval_s,
+                timeout_s=timeout_s,
+                pending_timeout_s=pending_timeout_s,
+            )
+
+        return JobLease(self, config, wait, keep=keep, grace_s=grace_s)
 
     async def resume(self, job_id: str) -> TrainerJob:
         """Resume a stopped job (``POST …:resume``, no body); returns its new record.
