@@ -32,6 +32,7 @@ from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
+from ._signals import SignalGuard, terminate_on_signals
 from ._snapshots import SamplerSnapshot
 from ._throughput import Throughput, ThroughputSnapshot
 from ._training import TrainingClient
@@ -91,6 +92,7 @@ __all__ = [
     "SamplingClient",
     "ServiceSession",
     "SessionClosed",
+    "SignalGuard",
     "SubmissionLost",
     "Throughput",
     "ThroughputSnapshot",
@@ -104,4 +106,5 @@ __all__ = [
     "__version__",
     "aresult",
     "as_awaitable",
+    "terminate_on_signals",
 ]
