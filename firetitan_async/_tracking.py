@@ -107,6 +107,7 @@ class Tracker:
     def submitting(self) -> None:
         """A submission is about to be sent (the first one starts the ``submit`` phase)."""
         if self.phase is None and not self._accepted:
+            self._progress()  # waiting for earlier operations was not a stall of this one
             self._move("submit")
             self._monitor.look_by(self.next_stall_report_at())
 
