@@ -124,7 +124,9 @@ def _import_client(client: Client) -> None:
     if client == "tinker":
         import tinker  # noqa: F401
     else:
-        pass
+        import firetitan_async
+        import firetitan_async.wire.fwdbwd
+        import firetitan_async.wire.tinker  # noqa: F401
 
 
 class _Trainer(Protocol):

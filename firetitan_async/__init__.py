@@ -33,7 +33,7 @@ from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._signals import SignalGuard, terminate_on_signals
-from ._snapshots import SamplerSnapshot
+from ._snapshots import CheckpointEntry, SamplerSnapshot
 from ._throughput import Throughput, ThroughputSnapshot
 from ._training import TrainingClient
 from ._version import __version__
@@ -67,6 +67,7 @@ from .platform import (
 
 __all__ = [
     "APIStatusError",
+    "CheckpointEntry",
     "CreatedTrainerJob",
     "CustomLoss",
     "Deadlines",

@@ -40,7 +40,8 @@ async def aresult(obj: AwaitableSource[T], timeout: float | None = None) -> T:
     """Wait for ``obj`` and return its result (or raise its exception), on asyncio or trio.
 
     ``obj`` may be a tinker ``APIFuture`` (anything the tinker SDK returns, including the
-    futures of ``SamplingClient.sample``), a ``concurrent.futures.Future``, an
+    futures of ``SamplingClient.sample``), a Fireworks Training SDK future (what
+    ``FiretitanTrainingClient`` returns), a ``concurrent.futures.Future``, an
     ``asyncio.Future`` of the running asyncio loop, or a native awaitable such as a
     ``Pending``. No thread is used per wait and the event loop is never blocked.
 
@@ -78,6 +79,8 @@ async def aresult(obj: AwaitableSource[T], timeout: float | None = None) -> T:
         # also covers the back-compat wrapper that *is* a concurrent Future: its own Future
         # methods warn, `.future()` does not.
         return await _wait_concurrent(cast("APIFuture[T]", obj).future(), timeout)
+    if _is_fireworks_future(obj):
+        return cast(T, await _wait_fireworks(obj, timeout))
     if isinstance(obj, concurrent.futures.Future):
         return await _wait_concurrent(obj, timeout)
     if asyncio.isfuture(obj):
@@ -106,6 +109,7 @@ def as_awaitable(obj: AwaitableSource[T]) -> Awaitable[T]:
     """
     if not (
         isinstance(obj, APIFuture | concurrent.futures.Future)
+        or _is_fireworks_future(obj)
         or asyncio.isfuture(obj)
         or hasattr(obj, "__await__")
     ):
@@ -126,6 +130,42 @@ class _Adapted(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<as_awaitable of {self._source!r}>"
+
+
+def _is_fireworks_future(obj: object) -> bool:
+    """A future of the Fireworks Training SDK (recognised by module: it is not imported)."""
+    return type(obj).__module__.startswith("fireworks.training.sdk") and hasattr(
+        obj, "result_async"
+    )
+
+
+async def _wait_fireworks(obj: Any, timeout: float | None) -> Any:
+    """Wait for a Fireworks SDK future on its concurrent Future, without its asyncio-only
+    ``__await__`` (so trio works and an abandoned wait never cancels the operation).
+
+    Its futures are an ``AwaitableConcurrentFuture`` (``.future()``), a ``_MappedAPIFuture``
+    (an inner future and a transform, e.g. the ``response_tokens`` backfill) or an
+    ``_ImmediateAPIFuture`` (a known value).
+    """
+    transforms: list[Callable[[Any], Any]] = []
+    while True:
+        if callable(getattr(obj, "future", None)):
+            value = await _wait_concurrent(obj.future(), timeout)
+            break
+        if hasattr(obj, "_inner") and callable(getattr(obj, "_transform", None)):
+            transforms.append(obj._transform)
+            obj = obj._inner
+            continue
+        if hasattr(obj, "_value"):
+            value = obj._value
+            break
+        raise TypeError(
+            f"cannot await a Fireworks SDK {type(obj).__qualname__} without its own event "
+            "loop thread: await it from asyncio with `await future`, or call .result()"
+        )
+    for transform in reversed(transforms):
+        value = transform(value)
+    return value
 
 
 def _unsupported(obj: object) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tinker import types
 
-from .errors import InvalidInput
+from .errors import InvalidInput, ProtocolError
 
 __all__ = ["CustomLoss", "backward_batch", "forward_batch", "run_custom_loss"]
 
@@ -47,10 +47,19 @@ def forward_batch(data: Sequence[types.Datum]) -> list[types.Datum]:
 def run_custom_loss(
     loss_fn: CustomLoss, data: Sequence[types.Datum], output: types.ForwardBackwardOutput
 ) -> tuple[float, list[np.ndarray]]:
-    """Call the user's loss on the forward output's logprobs and check what it returns."""
-    logprobs = [
-        np.asarray(o["logprobs"].to_numpy(), dtype=np.float64) for o in output.loss_fn_outputs
-    ]
+    """Call the user's loss on the forward output's logprobs and check what it returns.
+
+    A forward result without per-token logprobs (or with too few datums) raises
+    :class:`ProtocolError`: nothing is invented.
+    """
+    outputs = output.loss_fn_outputs
+    if len(outputs) != len(data) or any("logprobs" not in o for o in outputs):
+        raise ProtocolError(
+            "forward result",
+            "the trainer returned no per-token logprobs for every datum; a custom loss needs "
+            "them",
+        )
+    logprobs = [np.asarray(o["logprobs"].to_numpy(), dtype=np.float64) for o in outputs]
     result = loss_fn(list(data), logprobs)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise TypeError("a CustomLoss must return (loss, grads)")

@@ -22,7 +22,13 @@ from tinker import types
 
 from .errors import InvalidInput
 
-__all__ = ["is_fireworks_value", "to_tinker_adam", "to_tinker_data", "to_tinker_model_input"]
+__all__ = [
+    "is_fireworks_value",
+    "to_tinker_adam",
+    "to_tinker_data",
+    "to_tinker_model_input",
+    "to_tinker_sampling_params",
+]
 
 _FIREWORKS_MODULE = "fireworks.training.sdk"
 
@@ -122,3 +128,15 @@ def to_tinker_adam(params: Any) -> types.AdamParams:
         return params  # type: ignore[no-any-return]
     fields = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
     return types.AdamParams(**{f: getattr(params, f) for f in fields})
+
+
+def to_tinker_sampling_params(params: Any) -> types.SamplingParams:
+    """A Fireworks ``SamplingParams`` as tinker's (the same six fields).
+
+    Example::
+
+        to_tinker_sampling_params(ft.SamplingParams(max_tokens=8)).max_tokens   # 8
+    """
+    if not is_fireworks_value(params):
+        return params  # type: ignore[no-any-return]
+    return types.SamplingParams.model_validate(params.model_dump())

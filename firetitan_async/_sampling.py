@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tinker import types
 
+from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
 from ._pending import Pending
 from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
 from .wire.tinker import REQUEST_TYPE
@@ -78,6 +79,8 @@ class SamplingClient:
             print(out.sequences[0].tokens, out.sequences[0].logprobs)
         """
         self._session._check_open()
+        prompt = to_tinker_model_input(prompt)
+        sampling_params = to_tinker_sampling_params(sampling_params)
         validate_sample_args(prompt, num_samples, sampling_params)
         body = sample_request_body(
             sampling_session_id=self.sampling_session_id,
@@ -108,6 +111,7 @@ class SamplingClient:
 
             lps = await sampler.compute_logprobs(types.ModelInput.from_ints(list(b"abc")))
         """
+        prompt = to_tinker_model_input(prompt)
         inner = self.sample(
             prompt, 1, types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
         )

@@ -211,6 +211,8 @@ class ServiceSession:
         """
         from .platform import ReadinessPoller
 
+        if session_kwargs.get("dialect", "fireworks") not in ("auto", "fireworks"):
+            raise InvalidInput("dialect", "a trainer job speaks the fireworks dialect only")
         session_kwargs["dialect"] = "fireworks"
         session = cls("", api_key=api_key, **session_kwargs)
         session._poller = ReadinessPoller(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -15,12 +16,12 @@ from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_
 from ._ordered_ops import OrderedOps
 from ._pending import Pending
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
-from .errors import FiretitanError, InvalidInput
+from .errors import FiretitanError, InvalidInput, ProtocolError
 from .wire import ModelSpec
 from .wire import fireworks as fw
 from .wire.chunking import merge_outputs
 from .wire.futures import decode_json_result
-from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body, optim_step_body
+from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
 from .wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
@@ -35,15 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["TrainingClient"]
 
 R = TypeVar("R")
-_CAPABILITIES = (
-    "supports_router_replay",
-    "supports_target_logprob_support",
-    "supports_reinforce",
-    "supports_score_centering",
-    "supports_policy_importance_sampling",
-    "supports_policy_diagnostics",
-    "supports_rdma_weight_sync",
-)
 
 
 class TrainingClient:
@@ -52,7 +44,8 @@ class TrainingClient:
     Every operation method is a plain (non-async) call that returns a :class:`Pending` at once:
     its sequence id is reserved at the call, its request leaves immediately (submissions are
     pipelined), and the server runs the operations in call order. Await the Pendings when you
-    need the results.
+    need the results. The session's dialect decides the wire; a call the dialect cannot express
+    raises :class:`InvalidInput` before anything is sent.
 
     Example::
 
@@ -343,28 +336,23 @@ class TrainingClient:
             "emit_grad_norm_metrics",
             allow_bool=True,
         )
-        if self._codec.name == "fireworks":
+        codec = self._codec
+        codec.optim_step_body(  # refuses what the dialect cannot send, before sending
+            model_id=self.model_id,
+            seq_id=0,
+            adam_params=adam_params,
+            grad_accumulation_normalization=normalization,
+            emit_grad_norm_metrics=grad_norm,
+        )
 
-            def body(seq: int) -> dict[str, Any]:
-                return fw.optim_step_body(
-                    model_id=self.model_id,
-                    seq_id=seq,
-                    adam_params=adam_params,
-                    grad_accumulation_normalization=normalization,
-                    emit_grad_norm_metrics=grad_norm,
-                )
-        else:
-            for field, value in (
-                ("grad_accumulation_normalization", normalization),
-                ("emit_grad_norm_metrics", grad_norm),
-            ):
-                if value is not None:
-                    raise InvalidInput(
-                        field, "is Fireworks-only: the tinker dialect cannot send it"
-                    )
-
-            def body(seq: int) -> dict[str, Any]:
-                return optim_step_body(model_id=self.model_id, seq_id=seq, adam_params=adam_params)
+        def body(seq: int) -> dict[str, Any]:
+            return codec.optim_step_body(
+                model_id=self.model_id,
+                seq_id=seq,
+                adam_params=adam_params,
+                grad_accumulation_normalization=normalization,
+                emit_grad_norm_metrics=grad_norm,
+            )
 
         return self._simple("optim_step", body, types.OptimStepResponse)
 
@@ -588,12 +576,9 @@ class TrainingClient:
         if self._codec.name == "fireworks":
             reply = await self._session.transport.call("GET", "/api/v1/list_checkpoints")
             return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
-        return [
-            _entry_of_tinker(c)
-            for c in await _list_checkpoints(
-                self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
-            )
-        ]
+        return await _list_checkpoints(
+            self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
+        )
 
     async def resolve_checkpoint_path(
         self, checkpoint_name: str, source_job_id: str | None = None
@@ -627,7 +612,7 @@ class TrainingClient:
             checkpoints = await _list_checkpoints(
                 self._session, f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints"
             )
-            if any(c.tinker_path == checkpoint_name for c in checkpoints):
+            if any(c.path == checkpoint_name for c in checkpoints):
                 return checkpoint_name
             raise InvalidInput("checkpoint_name", f"no checkpoint at {checkpoint_name!r}")
         validate_checkpoint_name(checkpoint_name, field="checkpoint_name")
@@ -669,7 +654,8 @@ class TrainingClient:
                 "/api/v1/unload_model", json_body=fw.unload_model_body(model_id=self.model_id)
             )
             pending.request_id = accepted.request_id
-            done = await transport.retrieve(accepted.request_id, request_type="UnloadModel")
+            # The Fireworks SDK's literal request type for this poll.
+            done = await transport.retrieve(accepted.request_id, request_type="Unload model")
             return decode_json_result(types.UnloadModelResponse, done.payload)
 
         return self._ops.start("unload_model", 0, run)
@@ -727,22 +713,40 @@ class TrainingClient:
 
 async def _list_checkpoints(
     session: ServiceSession, path: str, params: dict[str, str | int] | None = None
-) -> list[types.Checkpoint]:
+) -> list[CheckpointEntry]:
     session._check_open()
     reply = await session.transport.call("GET", path, params=params)
-    return list(types.CheckpointsListResponse.model_validate(reply).checkpoints)
+    rows = reply.get("checkpoints") if isinstance(reply, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("checkpoint_id"), str) for r in rows
+    ):
+        raise ProtocolError("checkpoint listing", "expected {'checkpoints': [{checkpoint_id…}]}")
+    return [_entry_of_tinker(row) for row in rows]
 
 
-def _entry_of_tinker(c: types.Checkpoint) -> CheckpointEntry:
+def _entry_of_tinker(row: Mapping[str, Any]) -> CheckpointEntry:
+    """A tinker listing row; fields the trainer left out stay ``None`` (never invented)."""
+    path = row.get("tinker_path")
+    kind = row.get("checkpoint_type")
+    size = row.get("size_bytes")
     return CheckpointEntry(
-        name=c.checkpoint_id.split("/", 1)[-1],
-        path=c.tinker_path,
-        checkpoint_type=c.checkpoint_type,
-        time=c.time,
-        expires_at=c.expires_at,
-        size_bytes=c.size_bytes,
-        raw=c.model_dump(mode="json"),
+        name=str(row["checkpoint_id"]).split("/", 1)[-1],
+        path=path if isinstance(path, str) else None,
+        checkpoint_type=kind if isinstance(kind, str) else None,
+        time=_timestamp(row.get("time")),
+        expires_at=_timestamp(row.get("expires_at")),
+        size_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        raw=dict(row),
     )
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ProtocolError("checkpoint listing", f"bad timestamp {value!r}") from None
 
 
 def _entry_of_row(row: Mapping[str, Any]) -> CheckpointEntry:
@@ -791,34 +795,34 @@ def _convert_adam(params: Any) -> types.AdamParams:
     return to_tinker_adam(params)
 
 
-def _match_checkpoint(
-    checkpoints: Sequence[types.Checkpoint], name: str, job_id: str | None
-) -> str:
-    exact = [c for c in checkpoints if c.checkpoint_id.split("/", 1)[-1] == name]
+def _match_checkpoint(checkpoints: Sequence[CheckpointEntry], name: str, job_id: str | None) -> str:
+    exact = [c for c in checkpoints if c.name == name]
     if not exact:
         # A snapshot's short name: "step-1" matches "step-1-<8 hex>".
         exact = [
-            c
-            for c in checkpoints
-            if (short := c.checkpoint_id.split("/", 1)[-1]).startswith(name + "-")
-            and len(short) == len(name) + 9
+            c for c in checkpoints if c.name.startswith(name + "-") and len(c.name) == len(name) + 9
         ]
-    if len(exact) == 1:
-        return exact[0].tinker_path
     where = f"job {job_id!r}" if job_id else "this run"
     if not exact:
         known = ", ".join(sorted(c.checkpoint_id for c in checkpoints)) or "none"
         raise InvalidInput(
-            "name_or_path", f"no checkpoint named {name!r} in {where} (have: {known})"
+            "checkpoint_name", f"no checkpoint named {name!r} in {where} (have: {known})"
         )
-    # Prefer a training checkpoint (loadable state) over sampler weights of the same name.
-    training = [c for c in exact if c.checkpoint_type == "training"]
-    if len(training) == 1:
-        return training[0].tinker_path
-    raise InvalidInput(
-        "name_or_path",
-        f"{name!r} is ambiguous in {where}: " + ", ".join(c.tinker_path for c in exact),
-    )
+    if len(exact) > 1:
+        # Prefer a training checkpoint (loadable state) over sampler weights of the same name.
+        exact = [c for c in exact if c.checkpoint_type == "training"] or exact
+    if len(exact) > 1:
+        raise InvalidInput(
+            "checkpoint_name",
+            f"{name!r} is ambiguous in {where}: " + ", ".join(c.checkpoint_id for c in exact),
+        )
+    if exact[0].path is None:
+        raise InvalidInput(
+            "checkpoint_name",
+            f"the trainer listed {name!r} in {where} without its path: load it by the path "
+            "save_state returned",
+        )
+    return exact[0].path
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -46,7 +46,6 @@ __all__ = ["Transport", "check_url_security"]
 logger = logging.getLogger("firetitan_async.transport")
 
 _JSON = "application/json"
-_PROTO = "application/x-protobuf"
 # How long the client lets one retrieve_future long-poll run (the server holds it ~30 s).
 _LONG_POLL_TIMEOUT_S = 45.0
 # A try_again faster than this is treated as "the server does not long-poll": back off a little.

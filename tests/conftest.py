@@ -24,19 +24,3 @@ def local_trainer() -> Iterator[LocalTrainer]:
     """A fresh local trainer (seed 0) on loopback for one test; see ``firetitan_async.local``."""
     with LocalTrainer(seed=0) as trainer:
         yield trainer
-
-
-def fireworks_data_plane(lt: LocalTrainer) -> bool:
-    """Whether ``lt`` answers a JSON forward_backward (the Fireworks data plane)."""
-    import httpx
-
-    reply = httpx.post(
-        f"{lt.base_url}/api/v1/forward_backward",
-        json={
-            "forward_backward_input": {"data": [], "loss_fn": "cross_entropy"},
-            "model_id": "probe",
-            "seq_id": 1,
-        },
-        timeout=10,
-    )
-    return "protobuf" not in reply.text

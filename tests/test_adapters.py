@@ -376,3 +376,41 @@ async def test_real_sdk_futures_against_the_local_trainer(anyio_backend: str) ->
             await aresult(closing, timeout=30)
     finally:
         trainer.stop()
+
+
+async def test_real_fireworks_sdk_futures_against_the_local_trainer(anyio_backend: str) -> None:
+    """A loop moving over from the Fireworks SDK awaits its futures under asyncio and trio."""
+    from fireworks.training.sdk import FiretitanServiceClient
+    from fireworks.training.sdk import types as ft
+
+    from firetitan_async.local import LocalTrainer
+
+    tokens = list(b"adapters await fireworks")
+    datum = ft.Datum(
+        model_input=ft.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": [1.0] * (len(tokens) - 1)},
+    )
+
+    def sdk(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return contextvars.Context().run(fn, *args, **kwargs)  # see the tinker test above
+
+    with LocalTrainer(seed=0) as trainer:
+        service = await anyio.to_thread.run_sync(
+            partial(sdk, FiretitanServiceClient, base_url=trainer.base_url, api_key="fw-local")
+        )
+        try:
+            training = await anyio.to_thread.run_sync(
+                partial(sdk, service.create_training_client, "local/tiny-byte-lm", lora_rank=4)
+            )
+            fb = sdk(training.forward_backward, [datum], "cross_entropy")  # a mapped future
+            out = await aresult(fb, timeout=60)
+            assert out.metrics["response_tokens"] == len(tokens) - 1  # its transform ran
+            opt = sdk(training.optim_step, ft.AdamParams(learning_rate=1e-2))
+            await as_awaitable(opt)
+            fb2 = sdk(training.forward_backward, [datum], "cross_entropy")
+            with pytest.raises(TimeoutError):
+                await aresult(fb2, timeout=0)
+            out2 = await aresult(fb2, timeout=60)  # the timed-out wait cancelled nothing
+            assert out.metrics["loss:sum"] > out2.metrics["loss:sum"] > 0
+        finally:
+            await anyio.to_thread.run_sync(partial(sdk, service.close))

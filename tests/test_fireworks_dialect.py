@@ -75,6 +75,15 @@ def test_explicit_dialect_wins_and_a_bad_one_is_refused() -> None:
         ServiceSession("http://127.0.0.1:1", dialect="grpc")  # type: ignore[arg-type]
 
 
+def test_from_job_is_always_fireworks() -> None:
+    from firetitan_async import TrainerJobs
+
+    jobs = TrainerJobs(api_key="k", account_id="a", base_url="http://127.0.0.1:1")
+    assert ServiceSession.from_job(jobs, "job", api_key="tml-x").dialect == "fireworks"
+    with pytest.raises(InvalidInput, match="fireworks dialect only"):
+        ServiceSession.from_job(jobs, "job", dialect="tinker")
+
+
 # -- bootstrap, create_model, forward/backward ---------------------------------------------
 
 
@@ -437,3 +446,143 @@ async def test_closed_session_refuses(trainer: LocalTrainer) -> None:
         client = await session.create_training_client(MODEL, lora_rank=5)
     with pytest.raises(SessionClosed):
         client.unload_model()
+
+
+# -- offline rules, held to the SDK's own functions -----------------------------------------
+
+REFS = [
+    "step-4",
+    " step-4 ",
+    "Step-4",
+    "step_4",
+    "a" * 63,
+    "a" * 64,
+    "-bad",
+    "acct/run-0123456789abcdef0123456789abcdef/step-4",
+    "acct/run-0123456789abcdef0123456789abcdef/step-4/extra",
+    "acct/run-0123/step-4",
+    "a/b",
+    "/abs",
+    "tinker://run/weights/a",
+    "gs://bucket/x",
+    "cross_job://old-job/step-4",
+    "cross_job://old-job/",
+    "cross_job://old-job/a/b",
+    "cross_job://Old/step",
+    "a//b",
+    "a/../b",
+    "",
+    "back\\slash",
+]
+
+
+@pytest.mark.parametrize("ref", REFS)
+def test_checkpoint_refs_follow_the_sdks_rules(ref: str) -> None:
+    from fireworks.training.sdk.client import _validate_checkpoint_ref
+
+    from firetitan_async.wire.fireworks import validate_checkpoint_ref
+
+    try:
+        expected: str | None = _validate_checkpoint_ref(ref)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidInput):
+            validate_checkpoint_ref(ref)
+    else:
+        assert validate_checkpoint_ref(ref) == expected
+
+
+@pytest.mark.parametrize(("job", "name"), [("old-job", "step-4"), ("Old", "x"), ("a/b", "c")])
+def test_cross_job_refs_follow_the_sdk(job: str, name: str) -> None:
+    from fireworks.training.sdk.client import make_cross_job_checkpoint_ref
+
+    from firetitan_async.wire.fireworks import cross_job_ref
+
+    try:
+        expected: str | None = make_cross_job_checkpoint_ref(
+            source_job_id=job, checkpoint_name=name
+        )
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidInput):
+            cross_job_ref(job, name)
+    else:
+        assert cross_job_ref(job, name) == expected
+
+
+def test_datum_json_is_the_sdks_json() -> None:
+    """The datum JSON the Fireworks SDK sent in the recorded run (see the fidelity test)."""
+
+    from firetitan_async.wire.fireworks import datum_json, estimate_datum_bytes, split
+
+    tokens = list(b"estimate me")
+    ours = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": [0.5] * (len(tokens) - 1)},
+    )
+    assert estimate_datum_bytes(ours) == 10 * 3 * (len(tokens) - 1)
+    assert datum_json(ours) == {
+        "loss_fn_inputs": {
+            "target_tokens": {"data": tokens[1:], "dtype": "int64", "shape": [len(tokens) - 1]},
+            "weights": {
+                "data": [0.5] * (len(tokens) - 1),
+                "dtype": "float32",
+                "shape": [len(tokens) - 1],
+            },
+        },
+        "model_input": {"chunks": [{"tokens": tokens[:-1], "type": "encoded_text"}]},
+    }
+    assert [len(c) for c in split([ours] * 2050)] == [1024, 1024, 2]
+
+
+async def test_sampling_works_in_the_fireworks_dialect_on_the_local_trainer(
+    trainer: LocalTrainer,
+) -> None:
+    """A real Fireworks trainer samples through deployments; the local trainer keeps serving
+    our SamplingClient in both dialects."""
+    prompt = types.ModelInput.from_ints(list(b"once upon"))
+    params = types.SamplingParams(max_tokens=4, temperature=0.0, seed=1)
+    async with ServiceSession(trainer.base_url) as session:
+        client = await session.create_training_client(MODEL, lora_rank=6)
+        snap = await client.save_weights_for_sampler_ext("for-sampling")
+        sampler = await session.create_sampling_client(model_path=snap.path)
+        out = await sampler.sample(prompt, 1, params)
+        quick = await client.save_weights_and_get_sampling_client()
+        again = await quick.sample(prompt, 1, params)
+        # The Fireworks SDK's own ModelInput and SamplingParams are accepted too.
+        theirs = await sampler.sample(
+            ft.ModelInput.from_ints(list(b"once upon")),
+            1,
+            ft.SamplingParams(max_tokens=4, temperature=0.0, seed=1),
+        )
+        assert theirs.sequences[0].tokens == out.sequences[0].tokens
+    assert len(out.sequences[0].tokens) == 4
+    assert out.sequences[0].tokens == again.sequences[0].tokens
+
+
+def test_custom_loss_never_invents_missing_logprobs() -> None:
+    from firetitan_async._custom_loss import run_custom_loss
+    from firetitan_async.errors import ProtocolError
+
+    no_logprobs = types.ForwardBackwardOutput(
+        loss_fn_output_type="ArrayRecord", loss_fn_outputs=[{}, {}], metrics={"loss:sum": 1.0}
+    )
+    with pytest.raises(ProtocolError, match="no per-token logprobs"):
+        run_custom_loss(lambda d, lp: (0.0, lp), BATCH, no_logprobs)
+
+
+async def test_a_listing_without_times_or_paths_invents_none_in_the_tinker_dialect() -> None:
+    async with (
+        LocalTrainer(seed=5, checkpoint_list_details=False) as lt,
+        ServiceSession(lt.base_url, dialect="tinker") as session,
+    ):
+        client = await session.create_training_client(MODEL)
+        saved = await client.save_state("bare")
+        listed = await client.list_checkpoints()
+        with pytest.raises(InvalidInput, match="without its path"):
+            await client.resolve_checkpoint_path("bare")
+        await client.load_state(saved.path)  # the returned path is what counts
+    assert [(c.name, c.path, c.time, c.expires_at) for c in listed] == [("bare", None, None, None)]
+    assert listed[0].checkpoint_type == "training"

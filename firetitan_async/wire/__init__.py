@@ -126,6 +126,18 @@ class Dialect(Protocol):
         """One chunk's result."""
         ...
 
+    def optim_step_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        adam_params: types.AdamParams,
+        grad_accumulation_normalization: str | None,
+        emit_grad_norm_metrics: bool | str | None,
+    ) -> dict[str, Any]:
+        """Body of ``optim_step`` (the extras raise ``InvalidInput`` where not expressible)."""
+        ...
+
     def check_ttl(self, ttl_seconds: int | None) -> None:
         """Refuse a TTL the dialect cannot express."""
         ...

@@ -677,6 +677,24 @@ class FireworksDialect:
         """Protobuf or JSON, whichever the trainer sent."""
         return decode_fwdbwd_result(done)
 
+    def optim_step_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        adam_params: types.AdamParams,
+        grad_accumulation_normalization: str | None,
+        emit_grad_norm_metrics: bool | str | None,
+    ) -> dict[str, Any]:
+        """Body of ``optim_step`` with the extras when given."""
+        return optim_step_body(
+            model_id=model_id,
+            seq_id=seq_id,
+            adam_params=adam_params,
+            grad_accumulation_normalization=grad_accumulation_normalization,
+            emit_grad_norm_metrics=emit_grad_norm_metrics,
+        )
+
     def check_ttl(self, ttl_seconds: int | None) -> None:
         """Any TTL is refused: Fireworks does not support checkpoint TTLs."""
         if ttl_seconds is not None:

@@ -453,6 +453,24 @@ class TinkerDialect:
         """The protobuf ``ForwardBackwardOutput``."""
         return decode_forward_backward_output(done.payload)
 
+    def optim_step_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        adam_params: types.AdamParams,
+        grad_accumulation_normalization: str | None,
+        emit_grad_norm_metrics: bool | str | None,
+    ) -> dict[str, Any]:
+        """Body of ``optim_step``; the Fireworks extras cannot be sent in this dialect."""
+        for field, value in (
+            ("grad_accumulation_normalization", grad_accumulation_normalization),
+            ("emit_grad_norm_metrics", emit_grad_norm_metrics),
+        ):
+            if value is not None:
+                raise InvalidInput(field, "is Fireworks-only: the tinker dialect cannot send it")
+        return optim_step_body(model_id=model_id, seq_id=seq_id, adam_params=adam_params)
+
     def check_ttl(self, ttl_seconds: int | None) -> None:
         """``None`` or an int > 0."""
         validate_ttl(ttl_seconds)
