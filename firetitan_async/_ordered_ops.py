@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from ._deadlines import Deadlines
+from ._deadlines import Deadlines, call_deadlines
 from ._pending import Pending
 from .errors import APIStatusError, FiretitanError, OperationTimeout, SessionClosed, SubmissionLost
 
@@ -70,6 +70,7 @@ class OrderedOps:
         Returns the operation's :class:`Pending` at once. ``deadlines`` replaces the session's
         for this operation; ``tokens`` (input tokens) goes into its events.
         """
+        deadlines = call_deadlines(deadlines)  # before an id is reserved: no gap on bad input
         seqs = range(self._next_seq, self._next_seq + n_seq_ids)
         self._next_seq += n_seq_ids
         pending: Pending[T] = Pending(name, seq_id=seqs[0] if n_seq_ids else None)

@@ -8,6 +8,7 @@ come from a proxy transport that forwards everything else to the real trainer.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -28,8 +29,10 @@ from firetitan_async import (
     InvalidInput,
     OperationEvent,
     OperationTimeout,
+    SamplingClient,
     ServiceSession,
     SubmissionLost,
+    TrainingClient,
 )
 from firetitan_async._deadlines import DeadlinePolicy, call_deadlines
 from firetitan_async._h11_transport import H11Transport
@@ -335,3 +338,43 @@ def test_serve_flags_make_a_stalling_trainer() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
     assert proc.returncode == 0
+
+
+# -- per call --------------------------------------------------------------------------------
+
+OPERATIONS = {
+    TrainingClient: [
+        "forward", "forward_backward", "forward_backward_custom", "optim_step", "save_state",
+        "load_state", "load_state_with_optimizer", "save_weights_for_sampler",
+        "save_weights_for_sampler_ext", "save_weights_and_get_sampling_client", "unload_model",
+        "load_adapter",
+    ],
+    SamplingClient: ["sample", "compute_logprobs"],
+}
+
+
+def test_every_operation_method_takes_deadlines() -> None:
+    for cls, names in OPERATIONS.items():
+        for name in names:
+            parameter = inspect.signature(getattr(cls, name)).parameters.get("deadlines")
+            assert parameter is not None, f"{cls.__name__}.{name}"
+            assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is None
+
+
+async def test_a_per_call_deadline_replaces_the_sessions() -> None:
+    with LocalTrainer(stall_s=math.inf, stall_endpoint="optim_step", long_poll_s=0.2) as lt:
+        async with ServiceSession(lt.base_url) as session:  # the defaults: an hour of compute
+            client = await session.create_training_client(MODEL)
+            with pytest.raises(InvalidInput, match="deadlines"):
+                client.forward_backward(BATCH, "cross_entropy", deadlines=0.5)  # type: ignore[arg-type]
+            with anyio.fail_after(5):
+                await client.forward_backward(BATCH, "cross_entropy")  # no seq id was lost
+            started = time.monotonic()
+            with anyio.fail_after(10), pytest.raises(OperationTimeout) as caught:
+                await client.optim_step(ADAM, deadlines=Deadlines(compute_s=0.5))
+            assert time.monotonic() - started < 0.5 * 1.1 + 0.2
+            assert caught.value.budget_s == 0.5
+            sampler = await session.create_sampling_client(base_model=MODEL)
+            prompt = types.ModelInput.from_ints(list(b"Say: "))
+            lps = await sampler.compute_logprobs(prompt, deadlines=Deadlines(compute_s=5))
+            assert len(lps) == len(b"Say: ")
