@@ -365,7 +365,10 @@ class OperationMonitor:
                 await self._wake.wait()
 
     def _report(self, tracker: Tracker, now: float) -> None:
-        tracker.stall_reports += 1
+        every = tracker.deadlines.stall_warning_s or math.inf
+        # One report per stall_warning_s without progress (no catch-up burst after a pause).
+        behind = int((now - tracker.last_progress) // every)
+        tracker.stall_reports = max(tracker.stall_reports + 1, behind)
         report = self._redactor.text(tracker.stall_report(now))
         logger.warning("stalled: %s", report)
         tracker._emit("stalled", detail=report)
