@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 import anyio
 
+from ._signals import terminate_on_signals
 from .errors import FiretitanError
 
 __all__ = ["add_parser"]
@@ -82,6 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1.0,
         help="how long the local trainer job warms up before it is RUNNING (default: 1)",
     )
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="use a local trainer already running at URL (firetitan-async serve) "
+        "instead of an embedded one",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -96,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             latency_s=args.latency_ms / 1000.0,
             warmup_s=args.warmup_s,
+            server_url=args.server,
         )
     except ValueError as exc:
         print(f"firetitan-async demo: {exc}", file=sys.stderr)
@@ -104,8 +112,14 @@ def _run(args: argparse.Namespace) -> int:
     def emit(line: str) -> None:
         print(line, flush=True)
 
+    async def main() -> None:
+        # SIGTERM/SIGINT cancel the demo: its session and trainer job are cleaned up, then
+        # the process exits with 128 + the signal number.
+        async with terminate_on_signals():
+            await run_demo(config, emit=emit)
+
     try:
-        anyio.run(partial(run_demo, config, emit=emit), backend=args.backend)
+        anyio.run(main, backend=args.backend)
     except FiretitanError as exc:
         print(f"firetitan-async demo: failed: {exc}", file=sys.stderr)
         return 1

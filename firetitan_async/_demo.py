@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -48,6 +49,8 @@ __all__ = ["DemoConfig", "DemoResult", "DemoRow", "reward_of", "run_demo"]
 
 MODEL = "local/tiny-byte-lm"
 _EOS = 256
+# How long the demo may take to delete its trainer job when it ends.
+_DELETE_GRACE_S = 10.0
 
 
 @attrs.frozen
@@ -81,6 +84,8 @@ class DemoConfig:
     poll_interval_s: float = 0.1
     #: Samples shown before and after training.
     show_samples: int = 4
+    #: A local trainer already running (``firetitan-async serve``) instead of an embedded one.
+    server_url: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.steps < 1:
@@ -331,9 +336,17 @@ async def run_demo(
     cfg = config or DemoConfig()
     demo = _Demo(cfg, emit)
     started = time.monotonic()
-    async with LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed) as lt:
-        emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
-        async with TrainerJobs(account_id=lt.account_id, base_url=lt.control_plane_url) as jobs:
+    async with contextlib.AsyncExitStack() as stack:
+        if cfg.server_url is None:
+            lt = await stack.enter_async_context(
+                LocalTrainer(warmup_s=cfg.warmup_s, latency_s=cfg.latency_s, seed=cfg.seed)
+            )
+            url, account = lt.control_plane_url, lt.account_id
+            emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
+        else:
+            url, account = cfg.server_url, "local"
+            emit(f"local trainer at {url}")
+        async with TrainerJobs(account_id=account, base_url=url) as jobs:
             created = await jobs.create(
                 TrainerJobConfig(
                     base_model=MODEL,
@@ -343,17 +356,21 @@ async def run_demo(
                 )
             )
             emit(f"created trainer job {created.job_name}")
-            async with (
-                ServiceSession.from_job(
-                    jobs, created.job_id, poll_interval_s=cfg.poll_interval_s
-                ) as session,
-                anyio.create_task_group() as tg,
-            ):
-                tg.start_soon(_show_readiness, jobs, created.job_id, cfg, emit)
-                # Gated by the session's own readiness poller: returns once the job is RUNNING.
-                client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
-                emit(f"training client {client.model_id} on session {session.session_id}")
-                result = await demo.train(session, client, created.job_id, started)
+            try:
+                async with (
+                    ServiceSession.from_job(
+                        jobs, created.job_id, poll_interval_s=cfg.poll_interval_s
+                    ) as session,
+                    anyio.create_task_group() as tg,
+                ):
+                    tg.start_soon(_show_readiness, jobs, created.job_id, cfg, emit)
+                    # Gated by the session's readiness poller: returns once the job is RUNNING.
+                    client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
+                    emit(f"training client {client.model_id} on session {session.session_id}")
+                    result = await demo.train(session, client, created.job_id, started)
+            finally:  # however the demo ends (Ctrl-C, SIGTERM, an error), its job stops billing
+                with anyio.move_on_after(_DELETE_GRACE_S, shield=True):
+                    await jobs.delete(created.job_id)
     _summary(result, cfg.prompt, emit)
     return result
 

@@ -132,3 +132,40 @@ def test_sigterm_deletes_the_job_unloads_the_model_and_exits_non_zero(
                 return await state_of(jobs, job_id)
 
         assert anyio.run(job_state) == "deleted"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_to_the_demo_leaves_nothing_running_on_the_server(backend: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with LocalTrainer() as lt:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "firetitan_async", "demo", "--server", lt.control_plane_url,
+             "--steps", "1000", "--warmup-s", "0", "--backend", backend],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith("training client"):
+                    break
+            else:
+                raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
+            time.sleep(0.5)  # training steps in flight
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert took < 5
+
+        async def running_jobs() -> list[str]:
+            async with TrainerJobs(base_url=lt.control_plane_url) as jobs:
+                return [j.job_id for j in await jobs.list_jobs() if not j.is_tombstone]
+
+        assert anyio.run(running_jobs) == []
+        requests = lt.stats()["requests"]
+        assert requests.get("jobs.delete") == 1
+        assert requests.get("unload_model") == 1  # the fireworks dialect's end of a session
