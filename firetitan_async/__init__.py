@@ -26,13 +26,17 @@ from __future__ import annotations
 from ._adapters import aresult, as_awaitable
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 from ._custom_loss import CustomLoss
+from ._deadlines import Deadlines
 from ._deployment_sampler import DeploymentSampler, SampledCompletion
+from ._events import EventStream, OperationEvent
+from ._otel import OtelExporter
 from ._pending import Pending
 from ._retry import RetryPolicy
 from ._sampling import SamplingClient
 from ._session import ServiceSession
 from ._signals import Interrupted, cleanup_on_signals
 from ._snapshots import CheckpointEntry, SamplerSnapshot
+from ._throughput import Throughput, ThroughputSnapshot
 from ._training import TrainingClient
 from ._version import __version__
 from .errors import (
@@ -40,6 +44,7 @@ from .errors import (
     FiretitanError,
     HotloadFailed,
     InvalidInput,
+    OperationTimeout,
     ProtocolError,
     ReadinessTimeout,
     RequestFailedError,
@@ -85,11 +90,13 @@ __all__ = [
     "ConcurrencyController",
     "CreatedTrainerJob",
     "CustomLoss",
+    "Deadlines",
     "DeploymentConfig",
     "DeploymentFailed",
     "DeploymentInfo",
     "DeploymentSampler",
     "Deployments",
+    "EventStream",
     "FiretitanError",
     "FixedConcurrency",
     "HotloadFailed",
@@ -100,6 +107,9 @@ __all__ = [
     "JobState",
     "LiveResource",
     "Observation",
+    "OperationEvent",
+    "OperationTimeout",
+    "OtelExporter",
     "Pending",
     "PlatformAPIError",
     "PromotedModel",
@@ -119,6 +129,8 @@ __all__ = [
     "SessionClosed",
     "StreamDelta",
     "SubmissionLost",
+    "Throughput",
+    "ThroughputSnapshot",
     "TrainerEndpoint",
     "TrainerJob",
     "TrainerJobConfig",

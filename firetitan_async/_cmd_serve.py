@@ -63,6 +63,29 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="longest hold of a retrieve_future poll (default 30)",
     )
     parser.add_argument(
+        "--stall-s",
+        type=float,
+        default=0.0,
+        help="stalled operations stay unfinished this long ('inf': forever; default 0: off)",
+    )
+    parser.add_argument(
+        "--body-stall-s",
+        type=float,
+        default=0.0,
+        help="a stalled operation's result body stops half-way this long ('inf': forever)",
+    )
+    parser.add_argument(
+        "--stall-endpoint",
+        default=None,
+        help="only operations submitted here stall, e.g. forward_backward (default: any)",
+    )
+    parser.add_argument(
+        "--stall-count",
+        type=int,
+        default=1,
+        help="how many matching operations stall (0: all; default 1)",
+    )
+    parser.add_argument(
         "--no-fwdbwd-logprobs",
         action="store_true",
         help="forward_backward replies carry the aggregate loss but no per-token logprobs "
@@ -128,6 +151,10 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             checkpoint_dir=args.checkpoint_dir,
             api_key=api_key,
             long_poll_s=args.long_poll_s,
+            stall_s=args.stall_s,
+            body_stall_s=args.body_stall_s,
+            stall_endpoint=args.stall_endpoint,
+            stall_count=args.stall_count,
             forward_backward_logprobs=not args.no_fwdbwd_logprobs,
             checkpoint_step_names=args.step_checkpoint_names,
             checkpoint_list_details=not args.bare_checkpoint_list,

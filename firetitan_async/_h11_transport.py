@@ -220,6 +220,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.WriteError(f"writing the request failed: {exc!r}", request=request) from exc
 
         started = False
+        on_reply_started = request.extensions.get("firetitan.reply_started")
         status, reason, reply_headers = 0, b"", []
         chunks: list[bytes] = []
         size = 0
@@ -238,6 +239,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                         started = True
                         status, reason = event.status_code, event.reason
                         reply_headers = list(event.headers.raw_items())
+                        if on_reply_started is not None:
+                            on_reply_started()  # the body follows (deadlines time it apart)
                     elif isinstance(event, h11.Data):
                         size += len(event.data)
                         if size > self._max_reply_bytes:

@@ -15,10 +15,12 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from ._deadlines import Deadlines, call_deadlines
 from ._pending import Pending
 from .errors import (
     APIStatusError,
     FiretitanError,
+    OperationTimeout,
     SessionClosed,
     SubmissionLost,
     TrainerJobFailed,
@@ -31,13 +33,23 @@ logger = logging.getLogger("firetitan_async.operations")
 
 
 class Spawner(Protocol):
-    """What :class:`OrderedOps` needs from its session: a place to run tasks.
+    """What :class:`OrderedOps` needs from its session: a place to run tasks, and the tracking
+    (deadlines, events) of each operation.
 
     The session's side of it is private (``ServiceSession._spawn_operation``): users never
     see it; the clients reach it through this interface.
     """
 
     def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+
+    def _track_operation(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> Awaitable[T]: ...
 
 
 class OrderedOps:
@@ -56,12 +68,20 @@ class OrderedOps:
         return self._next_seq
 
     def start(
-        self, name: str, n_seq_ids: int, run: Callable[[range, Pending[T]], Awaitable[T]]
+        self,
+        name: str,
+        n_seq_ids: int,
+        run: Callable[[range, Pending[T]], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
     ) -> Pending[T]:
         """Reserve ``n_seq_ids`` ids now and run ``run(ids, pending)`` in a task.
 
-        Returns the operation's :class:`Pending` at once.
+        Returns the operation's :class:`Pending` at once. ``deadlines`` replaces the session's
+        for this operation; ``tokens`` (input tokens) goes into its events.
         """
+        deadlines = call_deadlines(deadlines)  # before an id is reserved: no gap on bad input
         seqs = range(self._next_seq, self._next_seq + n_seq_ids)
         self._next_seq += n_seq_ids
         pending: Pending[T] = Pending(name, seq_id=seqs[0] if n_seq_ids else None)
@@ -75,14 +95,23 @@ class OrderedOps:
         async def carry() -> None:
             try:
                 with scope:
-                    pending._set_result(await run(seqs, pending))
+                    pending._set_result(
+                        await self._spawner._track_operation(
+                            pending, lambda: run(seqs, pending), deadlines=deadlines, tokens=tokens
+                        )
+                    )
             except anyio.get_cancelled_exc_class():
                 pending._set_exception(
                     SessionClosed(f"{name} was still running when its session closed")
                 )
                 raise
             except SubmissionLost as exc:
-                self._break(seqs, exc)
+                if seqs:  # (an operation without ids only relays an inner one's loss)
+                    self._break(seqs, exc)
+                pending._set_exception(exc)
+            except OperationTimeout as exc:
+                if exc.phase == "submit" and seqs:  # maybe never delivered: a gap forever
+                    self._break(seqs, SubmissionLost(str(exc)))
                 pending._set_exception(exc)
             except Exception as exc:
                 pending._set_exception(exc)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tinker import types
 
+from ._deadlines import Deadlines, call_deadlines
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
 from ._pending import Pending
 from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
@@ -66,6 +67,7 @@ class SamplingClient:
         sampling_params: types.SamplingParams,
         *,
         include_prompt_logprobs: bool = False,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.SampleResponse]:
         """Draw ``num_samples`` continuations of ``prompt``; returns a :class:`Pending` at once.
 
@@ -79,6 +81,7 @@ class SamplingClient:
             print(out.sequences[0].tokens, out.sequences[0].logprobs)
         """
         self._session._check_open()
+        deadlines = call_deadlines(deadlines)
         prompt = to_tinker_model_input(prompt)
         sampling_params = to_tinker_sampling_params(sampling_params)
         validate_sample_args(prompt, num_samples, sampling_params)
@@ -102,9 +105,11 @@ class SamplingClient:
             )
             return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
 
-        return self._start("sample", run)
+        return self._start("sample", run, deadlines=deadlines)
 
-    def compute_logprobs(self, prompt: types.ModelInput) -> Pending[list[float | None]]:
+    def compute_logprobs(
+        self, prompt: types.ModelInput, *, deadlines: Deadlines | None = None
+    ) -> Pending[list[float | None]]:
         """Per-token logprobs of ``prompt`` (``None`` for the first token).
 
         Example::
@@ -113,7 +118,11 @@ class SamplingClient:
         """
         prompt = to_tinker_model_input(prompt)
         inner = self.sample(
-            prompt, 1, types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
+            deadlines=deadlines,
         )
 
         async def run(pending: Pending[list[float | None]]) -> list[float | None]:
@@ -121,19 +130,33 @@ class SamplingClient:
             pending.request_id = inner.request_id
             return prompt_logprobs_of(response)
 
-        return self._start("compute_logprobs", run)
+        return self._start("compute_logprobs", run, tracked=False)  # its `sample` is tracked
 
     def _reserve(self) -> int:
         seq = self._next_seq
         self._next_seq += 1
         return seq
 
-    def _start(self, name: str, run: Callable[[Pending[T]], Awaitable[T]]) -> Pending[T]:
+    def _start(
+        self,
+        name: str,
+        run: Callable[[Pending[T]], Awaitable[T]],
+        *,
+        tracked: bool = True,
+        deadlines: Deadlines | None = None,
+    ) -> Pending[T]:
+        deadlines = call_deadlines(deadlines)
         pending: Pending[T] = Pending(name)
 
         async def carry() -> None:
             try:
-                pending._set_result(await run(pending))
+                if tracked:
+                    work = self._session._track_operation(
+                        pending, lambda: run(pending), deadlines=deadlines
+                    )
+                    pending._set_result(await work)
+                else:
+                    pending._set_result(await run(pending))
             except Exception as exc:
                 pending._set_exception(exc)
             finally:

@@ -93,6 +93,7 @@ async def send_with_retry(
     error: ErrorFactory = status_error,
     log: logging.Logger = logger,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    on_retry: Callable[[str], None] | None = None,
 ) -> httpx.Response:
     """Send ``request`` until it succeeds, fails for good, or the policy runs out.
 
@@ -108,7 +109,9 @@ async def send_with_retry(
     then judged as usual); it keeps its own count. ``before_retry(response)`` is awaited with
     every reply of a retryable status (before the wait, or before the final error) and may
     raise to stop at once (a session whose trainer job has failed raises
-    :class:`~firetitan_async.TrainerJobFailed`).
+    :class:`~firetitan_async.TrainerJobFailed`). ``on_retry(what)`` hears of every retry before
+    its wait, with a short, key-free reason (``"POST /api/v1/forward: HTTP 503"``): the
+    operation events count retries with it.
 
     Example::
 
@@ -139,6 +142,8 @@ async def send_with_retry(
                 attempt,
                 delay,
             )
+            if on_retry is not None:
+                on_retry(f"{method} {path}: {type(exc).__name__}")
             await sleep(delay)
             continue
         status = response.status_code
@@ -157,6 +162,8 @@ async def send_with_retry(
             raise error(response, redactor)
         delay = policy.delay(attempt, retry_after_seconds(response.headers))
         log.debug("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
+        if on_retry is not None:
+            on_retry(f"{method} {path}: HTTP {status}")
         await sleep(delay)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -16,13 +16,20 @@ import anyio.abc
 import httpx
 from tinker import types
 
+from ._deadlines import DeadlinePolicy, Deadlines
+from ._events import EventHook, EventHub, EventStream
+from ._pending import Pending
 from ._redact import Redactor
 from ._retry import RetryPolicy
+from ._throughput import Throughput
+from ._tracking import OperationMonitor
 from ._transport import Transport, check_url_security
 from .errors import FiretitanError, InvalidInput, SessionClosed, TrainerJobFailed, UsageError
 from .wire import Dialect, DialectName, ModelSpec, dialect_named
+from .wire import fireworks as fw
 from .wire.futures import decode_json_result
 from .wire.tinker import (
+    cancel_future_body,
     client_config_body,
     create_sampling_session_body,
     finish_session_body,
@@ -36,6 +43,8 @@ if TYPE_CHECKING:
     from .platform import ReadinessPoller, TrainerJobs
 
 __all__ = ["ServiceSession"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("firetitan_async.session")
 
@@ -103,6 +112,13 @@ class ServiceSession:
     ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
     them (as ``httpx.AsyncClient(trust_env=False)``).
 
+    ``deadlines`` bounds every operation's phases (a :class:`Deadlines` for all operations,
+    or a mapping from operation names such as ``"save_state"`` and ``"default"`` to them; see
+    :class:`Deadlines` for the defaults); ``on_event`` is called with every
+    :class:`OperationEvent` (see also :meth:`events` and :meth:`add_event_hook`). Leaving the
+    block, however it is left (error, cancellation), unloads the models it created and ends
+    the server-side session.
+
     Example::
 
         async with ServiceSession("http://127.0.0.1:8080") as session:
@@ -125,6 +141,8 @@ class ServiceSession:
         transport: httpx.AsyncBaseTransport | None = None,
         http2: bool = False,
         trust_env: bool = True,
+        deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
@@ -164,6 +182,16 @@ class ServiceSession:
         self._training_keys: set[ModelSpec] = set()
         self._model_seq = 0
         self._sampling_seq = 0
+        self._model_ids: list[str] = []
+        self._events = EventHub()
+        if on_event is not None:
+            self._events.add_hook(on_event)
+        self._monitor = OperationMonitor(
+            self._events,
+            DeadlinePolicy(deadlines),
+            Redactor.of(self._api_key),
+            cancel=self._cancel_on_server,
+        )
 
     @classmethod
     def from_job(
@@ -234,6 +262,7 @@ class ServiceSession:
         self._idle.set()
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        self._task_group.start_soon(self._monitor.watch)
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)
@@ -274,10 +303,14 @@ class ServiceSession:
         return None
 
     async def _finish(self, status: _FinishStatus = "errored") -> None:
+        self._events.close()
         transport = self._transport
         if transport is None:
             return
         try:
+            if self._codec.name == "fireworks":  # the Fireworks SDK's unload_model
+                with anyio.move_on_after(_FINISH_TIMEOUT_S):
+                    await self._unload_models(transport)
             # The Fireworks SDK never ends its session; a Fireworks trainer may not know how.
             if self._session_id is not None and self._codec.finishes_session:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
@@ -291,6 +324,35 @@ class ServiceSession:
             logger.warning("could not finish session %s: %s", self._session_id, exc)
         finally:
             await transport.aclose()
+
+    async def _unload_models(self, transport: Transport) -> None:
+        """Ask the trainer to unload every model this session created (best effort: a server
+        without ``unload_model`` releases them when the session ends)."""
+        for model_id in self._model_ids:
+            try:
+                await transport.call(
+                    "POST",
+                    "/api/v1/unload_model",
+                    json_body=fw.unload_model_body(model_id=model_id),
+                    retry=False,
+                )
+            except FiretitanError as exc:
+                logger.debug("could not unload model %s: %s", model_id, exc)
+
+    async def _cancel_on_server(self, pending: Pending[Any]) -> None:
+        """Best-effort ``cancel_future`` for a timed-out ``sample`` (tinker dialect only: no
+        wire can cancel a training operation, and the Fireworks SDK has no cancel)."""
+        if pending.name != "sample" or pending.request_id is None or self.dialect != "tinker":
+            return
+        try:
+            await self._open_transport.call(
+                "POST",
+                "/api/v1/cancel_future",
+                json_body=cancel_future_body(pending.request_id),
+                retry=False,
+            )
+        except FiretitanError as exc:
+            logger.debug("could not cancel %s on the server: %s", pending.request_id, exc)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -335,6 +397,61 @@ class ServiceSession:
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._task_group.start_soon(self._run_counted, fn)
+
+    def _track_operation(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> Awaitable[T]:
+        """Run ``work()`` as ``pending``'s operation: deadlines, stall reports, events."""
+        return self._monitor.track(pending, work, deadlines=deadlines, tokens=tokens)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, max_buffer: int = 1024) -> EventStream:
+        """An async iterator over the :class:`OperationEvent` of every later operation.
+
+        Each stream buffers up to ``max_buffer`` events; when its reader falls behind, the
+        oldest are dropped (``stream.dropped`` counts them), so operations never wait for a
+        reader. It ends when the session closes; ``async with`` detaches it earlier.
+
+        Example::
+
+            async with session.events() as events:
+                async for event in events:
+                    print(event.kind, event.operation, event.seq_id, event.phase_s)
+        """
+        return self._events.stream(max_buffer)
+
+    def add_event_hook(self, hook: EventHook) -> Callable[[], None]:
+        """Call ``hook(event)`` for every :class:`OperationEvent`; returns a remover.
+
+        The hook runs inline in the operation's task: keep it quick and non-blocking. An
+        exception it raises is logged once and ignored.
+
+        Example::
+
+            remove = session.add_event_hook(lambda e: print(e.kind, e.operation))
+            ...
+            remove()
+        """
+        return self._events.add_hook(hook)
+
+    def throughput(self, window_s: float | None = None) -> Throughput:
+        """A :class:`Throughput` meter fed by this session's events from now on.
+
+        Example::
+
+            meter = session.throughput()
+            ...  # train
+            print(meter.snapshot().tokens_per_s, meter.snapshot().steps_per_s)
+        """
+        meter = Throughput(window_s=window_s)
+        self._events.add_hook(meter)
+        return meter
 
     async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -522,6 +639,7 @@ class ServiceSession:
             )
             done = await transport.retrieve(accepted.request_id, request_type="CreateModel")
             created = decode_json_result(types.CreateModelResponse, done.payload)
+            self._model_ids.append(created.model_id)
             info = None
             if codec.fetches_info:
                 info = types.GetInfoResponse.model_validate(

@@ -13,6 +13,7 @@ import numpy as np
 from tinker import types
 
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
+from ._deadlines import Deadlines, call_deadlines
 from ._ordered_ops import OrderedOps
 from ._pending import Pending
 from ._sdk_private import tensor_array
@@ -46,7 +47,8 @@ class TrainingClient:
     its sequence id is reserved at the call, its request leaves immediately (submissions are
     pipelined), and the server runs the operations in call order. Await the Pendings when you
     need the results. The session's dialect decides the wire; a call the dialect cannot express
-    raises :class:`InvalidInput` before anything is sent.
+    raises :class:`InvalidInput` before anything is sent. Every operation method also takes
+    ``deadlines=``: a :class:`Deadlines` that replaces the session's budgets for that call.
 
     Example::
 
@@ -117,6 +119,8 @@ class TrainingClient:
         data: Sequence[types.Datum],
         loss_fn: str,
         loss_fn_config: Mapping[str, float | str] | None = None,
+        *,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.ForwardBackwardOutput]:
         """Compute the loss and per-token logprobs without changing gradients or weights.
 
@@ -125,13 +129,17 @@ class TrainingClient:
             out = await client.forward(batch, "cross_entropy")
             logprobs = out.loss_fn_outputs[0]["logprobs"].to_numpy()
         """
-        return self._fwdbwd("forward", data, loss_fn, loss_fn_config, forward_only=True)
+        return self._fwdbwd(
+            "forward", data, loss_fn, loss_fn_config, forward_only=True, deadlines=deadlines
+        )
 
     def forward_backward(
         self,
         data: Sequence[types.Datum],
         loss_fn: str,
         loss_fn_config: Mapping[str, float | str] | None = None,
+        *,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.ForwardBackwardOutput]:
         """Compute the loss and accumulate its gradients (applied by :meth:`optim_step`).
 
@@ -144,10 +152,21 @@ class TrainingClient:
             out = await client.forward_backward(batch, "ppo", {"clip_low_threshold": 0.8})
             print(out.metrics["loss:sum"])
         """
-        return self._fwdbwd("forward_backward", data, loss_fn, loss_fn_config, forward_only=False)
+        return self._fwdbwd(
+            "forward_backward",
+            data,
+            loss_fn,
+            loss_fn_config,
+            forward_only=False,
+            deadlines=deadlines,
+        )
 
     def forward_backward_custom(
-        self, data: Sequence[types.Datum], loss_fn: CustomLoss
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: CustomLoss,
+        *,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.ForwardBackwardOutput]:
         """Train with a loss computed on the client from per-token logprobs (numpy; no torch).
 
@@ -166,6 +185,7 @@ class TrainingClient:
             out = await client.forward_backward_custom(batch, mean_logprob)
         """
         self._check_usable()
+        deadlines = call_deadlines(deadlines)
         data = _convert_data(data)
         fwd_data = forward_batch(data)
         validate_forward_backward(fwd_data, "cross_entropy", None, dialect=self._codec.name)
@@ -198,7 +218,10 @@ class TrainingClient:
                 metrics=metrics,
             )
 
-        return self._ops.start("forward_backward_custom", 2 * n, run)
+        tokens = sum(d.model_input.length for d in data)
+        return self._ops.start(
+            "forward_backward_custom", 2 * n, run, tokens=tokens, deadlines=deadlines
+        )
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
         return self._codec.split(data, self._session._client_config)
@@ -216,8 +239,10 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float | str | bool] | None,
         *,
         forward_only: bool,
+        deadlines: Deadlines | None,
     ) -> Pending[types.ForwardBackwardOutput]:
         self._check_usable()
+        deadlines = call_deadlines(deadlines)
         data = _convert_data(data)
         validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
         chunks = self._split(data)
@@ -234,7 +259,8 @@ class TrainingClient:
                 out.metrics["response_tokens"] = _response_tokens(data)
             return out
 
-        return self._ops.start(name, len(chunks), run)
+        tokens = sum(d.model_input.length for d in data)
+        return self._ops.start(name, len(chunks), run, tokens=tokens, deadlines=deadlines)
 
     async def _run_chunks(
         self,
@@ -307,6 +333,7 @@ class TrainingClient:
         *,
         grad_accumulation_normalization: str | None = None,
         emit_grad_norm_metrics: bool | str | None = None,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.OptimStepResponse]:
         """Apply the accumulated gradients with AdamW and clear them.
 
@@ -353,10 +380,10 @@ class TrainingClient:
                 emit_grad_norm_metrics=grad_norm,
             )
 
-        return self._simple("optim_step", body, types.OptimStepResponse)
+        return self._simple("optim_step", body, types.OptimStepResponse, deadlines)
 
     def save_state(
-        self, name: str, *, ttl_seconds: int | None = None
+        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
     ) -> Pending[types.SaveWeightsResponse]:
         """Save the full training state (weights and optimizer) as ``name``.
 
@@ -379,9 +406,12 @@ class TrainingClient:
                 model_id=self.model_id, seq_id=seq, name=name, ttl_seconds=ttl_seconds
             ),
             types.SaveWeightsResponse,
+            deadlines,
         )
 
-    def load_state(self, path: str) -> Pending[types.LoadWeightsResponse]:
+    def load_state(
+        self, path: str, *, deadlines: Deadlines | None = None
+    ) -> Pending[types.LoadWeightsResponse]:
         """Load weights from a training checkpoint; the optimizer starts fresh.
 
         The path is a ``tinker://`` path in the tinker dialect; a logical name, an
@@ -392,9 +422,11 @@ class TrainingClient:
 
             await client.load_state(saved.path)
         """
-        return self._load(path, optimizer=False)
+        return self._load(path, optimizer=False, deadlines=deadlines)
 
-    def load_state_with_optimizer(self, path: str) -> Pending[types.LoadWeightsResponse]:
+    def load_state_with_optimizer(
+        self, path: str, *, deadlines: Deadlines | None = None
+    ) -> Pending[types.LoadWeightsResponse]:
         """Load weights and optimizer state from a checkpoint (to resume a run); paths as in
         :meth:`load_state`.
 
@@ -402,9 +434,11 @@ class TrainingClient:
 
             await client.load_state_with_optimizer(await other.resolve_checkpoint_path("step-100"))
         """
-        return self._load(path, optimizer=True)
+        return self._load(path, optimizer=True, deadlines=deadlines)
 
-    def _load(self, path: str, *, optimizer: bool) -> Pending[types.LoadWeightsResponse]:
+    def _load(
+        self, path: str, *, optimizer: bool, deadlines: Deadlines | None
+    ) -> Pending[types.LoadWeightsResponse]:
         self._check_usable()
         path = self._codec.check_load_path(path)
         return self._simple(
@@ -413,10 +447,11 @@ class TrainingClient:
                 model_id=self.model_id, seq_id=seq, path=path, optimizer=optimizer
             ),
             types.LoadWeightsResponse,
+            deadlines,
         )
 
     def save_weights_for_sampler(
-        self, name: str, *, ttl_seconds: int | None = None
+        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
     ) -> Pending[types.SaveWeightsForSamplerResponse]:
         """Save the current weights for sampling as ``name``; the result has the path.
 
@@ -432,7 +467,7 @@ class TrainingClient:
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
         if self._codec.name == "fireworks":
-            ext = self.save_weights_for_sampler_ext(name)
+            ext = self.save_weights_for_sampler_ext(name, deadlines=deadlines)
 
             async def run(
                 seqs: range, pending: Pending[types.SaveWeightsForSamplerResponse]
@@ -442,7 +477,7 @@ class TrainingClient:
                 pending.request_id = ext.request_id
                 return types.SaveWeightsForSamplerResponse(path=snap.path)
 
-            return self._ops.start("save_weights_for_sampler", 0, run)
+            return self._ops.start("save_weights_for_sampler", 0, run, deadlines=deadlines)
         return self._simple(
             "save_weights_for_sampler",
             lambda seq: self._codec.sampler_body(
@@ -453,6 +488,7 @@ class TrainingClient:
                 checkpoint_type=None,
             ),
             types.SaveWeightsForSamplerResponse,
+            deadlines,
         )
 
     def save_weights_for_sampler_ext(
@@ -463,6 +499,7 @@ class TrainingClient:
         export_precision: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         ttl_seconds: int | None = None,
+        deadlines: Deadlines | None = None,
     ) -> Pending[SamplerSnapshot]:
         """Save a sampler snapshot: ``base`` (full weights), ``delta`` (a diff against the
         previous base) or ``merged_base`` (LoRA merged into the base; fireworks dialect).
@@ -480,6 +517,7 @@ class TrainingClient:
             delta = await client.save_weights_for_sampler_ext("step-0001")  # full-param: delta
         """
         self._check_usable()
+        deadlines = call_deadlines(deadlines)
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
         if checkpoint_type is not None and checkpoint_type not in fw.CHECKPOINT_TYPES:
@@ -533,9 +571,11 @@ class TrainingClient:
             )
             return SamplerSnapshot(snapshot_name=full_name, path=saved.path, checkpoint_type=kind)
 
-        return self._ops.start("save_weights_for_sampler_ext", 1, run)
+        return self._ops.start("save_weights_for_sampler_ext", 1, run, deadlines=deadlines)
 
-    async def save_weights_and_get_sampling_client(self) -> SamplingClient:
+    async def save_weights_and_get_sampling_client(
+        self, *, deadlines: Deadlines | None = None
+    ) -> SamplingClient:
         """Snapshot the current weights into a new sampling session and return its client.
 
         Example::
@@ -553,6 +593,7 @@ class TrainingClient:
                 model_id=self.model_id, seq_id=seq, sampling_session_seq_id=sampling_seq
             ),
             types.SaveWeightsForSamplerResponseInternal,
+            deadlines,
         )
         saved = await pending
         if not saved.sampling_session_id:
@@ -627,7 +668,9 @@ class TrainingClient:
             )
         return _match_checkpoint(checkpoints, checkpoint_name, source_job_id)
 
-    def unload_model(self) -> Pending[types.UnloadModelResponse]:
+    def unload_model(
+        self, *, deadlines: Deadlines | None = None
+    ) -> Pending[types.UnloadModelResponse]:
         """Unload this model from the trainer once its accepted operations have finished
         (fireworks dialect). Later operations on this client raise at once.
 
@@ -638,6 +681,7 @@ class TrainingClient:
         self._session._check_open()
         if self._codec.name != "fireworks":
             raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
+        deadlines = call_deadlines(deadlines)
         self._unloading = True
         earlier = self._ops.in_flight()
 
@@ -657,9 +701,11 @@ class TrainingClient:
             done = await transport.retrieve(accepted.request_id, request_type="Unload model")
             return decode_json_result(types.UnloadModelResponse, done.payload)
 
-        return self._ops.start("unload_model", 0, run)
+        return self._ops.start("unload_model", 0, run, deadlines=deadlines)
 
-    def load_adapter(self, path: str) -> Pending[dict[str, Any]]:
+    def load_adapter(
+        self, path: str, *, deadlines: Deadlines | None = None
+    ) -> Pending[dict[str, Any]]:
         """Load a LoRA adapter into this model (fireworks dialect), in call order.
 
         Example::
@@ -688,15 +734,17 @@ class TrainingClient:
             done = await transport.retrieve(accepted.request_id, request_type="LoadAdapter")
             return _json_dict(done.payload)
 
-        return self._ops.start("load_adapter", 1, run)
+        return self._ops.start("load_adapter", 1, run, deadlines=call_deadlines(deadlines))
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _simple(self, op: str, body: Any, result_type: type[R]) -> Pending[R]:
+    def _simple(
+        self, op: str, body: Any, result_type: type[R], deadlines: Deadlines | None = None
+    ) -> Pending[R]:
         async def run(seqs: range, pending: Pending[R]) -> R:
             return await self._submit_and_retrieve(op, seqs[0], body(seqs[0]), result_type, pending)
 
-        return self._ops.start(op, 1, run)
+        return self._ops.start(op, 1, run, deadlines=call_deadlines(deadlines))
 
     async def _submit_and_retrieve(
         self, op: str, seq: int, body: dict[str, Any], result_type: type[R], pending: Pending[Any]

@@ -37,6 +37,7 @@ from ._h11_transport import TURN_EXTENSION, H11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import ErrorFactory, send_with_retry
+from ._tracking import current_tracker
 from ._version import USER_AGENT
 from .errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
 from .wire.futures import (
@@ -224,6 +225,8 @@ class Transport:
         The ``X-Idempotency-Key`` is generated once and reused for every retry, so the server
         applies the operation at most once however many times the request is sent.
         """
+        if (tracker := current_tracker()) is not None:
+            tracker.submitting()
         async with self._hold() as turn:
             body = content if content is not None else _dumps(json_body)
             all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
@@ -237,7 +240,10 @@ class Transport:
                 max_attempts=self.retry.max_attempts,
                 turn=turn,
             )
-            return parse_accepted(_json_of(response))
+            accepted = parse_accepted(_json_of(response))
+        if (tracker := current_tracker()) is not None:
+            tracker.accepted(accepted.request_id)
+        return accepted
 
     async def retrieve(self, request_id: str, *, request_type: str, accept: str = _JSON) -> Done:
         """Long-poll ``retrieve_future`` until the operation's result is available.
@@ -257,6 +263,10 @@ class Transport:
     async def _retrieve(
         self, request_id: str, *, request_type: str, accept: str, turn: Turn | None
     ) -> Done:
+        tracker = current_tracker()
+        extensions: dict[str, Any] = {TURN_EXTENSION: turn}
+        if tracker is not None:
+            extensions["firetitan.reply_started"] = tracker.reply_started
         allow_metadata_only = True
         iteration = 0
         fast_sleep = 0.0
@@ -282,18 +292,25 @@ class Transport:
             iteration += 1
             started = time.monotonic()
             body = _dumps(retrieve_future_body(request_id, allow_metadata_only=allow_metadata_only))
+            if tracker is not None:
+                tracker.polling(request_type)
             request = self._client.build_request(
                 "POST",
                 self._url("/api/v1/retrieve_future"),
                 content=body,
                 headers=headers,
                 timeout=httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None),
-                extensions={TURN_EXTENSION: turn},
+                extensions=extensions,
             )
             response = await self._send_with_retry(request, turn, error=error)
             outcome = classify_retrieve_reply(
                 response.headers.get("content-type", ""), response.content
             )
+            if tracker is not None:
+                if isinstance(outcome, TryAgain):
+                    tracker.try_again(outcome.queue_state, outcome.queue_state_reason)
+                elif isinstance(outcome, Done | MetadataOnly):
+                    tracker.result_ready(final=isinstance(outcome, Done))
             if isinstance(outcome, Done):
                 return outcome
             if isinstance(outcome, Failed):
@@ -357,6 +374,7 @@ class Transport:
             error=error or (lambda response, _redactor: self._status_error(response)),
             log=logger,
             sleep=partial(self._sleep, turn=turn),
+            on_retry=_tell_tracker,
             before_retry=None if self._before_retry is None else partial(self._check, turn=turn),
         )
 
@@ -445,3 +463,9 @@ def _json_of(response: httpx.Response) -> Any:
             f"{response.request.method} {response.request.url.path}: expected JSON, got "
             f"{response.headers.get('content-type', 'no content type')}"
         ) from exc
+
+
+def _tell_tracker(what: str) -> None:
+    """A retry, told to the operation being tracked (its events and stall reports)."""
+    if (tracker := current_tracker()) is not None:
+        tracker.retried(what)

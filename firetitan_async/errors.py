@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "FiretitanError",
     "HotloadFailed",
     "InvalidInput",
+    "OperationTimeout",
     "ProtocolError",
     "ReadinessTimeout",
     "RequestFailedError",
@@ -133,6 +135,46 @@ class ProtocolError(FiretitanError):
         self.what = what
         self.problem = problem
         super().__init__(f"malformed {what}: {problem}")
+
+
+class OperationTimeout(FiretitanError, TimeoutError):
+    """An operation blew one of its :class:`~firetitan_async.Deadlines`.
+
+    ``operation`` names it (e.g. ``"forward_backward"``), ``seq_id`` and ``request_id`` identify
+    it on the server (``request_id`` is ``None`` if it was never accepted), ``phase`` is the
+    phase whose budget ran out (``"submit"``, ``"queue"``, ``"compute"`` or ``"transfer"``),
+    ``budget_s`` that budget, and ``phase_s`` the seconds spent in each phase. The server-side
+    operation is not cancelled: only the wait ends.
+
+    Example::
+
+        try:
+            await client.forward_backward(batch, "cross_entropy")
+        except OperationTimeout as exc:
+            print(exc.phase, exc.phase_s["compute"], exc.request_id)
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        seq_id: int | None,
+        request_id: str | None,
+        phase: str,
+        budget_s: float,
+        phase_s: Mapping[str, float],
+    ) -> None:
+        self.operation = operation
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.phase = phase
+        self.budget_s = budget_s
+        self.phase_s = dict(phase_s)
+        spent = ", ".join(f"{k} {v:.2f}s" for k, v in self.phase_s.items())
+        super().__init__(
+            f"{operation} (seq_id {seq_id}, request_id {request_id}) exceeded its {phase} "
+            f"deadline of {budget_s:g}s ({spent}); the server-side operation was not cancelled"
+        )
 
 
 class InvalidInput(FiretitanError, ValueError):

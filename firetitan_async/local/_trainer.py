@@ -31,6 +31,7 @@ from ._app import build_app
 from ._front import quiet_dropped_connections
 from ._lifetime import ThreadedServerLifetime, bind_listener
 from ._server_state import ServerConfig, ServerState
+from ._stalls import StallInjector, StallPlan
 
 __all__ = ["LocalTrainer"]
 
@@ -44,7 +45,10 @@ class LocalTrainer(ThreadedServerLifetime):
     ``seed`` seeds every model (same seed and same operations → bit-identical weights);
     ``checkpoint_dir`` holds checkpoint files (default: a temp dir removed on ``stop``);
     ``api_key`` makes every request need that key; ``long_poll_s`` is the longest
-    ``retrieve_future`` hold.
+    ``retrieve_future`` hold. Stalls (see ``StallPlan``): the first ``stall_count`` operations
+    submitted to ``stall_endpoint`` (``None``: any; ``stall_count=0``: all) are accepted but
+    not finished for ``stall_s`` seconds, and their result body stops half-way for
+    ``body_stall_s`` seconds (``math.inf``: forever).
 
     Knobs that make it behave like a dedicated Fireworks trainer (the SDK's
     ``TINKER_COMPATIBILITY.md``): ``forward_backward_logprobs=False`` answers
@@ -73,6 +77,10 @@ class LocalTrainer(ThreadedServerLifetime):
         checkpoint_dir: str | None = None,
         api_key: str | None = None,
         long_poll_s: float = 30.0,
+        stall_s: float = 0.0,
+        body_stall_s: float = 0.0,
+        stall_endpoint: str | None = None,
+        stall_count: int = 1,
         forward_backward_logprobs: bool = True,
         checkpoint_step_names: bool = False,
         checkpoint_list_details: bool = True,
@@ -93,6 +101,9 @@ class LocalTrainer(ThreadedServerLifetime):
             forward_backward_logprobs=forward_backward_logprobs,
             checkpoint_step_names=checkpoint_step_names,
             checkpoint_list_details=checkpoint_list_details,
+        )
+        self._stalls = StallPlan(
+            stall_s=stall_s, body_stall_s=body_stall_s, endpoint=stall_endpoint, count=stall_count
         )
         self._checkpoint_dir = checkpoint_dir
         self._temp_dir: str | None = None
@@ -126,8 +137,9 @@ class LocalTrainer(ThreadedServerLifetime):
             root = Path(self._temp_dir)
         state = ServerState(self._config, checkpoint_root=root)
         state.root_url = self._root_url
+        app = build_app(state)
         config = uvicorn.Config(
-            build_app(state),
+            StallInjector(app, state, self._stalls) if self._stalls.active else app,
             log_level="warning",
             access_log=False,
             lifespan="on",

@@ -32,6 +32,7 @@ __all__ = [
     "TINKER",
     "TinkerDialect",
     "adam_params_json",
+    "cancel_future_body",
     "client_config_body",
     "create_model_body",
     "create_sampling_session_body",
@@ -346,6 +347,16 @@ def retrieve_future_body(request_id: str, *, allow_metadata_only: bool) -> dict[
         # {"request_id": "req-1", "allow_metadata_only": True}
     """
     return {"request_id": request_id, "allow_metadata_only": allow_metadata_only}
+
+
+def cancel_future_body(request_id: str) -> dict[str, Any]:
+    """Body of ``POST /api/v1/cancel_future`` (sampling only; flag-gated on the server).
+
+    Example::
+
+        cancel_future_body("req-1")   # {"request_id": "req-1"}
+    """
+    return {"request_id": request_id}
 
 
 _PROTO = "application/x-protobuf"
