@@ -61,17 +61,21 @@ async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer)
 # What a user may touch on a session: its lifetime (``async with``, ``wait_ready``), what it is
 # connected to, and the ``create_*`` methods. Everything the clients need is private.
 _SESSION_SURFACE = {
+    "add_event_hook",
     "base_url",
     "create_base_training_client",
     "create_sampling_client",
     "create_training_client",
     "dialect",
+    "events",
     "from_job",
     "session_id",
+    "throughput",
     "wait_ready",
 }
 _PLUMBING_NAMES = {
     "spawn_operation",
+    "track_operation",
     "transport",
     "client_config",
     "codec",

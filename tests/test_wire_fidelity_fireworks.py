@@ -577,6 +577,7 @@ class Deliberate:
     reason: str
     applies: Callable[[str, Op], bool]  # (side, op) -> is this op affected
     fix: Callable[[Op], Op | None]  # the op as it would be without it (None: no such op)
+    step: str | None = None  # only in this step of the script (None: in every step)
 
 
 def _drop(op: Op) -> None:
@@ -623,6 +624,17 @@ DELIBERATE: list[Deliberate] = [
         ),
         _header_absent("x-idempotency-key"),
     ),
+    Deliberate(
+        "leaving the session unloads the models it created (unload_model and its polls); the "
+        "SDK's close() leaves them loaded",
+        "a session that ends, however it ends, releases what bills (issue: nothing left billing "
+        "after an error, a cancellation or SIGTERM); the trainer then frees the GPU at once",
+        lambda side, op: side == "ours" and op["call"].endswith(
+            ("/api/v1/unload_model", "/api/v1/retrieve_future")
+        ),
+        _drop,
+        step="close",
+    ),
 ]
 """Every deliberate difference of the wire, control plane and data plane, with its reason.
 
@@ -640,6 +652,8 @@ def apply_deliberate(side: str, steps: Steps, used: set[int]) -> Steps:
         for op in ops:
             current: Op | None = op
             for i, entry in enumerate(DELIBERATE):
+                if entry.step not in (None, step):
+                    continue
                 if current is not None and entry.applies(side, current):
                     used.add(i)
                     current = entry.fix(current)
