@@ -323,3 +323,33 @@ def test_bad_construction_is_invalid_input_naming_the_field() -> None:
         with pytest.raises(InvalidInput) as info:
             make()
         assert info.value.field == field
+
+
+async def test_a_burst_waits_for_slots_before_building_requests(
+    deployment: LocalTrainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of 200 callers at once, only the window's worth build a request (JSON and headers):
+    building all of them first is what stalled the loop 250 ms at 2,000 rollouts."""
+    _knobs(deployment, latency_s=0.05)
+    built: list[float] = []
+    first_reply: list[float] = []
+
+    class CountedRequest(httpx.Request):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(time.monotonic())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr("firetitan_async._deployment_sampler.httpx.Request", CountedRequest)
+    window = FixedConcurrency(4)
+
+    async def one(sampler: DeploymentSampler) -> None:
+        await sampler.sample(PROMPT)
+        first_reply.append(time.monotonic())
+
+    async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(one, sampler)
+    assert len(built) == 200 and window.in_flight == 0
+    before_any_reply = sum(1 for t in built if t < min(first_reply))
+    assert before_any_reply <= 4, f"{before_any_reply} requests built before the first reply"
