@@ -393,7 +393,7 @@ def _free_port() -> int:
 
 @pytest.mark.usefixtures("clean_env")
 def test_cli_wait_prints_progress_then_the_url(capsys: pytest.CaptureFixture[str]) -> None:
-    lt = LocalTrainer(warmup_s=0.3)
+    lt = LocalTrainer(warmup_s=1.0)  # the first poll must land inside the warm-up, even under load
     lt.start()
     try:
         job_id = _create(lt)
