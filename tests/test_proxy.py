@@ -7,20 +7,18 @@ to their target and records them) stands between a session and the local trainer
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from _loopback_app import serve_on_loopback
 from tinker import types
 
 from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
 from firetitan_async._h11_transport import H11Transport, ReplyTooLarge
 from firetitan_async._transport import Transport
 from firetitan_async.local import LocalTrainer, sft_datum
-from firetitan_async.local._lifetime import bind_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -57,18 +55,8 @@ class _ForwardProxy:
 @pytest.fixture
 def proxy() -> Iterator[tuple[str, _ForwardProxy]]:
     app = _ForwardProxy()
-    sock = bind_listener("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_on_loopback(app) as url:
+        yield url, app
 
 
 @pytest.fixture

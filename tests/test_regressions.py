@@ -12,13 +12,12 @@ tests/test_secrets.py.)
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
 import anyio
 import pytest
-import uvicorn
+from _loopback_app import serve_on_loopback
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,7 +27,6 @@ import firetitan_async._session as session_module
 from firetitan_async import RetryPolicy, ServiceSession
 from firetitan_async._transport import Transport
 from firetitan_async.local import LocalTrainer
-from firetitan_async.local._lifetime import bind_listener
 from firetitan_async.local._recorder import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -71,18 +69,8 @@ class _Throttling:
 @pytest.fixture
 def throttling() -> Iterator[tuple[str, _Throttling]]:
     state = _Throttling()
-    sock = bind_listener("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(state.app(), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", state
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_on_loopback(state.app()) as url:
+        yield url, state
 
 
 async def test_data_plane_retries_wait_for_retry_after(

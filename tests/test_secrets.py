@@ -9,21 +9,19 @@ error bodies, as careless gateways do; a mocked network raises errors whose text
 from __future__ import annotations
 
 import logging
-import threading
 import traceback
 from collections.abc import Iterator
 from typing import Literal
 
 import httpx
 import pytest
-import uvicorn
+from _loopback_app import serve_on_loopback
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
-from firetitan_async.local._lifetime import bind_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -51,18 +49,8 @@ def _echo_app() -> Starlette:
 @pytest.fixture(scope="module")
 def echo_server() -> Iterator[tuple[str, Starlette]]:
     app = _echo_app()
-    sock = bind_listener("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_on_loopback(app) as url:
+        yield url, app
 
 
 def _assert_clean(error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
