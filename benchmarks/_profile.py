@@ -51,6 +51,7 @@ def _cprofiled(path: str) -> Iterator[None]:
         yield
     finally:
         profile.disable()
+        profile.dump_stats(Path(path).with_suffix(".pstats"))  # raw, for pstats or snakeviz
         out = io.StringIO()
         stats = pstats.Stats(profile, stream=out)
         stats.sort_stats("tottime").print_stats(40)

@@ -43,22 +43,27 @@ class Turn:
 
 
 class CpuTurns:
-    """A per-session bound on the operations doing CPU work at the same moment."""
+    """A per-session bound on the operations doing CPU work at the same moment.
 
-    __slots__ = ("_limiter",)
+    A free turn is still taken with one checkpoint (a pass through the event loop), so the
+    tasks that become ready in one loop iteration do not all run their CPU segment in it;
+    a given-back turn goes straight to the longest waiter.
+    """
+
+    __slots__ = ("_semaphore",)
 
     def __init__(self, concurrent: int = _DEFAULT_CONCURRENT) -> None:
-        self._limiter = anyio.CapacityLimiter(concurrent)
+        self._semaphore = anyio.Semaphore(concurrent)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[Turn]:
         """Hold a turn for the block (released if the block gives it back and fails)."""
         turn = Turn()
-        await self._acquire(turn)
+        await self.take(turn)
         try:
             yield turn
         finally:
-            self._release(turn)
+            self.give_back(turn)
 
     @asynccontextmanager
     async def yielded(self, turn: Turn | None) -> AsyncIterator[None]:
@@ -70,15 +75,17 @@ class CpuTurns:
         if turn is None or not turn.held:
             yield
             return
-        self._release(turn)
+        self.give_back(turn)
         yield
-        await self._acquire(turn)
+        await self.take(turn)
 
-    async def _acquire(self, turn: Turn) -> None:
-        await self._limiter.acquire_on_behalf_of(turn)
+    async def take(self, turn: Turn) -> None:
+        """Wait for a turn for ``turn``'s holder (the hot path's form of :meth:`yielded`)."""
+        await self._semaphore.acquire()
         turn.held = True
 
-    def _release(self, turn: Turn) -> None:
+    def give_back(self, turn: Turn) -> None:
+        """Give ``turn`` back if it is held (idempotent)."""
         if turn.held:
             turn.held = False
-            self._limiter.release_on_behalf_of(turn)
+            self._semaphore.release()

@@ -37,7 +37,7 @@ import attrs
 import httpx
 
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._h11_transport import H11Transport
+from ._http11_transport import Http11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import send_with_retry
@@ -130,7 +130,7 @@ class DeploymentSampler:
         self._redact = Redactor.of(key)
         # The transport is called directly: no per-request cookie jar, auth flow or hooks
         # (httpx.AsyncClient's), which were a good part of the client's CPU per rollout.
-        self._transport = transport or H11Transport(ssl_context=httpx.create_ssl_context())
+        self._transport = transport or Http11Transport(ssl_context=httpx.create_ssl_context())
         self._headers: list[tuple[str, str]] = [
             ("User-Agent", USER_AGENT),
             ("Content-Type", "application/json"),

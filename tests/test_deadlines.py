@@ -36,7 +36,7 @@ from firetitan_async import (
     TrainingClient,
 )
 from firetitan_async._deadlines import DeadlinePolicy, call_deadlines
-from firetitan_async._h11_transport import H11Transport
+from firetitan_async._http11_transport import Http11Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 
@@ -137,7 +137,7 @@ class Proxy(httpx.AsyncBaseTransport):
 
     def __init__(self, intercept: Callable[[httpx.Request], Awaitable[httpx.Response | None]]):
         self._intercept = intercept
-        self._inner = H11Transport()
+        self._inner = Http11Transport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         reply = await self._intercept(request)

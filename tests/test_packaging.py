@@ -62,7 +62,7 @@ def test_wheel_requires_no_server_package_without_an_extra(tmp_path: Path) -> No
     local = {_name(r) for r in requires if "extra == \"local\"" in r}
     dev = {_name(r) for r in requires if "extra == \"dev\"" in r}
     # What the client imports directly is declared.
-    assert {"anyio", "httpx", "h11", "pydantic", "tinker", "numpy"} <= plain, plain
+    assert {"anyio", "httpx", "pydantic", "tinker", "numpy"} <= plain, plain
     # No server package (nor trio) in a plain install; the `local` extra has them all.
     assert plain.isdisjoint({*SERVER_PACKAGES, "trio"}), plain
     assert set(SERVER_PACKAGES) <= local, local

@@ -16,7 +16,7 @@ from _loopback_app import serve_on_loopback
 from tinker import types
 
 from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
-from firetitan_async._h11_transport import H11Transport, ReplyTooLarge
+from firetitan_async._http11_transport import Http11Transport, ReplyTooLarge
 from firetitan_async._transport import Transport
 from firetitan_async.local import LocalTrainer, sft_datum
 
@@ -114,7 +114,7 @@ async def test_trust_env_false_ignores_the_environment(
 async def test_a_reply_larger_than_the_cap_fails_once_without_retries(
     local_trainer: LocalTrainer, clean_env: pytest.MonkeyPatch
 ) -> None:
-    h11 = H11Transport(max_reply_bytes=16)
+    h11 = Http11Transport(max_reply_bytes=16)
     async with httpx.AsyncClient(transport=h11) as client:
         with pytest.raises(ReplyTooLarge):
             await client.post(f"{local_trainer.base_url}/api/v1/client/config", json={})
@@ -124,7 +124,7 @@ async def test_a_reply_larger_than_the_cap_fails_once_without_retries(
         None,
         timeout=10,
         retry=RetryPolicy(max_attempts=5, backoff_base_s=0.001),
-        transport=H11Transport(max_reply_bytes=16),
+        transport=Http11Transport(max_reply_bytes=16),
     )
     try:
         with pytest.raises(FiretitanError, match="larger than 16 bytes"):

@@ -6,7 +6,7 @@
 * ``finish`` reporting ``success`` after the ``async with`` body raised.
 
 (The two others: a request resent on a reused keep-alive connection after reply bytes arrived
-is in tests/test_h11_transport.py; a key printed by the retry log at DEBUG in
+is in tests/test_http11_transport.py; a key printed by the retry log at DEBUG in
 tests/test_secrets.py.)
 """
 

@@ -23,7 +23,7 @@ from firetitan_async import (
     SubmissionLost,
     TrainingClient,
 )
-from firetitan_async._h11_transport import H11Transport
+from firetitan_async._http11_transport import Http11Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import rl_datum, sft_datum
 
@@ -329,7 +329,7 @@ class _LoseSubmission(httpx.AsyncBaseTransport):
     a submission lost for good, which a real server cannot be asked to produce."""
 
     def __init__(self, seq_id: int) -> None:
-        self._inner = H11Transport()
+        self._inner = Http11Transport()
         self._seq_id = seq_id
         self.lost_attempts = 0
 

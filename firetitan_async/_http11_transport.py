@@ -1,11 +1,12 @@
-"""A lean HTTP/1.1 ``httpx.AsyncBaseTransport``: h11 over anyio streams, O(1) pooling.
+"""A lean HTTP/1.1 ``httpx.AsyncBaseTransport``: our sans-IO codec over anyio streams, O(1) pooling.
 
 httpcore's pool rescans every connection and queued request on each request and reply, and
 under hundreds of concurrent requests its HTTP/1.1 connections are often handed two requests
 at once, one of which is then retried internally: at 256 operations in flight most of the
 client's CPU went there. This transport keeps idle connections in a stack (take the most
 recently used, put back after the reply), so a request costs the same however many are in
-flight. It reads whole replies (our bodies are small) and speaks ``http`` and ``https``.
+flight. It reads whole replies (our bodies are small) with :mod:`~firetitan_async._http11`
+and speaks ``http`` and ``https``.
 
 The TLS context for ``https`` is built on the first ``https`` connection, in a worker thread
 (loading the CA bundle takes 30-200 ms), once per transport; ``http`` builds none. An exchange
@@ -22,6 +23,7 @@ connection: the server had closed the idle connection and never saw the request.
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from typing import NoReturn
 
@@ -29,13 +31,13 @@ import anyio
 import anyio.abc
 import anyio.streams.tls
 import anyio.to_thread
-import h11
 import httpx
 
 from ._cpu_turns import CpuTurns, Turn
+from ._http11 import BodyTooLarge, ProtocolViolation, ReplyReader, encode_request
 from .errors import FiretitanError
 
-__all__ = ["DEFAULT_MAX_REPLY_BYTES", "TURN_EXTENSION", "H11Transport", "ReplyTooLarge"]
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "TURN_EXTENSION", "Http11Transport", "ReplyTooLarge"]
 
 #: The request extension that carries an exchange's CPU turn (a ``Turn`` or None).
 TURN_EXTENSION = "firetitan_async.turn"
@@ -48,16 +50,12 @@ _STREAM_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class _Connection:
-    """One keep-alive HTTP/1.1 connection."""
+    """One keep-alive HTTP/1.1 connection (idle between exchanges)."""
 
-    __slots__ = ("h11", "stream")
+    __slots__ = ("stream",)
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
-
-    def reusable(self) -> bool:
-        return self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -77,7 +75,7 @@ class _ReplyStarted(Exception):
     """Internal: the exchange failed after reply bytes arrived, so it is not retried here."""
 
 
-class H11Transport(httpx.AsyncBaseTransport):
+class Http11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 transport with a constant-cost connection pool.
 
     ``max_connections`` bounds open connections (beyond it a request waits for one);
@@ -96,7 +94,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self._idle: dict[_Key, list[_Connection]] = {}
-        self._limit = anyio.CapacityLimiter(max_connections)
+        # No checkpoint when a connection slot is free: the exchange yields at its I/O anyway.
+        self._slots = anyio.Semaphore(max_connections, fast_acquire=True)
         self._max_idle = max_idle
         self._ssl_context = ssl_context
         self._ssl_lock = anyio.Lock()
@@ -110,13 +109,17 @@ class H11Transport(httpx.AsyncBaseTransport):
         url = request.url
         key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         turn: Turn | None = request.extensions.get(TURN_EXTENSION)
-        async with self._turns.yielded(turn):
-            await self._limit.acquire()
+        slots = self._slots
+        if slots.value > 0:
+            await slots.acquire()
+        else:
+            async with self._turns.yielded(turn):
+                await slots.acquire()
         try:
             for attempt in (0, 1):
                 conn, reused = await self._checkout(key, request, turn)
                 try:
-                    response = await self._exchange(conn, request, turn)
+                    response, keep_alive = await self._exchange(conn, request, turn)
                 except _ReplyStarted as exc:
                     await conn.aclose()
                     assert isinstance(exc.__cause__, httpx.TransportError | ReplyTooLarge)
@@ -129,10 +132,13 @@ class H11Transport(httpx.AsyncBaseTransport):
                 except BaseException:
                     await conn.aclose()
                     raise
-                await self._check_in(key, conn)
+                if keep_alive and not self._closed and len(self._idle[key]) < self._max_idle:
+                    self._idle[key].append(conn)
+                else:
+                    await conn.aclose()
                 return response
         finally:
-            self._limit.release()
+            slots.release()
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
@@ -154,11 +160,10 @@ class H11Transport(httpx.AsyncBaseTransport):
         self, key: _Key, request: httpx.Request, turn: Turn | None
     ) -> tuple[_Connection, bool]:
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.reusable():
-                return conn, True
-            await conn.aclose()
+        if idle:
+            return idle.pop(), True
+        if idle is None:
+            self._idle[key] = []
         scheme, host, port = key
         timeout = _timeouts(request).get("connect")
         try:
@@ -180,92 +185,76 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(message, request=request) from exc
         return _Connection(stream), False
 
-    async def _check_in(self, key: _Key, conn: _Connection) -> None:
-        h = conn.h11
-        if h.our_state is h11.DONE and h.their_state is h11.DONE:
-            with contextlib.suppress(h11.LocalProtocolError):
-                h.start_next_cycle()
-        idle = self._idle.setdefault(key, [])
-        if not self._closed and conn.reusable() and len(idle) < self._max_idle:
-            idle.append(conn)
-        else:
-            await conn.aclose()
-
     async def _exchange(
         self, conn: _Connection, request: httpx.Request, turn: Turn | None
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, bool]:
+        """One request and its reply on ``conn``; also whether ``conn`` may be reused."""
         timeouts = _timeouts(request)
         body = request.content  # httpx has already read our (small) bodies
-        headers = list(request.headers.raw)
-        if not any(k.lower() == b"host" for k, _ in headers):
-            headers.insert(0, (b"Host", request.url.netloc))
-        if body and not any(k.lower() == b"content-length" for k, _ in headers):
-            headers.append((b"Content-Length", str(len(body)).encode()))
-        h = conn.h11
+        url = request.url
+        headers = request.headers.raw
+        names = {name.lower() for name, _ in headers}
+        close = b"connection" in names and b"close" in _connection_tokens(headers)
+        if b"host" not in names:
+            headers = [(b"Host", url.netloc), *headers]
+        if body and b"content-length" not in names:
+            headers = [*headers, (b"Content-Length", str(len(body)).encode())]
         try:
-            out = h.send(
-                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
-            )
-            if body:
-                out += h.send(h11.Data(data=body))
-            out += h.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+            out = encode_request(request.method.encode(), url.raw_path, headers, body)
+        except ProtocolViolation as exc:
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
-        try:
-            with anyio.fail_after(timeouts.get("write")):
-                await conn.stream.send(out or b"")
-        except TimeoutError as exc:
-            raise httpx.WriteTimeout("writing the request timed out", request=request) from exc
-        except _STREAM_ERRORS as exc:
-            raise httpx.WriteError(f"writing the request failed: {exc!r}", request=request) from exc
-
-        started = False
+        reader = ReplyReader(max_body=self._max_reply_bytes, head_request=request.method == "HEAD")
         on_reply_started = request.extensions.get("firetitan.reply_started")
-        status, reason, reply_headers = 0, b"", []
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            with anyio.fail_after(timeouts.get("read")):
+        stream, turns = conn.stream, self._turns
+        reading = False
+        # One cancel scope for the exchange; its deadline moves from the write to the read.
+        with anyio.CancelScope(deadline=_deadline(timeouts.get("write"))) as scope:
+            try:
+                await stream.send(out)
+                reading = True
+                scope.deadline = _deadline(timeouts.get("read"))
                 while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
+                    if turn is not None and turn.held:
+                        turns.give_back(turn)
                         try:
-                            async with self._turns.yielded(turn):
-                                data = await conn.stream.receive(_READ_SIZE)
+                            data = await stream.receive(_READ_SIZE)
                         except anyio.EndOfStream:
                             data = b""
-                        h.receive_data(data)
-                    elif isinstance(event, h11.Response):
-                        started = True
-                        status, reason = event.status_code, event.reason
-                        reply_headers = list(event.headers.raw_items())
-                        if on_reply_started is not None:
-                            on_reply_started()  # the body follows (deadlines time it apart)
-                    elif isinstance(event, h11.Data):
-                        size += len(event.data)
-                        if size > self._max_reply_bytes:
-                            message = f"the reply is larger than {self._max_reply_bytes} bytes"
-                            raise _ReplyStarted() from ReplyTooLarge(message)
-                        chunks.append(bytes(event.data))
-                    elif isinstance(event, h11.EndOfMessage):
+                        await turns.take(turn)
+                    else:
+                        try:
+                            data = await stream.receive(_READ_SIZE)
+                        except anyio.EndOfStream:
+                            data = b""
+                    head_done = reader.head_done
+                    complete = reader.feed(data)
+                    if on_reply_started is not None and reader.head_done and not head_done:
+                        on_reply_started()  # the body follows (deadlines time it apart)
+                    if complete:
                         break
-                    elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                        raise h11.RemoteProtocolError("the connection closed mid-reply")
-        except TimeoutError as exc:
-            _fail(httpx.ReadTimeout("the reply timed out", request=request), exc, started)
-        except h11.RemoteProtocolError as exc:
-            message = f"the server closed the connection or sent a bad reply: {exc}"
-            _fail(httpx.RemoteProtocolError(message, request=request), exc, started)
-        except _STREAM_ERRORS as exc:
-            message = f"reading the reply failed: {exc!r}"
-            _fail(httpx.ReadError(message, request=request), exc, started)
-        return httpx.Response(
-            status,
-            headers=reply_headers,
-            content=b"".join(chunks),
+            except BodyTooLarge as exc:
+                raise _ReplyStarted() from ReplyTooLarge(str(exc))
+            except ProtocolViolation as exc:
+                message = f"the server closed the connection or sent a bad reply: {exc}"
+                _fail(httpx.RemoteProtocolError(message, request=request), exc, reader.received)
+            except _STREAM_ERRORS as exc:
+                if not reading:
+                    message = f"writing the request failed: {exc!r}"
+                    raise httpx.WriteError(message, request=request) from exc
+                message = f"reading the reply failed: {exc!r}"
+                _fail(httpx.ReadError(message, request=request), exc, reader.received)
+        if scope.cancelled_caught:
+            if not reading:
+                raise httpx.WriteTimeout("writing the request timed out", request=request)
+            _fail(httpx.ReadTimeout("the reply timed out", request=request), None, reader.received)
+        response = httpx.Response(
+            reader.status,
+            headers=reader.headers,
+            content=reader.body,
             request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reader.reason},
         )
+        return response, reader.keep_alive and not close
 
 
 def _timeouts(request: httpx.Request) -> dict[str, float | None]:
@@ -273,7 +262,21 @@ def _timeouts(request: httpx.Request) -> dict[str, float | None]:
     return timeouts
 
 
-def _fail(error: httpx.TransportError, cause: BaseException, started: bool) -> NoReturn:
+def _deadline(timeout: float | None) -> float:
+    return math.inf if timeout is None else anyio.current_time() + timeout
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The tokens of the request's own ``Connection`` headers (``close`` ends keep-alive)."""
+    return {
+        token.strip()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.lower().split(b",")
+    }
+
+
+def _fail(error: httpx.TransportError, cause: BaseException | None, started: bool) -> NoReturn:
     """Raise ``error``; marked as "after the reply started" when it is (then never retried)."""
     if started:
         raise _ReplyStarted() from error

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from firetitan_async import RetryPolicy
-from firetitan_async._h11_transport import H11Transport
+from firetitan_async._http11_transport import Http11Transport
 from firetitan_async._transport import Transport
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
             await stream.send(reply(b"hello"))
 
     async with raw_server(handler) as (url, connections):
-        async with httpx.AsyncClient(transport=H11Transport()) as client:
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
             for _ in range(5):
                 response = await client.post(url + "/x", content=b"body")
                 assert response.status_code == 200 and response.content == b"hello"
@@ -84,7 +84,7 @@ async def test_stale_idle_connection_is_replaced_transparently() -> None:
         # then close: the client's idle connection goes stale
 
     async with raw_server(handler) as (url, connections):
-        async with httpx.AsyncClient(transport=H11Transport()) as client:
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
             assert (await client.get(url)).content == b"once"
             await anyio.sleep(0.05)
             assert (await client.get(url)).content == b"once"
@@ -102,7 +102,7 @@ async def test_a_reply_cut_short_is_an_error_and_not_resent() -> None:
         await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
 
     async with raw_server(handler) as (url, _):
-        async with httpx.AsyncClient(transport=H11Transport()) as client:
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.post(url, content=b"apply me once")
     assert requests == 1
@@ -121,7 +121,7 @@ async def test_a_reply_cut_short_on_a_reused_connection_is_not_resent() -> None:
         await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
 
     async with raw_server(handler) as (url, connections):
-        async with httpx.AsyncClient(transport=H11Transport()) as client:
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
             assert (await client.post(url + "/one", content=b"a")).content == b"first"
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.post(url + "/two", content=b"apply me once")
@@ -136,13 +136,13 @@ async def test_read_timeout_and_connect_errors_are_httpx_errors() -> None:
         await anyio.sleep(10)
 
     async with raw_server(silent) as (url, _):
-        async with httpx.AsyncClient(transport=H11Transport(), timeout=0.2) as client:
+        async with httpx.AsyncClient(transport=Http11Transport(), timeout=0.2) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.get(url)
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there now
-    async with httpx.AsyncClient(transport=H11Transport()) as client:
+    async with httpx.AsyncClient(transport=Http11Transport()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{port}/")
 
@@ -158,7 +158,7 @@ async def test_chunked_replies_and_connection_close() -> None:
         await stream.send(reply(b"bye", close=True))
 
     async with raw_server(handler) as (url, connections):
-        async with httpx.AsyncClient(transport=H11Transport()) as client:
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
             first = await client.get(url)
             assert (first.status_code, first.content) == (201, b"hello world")
             assert (await client.get(url)).content == b"bye"
@@ -182,7 +182,7 @@ async def test_many_concurrent_requests_bounded_by_max_connections() -> None:
             open_now -= 1
 
     async with raw_server(handler) as (url, _):
-        async with httpx.AsyncClient(transport=H11Transport(max_connections=8)) as client:
+        async with httpx.AsyncClient(transport=Http11Transport(max_connections=8)) as client:
             results: list[int] = []
 
             async def one() -> None:
