@@ -155,6 +155,8 @@ _FIGURE_TITLES = {
     "server_compute_s": "server compute s",
     "peak_rss_mb": "peak RSS MB",
     "max_stall_ms": "max loop stall ms",
+    "max_stall_beside_gc_ms": "max stall less GC ms",
+    "max_gc_pause_ms": "max GC pause ms",
 }
 
 
