@@ -24,7 +24,7 @@ import numpy as np
 from tinker import types
 
 from .._sdk_private import tensor_array
-from ..errors import ProtocolError
+from ..errors import InvalidInput, ProtocolError
 
 __all__ = ["estimate_datum_bytes", "merge_outputs", "split_batch"]
 
@@ -82,7 +82,7 @@ def split_batch(
         [len(c) for c in split_batch(batch_of_2500, max_len=1024)]  # [1024, 1024, 452]
     """
     if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
+        raise InvalidInput("max_len", f"must be >= 1, got {max_len!r}")
     chunks: list[list[types.Datum]] = []
     current: list[types.Datum] = []
     current_bytes = 0

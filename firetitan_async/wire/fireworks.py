@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from tinker import types
@@ -300,6 +300,9 @@ def forward_body(
     }
 
 
+_FWDBWD_JSON: Final = "ForwardBackwardOutput (JSON)"
+
+
 def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
     """A forward/forward_backward result, protobuf or JSON (whichever the server sent).
 
@@ -310,7 +313,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
     """
     if done.is_proto:
         return decode_forward_backward_output(done.payload)
-    what = "ForwardBackwardOutput (JSON)"
+    what = _FWDBWD_JSON
     try:
         obj = json.loads(done.payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -327,7 +330,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
             {name: _tensor_of(t, f"loss_fn_outputs[{i}].{name}") for name, t in out.items()}
             for i, out in enumerate(raw_outputs)
         ]
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ProtocolError(what, str(exc)) from None
     return types.ForwardBackwardOutput(
         loss_fn_output_type=str(obj.get("loss_fn_output_type") or "ArrayRecord"),
@@ -338,7 +341,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
 
 def _tensor_of(obj: Any, where: str) -> types.TensorData:
     if not isinstance(obj, dict) or obj.get("dtype") not in ("float32", "int64"):
-        raise ValueError(f"{where}: not a float32/int64 TensorData")
+        raise ProtocolError(_FWDBWD_JSON, f"{where}: not a float32/int64 TensorData")
     dtype = np.float32 if obj["dtype"] == "float32" else np.int64
     arr = np.asarray(obj.get("data", []), dtype=dtype)
     shape = obj.get("shape")
