@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,10 @@ import pytest
 from tinker import types
 
 from firetitan_async import (
+    DeploymentConfig,
+    Deployments,
     DeploymentSampler,
+    FiretitanError,
     InvalidInput,
     ProtocolError,
     SamplingError,
@@ -31,7 +34,9 @@ from firetitan_async import (
 from firetitan_async.local import LocalTrainer
 from firetitan_async.loops import CheckpointManager, RayRollouts
 from firetitan_async.platform._config import format_duration
+from firetitan_async.platform._deployments import HotloadStatus
 from firetitan_async.platform._lifecycle import Owner, parse_owner_tag
+from firetitan_async.platform._shapes import TrainingShapeProfile
 from firetitan_async.wire.chunking import split_batch
 from firetitan_async.wire.completions import SSEDecoder, parse_completion_reply, parse_stream_chunk
 from firetitan_async.wire.fireworks import decode_fwdbwd_result
@@ -191,11 +196,91 @@ def test_malformed_chunk_limits_from_client_config_are_a_protocol_error(
     assert TinkerDialect().split([datum], {}) == [[datum]]  # absent: the SDK's defaults
 
 
+@pytest.mark.parametrize(
+    ("parse", "reply"),
+    [
+        (TrainingShapeProfile.from_version, {"snapshot": ["x"]}),
+        (TrainingShapeProfile.from_version, {"snapshot": {"trainerShardingScheme": True}}),
+        (HotloadStatus.parse, {"replicas": [{"loading_state": ["loading"]}]}),
+    ],
+    ids=["shape_snapshot", "shape_sharding", "hotload_loading_state"],
+)
+def test_malformed_control_plane_records_are_firetitan_errors(
+    parse: Callable[[Any], Any], reply: Any
+) -> None:
+    with pytest.raises(FiretitanError, match=r"malformed|hot-load status"):
+        parse(reply)
+
+
 def test_an_owner_tag_with_an_impossible_pid_is_not_an_error() -> None:
     assert parse_owner_tag("firetitan-async:host:" + "9" * 5000) is None
     owner = parse_owner_tag(f"firetitan-async:{Owner('', 0).host}:9999999999")
     assert owner is not None and owner.pid == 9999999999
     assert Owner(owner.host, owner.pid).alive() in (None, False)
+
+
+# -- the Deployments client: records redacted where they enter, malformed ones refused -------
+
+
+@pytest.mark.anyio
+async def test_a_deployment_record_echoing_the_key_is_redacted_on_entry() -> None:
+    with LocalTrainer(seed=0, api_key=KEY) as lt:
+        async with Deployments(KEY, base_url=lt.control_plane_url) as deployments:
+            config = DeploymentConfig("echo", MODEL, description=f"made with {KEY}")
+            info = await deployments.create_or_get(config)
+            listed = await deployments.list_deployments()
+            again = await deployments.get("echo")
+            assert again is not None
+            for record in (info.raw, again.raw, *(d.raw for d in listed)):
+                assert KEY not in json.dumps(record)
+                assert record["description"] == "made with <redacted>"
+            await deployments.delete("echo")
+
+
+def _replying(body: Any) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "call"),
+    [
+        ([KEY], lambda d: d.get("d")),
+        (7, lambda d: d.get("d")),
+        ([KEY], lambda d: d.update("d", {"maxReplicaCount": 1}, "max_replica_count")),
+        ([KEY], lambda d: d.create_or_get(DeploymentConfig("d", MODEL))),
+        ({"deployments": 7}, lambda d: d.list_deployments()),
+        ({"deployments": [[KEY]]}, lambda d: d.list_deployments()),
+        ({"deployments": [], "nextPageToken": {"t": KEY}}, lambda d: d.list_deployments()),
+    ],
+    ids=["get_list", "get_number", "update_list", "create_list", "listing_number",
+         "listing_row", "listing_token"],
+)
+async def test_malformed_deployment_records_are_firetitan_errors_without_the_key(
+    body: Any, call: Callable[[Deployments], Awaitable[Any]]
+) -> None:
+    async with Deployments(
+        KEY, base_url="https://control.test", account_id="a", transport=_replying(body)
+    ) as deployments:
+        with pytest.raises(FiretitanError) as info:
+            await call(deployments)
+    assert KEY not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_listing_whose_page_is_not_a_list_is_a_firetitan_error() -> None:
+    async with TrainerJobs(
+        KEY, base_url="https://control.test", account_id="a",
+        transport=_replying({"rlorTrainerJobs": 7}),
+    ) as jobs:
+        with pytest.raises(FiretitanError, match="trainer job listing"):
+            await jobs.list_jobs()
+    async with TrainerJobs(
+        KEY, base_url="https://control.test", account_id="a",
+        transport=_replying({"rlorTrainerJobs": [], "nextPageToken": ["t"]}),
+    ) as jobs:
+        with pytest.raises(FiretitanError, match="page token"):
+            await jobs.list_jobs()
 
 
 # -- the DeploymentSampler: a malformed reply is a SamplingError with its request id ---------

@@ -226,7 +226,7 @@ class TrainerJobs:
             logger.info("trainer job %s already exists (409): adopting it", job_id)
             job = existing
         else:
-            job = TrainerJob.from_record(self._rest.redactor.value(self._rest.json_of(response)))
+            job = TrainerJob.from_record(self._rest.json_of(response))
         _warn_backend_message(job)
         logger.info("created trainer job %s (%s)", job.job_name, job.state)
         return CreatedTrainerJob(job.job_id, job.job_name)
@@ -268,22 +268,11 @@ class TrainerJobs:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise InvalidInput("page_size", f"must be an int >= 1, got {page_size!r}")
         account = await self._rest.account_id()
-        found: list[TrainerJob] = []
-        token: str | None = None
-        seen: set[str] = set()
-        while True:
-            params: dict[str, str | int] = {"pageSize": page_size}
-            if token:
-                params["pageToken"] = token
-            reply = await self._rest.call("GET", self._collection(account), params=params)
-            if not isinstance(reply, dict):
-                raise FiretitanError(f"malformed trainer job listing: {reply!r:.200}")
-            for record in reply.get(COLLECTION) or []:
-                found.append(await self._job(record))
-            token = reply.get("nextPageToken") or None
-            if not isinstance(token, str) or token in seen:
-                return found
-            seen.add(token)
+        records = await self._rest.list_all(
+            self._collection(account), (COLLECTION,), page_size=page_size,
+            what="trainer job listing",
+        )
+        return [await self._job(record) for record in records]
 
     async def wait_for_ready(
         self,
@@ -606,9 +595,7 @@ class TrainerJobs:
         return f"{self._collection(account)}/{quote(self.bare_job_id(job_id), safe='')}"
 
     async def _job(self, record: object) -> TrainerJob:
-        # A status message can echo what the server was sent: redact before anything keeps it.
-        record = self._rest.redactor.value(record)
-        job = TrainerJob.from_record(record)
+        job = TrainerJob.from_record(record)  # redacted by json_of
         return TrainerJob.from_record(record, gateway_url=await self.gateway_url(job.job_id))
 
 
