@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from tinker import types
 
@@ -26,12 +27,14 @@ from firetitan_async import (
     InvalidInput,
     ProtocolError,
     SamplingError,
+    ServiceSession,
     TrainerJobConfig,
     TrainerJobs,
     UsageError,
     cleanup_on_signals,
 )
 from firetitan_async.local import LocalTrainer
+from firetitan_async.local._datums import sft_datum
 from firetitan_async.loops import CheckpointManager, RayRollouts
 from firetitan_async.platform._config import format_duration
 from firetitan_async.platform._deployments import HotloadStatus
@@ -120,6 +123,30 @@ async def test_a_provisioning_awaited_twice_is_a_usage_error(
         with pytest.raises(UsageError, match="only once"):
             await once
         await jobs.delete(endpoint.job_id)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "returned",
+    [
+        ("low", [np.zeros(3)]),  # not a number
+        (0.0, 5),  # not a list
+        (0.0, [np.array(["a", "b", "c"])]),  # not numbers
+        (0.0, [[0.0, [1.0], 2.0]]),  # ragged
+    ],
+    ids=["loss_text", "grads_number", "grad_text", "grad_ragged"],
+)
+async def test_a_custom_loss_returning_garbage_is_invalid_input(
+    local_trainer: LocalTrainer, returned: tuple[Any, Any]
+) -> None:
+    def loss(data: list[types.Datum], logprobs: list[Any]) -> tuple[float, list[Any]]:
+        return returned
+
+    async with ServiceSession(local_trainer.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        with pytest.raises(InvalidInput) as info:
+            await client.forward_backward_custom([sft_datum("abcd")], loss)
+    assert info.value.field == "CustomLoss"
 
 
 # -- malformed replies: the sans-IO parsers ---------------------------------------------------
