@@ -35,7 +35,7 @@ from firetitan_async import (
 )
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
-from firetitan_async.loops import CheckpointManager, RayRollouts
+from firetitan_async.loops import CheckpointManager, RayRollouts, TrainerSamplerHandle
 from firetitan_async.platform._config import format_duration
 from firetitan_async.platform._deployments import HotloadStatus
 from firetitan_async.platform._lifecycle import Owner, parse_owner_tag
@@ -82,9 +82,10 @@ def _entries(*logprobs: object) -> dict[str, Any]:
         (lambda: TrainerJobConfig(MODEL, inactivity_timeout=60), "inactivity_timeout"),  # type: ignore[arg-type]
         (lambda: decode_json_result(int, b"{}"), "model_cls"),
         (lambda: RayRollouts(_no_rollout, workers=0), "workers"),
+        (lambda: TrainerSamplerHandle.decode(5), "handle"),  # type: ignore[arg-type]
     ],
     ids=["max_len", "duration_type", "duration_text", "duration_sign", "config", "model_cls",
-         "workers"],
+         "workers", "handle"],
 )
 def test_bad_input_is_invalid_input_naming_the_field(call: Callable[[], Any], field: str) -> None:
     with pytest.raises(InvalidInput) as info:
