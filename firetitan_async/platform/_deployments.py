@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
@@ -40,7 +39,7 @@ import httpx
 from .._retry import RetryPolicy
 from ..errors import FiretitanError, HotloadFailed, InvalidInput
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
-from ._rest import DEFAULT_BASE_URL, RestCore
+from ._rest import DEFAULT_BASE_URL, RestClient, RestCore
 
 __all__ = [
     "DeploymentConfig",
@@ -235,7 +234,7 @@ class HotloadStatus:
         )
 
 
-class Deployments:
+class Deployments(RestClient):
     """Inference deployments and hot-loading (see the module docstring).
 
     ``api_key`` defaults to ``$FIREWORKS_API_KEY``; ``inference_url`` and ``hotload_url``
@@ -256,16 +255,17 @@ class Deployments:
         retry: RetryPolicy | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        self._rest = RestCore(
-            api_key,
-            base_url=base_url,
-            account_id=account_id,
-            additional_headers=additional_headers,
-            transport=transport,
-            retry=retry,
-            allow_insecure_http=allow_insecure_http,
+        super().__init__(
+            RestCore(
+                api_key,
+                base_url=base_url,
+                account_id=account_id,
+                additional_headers=additional_headers,
+                transport=transport,
+                retry=retry,
+                allow_insecure_http=allow_insecure_http,
+            )
         )
-        self.base_url = self._rest.base_url
         self.inference_url = (inference_url or self.base_url).rstrip("/")
         self.hotload_url = (hotload_url or self.base_url).rstrip("/")
         self._reset_prompt_cache_supported = True
@@ -277,22 +277,6 @@ class Deployments:
     def api_key(self) -> str | None:
         """The key in use (for a ``DeploymentSampler`` on the same account)."""
         return self._rest.api_key
-
-    async def __aenter__(self) -> Deployments:
-        self._rest.check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._rest.aclose()
 
     # -- records -------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Final
 from urllib.parse import quote
 
@@ -53,7 +52,7 @@ from ._readiness import (
     ReadinessProgress,
 )
 from ._records import COLLECTION, CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
-from ._rest import DEFAULT_BASE_URL, WRITE_TIMEOUT_S, RestCore
+from ._rest import DEFAULT_BASE_URL, WRITE_TIMEOUT_S, RestClient, RestCore
 from ._rpc_status import platform_error
 from ._shapes import TrainingShapeProfile, resolve_training_profile
 
@@ -71,7 +70,7 @@ def new_job_id() -> str:
     return f"{_JOB_ID_PREFIX}-{uuid.uuid4().hex[:8]}"
 
 
-class TrainerJobs:
+class TrainerJobs(RestClient):
     """Create, inspect, wait for, resume and delete service-mode trainer jobs; list and
     promote their checkpoints; resolve training shapes.
 
@@ -105,14 +104,16 @@ class TrainerJobs:
         retry: RetryPolicy | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        self._rest = RestCore(
-            api_key,
-            base_url=base_url,
-            account_id=account_id,
-            additional_headers=additional_headers,
-            transport=transport,
-            retry=retry,
-            allow_insecure_http=allow_insecure_http,
+        super().__init__(
+            RestCore(
+                api_key,
+                base_url=base_url,
+                account_id=account_id,
+                additional_headers=additional_headers,
+                transport=transport,
+                retry=retry,
+                allow_insecure_http=allow_insecure_http,
+            )
         )
         gateway = trainer_gateway_url or os.environ.get(_GATEWAY_VAR) or self._rest.base_url
         try:
@@ -121,7 +122,6 @@ class TrainerJobs:
             )
         except ValueError as exc:
             raise InvalidInput("trainer_gateway_url", str(exc)) from None
-        self.base_url = self._rest.base_url
         self.retry = self._rest.retry
 
     def __repr__(self) -> str:
@@ -130,22 +130,6 @@ class TrainerJobs:
             f"TrainerJobs(base_url={self.base_url!r}, account_id="
             f"{self._rest.known_account_id!r}, api_key={key})"
         )
-
-    async def __aenter__(self) -> TrainerJobs:
-        self._rest.check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client; later calls raise :class:`~firetitan_async.SessionClosed`."""
-        await self._rest.aclose()
 
     @property
     def has_api_key(self) -> bool:

@@ -1,5 +1,5 @@
 """``RestCore``: the Fireworks control plane's HTTP core, shared by ``TrainerJobs`` and
-``Deployments``.
+``Deployments`` (``RestClient`` is their common lifetime: each owns one core).
 
 One ``httpx.AsyncClient`` per owner, and every request built as the Fireworks SDK 1.2.30
 builds it (study §2.1): ``Content-Type: application/json`` (also on GET and DELETE),
@@ -34,7 +34,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, Final, Self, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -54,6 +54,7 @@ __all__ = [
     "LONG_WRITE_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "WRITE_TIMEOUT_S",
+    "RestClient",
     "RestCore",
 ]
 
@@ -394,6 +395,39 @@ class RestCore:
             logger.debug("probe %s: %s", url, self.redactor.exception(exc))
             return None
         return response.status_code
+
+
+class RestClient:
+    """The lifetime of a control-plane client built on one :class:`RestCore` it owns
+    (``TrainerJobs``, ``Deployments``): ``async with`` checks it is open and closes it on exit,
+    :meth:`aclose` closes it, and ``base_url`` is the core's.
+
+    Example::
+
+        class Models(RestClient):
+            def __init__(self, api_key: str | None = None) -> None:
+                super().__init__(RestCore(api_key))
+    """
+
+    def __init__(self, rest: RestCore) -> None:
+        self._rest = rest
+        self.base_url = rest.base_url
+
+    async def __aenter__(self) -> Self:
+        self._rest.check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client; later calls raise :class:`~firetitan_async.SessionClosed`."""
+        await self._rest.aclose()
 
 
 def is_loopback_url(url: str) -> bool:
