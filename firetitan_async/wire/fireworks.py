@@ -32,7 +32,7 @@ from tinker import types
 from .._sdk_private import tensor_array
 from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest
-from .chunking import split_batch
+from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
 from .tinker import adam_params_json
@@ -179,16 +179,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
 
         estimate_datum_bytes(datum)   # 10 * (tokens + values of every loss_fn_input)
     """
-    total = 0
-    for chunk in datum.model_input.chunks:
-        if isinstance(chunk, types.ImageChunk):
-            total += len(chunk.data)
-        elif isinstance(chunk, types.DmelChunk):
-            total += len(chunk.dmel)
-        elif isinstance(chunk, types.ImageAssetPointerChunk):
-            total += len(chunk.location)
-        else:
-            total += chunk.length * _BYTES_PER_VALUE
+    total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_VALUE)
     for td in datum.loss_fn_inputs.values():
         total += int(tensor_array(td).size) * _BYTES_PER_VALUE
     return total
