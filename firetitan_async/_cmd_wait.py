@@ -18,7 +18,7 @@ from .errors import (
     ReadinessTimeout,
     TrainerJobFailed,
 )
-from .platform import ReadinessPoller, ReadinessProgress, TrainerEndpoint, TrainerJobs
+from .platform import ReadinessProgress, TrainerEndpoint, TrainerJobs
 
 __all__ = ["add_parser", "wait_for_job"]
 
@@ -99,8 +99,7 @@ async def wait_for_job(
         print(f"{progress.state:<10} after {progress.elapsed_s:7.1f}s{detail}", file=stream)
         stream.flush()
 
-    poller = ReadinessPoller(
-        jobs,
+    return await jobs.wait_for_ready(
         job_id,
         poll_interval_s=poll_interval_s,
         timeout_s=timeout_s,
@@ -108,8 +107,6 @@ async def wait_for_job(
         on_progress=show,
         probe_data_plane=probe_data_plane,
     )
-    await poller.run()
-    return await poller.wait()
 
 
 def _fail(message: str, code: int = 1) -> int:
