@@ -1,21 +1,34 @@
 """The ``firetitan-async`` command line: one subcommand per module ``_cmd_<name>.py``.
 
 Each command module exposes ``add_parser(subparsers)`` (registering its arguments and setting
-``func``) and is listed in ``_COMMAND_MODULES`` below.
+``func``) and is listed in ``_COMMAND_MODULES`` below. What the control-plane commands share
+(``--account-id``/``--base-url`` and their environment fallbacks, the short retry policy) is
+here too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Final
+
+from ._retry import RetryPolicy
+from .platform._rest import DEFAULT_BASE_URL
 
 # The packages of the `local` extra: the local trainer needs them, the client never does.
 _LOCAL_EXTRA_PACKAGES = frozenset({"starlette", "uvicorn", "threadpoolctl"})
 
 # Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
 _COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "jobs", "checkpoints")
+
+
+#: A command should report an unreachable control plane in seconds, not after minutes of retries.
+CLI_RETRY: Final = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
+ACCOUNT_VAR: Final = "FIREWORKS_ACCOUNT_ID"
+CONTROL_PLANE_URL_VAR: Final = "FIREWORKS_BASE_URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +67,30 @@ def local_extra_missing(command: str, exc: ImportError) -> int:
         file=sys.stderr,
     )
     return 2
+
+
+def add_control_plane_args(parser: argparse.ArgumentParser) -> None:
+    """Register ``--account-id`` and ``--base-url`` (the control plane) on ``parser``."""
+    parser.add_argument(
+        "--account-id",
+        default=None,
+        help=f"the Fireworks account (default: ${ACCOUNT_VAR}, else resolved from the key)",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help=f"the control-plane URL (default: ${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL})",
+    )
+
+
+def control_plane_url(explicit: str | None) -> str:
+    """``explicit``, else ``$FIREWORKS_BASE_URL``, else the Fireworks API."""
+    return explicit or os.environ.get(CONTROL_PLANE_URL_VAR) or DEFAULT_BASE_URL
+
+
+def control_plane_account(explicit: str | None) -> str | None:
+    """``explicit``, else ``$FIREWORKS_ACCOUNT_ID``, else None (resolved from the key)."""
+    return explicit or os.environ.get(ACCOUNT_VAR) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

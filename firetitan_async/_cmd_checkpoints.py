@@ -14,18 +14,16 @@ from urllib.parse import quote, urlsplit
 import anyio
 from tinker import types
 
+from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, control_plane_url
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
 from .errors import APIStatusError, FiretitanError
+from .platform._rest import DEFAULT_BASE_URL
 
 __all__ = ["add_parser", "list_checkpoints"]
 
 _KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
 _URL_VAR = "TINKER_BASE_URL"
-_CP_URL_VAR = "FIREWORKS_BASE_URL"
-_CP_DEFAULT_URL = "https://api.fireworks.ai"
-# A CLI should fail in seconds, not after the library's patient default retries.
-_CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help=(
             "list --job's checkpoints from the Fireworks control plane instead, with whether "
-            f"each is promotable (--base-url is then the control plane: default ${_CP_URL_VAR}, "
-            f"else {_CP_DEFAULT_URL}); works for stopped and deleted jobs too"
+            f"each is promotable (--base-url is then the control plane: default "
+            f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL}); works for stopped and deleted "
+            "jobs too"
         ),
     )
     listing.set_defaults(func=_run_list)
@@ -88,7 +87,7 @@ async def list_checkpoints(
     run: str | None = None,
     job: str | None = None,
     limit: int = 100,
-    retry: RetryPolicy = _CLI_RETRY,
+    retry: RetryPolicy = CLI_RETRY,
 ) -> list[types.Checkpoint]:
     """The checkpoints of ``run`` (a model id), of ``job``, or all of the key's checkpoints.
 
@@ -110,7 +109,7 @@ async def _fetch_records(
     run: str | None,
     job: str | None,
     limit: int,
-    retry: RetryPolicy = _CLI_RETRY,
+    retry: RetryPolicy = CLI_RETRY,
 ) -> list[dict[str, Any]]:
     """The listing's raw records (with any extra fields the server adds, e.g. the Fireworks
     snapshot type), each checked to have the tinker ``Checkpoint`` shape."""
@@ -141,9 +140,9 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
 
     if not args.job:
         return _fail("--control-plane lists one trainer job's checkpoints: pass --job JOB_ID", 2)
-    base_url = args.base_url or os.environ.get(_CP_URL_VAR) or _CP_DEFAULT_URL
+    base_url = control_plane_url(args.base_url)
     try:
-        jobs = TrainerJobs(base_url=base_url, retry=_CLI_RETRY)
+        jobs = TrainerJobs(base_url=base_url, retry=CLI_RETRY)
     except (ValueError, FiretitanError) as exc:  # bad URL, missing key
         return _fail(str(exc), 2)
 

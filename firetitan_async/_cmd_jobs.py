@@ -4,23 +4,17 @@ their owners (see :mod:`firetitan_async.platform._orphans` for what "owned" mean
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from functools import partial
 
 import anyio
 
-from ._retry import RetryPolicy
+from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
 from .errors import FiretitanError
 from .platform import Deployments, TrainerJobs
 from .platform._orphans import LiveResource, live_resources
 
 __all__ = ["add_parser"]
-
-_ACCOUNT_VAR = "FIREWORKS_ACCOUNT_ID"
-_URL_VAR = "FIREWORKS_BASE_URL"
-_DEFAULT_URL = "https://api.fireworks.ai"
-_CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,22 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument(
         "--no-deployments", action="store_true", help="trainer jobs only"
     )
-    listing.add_argument(
-        "--account-id",
-        default=None,
-        help=f"the Fireworks account (default: ${_ACCOUNT_VAR}, else resolved from the key)",
-    )
-    listing.add_argument(
-        "--base-url",
-        default=None,
-        help=f"the control-plane URL (default: ${_URL_VAR}, else {_DEFAULT_URL})",
-    )
+    add_control_plane_args(listing)
     listing.set_defaults(func=_run_list)
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR) or None
-    base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
+    account_id = control_plane_account(args.account_id)
+    base_url = control_plane_url(args.base_url)
     orphans_only = args.orphans or args.delete
     try:
         found = anyio.run(
@@ -88,8 +73,8 @@ async def _list(
     base_url: str, account_id: str | None, with_deployments: bool, delete: bool
 ) -> list[LiveResource]:
     async with (
-        TrainerJobs(account_id=account_id, base_url=base_url, retry=_CLI_RETRY) as jobs,
-        Deployments(account_id=account_id, base_url=base_url, retry=_CLI_RETRY) as deployments,
+        TrainerJobs(account_id=account_id, base_url=base_url, retry=CLI_RETRY) as jobs,
+        Deployments(account_id=account_id, base_url=base_url, retry=CLI_RETRY) as deployments,
     ):
         found = await live_resources(jobs, deployments if with_deployments else None)
         if delete:

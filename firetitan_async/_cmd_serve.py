@@ -140,6 +140,10 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         if not api_key:
             print(f"error: environment variable {args.api_key_env} is not set", file=sys.stderr)
             return 2
+    if args.inference_latency_ms < 0 or (args.inference_max_concurrency or 1) < 1:
+        print("error: need --inference-latency-ms >= 0, --inference-max-concurrency >= 1",
+              file=sys.stderr)
+        return 2
     try:
         trainer = LocalTrainer(
             host=args.host,
@@ -159,8 +163,6 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             checkpoint_step_names=args.step_checkpoint_names,
             checkpoint_list_details=not args.bare_checkpoint_list,
         )
-        if args.inference_latency_ms < 0 or (args.inference_max_concurrency or 1) < 1:
-            raise ValueError("need --inference-latency-ms >= 0, --inference-max-concurrency >= 1")
         trainer.start()
         if args.inference_latency_ms or args.inference_max_concurrency:
             import httpx

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from functools import partial
 from typing import TextIO
 
 import anyio
 
-from ._retry import RetryPolicy
+from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
 from .errors import (
     APIStatusError,
     FiretitanError,
@@ -19,16 +18,11 @@ from .errors import (
     ReadinessTimeout,
     TrainerJobFailed,
 )
-from .platform import ReadinessPoller, ReadinessProgress, TrainerEndpoint, TrainerJobs
+from .platform import ReadinessProgress, TrainerEndpoint, TrainerJobs
 
 __all__ = ["add_parser", "wait_for_job"]
 
 _KEY_VAR = "FIREWORKS_API_KEY"
-_ACCOUNT_VAR = "FIREWORKS_ACCOUNT_ID"
-_URL_VAR = "FIREWORKS_BASE_URL"
-_DEFAULT_URL = "https://api.fireworks.ai"
-# A CLI should report an unreachable control plane in seconds, not after minutes of retries.
-_CLI_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,16 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     parser.add_argument("job_id", metavar="JOB_ID", help="the job id (or its full resource name)")
-    parser.add_argument(
-        "--account-id",
-        default=None,
-        help=f"the Fireworks account (default: ${_ACCOUNT_VAR}, else resolved from the key)",
-    )
-    parser.add_argument(
-        "--base-url",
-        default=None,
-        help=f"the control-plane URL (default: ${_URL_VAR}, else {_DEFAULT_URL})",
-    )
+    add_control_plane_args(parser)
     parser.add_argument(
         "--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls"
     )
@@ -114,8 +99,7 @@ async def wait_for_job(
         print(f"{progress.state:<10} after {progress.elapsed_s:7.1f}s{detail}", file=stream)
         stream.flush()
 
-    poller = ReadinessPoller(
-        jobs,
+    return await jobs.wait_for_ready(
         job_id,
         poll_interval_s=poll_interval_s,
         timeout_s=timeout_s,
@@ -123,8 +107,6 @@ async def wait_for_job(
         on_progress=show,
         probe_data_plane=probe_data_plane,
     )
-    await poller.run()
-    return await poller.wait()
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -133,8 +115,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _run_wait(args: argparse.Namespace) -> int:
-    account_id = args.account_id or os.environ.get(_ACCOUNT_VAR) or None
-    base_url = args.base_url or os.environ.get(_URL_VAR) or _DEFAULT_URL
+    account_id = control_plane_account(args.account_id)
+    base_url = control_plane_url(args.base_url)
     for name, value in (
         ("--poll-interval", args.poll_interval),
         ("--timeout", args.timeout),
@@ -143,7 +125,7 @@ def _run_wait(args: argparse.Namespace) -> int:
         if not math.isfinite(value) or value <= 0:
             return _fail(f"{name} must be a number > 0, got {value}", 2)
     try:
-        jobs = TrainerJobs(account_id=account_id, base_url=base_url, retry=_CLI_RETRY)
+        jobs = TrainerJobs(account_id=account_id, base_url=base_url, retry=CLI_RETRY)
     except (ValueError, FiretitanError) as exc:  # bad URL, bad account, missing key
         return _fail(str(exc), 2)
     try:

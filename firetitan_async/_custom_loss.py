@@ -64,14 +64,20 @@ def run_custom_loss(
     if not (isinstance(result, tuple) and len(result) == 2):
         raise InvalidInput("CustomLoss", "must return (loss, grads)")
     loss, grads = result
-    grads = list(grads)
+    try:
+        loss, grads = float(loss), list(grads)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("CustomLoss", f"must return (a number, arrays): {exc}") from None
     if len(grads) != len(logprobs):
         raise InvalidInput(
             "CustomLoss", f"returned {len(grads)} gradients for {len(logprobs)} datums"
         )
     arrays = []
     for index, (grad, lp) in enumerate(zip(grads, logprobs, strict=True)):
-        g = np.asarray(grad, dtype=np.float32)
+        try:
+            g = np.asarray(grad, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput("CustomLoss", f"gradient {index} is not an array: {exc}") from None
         if g.shape != lp.shape:
             raise InvalidInput(
                 "CustomLoss", f"gradient {index} has shape {g.shape}, logprobs have {lp.shape}"
@@ -79,7 +85,7 @@ def run_custom_loss(
         if not np.all(np.isfinite(g)):
             raise InvalidInput("CustomLoss", f"gradient {index} is not finite")
         arrays.append(g)
-    return float(loss), arrays
+    return loss, arrays
 
 
 def backward_batch(data: Sequence[types.Datum], grads: Sequence[np.ndarray]) -> list[types.Datum]:

@@ -183,8 +183,11 @@ class DeploymentSampler:
         response = await self._send_with_retry(sender, body, request_id, {})
         try:
             choices = parse_completion_reply(response.json(), want_logprobs=logprobs)
-        except (SamplingError, ValueError) as exc:
-            raise self._error(str(exc), request_id, response, sender.attempts) from None
+        except ValueError:
+            raise self._error("malformed completions reply: not JSON", request_id, response,
+                              sender.attempts) from None
+        except SamplingError as exc:
+            raise self._error(exc.message, request_id, response, sender.attempts) from None
         version = response.headers.get(_IDENTITY_HEADER) or None
         prompt = list(body["prompt"])
         return [
@@ -224,10 +227,10 @@ class DeploymentSampler:
         try:  # the reply holds its slot until the stream ends
             decoder = SSEDecoder()
             async for raw in _body_chunks(response, request_id, sender.attempts, self._redact):
-                for data in decoder.feed(raw):
+                for data in self._events(decoder, raw, request_id, sender.attempts):
                     if data.strip() == "[DONE]":
                         return
-                    for delta in _deltas(data, request_id, sender.attempts):
+                    for delta in self._deltas(data, request_id, sender.attempts):
                         yield delta if logprobs else attrs.evolve(delta, logprob=None)
             raise SamplingError("the stream ended without [DONE]",
                                 request_id=request_id, attempts=sender.attempts)
@@ -286,6 +289,30 @@ class DeploymentSampler:
                                 attempts=sender.attempts) from None
         finally:
             sender.release_unused()  # a slot taken for an attempt that was never sent
+
+    def _events(
+        self, decoder: SSEDecoder, raw: bytes, request_id: str, attempts: int
+    ) -> list[str]:
+        """The ``data`` payloads ``raw`` completes; a malformed stream is a ``SamplingError``."""
+        try:
+            return decoder.feed(raw)
+        except SamplingError as exc:
+            raise self._stream_error(exc.message, request_id, attempts) from None
+
+    def _deltas(self, data: str, request_id: str, attempts: int) -> list[StreamDelta]:
+        """The deltas of one event; a malformed one is a ``SamplingError`` with redacted text
+        (the server's words may echo the key)."""
+        try:
+            return parse_stream_chunk(json.loads(data))
+        except ValueError:
+            raise self._stream_error(
+                "malformed completions stream: an event is not JSON", request_id, attempts
+            ) from None
+        except SamplingError as exc:
+            raise self._stream_error(exc.message, request_id, attempts) from None
+
+    def _stream_error(self, message: str, request_id: str, attempts: int) -> SamplingError:
+        return SamplingError(self._redact.text(message), request_id=request_id, attempts=attempts)
 
     def _error(
         self, message: str, request_id: str, response: httpx.Response, attempts: int
@@ -384,10 +411,4 @@ async def _body_chunks(
                             request_id=request_id, attempts=attempts) from None
 
 
-def _deltas(data: str, request_id: str, attempt: int) -> list[StreamDelta]:
-    try:
-        chunk: Any = json.loads(data)
-    except ValueError:
-        raise SamplingError("malformed completions stream: an event is not JSON",
-                            request_id=request_id, attempts=attempt) from None
-    return parse_stream_chunk(chunk)
+

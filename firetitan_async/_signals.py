@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from .errors import FiretitanError
+from .errors import FiretitanError, UsageError
 
 __all__ = ["Interrupted", "cleanup_on_signals"]
 
@@ -90,7 +90,7 @@ class cleanup_on_signals:  # lower case: reads like a function, `async with clea
         if threading.current_thread() is not threading.main_thread():
             raise FiretitanError("cleanup_on_signals() must run in the main thread")
         if self._stack is not None:
-            raise RuntimeError("cleanup_on_signals() can be entered only once")
+            raise UsageError("cleanup_on_signals() can be entered only once")
         self._previous = {s: signal.getsignal(s) for s in self.signals}
         stack = AsyncExitStack()
         self._stack = stack

@@ -228,9 +228,10 @@ class SamplingError(FiretitanError):
     """A completions request failed for good (a non-retryable status, retries or the hot-load
     wait exhausted, or a malformed reply).
 
-    ``request_id`` is the id we sent as ``x-request-id`` (the same on every attempt, so it
-    finds the request in server logs), ``server_request_id`` the one the server echoed,
-    ``status_code`` the last HTTP status (None: no reply) and ``attempts`` how many were made.
+    ``message`` says what went wrong; ``request_id`` is the id we sent as ``x-request-id``
+    (the same on every attempt, so it finds the request in server logs), ``server_request_id``
+    the one the server echoed, ``status_code`` the last HTTP status (None: no reply) and
+    ``attempts`` how many were made.
 
     Example::
 
@@ -249,6 +250,7 @@ class SamplingError(FiretitanError):
         status_code: int | None = None,
         attempts: int = 0,
     ) -> None:
+        self.message = message
         self.request_id = request_id
         self.server_request_id = server_request_id
         self.status_code = status_code

@@ -14,7 +14,15 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from firetitan_async import FiretitanError, InvalidInput, RetryPolicy
+from firetitan_async import (
+    Deployments,
+    FiretitanError,
+    InvalidInput,
+    RetryPolicy,
+    SessionClosed,
+    TrainerJobs,
+)
+from firetitan_async.local import LocalTrainer
 from firetitan_async.platform import PlatformAPIError, RestCore
 
 pytestmark = pytest.mark.anyio
@@ -214,3 +222,19 @@ async def test_credentials_in_additional_headers_are_redacted_too(anyio_backend:
         with pytest.raises(PlatformAPIError) as info:
             await rest.call("GET", "/v1/x")
     assert other not in str(info.value) and other not in json.dumps(info.value.body)
+
+
+@pytest.mark.parametrize("client_type", [TrainerJobs, Deployments])
+async def test_a_control_plane_client_is_closed_by_its_block_and_cannot_reenter(
+    local_trainer: LocalTrainer, client_type: type[TrainerJobs] | type[Deployments]
+) -> None:
+    client = client_type(base_url=local_trainer.control_plane_url)
+    async with client as entered:
+        assert entered is client and client.base_url == local_trainer.control_plane_url
+        assert await client._rest.call("GET", "/v1/accounts")
+    with pytest.raises(SessionClosed):
+        await client._rest.call("GET", "/v1/accounts")
+    with pytest.raises(SessionClosed):
+        async with client:
+            pass
+    await client.aclose()  # closing twice is harmless

@@ -274,11 +274,17 @@ class CheckpointManager:
         return latest
 
     def _read(self) -> list[SaveRecord]:
+        path = self._dir / RECORD_FILE
         try:
-            text = (self._dir / RECORD_FILE).read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return []
-        return [SaveRecord(**entry) for entry in json.loads(text)["saves"]]
+        try:
+            return [SaveRecord(**entry) for entry in json.loads(raw)["saves"]]
+        except (ValueError, TypeError, KeyError) as exc:  # ValueError: not JSON (or UTF-8)
+            raise InvalidInput(
+                "run_dir", f"{path} is not a checkpoint record ({type(exc).__name__}: {exc})"
+            ) from None
 
     def _write(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)

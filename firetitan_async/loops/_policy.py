@@ -120,7 +120,7 @@ class TrainerSamplerHandle:
         """The handle :meth:`encode` wrote; ``InvalidInput`` if ``text`` is not one."""
         try:
             return cls(**json.loads(base64.urlsafe_b64decode(text.encode())))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: not a str
             raise InvalidInput("handle", f"is not an encoded TrainerSamplerHandle: {exc}") from None
 
     def session(self) -> ServiceSession:

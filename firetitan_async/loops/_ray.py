@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from .._adapters import aresult
-from ..errors import FiretitanError
+from ..errors import FiretitanError, InvalidInput
 from ._policy import SamplerHandle
 
 __all__ = ["RayRollouts"]
@@ -118,7 +118,7 @@ class RayRollouts(Generic[P, T]):
                 "RayRollouts needs Ray: pip install 'firetitan_async[ray]'"
             ) from exc
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise InvalidInput("workers", f"must be >= 1, got {workers!r}")
         options = {"num_cpus": 0, **(actor_options or {})}
         actor_class = ray.remote(_Worker).options(**options)
         self._ray = ray

@@ -35,7 +35,7 @@ from tinker import types
 
 from .._custom_loss import CustomLoss
 from .._training import TrainingClient, _first_error
-from ..errors import InvalidInput
+from ..errors import FiretitanError, InvalidInput
 from ._policy import Publisher
 
 __all__ = ["RLResult", "RLStep", "Rollout", "run_rl"]
@@ -271,7 +271,7 @@ async def run_rl(
                     except anyio.EndOfStream:
                         # Producers end only once `total` is known: re-count this step.
                         if tickets.total is None or ended:
-                            raise RuntimeError("the rollout stream ended early") from None
+                            raise FiretitanError("the rollout stream ended early") from None
                         ended = True
                         continue
                     waiting.setdefault(item.index // groups_per_step + 1, []).append(item)

@@ -151,24 +151,13 @@ async def list_job_checkpoints(
     path = (
         f"/v1/accounts/{quote(account, safe='')}/{COLLECTION}/{quote(job_id, safe='')}/checkpoints"
     )
-    rows: list[JobCheckpoint] = []
-    token: str | None = None
-    seen: set[str] = set()
-    while True:
-        params: dict[str, str | int] = {"pageSize": page_size}
-        if token:
-            params["pageToken"] = token
-        reply = await rest.call("GET", path, params=params)
-        if not isinstance(reply, dict):
-            raise FiretitanError(f"malformed checkpoint listing: {reply!r:.200}")
-        page = reply.get("checkpoints") or reply.get("rlorTrainerJobCheckpoints") or []
-        rows.extend(JobCheckpoint.from_row(row) for row in page)
-        token = reply.get("nextPageToken") or reply.get("next_page_token") or None
-        if not token:
-            return rows
-        if not isinstance(token, str) or token in seen:
-            raise FiretitanError(f"checkpoint listing of {job_id!r}: page token {token!r} repeats")
-        seen.add(token)
+    rows = await rest.list_all(
+        path,
+        ("checkpoints", "rlorTrainerJobCheckpoints"),
+        page_size=page_size,
+        what=f"checkpoint listing of {job_id!r}",
+    )
+    return [JobCheckpoint.from_row(row) for row in rows]
 
 
 async def promote_checkpoint(

@@ -46,10 +46,11 @@ _DISPLAY_NAME_LIMIT: Final = 64
 _SHAPE_OWNED: Final = ("accelerator_type", "accelerator_count", "node_count")
 
 
-def format_duration(value: timedelta | str) -> str:
+def format_duration(value: timedelta | str, *, field: str = "inactivity_timeout") -> str:
     """A non-negative duration as a protobuf JSON string (``timedelta(minutes=30)`` → ``"1800s"``).
 
-    Raises ``ValueError``/``TypeError`` as the SDK's ``_format_proto_duration`` does.
+    The SDK's ``_format_proto_duration`` rules; a value it refuses raises
+    :class:`~firetitan_async.InvalidInput` naming ``field``.
 
     Example::
 
@@ -58,20 +59,23 @@ def format_duration(value: timedelta | str) -> str:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
         if seconds < 0:
-            raise ValueError("must be non-negative")
+            raise InvalidInput(field, "must be non-negative")
         if seconds.is_integer():
             return f"{int(seconds)}s"
         return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
     if isinstance(value, str):
         if not _DURATION_RE.match(value):
-            raise ValueError(
+            raise InvalidInput(
+                field,
                 "must be a protobuf JSON duration string such as '1800s'; use "
-                "datetime.timedelta for minute/hour values"
+                "datetime.timedelta for minute/hour values",
             )
         if value.startswith("-"):
-            raise ValueError("must be non-negative")
+            raise InvalidInput(field, "must be non-negative")
         return value
-    raise TypeError("must be datetime.timedelta or protobuf JSON duration string")
+    raise InvalidInput(
+        field, f"must be datetime.timedelta or protobuf JSON duration string, got {value!r}"
+    )
 
 
 def _opt_int(minimum: int) -> Any:
@@ -203,10 +207,7 @@ class TrainerJobConfig:
         if self.display_name is not None and len(self.display_name) >= _DISPLAY_NAME_LIMIT:
             raise InvalidInput("display_name", "must be fewer than 64 characters")
         if self.inactivity_timeout is not None:
-            try:
-                duration = format_duration(self.inactivity_timeout)
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput("inactivity_timeout", str(exc)) from None
+            duration = format_duration(self.inactivity_timeout)
             if float(duration[:-1]) > _MAX_INACTIVITY_S:
                 raise InvalidInput("inactivity_timeout", "must be at most 3 hours")
         if self.training_shape_ref is not None and not SHAPE_REF_RE.match(self.training_shape_ref):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
@@ -40,7 +39,7 @@ import httpx
 from .._retry import RetryPolicy
 from ..errors import FiretitanError, HotloadFailed, InvalidInput
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
-from ._rest import DEFAULT_BASE_URL, RestCore
+from ._rest import DEFAULT_BASE_URL, RestClient, RestCore
 
 __all__ = [
     "DeploymentConfig",
@@ -67,6 +66,16 @@ class DeploymentFailed(FiretitanError):
         self.state = state
         suffix = f": {detail}" if detail else ""
         super().__init__(f"deployment {deployment_id!r} is {state}{suffix}")
+
+
+def _record(deployment_id: str, value: object) -> dict[str, Any]:
+    """A deployment record from the control plane (a JSON object), else ``FiretitanError``."""
+    if not isinstance(value, dict):
+        raise FiretitanError(
+            f"malformed deployment record of {deployment_id!r}: expected an object, "
+            f"got {value!r:.200}"
+        )
+    return value
 
 
 def _transition(value: str | None) -> str | None:
@@ -213,6 +222,8 @@ class HotloadStatus:
             return cls(None, False, "pending", None, 0, reply)
         first = replicas[0]
         loading = first.get("loading_state") or {}
+        if not isinstance(loading, Mapping):
+            raise FiretitanError("hot-load status: 'loading_state' must be an object")
         return cls(
             first.get("current_snapshot_identity"),
             bool(first.get("readiness", False)),
@@ -223,7 +234,7 @@ class HotloadStatus:
         )
 
 
-class Deployments:
+class Deployments(RestClient):
     """Inference deployments and hot-loading (see the module docstring).
 
     ``api_key`` defaults to ``$FIREWORKS_API_KEY``; ``inference_url`` and ``hotload_url``
@@ -244,16 +255,17 @@ class Deployments:
         retry: RetryPolicy | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        self._rest = RestCore(
-            api_key,
-            base_url=base_url,
-            account_id=account_id,
-            additional_headers=additional_headers,
-            transport=transport,
-            retry=retry,
-            allow_insecure_http=allow_insecure_http,
+        super().__init__(
+            RestCore(
+                api_key,
+                base_url=base_url,
+                account_id=account_id,
+                additional_headers=additional_headers,
+                transport=transport,
+                retry=retry,
+                allow_insecure_http=allow_insecure_http,
+            )
         )
-        self.base_url = self._rest.base_url
         self.inference_url = (inference_url or self.base_url).rstrip("/")
         self.hotload_url = (hotload_url or self.base_url).rstrip("/")
         self._reset_prompt_cache_supported = True
@@ -265,22 +277,6 @@ class Deployments:
     def api_key(self) -> str | None:
         """The key in use (for a ``DeploymentSampler`` on the same account)."""
         return self._rest.api_key
-
-    async def __aenter__(self) -> Deployments:
-        self._rest.check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._rest.aclose()
 
     # -- records -------------------------------------------------------------------------
 
@@ -323,8 +319,7 @@ class Deployments:
         )
         if response.status_code == 404:
             return None
-        record: dict[str, Any] = self._rest.json_of(response)
-        return record
+        return _record(deployment_id, self._rest.json_of(response))
 
     async def get(self, deployment_id: str) -> DeploymentInfo | None:
         """The deployment, or None if there is none.
@@ -387,7 +382,7 @@ class Deployments:
             body.setdefault("displayName", tag)
         existing = await self._get_record(config.deployment_id)
         if existing is not None:
-            if existing.get("state") not in _BAD_STATES and not force_recreate:
+            if str(existing.get("state")) not in _BAD_STATES and not force_recreate:
                 return await self._info(config.deployment_id, existing)
             await self.delete(config.deployment_id)
             await self._wait_gone(config.deployment_id)
@@ -405,7 +400,7 @@ class Deployments:
             if record is None:
                 raise DeploymentFailed(config.deployment_id, "CONFLICT", "409 but not found")
         else:
-            record = self._rest.json_of(response)
+            record = _record(config.deployment_id, self._rest.json_of(response))
         return await self._info(config.deployment_id, record)
 
     async def list_deployments(self) -> list[DeploymentInfo]:
@@ -415,21 +410,14 @@ class Deployments:
 
             live = [d for d in await deployments.list_deployments() if d.state != "DELETED"]
         """
+        records = await self._rest.list_all(
+            await self._path(), ("deployments",), page_size="200", what="deployment listing"
+        )
         found: list[DeploymentInfo] = []
-        token: str | None = None
-        seen: set[str] = set()
-        while True:
-            params = {"pageSize": "200", **({"pageToken": token} if token else {})}
-            reply = await self._rest.call("GET", await self._path(), params=params)
-            if not isinstance(reply, dict):
-                raise FiretitanError(f"malformed deployment listing: {reply!r:.200}")
-            for record in reply.get("deployments") or []:
-                name = str(record.get("name", ""))
-                found.append(await self._info(name.rsplit("/", 1)[-1], record))
-            token = reply.get("nextPageToken") or None
-            if not isinstance(token, str) or token in seen:
-                return found
-            seen.add(token)
+        for record in records:
+            name = str(_record("(listed)", record).get("name", ""))
+            found.append(await self._info(name.rsplit("/", 1)[-1], record))
+        return found
 
     async def _wait_gone(self, deployment_id: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -482,7 +470,7 @@ class Deployments:
             "PATCH", await self._path(deployment_id), json_body=dict(body),
             params={"updateMask": mask},
         )
-        return await self._info(deployment_id, record)
+        return await self._info(deployment_id, _record(deployment_id, record))
 
     async def scale_to_zero(self, deployment_id: str) -> None:
         """Release every replica (the deployment stays, for a later scale-up).

@@ -26,7 +26,6 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Final
 from urllib.parse import quote
 
@@ -53,7 +52,7 @@ from ._readiness import (
     ReadinessProgress,
 )
 from ._records import COLLECTION, CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
-from ._rest import DEFAULT_BASE_URL, WRITE_TIMEOUT_S, RestCore
+from ._rest import DEFAULT_BASE_URL, WRITE_TIMEOUT_S, RestClient, RestCore
 from ._rpc_status import platform_error
 from ._shapes import TrainingShapeProfile, resolve_training_profile
 
@@ -71,7 +70,7 @@ def new_job_id() -> str:
     return f"{_JOB_ID_PREFIX}-{uuid.uuid4().hex[:8]}"
 
 
-class TrainerJobs:
+class TrainerJobs(RestClient):
     """Create, inspect, wait for, resume and delete service-mode trainer jobs; list and
     promote their checkpoints; resolve training shapes.
 
@@ -105,14 +104,16 @@ class TrainerJobs:
         retry: RetryPolicy | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        self._rest = RestCore(
-            api_key,
-            base_url=base_url,
-            account_id=account_id,
-            additional_headers=additional_headers,
-            transport=transport,
-            retry=retry,
-            allow_insecure_http=allow_insecure_http,
+        super().__init__(
+            RestCore(
+                api_key,
+                base_url=base_url,
+                account_id=account_id,
+                additional_headers=additional_headers,
+                transport=transport,
+                retry=retry,
+                allow_insecure_http=allow_insecure_http,
+            )
         )
         gateway = trainer_gateway_url or os.environ.get(_GATEWAY_VAR) or self._rest.base_url
         try:
@@ -121,7 +122,6 @@ class TrainerJobs:
             )
         except ValueError as exc:
             raise InvalidInput("trainer_gateway_url", str(exc)) from None
-        self.base_url = self._rest.base_url
         self.retry = self._rest.retry
 
     def __repr__(self) -> str:
@@ -130,22 +130,6 @@ class TrainerJobs:
             f"TrainerJobs(base_url={self.base_url!r}, account_id="
             f"{self._rest.known_account_id!r}, api_key={key})"
         )
-
-    async def __aenter__(self) -> TrainerJobs:
-        self._rest.check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client; later calls raise :class:`~firetitan_async.SessionClosed`."""
-        await self._rest.aclose()
 
     @property
     def has_api_key(self) -> bool:
@@ -226,7 +210,7 @@ class TrainerJobs:
             logger.info("trainer job %s already exists (409): adopting it", job_id)
             job = existing
         else:
-            job = TrainerJob.from_record(self._rest.redactor.value(self._rest.json_of(response)))
+            job = TrainerJob.from_record(self._rest.json_of(response))
         _warn_backend_message(job)
         logger.info("created trainer job %s (%s)", job.job_name, job.state)
         return CreatedTrainerJob(job.job_id, job.job_name)
@@ -268,22 +252,11 @@ class TrainerJobs:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise InvalidInput("page_size", f"must be an int >= 1, got {page_size!r}")
         account = await self._rest.account_id()
-        found: list[TrainerJob] = []
-        token: str | None = None
-        seen: set[str] = set()
-        while True:
-            params: dict[str, str | int] = {"pageSize": page_size}
-            if token:
-                params["pageToken"] = token
-            reply = await self._rest.call("GET", self._collection(account), params=params)
-            if not isinstance(reply, dict):
-                raise FiretitanError(f"malformed trainer job listing: {reply!r:.200}")
-            for record in reply.get(COLLECTION) or []:
-                found.append(await self._job(record))
-            token = reply.get("nextPageToken") or None
-            if not isinstance(token, str) or token in seen:
-                return found
-            seen.add(token)
+        records = await self._rest.list_all(
+            self._collection(account), (COLLECTION,), page_size=page_size,
+            what="trainer job listing",
+        )
+        return [await self._job(record) for record in records]
 
     async def wait_for_ready(
         self,
@@ -606,9 +579,7 @@ class TrainerJobs:
         return f"{self._collection(account)}/{quote(self.bare_job_id(job_id), safe='')}"
 
     async def _job(self, record: object) -> TrainerJob:
-        # A status message can echo what the server was sent: redact before anything keeps it.
-        record = self._rest.redactor.value(record)
-        job = TrainerJob.from_record(record)
+        job = TrainerJob.from_record(record)  # redacted by json_of
         return TrainerJob.from_record(record, gateway_url=await self.gateway_url(job.job_id))
 
 

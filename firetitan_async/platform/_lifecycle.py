@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
@@ -41,7 +42,7 @@ from typing import Final, Generic, TypeVar
 
 import anyio
 
-from ..errors import FiretitanError, InvalidInput
+from ..errors import FiretitanError, InvalidInput, UsageError
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -63,6 +64,7 @@ DEFAULT_GRACE_S: Final = 30.0
 OWNER_ANNOTATION: Final = "firetitan-async/owner"
 _TAG_PREFIX: Final = "firetitan-async:"
 _TAG_LIMIT: Final = 63  # a job's displayName must be fewer than 64 characters
+_PID_RE: Final = re.compile(r"[0-9]{1,10}")
 
 
 class CleanupFailed(FiretitanError):
@@ -124,6 +126,8 @@ class Owner:
             return False
         except PermissionError:  # exists, owned by another user
             return True
+        except OverflowError:  # not a pid this system can have: say nothing
+            return None
         return True
 
 
@@ -137,7 +141,7 @@ def parse_owner_tag(text: object) -> Owner | None:
     if not isinstance(text, str) or not text.startswith(_TAG_PREFIX):
         return None
     host, sep, pid = text[len(_TAG_PREFIX) :].rpartition(":")
-    if not sep or not pid.isdigit():
+    if not sep or not _PID_RE.fullmatch(pid):
         return None
     return Owner(host, int(pid))
 
@@ -218,7 +222,7 @@ class Provisioning(Generic[T]):
 
     async def _run(self) -> T:
         if self._used:
-            raise RuntimeError("a Provisioning can be awaited or entered only once")
+            raise UsageError("a Provisioning can be awaited or entered only once")
         self._used = True
         try:
             return await self._provision(self._claim)

@@ -1,5 +1,5 @@
 """``RestCore``: the Fireworks control plane's HTTP core, shared by ``TrainerJobs`` and
-``Deployments``.
+``Deployments`` (``RestClient`` is their common lifetime: each owns one core).
 
 One ``httpx.AsyncClient`` per owner, and every request built as the Fireworks SDK 1.2.30
 builds it (study §2.1): ``Content-Type: application/json`` (also on GET and DELETE),
@@ -34,7 +34,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, Final, Self, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -54,6 +54,7 @@ __all__ = [
     "LONG_WRITE_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "WRITE_TIMEOUT_S",
+    "RestClient",
     "RestCore",
 ]
 
@@ -249,7 +250,7 @@ class RestCore:
                 "pass account_id=... to choose one"
             )
         if not names[0] or names[0] == "?" or "/" in names[0]:
-            raise FiretitanError(f"malformed account listing: {self.redactor.value(reply)!r:.200}")
+            raise FiretitanError(f"malformed account listing: {reply!r:.200}")
         logger.info("resolved the account from the API key: %s", names[0])
         return names[0]
 
@@ -325,12 +326,47 @@ class RestCore:
         """
         return self.json_of(await self.request(method, url, **kwargs))
 
+    async def list_all(
+        self, path: str, keys: Sequence[str], *, page_size: int | str, what: str
+    ) -> list[Any]:
+        """Every item of a paged listing: ``GET path?pageSize=N[&pageToken=T]`` until a page
+        has no ``nextPageToken``. A page's items are under the first of ``keys`` it has; a
+        malformed page, or a token that repeats, raises :class:`FiretitanError` naming ``what``.
+
+        Example::
+
+            records = await rest.list_all(path, ["deployments"], page_size=200,
+                                          what="deployment listing")
+        """
+        items: list[Any] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, str | int] = {"pageSize": page_size}
+            if token:
+                params["pageToken"] = token
+            reply = await self.call("GET", path, params=params)
+            if not isinstance(reply, dict):
+                raise FiretitanError(f"malformed {what}: {reply!r:.200}")
+            page: Any = next((reply[key] for key in keys if reply.get(key)), [])
+            if not isinstance(page, list):
+                raise FiretitanError(f"malformed {what}: {keys[0]!r} is not a list: {page!r:.200}")
+            items.extend(page)
+            token = reply.get("nextPageToken") or reply.get("next_page_token") or None
+            if token is None:
+                return items
+            if not isinstance(token, str) or token in seen:
+                raise FiretitanError(f"{what}: the page token {token!r:.100} repeats")
+            seen.add(token)
+
     def json_of(self, response: httpx.Response) -> Any:
-        """The JSON of a reply (``{}`` when empty); :class:`FiretitanError` if it is not JSON."""
+        """The JSON of a reply (``{}`` when empty), every secret in it redacted (a server may
+        echo what it was sent, and the value ends up in records, logs and errors);
+        :class:`FiretitanError` if it is not JSON."""
         if not response.content:
             return {}
         try:
-            return response.json()
+            return self.redactor.value(response.json())
         except ValueError:
             raise FiretitanError(
                 f"{response.request.method} {response.request.url.path}: expected JSON, got "
@@ -359,6 +395,39 @@ class RestCore:
             logger.debug("probe %s: %s", url, self.redactor.exception(exc))
             return None
         return response.status_code
+
+
+class RestClient:
+    """The lifetime of a control-plane client built on one :class:`RestCore` it owns
+    (``TrainerJobs``, ``Deployments``): ``async with`` checks it is open and closes it on exit,
+    :meth:`aclose` closes it, and ``base_url`` is the core's.
+
+    Example::
+
+        class Models(RestClient):
+            def __init__(self, api_key: str | None = None) -> None:
+                super().__init__(RestCore(api_key))
+    """
+
+    def __init__(self, rest: RestCore) -> None:
+        self._rest = rest
+        self.base_url = rest.base_url
+
+    async def __aenter__(self) -> Self:
+        self._rest.check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client; later calls raise :class:`~firetitan_async.SessionClosed`."""
+        await self._rest.aclose()
 
 
 def is_loopback_url(url: str) -> bool:

@@ -72,7 +72,13 @@ class TrainingShapeProfile:
         if not isinstance(version, dict):
             raise FiretitanError(f"malformed training shape version: {version!r:.200}")
         snapshot = version.get("snapshot") or {}
-        sharding = snapshot.get("trainerShardingScheme") or {}
+        sharding = snapshot.get("trainerShardingScheme") if isinstance(snapshot, dict) else None
+        if not isinstance(snapshot, dict) or not isinstance(sharding or {}, dict):
+            raise FiretitanError(
+                "malformed training shape version: 'snapshot' and its 'trainerShardingScheme' "
+                "must be objects"
+            )
+        sharding = sharding or {}
 
         def text(key: str) -> str:
             value = snapshot.get(key)
@@ -114,6 +120,8 @@ async def resolve_training_profile(rest: RestCore, shape: str) -> TrainingShapeP
         "GET", f"/v1/{shape}/versions", params={"filter": "latest_validated=true", "pageSize": 1}
     )
     versions = reply.get("trainingShapeVersions") if isinstance(reply, dict) else None
+    if not isinstance(versions, list | None):
+        raise FiretitanError(f"malformed training shape versions: {versions!r:.200}")
     if not versions:
         raise FiretitanError(
             f"training shape {shape!r} has no validated version: pin one "

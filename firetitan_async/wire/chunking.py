@@ -24,9 +24,9 @@ import numpy as np
 from tinker import types
 
 from .._sdk_private import tensor_array
-from ..errors import ProtocolError
+from ..errors import InvalidInput, ProtocolError
 
-__all__ = ["estimate_datum_bytes", "merge_outputs", "split_batch"]
+__all__ = ["estimate_datum_bytes", "merge_outputs", "model_input_bytes", "split_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,27 @@ _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _REDUCTIONS = frozenset({"mean", "sum", "min", "max", "slack", "hash2", "unique"})
 
 
+def model_input_bytes(model_input: types.ModelInput, *, per_token: int) -> int:
+    """A model input's size as both SDKs estimate it: the raw bytes of image, dmel and
+    asset-pointer chunks, ``per_token`` bytes per token of any other chunk.
+
+    Example::
+
+        model_input_bytes(types.ModelInput.from_ints([1, 2, 3]), per_token=4)   # 12
+    """
+    total = 0
+    for chunk in model_input.chunks:
+        if isinstance(chunk, types.ImageChunk):
+            total += len(chunk.data)
+        elif isinstance(chunk, types.DmelChunk):
+            total += len(chunk.dmel)
+        elif isinstance(chunk, types.ImageAssetPointerChunk):
+            total += len(chunk.location)
+        else:
+            total += chunk.length * per_token
+    return total
+
+
 def estimate_datum_bytes(datum: types.Datum) -> int:
     """The SDK's estimate of a datum's size in the protobuf request.
 
@@ -43,18 +64,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
 
         estimate_datum_bytes(datum)  # 4 * tokens + value bytes of the loss_fn_inputs
     """
-    total = 0
-    for chunk in datum.model_input.chunks:
-        if isinstance(chunk, types.EncodedTextChunk):
-            total += len(chunk.tokens) * _BYTES_PER_TOKEN
-        elif isinstance(chunk, types.ImageChunk):
-            total += len(chunk.data)
-        elif isinstance(chunk, types.DmelChunk):
-            total += len(chunk.dmel)
-        elif isinstance(chunk, types.ImageAssetPointerChunk):
-            total += len(chunk.location)
-        else:
-            total += chunk.length * _BYTES_PER_TOKEN
+    total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_TOKEN)
     for td in datum.loss_fn_inputs.values():
         total += tensor_array(td).nbytes
         if td.sparse_crow_indices is not None:
@@ -82,7 +92,7 @@ def split_batch(
         [len(c) for c in split_batch(batch_of_2500, max_len=1024)]  # [1024, 1024, 452]
     """
     if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
+        raise InvalidInput("max_len", f"must be >= 1, got {max_len!r}")
     chunks: list[list[types.Datum]] = []
     current: list[types.Datum] = []
     current_bytes = 0

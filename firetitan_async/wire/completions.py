@@ -116,6 +116,22 @@ def _fail(what: str) -> SamplingError:
     return SamplingError(f"malformed completions reply: {what}")
 
 
+def _index(choice: Mapping[str, Any], default: int) -> int:
+    index = choice.get("index", default)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise _fail(f"a choice's index must be an integer >= 0, got {index!r:.50}")
+    return index
+
+
+def _logprob(entry: Mapping[str, Any]) -> float | None:
+    value = entry.get("sampling_logprob", entry.get("logprob"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"logprobs.content[].logprob must be a number, got {value!r:.50}")
+    return float(value)
+
+
 def _logprobs_of(choice: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     lp = choice.get("logprobs")
     if not isinstance(lp, Mapping):
@@ -143,11 +159,12 @@ def parse_completion_reply(reply: object, *, want_logprobs: bool) -> list[Choice
             content = _logprobs_of(choice)
             if content is None or len(content) != len(ids):
                 raise _fail("logprobs.content does not cover every completion token")
-            lps = [float(c.get("sampling_logprob", c.get("logprob"))) for c in content]
-        index = choice.get("index", pos)
+            lps = [lp for c in content if (lp := _logprob(c)) is not None]
+            if len(lps) != len(ids):
+                raise _fail("logprobs.content[].logprob is missing")
         out.append(
             ChoiceResult(
-                index=int(index),
+                index=_index(choice, pos),
                 tokens=list(ids),
                 logprobs=lps,
                 finish_reason=str(choice.get("finish_reason") or "unknown"),
@@ -163,17 +180,19 @@ def parse_stream_chunk(chunk: object) -> list[StreamDelta]:
         raise _fail("a stream event must be a JSON object")
     if chunk.get("error") is not None:
         raise _fail(f"the stream reported an error: {chunk['error']!r}")
+    choices = chunk.get("choices") or []
+    if not isinstance(choices, list):
+        raise _fail("choices must be a list")
     out: list[StreamDelta] = []
-    for choice in chunk.get("choices") or []:
+    for choice in choices:
         if not isinstance(choice, Mapping):
             raise _fail("each choice must be an object")
-        index = int(choice.get("index", 0))
+        index = _index(choice, 0)
         for entry in _logprobs_of(choice) or []:
             token = entry.get("token_id")
-            if not isinstance(token, int):
+            if isinstance(token, bool) or not isinstance(token, int):
                 raise _fail("logprobs.content[].token_id is missing")
-            lp = entry.get("sampling_logprob", entry.get("logprob"))
-            out.append(StreamDelta(index, token, None if lp is None else float(lp),
+            out.append(StreamDelta(index, token, _logprob(entry),
                                    str(choice.get("text") or "")))
         reason = choice.get("finish_reason")
         if reason:
@@ -197,7 +216,10 @@ class SSEDecoder:
             cut = self._buffer.find(b"\n")
             if cut < 0:
                 return out
-            line = self._buffer[:cut].rstrip(b"\r").decode("utf-8")
+            try:
+                line = self._buffer[:cut].rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError:
+                raise _fail("the event stream is not UTF-8") from None
             self._buffer = self._buffer[cut + 1 :]
             if not line:
                 if self._data:

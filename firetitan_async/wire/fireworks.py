@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from tinker import types
@@ -32,7 +32,7 @@ from tinker import types
 from .._sdk_private import tensor_array
 from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest
-from .chunking import split_batch
+from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
 from .tinker import adam_params_json
@@ -179,16 +179,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
 
         estimate_datum_bytes(datum)   # 10 * (tokens + values of every loss_fn_input)
     """
-    total = 0
-    for chunk in datum.model_input.chunks:
-        if isinstance(chunk, types.ImageChunk):
-            total += len(chunk.data)
-        elif isinstance(chunk, types.DmelChunk):
-            total += len(chunk.dmel)
-        elif isinstance(chunk, types.ImageAssetPointerChunk):
-            total += len(chunk.location)
-        else:
-            total += chunk.length * _BYTES_PER_VALUE
+    total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_VALUE)
     for td in datum.loss_fn_inputs.values():
         total += int(tensor_array(td).size) * _BYTES_PER_VALUE
     return total
@@ -300,6 +291,9 @@ def forward_body(
     }
 
 
+_FWDBWD_JSON: Final = "ForwardBackwardOutput (JSON)"
+
+
 def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
     """A forward/forward_backward result, protobuf or JSON (whichever the server sent).
 
@@ -310,7 +304,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
     """
     if done.is_proto:
         return decode_forward_backward_output(done.payload)
-    what = "ForwardBackwardOutput (JSON)"
+    what = _FWDBWD_JSON
     try:
         obj = json.loads(done.payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -327,7 +321,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
             {name: _tensor_of(t, f"loss_fn_outputs[{i}].{name}") for name, t in out.items()}
             for i, out in enumerate(raw_outputs)
         ]
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ProtocolError(what, str(exc)) from None
     return types.ForwardBackwardOutput(
         loss_fn_output_type=str(obj.get("loss_fn_output_type") or "ArrayRecord"),
@@ -338,7 +332,7 @@ def decode_fwdbwd_result(done: Done) -> types.ForwardBackwardOutput:
 
 def _tensor_of(obj: Any, where: str) -> types.TensorData:
     if not isinstance(obj, dict) or obj.get("dtype") not in ("float32", "int64"):
-        raise ValueError(f"{where}: not a float32/int64 TensorData")
+        raise ProtocolError(_FWDBWD_JSON, f"{where}: not a float32/int64 TensorData")
     dtype = np.float32 if obj["dtype"] == "float32" else np.int64
     arr = np.asarray(obj.get("data", []), dtype=dtype)
     shape = obj.get("shape")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import attrs
 import pydantic
 
-from ..errors import ProtocolError
+from ..errors import InvalidInput, ProtocolError
 
 __all__ = [
     "Accepted",
@@ -197,7 +197,9 @@ def decode_json_result(model_cls: type[T], payload: bytes) -> T:
             return model_cls(**{k: v for k, v in obj.items() if k in names})
         except TypeError as exc:
             raise ProtocolError(what, str(exc)) from None
-    raise TypeError(f"decode_json_result cannot build {model_cls!r}")
+    raise InvalidInput(
+        "model_cls", f"must be a pydantic model or a dataclass, got {model_cls!r}"
+    )
 
 
 def _loads(what: str, body: bytes) -> Any:

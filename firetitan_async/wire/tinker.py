@@ -19,7 +19,7 @@ from typing import Any, Literal
 import zstandard
 from tinker import types
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest
 from .chunking import split_batch
 from .futures import Done
@@ -362,6 +362,14 @@ def cancel_future_body(request_id: str) -> dict[str, Any]:
 _PROTO = "application/x-protobuf"
 
 
+def _chunk_limit(client_config: Mapping[str, Any], key: str, default: int) -> int:
+    """A chunk limit of the server's ``client/config`` (``default`` when absent)."""
+    value = client_config.get(key) or default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError("client/config reply", f"{key} must be an int >= 1, got {value!r:.50}")
+    return value
+
+
 class TinkerDialect:
     """The tinker SDK 0.38 wire (``protocol/tinker-wire.md``), byte for byte.
 
@@ -418,8 +426,8 @@ class TinkerDialect:
         """Chunks by the server's ``client/config`` limits (the tinker SDK's estimate)."""
         return split_batch(
             data,
-            max_len=int(client_config.get("fwdbwd_max_chunk_len") or 1024),
-            max_bytes=int(client_config.get("fwdbwd_max_chunk_bytes_count") or 5_000_000),
+            max_len=_chunk_limit(client_config, "fwdbwd_max_chunk_len", 1024),
+            max_bytes=_chunk_limit(client_config, "fwdbwd_max_chunk_bytes_count", 5_000_000),
         )
 
     def fwdbwd_request(
