@@ -70,6 +70,20 @@ class Redactor:
             return [self.value(v) for v in value]
         return value
 
+    def scrubbed(self, exc: BaseException) -> BaseException:
+        """``exc``, or a redacted copy of it if it is a :class:`~firetitan_async.ProtocolError`.
+
+        The sans-IO wire layer has no redactor: its ``ProtocolError`` quotes the malformed
+        reply as it came. Every other error is redacted where it is built.
+        """
+        from .errors import ProtocolError
+
+        if isinstance(exc, ProtocolError) and self.secrets:
+            problem = self.text(exc.problem)
+            if problem != exc.problem:
+                return ProtocolError(exc.what, problem).with_traceback(exc.__traceback__)
+        return exc
+
     def exception(self, exc: BaseException) -> str:
         """``"TypeName: message"`` of an exception, redacted (for error texts and logs)."""
         text = str(exc)

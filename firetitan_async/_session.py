@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import httpx
+import pydantic
 from tinker import types
 
 from ._deadlines import DeadlinePolicy, Deadlines
@@ -24,10 +25,17 @@ from ._retry import RetryPolicy
 from ._throughput import Throughput
 from ._tracking import OperationMonitor
 from ._transport import Transport, check_url_security
-from .errors import FiretitanError, InvalidInput, SessionClosed, TrainerJobFailed, UsageError
+from .errors import (
+    FiretitanError,
+    InvalidInput,
+    ProtocolError,
+    SessionClosed,
+    TrainerJobFailed,
+    UsageError,
+)
 from .wire import Dialect, DialectName, ModelSpec, dialect_named
 from .wire import fireworks as fw
-from .wire.futures import decode_json_result
+from .wire.futures import decode_json_result, validate_reply
 from .wire.tinker import (
     cancel_future_body,
     client_config_body,
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["ServiceSession"]
 
 T = TypeVar("T")
+_M = TypeVar("_M", bound=pydantic.BaseModel)
 
 logger = logging.getLogger("firetitan_async.session")
 
@@ -186,10 +195,12 @@ class ServiceSession:
         self._events = EventHub()
         if on_event is not None:
             self._events.add_hook(on_event)
+        # Server text and exception text become error or log text through this one redactor.
+        self._redactor = Redactor.of(self._api_key)
         self._monitor = OperationMonitor(
             self._events,
             DeadlinePolicy(deadlines),
-            Redactor.of(self._api_key),
+            self._redactor,
             cancel=self._cancel_on_server,
         )
 
@@ -379,7 +390,7 @@ class ServiceSession:
                 logger.debug("could not check trainer job %s: %s", self._poller.job_id, exc)
                 return
             if job.is_tombstone or job.state == JobState.FAILED or job.state in JobState.STOPPED:
-                message = Redactor.of(self._api_key).text(
+                message = self._redactor.text(
                     job.status_message or "it stopped while the session was open"
                 )
                 self._job_failure = (self._poller.job_id, job.state, message)
@@ -452,6 +463,13 @@ class ServiceSession:
         meter = Throughput(window_s=window_s)
         self._events.add_hook(meter)
         return meter
+
+    def _reply(self, model_cls: type[_M], reply: Any, what: str) -> _M:
+        """A JSON reply as a tinker type; a malformed one is a redacted ProtocolError."""
+        try:
+            return validate_reply(model_cls, reply, what)
+        except ProtocolError as exc:
+            raise self._redactor.scrubbed(exc) from None
 
     async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -533,7 +551,9 @@ class ServiceSession:
             "/api/v1/create_session",
             json_body=self._codec.create_session_body(user_metadata=self._user_metadata),
         )
-        self._session_id = types.CreateSessionResponse.model_validate(reply).session_id
+        self._session_id = self._reply(
+            types.CreateSessionResponse, reply, "create_session reply"
+        ).session_id
         assert self._task_group is not None
         self._task_group.start_soon(self._heartbeat)
 
@@ -642,13 +662,18 @@ class ServiceSession:
             self._model_ids.append(created.model_id)
             info = None
             if codec.fetches_info:
-                info = types.GetInfoResponse.model_validate(
+                info = self._reply(
+                    types.GetInfoResponse,
                     await transport.call(
                         "POST", "/api/v1/get_info", json_body=get_info_body(created.model_id)
-                    )
+                    ),
+                    "get_info reply",
                 )
-        except BaseException:
+        except BaseException as exc:
             self._training_keys.discard(spec)
+            clean = self._redactor.scrubbed(exc)
+            if clean is not exc:
+                raise clean from None
             raise
         return TrainingClient(
             self,
@@ -690,8 +715,8 @@ class ServiceSession:
                 base_model=base_model,
             ),
         )
-        sampling_session_id = types.CreateSamplingSessionResponse.model_validate(
-            reply
+        sampling_session_id = self._reply(
+            types.CreateSamplingSessionResponse, reply, "create_sampling_session reply"
         ).sampling_session_id
         return SamplingClient(
             self, sampling_session_id, model_path=model_path, base_model=base_model

@@ -331,7 +331,10 @@ class OperationMonitor:
                         await self._cancel(pending)
                 raise error
         except BaseException as exc:
-            tracker._emit("failed", detail=self._redactor.exception(exc))
+            clean = self._redactor.scrubbed(exc)
+            tracker._emit("failed", detail=self._redactor.exception(clean))
+            if clean is not exc:
+                raise clean from None  # the wire's raw reply text must not travel as a cause
             raise
         finally:
             tracker._scope = None

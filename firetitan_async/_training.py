@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -22,7 +21,7 @@ from .errors import FiretitanError, InvalidInput, ProtocolError
 from .wire import ModelSpec
 from .wire import fireworks as fw
 from .wire.chunking import merge_outputs
-from .wire.futures import decode_json_result
+from .wire.futures import decode_json_result, parse_json_object
 from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
 from .wire.validation import (
     validate_adam_params,
@@ -732,7 +731,7 @@ class TrainingClient:
             )
             pending.request_id = accepted.request_id
             done = await transport.retrieve(accepted.request_id, request_type="LoadAdapter")
-            return _json_dict(done.payload)
+            return parse_json_object("load_adapter result", done.payload)
 
         return self._ops.start("load_adapter", 1, run, deadlines=call_deadlines(deadlines))
 
@@ -806,11 +805,6 @@ def _entry_of_row(row: Mapping[str, Any]) -> CheckpointEntry:
         checkpoint_type=kind if isinstance(kind, str) else None,
         raw=dict(row),
     )
-
-
-def _json_dict(payload: bytes) -> dict[str, Any]:
-    obj = json.loads(payload)
-    return obj if isinstance(obj, dict) else {"result": obj}
 
 
 def _response_tokens(data: Sequence[types.Datum]) -> float:

@@ -8,6 +8,7 @@ error bodies, as careless gateways do; a mocked network raises errors whose text
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Iterator
@@ -20,8 +21,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from tinker import types
 
-from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
+from firetitan_async import FiretitanError, ProtocolError, RetryPolicy, ServiceSession
 
 pytestmark = pytest.mark.anyio
 
@@ -122,6 +124,8 @@ async def test_a_failed_operation_echoing_the_key_does_not_leak_it(
             return httpx.Response(200, json={"session_id": "s", "type": "create_session"})
         if path.endswith("/create_model"):
             return httpx.Response(200, json={"request_id": "r1"})
+        if path.endswith("/get_info"):
+            return httpx.Response(200, json={"model_data": {}, "model_id": "m1"})
         if path.endswith("/retrieve_future"):
             body = {"type": "request_failed", "error": f"denied for {key}", "category": "user"}
             return httpx.Response(200, json=body)
@@ -139,3 +143,70 @@ async def test_a_failed_operation_echoing_the_key_does_not_leak_it(
             await session.create_training_client("local/tiny-byte-lm")
     assert "denied for" in str(info.value)
     _assert_clean(info.value, caplog)
+
+
+def _garbling_handler(garble: str) -> httpx.MockTransport:
+    """A trainer whose reply at step ``garble`` is malformed and quotes the caller's key.
+
+    ``create_session``: a reply that does not fit its type (pydantic's own error would quote
+    it); ``create_model``: a result that is not JSON; ``optim_step``: the same inside an
+    operation (the sans-IO wire quotes a malformed reply as it came).
+    """
+    submitted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = request.headers["x-api-key"]
+        path = request.url.path
+        if path.endswith("/client/config"):
+            return httpx.Response(200, json={})
+        if path.endswith("/create_session"):
+            if garble == "create_session":
+                return httpx.Response(200, json={"session_id": {"owner": key}})
+            return httpx.Response(200, json={"session_id": "s", "type": "create_session"})
+        if path.endswith("/get_info"):
+            return httpx.Response(200, json={"model_data": {}, "model_id": "m1"})
+        if path.endswith("/retrieve_future"):
+            request_id = json.loads(request.content)["request_id"]
+            if request_id == "create_model" and garble != "create_model":
+                return httpx.Response(200, json={"model_id": "m1", "type": "create_model"})
+            if request_id == "create_model" or garble == request_id:
+                return httpx.Response(
+                    200,
+                    content=f"<html>hello {key}</html>".encode(),
+                    headers={"content-type": "application/json"},
+                )
+            return httpx.Response(200, json={"type": "try_again"})
+        name = path.rsplit("/", 1)[-1]
+        submitted.append(name)
+        return httpx.Response(200, json={"request_id": name})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("garble", ["create_session", "create_model", "optim_step"])
+async def test_a_malformed_reply_quoting_the_key_does_not_leak_it(
+    garble: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="firetitan_async")
+    with pytest.raises(ProtocolError) as info:
+        async with ServiceSession(
+            "http://127.0.0.1:9",
+            api_key=KEY,
+            retry=FAST,
+            transport=_garbling_handler(garble),
+            dialect="tinker",
+        ) as session:
+            client = await session.create_training_client("local/tiny-byte-lm")
+            await client.optim_step(types.AdamParams(learning_rate=1e-3))
+    # pydantic's own error would quote the reply; ours names the field only.
+    what = "create_session reply" if garble == "create_session" else "retrieve_future reply"
+    assert info.value.what == what
+    if garble != "create_session":  # the malformed reply is quoted, the key redacted
+        assert "hello <redacted>" in str(info.value)
+    for text in (
+        str(info.value),
+        repr(info.value),
+        "".join(traceback.format_exception(info.value)),
+        caplog.text,
+    ):
+        assert KEY not in text, text

@@ -144,3 +144,13 @@ def test_decode_json_result_rejects(cls: type[Any], body: bytes) -> None:
     with pytest.raises(ProtocolError) as info:
         decode_json_result(cls, body)
     assert cls.__name__ in str(info.value)
+
+
+def test_a_json_object_result_that_is_not_json_is_a_protocol_error() -> None:
+    """load_adapter's result: not JSON is a ProtocolError (a JSONDecodeError escaped)."""
+    from firetitan_async.wire.futures import parse_json_object
+
+    assert parse_json_object("load_adapter result", b'{"ok": true}') == {"ok": True}
+    assert parse_json_object("load_adapter result", b"[1]") == {"result": [1]}
+    with pytest.raises(ProtocolError, match="malformed load_adapter result: not JSON"):
+        parse_json_object("load_adapter result", b"<html>")

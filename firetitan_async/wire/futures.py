@@ -35,9 +35,12 @@ __all__ = [
     "classify_retrieve_reply",
     "decode_json_result",
     "parse_accepted",
+    "parse_json_object",
+    "validate_reply",
 ]
 
 T = TypeVar("T")
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 _PROTO_CONTENT_TYPE = "application/x-protobuf"
 _ERROR_CATEGORIES = frozenset({"unknown", "server", "user"})
@@ -185,10 +188,7 @@ def decode_json_result(model_cls: type[T], payload: bytes) -> T:
     what = f"{getattr(model_cls, '__name__', 'result')} result"
     obj = _loads(what, payload)
     if isinstance(model_cls, type) and issubclass(model_cls, pydantic.BaseModel):
-        try:
-            return model_cls.model_validate(obj)
-        except pydantic.ValidationError as exc:
-            raise ProtocolError(what, _summarize_validation(exc)) from None
+        return validate_reply(model_cls, obj, what)
     if dataclasses.is_dataclass(model_cls) and isinstance(model_cls, type):
         if not isinstance(obj, dict):
             raise ProtocolError(what, f"expected a JSON object, got {_describe(obj)}")
@@ -200,6 +200,34 @@ def decode_json_result(model_cls: type[T], payload: bytes) -> T:
     raise InvalidInput(
         "model_cls", f"must be a pydantic model or a dataclass, got {model_cls!r}"
     )
+
+
+def validate_reply(model_cls: type[M], obj: Any, what: str) -> M:
+    """``obj`` (a parsed JSON reply) as the pydantic model ``model_cls``.
+
+    Raises :class:`ProtocolError` naming ``what`` when it does not fit.
+
+    Example::
+
+        validate_reply(types.CreateSessionResponse, {"session_id": "s"}, "create_session reply")
+    """
+    try:
+        return model_cls.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        raise ProtocolError(what, _summarize_validation(exc)) from None
+
+
+def parse_json_object(what: str, payload: bytes) -> dict[str, Any]:
+    """A JSON reply as a dict (a non-object is wrapped as ``{"result": value}``).
+
+    Raises :class:`ProtocolError` naming ``what`` when the payload is not JSON.
+
+    Example::
+
+        parse_json_object("load_adapter result", b'{"ok": true}')   # {"ok": True}
+    """
+    obj = _loads(what, payload)
+    return obj if isinstance(obj, dict) else {"result": obj}
 
 
 def _loads(what: str, body: bytes) -> Any:
