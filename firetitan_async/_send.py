@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -36,7 +36,14 @@ from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
 from .errors import APIStatusError, FiretitanError
 
-__all__ = ["NOT_SENT_ERRORS", "ErrorFactory", "Sender", "send_with_retry", "status_error"]
+__all__ = [
+    "NOT_SENT_ERRORS",
+    "ErrorFactory",
+    "Sender",
+    "redacted_body",
+    "send_with_retry",
+    "status_error",
+]
 
 logger = logging.getLogger("firetitan_async.send")
 
@@ -48,6 +55,7 @@ NOT_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
 )
 # Statuses a server sends before doing anything: safe to retry even a non-replayable request.
 _REFUSED_STATUSES = frozenset({429, 503})
+
 
 class Sender(Protocol):
     """What sends one attempt: an ``httpx.AsyncClient``, or anything with its ``send``."""
@@ -66,17 +74,28 @@ def status_error(response: httpx.Response, redactor: Redactor) -> FiretitanError
 
         raise status_error(response, Redactor.of(api_key))
     """
-    body: object
-    try:
-        body = redactor.value(response.json())
-    except ValueError:
-        body = redactor.text(response.text)
     return APIStatusError(
         response.status_code,
-        body,
+        redacted_body(response, redactor),
         method=response.request.method,
         path=response.request.url.path,
     )
+
+
+def redacted_body(
+    response: httpx.Response, redactor: Redactor, *, max_text: int | None = None
+) -> Any:
+    """A reply's body for an error: its JSON, else its text (cut to ``max_text``), redacted.
+
+    Example::
+
+        body = redacted_body(response, Redactor.of(api_key))
+    """
+    try:
+        return redactor.value(response.json())
+    except ValueError:
+        text = response.text if max_text is None else response.text.strip()[:max_text]
+        return redactor.text(text)
 
 
 async def send_with_retry(

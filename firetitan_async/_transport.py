@@ -36,7 +36,7 @@ from ._cpu_turns import CpuTurns, Turn
 from ._http11_transport import TURN_EXTENSION, Http11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy
-from ._send import ErrorFactory, send_with_retry
+from ._send import ErrorFactory, redacted_body, send_with_retry
 from ._tracking import current_tracker
 from ._version import USER_AGENT
 from .errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
@@ -463,13 +463,9 @@ class Transport:
     def _status_error(
         self, response: httpx.Response, *, request_id: str | None = None
     ) -> APIStatusError:
-        try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
         return APIStatusError(
             response.status_code,
-            self._redact.value(body),
+            redacted_body(response, self._redact),
             method=response.request.method,
             path=response.request.url.path,
             request_id=request_id,

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from .._redact import Redactor
+from .._send import redacted_body
 from ..errors import APIStatusError
 
 __all__ = ["PlatformAPIError", "platform_error"]
@@ -69,11 +70,7 @@ def platform_error(response: httpx.Response, redactor: Redactor) -> PlatformAPIE
 
         raise platform_error(response, Redactor.of(api_key))
     """
-    body: Any
-    try:
-        body = redactor.value(response.json())
-    except ValueError:
-        body = redactor.text(response.text.strip()[:500])
+    body = redacted_body(response, redactor, max_text=500)
     status = body.get("error", body) if isinstance(body, dict) else body
     message = ""
     grpc_code: int | None = None
