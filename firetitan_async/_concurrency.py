@@ -246,11 +246,11 @@ class AdaptiveConcurrency(_Gate):
         self._peak_window = max(self._peak_window, self._window)
 
     def stats(self) -> dict[str, float]:
-        """``window``, ``peak_window``, ``in_flight``, ``max_in_flight``, ``replies``,
-        ``congested`` and ``shrinks`` (congestion events acted on)."""
+        """``window`` and ``peak_window`` (whole slots), ``in_flight``, ``max_in_flight``,
+        ``replies``, ``congested`` and ``shrinks`` (congestion events acted on)."""
         return {
             "window": float(self.window),
-            "peak_window": self._peak_window,
+            "peak_window": float(int(self._peak_window)),  # whole slots, as ``window``
             "in_flight": float(self._in_flight),
             "max_in_flight": float(self._max_in_flight),
             "replies": float(self._replies),
