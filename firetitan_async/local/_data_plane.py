@@ -61,7 +61,7 @@ from ._json_codec import (
     prefers_json,
 )
 from ._model import LORA_ALPHA, MODEL_NAME, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
-from ._ordering import Operation, OrderedExecutor
+from ._ordering import Operation, OrderedExecutor, SmallOperation
 from ._proto_codec import (
     BadForwardBackwardData,
     ForwardBackwardSubmission,
@@ -81,6 +81,9 @@ JOB_SCOPE_KEY = "firetitan.job_id"
 MAX_CONTEXT = 4096
 DEFAULT_MAX_TOKENS = 16
 MAX_SAMPLES = 256
+SMALL_TOKENS = 64
+"""A forward/forward_backward of at most this many tokens runs on the event loop (it costs
+less than a thread hand-off); optimizer steps of the tiny model always do."""
 
 _T = TypeVar("_T")
 
@@ -443,6 +446,8 @@ def _fwdbwd_op(
             )
         return FutureReply.proto(proto, json_form=json_form)
 
+    if sum(len(d.tokens) for d in sub.data) <= SMALL_TOKENS:
+        return SmallOperation(op)
     return op
 
 
@@ -562,7 +567,7 @@ async def optim_step(request: Request) -> Response:
             state.stats.count_optim_step(entry.model_id)
             return FutureReply.json({"metrics": metrics})
 
-        return op
+        return SmallOperation(op)
 
     return _submit(state, entry, seq_id, "OptimStep", build)
 
