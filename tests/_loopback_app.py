@@ -25,7 +25,10 @@ from firetitan_async.local._lifetime import bind_listener
 def serve_on_loopback(app: Any) -> Iterator[str]:
     """``app`` served at the yielded ``http://127.0.0.1:PORT`` until the block ends."""
     sock = bind_listener("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # h11 whether or not httptools is installed (the local extra has it): the forward proxy
+    # of test_proxy reads an absolute-form target from scope["path"], which only h11 keeps.
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", http="h11")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -19,6 +19,7 @@ from firetitan_async.local._model import (
     DatumArrays,
     ModelInputError,
     TinyByteLM,
+    _unique_rows,
     context_indices,
     logits_from_weights,
 )
@@ -864,3 +865,51 @@ def test_lora_seed_seeds_only_the_adapters() -> None:
 
     assert not np.array_equal(lora_a(a), lora_a(b))
     assert np.array_equal(lora_a(a), lora_a(TinyByteLM(seed=5, lora_rank=4, lora_seed=1)))
+
+
+def test_lora_forward_uses_the_weights_after_every_change() -> None:
+    """The LoRA-merged weights are kept between calls: each way the weights change (optimizer
+    step, load_state, load_adapter) must be seen by the next forward and sampler weights."""
+    probe = [sft(TEXT[:40])]
+
+    def logprobs(m: TinyByteLM) -> np.ndarray:
+        return m.forward_backward(probe, "cross_entropy", backward=False).logprobs[0]
+
+    def fresh_copy(m: TinyByteLM) -> TinyByteLM:
+        copy = TinyByteLM(seed=0, lora_rank=4)
+        copy.load_state(m.state(optimizer=False), optimizer=False)
+        return copy
+
+    model = TinyByteLM(seed=0, lora_rank=4)
+    before = logprobs(model)  # the merged weights of the untrained adapters are now kept
+    train(model, [sft(TEXT[:30])], steps=2)
+    assert not np.array_equal(logprobs(model), before)
+    assert np.array_equal(logprobs(model), logprobs(fresh_copy(model)))
+
+    trained = model.state(optimizer=True)
+    other = TinyByteLM(seed=0, lora_rank=4)
+    logprobs(other)
+    other.load_state(trained, optimizer=True)
+    assert np.array_equal(logprobs(other), logprobs(model))
+
+    adapter_only = TinyByteLM(seed=0, lora_rank=4)
+    logprobs(adapter_only)
+    adapter_only.load_adapter(trained)
+    assert np.array_equal(logprobs(adapter_only), logprobs(model))
+    for key, value in model.sampler_weights().items():
+        assert np.array_equal(adapter_only.sampler_weights()[key], value)
+
+
+def test_unique_context_rows_match_numpy() -> None:
+    """The forward pass computes each distinct context row once, in ``np.unique``'s order
+    (the order decides BLAS rounding, so it must not change)."""
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(1, 200))
+        tokens = rng.integers(0, VOCAB_SIZE if trial % 2 else 4, n)  # few distinct: repeats
+        starts = np.repeat([0, n // 2], [n // 2, n - n // 2]) if n > 1 else None
+        ctx = context_indices(tokens, starts)
+        rows, inverse = _unique_rows(ctx)
+        want_rows, want_inverse = np.unique(ctx, axis=0, return_inverse=True)
+        assert np.array_equal(rows, want_rows)
+        assert np.array_equal(inverse, want_inverse.reshape(-1))

@@ -304,6 +304,33 @@ async def test_long_poll_holds_then_answers_try_again_or_the_result() -> None:
         api.http.close()
 
 
+@pytest.mark.anyio
+async def test_stop_answers_held_polls_try_again_at_once() -> None:
+    lt = LocalTrainer(long_poll_s=30.0)
+    await anyio.to_thread.run_sync(lt.start)
+    api = Api(lt.base_url)
+    model_id = api.model(api.session())
+    fut = api.ok("forward_backward", fb_body(model_id, 2, forward_only=True), headers=PROTO)
+    api.http.close()
+    got: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=lt.base_url, timeout=30) as http:
+
+        async def poll() -> None:
+            got["reply"] = await http.post(
+                "/api/v1/retrieve_future", json={"request_id": fut["request_id"]}
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll)
+            await anyio.sleep(0.3)  # the poll is held (seq 1 never comes)
+            start = time.monotonic()
+            await anyio.to_thread.run_sync(lt.stop)
+            stopped_in = time.monotonic() - start
+    # Released, not cut off by the 2 s graceful-shutdown limit.
+    assert got["reply"].json()["type"] == "try_again"
+    assert stopped_in < 1.5
+
+
 # -- 4xx: exact messages, no state change, seq consumed --------------------------------------
 
 

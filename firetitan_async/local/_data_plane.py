@@ -61,7 +61,7 @@ from ._json_codec import (
     prefers_json,
 )
 from ._model import LORA_ALPHA, MODEL_NAME, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
-from ._ordering import Operation, OrderedExecutor
+from ._ordering import Operation, OrderedExecutor, SmallOperation
 from ._proto_codec import (
     BadForwardBackwardData,
     ForwardBackwardSubmission,
@@ -81,6 +81,9 @@ JOB_SCOPE_KEY = "firetitan.job_id"
 MAX_CONTEXT = 4096
 DEFAULT_MAX_TOKENS = 16
 MAX_SAMPLES = 256
+SMALL_TOKENS = 64
+"""A forward/forward_backward of at most this many tokens runs on the event loop (it costs
+less than a thread hand-off); optimizer steps of the tiny model always do."""
 
 _T = TypeVar("_T")
 
@@ -443,6 +446,8 @@ def _fwdbwd_op(
             )
         return FutureReply.proto(proto, json_form=json_form)
 
+    if sum(len(d.tokens) for d in sub.data) <= SMALL_TOKENS:
+        return SmallOperation(op)
     return op
 
 
@@ -562,7 +567,7 @@ async def optim_step(request: Request) -> Response:
             state.stats.count_optim_step(entry.model_id)
             return FutureReply.json({"metrics": metrics})
 
-        return op
+        return SmallOperation(op)
 
     return _submit(state, entry, seq_id, "OptimStep", build)
 
@@ -1218,6 +1223,12 @@ def data_plane_routes() -> list[Route]:
     """The ``/api/v1`` routes (the job prefix is stripped by the front middleware)."""
     p = "/api/v1"
     return [
+        # The hot routes first: Starlette tries the routes in order.
+        Route(f"{p}/retrieve_future", retrieve_future, methods=["POST"]),
+        Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
+        Route(f"{p}/forward", forward, methods=["POST"]),
+        Route(f"{p}/optim_step", optim_step, methods=["POST"]),
+        Route(f"{p}/asample", asample, methods=["POST"]),
         Route(f"{p}/client/config", client_config, methods=["POST"]),
         Route(f"{p}/client/dynamic_config", dynamic_config, methods=["POST"]),
         Route(f"{p}/create_session", create_session, methods=["POST"]),
@@ -1228,16 +1239,11 @@ def data_plane_routes() -> list[Route]:
         Route(f"{p}/get_server_capabilities", server_capabilities, methods=["GET"]),
         Route(f"{p}/create_model", create_model, methods=["POST"]),
         Route(f"{p}/get_info", get_info, methods=["POST"]),
-        Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
-        Route(f"{p}/forward", forward, methods=["POST"]),
-        Route(f"{p}/optim_step", optim_step, methods=["POST"]),
         Route(f"{p}/save_weights", save_weights, methods=["POST"]),
         Route(f"{p}/load_weights", load_weights, methods=["POST"]),
         Route(f"{p}/save_weights_for_sampler", save_weights_for_sampler, methods=["POST"]),
         Route(f"{p}/create_sampling_session", create_sampling_session, methods=["POST"]),
         Route(f"{p}/samplers/{{sampler_id}}", get_sampler, methods=["GET"]),
-        Route(f"{p}/asample", asample, methods=["POST"]),
-        Route(f"{p}/retrieve_future", retrieve_future, methods=["POST"]),
         Route(f"{p}/weights_info", weights_info, methods=["POST"]),
         Route(f"{p}/training_runs", list_training_runs, methods=["GET"]),
         Route(f"{p}/training_runs/{{run_id}}", get_training_run, methods=["GET"]),

@@ -103,6 +103,8 @@ def endpoint_name(method: str, path: str) -> str:
     plane."""
     if path.startswith("/api/v1/"):
         rest = path[len("/api/v1/") :]
+        if "/" not in rest:  # every pattern has one
+            return rest
         for pattern, name in _ENDPOINT_PATTERNS:
             if pattern.match(rest):
                 return f"delete_{name}" if method == "DELETE" else name
@@ -191,16 +193,16 @@ class FrontDoor:
         data_plane = path.startswith("/api/v1/")
         name = endpoint_name(method, path)
         state.stats.count_request(name)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
 
-        problem = self._admission(job_id, account, data_plane, path, headers)
+        problem = self._admission(job_id, account, data_plane, path, raw_headers)
         if problem is not None:
             await self._send_after_latency(send, problem, 0.0)
             return
 
         fault = None
         extra_delay = 0.0
-        idem_header = headers.get("x-idempotency-key")
+        idem_header = _header(raw_headers, b"x-idempotency-key")
         replayable = method == "POST" and bool(idem_header) and name not in _NOT_REPLAYED
         if data_plane:
             repeatable = method == "GET" or name == "retrieve_future" or replayable
@@ -244,13 +246,13 @@ class FrontDoor:
         account: str | None,
         data_plane: bool,
         path: str,
-        headers: dict[str, str],
+        raw_headers: list[tuple[bytes, bytes]],
     ) -> CachedReply | None:
         """A 401/404/503 reply if the request may not go on, else ``None``."""
         state = self.state
         key = state.config.api_key
         control_plane = path.startswith("/v1/")
-        if key is not None and (data_plane or control_plane) and not _authorized(headers, key):
+        if key is not None and (data_plane or control_plane) and not _authorized(raw_headers, key):
             body = rpc_status(401, _UNAUTHORIZED) if control_plane else {"detail": _UNAUTHORIZED}
             return _json_reply(401, body)
         if not data_plane:
@@ -293,8 +295,18 @@ class FrontDoor:
         raise DroppedConnection("injected fault: connection dropped mid-reply")
 
 
-def _authorized(headers: dict[str, str], key: str) -> bool:
+def _header(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The value of header ``name`` (lower case; the last one if repeated), or ``None``."""
+    value = None
+    for k, v in raw_headers:
+        if k.lower() == name:
+            value = v.decode("latin-1")
+    return value
+
+
+def _authorized(raw_headers: list[tuple[bytes, bytes]], key: str) -> bool:
     """Whether the request offers the key (as X-Api-Key or Bearer) and nothing else."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
     offered: list[str] = []
     if "x-api-key" in headers:
         offered.append(headers["x-api-key"])

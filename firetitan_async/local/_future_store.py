@@ -64,12 +64,23 @@ class UnknownFuture(LookupError):
 
 
 class _Record:
-    __slots__ = ("done", "kind", "reply")
+    __slots__ = ("kind", "reply", "waiters")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.done = asyncio.Event()
         self.reply: FutureReply | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None  # held polls
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _release_all(record: _Record) -> None:
+    waiters, record.waiters = record.waiters, None
+    for waiter in waiters or ():
+        _release(waiter)
 
 
 class FutureStore:
@@ -80,6 +91,7 @@ class FutureStore:
         self._counter = 0
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._max = max_finished
+        self._closing = False  # wake_all: polls answer at once from now on
 
     def create(self, kind: str) -> str:
         """A new pending future of ``kind`` (e.g. ``"ForwardBackward"``); returns its id."""
@@ -95,7 +107,7 @@ class FutureStore:
         if record is None or record.reply is not None:
             return
         record.reply = reply
-        record.done.set()
+        _release_all(record)
 
     def kind(self, request_id: str) -> str:
         """The kind a future was created with; raises ``UnknownFuture``."""
@@ -109,18 +121,27 @@ class FutureStore:
         record = self._records.get(request_id)
         if record is None:
             raise UnknownFuture(request_id)
-        if record.reply is None:
+        if record.reply is None and not self._closing:
+            # A bare future and a timer: asyncio.wait_for would wrap the wait in a task.
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            if record.waiters is None:
+                record.waiters = []
+            record.waiters.append(waiter)
+            timer = loop.call_later(timeout, _release, waiter)
             try:
-                await asyncio.wait_for(record.done.wait(), timeout)
-            except TimeoutError:
-                return None
+                await waiter
+            finally:
+                timer.cancel()
+                if record.waiters and waiter in record.waiters:
+                    record.waiters.remove(waiter)
         return record.reply
 
     def wake_all(self) -> None:
         """Release every held poll (they answer ``try_again``): used when shutting down."""
+        self._closing = True
         for record in self._records.values():
-            if record.reply is None:
-                record.done.set()
+            _release_all(record)
 
     def _evict(self) -> None:
         # Drop the oldest finished futures, stopping as soon as enough are found: copying every

@@ -192,7 +192,7 @@ def _decode_tensor(tensor: object, where: str) -> np.ndarray:
         return _decode_csr(values, crow, col, shape, where)
     if shape is None:
         return values
-    if int(np.prod(shape)) != values.size:
+    if math.prod(shape) != values.size:
         raise ApiError(400, f"{where}: shape {shape} does not match {values.size} values")
     return values.reshape(shape)
 

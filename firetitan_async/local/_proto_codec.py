@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -38,6 +39,7 @@ _DTYPES: Mapping[int, np.dtype[np.generic]] = {
     pb.DTYPE_INT64: np.dtype(np.int64),
     pb.DTYPE_INT32: np.dtype(np.int32),
 }
+_LITTLE_ENDIAN = {dtype: dtype.newbyteorder("<") for dtype in _DTYPES.values()}
 
 
 class BadForwardBackwardData(ApiError):
@@ -142,9 +144,9 @@ def _decode_tensor(tensor: pb.Tensor, where: str) -> np.ndarray:
     raw = tensor.dense if encoding == "dense" else b""
     if len(raw) % dtype.itemsize:
         raise ApiError(400, f"{where}: {len(raw)} bytes is not a whole number of {dtype}")
-    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    arr = np.frombuffer(raw, dtype=_LITTLE_ENDIAN[dtype])
     if shape:
-        if any(s < 0 for s in shape) or int(np.prod(shape)) != arr.size:
+        if any(s < 0 for s in shape) or math.prod(shape) != arr.size:
             raise ApiError(400, f"{where}: shape {shape} does not match {arr.size} values")
         arr = arr.reshape(shape)
     return arr.astype(dtype.newbyteorder("="))
