@@ -235,22 +235,27 @@ def _check_model_input(model_input: Any, index: int | None, *, for_training: boo
         raise InvalidInput(field, "is empty (no chunks)", index=index)
     length: int | None = 0
     for j, chunk in enumerate(chunks):
-        where = f"{field}.chunks[{j}]"
-        if isinstance(chunk, types.EncodedTextChunk):
+        if isinstance(chunk, types.EncodedTextChunk):  # the common case: no text built
             tokens = chunk.tokens
             if len(tokens):
                 low, high = min(tokens), max(tokens)
                 if low < 0:
                     raise InvalidInput(
-                        f"{where}.tokens", f"has a negative token id ({low})", index=index
+                        f"{field}.chunks[{j}].tokens",
+                        f"has a negative token id ({low})",
+                        index=index,
                     )
                 if high > _INT32_MAX:
                     raise InvalidInput(
-                        f"{where}.tokens", f"token id {high} does not fit in int32", index=index
+                        f"{field}.chunks[{j}].tokens",
+                        f"token id {high} does not fit in int32",
+                        index=index,
                     )
             if length is not None:
                 length += len(tokens)
-        elif isinstance(chunk, types.ImageAssetPointerChunk) and for_training:
+            continue
+        where = f"{field}.chunks[{j}]"
+        if isinstance(chunk, types.ImageAssetPointerChunk) and for_training:
             raise InvalidInput(
                 where,
                 "is an image_asset_pointer chunk, which forward_backward cannot send; "
@@ -272,19 +277,19 @@ def _check_model_input(model_input: Any, index: int | None, *, for_training: boo
 
 
 def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) -> None:
-    field = f"loss_fn_inputs.{name}"
+    field = "loss_fn_inputs." + name
     if not isinstance(td, types.TensorData):
         raise InvalidInput(field, f"must be TensorData, got {type(td).__name__}", index=index)
     want = _INPUT_DTYPE.get(name)
-    if td.dtype not in ("float32", "int64"):
-        raise InvalidInput(field, f"dtype {td.dtype!r} is not float32 or int64", index=index)
-    if want is not None and td.dtype != want:
-        raise InvalidInput(field, f"must be {want}, got {td.dtype}", index=index)
-    values = tensor_array(td)
+    dtype = td.dtype
+    if dtype != "float32" and dtype != "int64":
+        raise InvalidInput(field, f"dtype {dtype!r} is not float32 or int64", index=index)
+    if want is not None and dtype != want:
+        raise InvalidInput(field, f"must be {want}, got {dtype}", index=index)
     if td.sparse_crow_indices is not None:
         _check_sparse(field, td, index)
     else:
-        shape = list(values.shape) if td.shape is None else list(td.shape)
+        shape = tensor_array(td).shape if td.shape is None else td.shape
         if len(shape) == 0:
             raise InvalidInput(field, "is a scalar; expected one value per token", index=index)
         if len(shape) == 1 and n_tokens is not None and shape[0] != n_tokens:
