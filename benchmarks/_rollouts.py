@@ -40,18 +40,20 @@ __all__ = ["run_rollouts"]
 async def _measure(client: str, url: str, completions: int, inflight: int,
                    max_tokens: int) -> dict[str, Any]:
     import anyio
+    from _gc_pauses import GcPauses
 
-    worst = 0.0
+    worst = worst_beside_gc = 0.0
     running = True
 
     async def ticker() -> None:
-        nonlocal worst
-        last = time.perf_counter()
+        nonlocal worst, worst_beside_gc
+        last, gc_at_last = time.perf_counter(), pauses.total_s
         while running:
             await anyio.sleep(_TICK_S)
             now = time.perf_counter()
             worst = max(worst, now - last)
-            last = now
+            worst_beside_gc = max(worst_beside_gc, now - last - (pauses.total_s - gc_at_last))
+            last, gc_at_last = now, pauses.total_s
 
     if client == "ours":
         from firetitan_async import DeploymentSampler
@@ -89,19 +91,21 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
         nonlocal tokens
         tokens += await one()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await anyio.sleep(0.01)
-        worst = 0.0
-        t0 = time.perf_counter()
-        async with anyio.create_task_group() as rollouts:
-            for _ in range(completions):
-                rollouts.start_soon(counted)
-        wall = time.perf_counter() - t0
-        running = False
+    with GcPauses.installed() as pauses:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.sleep(0.01)
+            worst = worst_beside_gc = 0.0
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as rollouts:
+                for _ in range(completions):
+                    rollouts.start_soon(counted)
+            wall = time.perf_counter() - t0
+            running = False
     await close()
     return {"client": client, "wall_s": wall, "rollouts_per_s": completions / wall,
-            "tokens": tokens, "max_loop_stall_ms": worst * 1e3}
+            "tokens": tokens, "max_loop_stall_ms": worst * 1e3,
+            "max_stall_beside_gc_ms": worst_beside_gc * 1e3, "max_gc_pause_ms": pauses.max_s * 1e3}
 
 
 def _worker(ns: argparse.Namespace) -> int:
@@ -150,6 +154,10 @@ def run_rollouts(*, reps: int = 3, completions: int = 2000, inflight: int = 256,
         "rollouts_vs_fireworks_ratio": statistics.median(ratios),
         "rollout_max_loop_stall_ms": statistics.median(o["max_loop_stall_ms"] for o, _ in pairs),
         "rollout_max_loop_stall_ms_worst": max(o["max_loop_stall_ms"] for o, _ in pairs),
+        "rollout_max_stall_beside_gc_ms": statistics.median(
+            o["max_stall_beside_gc_ms"] for o, _ in pairs
+        ),
+        "rollout_max_gc_pause_ms": statistics.median(o["max_gc_pause_ms"] for o, _ in pairs),
         "ours_rollouts_per_s": statistics.median(o["rollouts_per_s"] for o, _ in pairs),
         "fireworks_rollouts_per_s": statistics.median(t["rollouts_per_s"] for _, t in pairs),
         "fireworks_max_loop_stall_ms": statistics.median(t["max_loop_stall_ms"] for _, t in pairs),

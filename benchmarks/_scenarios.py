@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import resource
@@ -43,6 +42,7 @@ import anyio
 import attrs
 import httpx
 import numpy as np
+from _gc_pauses import GcPauses
 from _server import fetch_stats
 from tinker import types
 
@@ -472,7 +472,7 @@ class _Ticker:
     largest part of a gap that fell inside it, so a stall can be traced to where it happened.
     """
 
-    def __init__(self, gc_pauses: _GcPauses | None = None) -> None:
+    def __init__(self, gc_pauses: GcPauses | None = None) -> None:
         self.max_gap_s = 0.0
         # The largest gap less the garbage collector's pauses inside it (the loop's own work).
         self.max_gap_beside_gc_s = 0.0
@@ -522,32 +522,11 @@ class _Ticker:
             self._running = False
 
 
-class _GcPauses:
-    """The longest garbage-collector pause while installed (``gc.callbacks``)."""
-
-    def __init__(self) -> None:
-        self.max_s = 0.0
-        self.total_s = 0.0
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        if phase == "start":
-            self._started = now
-        else:
-            self.max_s = max(self.max_s, now - self._started)
-            self.total_s += now - self._started
-
-
 async def _stall(args: WorkerArgs) -> dict[str, Any]:
     batch = _batch(args.batch)
-    pauses = _GcPauses()
-    ticker = _Ticker(pauses)
-    gc.callbacks.append(pauses)
-    try:
+    with GcPauses.installed() as pauses:
+        ticker = _Ticker(pauses)
         figures = await _stall_measured(args, batch, ticker)
-    finally:
-        gc.callbacks.remove(pauses)
     figures["max_gc_pause_ms"] = pauses.max_s * 1e3
     return figures
 

@@ -152,7 +152,6 @@ def _garbling_handler(garble: str) -> httpx.MockTransport:
     it); ``create_model``: a result that is not JSON; ``optim_step``: the same inside an
     operation (the sans-IO wire quotes a malformed reply as it came).
     """
-    submitted: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         key = request.headers["x-api-key"]
@@ -176,9 +175,7 @@ def _garbling_handler(garble: str) -> httpx.MockTransport:
                     headers={"content-type": "application/json"},
                 )
             return httpx.Response(200, json={"type": "try_again"})
-        name = path.rsplit("/", 1)[-1]
-        submitted.append(name)
-        return httpx.Response(200, json={"request_id": name})
+        return httpx.Response(200, json={"request_id": path.rsplit("/", 1)[-1]})
 
     return httpx.MockTransport(handler)
 
