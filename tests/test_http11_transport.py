@@ -74,6 +74,35 @@ async def test_keep_alive_reuses_one_connection() -> None:
     assert len(connections) == 1
 
 
+@pytest.mark.parametrize(
+    "why", ["request asks close", "reply asks close", "extra bytes", "chunked"]
+)
+async def test_a_connection_is_kept_only_when_both_sides_allow_it(why: str) -> None:
+    """Keep-alive unless the request or the reply says ``Connection: close``, or the server
+    sent bytes beyond its reply (they would be read as the next reply); a chunked reply
+    keeps it."""
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    answer = {
+        "request asks close": reply(b"ok"),
+        "reply asks close": reply(b"ok", close=True),
+        "extra bytes": reply(b"ok") + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale",
+        "chunked": chunked,
+    }[why]
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        while True:
+            await read_request(stream)
+            await stream.send(answer)
+
+    headers = {"Connection": "close"} if why == "request asks close" else {}
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
+            for _ in range(3):
+                response = await client.get(url, headers=headers)
+                assert response.content == b"ok"
+    assert len(connections) == (1 if why == "chunked" else 3)
+
+
 async def test_stale_idle_connection_is_replaced_transparently() -> None:
     seen: list[int] = []
 
