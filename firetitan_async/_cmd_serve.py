@@ -164,15 +164,20 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             checkpoint_list_details=not args.bare_checkpoint_list,
         )
         trainer.start()
-        if args.inference_latency_ms or args.inference_max_concurrency:
-            import httpx
-
-            knobs = {"latency_s": args.inference_latency_ms / 1000.0,
-                     "max_concurrency": args.inference_max_concurrency}
-            httpx.post(f"{trainer.base_url}/_local/inference/config", json=knobs).raise_for_status()
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.inference_latency_ms or args.inference_max_concurrency:
+        import httpx
+
+        knobs = {"latency_s": args.inference_latency_ms / 1000.0,
+                 "max_concurrency": args.inference_max_concurrency}
+        try:
+            httpx.post(f"{trainer.base_url}/_local/inference/config", json=knobs).raise_for_status()
+        except httpx.HTTPError as exc:  # the trainer is running: stop it before leaving
+            trainer.stop()
+            print(f"error: configuring the local deployment failed: {exc}", file=sys.stderr)
+            return 2
     stop = stop or threading.Event()
     try:
         print(f"local trainer serving {trainer.base_url}", flush=True)

@@ -206,3 +206,37 @@ def test_checkpoints_list_from_the_control_plane(
     assert "--job" in capsys.readouterr().err
     assert main([*argv, "--job", "nope"]) == 1
     assert "knows no job 'nope'" in capsys.readouterr().err
+
+
+def test_serve_stops_its_trainer_when_configuring_the_deployment_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trainer is up when the inference knobs are posted: a failure there must not leave
+    it serving (a refused POST is a fault a healthy local server cannot produce: mocked)."""
+    import socket
+
+    import httpx
+
+    from firetitan_async import _cmd_serve
+    from firetitan_async._cli import build_parser
+    from firetitan_async.local import LocalTrainer
+
+    started: list[LocalTrainer] = []
+    real_start = LocalTrainer.start
+
+    def start(self: LocalTrainer) -> None:
+        real_start(self)
+        started.append(self)
+
+    def refuse(url: str, **_: object) -> httpx.Response:
+        raise httpx.ConnectError(f"refused: {url}")
+
+    monkeypatch.setattr(LocalTrainer, "start", start)
+    monkeypatch.setattr(httpx, "post", refuse)
+    args = build_parser().parse_args(["serve", "--port", "0", "--inference-latency-ms", "5"])
+    assert _cmd_serve.serve(args) == 2
+    assert "configuring the local deployment failed" in capsys.readouterr().err
+    [trainer] = started
+    port = int(trainer.base_url.rsplit(":", 1)[1])
+    with pytest.raises(OSError):  # nothing listens there any more
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
