@@ -19,7 +19,6 @@ import argparse
 from contextlib import AsyncExitStack
 
 import anyio
-import numpy as np
 from tinker import types
 
 from firetitan_async import (
@@ -30,21 +29,9 @@ from firetitan_async import (
     TrainerJobs,
     cleanup_on_signals,
 )
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, sft_datum
 
 MODEL = "local/tiny-byte-lm"
-
-
-def datum(text: str) -> types.Datum:
-    """Next-byte prediction on ``text``."""
-    tokens = list(text.encode())
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
-            "weights": types.TensorData.from_numpy(np.ones(len(tokens) - 1, dtype=np.float32)),
-        },
-    )
 
 
 async def run(control_plane_url: str, steps: int) -> None:
@@ -64,7 +51,7 @@ async def run(control_plane_url: str, steps: int) -> None:
         client = await session.create_training_client(MODEL)
         adam = types.AdamParams(learning_rate=1e-2)
         for step in range(1, steps + 1):
-            fb = client.forward_backward([datum("owned, then released.")], "cross_entropy")
+            fb = client.forward_backward([sft_datum("owned, then released.")], "cross_entropy")
             await client.optim_step(adam)
             loss = (await fb).metrics.get("loss:sum", float("nan"))
             print(f"step {step}: loss {loss:.3f}", flush=True)
