@@ -212,7 +212,6 @@ class ReplyReader:
                 self._chunk_left = left - take
                 if self._chunk_left:
                     return False
-                self._chunk_left = 0
             elif left == 0:  # the CRLF after a chunk's data
                 if len(pending) < 2:
                     return False

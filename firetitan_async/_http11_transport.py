@@ -214,18 +214,17 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 reading = True
                 scope.deadline = _deadline(timeouts.get("read"))
                 while True:
-                    if turn is not None and turn.held:
-                        turns.give_back(turn)
-                        try:
-                            data = await stream.receive(_READ_SIZE)
-                        except anyio.EndOfStream:
-                            data = b""
-                        await turns.take(turn)
-                    else:
-                        try:
-                            data = await stream.receive(_READ_SIZE)
-                        except anyio.EndOfStream:
-                            data = b""
+                    # The turn is given back while the reply is awaited (``turns.yielded``
+                    # inlined: this runs for every read).
+                    held = turn if turn is not None and turn.held else None
+                    if held is not None:
+                        turns.give_back(held)
+                    try:
+                        data = await stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                    if held is not None:
+                        await turns.take(held)
                     head_done = reader.head_done
                     complete = reader.feed(data)
                     if on_reply_started is not None and reader.head_done and not head_done:

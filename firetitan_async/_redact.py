@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 
+from .errors import ProtocolError
+
 __all__ = ["REDACTED", "SECRET_HEADERS", "Redactor"]
 
 REDACTED = "<redacted>"
@@ -76,8 +78,6 @@ class Redactor:
         The sans-IO wire layer has no redactor: its ``ProtocolError`` quotes the malformed
         reply as it came. Every other error is redacted where it is built.
         """
-        from .errors import ProtocolError
-
         if isinstance(exc, ProtocolError) and self.secrets:
             problem = self.text(exc.problem)
             if problem != exc.problem:
