@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "rollouts"
 MODEL = f"accounts/local/deployments/{DEPLOYMENT}"
 PROMPT = list(b"Once upon a time, ")
-_TICK_S = 0.001
 
 __all__ = ["run_rollouts"]
 
@@ -40,20 +39,7 @@ __all__ = ["run_rollouts"]
 async def _measure(client: str, url: str, completions: int, inflight: int,
                    max_tokens: int) -> dict[str, Any]:
     import anyio
-    from _gc_pauses import GcPauses
-
-    worst = worst_beside_gc = 0.0
-    running = True
-
-    async def ticker() -> None:
-        nonlocal worst, worst_beside_gc
-        last, gc_at_last = time.perf_counter(), pauses.total_s
-        while running:
-            await anyio.sleep(_TICK_S)
-            now = time.perf_counter()
-            worst = max(worst, now - last)
-            worst_beside_gc = max(worst_beside_gc, now - last - (pauses.total_s - gc_at_last))
-            last, gc_at_last = now, pauses.total_s
+    from _stall_ticker import GcPauses, Ticker
 
     if client == "ours":
         from firetitan_async import DeploymentSampler
@@ -92,20 +78,22 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
         tokens += await one()
 
     with GcPauses.installed() as pauses:
+        ticker = Ticker(pauses)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
+            tg.start_soon(ticker.run)
             await anyio.sleep(0.01)
-            worst = worst_beside_gc = 0.0
+            ticker.restart()
             t0 = time.perf_counter()
             async with anyio.create_task_group() as rollouts:
                 for _ in range(completions):
                     rollouts.start_soon(counted)
             wall = time.perf_counter() - t0
-            running = False
+            ticker.stop()
     await close()
     return {"client": client, "wall_s": wall, "rollouts_per_s": completions / wall,
-            "tokens": tokens, "max_loop_stall_ms": worst * 1e3,
-            "max_stall_beside_gc_ms": worst_beside_gc * 1e3, "max_gc_pause_ms": pauses.max_s * 1e3}
+            "tokens": tokens, "max_loop_stall_ms": ticker.max_gap_s * 1e3,
+            "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
+            "max_gc_pause_ms": pauses.max_s * 1e3}
 
 
 def _worker(ns: argparse.Namespace) -> int:

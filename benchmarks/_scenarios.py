@@ -42,8 +42,8 @@ import anyio
 import attrs
 import httpx
 import numpy as np
-from _gc_pauses import GcPauses
 from _server import fetch_stats
+from _stall_ticker import GcPauses, Ticker
 from tinker import types
 
 __all__ = ["BACKENDS", "CLIENTS", "SCENARIOS", "WorkerArgs", "run_worker"]
@@ -59,7 +59,6 @@ BASE_MODEL = "local/tiny-byte-lm"
 LORA_RANK = 8
 API_KEY = "tml-local"  # the SDK insists on a tml- prefix; the local trainer takes any key
 ADAM = types.AdamParams(learning_rate=1e-3)
-_TICK_S = 0.001
 _PROTO = "application/x-protobuf"
 _TEXTS = (
     "the quick brown fox jumps over the lazy dog",
@@ -465,74 +464,17 @@ async def _throughput_httpx(args: WorkerArgs) -> dict[str, Any]:
         return _throughput_figures(args.ops, time.perf_counter() - t0, _cpu_s() - cpu0)
 
 
-class _Ticker:
-    """A task that wakes every 1 ms and records the largest gap between its wake-ups.
-
-    The measured run is split into named phases (:meth:`phase`); each phase also keeps the
-    largest part of a gap that fell inside it, so a stall can be traced to where it happened.
-    """
-
-    def __init__(self, gc_pauses: GcPauses | None = None) -> None:
-        self.max_gap_s = 0.0
-        # The largest gap less the garbage collector's pauses inside it (the loop's own work).
-        self.max_gap_beside_gc_s = 0.0
-        self._gc = gc_pauses
-        self._gc_at_last = 0.0
-        self.ticks = 0
-        self.by_phase: dict[str, float] = {}
-        self._phase = "idle"
-        self._phase_start = self._last = time.perf_counter()
-        self._running = True
-
-    def phase(self, name: str) -> None:
-        """Enter phase ``name`` (the gap in progress counts up to now for the old phase)."""
-        now = time.perf_counter()
-        self._note_phase(now)
-        self._phase, self._phase_start = name, now
-
-    def _note_phase(self, now: float) -> None:
-        part = now - max(self._last, self._phase_start)
-        self.by_phase[self._phase] = max(self.by_phase.get(self._phase, 0.0), part)
-
-    async def run(self) -> None:
-        self._last = time.perf_counter()
-        while self._running:
-            await anyio.sleep(_TICK_S)
-            now = time.perf_counter()
-            if not self._running:
-                break
-            self._note_phase(now)
-            self._note_gap(now)
-            self.ticks += 1
-            self._last = now
-
-    def _note_gap(self, now: float) -> None:
-        gap = now - self._last
-        self.max_gap_s = max(self.max_gap_s, gap)
-        if self._gc is not None:
-            in_gc, self._gc_at_last = self._gc.total_s - self._gc_at_last, self._gc.total_s
-            self.max_gap_beside_gc_s = max(self.max_gap_beside_gc_s, gap - in_gc)
-
-    def stop(self) -> None:
-        """Stop measuring now; the gap in progress counts up to this moment."""
-        if self._running:
-            now = time.perf_counter()
-            self._note_phase(now)
-            self._note_gap(now)
-            self._running = False
-
-
 async def _stall(args: WorkerArgs) -> dict[str, Any]:
     batch = _batch(args.batch)
     with GcPauses.installed() as pauses:
-        ticker = _Ticker(pauses)
+        ticker = Ticker(pauses)
         figures = await _stall_measured(args, batch, ticker)
     figures["max_gc_pause_ms"] = pauses.max_s * 1e3
     return figures
 
 
 async def _stall_measured(
-    args: WorkerArgs, batch: list[types.Datum], ticker: _Ticker
+    args: WorkerArgs, batch: list[types.Datum], ticker: Ticker
 ) -> dict[str, Any]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker.run)
