@@ -75,7 +75,8 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
 
     async def counted() -> None:
         nonlocal tokens
-        tokens += await one()
+        n = await one()  # ``tokens += await one()`` would read ``tokens`` before the await
+        tokens += n
 
     with GcPauses.installed() as pauses:
         ticker = Ticker(pauses)
