@@ -388,7 +388,7 @@ class Transport:
         flow, redirects, event hooks, the cookie jar) cost about 55 us per request, as much
         as our transport's whole exchange. With our own transport, no query and no cookie
         in the jar, the request gets the client's headers and timeouts here and
-        :meth:`_send_direct` hands it to the transport.
+        :meth:`send` hands it to the transport.
         """
         timeouts = timeouts or self._timeouts
         if self._direct is None or params or self._client.cookies:
