@@ -24,20 +24,25 @@ Example::
 from __future__ import annotations
 
 from ._adapters import aresult, as_awaitable
-from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._custom_loss import CustomLoss
-from ._deadlines import Deadlines
-from ._deployment_sampler import DeploymentSampler, SampledCompletion
-from ._events import EventStream, OperationEvent
-from ._otel import OtelExporter
-from ._pending import Pending
-from ._retry import RetryPolicy
-from ._sampling import SamplingClient
-from ._session import ServiceSession
+from ._clients._concurrency import (
+    AdaptiveConcurrency,
+    ConcurrencyController,
+    FixedConcurrency,
+    Observation,
+)
+from ._clients._custom_loss import CustomLoss
+from ._clients._deployment_sampler import DeploymentSampler, SampledCompletion
+from ._clients._sampling import SamplingClient
+from ._clients._snapshots import CheckpointEntry, SamplerSnapshot
+from ._clients._training import TrainingClient
+from ._http._retry import RetryPolicy
+from ._session._deadlines import Deadlines
+from ._session._events import EventStream, OperationEvent
+from ._session._otel import OtelExporter
+from ._session._pending import Pending
+from ._session._session import ServiceSession
+from ._session._throughput import Throughput, ThroughputSnapshot
 from ._signals import Interrupted, cleanup_on_signals
-from ._snapshots import CheckpointEntry, SamplerSnapshot
-from ._throughput import Throughput, ThroughputSnapshot
-from ._training import TrainingClient
 from ._version import __version__
 from .errors import (
     APIStatusError,

@@ -1,5 +1,5 @@
 """``python -m firetitan_async`` runs the ``firetitan-async`` command line."""
 
-from ._cli import main
+from .cli._cli import main
 
 raise SystemExit(main())

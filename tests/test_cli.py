@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from firetitan_async import ServiceSession, TrainerJobConfig, TrainerJobs
-from firetitan_async._cli import build_parser, main
+from firetitan_async.cli._cli import build_parser, main
 from firetitan_async.local import LocalTrainer
 
 MODEL = "local/tiny-byte-lm"
@@ -177,7 +177,7 @@ def test_wait_does_not_import_the_local_server() -> None:
 
     code = (
         "import sys\n"
-        "from firetitan_async._cli import main\n"
+        "from firetitan_async.cli._cli import main\n"
         "rc = main(['wait', 'j1', '--base-url', 'http://127.0.0.1:9', '--timeout', '1'])\n"
         "server = [m for m in sys.modules if m.startswith(('firetitan_async.local', 'uvicorn',"
         " 'starlette'))]\n"
@@ -217,8 +217,8 @@ def test_serve_stops_its_trainer_when_configuring_the_deployment_fails(
 
     import httpx
 
-    from firetitan_async import _cmd_serve
-    from firetitan_async._cli import build_parser
+    from firetitan_async.cli import _cmd_serve
+    from firetitan_async.cli._cli import build_parser
     from firetitan_async.local import LocalTrainer
 
     started: list[LocalTrainer] = []

@@ -35,8 +35,8 @@ from firetitan_async import (
     SubmissionLost,
     TrainingClient,
 )
-from firetitan_async._deadlines import DeadlinePolicy, call_deadlines
-from firetitan_async._http11_transport import Http11Transport
+from firetitan_async._http._http11_transport import Http11Transport
+from firetitan_async._session._deadlines import DeadlinePolicy, call_deadlines
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 

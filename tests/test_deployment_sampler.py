@@ -339,7 +339,9 @@ async def test_a_burst_waits_for_slots_before_building_requests(
             built.append(time.monotonic())
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr("firetitan_async._deployment_sampler.httpx.Request", CountedRequest)
+    monkeypatch.setattr(
+        "firetitan_async._clients._deployment_sampler.httpx.Request", CountedRequest
+    )
     window = FixedConcurrency(4)
 
     async def one(sampler: DeploymentSampler) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from firetitan_async._demo import DemoConfig, DemoResult, reward_of, run_demo
+from firetitan_async.cli._demo import DemoConfig, DemoResult, reward_of, run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -20,7 +20,7 @@ from firetitan_async import (
     ServiceSession,
     SessionClosed,
 )
-from firetitan_async._session import resolve_dialect
+from firetitan_async._session._session import resolve_dialect
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 from firetitan_async.local._recorder import Recorder
@@ -582,7 +582,7 @@ async def test_sampling_works_in_the_fireworks_dialect_on_the_local_trainer(
 
 
 def test_custom_loss_never_invents_missing_logprobs() -> None:
-    from firetitan_async._custom_loss import run_custom_loss
+    from firetitan_async._clients._custom_loss import run_custom_loss
     from firetitan_async.errors import ProtocolError
 
     no_logprobs = types.ForwardBackwardOutput(

@@ -1,4 +1,4 @@
-"""The sans-IO HTTP/1.1 codec (firetitan_async._http11), tested with plain bytes.
+"""The sans-IO HTTP/1.1 codec (firetitan_async._http._http11), tested with plain bytes.
 
 Every reply is also fed one byte at a time and in two halves split at every position, so a
 framing bug at a buffer boundary cannot hide behind one convenient read size.
@@ -10,7 +10,12 @@ import time
 
 import pytest
 
-from firetitan_async._http11 import BodyTooLarge, ProtocolViolation, ReplyReader, encode_request
+from firetitan_async._http._http11 import (
+    BodyTooLarge,
+    ProtocolViolation,
+    ReplyReader,
+    encode_request,
+)
 
 MB = 1 << 20
 

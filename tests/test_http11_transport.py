@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from firetitan_async import RetryPolicy
-from firetitan_async._http11_transport import Http11Transport
-from firetitan_async._transport import Transport
+from firetitan_async._http._http11_transport import Http11Transport
+from firetitan_async._http._transport import Transport
 
 pytestmark = pytest.mark.anyio
 

@@ -29,7 +29,7 @@ from firetitan_async import (
     TrainerJobs,
     live_resources,
 )
-from firetitan_async._cli import main as cli_main
+from firetitan_async.cli._cli import main as cli_main
 from firetitan_async.local import LocalTrainer
 from firetitan_async.platform._lifecycle import OWNER_ANNOTATION, owner_tag, parse_owner_tag
 

@@ -25,7 +25,7 @@ from firetitan_async import (
     TrainingClient,
     WeightPublisher,
 )
-from firetitan_async._demo import Completion, DemoTask
+from firetitan_async.cli._demo import Completion, DemoTask
 from firetitan_async.errors import InvalidInput
 from firetitan_async.local import LocalTrainer
 from firetitan_async.loops import DeploymentPolicy, DeploymentPolicySampler, RLResult, run_rl

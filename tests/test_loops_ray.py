@@ -11,7 +11,7 @@ import pytest
 from tinker import types
 
 from firetitan_async import ServiceSession
-from firetitan_async._demo import DemoTask
+from firetitan_async.cli._demo import DemoTask
 from firetitan_async.local import LocalTrainer
 from firetitan_async.loops import RayRollouts, RLResult, TrainerSampler, run_rl
 

@@ -84,7 +84,8 @@ def _fresh(code: str) -> subprocess.CompletedProcess[str]:
     [
         "import firetitan_async",
         # `wait` and `checkpoints` parse and run without the local trainer.
-        "from firetitan_async._cli import build_parser; build_parser().parse_args(['wait', 'j'])",
+        "from firetitan_async.cli._cli import build_parser; "
+        "build_parser().parse_args(['wait', 'j'])",
     ],
 )
 def test_client_imports_no_server_package(code: str) -> None:
@@ -101,7 +102,7 @@ def test_client_imports_no_server_package(code: str) -> None:
 def test_server_commands_name_the_extra_when_it_is_missing(command: str, blocked: str) -> None:
     proc = _fresh(
         f"import sys; sys.modules[{blocked!r}] = None\n"
-        "from firetitan_async._cli import main\n"
+        "from firetitan_async.cli._cli import main\n"
         f"raise SystemExit(main([{command!r}]))"
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)

@@ -16,8 +16,8 @@ from _loopback_app import serve_on_loopback
 from tinker import types
 
 from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
-from firetitan_async._http11_transport import Http11Transport, ReplyTooLarge
-from firetitan_async._transport import Transport
+from firetitan_async._http._http11_transport import Http11Transport, ReplyTooLarge
+from firetitan_async._http._transport import Transport
 from firetitan_async.local import LocalTrainer, sft_datum
 
 pytestmark = pytest.mark.anyio

@@ -93,8 +93,8 @@ def _plumbing_values(obj: object) -> dict[str, str]:
     """Public attributes of ``obj`` whose value is a piece of the session's machinery."""
     import httpx
 
-    from firetitan_async._ordered_ops import OrderedOps
-    from firetitan_async._transport import Transport
+    from firetitan_async._http._transport import Transport
+    from firetitan_async._session._ordered_ops import OrderedOps
     from firetitan_async.wire import dialect_named
 
     codecs = tuple(type(dialect_named(name)) for name in ("fireworks", "tinker"))

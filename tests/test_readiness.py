@@ -28,7 +28,7 @@ from firetitan_async import (
     TrainerJobFailed,
     TrainerJobs,
 )
-from firetitan_async._cli import main
+from firetitan_async.cli._cli import main
 from firetitan_async.local import LocalTrainer
 
 MODEL = "local/tiny-byte-lm"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firetitan_async._redact import REDACTED, Redactor
+from firetitan_async._http._redact import REDACTED, Redactor
 
 KEY = "fw_secret_key_123456"
 

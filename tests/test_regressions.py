@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import firetitan_async._session as session_module
+import firetitan_async._session._session as session_module
 from firetitan_async import RetryPolicy, ServiceSession
-from firetitan_async._transport import Transport
+from firetitan_async._http._transport import Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._recorder import Recorder
 

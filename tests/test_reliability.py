@@ -23,7 +23,7 @@ from firetitan_async import (
     SubmissionLost,
     TrainingClient,
 )
-from firetitan_async._http11_transport import Http11Transport
+from firetitan_async._http._http11_transport import Http11Transport
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import rl_datum, sft_datum
 

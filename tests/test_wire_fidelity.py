@@ -32,7 +32,7 @@ from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 
 from firetitan_async import Pending, RetryPolicy, ServiceSession
-from firetitan_async._snapshots import session_suffix
+from firetitan_async._clients._snapshots import session_suffix
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._recorder import RecordedExchange, Recorder
 

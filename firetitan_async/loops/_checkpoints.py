@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import attrs
 from tinker import types
 
-from .._pending import Pending
-from .._session import ServiceSession
-from .._training import TrainingClient
+from .._clients._training import TrainingClient
+from .._session._pending import Pending
+from .._session._session import ServiceSession
 from ..errors import InvalidInput
 from ..wire.validation import validate_tinker_path
 

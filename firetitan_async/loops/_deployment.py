@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Sequence
 
-from .._deployment_sampler import DeploymentSampler, SampledCompletion
+from .._clients._deployment_sampler import DeploymentSampler, SampledCompletion
 from ..errors import InvalidInput
 from ..platform._publisher import PublishedVersion, WeightPublisher
 

@@ -25,11 +25,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
-from .._pending import Pending
-from .._sampling import SamplingClient
-from .._session import ServiceSession
-from .._snapshots import SamplerSnapshot
-from .._training import TrainingClient
+from .._clients._sampling import SamplingClient
+from .._clients._snapshots import SamplerSnapshot
+from .._clients._training import TrainingClient
+from .._session._pending import Pending
+from .._session._session import ServiceSession
 from ..errors import InvalidInput
 
 __all__ = ["Publisher", "SamplerHandle", "TrainerSampler", "TrainerSamplerHandle"]

@@ -33,8 +33,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tinker import types
 
-from .._custom_loss import CustomLoss
-from .._training import TrainingClient, _first_error
+from .._clients._custom_loss import CustomLoss
+from .._clients._training import TrainingClient, _first_error
 from ..errors import FiretitanError, InvalidInput
 from ._policy import Publisher
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 import attrs
 from tinker import types
 
-from .._pending import Pending
-from .._training import TrainingClient
+from .._clients._training import TrainingClient
+from .._session._pending import Pending
 from ..errors import InvalidInput
 from ._checkpoints import CheckpointManager, SaveRecord
 

@@ -36,7 +36,7 @@ import anyio
 import attrs
 import httpx
 
-from .._retry import RetryPolicy
+from .._http._retry import RetryPolicy
 from ..errors import FiretitanError, HotloadFailed, InvalidInput
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
 from ._rest import DEFAULT_BASE_URL, RestClient, RestCore

@@ -33,8 +33,8 @@ import anyio
 import attrs
 import httpx
 
-from .._retry import RetryPolicy
-from .._transport import check_url_security
+from .._http._retry import RetryPolicy
+from .._http._transport import check_url_security
 from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
 from ._checkpoints import (
     JobCheckpoint,

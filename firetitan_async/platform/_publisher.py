@@ -37,8 +37,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._pending import Pending
-from .._snapshots import SamplerSnapshot
+from .._clients._snapshots import SamplerSnapshot
+from .._session._pending import Pending
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._deployments import Deployments
 

@@ -16,7 +16,7 @@ Per-request timeouts are the SDK's (:data:`READ_TIMEOUT_S` for GET/DELETE,
 :data:`HEALTHZ_TIMEOUT_S` for the probe). Retries follow the one policy (``_retry.py``)
 through the one loop (``_send.send_with_retry``), with jitter and ``Retry-After`` honoured
 (the SDK has neither). Failed replies become :class:`PlatformAPIError` (``google.rpc``
-bodies parsed); every text passes through the one :class:`~firetitan_async._redact.Redactor`.
+bodies parsed); every text passes through the one :class:`~firetitan_async._http._redact.Redactor`.
 
 Example::
 
@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from .._redact import SECRET_HEADERS, Redactor
-from .._retry import RetryPolicy
-from .._send import send_with_retry
-from .._transport import _is_loopback, check_url_security
+from .._http._redact import SECRET_HEADERS, Redactor
+from .._http._retry import RetryPolicy
+from .._http._send import send_with_retry
+from .._http._transport import _is_loopback, check_url_security
 from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._rpc_status import platform_error
@@ -274,7 +274,7 @@ class RestCore:
 
         ``url`` is a path under ``base_url`` or an absolute URL (another host of the platform,
         e.g. a hot-load endpoint). ``replay_safe`` defaults to true for GET/DELETE/PATCH and
-        false for POST (see :func:`~firetitan_async._send.send_with_retry`). ``timeout``
+        false for POST (see :func:`~firetitan_async._http._send.send_with_retry`). ``timeout``
         defaults to the SDK's for the method. A reply that ``accept`` takes is returned as
         is; any other non-2xx raises :class:`PlatformAPIError`.
 

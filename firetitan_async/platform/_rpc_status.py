@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from .._redact import Redactor
-from .._send import redacted_body
+from .._http._redact import Redactor
+from .._http._send import redacted_body
 from ..errors import APIStatusError
 
 __all__ = ["PlatformAPIError", "platform_error"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tinker import types
 
-from .errors import InvalidInput, ProtocolError
+from ..errors import InvalidInput, ProtocolError
 
 __all__ = ["CustomLoss", "backward_batch", "forward_batch", "run_custom_loss"]
 

@@ -9,10 +9,10 @@ from functools import partial
 
 import anyio
 
+from ..errors import FiretitanError
+from ..platform import Deployments, TrainerJobs
+from ..platform._orphans import LiveResource, live_resources
 from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
-from .errors import FiretitanError
-from .platform import Deployments, TrainerJobs
-from .platform._orphans import LiveResource, live_resources
 
 __all__ = ["add_parser"]
 

@@ -5,12 +5,12 @@ under hundreds of concurrent requests its HTTP/1.1 connections are often handed 
 at once, one of which is then retried internally: at 256 operations in flight most of the
 client's CPU went there. This transport keeps idle connections in a stack (take the most
 recently used, put back after the reply), so a request costs the same however many are in
-flight. It reads whole replies (our bodies are small) with :mod:`~firetitan_async._http11`
+flight. It reads whole replies (our bodies are small) with :mod:`~firetitan_async._http._http11`
 and speaks ``http`` and ``https``.
 
 The TLS context for ``https`` is built on the first ``https`` connection, in a worker thread
 (loading the CA bundle takes 30-200 ms), once per transport; ``http`` builds none. An exchange
-that carries a :class:`~firetitan_async._cpu_turns.Turn` (request extension ``TURN_EXTENSION``)
+that carries a :class:`~._cpu_turns.Turn` (request extension ``TURN_EXTENSION``)
 gives it back while it waits for a connection slot, connects or waits for reply bytes. A reply
 larger than ``max_reply_bytes`` fails with :class:`ReplyTooLarge` (never retried).
 
@@ -33,9 +33,9 @@ import anyio.streams.tls
 import anyio.to_thread
 import httpx
 
+from ..errors import FiretitanError
 from ._cpu_turns import CpuTurns, Turn
 from ._http11 import BodyTooLarge, ProtocolViolation, ReplyReader, encode_request
-from .errors import FiretitanError
 
 __all__ = ["DEFAULT_MAX_REPLY_BYTES", "TURN_EXTENSION", "Http11Transport", "ReplyTooLarge"]
 

@@ -11,28 +11,28 @@ import anyio
 import numpy as np
 from tinker import types
 
-from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
-from ._deadlines import Deadlines, call_deadlines
-from ._ordered_ops import OrderedOps
-from ._pending import Pending
-from ._sdk_private import tensor_array
-from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
-from .errors import FiretitanError, InvalidInput, ProtocolError
-from .wire import ModelSpec
-from .wire import fireworks as fw
-from .wire.chunking import merge_outputs
-from .wire.futures import decode_json_result, parse_json_object
-from .wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
-from .wire.validation import (
+from .._sdk_private import tensor_array
+from .._session._deadlines import Deadlines, call_deadlines
+from .._session._ordered_ops import OrderedOps
+from .._session._pending import Pending
+from ..errors import FiretitanError, InvalidInput, ProtocolError
+from ..wire import ModelSpec
+from ..wire import fireworks as fw
+from ..wire.chunking import merge_outputs
+from ..wire.futures import decode_json_result, parse_json_object
+from ..wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
+from ..wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_forward_backward,
     validate_tinker_path,
 )
+from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
+from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 
 if TYPE_CHECKING:
+    from .._session._session import ServiceSession
     from ._sampling import SamplingClient
-    from ._session import ServiceSession
 
 __all__ = ["TrainingClient"]
 
@@ -867,7 +867,7 @@ def _match_checkpoint(checkpoints: Sequence[CheckpointEntry], name: str, job_id:
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    from .errors import SubmissionLost
+    from ..errors import SubmissionLost
 
     leaves: list[BaseException] = []
 

@@ -126,7 +126,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
     try:
-        from .local import LocalTrainer  # the `local` extra: only here, when serving
+        from ..local import LocalTrainer  # the `local` extra: only here, when serving
     except ImportError as exc:
         return local_extra_missing("serve", exc)
 

@@ -2,7 +2,7 @@
 
 :meth:`OperationMonitor.track` runs one operation's work inside a cancel scope, and the
 operation's deadline follows its phase (submit → compute/queue → transfer, see
-:mod:`~firetitan_async._deadlines`). The transport reports what it sees — the request
+:mod:`~firetitan_async._session._deadlines`). The transport reports what it sees — the request
 accepted, a retry, a reply's headers, a ``try_again`` and its queue state, the result — to the
 operation's :class:`Tracker`, which it finds through a context variable: the operation's task
 (and the tasks it starts) carry it, so neither the clients nor the wire layer pass it around.
@@ -33,11 +33,11 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._http._redact import Redactor
+from ..errors import OperationTimeout
 from ._deadlines import PHASES, DeadlinePolicy, Deadlines, Phase
 from ._events import EventHub, EventKind, OperationEvent
 from ._pending import Pending
-from ._redact import Redactor
-from .errors import OperationTimeout
 
 __all__ = ["OperationMonitor", "Tracker", "current_tracker"]
 

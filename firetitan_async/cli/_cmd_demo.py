@@ -7,9 +7,9 @@ import sys
 
 import anyio
 
+from .._signals import Interrupted, cleanup_on_signals
+from ..errors import FiretitanError
 from ._cli import local_extra_missing
-from ._signals import Interrupted, cleanup_on_signals
-from .errors import FiretitanError
 
 __all__ = ["add_parser"]
 

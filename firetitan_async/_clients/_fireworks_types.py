@@ -20,8 +20,8 @@ from typing import Any
 
 from tinker import types
 
-from ._sdk_private import tensor_array
-from .errors import InvalidInput
+from .._sdk_private import tensor_array
+from ..errors import InvalidInput
 
 __all__ = [
     "is_fireworks_value",

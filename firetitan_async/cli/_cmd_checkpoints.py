@@ -14,11 +14,11 @@ from urllib.parse import quote, urlsplit
 import anyio
 from tinker import types
 
+from .._http._retry import RetryPolicy
+from .._http._transport import Transport, check_url_security
+from ..errors import APIStatusError, FiretitanError
+from ..platform._rest import DEFAULT_BASE_URL
 from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, control_plane_url
-from ._retry import RetryPolicy
-from ._transport import Transport, check_url_security
-from .errors import APIStatusError, FiretitanError
-from .platform._rest import DEFAULT_BASE_URL
 
 __all__ = ["add_parser", "list_checkpoints"]
 
@@ -136,7 +136,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _run_control_plane_list(args: argparse.Namespace) -> int:
-    from .platform import JobCheckpoint, TrainerJobs  # only this mode needs the control plane
+    from ..platform import JobCheckpoint, TrainerJobs  # only this mode needs the control plane
 
     if not args.job:
         return _fail("--control-plane lists one trainer job's checkpoints: pass --job JOB_ID", 2)

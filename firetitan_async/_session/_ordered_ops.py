@@ -15,9 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from ._deadlines import Deadlines, call_deadlines
-from ._pending import Pending
-from .errors import (
+from ..errors import (
     APIStatusError,
     FiretitanError,
     OperationTimeout,
@@ -25,6 +23,8 @@ from .errors import (
     SubmissionLost,
     TrainerJobFailed,
 )
+from ._deadlines import Deadlines, call_deadlines
+from ._pending import Pending
 
 __all__ = ["OrderedOps", "Spawner"]
 

@@ -15,13 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from ._retry import RetryPolicy
-from .platform._rest import DEFAULT_BASE_URL
+from .._http._retry import RetryPolicy
+from ..platform._rest import DEFAULT_BASE_URL
 
 # The packages of the `local` extra: the local trainer needs them, the client never does.
 _LOCAL_EXTRA_PACKAGES = frozenset({"starlette", "uvicorn", "threadpoolctl"})
 
-# Subcommand modules, in the order ``--help`` lists them. Each is ``firetitan_async._cmd_<name>``.
+# Subcommand modules, in the order ``--help`` lists them. Each is ``cli._cmd_<name>``.
 _COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "jobs", "checkpoints")
 
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        module = importlib.import_module(f"firetitan_async._cmd_{name}")
+        module = importlib.import_module(f"firetitan_async.cli._cmd_{name}")
         module.add_parser(subparsers)
     return parser
 

@@ -8,11 +8,11 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
-Every request goes through the one retry loop (:func:`~firetitan_async._send.send_with_retry`,
-decisions from :class:`~firetitan_async._retry.RetryPolicy`) and every server or exception text
+Every request goes through the one retry loop (:func:`~firetitan_async._http._send.send_with_retry`,
+decisions from :class:`~._retry.RetryPolicy`) and every server or exception text
 that becomes an error or a log line through the session's one
-:class:`~firetitan_async._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
-a CPU turn (:mod:`~firetitan_async._cpu_turns`) while it computes and gives it back while it
+:class:`~firetitan_async._http._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
+a CPU turn (:mod:`~firetitan_async._http._cpu_turns`) while it computes and gives it back while it
 waits. Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``, …) apply as httpx applies them.
 """
 
@@ -32,15 +32,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from ._cpu_turns import CpuTurns, Turn
-from ._http11_transport import TURN_EXTENSION, Http11Transport
-from ._redact import Redactor
-from ._retry import RetryPolicy
-from ._send import ErrorFactory, redacted_body, send_with_retry
-from ._tracking import current_tracker
-from ._version import USER_AGENT
-from .errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
-from .wire.futures import (
+from .._session._tracking import current_tracker
+from .._version import USER_AGENT
+from ..errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
+from ..wire.futures import (
     Accepted,
     Done,
     Failed,
@@ -49,7 +44,12 @@ from .wire.futures import (
     classify_retrieve_reply,
     parse_accepted,
 )
-from .wire.tinker import retrieve_future_body
+from ..wire.tinker import retrieve_future_body
+from ._cpu_turns import CpuTurns, Turn
+from ._http11_transport import TURN_EXTENSION, Http11Transport
+from ._redact import Redactor
+from ._retry import RetryPolicy
+from ._send import ErrorFactory, redacted_body, send_with_retry
 
 __all__ = ["Transport", "check_url_security"]
 

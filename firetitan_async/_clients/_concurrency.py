@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 import attrs
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencyController", "FixedConcurrency", "Observation"]
 

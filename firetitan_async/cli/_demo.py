@@ -44,15 +44,15 @@ import httpx
 import numpy as np
 from tinker import types
 
-from ._deployment_sampler import DeploymentSampler
-from ._sampling import SamplingClient
-from ._session import ServiceSession, resolve_dialect
-from ._snapshots import SamplerSnapshot
-from ._training import TrainingClient
-from .errors import InvalidInput
-from .local import LocalTrainer
-from .local._datums import encode_text
-from .loops import (
+from .._clients._deployment_sampler import DeploymentSampler
+from .._clients._sampling import SamplingClient
+from .._clients._snapshots import SamplerSnapshot
+from .._clients._training import TrainingClient
+from .._session._session import ServiceSession, resolve_dialect
+from ..errors import InvalidInput
+from ..local import LocalTrainer
+from ..local._datums import encode_text
+from ..loops import (
     DeploymentPolicy,
     DeploymentPolicySampler,
     RLStep,
@@ -60,7 +60,7 @@ from .loops import (
     TrainerSampler,
     run_rl,
 )
-from .platform import (
+from ..platform import (
     DeploymentConfig,
     Deployments,
     ReadinessProgress,

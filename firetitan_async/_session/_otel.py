@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
+from ..errors import FiretitanError
 from ._events import OperationEvent
-from ._version import __version__
-from .errors import FiretitanError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider

@@ -15,8 +15,8 @@ import time
 
 import attrs
 
+from ..errors import InvalidInput
 from ._events import OperationEvent
-from .errors import InvalidInput
 
 __all__ = ["Throughput", "ThroughputSnapshot"]
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["DEFAULT_DEADLINES", "PHASES", "DeadlinePolicy", "Deadlines", "Phase", "call_deadlines"]
 

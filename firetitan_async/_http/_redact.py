@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["REDACTED", "SECRET_HEADERS", "Redactor"]
 

@@ -161,7 +161,7 @@ class EventHub:
     def add_hook(self, hook: EventHook) -> Callable[[], None]:
         """Call ``hook(event)`` for every event; returns a function that removes it."""
         if not callable(hook):
-            from .errors import InvalidInput
+            from ..errors import InvalidInput
 
             raise InvalidInput("hook", f"must be callable, got {hook!r}")
         self._hooks.append(hook)
@@ -175,7 +175,7 @@ class EventHub:
     def stream(self, max_buffer: int) -> EventStream:
         """A new :class:`EventStream` receiving every later event."""
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
-            from .errors import InvalidInput
+            from ..errors import InvalidInput
 
             raise InvalidInput("max_buffer", f"must be an int >= 1, got {max_buffer!r}")
         stream = EventStream(self, max_buffer)

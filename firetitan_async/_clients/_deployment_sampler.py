@@ -36,21 +36,21 @@ from typing import Any
 import attrs
 import httpx
 
-from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._http11_transport import Http11Transport
-from ._redact import Redactor
-from ._retry import RetryPolicy
-from ._send import send_with_retry
-from ._transport import check_url_security
-from ._version import USER_AGENT
-from .errors import FiretitanError, InvalidInput, SamplingError
-from .wire.completions import (
+from .._http._http11_transport import Http11Transport
+from .._http._redact import Redactor
+from .._http._retry import RetryPolicy
+from .._http._send import send_with_retry
+from .._http._transport import check_url_security
+from .._version import USER_AGENT
+from ..errors import FiretitanError, InvalidInput, SamplingError
+from ..wire.completions import (
     SSEDecoder,
     StreamDelta,
     completion_body,
     parse_completion_reply,
     parse_stream_chunk,
 )
+from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
 

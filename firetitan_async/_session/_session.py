@@ -17,15 +17,10 @@ import httpx
 import pydantic
 from tinker import types
 
-from ._deadlines import DeadlinePolicy, Deadlines
-from ._events import EventHook, EventHub, EventStream
-from ._pending import Pending
-from ._redact import Redactor
-from ._retry import RetryPolicy
-from ._throughput import Throughput
-from ._tracking import OperationMonitor
-from ._transport import Transport, check_url_security
-from .errors import (
+from .._http._redact import Redactor
+from .._http._retry import RetryPolicy
+from .._http._transport import Transport, check_url_security
+from ..errors import (
     FiretitanError,
     InvalidInput,
     ProtocolError,
@@ -33,10 +28,10 @@ from .errors import (
     TrainerJobFailed,
     UsageError,
 )
-from .wire import Dialect, DialectName, ModelSpec, dialect_named
-from .wire import fireworks as fw
-from .wire.futures import decode_json_result, validate_reply
-from .wire.tinker import (
+from ..wire import Dialect, DialectName, ModelSpec, dialect_named
+from ..wire import fireworks as fw
+from ..wire.futures import decode_json_result, validate_reply
+from ..wire.tinker import (
     cancel_future_body,
     client_config_body,
     create_sampling_session_body,
@@ -44,11 +39,16 @@ from .wire.tinker import (
     get_info_body,
     session_heartbeat_body,
 )
+from ._deadlines import DeadlinePolicy, Deadlines
+from ._events import EventHook, EventHub, EventStream
+from ._pending import Pending
+from ._throughput import Throughput
+from ._tracking import OperationMonitor
 
 if TYPE_CHECKING:
-    from ._sampling import SamplingClient
-    from ._training import TrainingClient
-    from .platform import ReadinessPoller, TrainerJobs
+    from .._clients._sampling import SamplingClient
+    from .._clients._training import TrainingClient
+    from ..platform import ReadinessPoller, TrainerJobs
 
 __all__ = ["ServiceSession"]
 
@@ -240,7 +240,7 @@ class ServiceSession:
                 async with ServiceSession.from_job(jobs, created.job_id) as session:
                     client = await session.create_training_client(model)
         """
-        from .platform import ReadinessPoller
+        from ..platform import ReadinessPoller
 
         if session_kwargs.get("dialect", "fireworks") not in ("auto", "fireworks"):
             raise InvalidInput("dialect", "a trainer job speaks the fireworks dialect only")
@@ -377,7 +377,7 @@ class ServiceSession:
         """``before_retry`` of a from_job session: on a 503, ask the control plane (at most
         every ``_JOB_CHECK_INTERVAL_S``) whether the job still runs; raise
         :class:`TrainerJobFailed` once it has failed or stopped."""
-        from .platform import JobState
+        from ..platform import JobState
 
         if response.status_code != 503 or self._jobs is None or self._poller is None:
             return
@@ -628,7 +628,7 @@ class ServiceSession:
     async def _create_model(
         self, spec: ModelSpec, user_metadata: dict[str, str] | None
     ) -> TrainingClient:
-        from ._training import TrainingClient
+        from .._clients._training import TrainingClient
 
         self._check_open()
         if not isinstance(spec.base_model, str) or not spec.base_model:
@@ -693,8 +693,8 @@ class ServiceSession:
             sampler = await session.create_sampling_client(model_path=snapshot.path)
             out = await sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16))
         """
-        from ._sampling import SamplingClient
-        from .wire.validation import validate_tinker_path
+        from .._clients._sampling import SamplingClient
+        from ..wire.validation import validate_tinker_path
 
         self._check_open()
         if (model_path is None) == (base_model is None):

@@ -2,7 +2,7 @@
 
 No sockets, no event loop: :func:`encode_request` returns the bytes to send and a
 :class:`ReplyReader` is fed the bytes that arrive, so the codec is tested with plain bytes and
-the transport (:mod:`~firetitan_async._http11_transport`) does the I/O. It is the small subset
+the transport (:mod:`~firetitan_async._http._http11_transport`) does the I/O. It is the small subset
 of HTTP/1.1 a client of JSON APIs needs, done with a few C-level bytes operations per message
 (h11, which this replaced, spent about a tenth of the client's CPU at hundreds of operations in
 flight on events, state machines and per-header regular expressions):

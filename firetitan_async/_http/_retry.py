@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["RetryPolicy", "retry_after_seconds"]
 

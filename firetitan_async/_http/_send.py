@@ -4,7 +4,7 @@ Every request that may be retried goes through :func:`send_with_retry`: it sends
 classifies the outcome with the one :class:`~firetitan_async.RetryPolicy` (connection errors,
 timeouts, 408/409/429, 5xx), waits as the policy says (honouring ``Retry-After`` and
 ``retry-after-ms``), and raises a :class:`~firetitan_async.FiretitanError` whose text went
-through the one :class:`~firetitan_async._redact.Redactor`.
+through the one :class:`~firetitan_async._http._redact.Redactor`.
 
 Whether a request may be sent again after it *may* have reached the server is the caller's
 call (``replay_safe``): a GET, a DELETE, a POST with an idempotency key or a client-chosen
@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
+from ..errors import APIStatusError, FiretitanError
 from ._redact import Redactor
 from ._retry import RetryPolicy, retry_after_seconds
-from .errors import APIStatusError, FiretitanError
 
 __all__ = [
     "NOT_SENT_ERRORS",

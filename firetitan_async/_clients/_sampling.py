@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tinker import types
 
-from ._deadlines import Deadlines, call_deadlines
+from .._session._deadlines import Deadlines, call_deadlines
+from .._session._pending import Pending
+from ..wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
+from ..wire.tinker import REQUEST_TYPE
+from ..wire.validation import validate_sample_args
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
-from ._pending import Pending
-from .wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from .wire.tinker import REQUEST_TYPE
-from .wire.validation import validate_sample_args
 
 if TYPE_CHECKING:
-    from ._session import ServiceSession
+    from .._session._session import ServiceSession
 
 __all__ = ["SamplingClient"]
 
@@ -161,7 +161,7 @@ class SamplingClient:
                 pending._set_exception(exc)
             finally:
                 if not pending.done():
-                    from .errors import SessionClosed
+                    from ..errors import SessionClosed
 
                     pending._set_exception(
                         SessionClosed(f"{name} was still running when its session closed")

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Pending"]
 

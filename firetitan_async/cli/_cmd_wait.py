@@ -10,15 +10,15 @@ from typing import TextIO
 
 import anyio
 
-from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
-from .errors import (
+from ..errors import (
     APIStatusError,
     FiretitanError,
     InvalidInput,
     ReadinessTimeout,
     TrainerJobFailed,
 )
-from .platform import ReadinessProgress, TrainerEndpoint, TrainerJobs
+from ..platform import ReadinessProgress, TrainerEndpoint, TrainerJobs
+from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
 
 __all__ = ["add_parser", "wait_for_job"]
 
