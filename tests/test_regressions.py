@@ -6,8 +6,8 @@
 * ``finish`` reporting ``success`` after the ``async with`` body raised.
 
 (The two others: a request resent on a reused keep-alive connection after reply bytes arrived
-is in tests/test_http11_transport.py; a key printed by the retry log at DEBUG in
-tests/test_secrets.py.)
+is in tests/http/test_http11_transport.py; a key printed by the retry log at DEBUG in
+tests/http/test_secrets.py.)
 """
 
 from __future__ import annotations

@@ -499,7 +499,7 @@ def _env_proxy_applies(base_url: str) -> bool:
     """Whether httpx would send requests to ``base_url`` through an environment proxy.
 
     httpx's own rules (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read with
-    its helpers: httpx is pinned below 0.29, and tests/test_proxy.py checks the behaviour.
+    its helpers: httpx is pinned below 0.29, and tests/http/test_proxy.py checks the behaviour.
     """
     from httpx._utils import URLPattern, get_environment_proxies
 

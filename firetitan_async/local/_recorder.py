@@ -6,7 +6,7 @@
 decoded body (JSON, or the protobuf ``ForwardBackwardRequest`` as a dict, zstd-decompressed
 first when the body is encoded), and the reply's status and decoded body. Point the tinker SDK
 and ``firetitan_async`` at two recorders and compare what they sent; that is how
-``tests/test_wire_fidelity.py`` holds our wire to the SDK's.
+``tests/conformance/test_wire_fidelity.py`` holds our wire to the SDK's.
 
 The proxy is a small Starlette app served by uvicorn on its own thread and event loop (like the
 local trainer), so it never depends on the client's event loop or backend.

@@ -316,7 +316,7 @@ async def test_a_composite_operation_whose_inner_submission_times_out_fails_clea
 
 
 def test_serve_flags_make_a_stalling_trainer() -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--long-poll-s", "0.2",
          "--stall-s", "inf", "--stall-endpoint", "optim_step", "--stall-count", "1"],

@@ -285,7 +285,7 @@ def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str
 
 
 def test_example_owned_resources_leaves_nothing(trainer: LocalTrainer) -> None:
-    example = os.path.join(os.path.dirname(__file__), "..", "examples", "owned_resources.py")
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "owned_resources.py")
     proc = subprocess.run(
         [sys.executable, example, "--steps", "2", "--backend", "trio",
          "--control-plane-url", trainer.control_plane_url],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from firetitan_async.local import LocalTrainer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys

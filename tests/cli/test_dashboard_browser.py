@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web_backend.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "web_backend.py"
 STALL_LIMIT_MS = 50.0
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from firetitan_async.cli._demo import DemoConfig, DemoResult, reward_of, run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 # Small enough to be quick, long enough for the reward to rise clearly.

@@ -786,7 +786,7 @@ def test_latency_delays_every_reply(local_trainer: LocalTrainer) -> None:
 
 
 def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "LOCAL_KEY": "tml-cli-key"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", "1",

@@ -677,7 +677,7 @@ def test_dedicated_trainer_knobs_on_the_wire() -> None:
 
 
 def test_serve_flags_turn_the_knobs_on(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", str(SEED),
          "--checkpoint-dir", str(tmp_path), "--no-fwdbwd-logprobs", "--step-checkpoint-names",
