@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import sniffio
 
-from ._sdk_private import APIFuture
+from ._sdk_private import APIFuture, fireworks_immediate_value, fireworks_mapped_future
 from .errors import InvalidInput, UnsupportedAwaitable, UsageError
 
 __all__ = ["AwaitableSource", "aresult", "as_awaitable"]
@@ -156,12 +156,13 @@ async def _wait_fireworks(obj: Any, timeout: float | None) -> Any:
         if callable(getattr(obj, "future", None)):
             value = await _wait_concurrent(obj.future(), timeout)
             break
-        if hasattr(obj, "_inner") and callable(getattr(obj, "_transform", None)):
-            transforms.append(obj._transform)
-            obj = obj._inner
+        mapped = fireworks_mapped_future(obj)
+        if mapped is not None:
+            obj, transform = mapped
+            transforms.append(transform)
             continue
-        if hasattr(obj, "_value"):
-            value = obj._value
+        known, value = fireworks_immediate_value(obj)
+        if known:
             break
         raise UnsupportedAwaitable(
             f"cannot await a Fireworks SDK {type(obj).__qualname__} without its own event "

@@ -1,4 +1,4 @@
-"""Every private part of the tinker SDK that firetitan_async reads, in one place.
+"""Every private part of the tinker and Fireworks SDKs that firetitan_async reads, in one place.
 
 When a tinker release moves one of these, this module is the one to fix (and the fidelity
 tests say so first).
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tinker.lib.public_interfaces.api_future import APIFuture
 
-__all__ = ["APIFuture", "tensor_array"]
+__all__ = ["APIFuture", "fireworks_immediate_value", "fireworks_mapped_future", "tensor_array"]
 
 
 def tensor_array(td: Any) -> np.ndarray:
@@ -27,3 +27,17 @@ def tensor_array(td: Any) -> np.ndarray:
     """
     array: np.ndarray = td._numpy
     return array
+
+
+def fireworks_mapped_future(obj: Any) -> tuple[Any, Any] | None:
+    """``(inner future, transform)`` of a Fireworks SDK ``_MappedAPIFuture``, else ``None``."""
+    if hasattr(obj, "_inner") and callable(getattr(obj, "_transform", None)):
+        return obj._inner, obj._transform
+    return None
+
+
+def fireworks_immediate_value(obj: Any) -> tuple[bool, Any]:
+    """``(True, value)`` of a Fireworks SDK ``_ImmediateAPIFuture``, else ``(False, None)``."""
+    if hasattr(obj, "_value"):
+        return True, obj._value
+    return False, None

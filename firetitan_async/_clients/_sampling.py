@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from tinker import types
 
 from .._session._deadlines import Deadlines, call_deadlines
-from .._session._pending import Pending
+from .._session._pending import Pending, fail_pending, resolve_pending
+from .._session._protocol import ClientSession
 from ..wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from ..wire.tinker import REQUEST_TYPE
 from ..wire.validation import validate_sample_args
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
-
-if TYPE_CHECKING:
-    from .._session._session import ServiceSession
 
 __all__ = ["SamplingClient"]
 
@@ -42,7 +39,7 @@ class SamplingClient:
 
     def __init__(
         self,
-        session: ServiceSession,
+        session: ClientSession,
         sampling_session_id: str,
         *,
         model_path: str | None = None,
@@ -80,7 +77,7 @@ class SamplingClient:
             out = await sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, seed=1))
             print(out.sequences[0].tokens, out.sequences[0].logprobs)
         """
-        self._session._check_open()
+        self._session.check_open()
         deadlines = call_deadlines(deadlines)
         prompt = to_tinker_model_input(prompt)
         sampling_params = to_tinker_sampling_params(sampling_params)
@@ -95,13 +92,14 @@ class SamplingClient:
         )
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
-            transport = self._session._open_transport
+            transport = self._session.transport
             accepted = await transport.submit(
                 "/api/v1/asample", json_body=body, headers=_BACKPRESSURE
             )
             pending.request_id = accepted.request_id
+            request_type = self._session.codec.request_type("sample")
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE["sample"], accept=_PROTO
+                accepted.request_id, request_type=request_type, accept=_PROTO
             )
             return decode_sample_response(done.payload, accepted.sample_sequence_ids or ())
 
@@ -151,21 +149,21 @@ class SamplingClient:
         async def carry() -> None:
             try:
                 if tracked:
-                    work = self._session._track_operation(
+                    work = self._session.track_operation(
                         pending, lambda: run(pending), deadlines=deadlines
                     )
-                    pending._set_result(await work)
+                    resolve_pending(pending, await work)
                 else:
-                    pending._set_result(await run(pending))
+                    resolve_pending(pending, await run(pending))
             except Exception as exc:
-                pending._set_exception(exc)
+                fail_pending(pending, exc)
             finally:
                 if not pending.done():
                     from ..errors import SessionClosed
 
-                    pending._set_exception(
+                    fail_pending(pending,
                         SessionClosed(f"{name} was still running when its session closed")
                     )
 
-        self._session._spawn_operation(carry)
+        self._session.spawn_operation(carry)
         return pending

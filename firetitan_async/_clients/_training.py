@@ -13,25 +13,25 @@ from tinker import types
 
 from .._sdk_private import tensor_array
 from .._session._deadlines import Deadlines, call_deadlines
-from .._session._ordered_ops import OrderedOps
+from .._session._ordered_ops import OrderedOps, first_error
 from .._session._pending import Pending
+from .._session._protocol import ClientSession
 from ..errors import FiretitanError, InvalidInput, ProtocolError
-from ..wire import ModelSpec
-from ..wire import fireworks as fw
+from ..wire import Dialect, ModelSpec
 from ..wire.chunking import merge_outputs
 from ..wire.futures import decode_json_result, parse_json_object
-from ..wire.tinker import REQUEST_TYPE, ephemeral_sampler_body
 from ..wire.validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_forward_backward,
+    validate_optim_extras,
+    validate_snapshot_options,
     validate_tinker_path,
 )
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 
 if TYPE_CHECKING:
-    from .._session._session import ServiceSession
     from ._sampling import SamplingClient
 
 __all__ = ["TrainingClient"]
@@ -60,7 +60,7 @@ class TrainingClient:
 
     def __init__(
         self,
-        session: ServiceSession,
+        session: ClientSession,
         *,
         model_id: str,
         spec: ModelSpec,
@@ -68,7 +68,7 @@ class TrainingClient:
         capabilities: Mapping[str, Any] | None = None,
     ) -> None:
         self._session = session
-        self._codec = session._codec
+        self._codec = session.codec
         self._ops = OrderedOps(session)
         #: The server's model id (also the training-run id of checkpoint paths).
         self.model_id = model_id
@@ -99,9 +99,7 @@ class TrainingClient:
         #: The suffix of this client's sampler snapshot names: 8 random hex per client in the
         #: fireworks dialect (the Fireworks SDK's ``session_id``), derived from the session
         #: in the tinker dialect.
-        self.snapshot_suffix = (
-            fw.generate_snapshot_suffix() if self._codec.name == "fireworks" else None
-        )
+        self.snapshot_suffix = self._codec.new_snapshot_suffix()
         self._has_base_snapshot = False
         self._unloading = False
 
@@ -223,10 +221,10 @@ class TrainingClient:
         )
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
-        return self._codec.split(data, self._session._client_config)
+        return self._codec.split(data, self._session.client_config)
 
     def _check_usable(self) -> None:
-        self._session._check_open()
+        self._session.check_open()
         if self._unloading:
             raise FiretitanError("this training client's model was unloaded (unload_model)")
 
@@ -245,7 +243,7 @@ class TrainingClient:
         data = _convert_data(data)
         validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
         chunks = self._split(data)
-        add_response_tokens = self._codec.name == "fireworks" and loss_fn == "cross_entropy"
+        add_response_tokens = self._codec.adds_response_tokens and loss_fn == "cross_entropy"
 
         async def run(
             seqs: range, pending: Pending[types.ForwardBackwardOutput]
@@ -284,9 +282,9 @@ class TrainingClient:
                 data=chunks[index],
                 loss_fn=loss_fn,
                 loss_fn_config=loss_fn_config,
-                client_config=self._session._client_config,
+                client_config=self._session.client_config,
             )
-            transport = self._session._open_transport
+            transport = self._session.transport
             accepted = await self._ops.submit(
                 seqs[index],
                 name,
@@ -300,7 +298,9 @@ class TrainingClient:
             if pending is not None and index == 0:
                 pending.request_id = accepted.request_id
             done = await transport.retrieve(
-                accepted.request_id, request_type=REQUEST_TYPE[name], accept=codec.fwdbwd_accept
+                accepted.request_id,
+                request_type=codec.request_type(name),
+                accept=codec.fwdbwd_accept,
             )
             return codec.decode_fwdbwd(done)
 
@@ -315,13 +315,10 @@ class TrainingClient:
             async with anyio.create_task_group() as tg:
                 # The tinker SDK (and the Fireworks SDK's forward) sends the first chunk last;
                 # the Fireworks SDK's forward_backward starts the leading chunk first.
-                order = [*range(1, len(chunks)), 0]
-                if codec.name == "fireworks" and not forward_only:
-                    order = list(range(len(chunks)))
-                for index in order:
+                for index in codec.chunk_order(len(chunks), forward_only=forward_only):
                     tg.start_soon(into, index)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         return merge_outputs([r for r in results if r is not None])
 
     # -- optimizer and checkpoints ---------------------------------------------------------
@@ -350,16 +347,8 @@ class TrainingClient:
             emit_grad_norm_metrics = getattr(adam_params, "emit_grad_norm_metrics", None)
         adam_params = _convert_adam(adam_params)
         validate_adam_params(adam_params)
-        normalization = fw.normalize_choice(
-            grad_accumulation_normalization,
-            fw.GRAD_ACC_NORMALIZATIONS,
-            "grad_accumulation_normalization",
-        )
-        grad_norm = fw.normalize_choice(
-            emit_grad_norm_metrics,
-            fw.GRAD_NORM_METRICS_MODES,
-            "emit_grad_norm_metrics",
-            allow_bool=True,
+        normalization, grad_norm = validate_optim_extras(
+            grad_accumulation_normalization, emit_grad_norm_metrics
         )
         codec = self._codec
         codec.optim_step_body(  # refuses what the dialect cannot send, before sending
@@ -465,7 +454,7 @@ class TrainingClient:
         self._check_usable()
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
-        if self._codec.name == "fireworks":
+        if self._codec.saves_sampler_as_snapshot:
             ext = self.save_weights_for_sampler_ext(name, deadlines=deadlines)
 
             async def run(
@@ -519,18 +508,7 @@ class TrainingClient:
         deadlines = call_deadlines(deadlines)
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
-        if checkpoint_type is not None and checkpoint_type not in fw.CHECKPOINT_TYPES:
-            raise InvalidInput(
-                "checkpoint_type",
-                f"must be one of {', '.join(fw.CHECKPOINT_TYPES)} or None, got {checkpoint_type!r}",
-            )
-        if export_precision is not None and export_precision not in fw.EXPORT_PRECISIONS:
-            raise InvalidInput(
-                "export_precision",
-                f"must be one of {', '.join(fw.EXPORT_PRECISIONS)}, got {export_precision!r}",
-            )
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidInput("metadata", f"must be a dict, got {type(metadata).__name__}")
+        validate_snapshot_options(checkpoint_type, export_precision, metadata)
         kind: CheckpointType
         if checkpoint_type is not None:
             kind = checkpoint_type
@@ -542,8 +520,8 @@ class TrainingClient:
             raise InvalidInput(
                 "checkpoint_type", "the first snapshot of a client must be 'base', not 'delta'"
             )
-        if kind == "merged_base" and export_precision is None and self._codec.name == "fireworks":
-            export_precision = "source"  # the Fireworks SDK's default for merged_base
+        if export_precision is None:
+            export_precision = self._codec.default_export_precision(kind)
         if self.snapshot_suffix is not None:
             full_name = f"{name}-{self.snapshot_suffix}"
         else:
@@ -585,10 +563,10 @@ class TrainingClient:
         from ._sampling import SamplingClient
 
         self._check_usable()
-        sampling_seq = self._session._next_sampling_session_seq_id()
+        sampling_seq = self._session.next_sampling_session_seq_id()
         pending = self._simple(
             "save_weights_for_sampler",
-            lambda seq: ephemeral_sampler_body(
+            lambda seq: self._codec.ephemeral_sampler_body(
                 model_id=self.model_id, seq_id=seq, sampling_session_seq_id=sampling_seq
             ),
             types.SaveWeightsForSamplerResponseInternal,
@@ -611,10 +589,11 @@ class TrainingClient:
             for ckpt in await client.list_checkpoints():
                 print(ckpt.name, ckpt.path, ckpt.expires_at)
         """
-        self._session._check_open()
-        if self._codec.name == "fireworks":
-            reply = await self._session._open_transport.call("GET", "/api/v1/list_checkpoints")
-            return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
+        self._session.check_open()
+        rows_path = self._codec.checkpoint_rows_path
+        if rows_path is not None:
+            reply = await self._session.transport.call("GET", rows_path)
+            return [_entry_of_row(row) for row in self._codec.parse_checkpoint_rows(reply)]
         return await _list_checkpoints(
             self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
         )
@@ -637,15 +616,10 @@ class TrainingClient:
             path = await client.resolve_checkpoint_path("step-100", source_job_id="old-job")
             await client.load_state_with_optimizer(path)
         """
-        self._session._check_open()
-        if self._codec.name == "fireworks":
-            if source_job_id is not None:
-                return fw.cross_job_ref(source_job_id, checkpoint_name)
-            return fw.validate_checkpoint_ref(checkpoint_name, field="checkpoint_name")
-        if checkpoint_name.startswith("cross_job://"):
-            raise InvalidInput(
-                "checkpoint_name", "cross_job:// references are Fireworks-only (tinker dialect)"
-            )
+        self._session.check_open()
+        offline = self._codec.checkpoint_reference(checkpoint_name, source_job_id)
+        if offline is not None:
+            return offline
         if checkpoint_name.startswith("tinker://"):
             parsed = validate_tinker_path(checkpoint_name, field="checkpoint_name")
             checkpoints = await _list_checkpoints(
@@ -677,9 +651,9 @@ class TrainingClient:
 
             await client.unload_model()
         """
-        self._session._check_open()
-        if self._codec.name != "fireworks":
-            raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
+        self._session.check_open()
+        _require_extra(self._codec, "unload_model")
+        body = self._codec.unload_model_body(model_id=self.model_id)
         deadlines = call_deadlines(deadlines)
         self._unloading = True
         earlier = self._ops.in_flight()
@@ -691,9 +665,9 @@ class TrainingClient:
             for op in earlier:  # drain: the model's queued operations finish first
                 with contextlib.suppress(Exception):
                     await op
-            transport = self._session._open_transport
+            transport = self._session.transport
             accepted = await transport.submit(
-                "/api/v1/unload_model", json_body=fw.unload_model_body(model_id=self.model_id)
+                "/api/v1/unload_model", json_body=body
             )
             pending.request_id = accepted.request_id
             # The Fireworks SDK's literal request type for this poll.
@@ -712,19 +686,18 @@ class TrainingClient:
             await client.load_adapter("accounts/me/models/my-adapter")
         """
         self._check_usable()
-        if self._codec.name != "fireworks":
-            raise InvalidInput("load_adapter", "is Fireworks-only: the tinker dialect has none")
+        _require_extra(self._codec, "load_adapter")
         if not isinstance(path, str) or not path.strip():
             raise InvalidInput("path", "must be a non-empty string")
 
         async def run(seqs: range, pending: Pending[dict[str, Any]]) -> dict[str, Any]:
-            transport = self._session._open_transport
+            transport = self._session.transport
             accepted = await self._ops.submit(
                 seqs[0],
                 "load_adapter",
                 transport.submit(
                     "/api/v1/load_adapter",
-                    json_body=fw.load_adapter_body(
+                    json_body=self._codec.load_adapter_body(
                         model_id=self.model_id, seq_id=seqs[0], adapter_path=path
                     ),
                 ),
@@ -748,20 +721,22 @@ class TrainingClient:
     async def _submit_and_retrieve(
         self, op: str, seq: int, body: dict[str, Any], result_type: type[R], pending: Pending[Any]
     ) -> R:
-        transport = self._session._open_transport
+        transport = self._session.transport
         accepted = await self._ops.submit(
             seq, op, transport.submit(f"/api/v1/{op}", json_body=body)
         )
         pending.request_id = accepted.request_id
-        done = await transport.retrieve(accepted.request_id, request_type=REQUEST_TYPE[op])
+        done = await transport.retrieve(
+            accepted.request_id, request_type=self._codec.request_type(op)
+        )
         return decode_json_result(result_type, done.payload)
 
 
 async def _list_checkpoints(
-    session: ServiceSession, path: str, params: dict[str, str | int] | None = None
+    session: ClientSession, path: str, params: dict[str, str | int] | None = None
 ) -> list[CheckpointEntry]:
-    session._check_open()
-    reply = await session._open_transport.call("GET", path, params=params)
+    session.check_open()
+    reply = await session.transport.call("GET", path, params=params)
     rows = reply.get("checkpoints") if isinstance(reply, dict) else None
     if not isinstance(rows, list) or not all(
         isinstance(r, dict) and isinstance(r.get("checkpoint_id"), str) for r in rows
@@ -793,6 +768,12 @@ def _timestamp(value: Any) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ProtocolError("checkpoint listing", f"bad timestamp {value!r}") from None
+
+
+def _require_extra(codec: Dialect, operation: str) -> None:
+    """Refuse, before sending, an operation the dialect does not have."""
+    if operation not in codec.extras:
+        raise InvalidInput(operation, f"is Fireworks-only: the {codec.name} dialect has none")
 
 
 def _entry_of_row(row: Mapping[str, Any]) -> CheckpointEntry:
@@ -864,22 +845,3 @@ def _match_checkpoint(checkpoints: Sequence[CheckpointEntry], name: str, job_id:
             "save_state returned",
         )
     return exact[0].path
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    from ..errors import SubmissionLost
-
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if isinstance(exc, SubmissionLost):
-            return exc
-    return leaves[0]

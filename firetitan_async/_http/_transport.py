@@ -43,15 +43,15 @@ from ..wire.futures import (
     TryAgain,
     classify_retrieve_reply,
     parse_accepted,
+    retrieve_future_body,
 )
-from ..wire.tinker import retrieve_future_body
 from ._cpu_turns import CpuTurns, Turn
 from ._http11_transport import TURN_EXTENSION, Http11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import ErrorFactory, redacted_body, send_with_retry
 
-__all__ = ["Transport", "check_url_security"]
+__all__ = ["Transport", "check_url_security", "is_loopback_url"]
 
 logger = logging.getLogger("firetitan_async.transport")
 
@@ -104,6 +104,16 @@ def check_url_security(base_url: str, *, allow_insecure_http: bool) -> str:
             "or pass allow_insecure_http=True if you really mean it"
         )
     return base_url.rstrip("/")
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is a loopback address (``localhost``, ``127.0.0.1``, ``::1``).
+
+    Example::
+
+        is_loopback_url("http://127.0.0.1:8000")  # True
+    """
+    return _is_loopback(urlsplit(url).hostname or "")
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -25,37 +25,20 @@ from ..errors import (
 )
 from ._deadlines import Deadlines, call_deadlines
 from ._pending import Pending
+from ._protocol import OperationRunner
 
-__all__ = ["OrderedOps", "Spawner"]
+__all__ = ["OrderedOps", "first_error"]
 
 T = TypeVar("T")
 logger = logging.getLogger("firetitan_async.operations")
 
 
-class Spawner(Protocol):
-    """What :class:`OrderedOps` needs from its session: a place to run tasks, and the tracking
-    (deadlines, events) of each operation.
-
-    The session's side of it is private (``ServiceSession._spawn_operation``): users never
-    see it; the clients reach it through this interface.
-    """
-
-    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
-
-    def _track_operation(
-        self,
-        pending: Pending[Any],
-        work: Callable[[], Awaitable[T]],
-        *,
-        deadlines: Deadlines | None = None,
-        tokens: int | None = None,
-    ) -> Awaitable[T]: ...
 
 
 class OrderedOps:
     """Reserves sequence ids and runs operations for one training client."""
 
-    def __init__(self, spawner: Spawner, *, first_seq_id: int = 1) -> None:
+    def __init__(self, spawner: OperationRunner, *, first_seq_id: int = 1) -> None:
         self._spawner = spawner
         self._next_seq = first_seq_id
         self._broken: SubmissionLost | None = None
@@ -96,7 +79,7 @@ class OrderedOps:
             try:
                 with scope:
                     pending._set_result(
-                        await self._spawner._track_operation(
+                        await self._spawner.track_operation(
                             pending, lambda: run(seqs, pending), deadlines=deadlines, tokens=tokens
                         )
                     )
@@ -121,7 +104,7 @@ class OrderedOps:
                 if not pending.done():  # cancelled by _break: its error was already set
                     pending._set_exception(self._broken or SessionClosed(f"{name} was abandoned"))
 
-        self._spawner._spawn_operation(carry)
+        self._spawner.spawn_operation(carry)
         return pending
 
     def in_flight(self) -> list[Pending[Any]]:
@@ -156,3 +139,29 @@ class OrderedOps:
             if first > failed[-1]:
                 pending._set_exception(self._broken)
                 scope.cancel()
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a task group's failure: a ``SubmissionLost`` (the cause of the
+    others) if there is one, else the first leaf.
+
+    Example::
+
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+    """
+
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, SubmissionLost):
+            return exc
+    return leaves[0]

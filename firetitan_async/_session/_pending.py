@@ -9,10 +9,11 @@ import anyio
 
 from ..errors import UsageError
 
-__all__ = ["Pending"]
+__all__ = ["Pending", "fail_pending", "resolve_pending"]
 
 # Covariant: a Pending[OptimStepResponse] is a Pending[object] (results are only read).
 T = TypeVar("T", covariant=True)
+V = TypeVar("V")
 
 _UNSET: Any = object()
 
@@ -97,3 +98,23 @@ class Pending(Generic[T]):
         else:
             state = "done"
         return f"<Pending {self.name} seq_id={self.seq_id} request_id={self.request_id} {state}>"
+
+
+def resolve_pending(pending: Pending[V], value: V) -> None:
+    """Complete ``pending`` with ``value`` (its owner's side; once: later calls are ignored).
+
+    Example::
+
+        resolve_pending(pending, result)
+    """
+    pending._set_result(value)
+
+
+def fail_pending(pending: Pending[Any], error: BaseException) -> None:
+    """Complete ``pending`` with ``error`` (its owner's side; once: later calls are ignored).
+
+    Example::
+
+        fail_pending(pending, SessionClosed("closed"))
+    """
+    pending._set_exception(error)

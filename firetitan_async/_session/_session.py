@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -28,17 +27,15 @@ from ..errors import (
     TrainerJobFailed,
     UsageError,
 )
-from ..wire import Dialect, DialectName, ModelSpec, dialect_named
-from ..wire import fireworks as fw
-from ..wire.futures import decode_json_result, validate_reply
-from ..wire.tinker import (
-    cancel_future_body,
-    client_config_body,
-    create_sampling_session_body,
-    finish_session_body,
-    get_info_body,
-    session_heartbeat_body,
+from ..wire import (
+    Dialect,
+    DialectName,
+    ModelSpec,
+    dialect_named,
+    job_dialect,
+    resolve_dialect,
 )
+from ..wire.futures import decode_json_result, validate_reply
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._pending import Pending
@@ -60,33 +57,10 @@ logger = logging.getLogger("firetitan_async.session")
 _HEARTBEAT_PERIOD_S = 10.0
 _FinishStatus = Literal["success", "errored", "interrupted"]
 _FINISH_TIMEOUT_S = 5.0
-_TINKER_HOSTS = ("thinkingmachines.dev", "thinkingmachines.ai")
 # A from_job session asks the control plane about its job at most this often while its
 # trainer answers 503 (a failed job's gateway says 503 "not running" to every call).
 _JOB_CHECK_INTERVAL_S = 1.0
 
-
-def resolve_dialect(
-    dialect: Literal["auto", "fireworks", "tinker"], base_url: str, api_key: str | None
-) -> DialectName:
-    """The dialect ``"auto"`` picks: ``tinker`` for a ``tml-`` key or one of Tinker's hosted
-    URLs (``*.thinkingmachines.dev``/``.ai``), ``fireworks`` for everything else.
-
-    Example::
-
-        resolve_dialect("auto", "http://127.0.0.1:8080", None)   # "fireworks"
-        resolve_dialect("auto", "http://127.0.0.1:8080", "tml-x") # "tinker"
-    """
-    if dialect in ("fireworks", "tinker"):
-        return dialect
-    if dialect != "auto":
-        raise InvalidInput("dialect", f"must be 'auto', 'fireworks' or 'tinker', got {dialect!r}")
-    if api_key is not None and api_key.startswith("tml-"):
-        return "tinker"
-    host = (urlsplit(base_url).hostname or "").lower()
-    if any(host == h or host.endswith("." + h) for h in _TINKER_HOSTS):
-        return "tinker"
-    return "fireworks"
 
 
 def _default_api_key() -> str | None:
@@ -242,11 +216,9 @@ class ServiceSession:
         """
         from ..platform import ReadinessPoller
 
-        if session_kwargs.get("dialect", "fireworks") not in ("auto", "fireworks"):
-            raise InvalidInput("dialect", "a trainer job speaks the fireworks dialect only")
-        session_kwargs["dialect"] = "fireworks"
+        session_kwargs["dialect"] = job_dialect(session_kwargs.get("dialect", "auto"))
         if api_key is None:  # the gateway takes the control plane's key
-            api_key = jobs._rest.api_key
+            api_key = jobs.api_key
         session = cls("", api_key=api_key, **session_kwargs)
         session._poller = ReadinessPoller(
             jobs, job_id, poll_interval_s=poll_interval_s, timeout_s=timeout_s
@@ -319,7 +291,7 @@ class ServiceSession:
         if transport is None:
             return
         try:
-            if self._codec.name == "fireworks":  # the Fireworks SDK's unload_model
+            if self._codec.unloads_models_on_close:  # the Fireworks SDK's unload_model
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await self._unload_models(transport)
             # The Fireworks SDK never ends its session; a Fireworks trainer may not know how.
@@ -328,7 +300,7 @@ class ServiceSession:
                     await transport.call(
                         "POST",
                         f"/api/v1/sessions/{self._session_id}/finish",
-                        json_body=finish_session_body(self._session_id, status=status),
+                        json_body=self._codec.finish_session_body(self._session_id, status),
                         retry=False,
                     )
         except FiretitanError as exc:
@@ -344,7 +316,7 @@ class ServiceSession:
                 await transport.call(
                     "POST",
                     "/api/v1/unload_model",
-                    json_body=fw.unload_model_body(model_id=model_id),
+                    json_body=self._codec.unload_model_body(model_id=model_id),
                     retry=False,
                 )
             except FiretitanError as exc:
@@ -353,19 +325,23 @@ class ServiceSession:
     async def _cancel_on_server(self, pending: Pending[Any]) -> None:
         """Best-effort ``cancel_future`` for a timed-out ``sample`` (tinker dialect only: no
         wire can cancel a training operation, and the Fireworks SDK has no cancel)."""
-        if pending.name != "sample" or pending.request_id is None or self.dialect != "tinker":
+        if (
+            pending.name != "sample"
+            or pending.request_id is None
+            or not self._codec.cancels_timed_out_samples
+        ):
             return
         try:
-            await self._open_transport.call(
+            await self.transport.call(
                 "POST",
                 "/api/v1/cancel_future",
-                json_body=cancel_future_body(pending.request_id),
+                json_body=self._codec.cancel_future_body(pending.request_id),
                 retry=False,
             )
         except FiretitanError as exc:
             logger.debug("could not cancel %s on the server: %s", pending.request_id, exc)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self._closed:
             raise SessionClosed("this ServiceSession has been closed")
         if not self._entered:
@@ -398,18 +374,28 @@ class ServiceSession:
         if self._job_failure is not None:
             raise TrainerJobFailed(*self._job_failure)
 
-    # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) -------------
+    # -- the clients' interface (:class:`~._protocol.ClientSession`; internal) ----------------
 
-    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    @property
+    def codec(self) -> Dialect:
+        """The wire dialect object (internal: the clients' interface)."""
+        return self._codec
+
+    @property
+    def client_config(self) -> Mapping[str, Any]:
+        """The server's ``client/config`` reply (internal: the clients' interface)."""
+        return self._client_config
+
+    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
-        self._check_open()
+        self.check_open()
         assert self._task_group is not None and self._idle is not None
         self._active_ops += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._task_group.start_soon(self._run_counted, fn)
 
-    def _track_operation(
+    def track_operation(
         self,
         pending: Pending[Any],
         work: Callable[[], Awaitable[T]],
@@ -504,9 +490,10 @@ class ServiceSession:
         return self._base_url
 
     @property
-    def _open_transport(self) -> Transport:
-        """The session's transport (for the clients; raises if the session is not ready)."""
-        self._check_open()
+    def transport(self) -> Transport:
+        """The session's transport (internal: the clients' interface; raises if the session is
+        not ready)."""
+        self.check_open()
         if self._transport is None:
             raise FiretitanError("the session is not ready yet: await session.wait_ready()")
         return self._transport
@@ -517,7 +504,7 @@ class ServiceSession:
         For a plain session this returns at once. For one made by :meth:`from_job` it waits for
         the job to be RUNNING, then opens the server-side session.
         """
-        self._check_open()
+        self.check_open()
         assert self._bootstrap_lock is not None
         async with self._bootstrap_lock:
             if self._session_id is None:
@@ -543,7 +530,7 @@ class ServiceSession:
             )
         if self._codec.fetches_client_config:
             config = await self._transport.call(
-                "POST", "/api/v1/client/config", json_body=client_config_body()
+                "POST", "/api/v1/client/config", json_body=self._codec.client_config_body()
             )
             self._client_config = config if isinstance(config, dict) else {}
         reply = await self._transport.call(
@@ -565,7 +552,7 @@ class ServiceSession:
                 await self._transport.call(
                     "POST",
                     "/api/v1/session_heartbeat",
-                    json_body=session_heartbeat_body(self._session_id),
+                    json_body=self._codec.session_heartbeat_body(self._session_id),
                     timeout=10.0,
                     retry=False,
                 )
@@ -630,7 +617,7 @@ class ServiceSession:
     ) -> TrainingClient:
         from .._clients._training import TrainingClient
 
-        self._check_open()
+        self.check_open()
         if not isinstance(spec.base_model, str) or not spec.base_model:
             raise InvalidInput("base_model", "must be a non-empty string")
         codec = self._codec
@@ -645,7 +632,7 @@ class ServiceSession:
         self._training_keys.add(spec)
         try:
             await self.wait_ready()
-            transport = self._open_transport
+            transport = self.transport
             model_seq_id = self._model_seq
             self._model_seq += 1
             accepted = await transport.submit(
@@ -665,7 +652,9 @@ class ServiceSession:
                 info = self._reply(
                     types.GetInfoResponse,
                     await transport.call(
-                        "POST", "/api/v1/get_info", json_body=get_info_body(created.model_id)
+                        "POST",
+                        "/api/v1/get_info",
+                        json_body=self._codec.get_info_body(created.model_id),
                     ),
                     "get_info reply",
                 )
@@ -696,7 +685,7 @@ class ServiceSession:
         from .._clients._sampling import SamplingClient
         from ..wire.validation import validate_tinker_path
 
-        self._check_open()
+        self.check_open()
         if (model_path is None) == (base_model is None):
             raise InvalidInput("model_path", "give exactly one of model_path or base_model")
         if model_path is not None:
@@ -704,11 +693,11 @@ class ServiceSession:
             # both dialects: sampling sessions are the local trainer's, not Fireworks'.
             validate_tinker_path(model_path, field="model_path")
         await self.wait_ready()
-        seq = self._next_sampling_session_seq_id()
-        reply = await self._open_transport.call(
+        seq = self.next_sampling_session_seq_id()
+        reply = await self.transport.call(
             "POST",
             "/api/v1/create_sampling_session",
-            json_body=create_sampling_session_body(
+            json_body=self._codec.create_sampling_session_body(
                 session_id=self.session_id,
                 sampling_session_seq_id=seq,
                 model_path=model_path,
@@ -722,7 +711,7 @@ class ServiceSession:
             self, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
-    def _next_sampling_session_seq_id(self) -> int:
+    def next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq
         self._sampling_seq += 1

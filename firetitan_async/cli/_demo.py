@@ -48,7 +48,7 @@ from .._clients._deployment_sampler import DeploymentSampler
 from .._clients._sampling import SamplingClient
 from .._clients._snapshots import SamplerSnapshot
 from .._clients._training import TrainingClient
-from .._session._session import ServiceSession, resolve_dialect
+from .._session._session import ServiceSession
 from ..errors import InvalidInput
 from ..local import LocalTrainer
 from ..local._datums import encode_text
@@ -68,6 +68,7 @@ from ..platform import (
     TrainerJobs,
     WeightPublisher,
 )
+from ..wire import dialect_named, resolve_dialect, validate_dialect_choice
 
 __all__ = [
     "Completion",
@@ -134,10 +135,7 @@ class DemoConfig:
             raise InvalidInput("group_size", "must be >= 2 (advantages are relative to the group)")
         if self.groups_per_step < 1 or self.base_every < 1:
             raise InvalidInput("groups_per_step", "groups_per_step and base_every must be >= 1")
-        if self.dialect not in ("auto", "fireworks", "tinker"):
-            raise InvalidInput(
-                "dialect", f"must be auto, fireworks or tinker, got {self.dialect!r}"
-            )
+        validate_dialect_choice(self.dialect)
 
 
 @attrs.frozen
@@ -551,7 +549,8 @@ async def run_demo(
             )
             emit(f"local trainer at {lt.base_url} (control plane {lt.control_plane_url})")
             control_plane_url = lt.control_plane_url
-        if resolve_dialect(cfg.dialect, control_plane_url, None) == "tinker":
+        dialect = dialect_named(resolve_dialect(cfg.dialect, control_plane_url, None))
+        if not dialect.has_trainer_jobs:
             result = await _run_tinker(demo, control_plane_url, started)
         else:
             jobs = await stack.enter_async_context(TrainerJobs(base_url=control_plane_url))

@@ -31,7 +31,6 @@ from .._clients._training import TrainingClient
 from .._session._pending import Pending
 from .._session._session import ServiceSession
 from ..errors import InvalidInput
-from ..wire.validation import validate_tinker_path
 
 __all__ = ["CheckpointManager", "CheckpointStore", "SaveRecord", "TrainerCheckpoints"]
 
@@ -76,19 +75,14 @@ class TrainerCheckpoints:
         return _SavedPath(self._client.save_state(name))  # submitted now, in call order
 
     async def restore(self, path: str) -> None:
-        if self._session.dialect == "fireworks":
-            path = path.rstrip("/").rsplit("/", 1)[-1]
-        await self._client.load_state_with_optimizer(path)
+        await self._client.load_state_with_optimizer(
+            self._session.codec.checkpoint_load_reference(path)
+        )
 
     async def delete(self, path: str) -> None:
-        if self._session.dialect == "fireworks":
-            return
-        parsed = validate_tinker_path(path)
-        checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
-        await self._session._open_transport.call(
-            "DELETE",
-            f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints/{checkpoint_id}",
-        )
+        delete_path = self._session.codec.checkpoint_delete_path(path)
+        if delete_path is not None:
+            await self._session.transport.call("DELETE", delete_path)
 
 
 class _SavedPath:

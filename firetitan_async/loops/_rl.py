@@ -34,7 +34,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tinker import types
 
 from .._clients._custom_loss import CustomLoss
-from .._clients._training import TrainingClient, _first_error
+from .._clients._training import TrainingClient
+from .._session._ordered_ops import first_error
 from ..errors import FiretitanError, InvalidInput
 from ._policy import Publisher
 
@@ -336,5 +337,5 @@ async def run_rl(
                     task_group.start_soon(produce, send.clone())
             task_group.start_soon(train, receive)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return RLResult(tuple(steps), tuple(sorted(evaluations, key=lambda e: e[0])), pacer.version)

@@ -38,7 +38,7 @@ import anyio.abc
 import attrs
 
 from .._clients._snapshots import SamplerSnapshot
-from .._session._pending import Pending
+from .._session._pending import Pending, fail_pending, resolve_pending
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._deployments import Deployments
 
@@ -210,13 +210,13 @@ class WeightPublisher:
         except Exception as exc:
             self._need_base = self._chain_broken = True
             logger.warning("publication %d (%s) failed: %s", number, name, exc)
-            result._set_exception(exc)
+            fail_pending(result, exc)
             return
         done = time.monotonic()
         self._serving = snap.snapshot_name
         if kind == "base":
             self._chain_broken = False
-        result._set_result(
+        resolve_pending(result,
             PublishedVersion(
                 number=number, name=name, snapshot=snap.snapshot_name, path=snap.path,
                 checkpoint_type=kind, previous=chained_on, save_s=saved - submitted,

@@ -35,7 +35,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, cast
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -43,7 +42,7 @@ import httpx
 from .._http._redact import SECRET_HEADERS, Redactor
 from .._http._retry import RetryPolicy
 from .._http._send import send_with_retry
-from .._http._transport import _is_loopback, check_url_security
+from .._http._transport import check_url_security, is_loopback_url
 from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SessionClosed
 from ._rpc_status import platform_error
@@ -413,6 +412,12 @@ class RestClient:
         self._rest = rest
         self.base_url = rest.base_url
 
+    @property
+    def api_key(self) -> str | None:
+        """The key this client sends (a session on one of its jobs sends it too; never in a
+        repr or an error)."""
+        return self._rest.api_key
+
     async def __aenter__(self) -> Self:
         self._rest.check_open()
         return self
@@ -429,7 +434,3 @@ class RestClient:
         """Close the HTTP client; later calls raise :class:`~firetitan_async.SessionClosed`."""
         await self._rest.aclose()
 
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url``'s host is a loopback address (``localhost``, ``127.0.0.1``, ``::1``)."""
-    return _is_loopback(urlsplit(url).hostname or "")

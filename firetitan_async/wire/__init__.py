@@ -17,15 +17,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import attrs
 from tinker import types
 
+from ..errors import InvalidInput
 from .futures import Done
 
-__all__ = ["Dialect", "DialectName", "ModelSpec", "WireRequest", "dialect_named"]
+__all__ = [
+    "DIALECT_CHOICES",
+    "Dialect",
+    "DialectName",
+    "ModelSpec",
+    "WireRequest",
+    "dialect_named",
+    "job_dialect",
+    "resolve_dialect",
+    "validate_dialect_choice",
+]
 
 DialectName = Literal["tinker", "fireworks"]
+DIALECT_CHOICES: tuple[str, ...] = ("auto", "fireworks", "tinker")
+"""What a user may ask for: a dialect by name, or ``"auto"`` (see :func:`resolve_dialect`)."""
+_TINKER_HOSTS = ("thinkingmachines.dev", "thinkingmachines.ai")
 
 
 @attrs.frozen
@@ -86,6 +101,100 @@ class Dialect(Protocol):
     """Whether ``create_model`` is followed by ``get_info``."""
     fwdbwd_accept: str
     """``Accept`` of a forward/forward_backward result poll."""
+    extras: frozenset[str]
+    """The operations only this dialect has (``"unload_model"``, ``"load_adapter"``)."""
+    saves_sampler_as_snapshot: bool
+    """Whether ``save_weights_for_sampler`` is a typed snapshot (``..._ext``, automatic type)."""
+    adds_response_tokens: bool
+    """Whether a ``cross_entropy`` result gets the SDK's client-side ``response_tokens`` metric."""
+    cancels_timed_out_samples: bool
+    """Whether a timed-out ``sample`` is cancelled on the server (``cancel_future``)."""
+    unloads_models_on_close: bool
+    """Whether leaving the session unloads the models it created (``unload_model``)."""
+    has_trainer_jobs: bool
+    """Whether the platform behind it manages trainer jobs and deployments (a control plane)."""
+    checkpoint_rows_path: str | None
+    """Where the trainer lists its checkpoints as rows (``None``: per training run, over REST)."""
+
+    def request_type(self, op: str) -> str:
+        """The ``X-Tinker-Request-Type`` of ``op``'s ``retrieve_future`` polls."""
+        ...
+
+    def client_config_body(self) -> dict[str, Any]:
+        """Body of ``client/config`` (sent when :attr:`fetches_client_config`)."""
+        ...
+
+    def session_heartbeat_body(self, session_id: str) -> dict[str, Any]:
+        """Body of ``session_heartbeat``."""
+        ...
+
+    def finish_session_body(
+        self, session_id: str, status: Literal["success", "errored", "interrupted"]
+    ) -> dict[str, Any]:
+        """Body of ``sessions/{id}/finish`` (sent when :attr:`finishes_session`)."""
+        ...
+
+    def get_info_body(self, model_id: str) -> dict[str, Any]:
+        """Body of ``get_info`` (sent when :attr:`fetches_info`)."""
+        ...
+
+    def create_sampling_session_body(
+        self,
+        *,
+        session_id: str,
+        sampling_session_seq_id: int,
+        model_path: str | None,
+        base_model: str | None,
+    ) -> dict[str, Any]:
+        """Body of ``create_sampling_session``."""
+        ...
+
+    def ephemeral_sampler_body(
+        self, *, model_id: str, seq_id: int, sampling_session_seq_id: int
+    ) -> dict[str, Any]:
+        """Body of an unnamed ``save_weights_for_sampler`` that yields a sampling session."""
+        ...
+
+    def cancel_future_body(self, request_id: str) -> dict[str, Any]:
+        """Body of ``cancel_future`` (sent when :attr:`cancels_timed_out_samples`)."""
+        ...
+
+    def new_snapshot_suffix(self) -> str | None:
+        """The suffix of a new training client's snapshot names (``None``: from the session)."""
+        ...
+
+    def chunk_order(self, n_chunks: int, *, forward_only: bool) -> list[int]:
+        """The order in which the chunks of one forward/forward_backward batch are started."""
+        ...
+
+    def default_export_precision(self, checkpoint_type: str) -> str | None:
+        """The ``export_precision`` a snapshot of that type gets when none is given."""
+        ...
+
+    def parse_checkpoint_rows(self, reply: Any) -> list[dict[str, Any]]:
+        """The rows of a :attr:`checkpoint_rows_path` reply."""
+        ...
+
+    def checkpoint_reference(self, name: str, source_job_id: str | None) -> str | None:
+        """A checkpoint reference resolved offline, or ``None`` when the server must be asked
+        (raises ``InvalidInput`` for a reference the dialect cannot express)."""
+        ...
+
+    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
+        """Body of ``unload_model`` (``InvalidInput`` where the dialect has none)."""
+        ...
+
+    def checkpoint_load_reference(self, path: str) -> str:
+        """What ``load_state*`` is given to restore the checkpoint saved at ``path``."""
+        ...
+
+    def checkpoint_delete_path(self, path: str) -> str | None:
+        """The ``DELETE`` path of the checkpoint at ``path`` (``None``: the platform keeps it)."""
+        ...
+
+    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
+        """Body of ``load_adapter`` (``InvalidInput`` where the dialect has none)."""
+        ...
 
     def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
         """Body of ``create_session``."""
@@ -184,3 +293,49 @@ def dialect_named(name: DialectName) -> Dialect:
     from .tinker import TINKER
 
     return FIREWORKS if name == "fireworks" else TINKER
+
+
+def resolve_dialect(
+    dialect: Literal["auto", "fireworks", "tinker"], base_url: str, api_key: str | None
+) -> DialectName:
+    """The dialect ``"auto"`` picks: ``tinker`` for a ``tml-`` key or one of Tinker's hosted
+    URLs (``*.thinkingmachines.dev``/``.ai``), ``fireworks`` for everything else.
+
+    Example::
+
+        resolve_dialect("auto", "http://127.0.0.1:8080", None)   # "fireworks"
+        resolve_dialect("auto", "http://127.0.0.1:8080", "tml-x") # "tinker"
+    """
+    if dialect in ("fireworks", "tinker"):
+        return dialect
+    if dialect != "auto":
+        raise InvalidInput("dialect", f"must be 'auto', 'fireworks' or 'tinker', got {dialect!r}")
+    if api_key is not None and api_key.startswith("tml-"):
+        return "tinker"
+    host = (urlsplit(base_url).hostname or "").lower()
+    if any(host == h or host.endswith("." + h) for h in _TINKER_HOSTS):
+        return "tinker"
+    return "fireworks"
+
+
+def validate_dialect_choice(dialect: object, *, field: str = "dialect") -> None:
+    """Refuse anything but ``"auto"``, ``"fireworks"`` or ``"tinker"``.
+
+    Example::
+
+        validate_dialect_choice("auto")
+    """
+    if dialect not in DIALECT_CHOICES:
+        raise InvalidInput(field, f"must be auto, fireworks or tinker, got {dialect!r}")
+
+
+def job_dialect(requested: object) -> DialectName:
+    """The dialect of a session on a trainer job: Fireworks (``"auto"`` picks it too).
+
+    Example::
+
+        job_dialect("auto")  # "fireworks"
+    """
+    if requested not in ("auto", "fireworks"):
+        raise InvalidInput("dialect", "a trainer job speaks the fireworks dialect only")
+    return "fireworks"

@@ -35,7 +35,14 @@ from . import ModelSpec, WireRequest
 from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
-from .tinker import adam_params_json
+from .tinker import TinkerProtocol, adam_params_json
+from .validation import (
+    CHECKPOINT_TYPES,
+    EXPORT_PRECISIONS,
+    GRAD_ACC_NORMALIZATIONS,
+    GRAD_NORM_METRICS_MODES,
+    normalize_choice,
+)
 
 __all__ = [
     "CHECKPOINT_TYPES",
@@ -78,10 +85,6 @@ MAX_CHUNK_BYTES = 5_000_000
 RESULT_ACCEPT = "application/x-protobuf, application/json"
 """``Accept`` of a forward/forward_backward result poll: protobuf or JSON, both decoded."""
 
-CHECKPOINT_TYPES = ("base", "delta", "merged_base")
-EXPORT_PRECISIONS = ("source", "bf16", "nvfp4", "mxfp8", "fp8_block128")
-GRAD_ACC_NORMALIZATIONS = ("num_loss_tokens", "num_sequences", "none")
-GRAD_NORM_METRICS_MODES = ("off", "basic", "detailed")
 LOSS_FUNCTIONS = (
     "cross_entropy",
     "importance_sampling",
@@ -578,32 +581,10 @@ def cross_job_ref(source_job_id: str, checkpoint_name: str) -> str:
         raise
 
 
-def normalize_choice(
-    value: Any, choices: Sequence[str], field: str, *, allow_bool: bool = False
-) -> Any:
-    """``value`` as its wire string (enums by ``.value``, case-insensitive), or ``None``.
-
-    Example::
-
-        normalize_choice("NUM_LOSS_TOKENS", GRAD_ACC_NORMALIZATIONS, "x")  # "num_loss_tokens"
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        if allow_bool:
-            return value
-        raise InvalidInput(field, f"must be one of {', '.join(choices)}, got {value!r}")
-    text = str(getattr(value, "value", value)).lower()
-    if text not in choices:
-        extra = "a bool or " if allow_bool else ""
-        raise InvalidInput(field, f"must be {extra}one of {', '.join(choices)}, got {value!r}")
-    return text
-
-
 _JSON = "application/json"
 
 
-class FireworksDialect:
+class FireworksDialect(TinkerProtocol):
     """The Fireworks Training SDK 1.2.30 wire (``protocol/fireworks-sdk.md`` §3).
 
     Example::
@@ -616,9 +597,59 @@ class FireworksDialect:
     finishes_session = False
     fetches_info = False
     fwdbwd_accept = RESULT_ACCEPT
+    extras: frozenset[str] = frozenset({"unload_model", "load_adapter"})
+    saves_sampler_as_snapshot = True
+    adds_response_tokens = True
+    cancels_timed_out_samples = False  # the Fireworks SDK has no cancel
+    unloads_models_on_close = True  # the Fireworks SDK's unload_model on close
+    has_trainer_jobs = True
+    checkpoint_rows_path: str | None = "/api/v1/list_checkpoints"
 
     def __repr__(self) -> str:
         return "FireworksDialect()"
+
+    def new_snapshot_suffix(self) -> str | None:
+        """8 random hex per training client (the Fireworks SDK's ``session_id``)."""
+        return generate_snapshot_suffix()
+
+    def chunk_order(self, n_chunks: int, *, forward_only: bool) -> list[int]:
+        """The SDK's ``forward`` sends the first chunk last; its ``forward_backward`` starts
+        the leading chunk first."""
+        if forward_only:
+            return [*range(1, n_chunks), 0]
+        return list(range(n_chunks))
+
+    def default_export_precision(self, checkpoint_type: str) -> str | None:
+        """``"source"`` for ``merged_base`` (the Fireworks SDK's default)."""
+        return "source" if checkpoint_type == "merged_base" else None
+
+    def parse_checkpoint_rows(self, reply: Any) -> list[dict[str, Any]]:
+        """The rows of ``GET /api/v1/list_checkpoints``."""
+        return parse_checkpoint_list(reply)
+
+    def checkpoint_reference(self, name: str, source_job_id: str | None) -> str | None:
+        """Offline, the SDK's rules: the name itself (checked), or ``cross_job://`` with a
+        source job."""
+        if source_job_id is not None:
+            return cross_job_ref(source_job_id, name)
+        return validate_checkpoint_ref(name, field="checkpoint_name")
+
+    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
+        """Body of ``unload_model``."""
+        return unload_model_body(model_id=model_id)
+
+    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
+        """Body of ``load_adapter``."""
+        return load_adapter_body(model_id=model_id, seq_id=seq_id, adapter_path=adapter_path)
+
+    def checkpoint_load_reference(self, path: str) -> str:
+        """The checkpoint's logical name (the last segment of its path)."""
+        return path.rstrip("/").rsplit("/", 1)[-1]
+
+    def checkpoint_delete_path(self, path: str) -> str | None:
+        """``None``: the platform manages checkpoint retention."""
+        del path
+        return None
 
     def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
         """Body of ``create_session`` (``sdk_version`` 0.23.0)."""

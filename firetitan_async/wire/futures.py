@@ -36,6 +36,7 @@ __all__ = [
     "decode_json_result",
     "parse_accepted",
     "parse_json_object",
+    "retrieve_future_body",
     "validate_reply",
 ]
 
@@ -255,3 +256,14 @@ def _summarize_validation(exc: pydantic.ValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ())) or "<root>"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def retrieve_future_body(request_id: str, *, allow_metadata_only: bool) -> dict[str, Any]:
+    """Body of ``POST /api/v1/retrieve_future``.
+
+    Example::
+
+        retrieve_future_body("req-1", allow_metadata_only=True)
+        # {"request_id": "req-1", "allow_metadata_only": True}
+    """
+    return {"request_id": request_id, "allow_metadata_only": allow_metadata_only}

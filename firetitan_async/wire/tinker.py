@@ -22,7 +22,7 @@ from tinker import types
 from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest
 from .chunking import split_batch
-from .futures import Done
+from .futures import Done, retrieve_future_body
 from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
 from .validation import validate_tinker_path, validate_ttl
 
@@ -31,6 +31,7 @@ __all__ = [
     "REQUEST_TYPE",
     "TINKER",
     "TinkerDialect",
+    "TinkerProtocol",
     "adam_params_json",
     "cancel_future_body",
     "client_config_body",
@@ -338,15 +339,6 @@ def create_sampling_session_body(
     return body
 
 
-def retrieve_future_body(request_id: str, *, allow_metadata_only: bool) -> dict[str, Any]:
-    """Body of ``POST /api/v1/retrieve_future``.
-
-    Example::
-
-        retrieve_future_body("req-1", allow_metadata_only=True)
-        # {"request_id": "req-1", "allow_metadata_only": True}
-    """
-    return {"request_id": request_id, "allow_metadata_only": allow_metadata_only}
 
 
 def cancel_future_body(request_id: str) -> dict[str, Any]:
@@ -370,7 +362,126 @@ def _chunk_limit(client_config: Mapping[str, Any], key: str, default: int) -> in
     return value
 
 
-class TinkerDialect:
+class TinkerProtocol:
+    """The requests both dialects send alike (the tinker protocol's session plumbing), and the
+    tinker defaults of every capability a dialect may change. :class:`TinkerDialect` and the
+    Fireworks dialect derive from it.
+
+    Example::
+
+        TINKER.session_heartbeat_body("s1")  # {"session_id": "s1", "type": "session_heartbeat"}
+    """
+
+    extras: frozenset[str] = frozenset()
+    saves_sampler_as_snapshot = False
+    adds_response_tokens = False
+    cancels_timed_out_samples = True
+    unloads_models_on_close = False
+    has_trainer_jobs = False
+    checkpoint_rows_path: str | None = None
+
+    def request_type(self, op: str) -> str:
+        """``REQUEST_TYPE[op]``."""
+        return REQUEST_TYPE[op]
+
+    def client_config_body(self) -> dict[str, Any]:
+        """Body of ``client/config``."""
+        return client_config_body()
+
+    def session_heartbeat_body(self, session_id: str) -> dict[str, Any]:
+        """Body of ``session_heartbeat``."""
+        return session_heartbeat_body(session_id)
+
+    def finish_session_body(
+        self, session_id: str, status: Literal["success", "errored", "interrupted"]
+    ) -> dict[str, Any]:
+        """Body of ``sessions/{id}/finish``."""
+        return finish_session_body(session_id, status=status)
+
+    def get_info_body(self, model_id: str) -> dict[str, Any]:
+        """Body of ``get_info``."""
+        return get_info_body(model_id)
+
+    def create_sampling_session_body(
+        self,
+        *,
+        session_id: str,
+        sampling_session_seq_id: int,
+        model_path: str | None,
+        base_model: str | None,
+    ) -> dict[str, Any]:
+        """Body of ``create_sampling_session``."""
+        return create_sampling_session_body(
+            session_id=session_id,
+            sampling_session_seq_id=sampling_session_seq_id,
+            model_path=model_path,
+            base_model=base_model,
+        )
+
+    def ephemeral_sampler_body(
+        self, *, model_id: str, seq_id: int, sampling_session_seq_id: int
+    ) -> dict[str, Any]:
+        """Body of an unnamed ``save_weights_for_sampler`` (a new sampling session)."""
+        return ephemeral_sampler_body(
+            model_id=model_id, seq_id=seq_id, sampling_session_seq_id=sampling_session_seq_id
+        )
+
+    def cancel_future_body(self, request_id: str) -> dict[str, Any]:
+        """Body of ``cancel_future``."""
+        return cancel_future_body(request_id)
+
+    def new_snapshot_suffix(self) -> str | None:
+        """``None``: snapshot names are derived from the session (:func:`snapshot_name`)."""
+        return None
+
+    def chunk_order(self, n_chunks: int, *, forward_only: bool) -> list[int]:
+        """The tinker SDK sends the first chunk last."""
+        del forward_only
+        return [*range(1, n_chunks), 0]
+
+    def default_export_precision(self, checkpoint_type: str) -> str | None:
+        """No export precision unless asked for."""
+        del checkpoint_type
+        return None
+
+    def parse_checkpoint_rows(self, reply: Any) -> list[dict[str, Any]]:
+        """Never called: :attr:`checkpoint_rows_path` is ``None`` (listed per training run)."""
+        del reply
+        raise ProtocolError(
+            "checkpoint listing", "the tinker dialect lists checkpoints per training run"
+        )
+
+    def checkpoint_reference(self, name: str, source_job_id: str | None) -> str | None:
+        """``None`` (the server is asked); a ``cross_job://`` reference is refused."""
+        del source_job_id
+        if name.startswith("cross_job://"):
+            raise InvalidInput(
+                "checkpoint_name", "cross_job:// references are Fireworks-only (tinker dialect)"
+            )
+        return None
+
+    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
+        """Refused: the tinker dialect has no ``unload_model``."""
+        del model_id
+        raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
+
+    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
+        """Refused: the tinker dialect has no ``load_adapter``."""
+        del model_id, seq_id, adapter_path
+        raise InvalidInput("load_adapter", "is Fireworks-only: the tinker dialect has none")
+
+    def checkpoint_load_reference(self, path: str) -> str:
+        """The ``tinker://`` path itself."""
+        return path
+
+    def checkpoint_delete_path(self, path: str) -> str | None:
+        """``/api/v1/training_runs/{run}/checkpoints/{checkpoint}`` of a ``tinker://`` path."""
+        parsed = validate_tinker_path(path)
+        checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
+        return f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints/{checkpoint_id}"
+
+
+class TinkerDialect(TinkerProtocol):
     """The tinker SDK 0.38 wire (``protocol/tinker-wire.md``), byte for byte.
 
     Example::

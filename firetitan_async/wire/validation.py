@@ -26,14 +26,21 @@ from .._sdk_private import tensor_array
 from ..errors import InvalidInput
 
 __all__ = [
+    "CHECKPOINT_TYPES",
+    "EXPORT_PRECISIONS",
     "FIREWORKS_LOSS_INPUTS",
+    "GRAD_ACC_NORMALIZATIONS",
+    "GRAD_NORM_METRICS_MODES",
     "KNOWN_LOSS_FUNCTIONS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
+    "normalize_choice",
     "validate_adam_params",
     "validate_checkpoint_name",
     "validate_forward_backward",
+    "validate_optim_extras",
     "validate_sample_args",
+    "validate_snapshot_options",
     "validate_tinker_path",
     "validate_ttl",
 ]
@@ -463,3 +470,78 @@ def validate_sample_args(
     top_k = params.top_k
     if top_k != -1 and top_k < 1:
         raise InvalidInput("sampling_params.top_k", f"must be -1 (no limit) or >= 1, got {top_k}")
+
+
+CHECKPOINT_TYPES = ("base", "delta", "merged_base")
+EXPORT_PRECISIONS = ("source", "bf16", "nvfp4", "mxfp8", "fp8_block128")
+GRAD_ACC_NORMALIZATIONS = ("num_loss_tokens", "num_sequences", "none")
+GRAD_NORM_METRICS_MODES = ("off", "basic", "detailed")
+"""The option values of the Fireworks extras (checked before a dialect refuses them)."""
+
+
+def normalize_choice(
+    value: Any, choices: Sequence[str], field: str, *, allow_bool: bool = False
+) -> Any:
+    """``value`` as its wire string (enums by ``.value``, case-insensitive), or ``None``.
+
+    Example::
+
+        normalize_choice("NUM_LOSS_TOKENS", GRAD_ACC_NORMALIZATIONS, "x")  # "num_loss_tokens"
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        if allow_bool:
+            return value
+        raise InvalidInput(field, f"must be one of {', '.join(choices)}, got {value!r}")
+    text = str(getattr(value, "value", value)).lower()
+    if text not in choices:
+        extra = "a bool or " if allow_bool else ""
+        raise InvalidInput(field, f"must be {extra}one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def validate_optim_extras(
+    grad_accumulation_normalization: Any, emit_grad_norm_metrics: Any
+) -> tuple[str | None, bool | str | None]:
+    """``optim_step``'s extras as wire values (``InvalidInput`` naming the field otherwise).
+
+    Example::
+
+        validate_optim_extras("NUM_LOSS_TOKENS", True)  # ("num_loss_tokens", True)
+    """
+    normalization = normalize_choice(
+        grad_accumulation_normalization,
+        GRAD_ACC_NORMALIZATIONS,
+        "grad_accumulation_normalization",
+    )
+    grad_norm = normalize_choice(
+        emit_grad_norm_metrics,
+        GRAD_NORM_METRICS_MODES,
+        "emit_grad_norm_metrics",
+        allow_bool=True,
+    )
+    return normalization, grad_norm
+
+
+def validate_snapshot_options(
+    checkpoint_type: str | None, export_precision: str | None, metadata: Any
+) -> None:
+    """Refuse a sampler snapshot's unknown type or precision, or a non-dict ``metadata``.
+
+    Example::
+
+        validate_snapshot_options("delta", None, None)
+    """
+    if checkpoint_type is not None and checkpoint_type not in CHECKPOINT_TYPES:
+        raise InvalidInput(
+            "checkpoint_type",
+            f"must be one of {', '.join(CHECKPOINT_TYPES)} or None, got {checkpoint_type!r}",
+        )
+    if export_precision is not None and export_precision not in EXPORT_PRECISIONS:
+        raise InvalidInput(
+            "export_precision",
+            f"must be one of {', '.join(EXPORT_PRECISIONS)}, got {export_precision!r}",
+        )
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidInput("metadata", f"must be a dict, got {type(metadata).__name__}")

@@ -20,10 +20,10 @@ from firetitan_async import (
     ServiceSession,
     SessionClosed,
 )
-from firetitan_async._session._session import resolve_dialect
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 from firetitan_async.local._recorder import Recorder
+from firetitan_async.wire import resolve_dialect
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +89,7 @@ def test_from_job_is_always_fireworks() -> None:
 
 async def test_bootstrap_and_session_end_as_the_sdk(rec: Recorder) -> None:
     async with ServiceSession(rec.base_url) as session:
-        assert session.dialect == "fireworks" and session._client_config == {}
+        assert session.dialect == "fireworks" and session.client_config == {}
         client = await session.create_training_client(MODEL, lora_rank=4, seed=9, lora_alpha=16)
     endpoints = [ex.endpoint for ex in rec.records]
     assert endpoints[:3] == ["create_session", "create_model", "retrieve_future"]
