@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from .errors import FiretitanError, UsageError
+from .errors import FiretitanError, Interrupted, UsageError
 
 __all__ = ["Interrupted", "cleanup_on_signals"]
 
@@ -43,28 +43,6 @@ logger = logging.getLogger("firetitan_async")
 
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-
-class Interrupted(FiretitanError, SystemExit):
-    """A signal cancelled a :func:`cleanup_on_signals` block, which then cleaned up.
-
-    ``signal`` is the signal number, ``exit_code`` (also ``code``) the conventional exit
-    status, 128 + it. It is a ``SystemExit`` too: left uncaught, it ends the program with that
-    status and no traceback, like ``sys.exit`` (what a scheduler that sent SIGTERM expects).
-
-    Example::
-
-        try:
-            anyio.run(main)
-        except Interrupted as exc:
-            print(exc, file=sys.stderr)
-            sys.exit(exc.exit_code)      # 130 for SIGINT, 143 for SIGTERM
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up")
-        self.signal = signum
-        self.exit_code = 128 + signum
-        self.code = self.exit_code
 
 
 class cleanup_on_signals:  # lower case: reads like a function, `async with cleanup_on_signals():`

@@ -14,17 +14,23 @@ Example::
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
     "APIStatusError",
+    "CleanupFailed",
+    "DeploymentFailed",
     "FiretitanError",
     "HotloadFailed",
+    "Interrupted",
     "InvalidInput",
     "OperationTimeout",
+    "PlatformAPIError",
     "ProtocolError",
     "ReadinessTimeout",
+    "ReplyTooLarge",
     "RequestFailedError",
     "SamplingError",
     "SessionClosed",
@@ -277,3 +283,98 @@ class HotloadFailed(FiretitanError):
         self.snapshot = snapshot
         self.detail = detail
         super().__init__(f"hot-load of {snapshot!r} onto {deployment_id!r} failed: {detail}")
+
+
+class ReplyTooLarge(FiretitanError):
+    """The reply was larger than the transport's ``max_reply_bytes``.
+
+    Not an ``httpx.TransportError``: the same request would get the same reply, so no retry
+    loop retries it.
+    """
+
+
+class Interrupted(FiretitanError, SystemExit):
+    """A signal cancelled a :func:`cleanup_on_signals` block, which then cleaned up.
+
+    ``signal`` is the signal number, ``exit_code`` (also ``code``) the conventional exit
+    status, 128 + it. It is a ``SystemExit`` too: left uncaught, it ends the program with that
+    status and no traceback, like ``sys.exit`` (what a scheduler that sent SIGTERM expects).
+
+    Example::
+
+        try:
+            anyio.run(main)
+        except Interrupted as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(exc.exit_code)      # 130 for SIGINT, 143 for SIGTERM
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up")
+        self.signal = signum
+        self.exit_code = 128 + signum
+        self.code = self.exit_code
+
+
+class CleanupFailed(FiretitanError):
+    """Releasing a created resource failed or outlived its grace period: it may still bill.
+
+    ``resources`` names each one left behind (``"trainer job <id>"``).
+
+    Example::
+
+        try:
+            async with jobs.create_and_wait(config, grace_s=10) as endpoint:
+                ...
+        except CleanupFailed as exc:
+            print("still running, delete by hand:", exc.resources)
+    """
+
+    def __init__(self, resources: list[str], detail: str) -> None:
+        self.resources = list(resources)
+        super().__init__(f"could not release {', '.join(resources)}: {detail}")
+
+
+class DeploymentFailed(FiretitanError):
+    """A deployment is in a bad state (``FAILED``, ``DELETED``, ``DELETING``), is missing, or
+    did not become ready in time (``state`` says which)."""
+
+    def __init__(self, deployment_id: str, state: str, detail: str = "") -> None:
+        self.deployment_id = deployment_id
+        self.state = state
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"deployment {deployment_id!r} is {state}{suffix}")
+
+
+class PlatformAPIError(APIStatusError):
+    """A non-2xx control-plane reply (a subclass of :class:`~firetitan_async.APIStatusError`).
+
+    ``message`` is the server's message; ``grpc_code`` the ``google.rpc`` code (0–16) when the
+    body carried one; ``reason`` and ``metadata`` come from a ``google.rpc.ErrorInfo`` detail
+    only (never guessed from the text); ``details`` is the raw ``details`` list.
+
+    Example::
+
+        except PlatformAPIError as exc:
+            if exc.reason == "QUOTA_EXCEEDED": ...
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        body: Any = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        message: str = "",
+        grpc_code: int | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        details: list[Any] | None = None,
+    ) -> None:
+        super().__init__(status_code, body, method=method, path=path)
+        self.message = message
+        self.grpc_code = grpc_code
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.details = list(details or [])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 import attrs
 import httpx
 
+from .._http._environment import resolve_api_key
 from .._http._http11_transport import Http11Transport
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
@@ -118,7 +118,7 @@ class DeploymentSampler:
             raise InvalidInput("inference_url", str(exc)) from None
         if not isinstance(model, str) or not model:
             raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
-        key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        key = resolve_api_key(api_key)
         self.model = model
         self.inference_url = base
         if isinstance(concurrency, int):

@@ -33,7 +33,7 @@ import anyio.streams.tls
 import anyio.to_thread
 import httpx
 
-from ..errors import FiretitanError
+from ..errors import ReplyTooLarge
 from ._cpu_turns import CpuTurns, Turn
 from ._http11 import BodyTooLarge, ProtocolViolation, ReplyReader, encode_request
 
@@ -62,13 +62,6 @@ class _Connection:
             with contextlib.suppress(*_STREAM_ERRORS):
                 await self.stream.aclose()
 
-
-class ReplyTooLarge(FiretitanError):
-    """The reply was larger than the transport's ``max_reply_bytes``.
-
-    Not an ``httpx.TransportError``: the same request would get the same reply, so no retry
-    loop retries it.
-    """
 
 
 class _ReplyStarted(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -16,6 +15,7 @@ import httpx
 import pydantic
 from tinker import types
 
+from .._http._environment import resolve_api_key
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
 from .._http._transport import Transport, check_url_security
@@ -61,10 +61,6 @@ _FINISH_TIMEOUT_S = 5.0
 # trainer answers 503 (a failed job's gateway says 503 "not running" to every call).
 _JOB_CHECK_INTERVAL_S = 1.0
 
-
-
-def _default_api_key() -> str | None:
-    return os.environ.get("FIREWORKS_API_KEY") or os.environ.get("TINKER_API_KEY") or None
 
 
 def _finish_status(exc_type: type[BaseException] | None) -> _FinishStatus:
@@ -134,7 +130,7 @@ class ServiceSession:
             if base_url
             else None
         )
-        self._api_key = api_key if api_key is not None else _default_api_key()
+        self._api_key = resolve_api_key(api_key)
         self._codec: Dialect = dialect_named(
             resolve_dialect(dialect, base_url or "", self._api_key)
         )

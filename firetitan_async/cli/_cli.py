@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 from typing import Final
 
+from .._http._environment import ACCOUNT_VAR, CONTROL_PLANE_URL_VAR, resolve_setting
 from .._http._retry import RetryPolicy
 from ..platform._rest import DEFAULT_BASE_URL
 
@@ -27,8 +27,6 @@ _COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "jobs", "checkpoin
 
 #: A command should report an unreachable control plane in seconds, not after minutes of retries.
 CLI_RETRY: Final = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
-ACCOUNT_VAR: Final = "FIREWORKS_ACCOUNT_ID"
-CONTROL_PLANE_URL_VAR: Final = "FIREWORKS_BASE_URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,12 +83,12 @@ def add_control_plane_args(parser: argparse.ArgumentParser) -> None:
 
 def control_plane_url(explicit: str | None) -> str:
     """``explicit``, else ``$FIREWORKS_BASE_URL``, else the Fireworks API."""
-    return explicit or os.environ.get(CONTROL_PLANE_URL_VAR) or DEFAULT_BASE_URL
+    return resolve_setting(explicit, CONTROL_PLANE_URL_VAR, DEFAULT_BASE_URL)
 
 
 def control_plane_account(explicit: str | None) -> str | None:
     """``explicit``, else ``$FIREWORKS_ACCOUNT_ID``, else None (resolved from the key)."""
-    return explicit or os.environ.get(ACCOUNT_VAR) or None
+    return resolve_setting(explicit, ACCOUNT_VAR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

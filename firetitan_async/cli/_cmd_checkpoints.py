@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import anyio
 from tinker import types
 
+from .._http._environment import (
+    API_KEY_VARS,
+    CONTROL_PLANE_URL_VAR,
+    DATA_PLANE_URL_VAR,
+    resolve_api_key,
+    resolve_setting,
+)
 from .._http._retry import RetryPolicy
-from .._http._transport import Transport, check_url_security
+from .._http._transport import Transport, check_url_security, is_loopback_url
 from ..errors import APIStatusError, FiretitanError
 from ..platform._rest import DEFAULT_BASE_URL
-from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, control_plane_url
+from ._cli import CLI_RETRY, control_plane_url
 
 __all__ = ["add_parser", "list_checkpoints"]
 
-_KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
-_URL_VAR = "TINKER_BASE_URL"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument(
         "--base-url",
         default=None,
-        help=f"the trainer's data-plane URL (default: ${_URL_VAR})",
+        help=f"the trainer's data-plane URL (default: ${DATA_PLANE_URL_VAR})",
     )
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="MODEL_ID", help="a training run (its model id)")
@@ -67,8 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=(
             "list --job's checkpoints from the Fireworks control plane instead, with whether "
             f"each is promotable (--base-url is then the control plane: default "
-            f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL}); works for stopped and deleted "
-            "jobs too"
+            f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL}); works for stopped and "
+            "deleted jobs too"
         ),
     )
     listing.set_defaults(func=_run_list)
@@ -184,17 +188,16 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     if args.control_plane:
         return _run_control_plane_list(args)
-    base_url = args.base_url or os.environ.get(_URL_VAR)
+    base_url = resolve_setting(args.base_url, DATA_PLANE_URL_VAR)
     if not base_url:
-        return _fail(f"no trainer URL: pass --base-url URL or set {_URL_VAR}", 2)
+        return _fail(f"no trainer URL: pass --base-url URL or set {DATA_PLANE_URL_VAR}", 2)
     try:
         base_url = check_url_security(base_url, allow_insecure_http=False)
     except ValueError as exc:
         return _fail(str(exc), 2)
-    api_key = next((os.environ[v] for v in _KEY_VARS if os.environ.get(v)), None)
-    host = urlsplit(base_url).hostname or ""
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        return _fail(f"no API key: set {' or '.join(_KEY_VARS)}", 2)
+    api_key = resolve_api_key(None)
+    if api_key is None and not is_loopback_url(base_url):
+        return _fail(f"no API key: set {' or '.join(API_KEY_VARS)}", 2)
     if args.limit < 1:
         return _fail(f"--limit must be >= 1, got {args.limit}", 2)
     try:

@@ -10,6 +10,7 @@ from typing import TextIO
 
 import anyio
 
+from .._http._environment import API_KEY_VARS
 from ..errors import (
     APIStatusError,
     FiretitanError,
@@ -22,7 +23,6 @@ from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, cont
 
 __all__ = ["add_parser", "wait_for_job"]
 
-_KEY_VAR = "FIREWORKS_API_KEY"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Poll a service-mode trainer job until it is RUNNING and its trainer answers, "
             "printing a line per state change on stderr and finally the trainer URL on stdout. "
-            f"The API key comes from ${_KEY_VAR} (not needed for a local trainer on loopback). "
+            f"The API key comes from ${API_KEY_VARS[0]} or ${API_KEY_VARS[1]} "
+            "(not needed for a local trainer on loopback). "
             "Exit status: 0 ready, 1 failed or timed out, 2 usage error."
         ),
     )
@@ -148,7 +149,8 @@ def _run_wait(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except APIStatusError as exc:
         if exc.status_code in (401, 403):
-            hint = f"set {_KEY_VAR}" if not jobs.has_api_key else f"check {_KEY_VAR}"
+            var = API_KEY_VARS[0]
+            hint = f"set {var}" if not jobs.has_api_key else f"check {var}"
             return _fail(f"the control plane at {base_url} refused the API key ({exc}); {hint}")
         if exc.status_code == 404:
             where = f"account {account_id!r}" if account_id else "the key's account"

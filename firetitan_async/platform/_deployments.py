@@ -37,7 +37,7 @@ import attrs
 import httpx
 
 from .._http._retry import RetryPolicy
-from ..errors import FiretitanError, HotloadFailed, InvalidInput
+from ..errors import DeploymentFailed, FiretitanError, HotloadFailed, InvalidInput
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
 from ._rest import DEFAULT_BASE_URL, RestClient, RestCore
 
@@ -56,16 +56,6 @@ _TRANSITIONS: Final = ("ASYNC", "SYNC")
 COMPRESSION_FORMAT: Final = "arc_v2"
 CHECKSUM_FORMAT: Final = "alder32"
 
-
-class DeploymentFailed(FiretitanError):
-    """A deployment is in a bad state (``FAILED``, ``DELETED``, ``DELETING``), is missing, or
-    did not become ready in time (``state`` says which)."""
-
-    def __init__(self, deployment_id: str, state: str, detail: str = "") -> None:
-        self.deployment_id = deployment_id
-        self.state = state
-        suffix = f": {detail}" if detail else ""
-        super().__init__(f"deployment {deployment_id!r} is {state}{suffix}")
 
 
 def _record(deployment_id: str, value: object) -> dict[str, Any]:

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ import anyio
 import attrs
 import httpx
 
+from .._http._environment import TRAINER_GATEWAY_URL_VAR, resolve_setting
 from .._http._retry import RetryPolicy
 from .._http._transport import check_url_security
 from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
@@ -60,7 +60,6 @@ __all__ = ["TrainerJobs"]
 
 logger = logging.getLogger("firetitan_async.jobs")
 
-_GATEWAY_VAR: Final = "FIREWORKS_TRAINER_GATEWAY_URL"
 _JOB_ID_PREFIX: Final = "training-api-service"
 _NAME_RE: Final = re.compile(rf"^accounts/([^/]+)/{COLLECTION}/([^/]+)$")
 
@@ -115,7 +114,9 @@ class TrainerJobs(RestClient):
                 allow_insecure_http=allow_insecure_http,
             )
         )
-        gateway = trainer_gateway_url or os.environ.get(_GATEWAY_VAR) or self._rest.base_url
+        gateway = resolve_setting(
+            trainer_gateway_url, TRAINER_GATEWAY_URL_VAR, self._rest.base_url
+        )
         try:
             self.trainer_gateway_url = check_url_security(
                 gateway, allow_insecure_http=allow_insecure_http

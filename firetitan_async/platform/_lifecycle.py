@@ -42,7 +42,7 @@ from typing import Final, Generic, TypeVar
 
 import anyio
 
-from ..errors import FiretitanError, InvalidInput, UsageError
+from ..errors import CleanupFailed, FiretitanError, InvalidInput, UsageError
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -66,24 +66,6 @@ _TAG_PREFIX: Final = "firetitan-async:"
 _TAG_LIMIT: Final = 63  # a job's displayName must be fewer than 64 characters
 _PID_RE: Final = re.compile(r"[0-9]{1,10}")
 
-
-class CleanupFailed(FiretitanError):
-    """Releasing a created resource failed or outlived its grace period: it may still bill.
-
-    ``resources`` names each one left behind (``"trainer job <id>"``).
-
-    Example::
-
-        try:
-            async with jobs.create_and_wait(config, grace_s=10) as endpoint:
-                ...
-        except CleanupFailed as exc:
-            print("still running, delete by hand:", exc.resources)
-    """
-
-    def __init__(self, resources: list[str], detail: str) -> None:
-        self.resources = list(resources)
-        super().__init__(f"could not release {', '.join(resources)}: {detail}")
 
 
 def owner_tag(*, host: str | None = None, pid: int | None = None) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Final, Self, cast
 import anyio
 import httpx
 
+from .._http._environment import API_KEY_VARS, resolve_api_key
 from .._http._redact import SECRET_HEADERS, Redactor
 from .._http._retry import RetryPolicy
 from .._http._send import send_with_retry
@@ -69,7 +70,6 @@ LONG_WRITE_TIMEOUT_S: Final = 300.0
 #: the trainer's ``/api/v1/healthz`` probe.
 HEALTHZ_TIMEOUT_S: Final = 5.0
 
-_KEY_VAR: Final = "FIREWORKS_API_KEY"
 _CLIENT_SOURCE_RE: Final = re.compile(
     r"^fireworks-training-skill(?:/[0-9A-Za-z][0-9A-Za-z._+-]{0,63})?$"
 )
@@ -134,11 +134,11 @@ class RestCore:
             self.base_url = check_url_security(base_url, allow_insecure_http=allow_insecure_http)
         except ValueError as exc:
             raise InvalidInput("base_url", str(exc)) from None
-        key = api_key if api_key is not None else os.environ.get(_KEY_VAR)
-        self.api_key: str | None = key or None
+        self.api_key = resolve_api_key(api_key)
         if self.api_key is None and not is_loopback_url(self.base_url):
             raise FiretitanError(
-                f"no API key for {self.base_url}: pass api_key=... or set {_KEY_VAR}"
+                f"no API key for {self.base_url}: pass api_key=... or set "
+                f"{' or '.join(API_KEY_VARS)}"
             )
         self.allow_insecure_http = allow_insecure_http
         self.retry = retry or _DEFAULT_RETRY

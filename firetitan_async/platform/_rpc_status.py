@@ -15,52 +15,18 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from .._http._redact import Redactor
 from .._http._send import redacted_body
-from ..errors import APIStatusError
+from ..errors import PlatformAPIError
 
 __all__ = ["PlatformAPIError", "platform_error"]
 
 _ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
-
-class PlatformAPIError(APIStatusError):
-    """A non-2xx control-plane reply (a subclass of :class:`~firetitan_async.APIStatusError`).
-
-    ``message`` is the server's message; ``grpc_code`` the ``google.rpc`` code (0–16) when the
-    body carried one; ``reason`` and ``metadata`` come from a ``google.rpc.ErrorInfo`` detail
-    only (never guessed from the text); ``details`` is the raw ``details`` list.
-
-    Example::
-
-        except PlatformAPIError as exc:
-            if exc.reason == "QUOTA_EXCEEDED": ...
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        body: Any = None,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        message: str = "",
-        grpc_code: int | None = None,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        details: list[Any] | None = None,
-    ) -> None:
-        super().__init__(status_code, body, method=method, path=path)
-        self.message = message
-        self.grpc_code = grpc_code
-        self.reason = reason
-        self.metadata = dict(metadata or {})
-        self.details = list(details or [])
 
 
 def platform_error(response: httpx.Response, redactor: Redactor) -> PlatformAPIError:
