@@ -15,6 +15,7 @@ from firetitan_async import (
     UsageError,
     aresult,
 )
+from firetitan_async._session._session import client_side
 from firetitan_async.local import LocalTrainer
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +59,7 @@ async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer)
 
 # -- no plumbing on the public surface (issue 16 item 5) -------------------------------------
 
-# What a user may touch on a session: its lifetime (``async with``, ``wait_ready``), what it is
+# What a user may touch on a session: its lifetime (``async with``, ``wait_for_ready``), what it is
 # connected to, and the ``create_*`` methods. Everything the clients need is private.
 _SESSION_SURFACE = {
     "add_event_hook",
@@ -71,7 +72,8 @@ _SESSION_SURFACE = {
     "from_job",
     "session_id",
     "throughput",
-    "wait_ready",
+    "wait_for_ready",
+    "wait_ready",  # deprecated alias of wait_for_ready (one release)
 }
 _PLUMBING_NAMES = {
     "spawn_operation",
@@ -119,4 +121,30 @@ async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
             assert not _public(obj) & _PLUMBING_NAMES, type(obj).__name__
             assert _plumbing_values(obj) == {}, type(obj).__name__
         # The private interface the clients use is still there (a rename would break them).
-        assert training._session is session and sampling._session is session
+        assert training._session is sampling._session is client_side(session)
+
+
+# -- consistent names; the old ones warn for one release (design.md) ------------------------
+
+# New names this release, each exported from the package.
+NEW_NAMES = {"ReplyTooLarge"}
+# Old name -> (the object that still carries it, its new name).
+DEPRECATED_ALIASES = {"ServiceSession.wait_ready": (ServiceSession, "wait_for_ready")}
+
+
+def test_new_names_are_exported() -> None:
+    assert set(firetitan_async.__all__) >= NEW_NAMES
+    assert all(hasattr(firetitan_async, name) for name in NEW_NAMES)
+
+
+def test_every_deprecated_alias_still_exists_next_to_its_new_name() -> None:
+    for old, (owner, new) in DEPRECATED_ALIASES.items():
+        assert hasattr(owner, old.rsplit(".", 1)[1]) and hasattr(owner, new), old
+
+
+async def test_wait_ready_warns_and_still_waits(local_trainer: LocalTrainer) -> None:
+    async with ServiceSession(local_trainer.base_url) as session:
+        with pytest.warns(DeprecationWarning, match="wait_for_ready"):
+            await session.wait_ready()
+        await session.wait_for_ready()
+        assert session.session_id

@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import attrs
 import httpx
@@ -44,6 +44,7 @@ from .._http._transport import check_url_security
 from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SamplingError
 from ..wire.completions import (
+    CompletionOptions,
     SSEDecoder,
     StreamDelta,
     completion_body,
@@ -160,12 +161,7 @@ class DeploymentSampler:
         prompt_tokens: Sequence[int],
         *,
         n: int = 1,
-        max_tokens: int = 16,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        logprobs: bool = False,
-        seed: int | None = None,
+        **options: Unpack[CompletionOptions],
     ) -> list[SampledCompletion]:
         """``n`` completions of ``prompt_tokens`` (one request). ``InvalidInput`` for a bad
         argument (nothing sent); ``SamplingError`` when the request fails for good.
@@ -174,10 +170,8 @@ class DeploymentSampler:
 
             completions = await sampler.sample(prompt, n=4, max_tokens=32, seed=7)
         """
-        body = completion_body(
-            self.model, prompt_tokens, n=n, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, stop=stop, logprobs=logprobs, seed=seed,
-        )
+        body = completion_body(self.model, prompt_tokens, n=n, **options)
+        logprobs = options.get("logprobs", False)
         request_id = uuid.uuid4().hex
         sender = _Slotted(self, stream=False)
         response = await self._send_with_retry(sender, body, request_id, {})
@@ -199,13 +193,7 @@ class DeploymentSampler:
     async def stream(
         self,
         prompt_tokens: Sequence[int],
-        *,
-        max_tokens: int = 16,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        logprobs: bool = False,
-        seed: int | None = None,
+        **options: Unpack[CompletionOptions],
     ) -> AsyncIterator[StreamDelta]:
         """Token deltas of one completion as the server streams them (SSE), then one delta
         with its ``finish_reason``. Retried like ``sample`` until the first event arrives.
@@ -215,10 +203,9 @@ class DeploymentSampler:
             async for delta in sampler.stream(prompt, max_tokens=64):
                 if delta.token is not None: tokens.append(delta.token)
         """
-        body = completion_body(
-            self.model, prompt_tokens, n=1, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, stop=stop, logprobs=True, seed=seed, stream=True,
-        )
+        logprobs = options.get("logprobs", False)
+        wire_options: CompletionOptions = {**options, "logprobs": True}  # always on the wire
+        body = completion_body(self.model, prompt_tokens, n=1, stream=True, **wire_options)
         request_id = uuid.uuid4().hex
         sender = _Slotted(self, stream=True)
         response = await self._send_with_retry(

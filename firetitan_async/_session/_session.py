@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -39,6 +40,7 @@ from ..wire.futures import decode_json_result, validate_reply
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._pending import Pending
+from ._protocol import ClientSession
 from ._throughput import Throughput
 from ._tracking import OperationMonitor
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
 
-__all__ = ["ServiceSession"]
+__all__ = ["ServiceSession", "client_side"]
 
 T = TypeVar("T")
 _M = TypeVar("_M", bound=pydantic.BaseModel)
@@ -151,6 +153,7 @@ class ServiceSession:
         # The server's client/config reply (feature flags, chunking limits; {} in the
         # fireworks dialect, which never asks).
         self._client_config: dict[str, Any] = {}
+        self._client_side = _ClientSide(self)  # what the clients see of the session
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._entered = False
@@ -328,7 +331,7 @@ class ServiceSession:
         ):
             return
         try:
-            await self.transport.call(
+            await self._open_transport.call(
                 "POST",
                 "/api/v1/cancel_future",
                 json_body=self._codec.cancel_future_body(pending.request_id),
@@ -337,7 +340,7 @@ class ServiceSession:
         except FiretitanError as exc:
             logger.debug("could not cancel %s on the server: %s", pending.request_id, exc)
 
-    def check_open(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise SessionClosed("this ServiceSession has been closed")
         if not self._entered:
@@ -370,28 +373,18 @@ class ServiceSession:
         if self._job_failure is not None:
             raise TrainerJobFailed(*self._job_failure)
 
-    # -- the clients' interface (:class:`~._protocol.ClientSession`; internal) ----------------
+    # -- the clients' interface (private; :class:`_ClientSide` hands it to the clients) -------
 
-    @property
-    def codec(self) -> Dialect:
-        """The wire dialect object (internal: the clients' interface)."""
-        return self._codec
-
-    @property
-    def client_config(self) -> Mapping[str, Any]:
-        """The server's ``client/config`` reply (internal: the clients' interface)."""
-        return self._client_config
-
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
-        self.check_open()
+        self._check_open()
         assert self._task_group is not None and self._idle is not None
         self._active_ops += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._task_group.start_soon(self._run_counted, fn)
 
-    def track_operation(
+    def _track_operation(
         self,
         pending: Pending[Any],
         work: Callable[[], Awaitable[T]],
@@ -471,7 +464,7 @@ class ServiceSession:
         if self._session_id is None:
             raise FiretitanError(
                 "the session has no server-side id yet: enter it, and for a session made by "
-                "from_job() await session.wait_ready() first"
+                "from_job() await session.wait_for_ready() first"
             )
         return self._session_id
 
@@ -486,21 +479,20 @@ class ServiceSession:
         return self._base_url
 
     @property
-    def transport(self) -> Transport:
-        """The session's transport (internal: the clients' interface; raises if the session is
-        not ready)."""
-        self.check_open()
+    def _open_transport(self) -> Transport:
+        """The session's transport (for the clients; raises if the session is not ready)."""
+        self._check_open()
         if self._transport is None:
-            raise FiretitanError("the session is not ready yet: await session.wait_ready()")
+            raise FiretitanError("the session is not ready yet: await session.wait_for_ready()")
         return self._transport
 
-    async def wait_ready(self) -> None:
+    async def wait_for_ready(self) -> None:
         """Wait until the trainer is ready and the server-side session exists.
 
         For a plain session this returns at once. For one made by :meth:`from_job` it waits for
         the job to be RUNNING, then opens the server-side session.
         """
-        self.check_open()
+        self._check_open()
         assert self._bootstrap_lock is not None
         async with self._bootstrap_lock:
             if self._session_id is None:
@@ -510,6 +502,21 @@ class ServiceSession:
                         endpoint.base_url, allow_insecure_http=self._allow_insecure_http
                     )
                 await self._bootstrap()
+
+    async def wait_ready(self) -> None:
+        """Deprecated alias of :meth:`wait_for_ready` (the library's one waiting verb); it
+        warns and goes away in the next release.
+
+        Example::
+
+            await session.wait_for_ready()   # not session.wait_ready()
+        """
+        warnings.warn(
+            "ServiceSession.wait_ready() is deprecated; use wait_for_ready()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        await self.wait_for_ready()
 
     async def _bootstrap(self) -> None:
         assert self._base_url is not None
@@ -613,7 +620,7 @@ class ServiceSession:
     ) -> TrainingClient:
         from .._clients._training import TrainingClient
 
-        self.check_open()
+        self._check_open()
         if not isinstance(spec.base_model, str) or not spec.base_model:
             raise InvalidInput("base_model", "must be a non-empty string")
         codec = self._codec
@@ -627,8 +634,8 @@ class ServiceSession:
             )
         self._training_keys.add(spec)
         try:
-            await self.wait_ready()
-            transport = self.transport
+            await self.wait_for_ready()
+            transport = self._open_transport
             model_seq_id = self._model_seq
             self._model_seq += 1
             accepted = await transport.submit(
@@ -661,7 +668,7 @@ class ServiceSession:
                 raise clean from None
             raise
         return TrainingClient(
-            self,
+            self._client_side,
             model_id=created.model_id,
             spec=spec,
             info=info,
@@ -681,16 +688,16 @@ class ServiceSession:
         from .._clients._sampling import SamplingClient
         from ..wire.validation import validate_tinker_path
 
-        self.check_open()
+        self._check_open()
         if (model_path is None) == (base_model is None):
             raise InvalidInput("model_path", "give exactly one of model_path or base_model")
         if model_path is not None:
             # A sampler path is what the trainer returned (tinker:// on the local trainer), in
             # both dialects: sampling sessions are the local trainer's, not Fireworks'.
             validate_tinker_path(model_path, field="model_path")
-        await self.wait_ready()
-        seq = self.next_sampling_session_seq_id()
-        reply = await self.transport.call(
+        await self.wait_for_ready()
+        seq = self._next_sampling_session_seq_id()
+        reply = await self._open_transport.call(
             "POST",
             "/api/v1/create_sampling_session",
             json_body=self._codec.create_sampling_session_body(
@@ -704,10 +711,10 @@ class ServiceSession:
             types.CreateSamplingSessionResponse, reply, "create_sampling_session reply"
         ).sampling_session_id
         return SamplingClient(
-            self, sampling_session_id, model_path=model_path, base_model=base_model
+            self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
-    def next_sampling_session_seq_id(self) -> int:
+    def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq
         self._sampling_seq += 1
@@ -723,3 +730,63 @@ def _capabilities(payload: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         return {}
     return {k: v for k, v in obj.items() if k not in ("model_id", "type")}
+
+
+class _ClientSide:
+    """The session as its clients see it (:class:`~._protocol.ClientSession`): the session's
+    private interface under public names, on an object users never hold, so the session's own
+    public surface stays free of plumbing and no client reads a session's private member.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: ServiceSession) -> None:
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"<client side of {self._session!r}>"
+
+    @property
+    def codec(self) -> Dialect:
+        return self._session._codec
+
+    @property
+    def transport(self) -> Transport:
+        return self._session._open_transport
+
+    @property
+    def client_config(self) -> Mapping[str, Any]:
+        return self._session._client_config
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+    def check_open(self) -> None:
+        self._session._check_open()
+
+    def next_sampling_session_seq_id(self) -> int:
+        return self._session._next_sampling_session_seq_id()
+
+    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._session._spawn_operation(fn)
+
+    def track_operation(
+        self,
+        pending: Pending[Any],
+        work: Callable[[], Awaitable[T]],
+        *,
+        deadlines: Deadlines | None = None,
+        tokens: int | None = None,
+    ) -> Awaitable[T]:
+        return self._session._track_operation(pending, work, deadlines=deadlines, tokens=tokens)
+
+
+def client_side(session: ServiceSession) -> ClientSession:
+    """What the clients (and the loops) use of ``session``: :class:`~._protocol.ClientSession`.
+
+    Example::
+
+        client_side(session).transport  # the open transport, for a loop's own request
+    """
+    return session._client_side

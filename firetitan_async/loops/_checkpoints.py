@@ -29,7 +29,7 @@ from tinker import types
 
 from .._clients._training import TrainingClient
 from .._session._pending import Pending
-from .._session._session import ServiceSession
+from .._session._session import ServiceSession, client_side
 from ..errors import InvalidInput
 
 __all__ = ["CheckpointManager", "CheckpointStore", "SaveRecord", "TrainerCheckpoints"]
@@ -76,13 +76,14 @@ class TrainerCheckpoints:
 
     async def restore(self, path: str) -> None:
         await self._client.load_state_with_optimizer(
-            self._session.codec.checkpoint_load_reference(path)
+            client_side(self._session).codec.checkpoint_load_reference(path)
         )
 
     async def delete(self, path: str) -> None:
-        delete_path = self._session.codec.checkpoint_delete_path(path)
+        session = client_side(self._session)
+        delete_path = session.codec.checkpoint_delete_path(path)
         if delete_path is not None:
-            await self._session.transport.call("DELETE", delete_path)
+            await session.transport.call("DELETE", delete_path)
 
 
 class _SavedPath:

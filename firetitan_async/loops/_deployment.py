@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Sequence
+from typing import Unpack
 
 from .._clients._deployment_sampler import DeploymentSampler, SampledCompletion
 from ..errors import InvalidInput
 from ..platform._publisher import PublishedVersion, WeightPublisher
+from ..wire.completions import CompletionOptions
 
 __all__ = ["DeploymentPolicy", "DeploymentPolicySampler"]
 
@@ -100,19 +102,11 @@ class DeploymentPolicySampler:
         prompt_tokens: Sequence[int],
         *,
         n: int = 1,
-        max_tokens: int = 16,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        logprobs: bool = False,
-        seed: int | None = None,
+        **options: Unpack[CompletionOptions],
     ) -> list[SampledCompletion]:
         """:meth:`DeploymentSampler.sample <firetitan_async.DeploymentSampler.sample>` on the
         policy's deployment."""
-        return await self.policy.sampler.sample(
-            prompt_tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            stop=stop, logprobs=logprobs, seed=seed,
-        )
+        return await self.policy.sampler.sample(prompt_tokens, n=n, **options)
 
     def version_of(self, completion: SampledCompletion) -> int | None:
         """The policy version that served ``completion`` (None: not one of this policy's)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import attrs
 
@@ -23,6 +23,7 @@ from ..errors import InvalidInput, SamplingError
 
 __all__ = [
     "ChoiceResult",
+    "CompletionOptions",
     "SSEDecoder",
     "StreamDelta",
     "completion_body",
@@ -60,20 +61,48 @@ def _check_int(field: str, value: object, minimum: int) -> int:
     return value
 
 
+class CompletionOptions(TypedDict, total=False):
+    """The options of one completions request, in one place (every sampling call of a
+    deployment takes them as keywords; the defaults are :func:`completion_body`'s).
+
+    ``max_tokens`` (16), ``temperature`` (1.0), ``top_p`` (1.0), ``stop`` (none),
+    ``logprobs`` (False), ``seed`` (none).
+
+    Example::
+
+        options: CompletionOptions = {"max_tokens": 32, "temperature": 0.7}
+        completions = await sampler.sample(prompt, n=4, **options)
+    """
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: Sequence[str] | None
+    logprobs: bool
+    seed: int | None
+
+
+_OPTION_NAMES = frozenset(CompletionOptions.__annotations__)
+
+
 def completion_body(
     model: str,
     prompt_tokens: Sequence[int],
     *,
     n: int = 1,
-    max_tokens: int = 16,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    stop: Sequence[str] | None = None,
-    logprobs: bool = False,
-    seed: int | None = None,
     stream: bool = False,
+    **options: Unpack[CompletionOptions],
 ) -> dict[str, Any]:
     """The JSON body of one completions request; ``InvalidInput`` names a bad argument."""
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    max_tokens = options.get("max_tokens", 16)
+    temperature = options.get("temperature", 1.0)
+    top_p = options.get("top_p", 1.0)
+    stop = options.get("stop")
+    logprobs = options.get("logprobs", False)
+    seed = options.get("seed")
     if isinstance(prompt_tokens, str | bytes) or not isinstance(prompt_tokens, Sequence):
         raise InvalidInput("prompt_tokens", "must be a sequence of token ids")
     tokens = list(prompt_tokens)

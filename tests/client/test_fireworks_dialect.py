@@ -89,7 +89,7 @@ def test_from_job_is_always_fireworks() -> None:
 
 async def test_bootstrap_and_session_end_as_the_sdk(rec: Recorder) -> None:
     async with ServiceSession(rec.base_url) as session:
-        assert session.dialect == "fireworks" and session.client_config == {}
+        assert session.dialect == "fireworks" and session._client_config == {}
         client = await session.create_training_client(MODEL, lora_rank=4, seed=9, lora_alpha=16)
     endpoints = [ex.endpoint for ex in rec.records]
     assert endpoints[:3] == ["create_session", "create_model", "retrieve_future"]

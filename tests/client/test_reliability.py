@@ -287,7 +287,7 @@ async def test_api_key_never_appears_in_logs_reprs_or_errors(
         async with ServiceSession(lt.base_url, api_key="tml-the-right-key") as ok:
             client = await ok.create_training_client(MODEL)
             await client.forward([sft_datum("fine")], "cross_entropy")
-            texts += [repr(ok), repr(client), repr(ok.transport)]
+            texts += [repr(ok), repr(client), repr(ok._open_transport)]
     texts += [record.getMessage() for record in caplog.records]
     texts += [str(record.args) for record in caplog.records]
     assert len(caplog.records) > 0
