@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from conftest import free_port
 
 from firetitan_async import ServiceSession, TrainerJobConfig, TrainerJobs
 from firetitan_async.cli._cli import build_parser, main
@@ -33,11 +34,6 @@ def trainer() -> Iterator[LocalTrainer]:
     finally:
         lt.stop()
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_help_lists_every_command() -> None:
@@ -134,7 +130,7 @@ def test_checkpoints_errors_are_helpful(no_keys: None, capsys: pytest.CaptureFix
     assert main(["checkpoints", "list", "--base-url", "http://trainer.example.com"]) == 2
     assert "http://" in capsys.readouterr().err
     # Nothing listening.
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["checkpoints", "list", "--base-url", url]) == 1
     err = capsys.readouterr().err
     assert f"cannot reach the trainer at {url}" in err and "Traceback" not in err
@@ -213,7 +209,6 @@ def test_serve_stops_its_trainer_when_configuring_the_deployment_fails(
 ) -> None:
     """The trainer is up when the inference knobs are posted: a failure there must not leave
     it serving (a refused POST is a fault a healthy local server cannot produce: mocked)."""
-    import socket
 
     import httpx
 

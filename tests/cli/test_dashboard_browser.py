@@ -18,7 +18,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "web_backend.py"
 STALL_LIMIT_MS = 50.0
@@ -148,17 +148,11 @@ class Browser:
             os.close(self._from_browser)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @pytest.fixture
 def app_url(tmp_path: Path) -> Iterator[str]:
     """examples/web_backend.py serving on a free loopback port (its own process)."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "app.log").open("w")
     root = str(EXAMPLE.parent.parent)  # the example imports firetitan_async from this checkout
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import anyio
 import numpy as np
@@ -23,14 +22,7 @@ TEXTS = ["hello world", "the quick brown fox", "asyncio and trio", "pipelines!"]
 PROBE = [sft_datum("probe text for weights")]
 
 
-@pytest.fixture(scope="module")
-def trainer() -> Iterator[LocalTrainer]:
-    lt = LocalTrainer(seed=7)
-    lt.start()
-    try:
-        yield lt
-    finally:
-        lt.stop()
+TRAINER_OPTIONS = {"seed": 7}  # the module's `trainer` (conftest.py)
 
 
 @pytest.fixture(params=["tinker", "fireworks"])

@@ -32,10 +32,7 @@ ADAM = types.AdamParams(learning_rate=1e-2)
 BATCH = [sft_datum("hello fireworks"), sft_datum("dialects")]
 
 
-@pytest.fixture(scope="module")
-def trainer() -> Iterator[LocalTrainer]:
-    with LocalTrainer(seed=3) as lt:
-        yield lt
+TRAINER_OPTIONS = {"seed": 3}  # the module's `trainer` (conftest.py)
 
 
 @pytest.fixture

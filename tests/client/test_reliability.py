@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -90,14 +90,7 @@ async def test_cancelled_waits_leave_training_bit_identical() -> None:
     assert cancelled_probe == clean_probe
 
 
-@pytest.fixture(scope="module")
-def trainer() -> Iterator[LocalTrainer]:
-    lt = LocalTrainer(seed=3)
-    lt.start()
-    try:
-        yield lt
-    finally:
-        lt.stop()
+TRAINER_OPTIONS = {"seed": 3}  # the module's `trainer` (conftest.py)
 
 
 @pytest.fixture(params=["tinker", "fireworks"])

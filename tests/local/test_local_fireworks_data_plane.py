@@ -137,10 +137,7 @@ def json_logprobs(out: Mapping[str, Any], i: int = 0) -> np.ndarray:
     return np.asarray(lp["data"], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def trainer() -> Iterator[LocalTrainer]:
-    with LocalTrainer(seed=SEED, long_poll_s=2.0) as lt:
-        yield lt
+TRAINER_OPTIONS = {"seed": SEED, "long_poll_s": 2.0}  # the module's `trainer` (conftest.py)
 
 
 @pytest.fixture

@@ -142,10 +142,7 @@ def logprobs_of(out: Any) -> np.ndarray:
     return np.asarray(out.loss_fn_outputs[0]["logprobs"].to_numpy(), dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def trainer() -> Iterator[LocalTrainer]:
-    with LocalTrainer(seed=SEED, long_poll_s=2.0) as lt:
-        yield lt
+TRAINER_OPTIONS = {"seed": SEED, "long_poll_s": 2.0}  # the module's `trainer` (conftest.py)
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from conftest import free_port
 
 from firetitan_async import (
     APIStatusError,
@@ -385,11 +385,6 @@ def _wait_argv(lt: LocalTrainer, job_id: str, *more: str) -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.mark.usefixtures("clean_env")
 def test_cli_wait_prints_progress_then_the_url(capsys: pytest.CaptureFixture[str]) -> None:
@@ -430,7 +425,7 @@ def test_cli_wait_helpful_errors(
     assert main(["wait", "j1"]) == 2
     assert "FIREWORKS_API_KEY" in capsys.readouterr().err
 
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     assert main(["wait", "j1", "--account-id", "acme", "--base-url", dead]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and dead in err and "Traceback" not in err
