@@ -30,16 +30,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Unpack
 
 import anyio
 import attrs
 import httpx
 
-from .._http._retry import RetryPolicy
 from ..errors import DeploymentFailed, FiretitanError, HotloadFailed, InvalidInput
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
-from ._rest import DEFAULT_BASE_URL, RestClient, RestCore
+from ._rest import RestClient, RestCore, RestOptions
 
 __all__ = [
     "DeploymentConfig",
@@ -236,26 +235,11 @@ class Deployments(RestClient):
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
         inference_url: str | None = None,
         hotload_url: str | None = None,
-        account_id: str | None = None,
-        additional_headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-        allow_insecure_http: bool = False,
+        **options: Unpack[RestOptions],
     ) -> None:
-        super().__init__(
-            RestCore(
-                api_key,
-                base_url=base_url,
-                account_id=account_id,
-                additional_headers=additional_headers,
-                transport=transport,
-                retry=retry,
-                allow_insecure_http=allow_insecure_http,
-            )
-        )
+        super().__init__(RestCore(api_key, **options))
         self.inference_url = (inference_url or self.base_url).rstrip("/")
         self.hotload_url = (hotload_url or self.base_url).rstrip("/")
         self._reset_prompt_cache_supported = True

@@ -24,16 +24,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Unpack
 from urllib.parse import quote
 
 import anyio
 import attrs
-import httpx
 
 from .._http._environment import TRAINER_GATEWAY_URL_VAR, resolve_setting
-from .._http._retry import RetryPolicy
 from .._http._transport import check_url_security
 from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
 from ._checkpoints import (
@@ -52,7 +50,7 @@ from ._readiness import (
     ReadinessProgress,
 )
 from ._records import COLLECTION, CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
-from ._rest import DEFAULT_BASE_URL, WRITE_TIMEOUT_S, RestClient, RestCore
+from ._rest import WRITE_TIMEOUT_S, RestClient, RestCore, RestOptions
 from ._rpc_status import platform_error
 from ._shapes import TrainingShapeProfile, resolve_training_profile
 
@@ -95,25 +93,11 @@ class TrainerJobs(RestClient):
         self,
         api_key: str | None = None,
         *,
-        account_id: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
         trainer_gateway_url: str | None = None,
-        additional_headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-        allow_insecure_http: bool = False,
+        **options: Unpack[RestOptions],
     ) -> None:
-        super().__init__(
-            RestCore(
-                api_key,
-                base_url=base_url,
-                account_id=account_id,
-                additional_headers=additional_headers,
-                transport=transport,
-                retry=retry,
-                allow_insecure_http=allow_insecure_http,
-            )
-        )
+        super().__init__(RestCore(api_key, **options))
+        allow_insecure_http = self._rest.allow_insecure_http
         gateway = resolve_setting(
             trainer_gateway_url, TRAINER_GATEWAY_URL_VAR, self._rest.base_url
         )

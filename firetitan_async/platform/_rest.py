@@ -34,7 +34,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self, cast
+from typing import Any, Final, Self, TypedDict, Unpack, cast
 
 import anyio
 import httpx
@@ -56,6 +56,7 @@ __all__ = [
     "WRITE_TIMEOUT_S",
     "RestClient",
     "RestCore",
+    "RestOptions",
 ]
 
 logger = logging.getLogger("firetitan_async.platform")
@@ -98,6 +99,31 @@ def _session_id() -> str | None:
     return value if str(parsed) == value.lower() else None
 
 
+class RestOptions(TypedDict, total=False):
+    """How a control-plane client connects: :class:`RestCore`'s keywords, which
+    ``TrainerJobs`` and ``Deployments`` take too (declared once, here).
+
+    ``base_url`` (the Fireworks API), ``account_id`` (``None``: from the key),
+    ``additional_headers``, ``transport`` (replaces the network, for tests), ``retry`` and
+    ``allow_insecure_http`` (``False``).
+
+    Example::
+
+        options: RestOptions = {"base_url": lt.control_plane_url}
+        async with TrainerJobs(**options) as jobs: ...
+    """
+
+    base_url: str
+    account_id: str | None
+    additional_headers: Mapping[str, str] | None
+    transport: httpx.AsyncBaseTransport | None
+    retry: RetryPolicy | None
+    allow_insecure_http: bool
+
+
+_REST_OPTIONS = frozenset(RestOptions.__annotations__)
+
+
 class RestCore:
     """The control plane's HTTP client: headers, account, timeouts, retries, errors.
 
@@ -113,17 +139,16 @@ class RestCore:
             print(await rest.account_id())
     """
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        account_id: str | None = None,
-        additional_headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-        allow_insecure_http: bool = False,
-    ) -> None:
+    def __init__(self, api_key: str | None = None, **options: Unpack[RestOptions]) -> None:
+        unknown = sorted(set(options) - _REST_OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        base_url = options.get("base_url", DEFAULT_BASE_URL)
+        account_id = options.get("account_id")
+        additional_headers = options.get("additional_headers")
+        transport = options.get("transport")
+        retry = options.get("retry")
+        allow_insecure_http = options.get("allow_insecure_http", False)
         if account_id is not None and (
             not isinstance(account_id, str) or not account_id or "/" in account_id
         ):
