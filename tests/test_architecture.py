@@ -261,6 +261,41 @@ def test_no_private_attribute_read_across_layers() -> None:
     assert found == [], "\n".join(found)
 
 
+# What the two lowest layers may import (the rest of the order is in docs/architecture.md).
+LOWER_LAYERS = {
+    "wire": {"wire", "errors", "_sdk_private"},
+    "_http": {"_http", "wire", "errors", "_version", "_sdk_private"},
+}
+
+
+def upward_imports(modules: list[Module]) -> list[str]:
+    """Imports from ``wire/`` or ``_http/`` of anything above them."""
+    found = []
+    for name, deps in import_graph(modules).items():
+        layer = name.split(".")[1] if "." in name else "<top>"
+        allowed = LOWER_LAYERS.get(layer)
+        if allowed is None:
+            continue
+        for dep in sorted(deps):
+            dep_layer = dep.split(".")[1] if "." in dep else "<top>"
+            if dep_layer not in allowed:
+                found.append(f"{name} imports {dep}")
+    return found
+
+
+def test_wire_and_http_import_nothing_above_them() -> None:
+    found = upward_imports(load_package())
+    assert found == [], "\n".join(found)
+
+
+def test_upward_rule_catches_the_transport_importing_the_session() -> None:
+    transport = module_of(
+        f"{PACKAGE}._http._transport", "from .._session._tracking import current_tracker\n"
+    )
+    tracking = module_of(f"{PACKAGE}._session._tracking", "x = 1\n")
+    assert upward_imports([transport, tracking]) != []
+
+
 def test_layers_are_packages_and_the_top_stays_small() -> None:
     flat = sorted(p.name for p in PACKAGE_DIR.glob("*.py"))
     assert len(flat) <= 12, flat

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from .._session._tracking import current_tracker
 from .._version import USER_AGENT
 from ..errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
 from ..wire.futures import (
@@ -47,6 +46,7 @@ from ..wire.futures import (
 )
 from ._cpu_turns import CpuTurns, Turn
 from ._http11_transport import TURN_EXTENSION, Http11Transport
+from ._progress import current_tracker
 from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import ErrorFactory, redacted_body, send_with_retry

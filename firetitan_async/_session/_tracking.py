@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import logging
 import math
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._http._progress import CURRENT_OBSERVER
 from .._http._redact import Redactor
 from ..errors import OperationTimeout
 from ._deadlines import PHASES, DeadlinePolicy, Deadlines, Phase
@@ -52,14 +52,13 @@ _MAX_WATCH_INTERVAL_S = 5.0
 
 _now = time.monotonic
 
-_CURRENT: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar(
-    "firetitan_async_tracker", default=None
-)
+_CURRENT = CURRENT_OBSERVER  # the transport reports to the tracker installed here
 
 
 def current_tracker() -> Tracker | None:
-    """The tracker of the operation running in this task, if any (used by the transport)."""
-    return _CURRENT.get()
+    """The tracker of the operation running in this task, if any."""
+    observer = _CURRENT.get()
+    return observer if isinstance(observer, Tracker) else None
 
 
 class Tracker:
