@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Module:
         return parts[1] if len(parts) > 1 else "<top>"
 
 
+@functools.cache  # parsed once for every test here
 def load_package() -> list[Module]:
     modules = []
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
