@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .errors import UsageError
+from .errors import NotAwaited, UsageError
 
 __all__ = ["Pending"]
 
@@ -75,6 +75,17 @@ class Pending(Generic[T]):
         """Wait for the outcome and return the result (same as ``await pending``)."""
         await self._event.wait()
         return self.result()
+
+    def __getattr__(self, attribute: str) -> Any:
+        # Only reached when normal lookup fails: an attribute of the *result* asked of the
+        # Pending, the usual sign of a forgotten ``await``. Dunders stay plain misses (copy,
+        # pickle and friends probe for them), and so do private names (an unset slot).
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        raise NotAwaited(
+            f"'Pending' object has no attribute {attribute!r}: it is the future of {self.name}; "
+            f"did you forget `await`? (await pending).{attribute}"
+        )
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.wait().__await__()

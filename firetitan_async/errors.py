@@ -22,6 +22,7 @@ __all__ = [
     "FiretitanError",
     "HotloadFailed",
     "InvalidInput",
+    "NotAwaited",
     "OperationTimeout",
     "ProtocolError",
     "ReadinessTimeout",
@@ -217,6 +218,17 @@ class UsageError(FiretitanError, RuntimeError):
             value = pending.result()
         except UsageError:
             value = await pending
+    """
+
+
+class NotAwaited(FiretitanError, AttributeError):
+    """An attribute of an operation's result was read on its ``Pending`` (an
+    ``AttributeError`` too, so ``hasattr`` and ``getattr(x, name, default)`` still work).
+
+    Example::
+
+        fb = client.forward_backward(batch, "cross_entropy")
+        fb.metrics          # NotAwaited: ... did you forget `await`? (await fb).metrics
     """
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from tinker import types
 
 import firetitan_async
 from firetitan_async import (
     FiretitanError,
     InvalidInput,
+    NotAwaited,
     Pending,
     RetryPolicy,
     ServiceSession,
@@ -41,6 +44,31 @@ def test_plain_misuse_raises_firetitan_errors_of_the_expected_builtin_type() -> 
     with pytest.raises(InvalidInput, match="base_url") as insecure:
         ServiceSession("http://example.com")
     assert isinstance(insecure.value, ValueError)
+
+
+async def test_a_result_attribute_asked_of_a_pending_hints_at_the_missing_await(
+    local_trainer: LocalTrainer,
+) -> None:
+    async with ServiceSession(local_trainer.base_url) as session:
+        client = await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
+        pending = client.forward(
+            [types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
+                         loss_fn_inputs={"target_tokens": np.array([2, 3]),
+                                         "weights": np.ones(2, np.float32)})],
+            "cross_entropy",
+        )
+        hint = r"did you forget `await`\? \(await pending\)\.metrics"
+        with pytest.raises(NotAwaited, match=hint):
+            pending.metrics  # noqa: B018
+        with pytest.raises(AttributeError, match="forward"):  # still an AttributeError
+            pending.metrics  # noqa: B018
+        assert isinstance(NotAwaited("x"), FiretitanError)
+        assert not hasattr(pending, "loss_fn_outputs")  # hasattr keeps working
+        assert getattr(pending, "metrics", None) is None
+        assert (await pending).metrics  # awaited, the result has them
+    with pytest.raises(AttributeError) as dunder:
+        pending.__deepcopy_hook__  # noqa: B018  # dunders and private names: a plain miss
+    assert not isinstance(dunder.value, NotAwaited)
 
 
 async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer) -> None:
