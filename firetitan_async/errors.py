@@ -84,13 +84,20 @@ class RequestFailedError(FiretitanError):
 
 
 class TrainerJobFailed(FiretitanError):
-    """The trainer job reached a terminal state (e.g. ``FAILED``) while we waited for it."""
+    """The trainer job reached a terminal state (e.g. ``FAILED``) while we waited for it.
+
+    ``state`` is the job's state, or ``"NOT_FOUND"`` for a job id the control plane never
+    knew (a mistyped id, another account): "no such job", not a deleted one.
+    """
 
     def __init__(self, job_id: str, state: str, message: str | None = None) -> None:
         self.job_id = job_id
         self.state = state
         detail = f": {message}" if message else ""
-        super().__init__(f"trainer job {job_id!r} is {state}{detail}")
+        if state == "NOT_FOUND":
+            super().__init__(f"no such job: trainer job {job_id!r} does not exist{detail}")
+        else:
+            super().__init__(f"trainer job {job_id!r} is {state}{detail}")
 
 
 class ReadinessTimeout(FiretitanError, TimeoutError):
