@@ -14,7 +14,13 @@ from urllib.parse import quote, urlsplit
 import anyio
 from tinker import types
 
-from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, control_plane_url
+from ._cli import (
+    CLI_RETRY,
+    CONTROL_PLANE_URL_VAR,
+    add_deprecated_alias,
+    control_plane_url,
+    print_table,
+)
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
 from .errors import APIStatusError, FiretitanError
@@ -31,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async checkpoints list --base-url http://127.0.0.1:8080 --run MODEL_ID
+        firetitan-async checkpoints list --trainer-url http://127.0.0.1:8080 --run MODEL_ID
     """
     parser = subparsers.add_parser(
         "checkpoints",
@@ -50,9 +56,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     listing.add_argument(
-        "--base-url",
+        "--trainer-url",
         default=None,
-        help=f"the trainer's data-plane URL (default: ${_URL_VAR})",
+        metavar="URL",
+        help=f"the trainer's data plane (default: ${_URL_VAR})",
+    )
+    listing.add_argument(
+        "--control-plane-url",
+        default=None,
+        metavar="URL",
+        help=f"with --control-plane: the Fireworks control plane (default: "
+        f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL})",
+    )
+    add_deprecated_alias(
+        listing,
+        "--base-url",
+        dest="base_url",
+        instead="--trainer-url (or --control-plane-url with --control-plane)",
     )
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="MODEL_ID", help="a training run (its model id)")
@@ -65,10 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--control-plane",
         action="store_true",
         help=(
-            "list --job's checkpoints from the Fireworks control plane instead, with whether "
-            f"each is promotable (--base-url is then the control plane: default "
-            f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL}); works for stopped and deleted "
-            "jobs too"
+            "list --job's checkpoints from the Fireworks control plane (--control-plane-url) "
+            "instead, with whether each is promotable; works for stopped and deleted jobs too"
         ),
     )
     listing.set_defaults(func=_run_list)
@@ -140,7 +158,7 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
 
     if not args.job:
         return _fail("--control-plane lists one trainer job's checkpoints: pass --job JOB_ID", 2)
-    base_url = control_plane_url(args.base_url)
+    base_url = control_plane_url(args.control_plane_url or getattr(args, "base_url", None))
     try:
         jobs = TrainerJobs(base_url=base_url, retry=CLI_RETRY)
     except (ValueError, FiretitanError) as exc:  # bad URL, missing key
@@ -166,27 +184,27 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no checkpoints")
         return 0
-    table = [("CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED")] + [
-        (
-            row.checkpoint_id,
-            row.checkpoint_type or "-",
-            "yes" if row.promotable else "no",
-            row.create_time or "-",
-        )
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    print_table(
+        ("CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED"),
+        [
+            (
+                row.checkpoint_id,
+                row.checkpoint_type or "-",
+                "yes" if row.promotable else "no",
+                row.create_time or "-",
+            )
+            for row in rows
+        ],
+    )
     return 0
 
 
 def _run_list(args: argparse.Namespace) -> int:
     if args.control_plane:
         return _run_control_plane_list(args)
-    base_url = args.base_url or os.environ.get(_URL_VAR)
+    base_url = args.trainer_url or getattr(args, "base_url", None) or os.environ.get(_URL_VAR)
     if not base_url:
-        return _fail(f"no trainer URL: pass --base-url URL or set {_URL_VAR}", 2)
+        return _fail(f"no trainer URL: pass --trainer-url URL or set {_URL_VAR}", 2)
     try:
         base_url = check_url_security(base_url, allow_insecure_http=False)
     except ValueError as exc:
@@ -257,7 +275,4 @@ def _print_table(records: list[dict[str, Any]]) -> None:
                 ckpt.tinker_path,
             )
         )
-    header = ("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH"), rows)

@@ -404,7 +404,7 @@ def _wait_argv(lt: LocalTrainer, job_id: str, *more: str) -> list[str]:
         job_id,
         "--account-id",
         lt.account_id,
-        "--base-url",
+        "--control-plane-url",
         lt.control_plane_url,
         "--poll-interval",
         str(POLL),
@@ -458,11 +458,12 @@ def test_cli_wait_helpful_errors(
     assert "FIREWORKS_API_KEY" in capsys.readouterr().err
 
     dead = f"http://127.0.0.1:{_free_port()}"
-    assert main(["wait", "j1", "--account-id", "acme", "--base-url", dead]) == 1
+    assert main(["wait", "j1", "--account-id", "acme", "--control-plane-url", dead]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and dead in err and "Traceback" not in err
 
-    assert main(["wait", "j1", "--account-id", "a", "--base-url", "http://example.com"]) == 2
+    insecure = "http://example.com"
+    assert main(["wait", "j1", "--account-id", "a", "--control-plane-url", insecure]) == 2
     assert "http://" in capsys.readouterr().err
 
     assert main(["wait", "j1", "--account-id", "a", "--poll-interval", "0"]) == 2
