@@ -666,10 +666,13 @@ async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help="trainer URL (default: a local trainer, started here)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base-url", help="trainer URL (None: a local trainer, started here)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=8000, help="port")
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="local trainer: delay of every reply"
     )
