@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .errors import NotAwaited, UsageError
+from .errors import NotAwaited, UsageError, trim_internal_frames
 
 __all__ = ["Pending"]
 
@@ -23,7 +23,8 @@ class Pending(Generic[T]):
     It is returned at once by a plain method call (``client.forward_backward(...)``); its
     sequence id was reserved at that moment, so the server runs operations in call order
     whichever task made the call. ``await pending`` gives the result or raises the
-    operation's error; awaiting again gives the same outcome.
+    operation's error (a ``FiretitanError`` without the library's internal frames in its
+    traceback; its ``__cause__`` kept); awaiting again gives the same outcome.
 
     Cancelling the task that awaits stops only that wait: the operation keeps running, its
     result can still be awaited later, and later operations of the client are never blocked.
@@ -62,7 +63,7 @@ class Pending(Generic[T]):
         if not self._event.is_set():
             raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
-            raise self._error
+            raise trim_internal_frames(self._error)
         return self._value
 
     def exception(self) -> BaseException | None:
@@ -74,7 +75,9 @@ class Pending(Generic[T]):
     async def wait(self) -> T:
         """Wait for the outcome and return the result (same as ``await pending``)."""
         await self._event.wait()
-        return self.result()
+        if self._error is not None:  # raised here, not in result(): one library frame shown
+            raise trim_internal_frames(self._error)
+        return self._value
 
     def __getattr__(self, attribute: str) -> Any:
         # Only reached when normal lookup fails: an attribute of the *result* asked of the

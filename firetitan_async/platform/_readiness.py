@@ -43,6 +43,7 @@ from ..errors import (
     SessionClosed,
     TrainerJobFailed,
     UsageError,
+    trim_internal_frames,
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
@@ -213,7 +214,7 @@ class ReadinessPoller:
         if self._endpoint is not None:
             return self._endpoint
         assert self._error is not None
-        raise self._error
+        raise trim_internal_frames(self._error)
 
     # -- internals -------------------------------------------------------------------------
 
