@@ -8,7 +8,7 @@ library is needed.
 
 Without chromium the test skips, except in CI (``CI`` set) where it fails: ``.ci/run``
 installs it. ``DASHBOARD_SCREENSHOT=docs/dashboard.png`` also saves the page after the 20-step
-run there (that is how the README's screenshot is made).
+run there (that is how the docs' screenshot, docs/dashboard.png, is made).
 """
 
 from __future__ import annotations

@@ -109,7 +109,9 @@ def test_readme_is_short_and_its_commands_are_true() -> None:
     assert "pip install -e '.[local]' && firetitan-async demo" in text
     # The test command the README gives is the one CI runs.
     assert "python -m pytest -q" in text
-    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in ci
+    assert "mkdocs build --strict" in ci  # and CI builds the site in strict mode
     # Its links into the site name pages that exist.
     for page in re.findall(r"\(docs/([\w-]+\.md)[#)]", text):
         assert (DOCS / page).exists(), page
