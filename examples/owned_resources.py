@@ -10,7 +10,7 @@ session is finished, the deployment deleted (or scaled to zero) and the job dele
     python examples/owned_resources.py --steps 200 --backend trio
     firetitan-async serve --port 8080 &  python examples/owned_resources.py \\
         --control-plane-url http://127.0.0.1:8080
-    firetitan-async jobs list --orphans --base-url http://127.0.0.1:8080   # nothing left
+    firetitan-async jobs list --orphans --control-plane-url http://127.0.0.1:8080   # nothing left
 """
 
 from __future__ import annotations

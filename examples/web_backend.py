@@ -594,7 +594,7 @@ def create_app(
             # Start-up is over: move the ~80k objects that importing tinker, pydantic and httpx
             # left on the heap out of the collector's reach. Otherwise every full collection
             # walks them all again (50–60 ms on this kind of machine: the largest stall a
-            # training run shows). An app's choice, not a library's: see the README.
+            # training run shows). An app's choice, not a library's: see docs/troubleshooting.md.
             gc.freeze()
             yield {"backend": backend}
             for run in backend.runs.values():  # shutting down: stop what still runs
