@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from tinker import types
 
 import firetitan_async
 from firetitan_async import (
@@ -18,7 +16,7 @@ from firetitan_async import (
     UsageError,
     aresult,
 )
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, sft_datum
 
 pytestmark = pytest.mark.anyio
 
@@ -51,12 +49,7 @@ async def test_a_result_attribute_asked_of_a_pending_hints_at_the_missing_await(
 ) -> None:
     async with ServiceSession(local_trainer.base_url) as session:
         client = await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
-        pending = client.forward(
-            [types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
-                         loss_fn_inputs={"target_tokens": np.array([2, 3]),
-                                         "weights": np.ones(2, np.float32)})],
-            "cross_entropy",
-        )
+        pending = client.forward([sft_datum("forgot await")], "cross_entropy")
         hint = r"did you forget `await`\? \(await pending\)\.metrics"
         with pytest.raises(NotAwaited, match=hint):
             pending.metrics  # noqa: B018
