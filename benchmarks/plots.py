@@ -28,10 +28,12 @@ CLIENTS: tuple[tuple[str, str, str], ...] = (
     ("fireworks", "Fireworks SDK 1.2.30", "#868e96"),
 )
 
-WIDTH, LEFT, RIGHT, ROW, TOP = 720, 250, 70, 34, 48
+WIDTH, LEFT, RIGHT, ROW, TOP = 720, 250, 110, 34, 62
 
 
-def bar_chart(title: str, unit: str, rows: Sequence[tuple[str, str, dict[str, float]]]) -> str:
+def bar_chart(
+    title: str, subtitle: str, unit: str, rows: Sequence[tuple[str, str, dict[str, float]]]
+) -> str:
     """An SVG bar chart: one row per ``(name, colour, {"median", "min", "max"})``."""
     scale_max = max(r[2]["max"] for r in rows) or 1.0
     span = WIDTH - LEFT - RIGHT
@@ -39,7 +41,8 @@ def bar_chart(title: str, unit: str, rows: Sequence[tuple[str, str, dict[str, fl
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="13">',
-        f'<text x="10" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
+        f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
+        f'<text x="10" y="42" fill="#495057">{escape(subtitle)}</text>',
     ]
     for i, (name, colour, s) in enumerate(rows):
         y = TOP + i * ROW
@@ -50,7 +53,8 @@ def bar_chart(title: str, unit: str, rows: Sequence[tuple[str, str, dict[str, fl
             f'<rect class="bar" x="{LEFT}" y="{y + 4}" width="{w:.1f}" height="18" '
             f'fill="{colour}" data-median="{s["median"]:.6g}"/>',
             f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{y + 13}" y2="{y + 13}" stroke="#212529"/>',
-            f'<text x="{LEFT + w + 6:.1f}" y="{y + 17}">{s["median"]:.3g} {escape(unit)}</text>',
+            f'<text x="{max(LEFT + w, hi) + 6:.1f}" y="{y + 17}">'
+            f"{s['median']:.3g} {escape(unit)}</text>",
         ]
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -71,25 +75,30 @@ def render(document: dict[str, Any], out_dir: Path = OUT) -> list[Path]:
     """Write the charts the document has data for; return their paths."""
     raw = document["raw"]
     meta = document.get("meta", {})
-    when = f"{meta.get('mode', '?')} run at {meta.get('commit', '?')}"
+    when = (
+        f"bars: medians, lines: min–max; {meta.get('mode', '?')} run at commit "
+        f"{meta.get('commit', '?')}"
+    )
     charts = {
         "bench-steps.svg": (
-            f"Pipelined training steps per second, 50 ms latency (higher is better; {when})",
+            "Pipelined training steps per second at 50 ms latency (higher is better)",
+            when,
             "steps/s",
             _rows(raw, "pipelined", "steps_per_s"),
         ),
         "bench-stall.svg": (
-            f"Largest event-loop stall, start + pipelined steps (lower is better; {when})",
+            "Largest event-loop stall: session start + pipelined steps (lower is better)",
+            when,
             "ms",
             _rows(raw, "stall", "max_stall_ms"),
         ),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, (title, unit, rows) in charts.items():
+    for name, (title, subtitle, unit, rows) in charts.items():
         if rows:
             path = out_dir / name
-            path.write_text(bar_chart(title, unit, rows))
+            path.write_text(bar_chart(title, subtitle, unit, rows))
             written.append(path)
     return written
 
