@@ -298,7 +298,7 @@ class HotloadFailed(FiretitanError):
         super().__init__(f"hot-load of {snapshot!r} onto {deployment_id!r} failed: {detail}")
 
 
-def trim_internal_frames(error: BaseException) -> BaseException:
+def _trim_internal_frames(error: BaseException) -> BaseException:
     """``error`` ready to be raised at the API boundary: a :class:`FiretitanError` loses the
     library's internal frames (where a background task built it), so the traceback a user sees
     is their own code and the one line that raised, then the message. Its ``__cause__`` (an
@@ -307,7 +307,7 @@ def trim_internal_frames(error: BaseException) -> BaseException:
 
     Example::
 
-        raise trim_internal_frames(self._error)
+        raise _trim_internal_frames(self._error)
     """
     if isinstance(error, FiretitanError):
         return error.with_traceback(None)

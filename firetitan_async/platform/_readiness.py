@@ -43,7 +43,7 @@ from ..errors import (
     SessionClosed,
     TrainerJobFailed,
     UsageError,
-    trim_internal_frames,
+    _trim_internal_frames,
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
@@ -214,7 +214,7 @@ class ReadinessPoller:
         if self._endpoint is not None:
             return self._endpoint
         assert self._error is not None
-        raise trim_internal_frames(self._error)
+        raise _trim_internal_frames(self._error)
 
     # -- internals -------------------------------------------------------------------------
 
