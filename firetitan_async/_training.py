@@ -409,37 +409,46 @@ class TrainingClient:
         )
 
     def load_state(
-        self, path: str, *, deadlines: Deadlines | None = None
+        self, path: str | types.SaveWeightsResponse, *, deadlines: Deadlines | None = None
     ) -> Pending[types.LoadWeightsResponse]:
         """Load weights from a training checkpoint; the optimizer starts fresh.
 
-        The path is a ``tinker://`` path in the tinker dialect; a logical name, an
+        What :meth:`save_state` returned, or its ``path``, loads back in both dialects. Else:
+        a ``tinker://`` path in the tinker dialect; a logical name, an
         ``<account>/run-<hex>/<name>`` path or a ``cross_job://`` reference in the fireworks
-        dialect (checked by the Fireworks SDK's rules before anything is sent).
+        dialect (checked by the Fireworks SDK's rules before anything is sent). The fireworks
+        dialect sends a returned ``tinker://<run>/weights/<name>`` as the logical ``<name>``,
+        as the Fireworks SDK loads: the trainer resolves it in its checkpoint store.
 
         Example::
 
-            await client.load_state(saved.path)
+            saved = await client.save_state("step-100")
+            await client.load_state(saved)        # or saved.path
         """
         return self._load(path, optimizer=False, deadlines=deadlines)
 
     def load_state_with_optimizer(
-        self, path: str, *, deadlines: Deadlines | None = None
+        self, path: str | types.SaveWeightsResponse, *, deadlines: Deadlines | None = None
     ) -> Pending[types.LoadWeightsResponse]:
         """Load weights and optimizer state from a checkpoint (to resume a run); paths as in
         :meth:`load_state`.
 
         Example::
 
+            await client.load_state_with_optimizer(saved)   # what save_state returned
             await client.load_state_with_optimizer(await other.resolve_checkpoint_path("step-100"))
         """
         return self._load(path, optimizer=True, deadlines=deadlines)
 
     def _load(
-        self, path: str, *, optimizer: bool, deadlines: Deadlines | None
+        self,
+        saved: str | types.SaveWeightsResponse,
+        *,
+        optimizer: bool,
+        deadlines: Deadlines | None,
     ) -> Pending[types.LoadWeightsResponse]:
         self._check_usable()
-        path = self._codec.check_load_path(path)
+        path = self._codec.check_load_path(saved)
         return self._simple(
             "load_weights",
             lambda seq: self._codec.load_weights_body(

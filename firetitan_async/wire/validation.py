@@ -30,6 +30,7 @@ __all__ = [
     "KNOWN_LOSS_FUNCTIONS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
+    "checkpoint_path_of",
     "validate_adam_params",
     "validate_checkpoint_name",
     "validate_forward_backward",
@@ -379,6 +380,25 @@ def validate_checkpoint_name(name: str, *, field: str = "name") -> None:
         raise InvalidInput(field, f"may only use letters, digits, '.', '_' and '-': {name!r}")
     if name in (".", ".."):
         raise InvalidInput(field, f"{name!r} is not a valid name")
+
+
+def checkpoint_path_of(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
+    """The checkpoint path ``load_state*`` was given: a ``str``, or the ``path`` of what
+    ``save_state`` returned (``SaveWeightsResponse``); anything else raises ``InvalidInput``.
+
+    Example::
+
+        checkpoint_path_of(await client.save_state("step-4"))   # "tinker://…/weights/step-4"
+    """
+    if isinstance(saved, types.SaveWeightsResponse):
+        return saved.path
+    if not isinstance(saved, str):
+        raise InvalidInput(
+            field,
+            f"must be a checkpoint path (str) or what save_state returned, got "
+            f"{type(saved).__name__}",
+        )
+    return saved
 
 
 def validate_ttl(ttl_seconds: int | None, *, field: str = "ttl_seconds") -> None:
