@@ -17,6 +17,7 @@ from ._ordered_ops import OrderedOps
 from ._pending import Pending
 from ._sdk_private import tensor_array
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
+from ._tokenizer import TokenizerCache
 from .errors import FiretitanError, InvalidInput, ProtocolError
 from .wire import ModelSpec
 from .wire import fireworks as fw
@@ -31,6 +32,8 @@ from .wire.validation import (
 )
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from ._sampling import SamplingClient
     from ._session import ServiceSession
 
@@ -104,6 +107,7 @@ class TrainingClient:
         )
         self._has_base_snapshot = False
         self._unloading = False
+        self._tokenizers = TokenizerCache()
 
     def __repr__(self) -> str:
         return (
@@ -607,6 +611,29 @@ class TrainingClient:
         if not saved.sampling_session_id:
             raise FiretitanError("the server did not return a sampling session id")
         return SamplingClient(self._session, saved.sampling_session_id, base_model=self.base_model)
+
+    async def get_tokenizer(self, tokenizer_model: str | None = None) -> PreTrainedTokenizerBase:
+        """This model's Hugging Face tokenizer, loaded in a worker thread the event loop awaits
+        (never blocking it), once per client: later calls return the same object.
+
+        Tinker dialect: the ``tokenizer_id`` the server's ``get_info`` names, else the tinker
+        SDK's rule for the model name (``tokenizer_model`` overrides both). Fireworks dialect:
+        a trainer names none, so pass ``tokenizer_model`` (as the Fireworks SDK's managed
+        config does; ``InvalidInput`` without it). A name is a hub id or a local directory.
+
+        Example::
+
+            tokenizer = await client.get_tokenizer()              # tinker dialect
+            tokenizer = await client.get_tokenizer("Qwen/Qwen3-8B")  # fireworks dialect
+            prompt = types.ModelInput.from_ints(tokenizer.encode("Hello"))
+        """
+        data = self.info.model_data if self.info is not None else None
+        return await self._tokenizers.get(
+            self._codec.name,
+            tokenizer_model=tokenizer_model,
+            model_name=(data.model_name if data is not None else None) or self.base_model,
+            tokenizer_id=data.tokenizer_id if data is not None else None,
+        )
 
     async def list_checkpoints(self) -> list[CheckpointEntry]:
         """The training checkpoints of this run. Errors raise (never a silent ``[]``).
