@@ -99,6 +99,7 @@ LOSS_FUNCTIONS = (
 
 _CROSS_JOB = "cross_job://"
 _TINKER = "tinker://"
+_ROUTING_KEY = b',"routing_matrices":'
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _RUN_ID = re.compile(r"^run-[0-9a-f]{32}$")
@@ -176,7 +177,8 @@ def create_model_body(
 
 def estimate_datum_bytes(datum: types.Datum) -> int:
     """The Fireworks SDK's size estimate of a datum: 10 bytes per token and per tensor value
-    (images and dmel chunks count their raw bytes).
+    (images and dmel chunks count their raw bytes), plus the compact-JSON bytes of its
+    ``routing_matrices``.
 
     Example::
 
@@ -185,6 +187,11 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
     total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_VALUE)
     for td in datum.loss_fn_inputs.values():
         total += int(tensor_array(td).size) * _BYTES_PER_VALUE
+    routing = getattr(datum.model_input, "routing_matrices", None)
+    if routing is not None:  # the SDK adds their compact-JSON bytes
+        total += len(_ROUTING_KEY) + len(
+            json.dumps(list(routing), ensure_ascii=False, separators=(",", ":")).encode()
+        )
     return total
 
 
@@ -232,9 +239,15 @@ def datum_json(datum: types.Datum, index: int = 0) -> dict[str, Any]:
 
         datum_json(datum)["model_input"]["chunks"][0]   # {"tokens": [...], "type": "encoded_text"}
     """
+    model_input: dict[str, Any] = {
+        "chunks": [_chunk_json(c, index) for c in datum.model_input.chunks]
+    }
+    routing = getattr(datum.model_input, "routing_matrices", None)  # RoutedModelInput (R3)
+    if routing is not None:
+        model_input["routing_matrices"] = list(routing)
     return {
         "loss_fn_inputs": {name: _tensor_json(td) for name, td in datum.loss_fn_inputs.items()},
-        "model_input": {"chunks": [_chunk_json(c, index) for c in datum.model_input.chunks]},
+        "model_input": model_input,
     }
 
 
