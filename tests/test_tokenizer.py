@@ -113,7 +113,7 @@ async def test_loading_does_not_stall_the_loop(
     worst_ms = max(gaps) * 1e3
     print(f"load {took * 1e3:.0f} ms; loop CPU gap max {worst_ms:.1f} ms, wall gap max "
           f"{max(wall) * 1e3:.1f} ms over {len(gaps)} ticks")
-    assert len(gaps) >= 5, len(gaps)
+    assert len(gaps) >= 2, len(gaps)  # the interval spanning the load is among them
     assert worst_ms <= BOUND_MS, f"{worst_ms:.1f} ms of CPU between two ticks (bound {BOUND_MS})"
 
 
