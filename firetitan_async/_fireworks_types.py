@@ -91,13 +91,7 @@ def to_tinker_model_input(model_input: Any, index: int | None = None) -> types.M
         if getattr(model_input, extra, None) is not None:
             raise InvalidInput(f"model_input.{extra}", "is not supported yet", index=index)
     routing = getattr(model_input, "routing_matrices", None)
-    if routing is not None:
-        if isinstance(routing, (str, bytes)) or not isinstance(routing, Sequence):
-            raise InvalidInput(
-                "model_input.routing_matrices",
-                f"must be a list of base64 strings, got {type(routing).__name__}",
-                index=index,
-            )
+    if routing is not None:  # checked with the batch (wire/validation.py)
         return RoutedModelInput(chunks=chunks, routing_matrices=list(routing))
     return types.ModelInput(chunks=chunks)
 
