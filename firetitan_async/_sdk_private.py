@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
 
-__all__ = ["APIFuture", "tensor_array"]
+__all__ = ["APIFuture", "load_tinker_tokenizer", "tensor_array"]
 
 
 def tensor_array(td: Any) -> np.ndarray:
@@ -27,3 +28,14 @@ def tensor_array(td: Any) -> np.ndarray:
     """
     array: np.ndarray = td._numpy
     return array
+
+
+def load_tinker_tokenizer(model_name: str, tokenizer_id: str | None) -> Any:
+    """The tinker SDK's tokenizer loader (blocking: imports ``transformers``, reads or
+    downloads files): ``tokenizer_id`` if given, else tinker's rule for the model name.
+
+    Example::
+
+        load_tinker_tokenizer("Qwen/Qwen3-8B", None)   # AutoTokenizer.from_pretrained(...)
+    """
+    return _load_tokenizer_from_model_info(model_name, tokenizer_id)

@@ -100,8 +100,6 @@ FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
      "loss_fn_inputs.target_tokens", 0, "5 elements"),
     ("targets-float", [ce(target_tokens=np.arange(4, dtype=np.float32))], "cross_entropy", None,
      "loss_fn_inputs.target_tokens", 0, "must be int64"),
-    ("weights-int", [ce(weights=np.ones(4, np.int64))], "cross_entropy", None,
-     "loss_fn_inputs.weights", 0, "must be float32"),
     ("advantages-int", [rl(advantages=np.ones(4, np.int64))], "ppo", None,
      "loss_fn_inputs.advantages", 0, "must be float32"),
     ("nan-advantages", [rl(), rl(advantages=NAN)], "ppo", None,

@@ -30,6 +30,7 @@ __all__ = [
     "KNOWN_LOSS_FUNCTIONS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
+    "checkpoint_path_of",
     "validate_adam_params",
     "validate_checkpoint_name",
     "validate_forward_backward",
@@ -62,15 +63,16 @@ KNOWN_LOSS_FUNCTIONS: frozenset[str] = frozenset(REQUIRED_LOSS_INPUTS)
 """The loss functions a forward/backward may name (``custom`` needs a server-side handle
 and is not supported; use ``forward_backward_custom``)."""
 
-# The wire dtype each well-known input must have (the SDK's defaults for plain lists).
-_INPUT_DTYPE: Mapping[str, str] = {
-    "target_tokens": "int64",
-    "weights": "float32",
-    "advantages": "float32",
-    "logprobs": "float32",
-    "clip_low_threshold": "float32",
-    "clip_high_threshold": "float32",
-    "sequence_ratio_mask": "float32",
+# The wire dtypes each well-known input may have (the first is the SDKs' default for plain
+# lists). Integer weights (masks) are accepted by both SDKs and the trainers as they are.
+_INPUT_DTYPE: Mapping[str, tuple[str, ...]] = {
+    "target_tokens": ("int64",),
+    "weights": ("float32", "int64"),
+    "advantages": ("float32",),
+    "logprobs": ("float32",),
+    "clip_low_threshold": ("float32",),
+    "clip_high_threshold": ("float32",),
+    "sequence_ratio_mask": ("float32",),
 }
 _MUST_BE_FINITE = frozenset({"weights", "advantages", "logprobs"})
 _INT32_MAX = 2**31 - 1
@@ -149,6 +151,9 @@ def validate_forward_backward(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
         n_tokens = _check_model_input(datum.model_input, index, for_training=True)
+        routing = getattr(datum.model_input, "routing_matrices", None)
+        if routing is not None:
+            _check_routing(routing, n_tokens, index, dialect)
         inputs = datum.loss_fn_inputs
         for name in required:
             if name not in inputs:
@@ -163,6 +168,27 @@ def validate_forward_backward(
                 deferred.setdefault(name, []).append((index, tensor_array(td)))
     for name, arrays in deferred.items():
         _check_values(name, arrays)
+
+
+def _check_routing(routing: Any, n_tokens: int | None, index: int, dialect: str) -> None:
+    """The Fireworks SDK's ``routing_matrices``: one base64 string per input token."""
+    field = "model_input.routing_matrices"
+    if dialect != "fireworks":
+        raise InvalidInput(
+            field, f"router replay is Fireworks-only: the {dialect} dialect cannot send it",
+            index=index,
+        )
+    if not all(isinstance(m, str) for m in routing):
+        bad = next(m for m in routing if not isinstance(m, str))
+        raise InvalidInput(
+            field, f"must be base64 strings, got a {type(bad).__name__}", index=index
+        )
+    if n_tokens is not None and len(routing) != n_tokens:
+        raise InvalidInput(
+            field,
+            f"has {len(routing)} matrices, model_input has {n_tokens} tokens (one per token)",
+            index=index,
+        )
 
 
 def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
@@ -284,8 +310,8 @@ def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) ->
     dtype = td.dtype
     if dtype != "float32" and dtype != "int64":
         raise InvalidInput(field, f"dtype {dtype!r} is not float32 or int64", index=index)
-    if want is not None and dtype != want:
-        raise InvalidInput(field, f"must be {want}, got {dtype}", index=index)
+    if want is not None and dtype not in want:
+        raise InvalidInput(field, f"must be {' or '.join(want)}, got {dtype}", index=index)
     if td.sparse_crow_indices is not None:
         _check_sparse(field, td, index)
     else:
@@ -381,6 +407,25 @@ def validate_checkpoint_name(name: str, *, field: str = "name") -> None:
         raise InvalidInput(field, f"{name!r} is not a valid name")
 
 
+def checkpoint_path_of(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
+    """The checkpoint path ``load_state*`` was given: a ``str``, or the ``path`` of what
+    ``save_state`` returned (``SaveWeightsResponse``); anything else raises ``InvalidInput``.
+
+    Example::
+
+        checkpoint_path_of(await client.save_state("step-4"))   # "tinker://…/weights/step-4"
+    """
+    if isinstance(saved, types.SaveWeightsResponse):
+        return saved.path
+    if not isinstance(saved, str):
+        raise InvalidInput(
+            field,
+            f"must be a checkpoint path (str) or what save_state returned, got "
+            f"{type(saved).__name__}",
+        )
+    return saved
+
+
 def validate_ttl(ttl_seconds: int | None, *, field: str = "ttl_seconds") -> None:
     """Check a time-to-live: ``None`` (never expires) or an ``int > 0``.
 
@@ -441,6 +486,8 @@ def validate_sample_args(
                              types.SamplingParams(max_tokens=16, temperature=0.7))
     """
     _check_model_input(prompt, None, for_training=False)
+    if getattr(prompt, "routing_matrices", None) is not None:
+        raise InvalidInput("prompt.routing_matrices", "router replay applies to training data")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int):
         raise InvalidInput("num_samples", f"must be an int, got {type(num_samples).__name__}")
     if num_samples < 1:
