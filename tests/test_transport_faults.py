@@ -26,7 +26,7 @@ MODEL = "local/tiny-byte-lm"
 ADAM = types.AdamParams(learning_rate=5e-3)
 BATCH = [sft_datum("nothing doubled")]
 # A fake reply: if it is ever read as the answer to a request, the test sees it.
-LATE = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n{"late": true}'
+LATE = b'HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\n{"late": true}'
 
 
 @pytest.fixture(scope="module")
