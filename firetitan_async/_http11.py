@@ -173,7 +173,7 @@ class ReplyReader:
             self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._complete:
+        if not self.head_done:  # not the trailers of a chunked body (ignored, as h11 does)
             self.headers.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing OWS
 
     def on_headers_complete(self) -> None:
