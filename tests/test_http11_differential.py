@@ -14,20 +14,22 @@ import pytest
 from firetitan_async._http11 import BodyTooLarge, ProtocolViolation, ReplyReader
 
 OK = b"HTTP/1.1 200 OK\r\n"
+TE = b"Transfer-Encoding: chunked\r\n\r\n"
 CORPUS: dict[str, bytes] = {
     "content-length": OK + b"Content-Length: 5\r\n\r\nhello",
     "empty body": OK + b"Content-Length: 0\r\n\r\n",
-    "json reply": OK + b"Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\": [1]}\n",
-    "chunked": OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n",
-    "chunked with extension": OK + b"Transfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n",
-    "chunked with trailers": OK + b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n",
-    "chunked upper hex": OK + b"Transfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+    "json reply": OK + b'Content-Type: application/json\r\nContent-Length: 9\r\n\r\n{"a": 1}\n',
+    "chunked": OK + TE + b"5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n",
+    "chunked with extension": OK + TE + b"5;x=y\r\nhello\r\n0\r\n\r\n",
+    "chunked with trailers": OK + TE + b"2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n",
+    "chunked upper hex": OK + TE + b"A\r\n0123456789\r\n0\r\n\r\n",
     "read until close": OK + b"\r\nuntil the end",
     "connection close": OK + b"Connection: close\r\nContent-Length: 2\r\n\r\nok",
     "close then keep-alive": OK + b"Connection: close\r\nConnection: keep-alive\r\n"
     b"Content-Length: 0\r\n\r\n",
     "http/1.0": b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    "http/1.0 keep-alive": b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    "http/1.0 keep-alive": b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+    b"Content-Length: 2\r\n\r\nok",
     "204": b"HTTP/1.1 204 No Content\r\n\r\n",
     "304 with a length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
     "100 then 200": b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 1\r\n\r\nx",
@@ -39,7 +41,8 @@ CORPUS: dict[str, bytes] = {
     "whitespace around value": OK + b"X-A:   padded \t\r\nContent-Length: 0\r\n\r\n",
     "empty header value": OK + b"X-Empty:\r\nContent-Length: 0\r\n\r\n",
     "bytes beyond the reply": OK + b"Content-Length: 2\r\n\r\nokEXTRA",
-    "a second reply beyond": OK + b"Content-Length: 2\r\n\r\nok" + OK + b"Content-Length: 0\r\n\r\n",
+    "a second reply beyond": OK + b"Content-Length: 2\r\n\r\nok"
+    + OK + b"Content-Length: 0\r\n\r\n",
     "204 with a body": b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
     # Malformed:
     "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
@@ -59,15 +62,15 @@ CORPUS: dict[str, bytes] = {
     "gzip coding": OK + b"Transfer-Encoding: gzip\r\n\r\nzipped",
     "chunked and length": OK + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
     b"0\r\n\r\n",
-    "0x chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
-    "underscore chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\n5_0\r\nhello\r\n0\r\n\r\n",
-    "space chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
-    "bad chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
-    "chunk without CRLF": OK + b"Transfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n0\r\n\r\n",
+    "0x chunk size": OK + TE + b"0x5\r\nhello\r\n0\r\n\r\n",
+    "underscore chunk size": OK + TE + b"5_0\r\nhello\r\n0\r\n\r\n",
+    "space chunk size": OK + TE + b" 5\r\nhello\r\n0\r\n\r\n",
+    "bad chunk size": OK + TE + b"zz\r\n",
+    "chunk without CRLF": OK + TE + b"1\r\nabc\r\n0\r\n\r\n",
     "101 switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
     "cut in the head": OK + b"Content-Le",
     "cut in the body": OK + b"Content-Length: 10\r\n\r\nabc",
-    "cut in a chunk": OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhe",
+    "cut in a chunk": OK + TE + b"5\r\nhe",
     "nothing": b"",
     "NUL in a value": OK + b"X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
 }
