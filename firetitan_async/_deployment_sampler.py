@@ -283,6 +283,7 @@ class DeploymentSampler:
             return await send_with_retry(
                 sender, request, policy=self._retry, redactor=self._redact, replay_safe=True,
                 not_yet=not_yet, error=error, log=logger,
+                connect_hint=f"is the deployment's server listening at {self.inference_url}?",
             )
         except SamplingError:
             raise

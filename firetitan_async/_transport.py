@@ -136,6 +136,10 @@ class Transport:
         self._before_retry = before_retry
         self.retry = retry
         self._timeout = timeout
+        self._connect_hint = (
+            f"is a trainer listening at {self.base_url}? `firetitan-async serve` starts a "
+            "local one"
+        )
         # Every server text and exception text becomes an error or a log line through this.
         self._redact = Redactor.of(api_key)
         # CPU turns only with our own transport, which gives the turn back around its network
@@ -447,6 +451,7 @@ class Transport:
             sleep=partial(self._sleep, turn=turn),
             on_retry=_tell_tracker,
             before_retry=None if self._before_retry is None else partial(self._check, turn=turn),
+            connect_hint=self._connect_hint,
         )
 
     async def _check(self, response: httpx.Response, turn: Turn | None) -> None:
