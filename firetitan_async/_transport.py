@@ -1,4 +1,4 @@
-"""The transport: one ``httpx.AsyncClient`` per session, with auth, timeouts and retries.
+"""The transport: one HTTP transport per session, with the key, timeouts and retries.
 
 This is the only module that performs data-plane HTTP. It knows three kinds of exchange:
 
@@ -8,12 +8,17 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
-Every request goes through the one retry loop (:func:`~firetitan_async._send.send_with_retry`,
+Every request is built by :meth:`Transport._request` (the fixed headers, the key attached
+there only) and sent by :meth:`Transport.send` straight to the session's
+``httpx.AsyncBaseTransport`` (ours, httpx's for HTTP/2 or a proxy, or the caller's): one send
+path, no ``httpx.AsyncClient`` layer. Every request goes through the one retry loop
+(:func:`~firetitan_async._send.send_with_retry`,
 decisions from :class:`~firetitan_async._retry.RetryPolicy`) and every server or exception text
 that becomes an error or a log line through the session's one
 :class:`~firetitan_async._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
 a CPU turn (:mod:`~firetitan_async._cpu_turns`) while it computes and gives it back while it
 waits. Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``, …) apply as httpx applies them.
+Settings and failure messages: ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class Transport:
-    """One HTTP client, its retry policy and its credentials. Closed with :meth:`aclose`."""
+    """One HTTP transport, its retry policy and its credentials. Closed with :meth:`aclose`."""
 
     def __init__(
         self,
