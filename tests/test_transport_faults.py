@@ -189,6 +189,6 @@ async def test_stream_yields_each_event_as_it_arrives() -> None:
                     arrived.append(time.monotonic())
         tg.cancel_scope.cancel()
     assert len(arrived) == 4
-    # Each token arrived before the next one was sent (not all at the end).
-    for token in range(3):
-        assert arrived[token] < sent_at[token + 1], (arrived, sent_at)
+    # The first tokens arrived before the last one was sent (read whole, all came at the end);
+    # the 0.6-0.9 s of margin holds on a loaded machine.
+    assert arrived[0] < sent_at[3] and arrived[1] < sent_at[3], (arrived, sent_at)
