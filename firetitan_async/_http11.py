@@ -88,6 +88,7 @@ class ReplyReader:
         "_complete",
         "_head_bytes",
         "_head_request",
+        "_head_size",
         "_max_body",
         "_parser",
         "_parts",
@@ -111,6 +112,7 @@ class ReplyReader:
         self._stream = stream
         self._parser = httptools.HttpResponseParser(self)
         self._head_bytes = 0  # bytes fed before the head was whole (the 64 KiB cap)
+        self._head_size = 0  # bytes of the header lines read (the cap, for a head fed whole)
         self._complete = False
         self._parts: list[bytes] = []
         self._size = 0  # body bytes buffered (all of them unless ``stream``)
@@ -173,6 +175,9 @@ class ReplyReader:
             self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > _MAX_HEAD:
+            raise ProtocolViolation(f"the reply head is larger than {_MAX_HEAD} bytes")
         if not self.head_done:  # not the trailers of a chunked body (ignored, as h11 does)
             self.headers.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing OWS
 

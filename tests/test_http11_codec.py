@@ -246,3 +246,28 @@ def test_a_large_reply_read_in_small_pieces_costs_linear_time(framing: str) -> N
     assert done and len(reader.body) == size
     # Linear: ~0.1 s here. Re-copying the body on every piece (quadratic) takes ~10 s.
     assert elapsed < 3.0, elapsed
+
+
+def test_a_huge_head_is_refused_however_it_arrives() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n"
+    with pytest.raises(ProtocolViolation, match="head is larger"):
+        ReplyReader(max_body=MB).feed(head)  # whole, in one piece
+    many = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 10_000 + b"Content-Length: 0\r\n\r\n"
+    with pytest.raises(ProtocolViolation, match="head is larger"):
+        ReplyReader(max_body=MB).feed(many)
+
+
+def test_a_trickled_head_costs_linear_time() -> None:
+    """A head fed a byte at a time: 4x the bytes must cost about 4x the time, not 16x."""
+
+    def cost(lines: int) -> float:
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Header: value\r\n" * lines + b"\r\n"
+        reader = ReplyReader(max_body=MB)
+        started = time.process_time()
+        for at in range(len(head)):
+            reader.feed(head[at : at + 1])
+        return time.process_time() - started
+
+    cost(200)  # warm up
+    small, large = min(cost(500) for _ in range(3)), min(cost(2000) for _ in range(3))
+    assert large < 8 * small, (small, large)
