@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from firetitan_async import RetryPolicy
-from firetitan_async._http11_transport import Http11Transport
+from firetitan_async._http11_transport import STREAM_EXTENSION, Http11Transport, ReplyTooLarge
 from firetitan_async._transport import Transport
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +304,29 @@ async def test_the_retry_after_a_stale_connection_uses_a_new_one_not_another_idl
             assert len(connections) == 2
             assert (await client.get(url)).content == b"fresh"
     assert len(connections) == 3
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_the_reply_cap_counts_what_is_buffered_for_a_streamed_reply(streamed: bool) -> None:
+    """Ten 50-byte chunks under a 100-byte cap: read as they come, never more than one is
+    buffered; read whole, the reply is too large."""
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            await stream.send(b"32\r\n" + b"x" * 50 + b"\r\n")
+            await anyio.sleep(0.01)
+        await stream.send(b"0\r\n\r\n")
+
+    async with raw_server(handler) as (url, _connections):
+        async with httpx.AsyncClient(transport=Http11Transport(max_reply_bytes=100)) as client:
+            request = client.build_request("GET", url, extensions={STREAM_EXTENSION: streamed})
+            if not streamed:
+                with pytest.raises(ReplyTooLarge):
+                    await client.send(request)
+                return
+            response = await client.send(request, stream=True)
+            pieces = [piece async for piece in response.aiter_raw()]
+            await response.aclose()
+    assert sum(map(len, pieces)) == 500 and max(map(len, pieces)) <= 100
