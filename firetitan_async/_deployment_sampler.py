@@ -269,6 +269,8 @@ class DeploymentSampler:
             nonlocal hot
             if response.status_code not in _HOTLOADING or hot >= self._hot_max:
                 return None
+            if "html" in response.headers.get("content-type", ""):
+                return None  # a web page, not a deployment loading weights: final at once
             hot += 1
             return self._hot_interval
 

@@ -9,7 +9,13 @@ import anyio.abc
 import httpx
 import pytest
 
-from firetitan_async import FiretitanError, RetryPolicy, ServiceSession
+from firetitan_async import (
+    DeploymentSampler,
+    FiretitanError,
+    RetryPolicy,
+    SamplingError,
+    ServiceSession,
+)
 from firetitan_async._redact import Redactor
 from firetitan_async._send import send_with_retry
 
@@ -113,3 +119,35 @@ async def test_a_backoff_sleep_never_overshoots_the_deadline() -> None:
         tg.cancel_scope.cancel()
     # Sleeps of 0.6 then 1.2 s would end at 1.8 s; cut to the deadline, the last try is at 1 s.
     assert took < 1.5, took
+
+
+async def test_a_sampler_pointed_at_a_web_server_fails_at_once_on_its_404_page() -> None:
+    """A deployment answers 404 while it hot-loads (waited out, 5 s a time); an HTML 404
+    page is a web server that is not a deployment: one request, then the error."""
+    requests = 0
+    page = b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        nonlocal requests
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            requests += 1
+            await stream.send(
+                b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(page), page)
+            )
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        async with DeploymentSampler(url, "accounts/a/deployments/d", api_key="k") as sampler:
+            with pytest.raises(SamplingError, match="404"):
+                await sampler.sample([1, 2], max_tokens=2)
+        took = time.monotonic() - started
+        tg.cancel_scope.cancel()
+    assert requests == 1 and took < 2.0, (requests, took)
