@@ -37,7 +37,7 @@ import attrs
 import httpx
 
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
-from ._http11_transport import Http11Transport
+from ._http11_transport import STREAM_EXTENSION, Http11Transport
 from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._send import send_with_retry
@@ -256,7 +256,9 @@ class DeploymentSampler:
             request = httpx.Request(
                 "POST", self._url, headers=[*self._headers, ("x-request-id", request_id),
                                             *extra.items()],
-                content=json.dumps(body).encode(), extensions={"timeout": self._timeout},
+                content=json.dumps(body).encode(),
+                # A streamed reply is read as it arrives (the transport hands its body over).
+                extensions={"timeout": self._timeout, STREAM_EXTENSION: sender.stream},
             )
         except BaseException:
             sender.release_unused()
@@ -267,6 +269,8 @@ class DeploymentSampler:
             nonlocal hot
             if response.status_code not in _HOTLOADING or hot >= self._hot_max:
                 return None
+            if "html" in response.headers.get("content-type", ""):
+                return None  # a web page, not a deployment loading weights: final at once
             hot += 1
             return self._hot_interval
 
@@ -281,6 +285,7 @@ class DeploymentSampler:
             return await send_with_retry(
                 sender, request, policy=self._retry, redactor=self._redact, replay_safe=True,
                 not_yet=not_yet, error=error, log=logger,
+                connect_hint=f"is the deployment's server listening at {self.inference_url}?",
             )
         except SamplingError:
             raise
@@ -335,7 +340,8 @@ class _Slotted:
     def __init__(self, sampler: DeploymentSampler, *, stream: bool) -> None:
         self._concurrency = sampler.concurrency
         self._transport = sampler._transport
-        self._stream = stream
+        #: Whether a successful reply is returned unread (its body then streams).
+        self.stream = stream
         self._held: Observation | None = None
         self._acquired = False
         #: Attempts sent so far (hot-load waits included).
@@ -355,7 +361,7 @@ class _Slotted:
         observation = Observation(None, 0.0)
         try:
             response = await self._transport.handle_async_request(request)
-            if self._stream and response.is_success:
+            if self.stream and response.is_success:
                 self._held = _observe(response, t0)
                 return response
             try:

@@ -19,6 +19,7 @@ from tinker import types
 
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
+from ._http11_transport import DEFAULT_KEEPALIVE_EXPIRY_S
 from ._pending import Pending
 from ._redact import Redactor
 from ._retry import RetryPolicy
@@ -119,7 +120,9 @@ class ServiceSession:
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
     ``httpx.MockTransport`` in tests). Environment proxies (``HTTPS_PROXY``, ``HTTP_PROXY``,
     ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
-    them (as ``httpx.AsyncClient(trust_env=False)``).
+    them (as ``httpx.AsyncClient(trust_env=False)``). An idle pooled connection is reused for
+    ``keepalive_expiry`` seconds (below the idle timeouts of common load balancers), then
+    closed; see ``docs/transport.md``.
 
     ``deadlines`` bounds every operation's phases (a :class:`Deadlines` for all operations,
     or a mapping from operation names such as ``"save_state"`` and ``"default"`` to them; see
@@ -152,9 +155,13 @@ class ServiceSession:
         trust_env: bool = True,
         deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
         on_event: EventHook | None = None,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
+        if not keepalive_expiry >= 0:
+            raise InvalidInput("keepalive_expiry", f"must be >= 0, got {keepalive_expiry!r}")
+        self._keepalive_expiry = keepalive_expiry
         self._base_url: str | None = (
             check_url_security(base_url, allow_insecure_http=allow_insecure_http)
             if base_url
@@ -539,6 +546,7 @@ class ServiceSession:
                 transport=self._http_transport,
                 http2=self._http2,
                 trust_env=self._trust_env,
+                keepalive_expiry=self._keepalive_expiry,
                 before_retry=self._check_job if self._jobs is not None else None,
             )
         if self._codec.fetches_client_config:

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -210,7 +211,17 @@ def _describe_body(body: Any) -> str:
             if key in body:
                 return str(body[key])
     text = str(body)
+    if isinstance(body, str) and _HTML.match(body):
+        # A web page (a proxy's or a web server's, not the API's): its title, not its markup.
+        title = _TITLE.search(body)
+        words = " ".join(_TAG.sub(" ", title.group(1) if title else body).split())
+        return f"an HTML page, not an API reply ({len(body)} characters): {words[:200]!r}"
     return text if len(text) <= 500 else text[:500] + "…"
+
+
+_HTML = re.compile(r"\s*<(!doctype|html|head|body|title|h1|p)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 class UsageError(FiretitanError, RuntimeError):
