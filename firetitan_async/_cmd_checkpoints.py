@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import anyio
 from tinker import types
 
-from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, control_plane_url
+from ._cli import CLI_RETRY, CONTROL_PLANE_URL_VAR, KEY_VARS, control_plane_url
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
 from .errors import APIStatusError, FiretitanError
@@ -22,7 +22,7 @@ from .platform._rest import DEFAULT_BASE_URL
 
 __all__ = ["add_parser", "list_checkpoints"]
 
-_KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
+_KEY_VARS = KEY_VARS
 _URL_VAR = "TINKER_BASE_URL"
 
 
