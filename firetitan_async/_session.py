@@ -44,6 +44,7 @@ from .wire.tinker import (
     get_info_body,
     session_heartbeat_body,
 )
+from .wire.validation import validate_api_key, validate_seconds
 
 if TYPE_CHECKING:
     from ._sampling import SamplingClient
@@ -153,14 +154,17 @@ class ServiceSession:
         deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
         on_event: EventHook | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
+        validate_seconds(timeout, "timeout")
+        validate_api_key(api_key)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput("retry", f"must be a RetryPolicy, got {type(retry).__name__}")
         self._base_url: str | None = (
             check_url_security(base_url, allow_insecure_http=allow_insecure_http)
             if base_url
             else None
         )
         self._api_key = api_key if api_key is not None else _default_api_key()
+        validate_api_key(self._api_key, field="api_key (from the environment)")
         self._codec: Dialect = dialect_named(
             resolve_dialect(dialect, base_url or "", self._api_key)
         )
