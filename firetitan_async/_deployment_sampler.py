@@ -51,6 +51,7 @@ from .wire.completions import (
     parse_completion_reply,
     parse_stream_chunk,
 )
+from .wire.validation import validate_api_key, validate_seconds
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
 
@@ -118,7 +119,11 @@ class DeploymentSampler:
             raise InvalidInput("inference_url", str(exc)) from None
         if not isinstance(model, str) or not model:
             raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+        validate_api_key(api_key)
+        validate_seconds(timeout_s, "timeout_s")
+        validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
         key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        validate_api_key(key or None, field="api_key (from the environment)")
         self.model = model
         self.inference_url = base
         if isinstance(concurrency, int):
