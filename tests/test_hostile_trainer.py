@@ -65,7 +65,7 @@ FAST = RetryPolicy(max_attempts=4, backoff_base_s=0.001, backoff_cap_s=0.01, jit
 ADAM = types.AdamParams(learning_rate=1e-3)
 PAD = "." * 190  # a text cut at 200 characters cuts through the key that follows
 # Ids the client sends back (in JSON): the key is appended after a "~".
-_ID_FIELDS = frozenset({"request_id"})
+_ID_FIELDS = frozenset({"request_id", "path"})
 # Free text: the key is quoted in it.
 _TEXT_FIELDS = frozenset({
     "error", "message", "detail", "reason", "queue_state_reason", "displayName", "display_name",
@@ -275,8 +275,14 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
         app.state.errors_503 = 2  # and inside an operation: "retried" events
         await client.forward_backward([_datum()], "cross_entropy")
         await client.optim_step(ADAM)
+        fb = client.forward_backward([_datum()], "cross_entropy")
+        await fb
         saved = await client.save_state("step-1")
-        assert "step-1" in (await client.list_checkpoints())[0].checkpoint_id
+        entries = await client.list_checkpoints()
+        assert "step-1" in entries[0].checkpoint_id
+        if lines == "entry":  # what the replies carried, redacted where it entered
+            seen.texts += [repr(saved), repr(entries), repr(fb.request_id)]
+            assert "<redacted>" in repr(saved) + repr(entries)
         sampler = await session.create_sampling_client(base_model=MODEL)
         await sampler.sample(
             types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=2)
@@ -286,7 +292,7 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
             await client.optim_step(ADAM)
         seen.error(failed.value)
         with pytest.raises(FiretitanError) as missing:  # a 404 whose body quotes the key
-            await client.load_state(f"{saved.path}-missing")
+            await client.load_state(f"tinker://{client.model_id}/weights/missing")
         seen.error(missing.value)
         app.state.bad_time = True  # a checkpoint time that is the key
         with pytest.raises(FiretitanError) as listing:
