@@ -111,11 +111,12 @@ async def test_the_deployment_sampler_checks_its_configuration_and_bounds() -> N
     _raises("api_key", lambda: sampler(api_key=CRLF_KEY))
     _raises("timeout_s", lambda: sampler(api_key="k-0123", timeout_s=math.nan))
     async with sampler(api_key="k-0123") as ok:
-        for field, kwargs in (
+        cases: list[tuple[str, dict[str, Any]]] = [
             ("n", {"n": 10**9}),
             ("n", {"n": MAX_SAMPLES + 1}),
             ("max_tokens", {"max_tokens": MAX_SAMPLE_TOKENS + 1}),
-        ):
+        ]
+        for field, kwargs in cases:
             with pytest.raises(InvalidInput) as info:
                 await ok.sample([1, 2], **kwargs)
             assert info.value.field == field
