@@ -487,7 +487,8 @@ def validate_sample_args(
 
 
 def validate_api_key(key: object, *, field: str = "api_key") -> None:
-    """Check an API key: ``None`` or a non-empty string of printable ASCII without spaces.
+    """Check an API key: ``None`` or a string of printable ASCII without spaces (``""``, like
+    ``None``, means no key to the callers that accept it).
 
     A key with a CR/LF (pasted with its newline) cannot go into a header: refused here, at
     construction, instead of failing every request as if the network were down. The message
@@ -501,8 +502,6 @@ def validate_api_key(key: object, *, field: str = "api_key") -> None:
         return
     if not isinstance(key, str):
         raise InvalidInput(field, f"must be a string, got {type(key).__name__}")
-    if not key:
-        raise InvalidInput(field, "is empty")
     for at, char in enumerate(key):
         if not (char.isascii() and char.isprintable()) or char.isspace():
             what = "whitespace" if char.isspace() else "a control or non-ASCII character"
