@@ -119,12 +119,20 @@ class Redactor:
     def _scrub(self, exc: BaseException, seen: set[int]) -> None:
         seen.add(id(exc))
         try:
-            exc.args = tuple(self.value(a) for a in exc.args)
-            for name, attr in list(vars(exc).items()):
-                if isinstance(attr, str | dict | list | tuple) and not name.startswith("__"):
-                    setattr(exc, name, self.value(attr))
+            exc.args = self._kept(exc.args)
+            for name, attr in list(vars(exc).items()):  # (``__notes__`` among them)
+                if isinstance(attr, str | dict | list | tuple):
+                    setattr(exc, name, self._kept(attr))
+            if isinstance(exc, OSError):  # its text comes from these, not from args
+                for name in ("strerror", "filename", "filename2"):
+                    if isinstance(attr := getattr(exc, name), str):
+                        setattr(exc, name, self.text(attr))
         except (AttributeError, TypeError):  # an exception type that refuses: judged below
             pass
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                if id(inner) not in seen:
+                    self._scrub(inner, seen)
         for link in ("__cause__", "__context__"):
             inner = getattr(exc, link)
             if inner is None or id(inner) in seen:
@@ -133,6 +141,12 @@ class Redactor:
             if self._leaks(inner):
                 setattr(exc, link, None)
                 exc.__suppress_context__ = True
+
+    def _kept(self, value: Any) -> Any:
+        """``value`` redacted, its tuples kept tuples (exception args, attributes)."""
+        if isinstance(value, tuple):
+            return tuple(self._kept(v) for v in value)
+        return self.value(value)
 
     def _leaks(self, exc: BaseException) -> bool:
         try:

@@ -80,6 +80,11 @@ def test_scrubbed_cleans_text_attributes_and_the_cause_chain() -> None:
         text = "".join(traceback.format_exception(error)) + repr(vars(error))
         assert KEY not in text and REDACTED in text
     assert inner.problem == f"not JSON: {REDACTED}"
+    group = ExceptionGroup("two", [OSError(5, f"disk of {KEY}"), ValueError(KEY)])
+    group.add_note(f"while saving for {KEY}")
+    r.scrubbed(group)
+    assert KEY not in "".join(traceback.format_exception(group))
+    assert group.exceptions[0].args == (5, f"disk of {REDACTED}")  # a tuple, ints kept
     assert failed.__context__ is None and failed.request_id == f"r-{REDACTED}"
 
 
