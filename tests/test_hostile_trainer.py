@@ -271,6 +271,7 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
         url, api_key=KEY, retry=FAST, dialect="tinker", on_event=OtelExporter(provider)
     ) as session:
         session.add_event_hook(events.append)
+        stream = session.events()
         client = await session.create_training_client(MODEL, lora_rank=4)
         app.state.errors_503 = 2  # and inside an operation: "retried" events
         await client.forward_backward([_datum()], "cross_entropy")
@@ -283,10 +284,14 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
         if lines == "entry":  # what the replies carried, redacted where it entered
             seen.texts += [repr(saved), repr(entries), repr(fb.request_id)]
             assert "<redacted>" in repr(saved) + repr(entries)
+        await client.forward([_datum()], "cross_entropy")
+        for_sampler = await client.save_weights_for_sampler("s-1")
         sampler = await session.create_sampling_client(base_model=MODEL)
-        await sampler.sample(
-            types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=2)
-        )
+        prompt = types.ModelInput.from_ints([1, 2, 3])
+        sampled = await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2))
+        logprobs = await sampler.compute_logprobs(prompt)
+        if lines == "entry":
+            seen.texts += [repr(for_sampler), repr(sampled), repr(logprobs)]
         app.state.fail_future = True  # request_failed, its message quoting the key
         with pytest.raises(FiretitanError) as failed:
             await client.optim_step(ADAM)
@@ -306,10 +311,13 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
             with pytest.raises(FiretitanError) as info:
                 await pending
             seen.error(info.value)
+        stream.close()
+        streamed = [event async for event in stream]
+    assert [e.kind for e in streamed] == [e.kind for e in events]
     kinds = {e.kind for e in events}
     assert {"queued", "retried", "failed"} <= kinds, kinds
     assert any(e.detail and "<redacted>" in e.detail for e in events)
-    seen.texts += [repr(e) for e in events] + _spans(memory)
+    seen.texts += [repr(e) for e in [*events, *streamed]] + _spans(memory)
     assert "submission" in str(seen.errors[-1]) or "lost" in str(seen.errors[-1])
     seen.assert_clean(min_errors=5)
 
