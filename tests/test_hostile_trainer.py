@@ -311,8 +311,7 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
             with pytest.raises(FiretitanError) as info:
                 await pending
             seen.error(info.value)
-        stream.close()
-        streamed = [event async for event in stream]
+    streamed = [event async for event in stream]  # (it ended with the session)
     assert [e.kind for e in streamed] == [e.kind for e in events]
     kinds = {e.kind for e in events}
     assert {"queued", "retried", "failed"} <= kinds, kinds
