@@ -12,12 +12,14 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
+from ._redact import Redactor
 from ._retry import RetryPolicy
 from ._version import __version__
 from .platform._rest import DEFAULT_BASE_URL
@@ -33,6 +35,8 @@ _COMMAND_MODULES: tuple[str, ...] = ("serve", "demo", "wait", "jobs", "checkpoin
 CLI_RETRY: Final = RetryPolicy(max_attempts=3, backoff_base_s=0.2, deadline_s=15.0)
 ACCOUNT_VAR: Final = "FIREWORKS_ACCOUNT_ID"
 CONTROL_PLANE_URL_VAR: Final = "FIREWORKS_BASE_URL"
+#: Where the commands read API keys from (``serve --api-key-env VAR`` adds VAR).
+KEY_VARS: Final = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -189,8 +193,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    try:
-        return int(func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # Every line the command prints, on stdout and stderr, passes the redactor: the keys it
+    # may hold (a server's reply, an exception's text, a pydantic input_value) never show.
+    redactor = Redactor.of(*(os.environ.get(v) for v in _key_vars(args)))
+    with (
+        contextlib.redirect_stdout(redactor.writer(sys.stdout)),
+        contextlib.redirect_stderr(redactor.writer(sys.stderr)),
+    ):
+        try:
+            return int(func(args))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _key_vars(args: argparse.Namespace) -> list[str]:
+    """The environment variables that may hold an API key for this command."""
+    names = list(KEY_VARS)
+    if getattr(args, "api_key_env", None):
+        names.append(args.api_key_env)
+    return names

@@ -17,18 +17,20 @@ from tinker import types
 from ._cli import (
     CLI_RETRY,
     CONTROL_PLANE_URL_VAR,
+    KEY_VARS,
     add_deprecated_alias,
     control_plane_url,
     print_table,
 )
 from ._retry import RetryPolicy
 from ._transport import Transport, check_url_security
-from .errors import APIStatusError, FiretitanError
+from .errors import APIStatusError, FiretitanError, ProtocolError
 from .platform._rest import DEFAULT_BASE_URL
+from .wire.futures import validate_reply
 
 __all__ = ["add_parser", "list_checkpoints"]
 
-_KEY_VARS = ("FIREWORKS_API_KEY", "TINKER_API_KEY")
+_KEY_VARS = KEY_VARS
 _URL_VAR = "TINKER_BASE_URL"
 
 
@@ -117,7 +119,7 @@ async def list_checkpoints(
             print(ckpt.checkpoint_id, ckpt.tinker_path)
     """
     records = await _fetch_records(base_url, api_key, run=run, job=job, limit=limit, retry=retry)
-    return [types.Checkpoint.model_validate(record) for record in records]
+    return [validate_reply(types.Checkpoint, record, "checkpoint record") for record in records]
 
 
 async def _fetch_records(
@@ -144,7 +146,9 @@ async def _fetch_records(
             reply = await transport.call("GET", "/api/v1/checkpoints", params=params)
     finally:
         await transport.aclose()
-    types.CheckpointsListResponse.model_validate(reply)  # raises on a malformed listing
+    # A malformed listing is a ProtocolError naming the fields only (pydantic's own message
+    # quotes the values, cut: a cut key is one the redactor no longer recognises).
+    validate_reply(types.CheckpointsListResponse, reply, "checkpoint listing")
     return [dict(record) for record in reply["checkpoints"]]
 
 
@@ -227,10 +231,10 @@ def _run_list(args: argparse.Namespace) -> int:
             what = f"run {args.run!r}" if args.run else f"job {args.job!r}"
             return _fail(f"the trainer at {base_url} knows no {what} ({exc})")
         return _fail(f"the trainer at {base_url} answered {exc}")
+    except ProtocolError as exc:
+        return _fail(f"the trainer at {base_url} sent an unexpected listing: {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the trainer at {base_url}: {exc}")
-    except ValueError as exc:  # pydantic's ValidationError: not a checkpoint listing
-        return _fail(f"the trainer at {base_url} sent an unexpected listing: {exc}")
     if args.json:
         print(json.dumps(records, indent=2))
     else:

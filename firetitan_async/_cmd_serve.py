@@ -185,7 +185,10 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         knobs = {"latency_s": args.inference_latency_ms / 1000.0,
                  "max_concurrency": args.inference_max_concurrency}
         try:
-            httpx.post(f"{trainer.base_url}/_local/inference/config", json=knobs).raise_for_status()
+            key = {"X-Api-Key": api_key} if api_key else {}
+            httpx.post(
+                f"{trainer.base_url}/_local/inference/config", json=knobs, headers=key
+            ).raise_for_status()
         except httpx.HTTPError as exc:  # the trainer is running: stop it before leaving
             trainer.stop()
             print(f"error: configuring the local deployment failed: {exc}", file=sys.stderr)

@@ -51,6 +51,7 @@ from .wire.completions import (
     parse_completion_reply,
     parse_stream_chunk,
 )
+from .wire.validation import validate_api_key, validate_seconds
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
 
@@ -118,7 +119,11 @@ class DeploymentSampler:
             raise InvalidInput("inference_url", str(exc)) from None
         if not isinstance(model, str) or not model:
             raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+        validate_api_key(api_key)
+        validate_seconds(timeout_s, "timeout_s")
+        validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
         key = api_key if api_key is not None else os.environ.get("FIREWORKS_API_KEY")
+        validate_api_key(key or None, field="api_key (from the environment)")
         self.model = model
         self.inference_url = base
         if isinstance(concurrency, int):
@@ -182,7 +187,9 @@ class DeploymentSampler:
         sender = _Slotted(self, stream=False)
         response = await self._send_with_retry(sender, body, request_id, {})
         try:
-            choices = parse_completion_reply(response.json(), want_logprobs=logprobs)
+            choices = parse_completion_reply(
+                json.loads(self._redact.json_bytes(response.content)), want_logprobs=logprobs
+            )
         except ValueError:
             raise self._error("malformed completions reply: not JSON", request_id, response,
                               sender.attempts) from None
@@ -277,7 +284,7 @@ class DeploymentSampler:
         def error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
             return self._error(
                 f"completions request failed: HTTP {response.status_code}: "
-                f"{redactor.text(response.text[:500])}",
+                f"{redactor.cut(response.text, 500)}",
                 request_id, response, sender.attempts,
             )
 
@@ -308,7 +315,7 @@ class DeploymentSampler:
         """The deltas of one event; a malformed one is a ``SamplingError`` with redacted text
         (the server's words may echo the key)."""
         try:
-            return parse_stream_chunk(json.loads(data))
+            return parse_stream_chunk(json.loads(self._redact.text(data)))
         except ValueError:
             raise self._stream_error(
                 "malformed completions stream: an event is not JSON", request_id, attempts
@@ -325,7 +332,7 @@ class DeploymentSampler:
         return SamplingError(
             self._redact.text(message),
             request_id=request_id,
-            server_request_id=response.headers.get("x-request-id"),
+            server_request_id=self._redact.text(response.headers.get("x-request-id", "")) or None,
             status_code=response.status_code,
             attempts=attempts,
         )

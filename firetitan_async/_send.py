@@ -96,8 +96,8 @@ def redacted_body(
     try:
         return redactor.value(response.json())
     except ValueError:
-        text = response.text if max_text is None else response.text.strip()[:max_text]
-        return redactor.text(text)
+        text = redactor.text(response.text)  # before the cut: a cut key is not recognised
+        return text if max_text is None else text.strip()[:max_text]
 
 
 async def send_with_retry(

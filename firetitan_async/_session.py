@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -45,6 +46,7 @@ from .wire.tinker import (
     get_info_body,
     session_heartbeat_body,
 )
+from .wire.validation import validate_api_key, validate_seconds
 
 if TYPE_CHECKING:
     from ._sampling import SamplingClient
@@ -157,10 +159,14 @@ class ServiceSession:
         on_event: EventHook | None = None,
         keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
-        if timeout <= 0:
-            raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
-        if not keepalive_expiry >= 0:
-            raise InvalidInput("keepalive_expiry", f"must be >= 0, got {keepalive_expiry!r}")
+        validate_seconds(timeout, "timeout")
+        validate_api_key(api_key)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput("retry", f"must be a RetryPolicy, got {type(retry).__name__}")
+        if not (math.isfinite(keepalive_expiry) and keepalive_expiry >= 0):
+            raise InvalidInput(
+                "keepalive_expiry", f"must be finite and >= 0, got {keepalive_expiry!r}"
+            )
         self._keepalive_expiry = keepalive_expiry
         self._base_url: str | None = (
             check_url_security(base_url, allow_insecure_http=allow_insecure_http)
@@ -168,6 +174,7 @@ class ServiceSession:
             else None
         )
         self._api_key = api_key if api_key is not None else _default_api_key()
+        validate_api_key(self._api_key, field="api_key (from the environment)")
         self._codec: Dialect = dialect_named(
             resolve_dialect(dialect, base_url or "", self._api_key)
         )

@@ -650,7 +650,10 @@ class TrainingClient:
         self._session._check_open()
         if self._codec.name == "fireworks":
             reply = await self._session._open_transport.call("GET", "/api/v1/list_checkpoints")
-            return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
+            try:
+                return [_entry_of_row(row) for row in fw.parse_checkpoint_list(reply)]
+            except ProtocolError as exc:  # it quotes the reply: scrubbed as it leaves
+                raise self._session._redactor.scrubbed(exc) from None
         return await _list_checkpoints(
             self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
         )
@@ -803,7 +806,10 @@ async def _list_checkpoints(
         isinstance(r, dict) and isinstance(r.get("checkpoint_id"), str) for r in rows
     ):
         raise ProtocolError("checkpoint listing", "expected {'checkpoints': [{checkpoint_id…}]}")
-    return [_entry_of_tinker(row) for row in rows]
+    try:
+        return [_entry_of_tinker(row) for row in rows]
+    except ProtocolError as exc:  # it quotes the reply: scrubbed as it leaves
+        raise session._redactor.scrubbed(exc) from None
 
 
 def _entry_of_tinker(row: Mapping[str, Any]) -> CheckpointEntry:

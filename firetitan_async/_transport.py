@@ -212,7 +212,7 @@ class Transport:
                 max_attempts=self.retry.max_attempts if retry else 1,
                 turn=turn,
             )
-            return _json_of(response)
+            return _json_of(response, self._redact)
 
     # -- operations: submit, then retrieve -------------------------------------------------
 
@@ -245,7 +245,7 @@ class Transport:
                 max_attempts=self.retry.max_attempts,
                 turn=turn,
             )
-            accepted = parse_accepted(_json_of(response))
+            accepted = parse_accepted(_json_of(response, self._redact))
         if (tracker := current_tracker()) is not None:
             tracker.accepted(accepted.request_id)
         return accepted
@@ -308,9 +308,11 @@ class Transport:
                 extensions=extensions,
             )
             response = await self._send_with_retry(request, turn, error=error)
-            outcome = classify_retrieve_reply(
-                response.headers.get("content-type", ""), response.content
-            )
+            content_type = response.headers.get("content-type", "")
+            content = response.content
+            if "json" in content_type:  # redacted where it enters: ids, reasons, messages
+                content = self._redact.json_bytes(content)
+            outcome = classify_retrieve_reply(content_type, content)
             if tracker is not None:
                 if isinstance(outcome, TryAgain):
                     tracker.try_again(outcome.queue_state, outcome.queue_state_reason)
@@ -501,9 +503,10 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _json_of(response: httpx.Response) -> Any:
+def _json_of(response: httpx.Response, redactor: Redactor) -> Any:
+    """A JSON reply, every secret in it redacted before it is parsed (Redactor.json_bytes)."""
     try:
-        return response.json()
+        return json.loads(redactor.json_bytes(response.content))
     except ValueError as exc:
         raise FiretitanError(
             f"{response.request.method} {response.request.url.path}: expected JSON, got "

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web_backend.py"
+TOKEN = "dashboard-test-token-0123456789"
 STALL_LIMIT_MS = 50.0
 
 
@@ -163,6 +164,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
     root = str(EXAMPLE.parent.parent)  # the example imports firetitan_async from this checkout
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["WEB_BACKEND_TOKEN"] = TOKEN  # the page gets it from its address (#token=)
     process = subprocess.Popen(
         # 50 ms per reply: the local trainer answers as slowly as a small remote one.
         [sys.executable, str(EXAMPLE), "--port", str(port), "--latency-ms", "50"],
@@ -216,7 +218,7 @@ def test_dashboard_run_charts_gauges_and_stop(
     app_url: str, browser: Browser, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    browser.open(f"{app_url}/")
+    browser.open(f"{app_url}/#token={TOKEN}")
     # The feed is connected once the job's state arrived: the app's trainer job is RUNNING.
     assert browser.wait_for("document.getElementById('job-state').textContent === 'RUNNING'")
     assert browser.js("document.getElementById('policy-published').textContent") == "n/a"

@@ -46,6 +46,7 @@ from .._send import send_with_retry
 from .._transport import _is_loopback, check_url_security
 from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SessionClosed
+from ..wire.validation import validate_api_key
 from ._rpc_status import platform_error
 
 __all__ = [
@@ -135,7 +136,9 @@ class RestCore:
             self.base_url = check_url_security(base_url, allow_insecure_http=allow_insecure_http)
         except ValueError as exc:
             raise InvalidInput("base_url", str(exc)) from None
+        validate_api_key(api_key)
         key = api_key if api_key is not None else os.environ.get(_KEY_VAR)
+        validate_api_key(key or None, field="api_key (from the environment)")
         self.api_key: str | None = key or None
         if self.api_key is None and not is_loopback_url(self.base_url):
             raise FiretitanError(
@@ -371,7 +374,7 @@ class RestCore:
             raise FiretitanError(
                 f"{response.request.method} {response.request.url.path}: expected JSON, got "
                 f"{response.headers.get('content-type', 'no content type')}: "
-                f"{self.redactor.text(response.text[:200])!r}"
+                f"{self.redactor.cut(response.text, 200)!r}"
             ) from None
 
     async def probe(self, url: str, *, timeout: float = HEALTHZ_TIMEOUT_S) -> int | None:

@@ -28,16 +28,30 @@ from ..errors import InvalidInput
 __all__ = [
     "FIREWORKS_LOSS_INPUTS",
     "KNOWN_LOSS_FUNCTIONS",
+    "MAX_LEARNING_RATE",
+    "MAX_SAMPLES",
+    "MAX_SAMPLE_TOKENS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
     "checkpoint_path_of",
     "validate_adam_params",
+    "validate_api_key",
     "validate_checkpoint_name",
     "validate_forward_backward",
     "validate_sample_args",
+    "validate_seconds",
     "validate_tinker_path",
     "validate_ttl",
 ]
+
+#: The largest ``learning_rate`` accepted: no Adam run learns at a rate above 1, so 10 leaves
+#: room for any schedule while a typo (``1e30``, a step count passed as the rate) is refused
+#: before it reaches the weights.
+MAX_LEARNING_RATE = 10.0
+#: The most samples one sampling request may ask for (``num_samples`` / completions ``n``).
+MAX_SAMPLES = 1024
+#: The most tokens one sample may ask for (``max_tokens``): 2**20, beyond any context window.
+MAX_SAMPLE_TOKENS = 1 << 20
 
 _RL_INPUTS = ("target_tokens", "logprobs", "advantages")
 REQUIRED_LOSS_INPUTS: Mapping[str, tuple[str, ...]] = {
@@ -346,7 +360,7 @@ def _check_sparse(field: str, td: types.TensorData, index: int) -> None:
 
 
 def validate_adam_params(params: types.AdamParams) -> None:
-    """Check AdamW hyperparameters: all finite, ``learning_rate >= 0``,
+    """Check AdamW hyperparameters: all finite, ``0 < learning_rate <= MAX_LEARNING_RATE``,
     ``0 <= beta1, beta2 < 1``, ``eps > 0``, ``weight_decay >= 0``, ``grad_clip_norm >= 0``.
 
     Example::
@@ -366,8 +380,8 @@ def validate_adam_params(params: types.AdamParams) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise bad(name, "a number")
-    if values["learning_rate"] < 0:
-        raise bad("learning_rate", ">= 0")
+    if not 0 < values["learning_rate"] <= MAX_LEARNING_RATE:
+        raise bad("learning_rate", f"in (0, {MAX_LEARNING_RATE:g}]")
     for name in ("beta1", "beta2"):
         if not 0 <= values[name] < 1:
             raise bad(name, "in [0, 1)")
@@ -476,9 +490,9 @@ def validate_tinker_path(path: str, *, field: str = "path") -> ParsedPath:
 def validate_sample_args(
     prompt: types.ModelInput, num_samples: int, params: types.SamplingParams
 ) -> None:
-    """Check a ``sample`` call: a non-empty prompt with valid token ids, ``num_samples >= 1``,
-    ``max_tokens >= 1`` if set, ``temperature >= 0``, ``0 < top_p <= 1``, ``top_k == -1`` or
-    ``>= 1``.
+    """Check a ``sample`` call: a non-empty prompt with valid token ids, ``num_samples`` in
+    ``[1, MAX_SAMPLES]``, ``max_tokens`` in ``[1, MAX_SAMPLE_TOKENS]`` if set,
+    ``temperature >= 0``, ``0 < top_p <= 1``, ``top_k == -1`` or ``>= 1``.
 
     Example::
 
@@ -490,15 +504,19 @@ def validate_sample_args(
         raise InvalidInput("prompt.routing_matrices", "router replay applies to training data")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int):
         raise InvalidInput("num_samples", f"must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise InvalidInput("num_samples", f"must be >= 1, got {num_samples}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise InvalidInput("num_samples", f"must be in [1, {MAX_SAMPLES}], got {num_samples}")
     if not isinstance(params, types.SamplingParams):
         raise InvalidInput(
             "sampling_params", f"must be tinker.types.SamplingParams, got {type(params).__name__}"
         )
     max_tokens = params.max_tokens
-    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
-        raise InvalidInput("sampling_params.max_tokens", f"must be >= 1, got {max_tokens!r}")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_SAMPLE_TOKENS
+    ):
+        raise InvalidInput(
+            "sampling_params.max_tokens", f"must be in [1, {MAX_SAMPLE_TOKENS}], got {max_tokens!r}"
+        )
     temperature = params.temperature
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidInput(
@@ -510,3 +528,45 @@ def validate_sample_args(
     top_k = params.top_k
     if top_k != -1 and top_k < 1:
         raise InvalidInput("sampling_params.top_k", f"must be -1 (no limit) or >= 1, got {top_k}")
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def validate_api_key(key: object, *, field: str = "api_key") -> None:
+    """Check an API key: ``None`` or a string of printable ASCII without spaces (``""``, like
+    ``None``, means no key to the callers that accept it).
+
+    A key with a CR/LF (pasted with its newline) cannot go into a header: refused here, at
+    construction, instead of failing every request as if the network were down. The message
+    names the position of the bad character, never the key.
+
+    Example::
+
+        validate_api_key(os.environ.get("FIREWORKS_API_KEY"))
+    """
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise InvalidInput(field, f"must be a string, got {type(key).__name__}")
+    for at, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()) or char.isspace():
+            what = "whitespace" if char.isspace() else "a control or non-ASCII character"
+            raise InvalidInput(field, f"holds {what} at position {at} (a pasted newline?)")
+
+
+def validate_seconds(value: object, field: str, *, allow_none: bool = False) -> float | None:
+    """Check a duration: a finite number of seconds > 0 (or ``None`` when ``allow_none``);
+    returns it as a float.
+
+    Example::
+
+        timeout = validate_seconds(timeout, "timeout")
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(field, f"must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInput(field, f"must be finite and > 0, got {value!r}")
+    return float(value)
