@@ -124,15 +124,20 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help="trainer URL (default: an embedded local trainer)")
-    parser.add_argument("--model", default="local/tiny-byte-lm")
-    parser.add_argument("--steps", type=int, default=60)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base-url", help="trainer URL (None: an embedded local trainer)")
+    parser.add_argument("--model", default="local/tiny-byte-lm", help="base model")
+    parser.add_argument("--steps", type=int, default=60, help="training steps")
     parser.add_argument("--depth", type=int, default=3, help="steps kept in flight")
-    parser.add_argument("--save-every", type=int, default=20)
-    parser.add_argument("--run-dir", help="where the checkpoint record lives (default: a temp dir)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--save-every", type=int, default=20, help="steps between checkpoints")
+    parser.add_argument("--run-dir", help="where the checkpoint record lives (None: a temp dir)")
+    parser.add_argument("--seed", type=int, default=0, help="model and data seed")
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop"
+    )
     return parser.parse_args(argv)
 
 

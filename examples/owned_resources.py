@@ -10,7 +10,7 @@ session is finished, the deployment deleted (or scaled to zero) and the job dele
     python examples/owned_resources.py --steps 200 --backend trio
     firetitan-async serve --port 8080 &  python examples/owned_resources.py \\
         --control-plane-url http://127.0.0.1:8080
-    firetitan-async jobs list --orphans --base-url http://127.0.0.1:8080   # nothing left
+    firetitan-async jobs list --orphans --control-plane-url http://127.0.0.1:8080   # nothing left
 """
 
 from __future__ import annotations
@@ -68,9 +68,16 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    parser.add_argument("--control-plane-url", default=None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--steps", type=int, default=20, help="training steps")
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop"
+    )
+    parser.add_argument(
+        "--control-plane-url", default=None, help="control plane (None: an embedded local one)"
+    )
     arguments = parser.parse_args()
     anyio.run(main, arguments, backend=arguments.backend)  # a signal: exit status 130 / 143

@@ -181,7 +181,7 @@ async def orchestrate(
         float(np.mean([c.reward for r in s.rollouts for c in r.group])) for s in result.steps
     ]
     print(
-        f"peak sampling requests in flight: {counters.peak_in_flight}; "
+        f"peak rollouts in flight: {counters.peak_in_flight}; "
         f"groups sampled {counters.sampled}, all trained (none discarded)"
     )
     if rewards:
@@ -216,7 +216,7 @@ async def fireworks_shape(control_plane_url: str, args: argparse.Namespace) -> A
                 kinds = "".join(policy.published[v].checkpoint_type[0]
                                 for v in sorted(policy.published))
                 print(f"published {len(policy.published)} versions ({kinds}: b=base, d=delta); "
-                      f"adaptive window {window.window}, peak in flight {window.max_in_flight}")
+                      f"adaptive window at the end: {window.window} requests")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -232,25 +232,30 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--dialect", choices=("fireworks", "tinker"), default="fireworks",
-        help="fireworks: trainer job + deployment (default); tinker: sample from the trainer",
+        help="fireworks: trainer job + deployment; tinker: sample from the trainer",
     )
     parser.add_argument(
         "--base-url",
-        help="control plane (fireworks) or trainer (tinker) URL; default: an embedded local one",
+        help="control plane (fireworks) or trainer (tinker) URL (None: an embedded local one)",
     )
     parser.add_argument("--deployment", default="rollouts", help="deployment id (fireworks)")
     parser.add_argument("--concurrency", type=int, default=256, help="sampling requests in flight")
     parser.add_argument("--group", type=int, default=4, help="completions per request")
     parser.add_argument("--batch", type=int, default=64, help="groups per training step")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="training steps")
     parser.add_argument("--max-staleness", type=int, default=2, help="policy versions")
-    parser.add_argument("--target", default="trio")
-    parser.add_argument("--learning-rate", type=float, default=2e-2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--target", default="trio", help="the word the policy learns")
+    parser.add_argument("--learning-rate", type=float, default=2e-2, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="model and sampling seed")
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop"
+    )
     args = parser.parse_args(argv)
     if min(args.concurrency, args.batch, args.steps) < 1 or args.max_staleness < 0:
         parser.error("--concurrency, --batch and --steps must be >= 1, --max-staleness >= 0")

@@ -98,10 +98,13 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help="trainer URL (default: an embedded local trainer)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base-url", help="trainer URL (None: an embedded local trainer)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps")
+    parser.add_argument("--seed", type=int, default=0, help="model seed")
     return parser.parse_args(argv)
 
 

@@ -98,12 +98,17 @@ async def run(base_url: str | None, shape: str | None, model: str, steps: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help="control plane (default: an embedded local trainer)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base-url", help="control plane (None: an embedded local trainer)")
     parser.add_argument("--shape", help="a training shape (accounts/<a>/trainingShapes/<s>)")
-    parser.add_argument("--model", default="local/tiny-byte-lm")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--model", default="local/tiny-byte-lm", help="base model")
+    parser.add_argument("--steps", type=int, default=3, help="training steps")
+    parser.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
+    )
     args = parser.parse_args()
 
     async def go() -> None:

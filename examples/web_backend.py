@@ -25,8 +25,21 @@ The same feed can go to a JSONL file (``--events-jsonl PATH``) and to Weights & 
 No thread is involved on the client side: the page's requests, the run and the session share
 one loop, and the app measures that loop's stalls itself.
 
-    python examples/web_backend.py --port 8000          # then open http://127.0.0.1:8000/
-    curl -X POST localhost:8000/runs -d '{"steps": 100}'
+Access: every state-changing request (``POST``) needs the app's token as ``Authorization:
+Bearer TOKEN`` (401 without it) and an ``application/json`` body (415 otherwise). The token is
+read from ``$WEB_BACKEND_TOKEN``, else made at start and printed in the dashboard's address
+(``http://127.0.0.1:8000/#token=...``: the page keeps it, the fragment never reaches a server).
+Every request must name an allowed host in ``Host`` (loopback by default, more with
+``--allow-host NAME``) and, when it has an ``Origin``, come from an allowed host: anything else
+gets 403, so a page on another site cannot start a run from the user's browser (a cross-site
+``text/plain`` POST) and a DNS-rebinding name is refused. ``--host 0.0.0.0`` makes the app
+reachable from the network: whoever reaches the port can read the dashboard, its feeds and
+the runs' status (reads need no token), and whoever also holds the token can start and stop
+runs on the trainer's weights; add the names the browser will use with ``--allow-host``.
+
+    python examples/web_backend.py --port 8000          # prints the dashboard's address
+    curl -X POST localhost:8000/runs -H "Authorization: Bearer $WEB_BACKEND_TOKEN" \
+        -H 'content-type: application/json' -d '{"steps": 100}'
     curl -N localhost:8000/runs/1/events
     python examples/web_backend.py --smoke              # start, stream, stop; then exit
 """
@@ -35,9 +48,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hmac
 import importlib
 import json
 import math
+import os
+import secrets
 import sys
 import time
 from collections import Counter, deque
@@ -59,6 +75,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from tinker import types
 
 from firetitan_async import (
@@ -437,6 +454,67 @@ async def _train(backend: Backend, run: Run, depth: int = 2) -> None:
     backend.feed.publish(RunStatus(run.run_id, run.status, run.steps))
 
 
+# -- access: token, content type, Host and Origin ------------------------------------------------
+
+TOKEN_VAR = "WEB_BACKEND_TOKEN"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _host_of(value: str) -> str:
+    """The host name of a ``Host`` header or an origin's authority (no port, no brackets)."""
+    if value.startswith("["):  # [::1]:8000
+        return value[1 : value.find("]")].lower() if "]" in value else ""
+    return value.rsplit(":", 1)[0].lower() if value.count(":") == 1 else value.lower()
+
+
+class Guard:
+    """The app's front door (pure ASGI): Host and Origin allowlists (403), then, for every
+    state-changing request, the token (401) and a JSON body (415).
+
+    ``Host`` must name an allowed host (DNS rebinding: a foreign name resolving to us is
+    refused); an ``Origin``, when sent (browsers send it with every cross-origin request and
+    every POST), must be ``http(s)://`` an allowed host. Reads need no token: a page's
+    ``EventSource`` cannot send one.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, allowed_hosts: frozenset[str]) -> None:
+        self.app = app
+        self._token = token.encode()
+        self._hosts = allowed_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = self._problem(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, detail = problem
+        await JSONResponse({"detail": detail}, status)(scope, receive, send)
+
+    def _problem(self, scope: Scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if _host_of(headers.get("host", "")) not in self._hosts:
+            return 403, "this host name is not served here (see --allow-host)"
+        origin = headers.get("origin")
+        if origin is not None:
+            scheme, _, authority = origin.partition("://")
+            if scheme not in ("http", "https") or _host_of(authority) not in self._hosts:
+                return 403, "cross-origin requests are refused"
+        if scope["method"] in _READS:
+            return None
+        auth = headers.get("authorization", "")
+        offered = auth[len("bearer ") :].encode() if auth.lower().startswith("bearer ") else b""
+        if not hmac.compare_digest(offered, self._token):
+            return 401, "missing or wrong token (Authorization: Bearer TOKEN)"
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return 415, "the body must be application/json"
+        return None
+
+
 # -- endpoints -----------------------------------------------------------------------------------
 
 
@@ -554,11 +632,15 @@ def create_app(
     wandb_project: str | None = None,
     latency_s: float = 0.0,
     stopping: Callable[[], bool] = lambda: False,
-) -> Starlette:
+    token: str,
+    allowed_hosts: frozenset[str] = LOOPBACK_HOSTS,
+) -> Guard:
     """The app; with ``base_url=None`` its lifespan also runs a local trainer (its replies
     delayed by ``latency_s``: a remote trainer is never instant) and creates a trainer job on
     its control plane (deleted again on the way out). ``stopping()`` tells whether the server
-    is shutting down (the dashboard's event streams then end)."""
+    is shutting down (the dashboard's event streams then end). ``token`` is required on every
+    state-changing request, and requests must name one of ``allowed_hosts`` (see
+    :class:`Guard`)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -594,7 +676,7 @@ def create_app(
             # Start-up is over: move the ~80k objects that importing tinker, pydantic and httpx
             # left on the heap out of the collector's reach. Otherwise every full collection
             # walks them all again (50–60 ms on this kind of machine: the largest stall a
-            # training run shows). An app's choice, not a library's: see the README.
+            # training run shows). An app's choice, not a library's: see docs/troubleshooting.md.
             gc.freeze()
             yield {"backend": backend}
             for run in backend.runs.values():  # shutting down: stop what still runs
@@ -610,7 +692,7 @@ def create_app(
         Route("/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Guard(Starlette(routes=routes, lifespan=lifespan), token, allowed_hosts)
 
 
 async def _sse(
@@ -633,7 +715,8 @@ async def _sse(
 
 async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
     """Serve on a free loopback port; start a run, stream it, start another and stop it."""
-    app = create_app(base_url, stopping=lambda: server.should_exit, **options)
+    token = secrets.token_urlsafe(24)
+    app = create_app(base_url, stopping=lambda: server.should_exit, token=token, **options)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
@@ -641,7 +724,11 @@ async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
         while not server.started:  # noqa: ASYNC110 (uvicorn has no "started" event)
             await anyio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as http:
             page = await http.get("/")
             assert page.status_code == 200 and "dashboard.js" in page.text, page.status_code
             run_id = (await http.post("/runs", json={"steps": steps})).json()["run_id"]
@@ -654,9 +741,11 @@ async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
             run_id = (await http.post("/runs", json={"steps": 100_000})).json()["run_id"]
             busy = await http.post("/runs", json={"steps": 1})
             print(f"second start while running: HTTP {busy.status_code} {busy.json()}")
+            anonymous = await http.post("/runs", json={"steps": 1}, headers={"Authorization": ""})
+            assert anonymous.status_code == 401, anonymous.status_code
             first = await _sse(http, f"/runs/{run_id}/events", limit=2)
             print(f"run {run_id}: {first}")
-            print(f"stop: {(await http.post(f'/runs/{run_id}/stop')).json()}")
+            print(f"stop: {(await http.post(f'/runs/{run_id}/stop', json={})).json()}")
             rest = await _sse(http, f"/runs/{run_id}/events")
             print(f"run {run_id}: {rest[-1]} after {len(rest) - 1} steps")
             assert rest[-1]["event"] == "stopped", rest[-1]
@@ -666,10 +755,19 @@ async def smoke(base_url: str | None, steps: int, **options: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help="trainer URL (default: a local trainer, started here)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base-url", help="trainer URL (None: a local trainer, started here)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the network; see above)"
+    )
+    parser.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="a host name the browser may use besides loopback (repeatable)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port")
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="local trainer: delay of every reply"
     )
@@ -686,7 +784,17 @@ def main() -> None:
     if args.smoke:
         anyio.run(lambda: smoke(args.base_url, args.steps, **options))  # uvicorn runs on asyncio
     else:
-        app = create_app(args.base_url, stopping=lambda: server.should_exit, **options)
+        token = os.environ.get(TOKEN_VAR) or secrets.token_urlsafe(24)
+        hosts = LOOPBACK_HOSTS | {name.lower() for name in args.allow_host}
+        app = create_app(
+            args.base_url,
+            stopping=lambda: server.should_exit,
+            token=token,
+            allowed_hosts=hosts,
+            **options,
+        )
+        shown = f"#token={token}" if not os.environ.get(TOKEN_VAR) else f" (token: ${TOKEN_VAR})"
+        print(f"dashboard: http://127.0.0.1:{args.port}/{shown}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port))
         server.run()
 

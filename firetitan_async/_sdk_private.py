@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
 
-__all__ = ["APIFuture", "fireworks_immediate_value", "fireworks_mapped_future", "tensor_array"]
+__all__ = [
+    "APIFuture",
+    "fireworks_immediate_value",
+    "fireworks_mapped_future",
+    "load_tinker_tokenizer",
+    "tensor_array",
+]
 
 
 def tensor_array(td: Any) -> np.ndarray:
@@ -41,3 +48,14 @@ def fireworks_immediate_value(obj: Any) -> tuple[bool, Any]:
     if hasattr(obj, "_value"):
         return True, obj._value
     return False, None
+
+
+def load_tinker_tokenizer(model_name: str, tokenizer_id: str | None) -> Any:
+    """The tinker SDK's tokenizer loader (blocking: imports ``transformers``, reads or
+    downloads files): ``tokenizer_id`` if given, else tinker's rule for the model name.
+
+    Example::
+
+        load_tinker_tokenizer("Qwen/Qwen3-8B", None)   # AutoTokenizer.from_pretrained(...)
+    """
+    return _load_tokenizer_from_model_info(model_name, tokenizer_id)

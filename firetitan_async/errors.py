@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "HotloadFailed",
     "Interrupted",
     "InvalidInput",
+    "NotAwaited",
     "OperationTimeout",
     "PlatformAPIError",
     "ProtocolError",
@@ -89,13 +91,20 @@ class RequestFailedError(FiretitanError):
 
 
 class TrainerJobFailed(FiretitanError):
-    """The trainer job reached a terminal state (e.g. ``FAILED``) while we waited for it."""
+    """The trainer job reached a terminal state (e.g. ``FAILED``) while we waited for it.
+
+    ``state`` is the job's state, or ``"NOT_FOUND"`` for a job id the control plane never
+    knew (a mistyped id, another account): "no such job", not a deleted one.
+    """
 
     def __init__(self, job_id: str, state: str, message: str | None = None) -> None:
         self.job_id = job_id
         self.state = state
         detail = f": {message}" if message else ""
-        super().__init__(f"trainer job {job_id!r} is {state}{detail}")
+        if state == "NOT_FOUND":
+            super().__init__(f"no such job: trainer job {job_id!r} does not exist{detail}")
+        else:
+            super().__init__(f"trainer job {job_id!r} is {state}{detail}")
 
 
 class ReadinessTimeout(FiretitanError, TimeoutError):
@@ -208,7 +217,17 @@ def _describe_body(body: Any) -> str:
             if key in body:
                 return str(body[key])
     text = str(body)
+    if isinstance(body, str) and _HTML.match(body):
+        # A web page (a proxy's or a web server's, not the API's): its title, not its markup.
+        title = _TITLE.search(body)
+        words = " ".join(_TAG.sub(" ", title.group(1) if title else body).split())
+        return f"an HTML page, not an API reply ({len(body)} characters): {words[:200]!r}"
     return text if len(text) <= 500 else text[:500] + "…"
+
+
+_HTML = re.compile(r"\s*<(!doctype|html|head|body|title|h1|p)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 class UsageError(FiretitanError, RuntimeError):
@@ -223,6 +242,17 @@ class UsageError(FiretitanError, RuntimeError):
             value = pending.result()
         except UsageError:
             value = await pending
+    """
+
+
+class NotAwaited(FiretitanError, AttributeError):
+    """An attribute of an operation's result was read on its ``Pending`` (an
+    ``AttributeError`` too, so ``hasattr`` and ``getattr(x, name, default)`` still work).
+
+    Example::
+
+        fb = client.forward_backward(batch, "cross_entropy")
+        fb.metrics          # NotAwaited: ... did you forget `await`? (await fb).metrics
     """
 
 
@@ -378,3 +408,18 @@ class PlatformAPIError(APIStatusError):
         self.reason = reason
         self.metadata = dict(metadata or {})
         self.details = list(details or [])
+def _trim_internal_frames(error: BaseException) -> BaseException:
+    """``error`` ready to be raised at the API boundary: a :class:`FiretitanError` loses the
+    library's internal frames (where a background task built it), so the traceback a user sees
+    is their own code and the one line that raised, then the message. Its ``__cause__`` (an
+    ``httpx`` error, a server reply) is kept. Any other exception is a bug in the library or in
+    a user callback and keeps every frame.
+
+    Example::
+
+        raise _trim_internal_frames(self._error)
+    """
+    if isinstance(error, FiretitanError):
+        return error.with_traceback(None)
+    return error
+

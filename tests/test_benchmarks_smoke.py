@@ -64,6 +64,15 @@ def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
         assert isinstance(goal["met"], bool)
     # The smoke run never overwrites the full run's RESULTS.md.
     assert document["meta"]["mode"] == "smoke"
+    # The site's plots are drawn from such a document.
+    plots = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "plots.py"), str(out), "--out", str(tmp_path / "img")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+    assert plots.returncode == 0, plots.stderr
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [
+        "bench-stall.svg", "bench-steps.svg"
+    ]
 
 
 @pytest.mark.usefixtures("bench_modules")
@@ -90,3 +99,37 @@ def test_summaries_and_goals() -> None:
     assert not goals["throughput_vs_tinker_ratio"].met(2.9)
     assert goals["pipelined_vs_fireworks_steps_ratio"].met(4.0)
     assert not goals["cpu_per_op_vs_fireworks_ratio"].met(0.51)
+
+
+@pytest.mark.usefixtures("bench_modules")
+def test_plots_draw_each_client_to_scale(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from plots import render
+
+    def fig(median: float) -> dict[str, float]:
+        return {"median": median, "min": median * 0.9, "max": median * 1.1, "n": 3}
+
+    document = {
+        "raw": {
+            "pipelined": {
+                "ours": {"steps_per_s": fig(80.0)},
+                "tinker": {"steps_per_s": fig(8.0)},
+                "ours_fw": {"steps_per_s": fig(90.0)},
+                "fireworks": {"steps_per_s": fig(6.0)},
+            },
+            "stall": {"ours": {"max_stall_ms": fig(50.0)}, "tinker": {"max_stall_ms": fig(300.0)}},
+        },
+        "meta": {"mode": "quick", "commit": "abc1234"},
+    }
+    written = {p.name: p for p in render(document, tmp_path)}
+    assert set(written) == {"bench-steps.svg", "bench-stall.svg"}
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    bars = ET.parse(written["bench-steps.svg"]).getroot().findall("svg:rect", ns)
+    widths = [float(b.get("width", "0")) for b in bars]
+    assert [float(b.get("data-median", "0")) for b in bars] == [80.0, 8.0, 90.0, 6.0]
+    assert widths[0] / widths[1] == pytest.approx(10.0, rel=1e-3)  # drawn to scale
+    assert max(widths) == widths[2]
+    stall = ET.parse(written["bench-stall.svg"]).getroot()
+    assert len(stall.findall("svg:rect", ns)) == 2  # only the clients the document has
+    assert "abc1234" in "".join(stall.itertext())

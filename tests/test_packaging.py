@@ -66,6 +66,9 @@ def test_wheel_requires_no_server_package_without_an_extra(tmp_path: Path) -> No
     # No server package (nor trio) in a plain install; the `local` extra has them all.
     assert plain.isdisjoint({*SERVER_PACKAGES, "trio"}), plain
     assert set(SERVER_PACKAGES) <= local, local
+    assert "trio" in local, local  # the demo and the examples advertise --backend trio
+    docs = {_name(r) for r in requires if "extra == \"docs\"" in r}
+    assert {"mkdocs", "mkdocs-material", "mkdocstrings"} <= docs, docs
     assert "fireworks-ai" in dev, dev
 
 

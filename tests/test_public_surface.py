@@ -8,6 +8,7 @@ import firetitan_async
 from firetitan_async import (
     FiretitanError,
     InvalidInput,
+    NotAwaited,
     Pending,
     RetryPolicy,
     ServiceSession,
@@ -16,7 +17,7 @@ from firetitan_async import (
     aresult,
 )
 from firetitan_async._session._session import client_side
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, sft_datum
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +43,26 @@ def test_plain_misuse_raises_firetitan_errors_of_the_expected_builtin_type() -> 
     with pytest.raises(InvalidInput, match="base_url") as insecure:
         ServiceSession("http://example.com")
     assert isinstance(insecure.value, ValueError)
+
+
+async def test_a_result_attribute_asked_of_a_pending_hints_at_the_missing_await(
+    local_trainer: LocalTrainer,
+) -> None:
+    async with ServiceSession(local_trainer.base_url) as session:
+        client = await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
+        pending = client.forward([sft_datum("forgot await")], "cross_entropy")
+        hint = r"did you forget `await`\? \(await pending\)\.metrics"
+        with pytest.raises(NotAwaited, match=hint):
+            pending.metrics  # noqa: B018
+        with pytest.raises(AttributeError, match="forward"):  # still an AttributeError
+            pending.metrics  # noqa: B018
+        assert isinstance(NotAwaited("x"), FiretitanError)
+        assert not hasattr(pending, "loss_fn_outputs")  # hasattr keeps working
+        assert getattr(pending, "metrics", None) is None
+        assert (await pending).metrics  # awaited, the result has them
+    with pytest.raises(AttributeError) as dunder:
+        pending.__deepcopy_hook__  # noqa: B018  # dunders and private names: a plain miss
+    assert not isinstance(dunder.value, NotAwaited)
 
 
 async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer) -> None:

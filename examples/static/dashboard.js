@@ -144,8 +144,18 @@ source.onmessage = (message) => {
 source.onerror = () => { $("message").textContent = " (reconnecting to the event stream…)"; };
 source.onopen = () => { $("message").textContent = ""; };
 
+// The app's token comes in the address's fragment (never sent to a server): kept for this tab,
+// then taken out of the address bar.
+const fragmentToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fragmentToken) {
+  sessionStorage.setItem("token", fragmentToken);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+const token = sessionStorage.getItem("token") ?? "";
+
 async function post(url, body) {
-  const response = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body ?? {}) });
+  const headers = { "content-type": "application/json", authorization: `Bearer ${token}` };
+  const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body ?? {}) });
   const data = await response.json();
   if (!response.ok) $("message").textContent = ` ${data.detail}`;
   return data;

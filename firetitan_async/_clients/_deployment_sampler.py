@@ -36,7 +36,7 @@ import attrs
 import httpx
 
 from .._http._environment import resolve_api_key
-from .._http._http11_transport import Http11Transport
+from .._http._http11_transport import STREAM_EXTENSION, Http11Transport
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
 from .._http._send import send_with_retry
@@ -51,6 +51,7 @@ from ..wire.completions import (
     parse_completion_reply,
     parse_stream_chunk,
 )
+from ..wire.validation import validate_seconds
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
@@ -119,6 +120,8 @@ class DeploymentSampler:
             raise InvalidInput("inference_url", str(exc)) from None
         if not isinstance(model, str) or not model:
             raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+        validate_seconds(timeout_s, "timeout_s")
+        validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
         key = resolve_api_key(api_key)
         self.model = model
         self.inference_url = base
@@ -176,7 +179,9 @@ class DeploymentSampler:
         sender = _Slotted(self, stream=False)
         response = await self._send_with_retry(sender, body, request_id, {})
         try:
-            choices = parse_completion_reply(response.json(), want_logprobs=logprobs)
+            choices = parse_completion_reply(
+                json.loads(self._redact.json_bytes(response.content)), want_logprobs=logprobs
+            )
         except ValueError:
             raise self._error("malformed completions reply: not JSON", request_id, response,
                               sender.attempts) from None
@@ -243,7 +248,9 @@ class DeploymentSampler:
             request = httpx.Request(
                 "POST", self._url, headers=[*self._headers, ("x-request-id", request_id),
                                             *extra.items()],
-                content=json.dumps(body).encode(), extensions={"timeout": self._timeout},
+                content=json.dumps(body).encode(),
+                # A streamed reply is read as it arrives (the transport hands its body over).
+                extensions={"timeout": self._timeout, STREAM_EXTENSION: sender.stream},
             )
         except BaseException:
             sender.release_unused()
@@ -254,13 +261,15 @@ class DeploymentSampler:
             nonlocal hot
             if response.status_code not in _HOTLOADING or hot >= self._hot_max:
                 return None
+            if "html" in response.headers.get("content-type", ""):
+                return None  # a web page, not a deployment loading weights: final at once
             hot += 1
             return self._hot_interval
 
         def error(response: httpx.Response, redactor: Redactor) -> FiretitanError:
             return self._error(
                 f"completions request failed: HTTP {response.status_code}: "
-                f"{redactor.text(response.text[:500])}",
+                f"{redactor.cut(response.text, 500)}",
                 request_id, response, sender.attempts,
             )
 
@@ -268,6 +277,7 @@ class DeploymentSampler:
             return await send_with_retry(
                 sender, request, policy=self._retry, redactor=self._redact, replay_safe=True,
                 not_yet=not_yet, error=error, log=logger,
+                connect_hint=f"is the deployment's server listening at {self.inference_url}?",
             )
         except SamplingError:
             raise
@@ -290,7 +300,7 @@ class DeploymentSampler:
         """The deltas of one event; a malformed one is a ``SamplingError`` with redacted text
         (the server's words may echo the key)."""
         try:
-            return parse_stream_chunk(json.loads(data))
+            return parse_stream_chunk(json.loads(self._redact.text(data)))
         except ValueError:
             raise self._stream_error(
                 "malformed completions stream: an event is not JSON", request_id, attempts
@@ -307,7 +317,7 @@ class DeploymentSampler:
         return SamplingError(
             self._redact.text(message),
             request_id=request_id,
-            server_request_id=response.headers.get("x-request-id"),
+            server_request_id=self._redact.text(response.headers.get("x-request-id", "")) or None,
             status_code=response.status_code,
             attempts=attempts,
         )
@@ -322,7 +332,8 @@ class _Slotted:
     def __init__(self, sampler: DeploymentSampler, *, stream: bool) -> None:
         self._concurrency = sampler.concurrency
         self._transport = sampler._transport
-        self._stream = stream
+        #: Whether a successful reply is returned unread (its body then streams).
+        self.stream = stream
         self._held: Observation | None = None
         self._acquired = False
         #: Attempts sent so far (hot-load waits included).
@@ -342,7 +353,7 @@ class _Slotted:
         observation = Observation(None, 0.0)
         try:
             response = await self._transport.handle_async_request(request)
-            if self._stream and response.is_success:
+            if self.stream and response.is_success:
                 self._held = _observe(response, t0)
                 return response
             try:

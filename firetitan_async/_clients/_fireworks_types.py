@@ -24,6 +24,7 @@ from .._sdk_private import tensor_array
 from ..errors import InvalidInput
 
 __all__ = [
+    "RoutedModelInput",
     "is_fireworks_value",
     "to_tinker_adam",
     "to_tinker_data",
@@ -86,10 +87,27 @@ def to_tinker_model_input(model_input: Any, index: int | None = None) -> types.M
                 "inline images only)",
                 index=index,
             )
-    for extra in ("routing_matrices", "routing_references", "top_sampling_references"):
+    for extra in ("routing_references", "top_sampling_references", "sampling_mask_references"):
         if getattr(model_input, extra, None) is not None:
             raise InvalidInput(f"model_input.{extra}", "is not supported yet", index=index)
+    routing = getattr(model_input, "routing_matrices", None)
+    if routing is not None:  # checked with the batch (wire/validation.py)
+        return RoutedModelInput(chunks=chunks, routing_matrices=list(routing))
     return types.ModelInput(chunks=chunks)
+
+
+class RoutedModelInput(types.ModelInput):
+    """A tinker ``ModelInput`` carrying the Fireworks SDK's ``routing_matrices`` (router
+    replay, R3: one base64 routing matrix per input token), sent in the fireworks dialect's
+    ``model_input`` as the SDK sends it. Made from the SDK's ``ModelInput`` at the edge.
+
+    Example::
+
+        to_tinker_model_input(ft.ModelInput.from_ints([1, 2], routing_matrices=["AA", "AQ"]))
+        # RoutedModelInput(chunks=[...], routing_matrices=["AA", "AQ"])
+    """
+
+    routing_matrices: list[Any]
 
 
 def to_tinker_data(data: Sequence[Any]) -> list[types.Datum]:
@@ -104,6 +122,13 @@ def to_tinker_data(data: Sequence[Any]) -> list[types.Datum]:
     out: list[types.Datum] = []
     for index, datum in enumerate(data):
         if not is_fireworks_value(datum):
+            model_input = getattr(datum, "model_input", None)
+            if isinstance(datum, types.Datum) and is_fireworks_value(model_input):
+                # tinker's Datum keeps a Fireworks ModelInput as it is: convert that part
+                datum = types.Datum(
+                    model_input=to_tinker_model_input(model_input, index),
+                    loss_fn_inputs=datum.loss_fn_inputs,
+                )
             out.append(datum)
             continue
         out.append(

@@ -30,8 +30,11 @@ from ..wire.validation import (
 )
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
+from ._tokenizer import TokenizerCache
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from ._sampling import SamplingClient
 
 __all__ = ["TrainingClient"]
@@ -102,6 +105,7 @@ class TrainingClient:
         self.snapshot_suffix = self._codec.new_snapshot_suffix()
         self._has_base_snapshot = False
         self._unloading = False
+        self._tokenizers = TokenizerCache()
 
     def __repr__(self) -> str:
         return (
@@ -398,37 +402,46 @@ class TrainingClient:
         )
 
     def load_state(
-        self, path: str, *, deadlines: Deadlines | None = None
+        self, path: str | types.SaveWeightsResponse, *, deadlines: Deadlines | None = None
     ) -> Pending[types.LoadWeightsResponse]:
         """Load weights from a training checkpoint; the optimizer starts fresh.
 
-        The path is a ``tinker://`` path in the tinker dialect; a logical name, an
+        What :meth:`save_state` returned, or its ``path``, loads back in both dialects. Else:
+        a ``tinker://`` path in the tinker dialect; a logical name, an
         ``<account>/run-<hex>/<name>`` path or a ``cross_job://`` reference in the fireworks
-        dialect (checked by the Fireworks SDK's rules before anything is sent).
+        dialect (checked by the Fireworks SDK's rules before anything is sent). The fireworks
+        dialect sends a returned ``tinker://<run>/weights/<name>`` as the logical ``<name>``,
+        as the Fireworks SDK loads: the trainer resolves it in its checkpoint store.
 
         Example::
 
-            await client.load_state(saved.path)
+            saved = await client.save_state("step-100")
+            await client.load_state(saved)        # or saved.path
         """
         return self._load(path, optimizer=False, deadlines=deadlines)
 
     def load_state_with_optimizer(
-        self, path: str, *, deadlines: Deadlines | None = None
+        self, path: str | types.SaveWeightsResponse, *, deadlines: Deadlines | None = None
     ) -> Pending[types.LoadWeightsResponse]:
         """Load weights and optimizer state from a checkpoint (to resume a run); paths as in
         :meth:`load_state`.
 
         Example::
 
+            await client.load_state_with_optimizer(saved)   # what save_state returned
             await client.load_state_with_optimizer(await other.resolve_checkpoint_path("step-100"))
         """
         return self._load(path, optimizer=True, deadlines=deadlines)
 
     def _load(
-        self, path: str, *, optimizer: bool, deadlines: Deadlines | None
+        self,
+        saved: str | types.SaveWeightsResponse,
+        *,
+        optimizer: bool,
+        deadlines: Deadlines | None,
     ) -> Pending[types.LoadWeightsResponse]:
         self._check_usable()
-        path = self._codec.check_load_path(path)
+        path = self._codec.check_load_path(saved)
         return self._simple(
             "load_weights",
             lambda seq: self._codec.load_weights_body(
@@ -577,6 +590,29 @@ class TrainingClient:
             raise FiretitanError("the server did not return a sampling session id")
         return SamplingClient(self._session, saved.sampling_session_id, base_model=self.base_model)
 
+    async def get_tokenizer(self, tokenizer_model: str | None = None) -> PreTrainedTokenizerBase:
+        """This model's Hugging Face tokenizer, loaded in a worker thread the event loop awaits
+        (never blocking it), once per client: later calls return the same object.
+
+        Tinker dialect: the ``tokenizer_id`` the server's ``get_info`` names, else the tinker
+        SDK's rule for the model name (``tokenizer_model`` overrides both). Fireworks dialect:
+        a trainer names none, so pass ``tokenizer_model`` (as the Fireworks SDK's managed
+        config does; ``InvalidInput`` without it). A name is a hub id or a local directory.
+
+        Example::
+
+            tokenizer = await client.get_tokenizer()              # tinker dialect
+            tokenizer = await client.get_tokenizer("Qwen/Qwen3-8B")  # fireworks dialect
+            prompt = types.ModelInput.from_ints(tokenizer.encode("Hello"))
+        """
+        data = self.info.model_data if self.info is not None else None
+        return await self._tokenizers.get(
+            self._codec.name,
+            tokenizer_model=tokenizer_model,
+            model_name=(data.model_name if data is not None else None) or self.base_model,
+            tokenizer_id=data.tokenizer_id if data is not None else None,
+        )
+
     async def list_checkpoints(self) -> list[CheckpointEntry]:
         """The training checkpoints of this run. Errors raise (never a silent ``[]``).
 
@@ -593,7 +629,10 @@ class TrainingClient:
         rows_path = self._codec.checkpoint_rows_path
         if rows_path is not None:
             reply = await self._session.transport.call("GET", rows_path)
-            return [_entry_of_row(row) for row in self._codec.parse_checkpoint_rows(reply)]
+            try:
+                return [_entry_of_row(row) for row in self._codec.parse_checkpoint_rows(reply)]
+            except ProtocolError as exc:  # it quotes the reply: scrubbed as it leaves
+                raise self._session.transport.redactor.scrubbed(exc) from None
         return await _list_checkpoints(
             self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
         )
@@ -742,7 +781,10 @@ async def _list_checkpoints(
         isinstance(r, dict) and isinstance(r.get("checkpoint_id"), str) for r in rows
     ):
         raise ProtocolError("checkpoint listing", "expected {'checkpoints': [{checkpoint_id…}]}")
-    return [_entry_of_tinker(row) for row in rows]
+    try:
+        return [_entry_of_tinker(row) for row in rows]
+    except ProtocolError as exc:  # it quotes the reply: scrubbed as it leaves
+        raise session.transport.redactor.scrubbed(exc) from None
 
 
 def _entry_of_tinker(row: Mapping[str, Any]) -> CheckpointEntry:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 from typing import Final, overload
 
+from ..wire.validation import validate_api_key
+
 __all__ = [
     "ACCOUNT_VAR",
     "API_KEY_VARS",
@@ -52,10 +54,18 @@ def resolve_api_key(explicit: str | None) -> str | None:
 
         resolve_api_key("fw-abc")  # "fw-abc"
         resolve_api_key("")        # None: an empty key is no key
+
+    Either is checked (:func:`~firetitan_async.wire.validation.validate_api_key`): a key with
+    a control character or whitespace raises ``InvalidInput`` naming where it came from.
     """
     if explicit is not None:
+        validate_api_key(explicit)
         return explicit or None
-    return next((os.environ[v] for v in API_KEY_VARS if os.environ.get(v)), None)
+    for var in API_KEY_VARS:
+        if value := os.environ.get(var):
+            validate_api_key(value, field=f"api_key (from ${var})")
+            return value
+    return None
 
 
 @overload

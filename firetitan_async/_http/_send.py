@@ -55,6 +55,8 @@ NOT_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
 )
 # Statuses a server sends before doing anything: safe to retry even a non-replayable request.
 _REFUSED_STATUSES = frozenset({429, 503})
+# Failures to reach the server at all (``RetryPolicy.connect_deadline_s`` bounds their retries).
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class Sender(Protocol):
@@ -94,8 +96,8 @@ def redacted_body(
     try:
         return redactor.value(response.json())
     except ValueError:
-        text = response.text if max_text is None else response.text.strip()[:max_text]
-        return redactor.text(text)
+        text = redactor.text(response.text)  # before the cut: a cut key is not recognised
+        return text if max_text is None else text.strip()[:max_text]
 
 
 async def send_with_retry(
@@ -113,6 +115,7 @@ async def send_with_retry(
     log: logging.Logger = logger,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     on_retry: Callable[[str], None] | None = None,
+    connect_hint: str | None = None,
 ) -> httpx.Response:
     """Send ``request`` until it succeeds, fails for good, or the policy runs out.
 
@@ -130,7 +133,8 @@ async def send_with_retry(
     raise to stop at once (a session whose trainer job has failed raises
     :class:`~firetitan_async.TrainerJobFailed`). ``on_retry(what)`` hears of every retry before
     its wait, with a short, key-free reason (``"POST /api/v1/forward: HTTP 503"``): the
-    operation events count retries with it.
+    operation events count retries with it. ``connect_hint`` ends the error of a request that
+    never reached a server (default: "is a server listening at <origin>?").
 
     Example::
 
@@ -141,7 +145,12 @@ async def send_with_retry(
         )
     """
     limit = policy.max_attempts if max_attempts is None else min(max_attempts, policy.max_attempts)
-    deadline = None if policy.deadline_s is None else time.monotonic() + policy.deadline_s
+    started = time.monotonic()
+    deadline = None if policy.deadline_s is None else started + policy.deadline_s
+    connect_by = None
+    if policy.connect_deadline_s is not None:
+        connect_by = started + policy.connect_deadline_s
+    only_connect_errors = True  # no attempt has reached a server yet
     method, path = request.method, request.url.path
     attempt = 0
     while True:
@@ -150,9 +159,20 @@ async def send_with_retry(
         try:
             response = await client.send(request)
         except httpx.TransportError as exc:
-            if out_of_budget or not (replay_safe or isinstance(exc, NOT_SENT_ERRORS)):
-                raise _transport_error(method, path, exc, attempt, redactor, replay_safe) from None
-            delay = policy.delay(attempt)
+            unreachable = isinstance(exc, _CONNECT_ERRORS)
+            only_connect_errors = only_connect_errors and unreachable
+            give_up = out_of_budget or (
+                only_connect_errors and connect_by is not None and time.monotonic() >= connect_by
+            )
+            if give_up or not (replay_safe or isinstance(exc, NOT_SENT_ERRORS)):
+                hint = None
+                if unreachable:
+                    hint = connect_hint or f"is a server listening at {_origin(request)}?"
+                raise _transport_error(
+                    method, path, exc, attempt, redactor, replay_safe, hint
+                ) from None
+            connect_limit = connect_by if only_connect_errors else None
+            delay = _clip(policy.delay(attempt), deadline, connect_limit)
             log.debug(
                 "%s %s: %s; retry %d in %.2fs",
                 method,
@@ -165,6 +185,7 @@ async def send_with_retry(
                 on_retry(f"{method} {path}: {type(exc).__name__}")
             await sleep(delay)
             continue
+        only_connect_errors = False
         status = response.status_code
         if response.is_success or (accept is not None and accept(response, attempt)):
             return response
@@ -179,11 +200,25 @@ async def send_with_retry(
             await before_retry(response)
         if out_of_budget or not retryable:
             raise error(response, redactor)
-        delay = policy.delay(attempt, retry_after_seconds(response.headers))
+        delay = _clip(policy.delay(attempt, retry_after_seconds(response.headers)), deadline, None)
         log.debug("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
         if on_retry is not None:
             on_retry(f"{method} {path}: HTTP {status}")
         await sleep(delay)
+
+
+def _clip(delay: float, *deadlines: float | None) -> float:
+    """``delay``, cut short so the next attempt starts by the earliest deadline (not after)."""
+    now = time.monotonic()
+    for deadline in deadlines:
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - now))
+    return delay
+
+
+def _origin(request: httpx.Request) -> str:
+    url = request.url
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
 
 
 def _transport_error(
@@ -193,13 +228,15 @@ def _transport_error(
     attempts: int,
     redactor: Redactor,
     replay_safe: bool,
+    hint: str | None = None,
 ) -> FiretitanError:
     maybe_applied = (
         " (the request may have reached the server)"
         if not replay_safe and not isinstance(exc, NOT_SENT_ERRORS)
         else ""
     )
+    advice = f"; {redactor.text(hint)}" if hint else ""
     return FiretitanError(
         f"{method} {path} failed after {attempts} attempt(s): "
-        f"{redactor.exception(exc)}{maybe_applied}"
+        f"{redactor.exception(exc)}{maybe_applied}{advice}"
     )

@@ -1,4 +1,4 @@
-"""The transport: one ``httpx.AsyncClient`` per session, with auth, timeouts and retries.
+"""The transport: one HTTP transport per session, with the key, timeouts and retries.
 
 This is the only module that performs data-plane HTTP. It knows three kinds of exchange:
 
@@ -8,12 +8,17 @@ This is the only module that performs data-plane HTTP. It knows three kinds of e
   all retries of one submission, so a submission whose reply was lost is never applied twice;
 * :meth:`Transport.retrieve` — the long-poll of ``retrieve_future`` until the result exists.
 
-Every request goes through the one retry loop (:func:`~firetitan_async._http._send.send_with_retry`,
-decisions from :class:`~._retry.RetryPolicy`) and every server or exception text
+Every request is built by :meth:`Transport._request` (the fixed headers, the key attached
+there only) and sent by :meth:`Transport.send` straight to the session's
+``httpx.AsyncBaseTransport`` (ours, httpx's for HTTP/2 or a proxy, or the caller's): one send
+path, no ``httpx.AsyncClient`` layer. Every request goes through the one retry loop
+(:func:`~firetitan_async._http._send.send_with_retry`, decisions from
+:class:`~firetitan_async._http._retry.RetryPolicy`) and every server or exception text
 that becomes an error or a log line through the session's one
 :class:`~firetitan_async._http._redact.Redactor`. With our own HTTP/1.1 transport an exchange holds
 a CPU turn (:mod:`~firetitan_async._http._cpu_turns`) while it computes and gives it back while it
 waits. Environment proxies (``HTTPS_PROXY``, ``NO_PROXY``, …) apply as httpx applies them.
+Settings and failure messages: ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import ipaddress
 import json
 import logging
 import time
+import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
 from typing import Any
@@ -45,7 +51,7 @@ from ..wire.futures import (
     retrieve_future_body,
 )
 from ._cpu_turns import CpuTurns, Turn
-from ._http11_transport import TURN_EXTENSION, Http11Transport
+from ._http11_transport import DEFAULT_KEEPALIVE_EXPIRY_S, TURN_EXTENSION, Http11Transport
 from ._progress import current_tracker
 from ._redact import Redactor
 from ._retry import RetryPolicy
@@ -62,30 +68,6 @@ _LONG_POLL_TIMEOUT_S = 45.0
 _FAST_TRY_AGAIN_S = 0.5
 _FAST_TRY_AGAIN_MAX_SLEEP_S = 0.5
 _LONG_POLL_TIMEOUTS = httpx.Timeout(_LONG_POLL_TIMEOUT_S, connect=10.0, pool=None).as_dict()
-# A request extension: built by Transport._request for its transport (no client layer).
-_DIRECT = "firetitan_async.direct"
-
-
-class _CookiesWhenSet(httpx.Cookies):
-    """httpx's cookie jar, consulted only for replies that carry ``Set-Cookie``."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
-
-
-class _ApiKeyAuth(httpx.Auth):
-    """Adds ``X-API-Key`` per request, so the key never sits in the client's default headers."""
-
-    def __init__(self, api_key: str) -> None:
-        self._api_key = api_key
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["X-API-Key"] = self._api_key
-        yield request
-
-    def __repr__(self) -> str:
-        return "_ApiKeyAuth(api_key=<redacted>)"
 
 
 def check_url_security(base_url: str, *, allow_insecure_http: bool) -> str:
@@ -126,7 +108,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class Transport:
-    """One HTTP client, its retry policy and its credentials. Closed with :meth:`aclose`."""
+    """One HTTP transport, its retry policy and its credentials. Closed with :meth:`aclose`."""
 
     def __init__(
         self,
@@ -139,6 +121,7 @@ class Transport:
         http2: bool = False,
         max_connections: int = 4096,
         trust_env: bool = True,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
         before_retry: Callable[[httpx.Response], Awaitable[None]] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -146,48 +129,57 @@ class Transport:
         self._before_retry = before_retry
         self.retry = retry
         self._timeout = timeout
+        self._connect_hint = (
+            f"is a trainer listening at {self.base_url}? `firetitan-async serve` starts a "
+            "local one"
+        )
         # Every server text and exception text becomes an error or a log line through this.
         self._redact = Redactor.of(api_key)
         # CPU turns only with our own transport, which gives the turn back around its network
-        # waits; a caller's transport (a mock, HTTP/2) runs unbounded.
+        # waits; a caller's transport (a mock, HTTP/2, a proxy's) runs unbounded.
         self._turns: CpuTurns | None = None
-        # Our own transport, when requests may go to it directly (see _request).
-        self._direct: Http11Transport | None = None
-        proxied = trust_env and _env_proxy_applies(self.base_url)
-        if transport is None and not http2 and not proxied:
+        proxy = _env_proxy(self.base_url) if trust_env else None
+        if transport is None and not http2 and proxy is None:
             # Our own HTTP/1.1 transport: httpcore's pool costs O(requests in flight) per
             # request and reply, which dominated the client's CPU at hundreds in flight. Its
             # TLS context is built off the event loop on the first https:// connection.
             self._turns = CpuTurns()
-            transport = self._direct = Http11Transport(
-                max_connections=max_connections, turns=self._turns
+            transport = Http11Transport(
+                max_connections=max_connections,
+                keepalive_expiry=keepalive_expiry,
+                turns=self._turns,
             )
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            auth=_ApiKeyAuth(api_key) if api_key else None,
-            headers={"User-Agent": USER_AGENT, "Accept": _JSON},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0), pool=None),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=min(512, max_connections)
-            ),
-            transport=transport,
-            http2=http2,
-            # Behind HTTP(S)_PROXY / ALL_PROXY (not excluded by NO_PROXY) httpx's own pool
-            # carries the traffic through the proxy, exactly as on the control plane.
-            trust_env=trust_env,
-        )
-        # Hot-path costs of the httpx client layer (measured with cProfile at 256 in flight):
-        # parsing the cookie headers of every reply, and merging base_url with a relative
-        # path on every request. Replies without Set-Cookie skip the jar (cookies still work:
-        # a reply that sets one is stored as before), and absolute URLs are built once a path.
-        self._client._cookies = _CookiesWhenSet(self._client.cookies)
+        elif transport is None:
+            # HTTP/2, or behind HTTP(S)_PROXY / ALL_PROXY (not excluded by NO_PROXY): httpx's
+            # own transport, as on the control plane.
+            transport = httpx.AsyncHTTPTransport(
+                http2=http2,
+                proxy=proxy,
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=min(512, max_connections),
+                    keepalive_expiry=keepalive_expiry,
+                ),
+            )
+        # The one send path: every request is built here (_request) and handed to this
+        # transport (send). httpx.AsyncClient's layer (header and URL merging, the auth flow,
+        # redirects, hooks, the cookie jar on every reply) cost ~55 us a request, as much as
+        # our transport's whole exchange, and does nothing a data-plane request needs.
+        self._transport = transport
+        # Cookies a reply sets (a load balancer's stickiness) go back with later requests.
+        self._cookies = httpx.Cookies()
         self._urls: dict[str, httpx.URL] = {}
-        # The direct path's fixed headers and timeouts (what the client would merge in).
-        self._headers = list(self._client.headers.raw)
+        # The fixed headers of every request; the key is attached here and nowhere else.
+        self._headers: list[tuple[bytes, bytes]] = [
+            (b"Accept", _JSON.encode()),
+            (b"Accept-Encoding", b"gzip, deflate"),
+            (b"Connection", b"keep-alive"),
+            (b"User-Agent", USER_AGENT.encode()),
+        ]
         if api_key:
             self._headers.append((b"X-API-Key", api_key.encode()))
         self._header_at = {name.lower(): at for at, (name, _) in enumerate(self._headers)}
-        self._timeouts = self._client.timeout.as_dict()
+        self._timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0), pool=None).as_dict()
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -195,12 +187,17 @@ class Transport:
             url = self._urls[path] = httpx.URL(self.base_url + path)
         return url
 
+    @property
+    def redactor(self) -> Redactor:
+        """The redactor of this transport's key: what a client scrubs server text with."""
+        return self._redact
+
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
-        """Close the HTTP client and its connections."""
-        await self._client.aclose()
+        """Close the transport and its connections."""
+        await self._transport.aclose()
 
     # -- plain JSON calls -------------------------------------------------------------------
 
@@ -230,7 +227,7 @@ class Transport:
                 max_attempts=self.retry.max_attempts if retry else 1,
                 turn=turn,
             )
-            return _json_of(response)
+            return _json_of(response, self._redact)
 
     # -- operations: submit, then retrieve -------------------------------------------------
 
@@ -263,7 +260,7 @@ class Transport:
                 max_attempts=self.retry.max_attempts,
                 turn=turn,
             )
-            accepted = parse_accepted(_json_of(response))
+            accepted = parse_accepted(_json_of(response, self._redact))
         if (tracker := current_tracker()) is not None:
             tracker.accepted(accepted.request_id)
         return accepted
@@ -326,9 +323,11 @@ class Transport:
                 extensions=extensions,
             )
             response = await self._send_with_retry(request, turn, error=error)
-            outcome = classify_retrieve_reply(
-                response.headers.get("content-type", ""), response.content
-            )
+            content_type = response.headers.get("content-type", "")
+            content = response.content
+            if "json" in content_type:  # redacted where it enters: ids, reasons, messages
+                content = self._redact.json_bytes(content)
+            outcome = classify_retrieve_reply(content_type, content)
             if tracker is not None:
                 if isinstance(outcome, TryAgain):
                     tracker.try_again(outcome.queue_state, outcome.queue_state_reason)
@@ -392,48 +391,40 @@ class Transport:
         extensions: dict[str, Any],
         params: Mapping[str, str | int] | None = None,
     ) -> httpx.Request:
-        """The request as the client would build it; straight to our transport when it can.
-
-        ``httpx.AsyncClient.build_request`` and ``send`` (header and URL merging, the auth
-        flow, redirects, event hooks, the cookie jar) cost about 55 us per request, as much
-        as our transport's whole exchange. With our own transport, no query and no cookie
-        in the jar, the request gets the client's headers and timeouts here and
-        :meth:`send` hands it to the transport.
-        """
-        timeouts = timeouts or self._timeouts
-        if self._direct is None or params or self._client.cookies:
-            return self._client.build_request(
-                method,
-                self._url(path),
-                content=content,
-                headers=headers,
-                params=params,
-                timeout=httpx.Timeout(**timeouts),
-                extensions=extensions,
-            )
+        """A request with the fixed headers (a request's own header of the same name replaces
+        the fixed one in place, as httpx merges them), its timeouts and the jar's cookies."""
         raw = [*self._headers]
         for key, value in headers.items():
             name = key.encode()
             at = self._header_at.get(name.lower())
             if at is None:
                 raw.append((name, value.encode()))
-            else:  # in place, as httpx merges a request's headers over the client's
+            else:
                 raw[at] = (name, value.encode())
-        return httpx.Request(
+        url = self._url(path)
+        if params:
+            url = url.copy_merge_params(params)
+        request = httpx.Request(
             method,
-            self._url(path),
+            url,
             headers=raw,
             content=content,
-            extensions={**extensions, "timeout": timeouts, _DIRECT: True},
+            extensions={**extensions, "timeout": timeouts or self._timeouts},
         )
+        if self._cookies:
+            self._cookies.set_cookie_header(request)
+        return request
 
     async def send(self, request: httpx.Request) -> httpx.Response:
-        """Send one attempt: through the client, or straight to our transport (_request)."""
-        if self._direct is None or not request.extensions.get(_DIRECT):
-            return await self._client.send(request)
-        response = await self._direct.handle_async_request(request)
+        """Send one attempt and read its reply (the one data-plane send path)."""
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
         if "set-cookie" in response.headers:
-            self._client.cookies.extract_cookies(response)
+            self._cookies.extract_cookies(response)
         return response
 
     async def _send_with_retry(
@@ -457,6 +448,7 @@ class Transport:
             sleep=partial(self._sleep, turn=turn),
             on_retry=_tell_tracker,
             before_retry=None if self._before_retry is None else partial(self._check, turn=turn),
+            connect_hint=self._connect_hint,
         )
 
     async def _check(self, response: httpx.Response, turn: Turn | None) -> None:
@@ -505,23 +497,17 @@ class Transport:
             await anyio.sleep(seconds)
 
 
-def _env_proxy_applies(base_url: str) -> bool:
-    """Whether httpx would send requests to ``base_url`` through an environment proxy.
-
-    httpx's own rules (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read with
-    its helpers: httpx is pinned below 0.29, and tests/http/test_proxy.py checks the behaviour.
-    """
-    from httpx._utils import URLPattern, get_environment_proxies
-
+def _env_proxy(base_url: str) -> str | None:
+    """The proxy the environment names for ``base_url`` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, excluded by ``NO_PROXY``), or None: the standard library's reading of the
+    same variables httpx reads (tests/http/test_proxy.py checks the behaviour)."""
+    proxies = urllib.request.getproxies_environment()
     url = httpx.URL(base_url)
-    patterns = sorted(
-        ((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()),
-        key=lambda pair: pair[0],  # httpx's own order: the most specific pattern first
-    )
-    for pattern, proxy in patterns:
-        if pattern.matches(url):
-            return proxy is not None
-    return False
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    # With proxy variables set, proxy_bypass reads NO_PROXY (on every platform).
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return proxy
 
 
 def _idempotency_key() -> str:
@@ -532,9 +518,10 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _json_of(response: httpx.Response) -> Any:
+def _json_of(response: httpx.Response, redactor: Redactor) -> Any:
+    """A JSON reply, every secret in it redacted before it is parsed (Redactor.json_bytes)."""
     try:
-        return response.json()
+        return json.loads(redactor.json_bytes(response.content))
     except ValueError as exc:
         raise FiretitanError(
             f"{response.request.method} {response.request.url.path}: expected JSON, got "

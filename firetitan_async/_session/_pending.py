@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..errors import UsageError
+from ..errors import NotAwaited, UsageError, _trim_internal_frames
 
 __all__ = ["Pending", "fail_pending", "resolve_pending"]
 
@@ -24,7 +24,8 @@ class Pending(Generic[T]):
     It is returned at once by a plain method call (``client.forward_backward(...)``); its
     sequence id was reserved at that moment, so the server runs operations in call order
     whichever task made the call. ``await pending`` gives the result or raises the
-    operation's error; awaiting again gives the same outcome.
+    operation's error (a ``FiretitanError`` without the library's internal frames in its
+    traceback; its ``__cause__`` kept); awaiting again gives the same outcome.
 
     Cancelling the task that awaits stops only that wait: the operation keeps running, its
     result can still be awaited later, and later operations of the client are never blocked.
@@ -63,7 +64,7 @@ class Pending(Generic[T]):
         if not self._event.is_set():
             raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
-            raise self._error
+            raise _trim_internal_frames(self._error)
         return self._value
 
     def exception(self) -> BaseException | None:
@@ -75,7 +76,20 @@ class Pending(Generic[T]):
     async def wait(self) -> T:
         """Wait for the outcome and return the result (same as ``await pending``)."""
         await self._event.wait()
-        return self.result()
+        if self._error is not None:  # raised here, not in result(): one library frame shown
+            raise _trim_internal_frames(self._error)
+        return self._value
+
+    def __getattr__(self, attribute: str) -> Any:
+        # Only reached when normal lookup fails: an attribute of the *result* asked of the
+        # Pending, the usual sign of a forgotten ``await``. Dunders stay plain misses (copy,
+        # pickle and friends probe for them), and so do private names (an unset slot).
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        raise NotAwaited(
+            f"'Pending' object has no attribute {attribute!r}: it is the future of {self.name}; "
+            f"did you forget `await`? (await pending).{attribute}"
+        )
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.wait().__await__()

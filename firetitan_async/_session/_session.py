@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -17,6 +18,7 @@ import pydantic
 from tinker import types
 
 from .._http._environment import resolve_api_key
+from .._http._http11_transport import DEFAULT_KEEPALIVE_EXPIRY_S
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
 from .._http._transport import Transport, check_url_security
@@ -37,6 +39,7 @@ from ..wire import (
     resolve_dialect,
 )
 from ..wire.futures import decode_json_result, validate_reply
+from ..wire.validation import validate_seconds
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._pending import Pending
@@ -91,7 +94,9 @@ class ServiceSession:
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
     ``httpx.MockTransport`` in tests). Environment proxies (``HTTPS_PROXY``, ``HTTP_PROXY``,
     ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
-    them (as ``httpx.AsyncClient(trust_env=False)``).
+    them (as ``httpx.AsyncClient(trust_env=False)``). An idle pooled connection is reused for
+    ``keepalive_expiry`` seconds (below the idle timeouts of common load balancers), then
+    closed; see ``docs/transport.md``.
 
     ``deadlines`` bounds every operation's phases (a :class:`Deadlines` for all operations,
     or a mapping from operation names such as ``"save_state"`` and ``"default"`` to them; see
@@ -124,9 +129,16 @@ class ServiceSession:
         trust_env: bool = True,
         deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
         on_event: EventHook | None = None,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
-        if timeout <= 0:
-            raise InvalidInput("timeout", f"must be > 0, got {timeout!r}")
+        validate_seconds(timeout, "timeout")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput("retry", f"must be a RetryPolicy, got {type(retry).__name__}")
+        if not (math.isfinite(keepalive_expiry) and keepalive_expiry >= 0):
+            raise InvalidInput(
+                "keepalive_expiry", f"must be finite and >= 0, got {keepalive_expiry!r}"
+            )
+        self._keepalive_expiry = keepalive_expiry
         self._base_url: str | None = (
             check_url_security(base_url, allow_insecure_http=allow_insecure_http)
             if base_url
@@ -529,6 +541,7 @@ class ServiceSession:
                 transport=self._http_transport,
                 http2=self._http2,
                 trust_env=self._trust_env,
+                keepalive_expiry=self._keepalive_expiry,
                 before_retry=self._check_job if self._jobs is not None else None,
             )
         if self._codec.fetches_client_config:

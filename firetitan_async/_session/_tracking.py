@@ -256,13 +256,15 @@ class Tracker:
         if not hub.listening:
             return
         now = _now() if now is None else now
+        redact = self._monitor.redactor.text  # server words: ids, reasons, error texts
+        request_id = self.pending.request_id
         hub.emit(
             OperationEvent(
                 kind=kind,
                 operation=self.pending.name,
                 op_id=self.op_id,
                 seq_id=self.pending.seq_id,
-                request_id=self.pending.request_id,
+                request_id=None if request_id is None else redact(request_id),
                 time=now,
                 wall_time=time.time(),
                 elapsed_s=now - self.started_at,
@@ -272,7 +274,7 @@ class Tracker:
                 request_type=self.request_type,
                 retries=self.retries,
                 tokens=self.tokens,
-                detail=detail,
+                detail=None if detail is None else redact(detail),
             )
         )
 
@@ -290,7 +292,7 @@ class OperationMonitor:
     ) -> None:
         self.hub = hub
         self.policy = policy
-        self._redactor = redactor
+        self.redactor = redactor
         self._cancel = cancel
         self._ids = itertools.count(1)
         self._active: set[Tracker] = set()
@@ -330,10 +332,10 @@ class OperationMonitor:
                         await self._cancel(pending)
                 raise error
         except BaseException as exc:
-            clean = self._redactor.scrubbed(exc)
-            tracker._emit("failed", detail=self._redactor.exception(clean))
-            if clean is not exc:
-                raise clean from None  # the wire's raw reply text must not travel as a cause
+            # Every error leaves the operation scrubbed (its text, attributes, causes): what
+            # the Pending, the logs and the events see.
+            self.redactor.scrubbed(exc)
+            tracker._emit("failed", detail=self.redactor.exception(exc))
             raise
         finally:
             tracker._scope = None
@@ -371,6 +373,6 @@ class OperationMonitor:
         # One report per stall_warning_s without progress (no catch-up burst after a pause).
         behind = int((now - tracker.last_progress) // every)
         tracker.stall_reports = max(tracker.stall_reports + 1, behind)
-        report = self._redactor.text(tracker.stall_report(now))
+        report = self.redactor.text(tracker.stall_report(now))
         logger.warning("stalled: %s", report)
         tracker._emit("stalled", detail=report)

@@ -14,7 +14,6 @@ import anyio
 from tinker import types
 
 from .._http._environment import (
-    API_KEY_VARS,
     CONTROL_PLANE_URL_VAR,
     DATA_PLANE_URL_VAR,
     resolve_api_key,
@@ -22,9 +21,10 @@ from .._http._environment import (
 )
 from .._http._retry import RetryPolicy
 from .._http._transport import Transport, check_url_security, is_loopback_url
-from ..errors import APIStatusError, FiretitanError
+from ..errors import APIStatusError, FiretitanError, ProtocolError
 from ..platform._rest import DEFAULT_BASE_URL
-from ._cli import CLI_RETRY, control_plane_url
+from ..wire.futures import validate_reply
+from ._cli import CLI_RETRY, KEY_VARS, add_deprecated_alias, control_plane_url, print_table
 
 __all__ = ["add_parser", "list_checkpoints"]
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async checkpoints list --base-url http://127.0.0.1:8080 --run MODEL_ID
+        firetitan-async checkpoints list --trainer-url http://127.0.0.1:8080 --run MODEL_ID
     """
     parser = subparsers.add_parser(
         "checkpoints",
@@ -54,9 +54,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     listing.add_argument(
-        "--base-url",
+        "--trainer-url",
         default=None,
-        help=f"the trainer's data-plane URL (default: ${DATA_PLANE_URL_VAR})",
+        metavar="URL",
+        help=f"the trainer's data plane (default: ${DATA_PLANE_URL_VAR})",
+    )
+    listing.add_argument(
+        "--control-plane-url",
+        default=None,
+        metavar="URL",
+        help=f"with --control-plane: the Fireworks control plane (default: "
+        f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL})",
+    )
+    add_deprecated_alias(
+        listing,
+        "--base-url",
+        dest="base_url",
+        instead="--trainer-url (or --control-plane-url with --control-plane)",
     )
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="MODEL_ID", help="a training run (its model id)")
@@ -69,10 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--control-plane",
         action="store_true",
         help=(
-            "list --job's checkpoints from the Fireworks control plane instead, with whether "
-            f"each is promotable (--base-url is then the control plane: default "
-            f"${CONTROL_PLANE_URL_VAR}, else {DEFAULT_BASE_URL}); works for stopped and "
-            "deleted jobs too"
+            "list --job's checkpoints from the Fireworks control plane (--control-plane-url) "
+            "instead, with whether each is promotable; works for stopped and deleted jobs too"
         ),
     )
     listing.set_defaults(func=_run_list)
@@ -103,7 +115,7 @@ async def list_checkpoints(
             print(ckpt.checkpoint_id, ckpt.tinker_path)
     """
     records = await _fetch_records(base_url, api_key, run=run, job=job, limit=limit, retry=retry)
-    return [types.Checkpoint.model_validate(record) for record in records]
+    return [validate_reply(types.Checkpoint, record, "checkpoint record") for record in records]
 
 
 async def _fetch_records(
@@ -130,7 +142,9 @@ async def _fetch_records(
             reply = await transport.call("GET", "/api/v1/checkpoints", params=params)
     finally:
         await transport.aclose()
-    types.CheckpointsListResponse.model_validate(reply)  # raises on a malformed listing
+    # A malformed listing is a ProtocolError naming the fields only (pydantic's own message
+    # quotes the values, cut: a cut key is one the redactor no longer recognises).
+    validate_reply(types.CheckpointsListResponse, reply, "checkpoint listing")
     return [dict(record) for record in reply["checkpoints"]]
 
 
@@ -144,7 +158,7 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
 
     if not args.job:
         return _fail("--control-plane lists one trainer job's checkpoints: pass --job JOB_ID", 2)
-    base_url = control_plane_url(args.base_url)
+    base_url = control_plane_url(args.control_plane_url or getattr(args, "base_url", None))
     try:
         jobs = TrainerJobs(base_url=base_url, retry=CLI_RETRY)
     except (ValueError, FiretitanError) as exc:  # bad URL, missing key
@@ -170,34 +184,35 @@ def _run_control_plane_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no checkpoints")
         return 0
-    table = [("CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED")] + [
-        (
-            row.checkpoint_id,
-            row.checkpoint_type or "-",
-            "yes" if row.promotable else "no",
-            row.create_time or "-",
-        )
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    print_table(
+        ("CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED"),
+        [
+            (
+                row.checkpoint_id,
+                row.checkpoint_type or "-",
+                "yes" if row.promotable else "no",
+                row.create_time or "-",
+            )
+            for row in rows
+        ],
+    )
     return 0
 
 
 def _run_list(args: argparse.Namespace) -> int:
     if args.control_plane:
         return _run_control_plane_list(args)
-    base_url = resolve_setting(args.base_url, DATA_PLANE_URL_VAR)
+    trainer_url = args.trainer_url or getattr(args, "base_url", None)
+    base_url = resolve_setting(trainer_url, DATA_PLANE_URL_VAR)
     if not base_url:
-        return _fail(f"no trainer URL: pass --base-url URL or set {DATA_PLANE_URL_VAR}", 2)
+        return _fail(f"no trainer URL: pass --trainer-url URL or set {DATA_PLANE_URL_VAR}", 2)
     try:
         base_url = check_url_security(base_url, allow_insecure_http=False)
     except ValueError as exc:
         return _fail(str(exc), 2)
     api_key = resolve_api_key(None)
     if api_key is None and not is_loopback_url(base_url):
-        return _fail(f"no API key: set {' or '.join(API_KEY_VARS)}", 2)
+        return _fail(f"no API key: set {' or '.join(KEY_VARS)}", 2)
     if args.limit < 1:
         return _fail(f"--limit must be >= 1, got {args.limit}", 2)
     try:
@@ -212,10 +227,10 @@ def _run_list(args: argparse.Namespace) -> int:
             what = f"run {args.run!r}" if args.run else f"job {args.job!r}"
             return _fail(f"the trainer at {base_url} knows no {what} ({exc})")
         return _fail(f"the trainer at {base_url} answered {exc}")
+    except ProtocolError as exc:
+        return _fail(f"the trainer at {base_url} sent an unexpected listing: {exc}")
     except FiretitanError as exc:
         return _fail(f"cannot reach the trainer at {base_url}: {exc}")
-    except ValueError as exc:  # pydantic's ValidationError: not a checkpoint listing
-        return _fail(f"the trainer at {base_url} sent an unexpected listing: {exc}")
     if args.json:
         print(json.dumps(records, indent=2))
     else:
@@ -260,7 +275,4 @@ def _print_table(records: list[dict[str, Any]]) -> None:
                 ckpt.tinker_path,
             )
         )
-    header = ("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("CHECKPOINT", "TYPE", "CREATED", "EXPIRES", "SIZE", "PATH"), rows)

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """
     parser = subparsers.add_parser(
         "demo",
-        help="run an RL loop (trainer job + deployment) on an embedded local trainer (~10 s)",
+        help="run an RL loop (trainer job + deployment) on an embedded local trainer (8–11 s)",
         description=(
             "Start an embedded local trainer and run an RL loop the way it runs on Fireworks: "
             "create a trainer job on its control plane and wait until it is RUNNING, create an "

@@ -12,7 +12,13 @@ import anyio
 from ..errors import FiretitanError
 from ..platform import Deployments, TrainerJobs
 from ..platform._orphans import LiveResource, live_resources
-from ._cli import CLI_RETRY, add_control_plane_args, control_plane_account, control_plane_url
+from ._cli import (
+    CLI_RETRY,
+    add_control_plane_args,
+    control_plane_account,
+    control_plane_url,
+    print_table,
+)
 
 __all__ = ["add_parser"]
 
@@ -22,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async jobs list --orphans --base-url http://127.0.0.1:8080
+        firetitan-async jobs list --orphans --control-plane-url http://127.0.0.1:8080
     """
     parser = subparsers.add_parser(
         "jobs",
@@ -51,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _run_list(args: argparse.Namespace) -> int:
     account_id = control_plane_account(args.account_id)
-    base_url = control_plane_url(args.base_url)
+    base_url = control_plane_url(args.control_plane_url)
     orphans_only = args.orphans or args.delete
     try:
         found = anyio.run(
@@ -61,10 +67,15 @@ def _run_list(args: argparse.Namespace) -> int:
         print(f"firetitan-async jobs: {exc}", file=sys.stderr)
         return 1
     shown = [r for r in found if r.is_orphan or not orphans_only]
-    for item in shown:
-        print(f"{item.kind:<10}  {item.resource_id:<40}  {item.state:<9}  {item.owner_status:<9}"
-              f"  {item.owner or '-'}")
-    if not shown:
+    if shown:
+        print_table(
+            ("KIND", "ID", "STATE", "OWNER STATUS", "OWNER"),
+            [
+                (item.kind, item.resource_id, item.state, item.owner_status, item.owner or "-")
+                for item in shown
+            ],
+        )
+    else:
         print("no orphans" if orphans_only else "nothing live", file=sys.stderr)
     return 3 if args.orphans and not args.delete and shown else 0
 

@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     Example::
 
-        firetitan-async wait my-job --base-url http://127.0.0.1:8080
+        firetitan-async wait my-job --control-plane-url http://127.0.0.1:8080
     """
     parser = subparsers.add_parser(
         "wait",
@@ -117,7 +117,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _run_wait(args: argparse.Namespace) -> int:
     account_id = control_plane_account(args.account_id)
-    base_url = control_plane_url(args.base_url)
+    base_url = control_plane_url(args.control_plane_url)
     for name, value in (
         ("--poll-interval", args.poll_interval),
         ("--timeout", args.timeout),

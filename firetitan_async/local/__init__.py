@@ -11,12 +11,15 @@ Example::
     async with LocalTrainer(seed=0) as lt:
         print(lt.base_url)
 
-``sft_datum`` / ``rl_datum`` build training data for the byte model from text.
+``sft_datum`` / ``rl_datum`` build training data for the byte model from text;
+``write_byte_tokenizer`` writes a Hugging Face tokenizer directory that matches it (for recipes
+that load a tokenizer by name, e.g. tinker-cookbook's).
 """
 
 from __future__ import annotations
 
 from ._datums import encode_text, rl_datum, sft_datum
+from ._tokenizer_dir import write_byte_tokenizer
 from ._trainer import LocalTrainer
 
-__all__ = ["LocalTrainer", "encode_text", "rl_datum", "sft_datum"]
+__all__ = ["LocalTrainer", "encode_text", "rl_datum", "sft_datum", "write_byte_tokenizer"]

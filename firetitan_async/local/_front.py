@@ -7,9 +7,9 @@ For every HTTP request, in order:
    Fireworks SDK uses), is rewritten to ``/api/v1/...`` with the job id kept in the scope
    (``JOB_SCOPE_KEY``); an unknown or deleted job (or another account) gets 404.
 2. The request is counted under its endpoint name (not ``/_local/*``).
-3. Auth, when an API key is set, on both planes: ``X-Api-Key: <key>`` or
-   ``Authorization: Bearer <key>`` (every credential offered must be the key); anything else
-   gets the same 401 (the key is never logged or echoed).
+3. Auth, when an API key is set, on both planes and the ``/_local/*`` test hooks:
+   ``X-Api-Key: <key>`` or ``Authorization: Bearer <key>`` (every credential offered must be
+   the key); anything else gets the same 401 (the key is never logged or echoed).
 4. Warm-up: the job's data plane answers 503 while that job is not RUNNING (healthz too); the
    root data plane answers 503 while any job is CREATING or PENDING.
 5. Fault injection (data plane only, ``FaultInjector``).
@@ -188,6 +188,14 @@ class FrontDoor:
             scope["raw_path"] = path.encode()
             scope[JOB_SCOPE_KEY] = job_id
         if path.startswith("/_local/"):
+            # The test hooks (fail a job, change knobs, read stats) need the key like every
+            # other route when one is configured.
+            api_key = state.config.api_key
+            if api_key is not None and not _authorized(scope["headers"], api_key):
+                await self._send_after_latency(
+                    send, _json_reply(401, {"detail": _UNAUTHORIZED}), 0.0
+                )
+                return
             await self.app(scope, receive, send)
             return
         data_plane = path.startswith("/api/v1/")

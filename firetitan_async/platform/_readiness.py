@@ -43,6 +43,7 @@ from ..errors import (
     SessionClosed,
     TrainerJobFailed,
     UsageError,
+    _trim_internal_frames,
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
@@ -94,7 +95,8 @@ class ReadinessPoller:
     """Poll a trainer job until it is ready, failed, or out of time (rules: module docstring).
 
     Polls are ``poll_interval_s`` apart, spread by ±20%. Failure ends the wait with
-    :class:`~firetitan_async.TrainerJobFailed` (state ``"DELETED"`` for a job that vanished),
+    :class:`~firetitan_async.TrainerJobFailed` (state ``"DELETED"`` for a job that vanished,
+    ``"NOT_FOUND"`` for one never seen),
     :class:`~firetitan_async.ReadinessTimeout` (a budget ran out), or the control plane's
     :class:`~firetitan_async.APIStatusError` for a rejected key (401/403). Other transient
     control-plane failures are retried for up to ``timeout_s``. With
@@ -212,7 +214,7 @@ class ReadinessPoller:
         if self._endpoint is not None:
             return self._endpoint
         assert self._error is not None
-        raise self._error
+        raise _trim_internal_frames(self._error)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -255,9 +257,15 @@ class ReadinessPoller:
             return await self._jobs.get(self.job_id)
         except APIStatusError as exc:
             if exc.status_code == 404:
+                if self._last_state is None:  # never seen: a mistyped id, not a deletion
+                    return TrainerJobFailed(
+                        self.job_id,
+                        "NOT_FOUND",
+                        "the control plane knows no such id in this account (HTTP 404)",
+                    )
                 self._last_state = JobState.DELETED
                 return TrainerJobFailed(
-                    self.job_id, JobState.DELETED, "the job does not exist (HTTP 404)"
+                    self.job_id, JobState.DELETED, "the job vanished (HTTP 404)"
                 )
             if exc.status_code in _FATAL_STATUS:
                 return exc

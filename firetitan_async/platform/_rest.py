@@ -395,7 +395,7 @@ class RestCore:
             raise FiretitanError(
                 f"{response.request.method} {response.request.url.path}: expected JSON, got "
                 f"{response.headers.get('content-type', 'no content type')}: "
-                f"{self.redactor.text(response.text[:200])!r}"
+                f"{self.redactor.cut(response.text, 200)!r}"
             ) from None
 
     async def probe(self, url: str, *, timeout: float = HEALTHZ_TIMEOUT_S) -> int | None:

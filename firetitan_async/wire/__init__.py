@@ -251,8 +251,11 @@ class Dialect(Protocol):
         """Refuse a TTL the dialect cannot express."""
         ...
 
-    def check_load_path(self, path: str, *, field: str = "path") -> str:
-        """A checkpoint path ``load_state*`` may send, normalised (else ``InvalidInput``)."""
+    def check_load_path(
+        self, path: str | types.SaveWeightsResponse, *, field: str = "path"
+    ) -> str:
+        """The checkpoint reference ``load_state*`` sends for a path or for what
+        ``save_state`` returned, normalised (else ``InvalidInput``)."""
         ...
 
     def save_weights_body(

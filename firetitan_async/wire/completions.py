@@ -20,6 +20,7 @@ from typing import Any, TypedDict, Unpack
 import attrs
 
 from ..errors import InvalidInput, SamplingError
+from .validation import MAX_SAMPLE_TOKENS, MAX_SAMPLES
 
 __all__ = [
     "ChoiceResult",
@@ -55,9 +56,9 @@ class StreamDelta:
     finish_reason: str | None = None
 
 
-def _check_int(field: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInput(field, f"must be an integer >= {minimum}, got {value!r}")
+def _check_int(field: str, value: object, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidInput(field, f"must be an integer in [{minimum}, {maximum}], got {value!r}")
     return value
 
 
@@ -111,8 +112,8 @@ def completion_body(
     for i, tok in enumerate(tokens):
         if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
             raise InvalidInput(f"prompt_tokens[{i}]", f"must be a token id >= 0, got {tok!r}")
-    _check_int("n", n, 1)
-    _check_int("max_tokens", max_tokens, 0)
+    _check_int("n", n, 1, MAX_SAMPLES)
+    _check_int("max_tokens", max_tokens, 0, MAX_SAMPLE_TOKENS)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
         math.isfinite(temperature) and temperature >= 0
     ):
@@ -137,7 +138,7 @@ def completion_body(
     if logprobs:
         body["logprobs"] = True
     if seed is not None:
-        body["seed"] = _check_int("seed", seed, 0)
+        body["seed"] = _check_int("seed", seed, 0, 2**63 - 1)
     return body
 
 

@@ -41,7 +41,9 @@ from .validation import (
     EXPORT_PRECISIONS,
     GRAD_ACC_NORMALIZATIONS,
     GRAD_NORM_METRICS_MODES,
+    checkpoint_path_of,
     normalize_choice,
+    validate_tinker_path,
 )
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "forward_body",
     "generate_snapshot_suffix",
     "load_adapter_body",
+    "load_ref",
     "load_weights_body",
     "normalize_choice",
     "optim_step_body",
@@ -99,6 +102,8 @@ LOSS_FUNCTIONS = (
 """The loss names the Fireworks SDK's ``LossFnType`` allows."""
 
 _CROSS_JOB = "cross_job://"
+_TINKER = "tinker://"
+_ROUTING_KEY = b',"routing_matrices":'
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _RUN_ID = re.compile(r"^run-[0-9a-f]{32}$")
@@ -176,7 +181,8 @@ def create_model_body(
 
 def estimate_datum_bytes(datum: types.Datum) -> int:
     """The Fireworks SDK's size estimate of a datum: 10 bytes per token and per tensor value
-    (images and dmel chunks count their raw bytes).
+    (images and dmel chunks count their raw bytes), plus the compact-JSON bytes of its
+    ``routing_matrices``.
 
     Example::
 
@@ -185,6 +191,11 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
     total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_VALUE)
     for td in datum.loss_fn_inputs.values():
         total += int(tensor_array(td).size) * _BYTES_PER_VALUE
+    routing = getattr(datum.model_input, "routing_matrices", None)
+    if routing is not None:  # the SDK adds their compact-JSON bytes
+        total += len(_ROUTING_KEY) + len(
+            json.dumps(list(routing), ensure_ascii=False, separators=(",", ":")).encode()
+        )
     return total
 
 
@@ -232,9 +243,15 @@ def datum_json(datum: types.Datum, index: int = 0) -> dict[str, Any]:
 
         datum_json(datum)["model_input"]["chunks"][0]   # {"tokens": [...], "type": "encoded_text"}
     """
+    model_input: dict[str, Any] = {
+        "chunks": [_chunk_json(c, index) for c in datum.model_input.chunks]
+    }
+    routing = getattr(datum.model_input, "routing_matrices", None)  # RoutedModelInput (R3)
+    if routing is not None:
+        model_input["routing_matrices"] = list(routing)
     return {
         "loss_fn_inputs": {name: _tensor_json(td) for name, td in datum.loss_fn_inputs.items()},
-        "model_input": {"chunks": [_chunk_json(c, index) for c in datum.model_input.chunks]},
+        "model_input": model_input,
     }
 
 
@@ -559,6 +576,36 @@ def validate_checkpoint_ref(ref: str, *, field: str = "path") -> str:
     )
 
 
+def load_ref(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
+    """The checkpoint reference ``load_weights`` sends for ``saved`` (a path, or what
+    ``save_state`` returned), as the Fireworks SDK sends it: a logical name.
+
+    A trainer answers ``save_state`` with the path it stored the state under; a dedicated
+    trainer may store it under its own name (``step-N``). The Fireworks SDK loads by logical
+    name, which the trainer resolves in its own checkpoint store, so a returned
+    ``tinker://<run>/weights/<name>`` path is sent as ``<name>``: the name the trainer stored,
+    never the one asked for. Anything else is checked by the SDK's rules
+    (:func:`validate_checkpoint_ref`); a sampler snapshot (``sampler_weights``) is not a
+    training state and raises :class:`InvalidInput`.
+
+    Example::
+
+        load_ref("tinker://s:train:0/weights/step-4")   # "step-4"
+        load_ref(await client.save_state("ckpt"))       # "ckpt"
+    """
+    path = checkpoint_path_of(saved, field=field)
+    if not path.startswith(_TINKER):
+        return validate_checkpoint_ref(path, field=field)
+    parsed = validate_tinker_path(path, field=field)
+    if parsed.kind != "weights":
+        raise InvalidInput(
+            field,
+            f"{path!r} is a {parsed.kind} path; load_state loads a training state, the path "
+            "save_state returned (tinker://<run>/weights/<name>)",
+        )
+    return validate_checkpoint_ref(parsed.name, field=field)  # one segment: a bare label
+
+
 def cross_job_ref(source_job_id: str, checkpoint_name: str) -> str:
     """``cross_job://<source_job_id>/<checkpoint_name>``, each part one DNS label; a bad part
     raises :class:`InvalidInput` naming it (``source_job_id`` or ``checkpoint_name``).
@@ -740,9 +787,11 @@ class FireworksDialect(TinkerProtocol):
                 "platform); leave ttl_seconds unset in the fireworks dialect",
             )
 
-    def check_load_path(self, path: str, *, field: str = "path") -> str:
-        """A logical name, ``<account>/run-<hex>/<name>`` or ``cross_job://`` (the SDK's rules)."""
-        return validate_checkpoint_ref(path, field=field)
+    def check_load_path(
+        self, path: str | types.SaveWeightsResponse, *, field: str = "path"
+    ) -> str:
+        """The reference ``load_weights`` sends: see :func:`load_ref`."""
+        return load_ref(path, field=field)
 
     def save_weights_body(
         self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None

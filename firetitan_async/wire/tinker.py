@@ -24,7 +24,7 @@ from . import ModelSpec, WireRequest
 from .chunking import split_batch
 from .futures import Done, retrieve_future_body
 from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
-from .validation import validate_tinker_path, validate_ttl
+from .validation import checkpoint_path_of, validate_tinker_path, validate_ttl
 
 __all__ = [
     "PROTOCOL_SDK_VERSION",
@@ -594,9 +594,13 @@ class TinkerDialect(TinkerProtocol):
         """``None`` or an int > 0."""
         validate_ttl(ttl_seconds)
 
-    def check_load_path(self, path: str, *, field: str = "path") -> str:
-        """A ``tinker://`` path (``cross_job://`` and logical names are Fireworks-only)."""
-        if isinstance(path, str) and path.startswith("cross_job://"):
+    def check_load_path(
+        self, path: str | types.SaveWeightsResponse, *, field: str = "path"
+    ) -> str:
+        """A ``tinker://`` path, or what ``save_state`` returned (its ``path``);
+        ``cross_job://`` and logical names are Fireworks-only."""
+        path = checkpoint_path_of(path, field=field)
+        if path.startswith("cross_job://"):
             raise InvalidInput(
                 field, "the tinker dialect cannot load a cross_job:// reference (Fireworks only)"
             )

@@ -32,18 +32,33 @@ __all__ = [
     "GRAD_ACC_NORMALIZATIONS",
     "GRAD_NORM_METRICS_MODES",
     "KNOWN_LOSS_FUNCTIONS",
+    "MAX_LEARNING_RATE",
+    "MAX_SAMPLES",
+    "MAX_SAMPLE_TOKENS",
     "REQUIRED_LOSS_INPUTS",
     "ParsedPath",
+    "checkpoint_path_of",
     "normalize_choice",
     "validate_adam_params",
+    "validate_api_key",
     "validate_checkpoint_name",
     "validate_forward_backward",
     "validate_optim_extras",
     "validate_sample_args",
+    "validate_seconds",
     "validate_snapshot_options",
     "validate_tinker_path",
     "validate_ttl",
 ]
+
+#: The largest ``learning_rate`` accepted: no Adam run learns at a rate above 1, so 10 leaves
+#: room for any schedule while a typo (``1e30``, a step count passed as the rate) is refused
+#: before it reaches the weights.
+MAX_LEARNING_RATE = 10.0
+#: The most samples one sampling request may ask for (``num_samples`` / completions ``n``).
+MAX_SAMPLES = 1024
+#: The most tokens one sample may ask for (``max_tokens``): 2**20, beyond any context window.
+MAX_SAMPLE_TOKENS = 1 << 20
 
 _RL_INPUTS = ("target_tokens", "logprobs", "advantages")
 REQUIRED_LOSS_INPUTS: Mapping[str, tuple[str, ...]] = {
@@ -69,15 +84,16 @@ KNOWN_LOSS_FUNCTIONS: frozenset[str] = frozenset(REQUIRED_LOSS_INPUTS)
 """The loss functions a forward/backward may name (``custom`` needs a server-side handle
 and is not supported; use ``forward_backward_custom``)."""
 
-# The wire dtype each well-known input must have (the SDK's defaults for plain lists).
-_INPUT_DTYPE: Mapping[str, str] = {
-    "target_tokens": "int64",
-    "weights": "float32",
-    "advantages": "float32",
-    "logprobs": "float32",
-    "clip_low_threshold": "float32",
-    "clip_high_threshold": "float32",
-    "sequence_ratio_mask": "float32",
+# The wire dtypes each well-known input may have (the first is the SDKs' default for plain
+# lists). Integer weights (masks) are accepted by both SDKs and the trainers as they are.
+_INPUT_DTYPE: Mapping[str, tuple[str, ...]] = {
+    "target_tokens": ("int64",),
+    "weights": ("float32", "int64"),
+    "advantages": ("float32",),
+    "logprobs": ("float32",),
+    "clip_low_threshold": ("float32",),
+    "clip_high_threshold": ("float32",),
+    "sequence_ratio_mask": ("float32",),
 }
 _MUST_BE_FINITE = frozenset({"weights", "advantages", "logprobs"})
 _INT32_MAX = 2**31 - 1
@@ -156,6 +172,9 @@ def validate_forward_backward(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
         n_tokens = _check_model_input(datum.model_input, index, for_training=True)
+        routing = getattr(datum.model_input, "routing_matrices", None)
+        if routing is not None:
+            _check_routing(routing, n_tokens, index, dialect)
         inputs = datum.loss_fn_inputs
         for name in required:
             if name not in inputs:
@@ -170,6 +189,27 @@ def validate_forward_backward(
                 deferred.setdefault(name, []).append((index, tensor_array(td)))
     for name, arrays in deferred.items():
         _check_values(name, arrays)
+
+
+def _check_routing(routing: Any, n_tokens: int | None, index: int, dialect: str) -> None:
+    """The Fireworks SDK's ``routing_matrices``: one base64 string per input token."""
+    field = "model_input.routing_matrices"
+    if dialect != "fireworks":
+        raise InvalidInput(
+            field, f"router replay is Fireworks-only: the {dialect} dialect cannot send it",
+            index=index,
+        )
+    if not all(isinstance(m, str) for m in routing):
+        bad = next(m for m in routing if not isinstance(m, str))
+        raise InvalidInput(
+            field, f"must be base64 strings, got a {type(bad).__name__}", index=index
+        )
+    if n_tokens is not None and len(routing) != n_tokens:
+        raise InvalidInput(
+            field,
+            f"has {len(routing)} matrices, model_input has {n_tokens} tokens (one per token)",
+            index=index,
+        )
 
 
 def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
@@ -291,8 +331,8 @@ def _check_input_tensor(name: str, td: Any, n_tokens: int | None, index: int) ->
     dtype = td.dtype
     if dtype != "float32" and dtype != "int64":
         raise InvalidInput(field, f"dtype {dtype!r} is not float32 or int64", index=index)
-    if want is not None and dtype != want:
-        raise InvalidInput(field, f"must be {want}, got {dtype}", index=index)
+    if want is not None and dtype not in want:
+        raise InvalidInput(field, f"must be {' or '.join(want)}, got {dtype}", index=index)
     if td.sparse_crow_indices is not None:
         _check_sparse(field, td, index)
     else:
@@ -327,7 +367,7 @@ def _check_sparse(field: str, td: types.TensorData, index: int) -> None:
 
 
 def validate_adam_params(params: types.AdamParams) -> None:
-    """Check AdamW hyperparameters: all finite, ``learning_rate >= 0``,
+    """Check AdamW hyperparameters: all finite, ``0 < learning_rate <= MAX_LEARNING_RATE``,
     ``0 <= beta1, beta2 < 1``, ``eps > 0``, ``weight_decay >= 0``, ``grad_clip_norm >= 0``.
 
     Example::
@@ -347,8 +387,8 @@ def validate_adam_params(params: types.AdamParams) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise bad(name, "a number")
-    if values["learning_rate"] < 0:
-        raise bad("learning_rate", ">= 0")
+    if not 0 < values["learning_rate"] <= MAX_LEARNING_RATE:
+        raise bad("learning_rate", f"in (0, {MAX_LEARNING_RATE:g}]")
     for name in ("beta1", "beta2"):
         if not 0 <= values[name] < 1:
             raise bad(name, "in [0, 1)")
@@ -386,6 +426,25 @@ def validate_checkpoint_name(name: str, *, field: str = "name") -> None:
         raise InvalidInput(field, f"may only use letters, digits, '.', '_' and '-': {name!r}")
     if name in (".", ".."):
         raise InvalidInput(field, f"{name!r} is not a valid name")
+
+
+def checkpoint_path_of(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
+    """The checkpoint path ``load_state*`` was given: a ``str``, or the ``path`` of what
+    ``save_state`` returned (``SaveWeightsResponse``); anything else raises ``InvalidInput``.
+
+    Example::
+
+        checkpoint_path_of(await client.save_state("step-4"))   # "tinker://…/weights/step-4"
+    """
+    if isinstance(saved, types.SaveWeightsResponse):
+        return saved.path
+    if not isinstance(saved, str):
+        raise InvalidInput(
+            field,
+            f"must be a checkpoint path (str) or what save_state returned, got "
+            f"{type(saved).__name__}",
+        )
+    return saved
 
 
 def validate_ttl(ttl_seconds: int | None, *, field: str = "ttl_seconds") -> None:
@@ -438,9 +497,9 @@ def validate_tinker_path(path: str, *, field: str = "path") -> ParsedPath:
 def validate_sample_args(
     prompt: types.ModelInput, num_samples: int, params: types.SamplingParams
 ) -> None:
-    """Check a ``sample`` call: a non-empty prompt with valid token ids, ``num_samples >= 1``,
-    ``max_tokens >= 1`` if set, ``temperature >= 0``, ``0 < top_p <= 1``, ``top_k == -1`` or
-    ``>= 1``.
+    """Check a ``sample`` call: a non-empty prompt with valid token ids, ``num_samples`` in
+    ``[1, MAX_SAMPLES]``, ``max_tokens`` in ``[1, MAX_SAMPLE_TOKENS]`` if set,
+    ``temperature >= 0``, ``0 < top_p <= 1``, ``top_k == -1`` or ``>= 1``.
 
     Example::
 
@@ -448,17 +507,23 @@ def validate_sample_args(
                              types.SamplingParams(max_tokens=16, temperature=0.7))
     """
     _check_model_input(prompt, None, for_training=False)
+    if getattr(prompt, "routing_matrices", None) is not None:
+        raise InvalidInput("prompt.routing_matrices", "router replay applies to training data")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int):
         raise InvalidInput("num_samples", f"must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise InvalidInput("num_samples", f"must be >= 1, got {num_samples}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise InvalidInput("num_samples", f"must be in [1, {MAX_SAMPLES}], got {num_samples}")
     if not isinstance(params, types.SamplingParams):
         raise InvalidInput(
             "sampling_params", f"must be tinker.types.SamplingParams, got {type(params).__name__}"
         )
     max_tokens = params.max_tokens
-    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
-        raise InvalidInput("sampling_params.max_tokens", f"must be >= 1, got {max_tokens!r}")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_SAMPLE_TOKENS
+    ):
+        raise InvalidInput(
+            "sampling_params.max_tokens", f"must be in [1, {MAX_SAMPLE_TOKENS}], got {max_tokens!r}"
+        )
     temperature = params.temperature
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidInput(
@@ -545,3 +610,43 @@ def validate_snapshot_options(
         )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidInput("metadata", f"must be a dict, got {type(metadata).__name__}")
+# -- configuration -----------------------------------------------------------------------------
+
+
+def validate_api_key(key: object, *, field: str = "api_key") -> None:
+    """Check an API key: ``None`` or a string of printable ASCII without spaces (``""``, like
+    ``None``, means no key to the callers that accept it).
+
+    A key with a CR/LF (pasted with its newline) cannot go into a header: refused here, at
+    construction, instead of failing every request as if the network were down. The message
+    names the position of the bad character, never the key.
+
+    Example::
+
+        validate_api_key(os.environ.get("FIREWORKS_API_KEY"))
+    """
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise InvalidInput(field, f"must be a string, got {type(key).__name__}")
+    for at, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()) or char.isspace():
+            what = "whitespace" if char.isspace() else "a control or non-ASCII character"
+            raise InvalidInput(field, f"holds {what} at position {at} (a pasted newline?)")
+
+
+def validate_seconds(value: object, field: str, *, allow_none: bool = False) -> float | None:
+    """Check a duration: a finite number of seconds > 0 (or ``None`` when ``allow_none``);
+    returns it as a float.
+
+    Example::
+
+        timeout = validate_seconds(timeout, "timeout")
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(field, f"must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInput(field, f"must be finite and > 0, got {value!r}")
+    return float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import anyio
 import pytest
 from conftest import free_port
 
+import firetitan_async
 from firetitan_async import ServiceSession, TrainerJobConfig, TrainerJobs
 from firetitan_async.cli._cli import build_parser, main
 from firetitan_async.local import LocalTrainer
@@ -85,7 +87,7 @@ def test_checkpoints_list(
 ) -> None:
     model_id, job_id = anyio.run(_make_checkpoints, trainer)
 
-    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--run", model_id]) == 0
+    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--run", model_id]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["CHECKPOINT", "TYPE", "CREATED"]
     assert "weights/cli-state" in out and "sampler_weights/cli-snap-" in out
@@ -94,11 +96,11 @@ def test_checkpoints_list(
     assert f"tinker://{model_id}/weights/cli-state" in out
     assert "job-state" not in out
 
-    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--job", job_id]) == 0
+    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--job", job_id]) == 0
     out = capsys.readouterr().out
     assert "weights/job-state" in out and "cli-state" not in out
 
-    assert main(["checkpoints", "list", "--base-url", trainer.base_url, "--json"]) == 0
+    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     ids = {c["checkpoint_id"] for c in listed}
     assert {"weights/cli-state", "weights/job-state"} <= ids
@@ -122,16 +124,16 @@ def test_checkpoints_list_url_from_env(
 def test_checkpoints_errors_are_helpful(no_keys: None, capsys: pytest.CaptureFixture[str]) -> None:
     # No URL at all.
     assert main(["checkpoints", "list"]) == 2
-    assert "--base-url" in capsys.readouterr().err
+    assert "--trainer-url" in capsys.readouterr().err
     # A remote trainer without a key.
-    assert main(["checkpoints", "list", "--base-url", "https://trainer.example.com"]) == 2
+    assert main(["checkpoints", "list", "--trainer-url", "https://trainer.example.com"]) == 2
     assert "FIREWORKS_API_KEY" in capsys.readouterr().err
     # Plain http to a remote host.
-    assert main(["checkpoints", "list", "--base-url", "http://trainer.example.com"]) == 2
+    assert main(["checkpoints", "list", "--trainer-url", "http://trainer.example.com"]) == 2
     assert "http://" in capsys.readouterr().err
     # Nothing listening.
     url = f"http://127.0.0.1:{free_port()}"
-    assert main(["checkpoints", "list", "--base-url", url]) == 1
+    assert main(["checkpoints", "list", "--trainer-url", url]) == 1
     err = capsys.readouterr().err
     assert f"cannot reach the trainer at {url}" in err and "Traceback" not in err
     # No action.
@@ -146,7 +148,7 @@ def test_checkpoints_wrong_key_is_not_shown(
     lt.start()
     try:
         monkeypatch.setenv("FIREWORKS_API_KEY", "wrong-key-12345")
-        assert main(["checkpoints", "list", "--base-url", lt.base_url, "--run", "nope"]) == 1
+        assert main(["checkpoints", "list", "--trainer-url", lt.base_url, "--run", "nope"]) == 1
         captured = capsys.readouterr()
         assert "refused the API key" in captured.err
         assert "wrong-key-12345" not in captured.err + captured.out
@@ -158,7 +160,7 @@ def test_checkpoints_wrong_key_is_not_shown(
 def test_checkpoints_unknown_run(
     trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["checkpoints", "list", "--base-url", trainer.base_url, "--run", "no-such-run"])
+    code = main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--run", "no-such-run"])
     err = capsys.readouterr().err
     # A trainer may answer an unknown run with 404 or with an empty list.
     assert code in (0, 1)
@@ -174,7 +176,7 @@ def test_wait_does_not_import_the_local_server() -> None:
     code = (
         "import sys\n"
         "from firetitan_async.cli._cli import main\n"
-        "rc = main(['wait', 'j1', '--base-url', 'http://127.0.0.1:9', '--timeout', '1'])\n"
+        "rc = main(['wait', 'j1', '--control-plane-url', 'http://127.0.0.1:9', '--timeout', '1'])\n"
         "server = [m for m in sys.modules if m.startswith(('firetitan_async.local', 'uvicorn',"
         " 'starlette'))]\n"
         "print(rc, sorted(server))\n"
@@ -187,7 +189,8 @@ def test_checkpoints_list_from_the_control_plane(
     trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, job_id = anyio.run(_make_checkpoints, trainer)
-    argv = ["checkpoints", "list", "--control-plane", "--base-url", trainer.control_plane_url]
+    url = trainer.control_plane_url
+    argv = ["checkpoints", "list", "--control-plane", "--control-plane-url", url]
     assert main([*argv, "--job", job_id]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["CHECKPOINT", "TYPE", "PROMOTABLE", "CREATED"]
@@ -235,3 +238,85 @@ def test_serve_stops_its_trainer_when_configuring_the_deployment_fails(
     port = int(trainer.base_url.rsplit(":", 1)[1])
     with pytest.raises(OSError):  # nothing listens there any more
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# -- one meaning per flag, --version, defaults in every --help (issue 27) ---------------------
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_help_shows_every_default() -> None:
+    parsers = list(_parsers(build_parser()))
+    assert {p.prog for p in parsers} >= {
+        "firetitan-async serve",
+        "firetitan-async demo",
+        "firetitan-async wait",
+        "firetitan-async jobs list",
+        "firetitan-async checkpoints list",
+    }
+    missing = []
+    for parser in parsers:
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            shown = action.default not in (None, argparse.SUPPRESS) and action.default is not False
+            text = formatter._get_help_string(action) or ""
+            if action.option_strings and shown and "default" not in text:
+                missing.append(f"{parser.prog} {action.option_strings[0]}")
+    assert not missing, missing
+    demo_help = next(p for p in parsers if p.prog.endswith("demo")).format_help()
+    assert "(default: 0.0)" in demo_help  # --latency-ms: a falsy default is still shown
+
+
+@pytest.mark.parametrize("command", ["wait", "jobs list", "checkpoints list"])
+def test_one_meaning_per_url_flag(command: str) -> None:
+    parser = next(p for p in _parsers(build_parser()) if p.prog == f"firetitan-async {command}")
+    flags = {s for a in parser._actions for s in a.option_strings}
+    # --control-plane-url is the Fireworks control plane wherever it appears; --trainer-url a
+    # trainer's data plane; --base-url only as a deprecated spelling.
+    assert "--control-plane-url" in flags
+    assert ("--trainer-url" in flags) == (command == "checkpoints list")
+    alias = next(a for a in parser._actions if "--base-url" in a.option_strings)
+    assert "deprecated" in (alias.help or "")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"firetitan-async {firetitan_async.__version__}"
+
+
+def test_deprecated_base_url_still_works_and_warns(
+    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["checkpoints", "list", "--base-url", trainer.base_url]) == 0
+    out, err = capsys.readouterr()
+    assert "no checkpoints" in out
+    assert "--base-url is deprecated" in err and "use --trainer-url" in err, err
+    assert main(["jobs", "list", "--base-url", trainer.control_plane_url]) == 0
+    out, err = capsys.readouterr()
+    assert "--base-url is deprecated" in err and "use --control-plane-url" in err, err
+    assert "nothing live" in err
+    # The new spellings do not warn.
+    assert main(["jobs", "list", "--control-plane-url", trainer.control_plane_url]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_jobs_list_prints_a_header(
+    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def create() -> str:
+        async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
+            return (await jobs.create(TrainerJobConfig(base_model=MODEL))).job_id
+
+    job_id = anyio.run(create)
+    assert main(["jobs", "list", "--control-plane-url", trainer.control_plane_url]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["KIND", "ID", "STATE"], header
+    assert [row.split()[:2] for row in rows] == [["job", job_id]]

@@ -8,7 +8,7 @@ library is needed.
 
 Without chromium the test skips, except in CI (``CI`` set) where it fails: ``.ci/run``
 installs it. ``DASHBOARD_SCREENSHOT=docs/dashboard.png`` also saves the page after the 20-step
-run there (that is how the README's screenshot is made).
+run there (that is how the docs' screenshot, docs/dashboard.png, is made).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pytest
 from conftest import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "web_backend.py"
+TOKEN = "dashboard-test-token-0123456789"
 STALL_LIMIT_MS = 50.0
 
 
@@ -157,6 +158,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
     root = str(EXAMPLE.parent.parent)  # the example imports firetitan_async from this checkout
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["WEB_BACKEND_TOKEN"] = TOKEN  # the page gets it from its address (#token=)
     process = subprocess.Popen(
         # 50 ms per reply: the local trainer answers as slowly as a small remote one.
         [sys.executable, str(EXAMPLE), "--port", str(port), "--latency-ms", "50"],
@@ -210,7 +212,7 @@ def test_dashboard_run_charts_gauges_and_stop(
     app_url: str, browser: Browser, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    browser.open(f"{app_url}/")
+    browser.open(f"{app_url}/#token={TOKEN}")
     # The feed is connected once the job's state arrived: the app's trainer job is RUNNING.
     assert browser.wait_for("document.getElementById('job-state').textContent === 'RUNNING'")
     assert browser.js("document.getElementById('policy-published').textContent") == "n/a"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -182,7 +184,8 @@ def test_example_rollout_orchestrator() -> None:
     and hot-loaded, served versions within --max-staleness of the step, nothing discarded."""
     args = ["--concurrency", "64", "--batch", "8", "--steps", "8", "--max-staleness", "1"]
     out = _ok(_run([str(EXAMPLES / "rollout_orchestrator.py"), *args, "--backend", "trio"]))
-    peak = next(line for line in out.splitlines() if line.startswith("peak sampling"))
+    peak = next(line for line in out.splitlines() if line.startswith("peak rollouts in flight"))
+    assert out.count("peak") == 1, out  # one figure, not two that disagree
     assert int(peak.split(":")[1].split(";")[0]) > 8, peak  # more than one step's worth
     assert "groups sampled 64, all trained" in peak
     rows = _orchestrator_rows(out)
@@ -192,6 +195,35 @@ def test_example_rollout_orchestrator() -> None:
     assert "published 9 versions (bdddddbdd" in out  # version 0 and one per step
     rewards = re.search(r"first step ([0-9.]+) -> last step ([0-9.]+)", out)
     assert rewards and float(rewards.group(2)) > float(rewards.group(1)), out
+
+
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def test_every_example_help_shows_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each example's ``--help`` states every option's default (read in-process: each script
+    runs as ``__main__`` until it parses its arguments)."""
+
+    def capture(parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        raise _Parsed(parser)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    missing = []
+    for path in sorted(EXAMPLES.glob("*.py")):
+        with pytest.raises(_Parsed) as parsed:
+            runpy.run_path(str(path), run_name="__main__")
+        options = parsed.value.parser.format_help().partition("options:")[2]
+        entries = re.split(r"\n  (?=-)", options)[1:]  # one per option, wrapped lines included
+        assert entries, path.name
+        missing += [
+            f"{path.name} {e.split()[0]}"
+            for e in entries
+            if "default" not in e and not e.startswith("-h")
+        ]
+    assert not missing, missing
 
 
 def test_example_rollout_orchestrator_tinker_dialect() -> None:

@@ -8,7 +8,9 @@ and ``httpx.MockTransport`` only for reply shapes the local server never produce
 from __future__ import annotations
 
 import json
+import os
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from firetitan_async import (
     DeploymentSampler,
     FiretitanError,
     InvalidInput,
+    Pending,
     ProtocolError,
     SamplingError,
     ServiceSession,
@@ -351,3 +354,67 @@ async def test_a_malformed_stream_is_a_sampling_error_with_redacted_text(events:
                 pass
     assert info.value.request_id and info.value.message.startswith("malformed completions")
     assert KEY not in str(info.value)
+
+
+# -- tracebacks: the user's frames, not the library's (issue 27) ------------------------------
+
+
+def _library_frames(error: BaseException) -> list[str]:
+    frames = traceback.extract_tb(error.__traceback__)
+    return [f.name for f in frames if f"{os.sep}firetitan_async{os.sep}" in f.filename]
+
+
+@pytest.mark.anyio
+async def test_a_failed_operation_raises_without_the_librarys_internal_frames(
+    local_trainer: LocalTrainer,
+) -> None:
+    bad = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData.from_numpy(np.array([2, 3, 999])),
+            "weights": types.TensorData.from_numpy(np.ones(3, np.float32)),
+        },
+    )
+    async with ServiceSession(local_trainer.base_url) as session:
+        client = await session.create_training_client("local/tiny-byte-lm")
+        pending = client.forward_backward([bad], "cross_entropy")
+        with pytest.raises(FiretitanError, match="out of range") as awaited:
+            await pending
+        # Built deep in a background task (transport, retry loop, ordered submission: a dozen
+        # frames); shown from the one line that raised it to the user.
+        assert _library_frames(awaited.value) == ["wait"], traceback.format_exception(
+            awaited.value
+        )
+        with pytest.raises(FiretitanError) as again:
+            pending.result()
+        assert _library_frames(again.value) == ["result"]
+        printed = "".join(traceback.format_exception(again.value))
+        assert printed.count("\n") < 12, printed
+
+
+@pytest.mark.anyio
+async def test_trimming_keeps_the_cause_and_leaves_other_exceptions_whole() -> None:
+    def deep() -> None:
+        raise KeyError("a bug somewhere")
+
+    failed: Pending[int] = Pending("op")
+    try:
+        try:
+            deep()
+        except KeyError as cause:
+            raise FiretitanError("the reply did not parse") from cause
+    except FiretitanError as exc:
+        failed._set_exception(exc)
+    with pytest.raises(FiretitanError) as info:
+        await failed
+    assert isinstance(info.value.__cause__, KeyError)  # the cause, with its own frames
+    assert [f.name for f in traceback.extract_tb(info.value.__cause__.__traceback__)][-1] == "deep"
+
+    bug: Pending[int] = Pending("op")
+    try:
+        deep()
+    except KeyError as exc:
+        bug._set_exception(exc)
+    with pytest.raises(KeyError) as whole:  # not a FiretitanError: every frame kept
+        await bug
+    assert "deep" in [f.name for f in traceback.extract_tb(whole.value.__traceback__)]

@@ -246,7 +246,9 @@ async def test_refusals_name_the_dialect_and_send_nothing(rec: Recorder) -> None
         with pytest.raises(InvalidInput, match="retention is managed by the platform"):
             client.save_weights_for_sampler_ext("a", ttl_seconds=60)
         with pytest.raises(InvalidInput, match="fireworks dialect"):
-            client.load_state("tinker://run/weights/a")
+            client.load_state("gs://bucket/a")
+        with pytest.raises(InvalidInput, match="sampler_weights path"):
+            client.load_state("tinker://run/sampler_weights/a")
         with pytest.raises(InvalidInput, match="DNS label"):
             client.load_state_with_optimizer("Step_4")
         with pytest.raises(InvalidInput, match="path"):

@@ -76,7 +76,11 @@ def _sdk_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def _fail(lt: LocalTrainer, job_id: str, message: str) -> None:
-    r = httpx.post(f"{lt.base_url}/_local/jobs/{job_id}/fail", json={"message": message})
+    r = httpx.post(
+        f"{lt.base_url}/_local/jobs/{job_id}/fail",
+        json={"message": message},
+        headers={"X-Api-Key": KEY},
+    )
     assert r.status_code == 200, r.text
 
 

@@ -55,7 +55,11 @@ def sdk_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 @pytest.fixture
 def trainer() -> Iterator[LocalTrainer]:
     with LocalTrainer(api_key=KEY, seed=5, long_poll_s=5.0) as lt:
-        httpx.post(f"{lt.base_url}/_local/inference/config", json={"hotload_s": 0.0})
+        httpx.post(
+            f"{lt.base_url}/_local/inference/config",
+            json={"hotload_s": 0.0},
+            headers={"X-Api-Key": KEY},
+        )
         yield lt
 
 
@@ -65,7 +69,9 @@ def _config() -> Any:
 
 
 def _served(lt: LocalTrainer) -> dict[str, Any]:
-    reply: dict[str, Any] = httpx.get(f"{lt.base_url}/_local/deployments/{DEP}/digest").json()
+    reply: dict[str, Any] = httpx.get(
+        f"{lt.base_url}/_local/deployments/{DEP}/digest", headers={"X-Api-Key": KEY}
+    ).json()
     return reply
 
 

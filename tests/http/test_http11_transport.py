@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -11,8 +12,9 @@ import httpx
 import pytest
 
 from firetitan_async import RetryPolicy
-from firetitan_async._http._http11_transport import Http11Transport
+from firetitan_async._http._http11_transport import STREAM_EXTENSION, Http11Transport
 from firetitan_async._http._transport import Transport
+from firetitan_async.errors import ReplyTooLarge
 
 pytestmark = pytest.mark.anyio
 
@@ -243,3 +245,89 @@ async def test_the_session_transport_keeps_cookies_a_reply_sets() -> None:
             await transport.aclose()
     assert b"cookie: route=r7" not in heads[0]
     assert all(b"cookie: route=r7" in head for head in heads[1:]), heads
+
+
+@pytest.mark.parametrize("expiry, expected", [(0.1, 2), (30.0, 1)])
+async def test_an_idle_connection_older_than_keepalive_expiry_is_not_reused(
+    expiry: float, expected: int
+) -> None:
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        while True:
+            await read_request(stream)
+            await stream.send(reply(b"ok"))
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=Http11Transport(keepalive_expiry=expiry)) as client:
+            await client.get(url)
+            await anyio.sleep(0.25)
+            await client.get(url)
+    assert len(connections) == expected
+
+
+async def test_the_pool_timeout_is_honoured() -> None:
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        await anyio.sleep(2.0)
+        await stream.send(reply(b"late"))
+
+    async with raw_server(handler) as (url, _connections):
+        client = httpx.AsyncClient(transport=Http11Transport(max_connections=1))
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(client.get, url)  # holds the one connection slot
+            await anyio.sleep(0.1)
+            started = time.monotonic()
+            with pytest.raises(httpx.PoolTimeout):
+                await client.get(url, timeout=httpx.Timeout(5.0, pool=0.2))
+            assert time.monotonic() - started < 1.5
+            tg.cancel_scope.cancel()
+
+
+async def test_the_retry_after_a_stale_connection_uses_a_new_one_not_another_idle_one() -> None:
+    """Two idle connections that look alive but drop the next request unanswered (the server
+    closed them as it got it): the retry must not take the second one."""
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        if index < 2:
+            await anyio.sleep(0.1)  # both first requests in flight: two connections
+            await stream.send(reply(b"first"))
+            await read_request(stream)
+            return  # close without a reply
+        while True:
+            await stream.send(reply(b"fresh"))
+            await read_request(stream)
+
+    async with raw_server(handler) as (url, connections):
+        async with httpx.AsyncClient(transport=Http11Transport()) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, url)
+                tg.start_soon(client.get, url)
+            assert len(connections) == 2
+            assert (await client.get(url)).content == b"fresh"
+    assert len(connections) == 3
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_the_reply_cap_counts_what_is_buffered_for_a_streamed_reply(streamed: bool) -> None:
+    """Ten 50-byte chunks under a 100-byte cap: read as they come, never more than one is
+    buffered; read whole, the reply is too large."""
+
+    async def handler(stream: anyio.abc.SocketStream, index: int) -> None:
+        await read_request(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            await stream.send(b"32\r\n" + b"x" * 50 + b"\r\n")
+            await anyio.sleep(0.01)
+        await stream.send(b"0\r\n\r\n")
+
+    async with raw_server(handler) as (url, _connections):
+        async with httpx.AsyncClient(transport=Http11Transport(max_reply_bytes=100)) as client:
+            request = client.build_request("GET", url, extensions={STREAM_EXTENSION: streamed})
+            if not streamed:
+                with pytest.raises(ReplyTooLarge):
+                    await client.send(request)
+                return
+            response = await client.send(request, stream=True)
+            pieces = [piece async for piece in response.aiter_raw()]
+            await response.aclose()
+    assert sum(map(len, pieces)) == 500 and max(map(len, pieces)) <= 100

@@ -68,7 +68,7 @@ async def test_a_job_that_fails_while_its_session_is_open_fails_calls_at_once(
         async with ServiceSession.from_job(jobs, created.job_id, poll_interval_s=0.05) as session:
             client = await session.create_training_client(MODEL, lora_rank=4)
             await client.forward_backward(batch(0), "cross_entropy")
-            async with httpx.AsyncClient() as http:
+            async with httpx.AsyncClient(headers={"X-Api-Key": key}) as http:
                 failed = await http.post(
                     f"{lt.base_url}/_local/jobs/{created.job_id}/fail",
                     json={"message": f"GPU fell off the bus (key {key})"},

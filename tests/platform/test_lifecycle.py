@@ -270,12 +270,13 @@ def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str
             "dep-plain": "unmanaged",
             "dep-dead": "orphan",
         }
-        url = ["--base-url", lt.control_plane_url]
+        url = ["--control-plane-url", lt.control_plane_url]
         assert cli_main(["jobs", "list", "--orphans", *url]) == 3
-        out = capsys.readouterr().out
-        assert sorted(line.split()[1] for line in out.splitlines()) == ["dep-dead", "orphan-job"]
+        header, *rows = capsys.readouterr().out.splitlines()
+        assert header.split() == ["KIND", "ID", "STATE", "OWNER", "STATUS", "OWNER"]
+        assert sorted(line.split()[1] for line in rows) == ["dep-dead", "orphan-job"]
         assert cli_main(["jobs", "list", *url]) == 0
-        assert len(capsys.readouterr().out.splitlines()) == 7
+        assert len(capsys.readouterr().out.splitlines()) == 1 + 7
         assert cli_main(["jobs", "list", "--delete", *url]) == 0
         assert "deleted job orphan-job" in capsys.readouterr().err
         assert cli_main(["jobs", "list", "--orphans", *url]) == 0

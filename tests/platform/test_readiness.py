@@ -132,6 +132,33 @@ async def test_deleted_job_fails_fast() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_job_that_never_existed_is_no_such_job_not_deleted() -> None:
+    async with LocalTrainer() as lt, _jobs_for(lt) as jobs:
+        with pytest.raises(TrainerJobFailed) as info:
+            await jobs.wait_for_ready("mistyped-job-id", poll_interval_s=POLL, timeout_s=30)
+    assert info.value.state == "NOT_FOUND"
+    assert str(info.value).startswith("no such job: trainer job 'mistyped-job-id'"), info.value
+    assert "DELETED" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_job_seen_then_gone_is_deleted() -> None:
+    # A real control plane keeps a tombstone; a job that vanishes outright needs a mock.
+    replies = iter([(200, _job("JOB_STATE_PENDING"))])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = next(replies, (404, {"error": "not found"}))
+        return httpx.Response(status, json=body)
+
+    async with _mock_jobs(handler) as jobs:
+        poller = ReadinessPoller(jobs, "j1", poll_interval_s=0.01, timeout_s=5)
+        await poller.run()
+        with pytest.raises(TrainerJobFailed, match="is DELETED: the job vanished") as info:
+            await poller.wait()
+    assert info.value.state == "DELETED"
+
+
+@pytest.mark.anyio
 async def test_poller_in_a_task_group_and_progress_logging(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -377,7 +404,7 @@ def _wait_argv(lt: LocalTrainer, job_id: str, *more: str) -> list[str]:
         job_id,
         "--account-id",
         lt.account_id,
-        "--base-url",
+        "--control-plane-url",
         lt.control_plane_url,
         "--poll-interval",
         str(POLL),
@@ -426,11 +453,12 @@ def test_cli_wait_helpful_errors(
     assert "FIREWORKS_API_KEY" in capsys.readouterr().err
 
     dead = f"http://127.0.0.1:{free_port()}"
-    assert main(["wait", "j1", "--account-id", "acme", "--base-url", dead]) == 1
+    assert main(["wait", "j1", "--account-id", "acme", "--control-plane-url", dead]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and dead in err and "Traceback" not in err
 
-    assert main(["wait", "j1", "--account-id", "a", "--base-url", "http://example.com"]) == 2
+    insecure = "http://example.com"
+    assert main(["wait", "j1", "--account-id", "a", "--control-plane-url", insecure]) == 2
     assert "http://" in capsys.readouterr().err
 
     assert main(["wait", "j1", "--account-id", "a", "--poll-interval", "0"]) == 2

@@ -11,6 +11,9 @@ from tinker import types
 
 from firetitan_async.errors import InvalidInput
 from firetitan_async.wire.validation import (
+    MAX_LEARNING_RATE,
+    MAX_SAMPLE_TOKENS,
+    MAX_SAMPLES,
     ParsedPath,
     validate_adam_params,
     validate_checkpoint_name,
@@ -100,8 +103,6 @@ FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
      "loss_fn_inputs.target_tokens", 0, "5 elements"),
     ("targets-float", [ce(target_tokens=np.arange(4, dtype=np.float32))], "cross_entropy", None,
      "loss_fn_inputs.target_tokens", 0, "must be int64"),
-    ("weights-int", [ce(weights=np.ones(4, np.int64))], "cross_entropy", None,
-     "loss_fn_inputs.weights", 0, "must be float32"),
     ("advantages-int", [rl(advantages=np.ones(4, np.int64))], "ppo", None,
      "loss_fn_inputs.advantages", 0, "must be float32"),
     ("nan-advantages", [rl(), rl(advantages=NAN)], "ppo", None,
@@ -194,6 +195,9 @@ def test_forward_backward_accepts(data: Any, loss_fn: str, config: Any) -> None:
 ADAM_CASES = [
     ({"learning_rate": -1e-4}, "adam_params.learning_rate"),
     ({"learning_rate": math.nan}, "adam_params.learning_rate"),
+    ({"learning_rate": 0.0}, "adam_params.learning_rate"),
+    ({"learning_rate": 1e30}, "adam_params.learning_rate"),
+    ({"learning_rate": MAX_LEARNING_RATE * 1.001}, "adam_params.learning_rate"),
     ({"beta1": 1.0}, "adam_params.beta1"),
     ({"beta1": -0.1}, "adam_params.beta1"),
     ({"beta2": 1.5}, "adam_params.beta2"),
@@ -213,7 +217,8 @@ def test_adam_rejects(kwargs: dict[str, float], field: str) -> None:
 
 def test_adam_accepts_and_type_checks() -> None:
     validate_adam_params(types.AdamParams())
-    validate_adam_params(types.AdamParams(learning_rate=0, beta1=0, beta2=0.999, eps=1e-8,
+    validate_adam_params(types.AdamParams(learning_rate=MAX_LEARNING_RATE))
+    validate_adam_params(types.AdamParams(learning_rate=1e-12, beta1=0, beta2=0.999, eps=1e-8,
                                           weight_decay=0.1, grad_clip_norm=1.0))  # fmt: skip
     with pytest.raises(InvalidInput) as info:
         validate_adam_params({"learning_rate": 1e-4})  # type: ignore[arg-type]
@@ -312,6 +317,12 @@ SAMPLE_CASES: list[tuple[Any, Any, Any, str]] = [
     (PROMPT, 2.0, types.SamplingParams(), "num_samples"),
     (PROMPT, 1, {"max_tokens": 3}, "sampling_params"),
     (PROMPT, 1, types.SamplingParams(max_tokens=0), "sampling_params.max_tokens"),
+    (
+        PROMPT, 1, types.SamplingParams(max_tokens=MAX_SAMPLE_TOKENS + 1),
+        "sampling_params.max_tokens",
+    ),
+    (PROMPT, 10**9, types.SamplingParams(), "num_samples"),
+    (PROMPT, MAX_SAMPLES + 1, types.SamplingParams(), "num_samples"),
     (PROMPT, 1, types.SamplingParams(temperature=-0.1), "sampling_params.temperature"),
     (PROMPT, 1, types.SamplingParams(temperature=math.inf), "sampling_params.temperature"),
     (PROMPT, 1, types.SamplingParams(top_p=0.0), "sampling_params.top_p"),
