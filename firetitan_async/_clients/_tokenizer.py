@@ -44,7 +44,7 @@ class TokenizerCache:
 
     Example::
 
-        tokenizer = await TokenizerCache().get("tinker", tokenizer_model=None,
+        tokenizer = await TokenizerCache().get(names_tokenizer=True, tokenizer_model=None,
                                                model_name="Qwen/Qwen3-8B", tokenizer_id=None)
     """
 
@@ -54,8 +54,8 @@ class TokenizerCache:
 
     async def get(
         self,
-        dialect: str,
         *,
+        names_tokenizer: bool,
         tokenizer_model: str | None,
         model_name: str,
         tokenizer_id: str | None,
@@ -67,11 +67,11 @@ class TokenizerCache:
             raise InvalidInput(
                 "tokenizer_model", f"must be a non-empty str, got {tokenizer_model!r}"
             )
-        if dialect == "fireworks":
+        if not names_tokenizer:
             if tokenizer_model is None:
                 raise InvalidInput(
                     "tokenizer_model",
-                    "is required in the fireworks dialect: a Fireworks trainer does not name its "
+                    "is required here (the fireworks dialect): the trainer does not name its "
                     "tokenizer (the Fireworks SDK takes it from its managed config); pass a "
                     "Hugging Face name or a local directory",
                 )

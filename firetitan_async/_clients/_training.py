@@ -607,7 +607,7 @@ class TrainingClient:
         """
         data = self.info.model_data if self.info is not None else None
         return await self._tokenizers.get(
-            self._codec.name,
+            names_tokenizer=self._codec.names_tokenizer,
             tokenizer_model=tokenizer_model,
             model_name=(data.model_name if data is not None else None) or self.base_model,
             tokenizer_id=data.tokenizer_id if data is not None else None,

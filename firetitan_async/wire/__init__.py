@@ -99,6 +99,9 @@ class Dialect(Protocol):
     """Whether leaving the session sends ``sessions/{id}/finish``."""
     fetches_info: bool
     """Whether ``create_model`` is followed by ``get_info``."""
+    names_tokenizer: bool
+    """Whether the trainer names its tokenizer (``get_info``'s ``tokenizer_id``); otherwise
+    the caller names it (``get_tokenizer(tokenizer_model)``, as the Fireworks SDK takes it)."""
     fwdbwd_accept: str
     """``Accept`` of a forward/forward_backward result poll."""
     extras: frozenset[str]

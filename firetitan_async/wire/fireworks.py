@@ -643,6 +643,7 @@ class FireworksDialect(TinkerProtocol):
     fetches_client_config = False
     finishes_session = False
     fetches_info = False
+    names_tokenizer = False
     fwdbwd_accept = RESULT_ACCEPT
     extras: frozenset[str] = frozenset({"unload_model", "load_adapter"})
     saves_sampler_as_snapshot = True

@@ -494,6 +494,7 @@ class TinkerDialect(TinkerProtocol):
     fetches_client_config = True
     finishes_session = True
     fetches_info = True
+    names_tokenizer = True
     fwdbwd_accept = _PROTO
 
     def __repr__(self) -> str:
