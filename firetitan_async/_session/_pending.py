@@ -7,7 +7,8 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..errors import NotAwaited, UsageError, _trim_internal_frames
+from ..errors import NotAwaited, UsageError
+from ._boundary import trim_internal_frames
 
 __all__ = ["Pending", "fail_pending", "resolve_pending"]
 
@@ -64,7 +65,7 @@ class Pending(Generic[T]):
         if not self._event.is_set():
             raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
-            raise _trim_internal_frames(self._error)
+            raise trim_internal_frames(self._error)
         return self._value
 
     def exception(self) -> BaseException | None:
@@ -77,7 +78,7 @@ class Pending(Generic[T]):
         """Wait for the outcome and return the result (same as ``await pending``)."""
         await self._event.wait()
         if self._error is not None:  # raised here, not in result(): one library frame shown
-            raise _trim_internal_frames(self._error)
+            raise trim_internal_frames(self._error)
         return self._value
 
     def __getattr__(self, attribute: str) -> Any:

@@ -35,6 +35,7 @@ from typing import Final, Protocol
 import anyio
 import attrs
 
+from .._session._boundary import trim_internal_frames
 from ..errors import (
     APIStatusError,
     FiretitanError,
@@ -43,7 +44,6 @@ from ..errors import (
     SessionClosed,
     TrainerJobFailed,
     UsageError,
-    _trim_internal_frames,
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
@@ -214,7 +214,7 @@ class ReadinessPoller:
         if self._endpoint is not None:
             return self._endpoint
         assert self._error is not None
-        raise _trim_internal_frames(self._error)
+        raise trim_internal_frames(self._error)
 
     # -- internals -------------------------------------------------------------------------
 
