@@ -543,6 +543,25 @@ def test_a_resent_sampler_save_with_a_new_sampling_session_seq_id_is_the_same_sa
     assert r.status_code == 400 and "different request" in r.json()["detail"]
 
 
+def test_a_resent_create_via_load_is_the_same_model(api: Api) -> None:
+    """``create_training_client_from_state`` goes through the SDK's outer retry too: a resend
+    of the load that made a model gets its future; another request for that model_seq_id is
+    refused."""
+    session = api.session()
+    model_id = api.model(session)
+    saved = api.result(api.ok("save_weights", {"model_id": model_id, "seq_id": 1,
+                                               "path": "s"})["request_id"])
+    body = {"session_id": session, "model_seq_id": 1, "path": saved["path"], "optimizer": True}
+    first = api.ok("load_weights", body, headers=_new_key())
+    assert api.ok("load_weights", body, headers=_new_key()) == first
+    assert first["model_id"] == f"{session}:train:1"
+    assert api.result(first["request_id"])["model_id"] == first["model_id"]
+    r = api.post("load_weights", {**body, "optimizer": False}, headers=_new_key())
+    assert r.status_code == 400 and "model_seq_id 1" in r.json()["detail"], r.text
+    r = api.post("load_weights", {**body, "model_seq_id": 0}, headers=_new_key())
+    assert r.status_code == 400 and "model_seq_id 0" in r.json()["detail"], r.text
+
+
 def test_faults_are_injected_counted_and_survivable_with_idempotency_keys() -> None:
     with LocalTrainer(seed=SEED, fault_rate=0.5, long_poll_s=1.0) as lt:
         clean = Api(lt.base_url)

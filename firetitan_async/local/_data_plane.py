@@ -700,10 +700,20 @@ async def load_weights(request: Request) -> Response:
         seq_id = _opt_int(body, "seq_id")
         return _submit(state, entry, seq_id, "LoadWeights", build, await request.body())
     optimizer = _bool(body, "optimizer", False)
-    # Create-via-load: the load is the new model's operation 0.
+    # Create-via-load: the load is the new model's operation 0. The tinker SDK sends it through
+    # its outer retry too: a resend (same body, new idempotency key) gets the original future.
     session = state.registry.session(_req_str(body, "session_id"))
-    path = _resolve_ref(state, request, body.get("path"), None, job_id=session.job_id)
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
+    fingerprint = _fingerprint("LoadWeights", await request.body())
+    made = state.registry.models.get(f"{session.session_id}:train:{model_seq_id}")
+    if made is not None:
+        try:
+            earlier = made.executor.replay(0, fingerprint)
+        except ApiError:  # another request made it: refused below as a reused model_seq_id
+            earlier = None
+        if earlier is not None:
+            return _future(earlier, made.model_id)
+    path = _resolve_ref(state, request, body.get("path"), None, job_id=session.job_id)
     if body.get("base_model") is not None:
         _check_base_model(body["base_model"])
     rank = _check_training_checkpoint(state, path, None)
@@ -720,7 +730,7 @@ async def load_weights(request: Request) -> Response:
         seed=state.config.seed,
     )
     request_id = state.futures.create("LoadWeights")
-    entry.executor.submit(0, request_id, _load_op(state, entry, path, optimizer))
+    entry.executor.submit(0, request_id, _load_op(state, entry, path, optimizer), fingerprint)
     return _future(request_id, entry.model_id)
 
 
