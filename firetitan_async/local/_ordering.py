@@ -80,7 +80,7 @@ _Spawn = Callable[[Coroutine[Any, Any, None]], None]
 class _Used:
     """What a used ``seq_id`` was bound to: the request, and its request id or refusal."""
 
-    fingerprint: bytes
+    fingerprint: int
     request_id: str | None
     refusal: ApiError | None
 
@@ -119,7 +119,7 @@ class OrderedExecutor:
         self.check_seq(seq_id)
         return seq_id
 
-    def replay(self, seq_id: int, fingerprint: bytes) -> str | None:
+    def replay(self, seq_id: int, fingerprint: int) -> str | None:
         """The request id of an earlier submission of this very request under ``seq_id``
         (``None`` if ``seq_id`` is not bound to a remembered request). Re-raises the original
         refusal if that submission was refused; ``ApiError(400)`` if ``seq_id`` was used by a
@@ -158,7 +158,7 @@ class OrderedExecutor:
             )
 
     def submit(
-        self, seq_id: int, request_id: str, op: Operation, fingerprint: bytes | None = None
+        self, seq_id: int, request_id: str, op: Operation, fingerprint: int | None = None
     ) -> None:
         """Park ``op`` under ``seq_id`` (already checked); its reply completes ``request_id``.
         With a ``fingerprint``, a resend of the same request gets ``request_id`` (``replay``)."""
@@ -168,7 +168,7 @@ class OrderedExecutor:
         self._kick()
 
     def skip(
-        self, seq_id: int, fingerprint: bytes | None = None, refusal: ApiError | None = None
+        self, seq_id: int, fingerprint: int | None = None, refusal: ApiError | None = None
     ) -> None:
         """Consume ``seq_id`` without running anything (a rejected submission); with a
         ``fingerprint``, a resend of the same request gets the same ``refusal``."""
