@@ -176,7 +176,9 @@ class OrderedExecutor:
             return
         self._parked[seq_id] = (None, None)
         if fingerprint is not None and refusal is not None:
-            self._remember(seq_id, _Used(fingerprint, None, refusal))
+            # A copy: the raised one's traceback would keep the request's frames (its body).
+            kept = ApiError(refusal.status, refusal.detail, headers=refusal.headers)
+            self._remember(seq_id, _Used(fingerprint, None, kept))
         self._kick()
 
     def _remember(self, seq_id: int, used: _Used) -> None:
