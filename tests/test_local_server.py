@@ -29,7 +29,7 @@ from tinker.proto.response_conv import (
     deserialize_sample_response,
 )
 
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, _ordering
 from firetitan_async.local._checkpoint_store import CheckpointStore
 from firetitan_async.local._model import MODEL_NAME, AdamConfig, DatumArrays, TinyByteLM
 
@@ -523,6 +523,19 @@ def test_a_resend_under_its_seq_id_is_the_same_request(trainer: LocalTrainer, ap
     assert refusals[0].json() == refusals[1].json()
     assert "unknown loss function" in refusals[0].json()["detail"]
     api.fwd(model_id, 4, forward_only=True)
+
+
+def test_a_model_remembers_a_bounded_window_of_seq_ids(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ordering, "REPLAY_WINDOW", 2)
+    model_id = api.model(api.session())
+    steps = [{"model_id": model_id, "seq_id": s, "adam_params": ADAM} for s in (1, 2, 3)]
+    futures = [api.ok("optim_step", step) for step in steps]
+    assert api.ok("optim_step", steps[1], headers=_new_key()) == futures[1]
+    r = api.post("optim_step", steps[0], headers=_new_key())  # forgotten: refused as a reuse
+    assert r.status_code == 400 and "seq_id 1" in r.json()["detail"], r.text
+    assert "different request" not in r.json()["detail"]
 
 
 def test_a_resent_sampler_save_with_a_new_sampling_session_seq_id_is_the_same_save(
