@@ -7,11 +7,16 @@ fine here. Everything runs in one test so the SDK bootstrap happens once.
 
 from __future__ import annotations
 
+import json
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tinker
+from _loopback_app import serve_on_loopback
 from tinker import types
 
 from firetitan_async.local import LocalTrainer
@@ -131,3 +136,75 @@ def test_unmodified_tinker_sdk_trains_saves_samples_and_resumes(trainer: LocalTr
     assert stats["optim_steps_applied"][lora.model_id] == 11
     assert stats["optim_steps_applied"][full.model_id] == 11
     assert stats["requests"]["sessions/finish"] == 1
+
+
+class _LoseFirstReply:
+    """A reverse proxy to the local trainer (ASGI) that relays every request, but answers the
+    first POST to ``path`` with a 500 after the trainer has applied it: the reply is lost, as
+    when a loaded server answers after the SDK's timeout. Records the bodies sent to ``path``."""
+
+    def __init__(self, target: str, path: str) -> None:
+        self.target = target
+        self.path = path
+        self.sent: list[tuple[str, dict[str, Any]]] = []  # (idempotency key, JSON body)
+        self._tls = ssl.create_default_context()  # ~65 ms each: made once, not per client
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k.lower() not in (b"host", b"content-length")}
+        url = self.target + scope["path"]
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode()
+        async with httpx.AsyncClient(timeout=30, verify=self._tls) as http:
+            reply = await http.request(scope["method"], url, headers=headers, content=body)
+        status, content = reply.status_code, reply.content
+        if scope["method"] == "POST" and scope["path"] == self.path:
+            self.sent.append((headers.get("x-idempotency-key", ""), json.loads(body)))
+            if len(self.sent) == 1:
+                status, content = 500, b'{"detail": "injected: the reply was lost"}'
+        content_type = reply.headers.get("content-type", "application/json").encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.body", "body": content})
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_sdks_outer_retry_of_a_lost_save_gets_the_original_future(
+    trainer: LocalTrainer,
+) -> None:
+    """``save_weights_and_get_sampling_client`` whose reply is lost: the SDK's outer retry
+    (``execute_with_retries``; this call sets ``max_retries=0``, so no inner retry) resends it
+    with the same ``seq_id``, a new idempotency key and the next ``sampling_session_seq_id``.
+    The trainer answers with the original future, so the save runs once and the SDK samples
+    from the sampler the first attempt made."""
+    proxy = _LoseFirstReply(trainer.base_url, "/api/v1/save_weights_for_sampler")
+    with serve_on_loopback(proxy) as url, tinker.ServiceClient(base_url=url) as service:
+        client = service.create_lora_training_client(base_model=MODEL_NAME, rank=2).result()
+        # A refused retry does not raise: the SDK's future never resolves (hence the timeout).
+        sampler = client.save_weights_and_get_sampling_client().result(timeout=20)
+        prompt = types.ModelInput.from_ints(list(b"hello "))
+        params = types.SamplingParams(max_tokens=4, temperature=0.7, seed=1)
+        assert len(sampler.sample(prompt, 1, params).result().sequences[0].tokens) > 0
+
+    # Our reading of the SDK: one save, sent twice, differing only in these two.
+    (key1, first), (key2, again) = proxy.sent
+    assert key1 != key2 and again["seq_id"] == first["seq_id"] == 1
+    assert again["sampling_session_seq_id"] == first["sampling_session_seq_id"] + 1
+    del first["sampling_session_seq_id"], again["sampling_session_seq_id"]
+    assert again == first
+    # It ran once: the retry's sampling_session_seq_id named no sampler.
+    session = client.model_id.split(":train:")[0]
+    with httpx.Client(base_url=trainer.base_url) as http:
+        for n, status in ((0, 200), (1, 404)):
+            r = http.post("/api/v1/asample", json={
+                "sampling_session_id": f"{session}:sample:{n}", "num_samples": 1,
+                "prompt": {"chunks": [{"tokens": [104, 105], "type": "encoded_text"}]},
+                "sampling_params": {"max_tokens": 2}})
+            assert r.status_code == status, (n, r.text)

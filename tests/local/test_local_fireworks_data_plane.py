@@ -150,6 +150,24 @@ def api(trainer: LocalTrainer) -> Iterator[Api]:
 # -- JSON forward_backward and forward ----------------------------------------------------------
 
 
+def test_a_json_forward_backward_resent_with_a_new_idempotency_key_runs_once(
+    trainer: LocalTrainer, api: Api
+) -> None:
+    """A resend under the same ``seq_id`` (a client's outer retry: same body, new key) gets the
+    original request id; the gradient is accumulated once. Another body under it is refused."""
+    model_id, _ = api.model(api.session())
+    body = fb_json(model_id, 1)
+    first = api.ok("forward_backward", body, headers={"X-Idempotency-Key": "attempt-1"})
+    again = api.ok("forward_backward", body, headers={"X-Idempotency-Key": "attempt-2"})
+    assert again == first
+    local = TinyByteLM(seed=SEED)
+    local.forward_backward(local_batch(), "cross_entropy", backward=True)
+    assert api.optim(model_id, 2)["metrics"] == pytest.approx(local.optim_step(AdamConfig(**ADAM)))
+    assert "error" not in api.result(first["request_id"])
+    r = api.post("forward_backward", fb_json(model_id, 1, loss_fn="importance_sampling"))
+    assert r.status_code == 400 and "already used by a different request" in r.json()["detail"]
+
+
 def test_json_forward_backward_and_forward_match_the_model_bit_for_bit(api: Api) -> None:
     model_id, _ = api.model(api.session())
     local = TinyByteLM(seed=SEED)

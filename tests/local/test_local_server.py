@@ -29,7 +29,7 @@ from tinker.proto.response_conv import (
     deserialize_sample_response,
 )
 
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, _ordering
 from firetitan_async.local._checkpoint_store import CheckpointStore
 from firetitan_async.local._model import MODEL_NAME, AdamConfig, DatumArrays, TinyByteLM
 
@@ -384,6 +384,9 @@ def test_bad_requests_say_what_is_wrong_and_change_nothing(trainer: LocalTrainer
         ("reused seq_id", "optim_step",
          lambda s: {"model_id": model_id, "seq_id": 1, "adam_params": ADAM}, 400,
          "seq_id 1 of model", False),
+        ("reused seq_id, another kind", "optim_step",
+         lambda s: {"model_id": model_id, "seq_id": 1, "adam_params": ADAM}, 400,
+         "already used by a different request", False),
         ("unknown model", "optim_step",
          lambda s: {"model_id": "nope:train:0", "seq_id": s, "adam_params": ADAM}, 404,
          "unknown model_id 'nope:train:0'", False),
@@ -471,6 +474,102 @@ def test_idempotent_replay_returns_the_original_reply(trainer: LocalTrainer, api
     r1, r2 = api.post("optim_step", bad, headers=key2), api.post("optim_step", bad, headers=key2)
     assert r1.status_code == r2.status_code == 400 and r1.json() == r2.json()
     api.fwd(model_id, 4, forward_only=True)
+
+
+def _new_key() -> dict[str, str]:
+    """A fresh key, as the tinker SDK draws for each outer ``execute_with_retries`` attempt."""
+    return {"X-Idempotency-Key": f"stainless-python-retry-{uuid.uuid4()}"}
+
+
+def test_a_resend_under_its_seq_id_is_the_same_request(trainer: LocalTrainer, api: Api) -> None:
+    """The tinker SDK's outer retry resends a submission whose reply it lost with the same
+    ``seq_id`` and a new idempotency key: it gets the original future and runs once."""
+    model_id = api.model(api.session())
+    body = fb_body(model_id, 1)
+    first = api.ok("forward_backward", body, headers={**PROTO, **_new_key()})
+    assert api.ok("forward_backward", body, headers={**PROTO, **_new_key()}) == first
+    step_body = {"model_id": model_id, "seq_id": 2, "adam_params": ADAM, "type": "optim_step"}
+    step = api.ok("optim_step", step_body, headers=_new_key())
+    assert api.ok("optim_step", step_body, headers=_new_key()) == step
+    assert api.ok("optim_step", step_body) == step  # no key at all
+    # The gradient was accumulated once: the step's grad norm is that of one forward_backward.
+    local = TinyByteLM(seed=SEED)
+    local.forward_backward(local_batch(), "cross_entropy", backward=True)
+    assert api.result(step["request_id"])["metrics"] == pytest.approx(
+        local.optim_step(AdamConfig(**ADAM))
+    )
+    assert trainer.stats()["optim_steps_applied"][model_id] == 1
+    # Long after it ran, a resend still gets the original (completed) future.
+    assert api.ok("forward_backward", body, headers=PROTO) == first
+    assert isinstance(api.result(first["request_id"]), bytes)
+    # A different request under a used seq_id is a client bug: refused, nothing runs.
+    for path, other, headers in (
+        ("forward_backward", fb_body(model_id, 1, forward_only=True), PROTO),
+        ("optim_step", {**step_body, "adam_params": {**ADAM, "learning_rate": 0.5}}, {}),
+    ):
+        r = api.post(path, other, headers=headers)
+        assert r.status_code == 400, r.text
+        assert "seq_id" in r.json()["detail"]
+        assert "already used by a different request" in r.json()["detail"]
+    assert trainer.stats()["optim_steps_applied"][model_id] == 1
+    # A refused submission resent gets the same refusal, and its seq_id was consumed once.
+    bad = fb_body(model_id, 3, loss_fn="hinge")
+    refusals = [api.post("forward_backward", bad, headers={**PROTO, **_new_key()})
+                for _ in range(2)]
+    assert [r.status_code for r in refusals] == [400, 400]
+    assert refusals[0].json() == refusals[1].json()
+    assert "unknown loss function" in refusals[0].json()["detail"]
+    api.fwd(model_id, 4, forward_only=True)
+
+
+def test_a_model_remembers_a_bounded_window_of_seq_ids(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ordering, "REPLAY_WINDOW", 2)
+    model_id = api.model(api.session())
+    steps = [{"model_id": model_id, "seq_id": s, "adam_params": ADAM} for s in (1, 2, 3)]
+    futures = [api.ok("optim_step", step) for step in steps]
+    assert api.ok("optim_step", steps[1], headers=_new_key()) == futures[1]
+    r = api.post("optim_step", steps[0], headers=_new_key())  # forgotten: refused as a reuse
+    assert r.status_code == 400 and "seq_id 1" in r.json()["detail"], r.text
+    assert "different request" not in r.json()["detail"]
+
+
+def test_a_resent_sampler_save_with_a_new_sampling_session_seq_id_is_the_same_save(
+    trainer: LocalTrainer, api: Api
+) -> None:
+    """The tinker SDK draws a new ``sampling_session_seq_id`` for each outer-retry attempt of
+    ``save_weights_and_get_sampling_client``: the resend still names the same save."""
+    session = api.session()
+    model_id = api.model(session)
+    body = {"model_id": model_id, "seq_id": 1, "kind": "snapshot", "sampling_session_seq_id": 0}
+    first = api.ok("save_weights_for_sampler", body, headers=_new_key())
+    again = api.ok("save_weights_for_sampler", {**body, "sampling_session_seq_id": 1},
+                   headers=_new_key())
+    assert again == first
+    assert api.result(first["request_id"])["sampling_session_id"] == f"{session}:sample:0"
+    # Another field differs: a different request.
+    r = api.post("save_weights_for_sampler", {**body, "kind": "inflight"})
+    assert r.status_code == 400 and "different request" in r.json()["detail"]
+
+
+def test_a_resent_create_via_load_is_the_same_model(api: Api) -> None:
+    """``create_training_client_from_state`` goes through the SDK's outer retry too: a resend
+    of the load that made a model gets its future; another request for that model_seq_id is
+    refused."""
+    session = api.session()
+    model_id = api.model(session)
+    saved = api.result(api.ok("save_weights", {"model_id": model_id, "seq_id": 1,
+                                               "path": "s"})["request_id"])
+    body = {"session_id": session, "model_seq_id": 1, "path": saved["path"], "optimizer": True}
+    first = api.ok("load_weights", body, headers=_new_key())
+    assert api.ok("load_weights", body, headers=_new_key()) == first
+    assert first["model_id"] == f"{session}:train:1"
+    assert api.result(first["request_id"])["model_id"] == first["model_id"]
+    r = api.post("load_weights", {**body, "optimizer": False}, headers=_new_key())
+    assert r.status_code == 400 and "model_seq_id 1" in r.json()["detail"], r.text
+    r = api.post("load_weights", {**body, "model_seq_id": 0}, headers=_new_key())
+    assert r.status_code == 400 and "model_seq_id 0" in r.json()["detail"], r.text
 
 
 def test_faults_are_injected_counted_and_survivable_with_idempotency_keys() -> None:
