@@ -62,6 +62,7 @@ from .errors import (
     UsageError,
 )
 from .platform import (
+    Cleanup,
     CleanupFailed,
     CreatedTrainerJob,
     DeploymentConfig,
@@ -72,6 +73,8 @@ from .platform import (
     JobCheckpoint,
     JobState,
     LiveResource,
+    ManagedConfig,
+    ManagedSetup,
     PlatformAPIError,
     PromotedModel,
     Provisioning,
@@ -92,6 +95,7 @@ __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
     "CheckpointEntry",
+    "Cleanup",
     "CleanupFailed",
     "ConcurrencyController",
     "CreatedTrainerJob",
@@ -112,6 +116,8 @@ __all__ = [
     "JobCheckpoint",
     "JobState",
     "LiveResource",
+    "ManagedConfig",
+    "ManagedSetup",
     "Observation",
     "OperationEvent",
     "OperationTimeout",
