@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 
 from .._clients._deployment_sampler import DeploymentSampler
@@ -355,7 +356,11 @@ class ManagedSetup(Generic[S]):
         self._inference_url = inference_url
         self._api_key = api_key
         self._stack = contextlib.AsyncExitStack()
-        self._reference_stack = contextlib.AsyncExitStack()
+        # the reference trainer's session lives in a task of its own (in ``_holder``), so
+        # release_references can close it while later-entered scopes are still open
+        self._holder: anyio.abc.TaskGroup | None = None
+        self._release_reference = anyio.Event()
+        self._reference_closed = anyio.Event()
         self._provisioning = Provisioning(
             "managed", self._provision, self._release, grace_s=config.grace_s
         )
@@ -449,7 +454,9 @@ class ManagedSetup(Generic[S]):
             await setup.release_references()       # the policy trains on
         """
         self._reference_client = None
-        await self._reference_stack.aclose()
+        self._release_reference.set()
+        if self._reference_session is not None:
+            await self._reference_closed.wait()
         self._reference_session = None
         ref = self._reference
         if ref is None:
@@ -510,8 +517,6 @@ class ManagedSetup(Generic[S]):
             if exc is not None and publisher._tg is not None:
                 publisher._tg.cancel_scope.cancel()
             await publisher.__aexit__(None, None, None)
-        with anyio.CancelScope(shield=True):
-            await self._reference_stack.aclose()
         await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _open_clients(self) -> None:
@@ -521,11 +526,6 @@ class ManagedSetup(Generic[S]):
         self._session = await self._stack.enter_async_context(
             _entered(self._open_session(self._policy.endpoint.base_url))
         )
-        if self._reference is not None:
-            assert self._reference.endpoint is not None
-            self._reference_session = await self._reference_stack.enter_async_context(
-                _entered(self._open_session(self._reference.endpoint.base_url))
-            )
         if self.deployment is not None:
             self.sampler = await self._stack.enter_async_context(
                 DeploymentSampler(
@@ -534,6 +534,15 @@ class ManagedSetup(Generic[S]):
                     self._api_key,
                     allow_insecure_http=self.jobs._rest.allow_insecure_http,
                 )
+            )
+        if self._reference is not None:
+            assert self._reference.endpoint is not None
+            holder = anyio.create_task_group()
+            await holder.__aenter__()
+            self._holder = holder
+            self._stack.push_async_exit(self._close_holder)
+            self._reference_session = await holder.start(
+                self._hold_reference, self._reference.endpoint.base_url
             )
 
         async def policy() -> None:
@@ -555,6 +564,22 @@ class ManagedSetup(Generic[S]):
                     tg.start_soon(reference)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+
+    async def _hold_reference(
+        self, url: str, *, task_status: anyio.abc.TaskStatus[S] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with self._open_session(url) as session:
+                task_status.started(session)
+                await self._release_reference.wait()
+        finally:
+            self._reference_closed.set()
+
+    async def _close_holder(self, *_exc: object) -> None:
+        holder, self._holder = self._holder, None
+        self._release_reference.set()
+        if holder is not None:
+            await holder.__aexit__(None, None, None)
 
     def _reference_lora_rank(self) -> int:
         # the SDK's legacy path: an explicit reference shape for a LoRA policy loads an adapter

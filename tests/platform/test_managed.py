@@ -128,6 +128,7 @@ async def test_separate_forward_only_reference_released_early_and_kept_resources
         ref_out = await reference.forward([datum], "cross_entropy")
         pol_out = await policy.forward([datum], "cross_entropy")
         assert ref_out.metrics["loss:sum"] == pytest.approx(pol_out.metrics["loss:sum"])
+        await setup.publish("base")  # a scope entered after the reference session's
         await setup.release_references()
         assert _gone(trainer, ref_id)  # released at once; the policy trains on
         await policy.forward_backward([datum], "cross_entropy")
