@@ -354,7 +354,6 @@ class ManagedSetup(Generic[S]):
         self.jobs = TrainerJobs(api_key, **options)
         self.deployments = Deployments(api_key, **options)
         self._inference_url = inference_url
-        self._api_key = api_key
         self._stack = contextlib.AsyncExitStack()
         # the reference trainer's session lives in a task of its own (in ``_holder``), so
         # release_references can close it while later-entered scopes are still open
@@ -531,7 +530,7 @@ class ManagedSetup(Generic[S]):
                 DeploymentSampler(
                     self._inference_url or self.deployments.base_url,
                     self.deployment.inference_model,
-                    self._api_key,
+                    self.jobs.api_key or "",  # the control plane's key ("" : none)
                     allow_insecure_http=self.jobs._rest.allow_insecure_http,
                 )
             )
