@@ -399,6 +399,13 @@ class ManagedSetup(Generic[S]):
         return None if self._reference is None else self._reference.job_id
 
     @property
+    def tokenizer_model(self) -> str:
+        """The tokenizer's model name (Hugging Face form): ``config.tokenizer_model``, else
+        ``base_model`` (the SDK loads a recipe's tokenizer from it without asking the
+        trainer)."""
+        return self.config.tokenizer_model or self.config.base_model
+
+    @property
     def created(self) -> list[str]:
         """What this setup created and will release on exit (per the cleanup policy)."""
         return self._provisioning.created

@@ -1,9 +1,10 @@
 """Wire fidelity, the managed setup: ``ServiceSession.managed`` sends what the Fireworks SDK's
 ``FiretitanServiceClient.from_firetitan_config`` sends, resource by resource.
 
-One flow (a full-parameter policy on a training shape, a separate reference trainer on a
-``FORWARD_ONLY`` shape, a deployment from the shape's deployment shape; everything deleted on
-close) runs through the unmodified SDK (1.2.30) and through ``firetitan_async`` (asyncio and
+Two flows (a full-parameter policy on a training shape with a separate reference trainer on a
+``FORWARD_ONLY`` shape; a LoRA policy whose reference is a ``base_only`` model on the same
+trainer; each with a deployment from the shape's deployment shape, everything deleted on
+close) run through the unmodified SDK (1.2.30) and through ``firetitan_async`` (asyncio and
 trio), each against its own local trainer behind a recording proxy. The SDK provisions on
 threads and we in a task group, so requests are compared per resource (the policy trainer,
 the reference trainer, the deployment: control plane and readiness probes), in order, with
@@ -49,25 +50,36 @@ def _shape(lt: LocalTrainer, name: str) -> str:
     return f"accounts/{lt.account_id}/trainingShapes/tiny-byte-lm-{name}"
 
 
-def _run_sdk(lt: LocalTrainer, url: str) -> None:
+def _run_sdk(lt: LocalTrainer, url: str, scenario: str) -> None:
+    shapes: dict[str, Any]
+    if scenario == "separate":
+        shapes = {"training_shape_id": _shape(lt, "full"),
+                  "reference_training_shape_id": _shape(lt, "forward")}
+    else:
+        shapes = {"training_shape_id": _shape(lt, "lora"), "lora_rank": 4}
     config = sdk.FiretitanProvisioningConfig(
-        base_model=MODEL_NAME, training_shape_id=_shape(lt, "full"), reference_required=True,
-        reference_training_shape_id=_shape(lt, "forward"), cleanup_trainer_on_close=True,
-        cleanup_deployment_on_close="delete",
+        base_model=MODEL_NAME, reference_required=True, cleanup_trainer_on_close=True,
+        cleanup_deployment_on_close="delete", **shapes,
     )
     service = sdk.FiretitanServiceClient.from_firetitan_config(
         api_key=KEY, base_url=url, managed_config=config
     )
-    service.create_training_client()
+    service.create_training_client(MODEL_NAME, lora_rank=int(shapes.get("lora_rank", 0)))
     service.create_reference_client()
     service.close()
 
 
-async def _run_ours(lt: LocalTrainer, url: str) -> None:
-    config = ManagedConfig(
-        base_model=MODEL_NAME, training_shape=_shape(lt, "full"), reference=True,
-        reference_training_shape=_shape(lt, "forward"), poll_interval_s=0.05,
-    )
+async def _run_ours(lt: LocalTrainer, url: str, scenario: str) -> None:
+    if scenario == "separate":
+        config = ManagedConfig(
+            base_model=MODEL_NAME, training_shape=_shape(lt, "full"), reference=True,
+            reference_training_shape=_shape(lt, "forward"), poll_interval_s=0.05,
+        )
+    else:
+        config = ManagedConfig(
+            base_model=MODEL_NAME, training_shape=_shape(lt, "lora"), lora_rank=4,
+            reference=True, poll_interval_s=0.05,
+        )
     async with ServiceSession.managed(config, api_key=KEY, base_url=url) as setup:
         assert await setup.training_client() is not None
         assert await setup.reference_client() is not None
@@ -132,24 +144,60 @@ def _by_resource(records: tuple[RecordedExchange, ...]) -> dict[str, list[tuple[
 
 
 @pytest.fixture(scope="module")
-def theirs() -> dict[str, list[tuple[Any, ...]]]:
-    """The SDK's requests, recorded once (outside any event loop: the SDK is synchronous)."""
-    with LocalTrainer(api_key=KEY, seed=3) as lt_sdk, Recorder(lt_sdk.base_url) as rec_sdk:
-        _run_sdk(lt_sdk, rec_sdk.base_url)
-        return _by_resource(rec_sdk.records)
+def sdk_runs() -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    """The SDK's requests per scenario, recorded once (outside any event loop: the SDK is
+    synchronous)."""
+    runs = {}
+    for scenario in ("separate", "same-trainer"):
+        with LocalTrainer(api_key=KEY, seed=3) as lt, Recorder(lt.base_url) as rec:
+            _run_sdk(lt, rec.base_url, scenario)
+            runs[scenario] = _by_resource(rec.records)
+    return runs
 
 
-async def test_managed_setup_requests_match_the_sdks(
-    theirs: dict[str, list[tuple[Any, ...]]],
+async def _ours(scenario: str) -> dict[str, list[tuple[Any, ...]]]:
+    with LocalTrainer(api_key=KEY, seed=3) as lt, Recorder(lt.base_url) as rec:
+        await _run_ours(lt, rec.base_url, scenario)
+        return _by_resource(rec.records)
+
+
+def _assert_same_per_resource(
+    ours: dict[str, list[tuple[Any, ...]]], theirs: dict[str, list[tuple[Any, ...]]],
+    resources: tuple[str, ...],
 ) -> None:
-    with LocalTrainer(api_key=KEY, seed=3) as lt_ours, Recorder(lt_ours.base_url) as rec_ours:
-        await _run_ours(lt_ours, rec_ours.base_url)
-        ours = _by_resource(rec_ours.records)
-
-    for resource in ("<policy> control", "<reference> control", "<deployment> control"):
+    for resource in resources:
         assert [r[:2] for r in ours[resource]] == [r[:2] for r in theirs[resource]], resource
         for mine, sdks in zip(ours[resource], theirs[resource], strict=True):
             assert mine == sdks, f"{resource}: {mine[0]} {mine[1]}"
+
+
+async def test_lora_policy_with_a_same_trainer_reference_matches_the_sdk(
+    sdk_runs: dict[str, dict[str, list[tuple[Any, ...]]]],
+) -> None:
+    """A LoRA policy's reference is a base_only model on the policy trainer: no second
+    trainer, and the same create_model body as the SDK's create_base_training_client."""
+    theirs, ours = sdk_runs["same-trainer"], await _ours("same-trainer")
+    assert "<reference> control" not in ours and "<reference> control" not in theirs
+    _assert_same_per_resource(ours, theirs, ("<policy> control", "<deployment> control"))
+    kinds = ("create_session", "create_model", "retrieve_future")
+    our_data = [r for r in ours["<policy> data"] if r[1].endswith(kinds)]
+    assert our_data == [r for r in theirs["<policy> data"] if r[1].endswith(kinds)]
+    models = [r[3] for r in our_data if r[1].endswith("create_model")]
+    assert [m.get("base_only", False) for m in models] == [False, True]
+    assert models[0]["lora_config"]["rank"] == 4
+
+
+async def test_managed_setup_requests_match_the_sdks(
+    sdk_runs: dict[str, dict[str, list[tuple[Any, ...]]]],
+) -> None:
+    theirs = sdk_runs["separate"]
+    with LocalTrainer(api_key=KEY, seed=3) as lt_ours, Recorder(lt_ours.base_url) as rec_ours:
+        await _run_ours(lt_ours, rec_ours.base_url, "separate")
+        ours = _by_resource(rec_ours.records)
+
+    _assert_same_per_resource(
+        ours, theirs, ("<policy> control", "<reference> control", "<deployment> control")
+    )
     # the rows that matter are there: both trainers created, the deployment on the policy
     created = {r[1]: r[3] for r in ours["<policy> control"] + ours["<reference> control"]
                if r[0] == "POST"}
