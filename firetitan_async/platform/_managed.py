@@ -124,7 +124,14 @@ def _rank(_inst: object, attr: attrs.Attribute[int], value: object) -> None:
         raise InvalidInput(attr.name, f"must be an int >= 0, got {value!r}")
 
 
-@attrs.frozen(kw_only=True)
+def _keywords_after_the_first(
+    _cls: type, fields: list[attrs.Attribute[Any]]
+) -> list[attrs.Attribute[Any]]:
+    """``ManagedConfig(base_model, *, ...)``: every field but the first is keyword-only."""
+    return [fields[0], *(f.evolve(kw_only=True) for f in fields[1:])]
+
+
+@attrs.frozen(field_transformer=_keywords_after_the_first)
 class ManagedConfig:
     """Everything the managed setup provisions, from one place: the client-facing fields of
     the Fireworks SDK's ``FiretitanProvisioningConfig`` under this project's names.
@@ -157,8 +164,8 @@ class ManagedConfig:
 
     Example::
 
-        ManagedConfig(base_model="accounts/fireworks/models/qwen3-8b", lora_rank=16,
-                      reference=True, cleanup=Cleanup(trainer="keep"))
+        ManagedConfig("accounts/fireworks/models/qwen3-8b", lora_rank=16, reference=True,
+                      cleanup=Cleanup(trainer="keep"))
     """
 
     base_model: str = attrs.field(validator=_text)

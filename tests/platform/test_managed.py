@@ -139,7 +139,18 @@ async def test_separate_forward_only_reference_released_early_and_kept_resources
     assert kept is not None and kept["state"] == "JOB_STATE_RUNNING"
     scaled = _deployment(trainer, deployment_id)
     assert scaled is not None and scaled["maxReplicaCount"] == 0
-    # re-attach by id: nothing is created, so nothing is released
+    # a new policy trainer re-attaches the existing deployment (PATCH hotLoadTrainerJob), which
+    # it did not create and so leaves in place
+    moved = ManagedConfig(MODEL, training_shape=_shape(trainer, "full"),
+                          deployment_id=deployment_id, **FAST)
+    async with ServiceSession.managed(moved, base_url=url) as setup:
+        assert setup.created == [f"trainer job {setup.trainer_job_id}"]
+        assert setup.reattached_deployment and setup.deployment is not None
+        assert setup.deployment.hot_load_trainer_job is not None
+        assert setup.deployment.hot_load_trainer_job.endswith(setup.trainer_job_id)
+        new_trainer = setup.trainer_job_id
+    assert _gone(trainer, new_trainer) and _deployment(trainer, deployment_id) is not None
+    # re-attach both by id: nothing is created, so nothing is released
     again = ManagedConfig(base_model=MODEL, training_shape=_shape(trainer, "full"),
                           trainer_job_id=trainer_id, deployment_id=deployment_id, **FAST)
     async with ServiceSession.managed(again, base_url=url) as setup:
