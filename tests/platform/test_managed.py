@@ -168,9 +168,13 @@ async def test_an_error_or_a_cancellation_releases_what_was_created() -> None:
     with LocalTrainer(seed=0, warmup_s=0.4) as lt:
         config = ManagedConfig(base_model=MODEL, lora_rank=2, training_shape=_shape(lt, "lora"),
                                **FAST)
+        everything = ManagedConfig(MODEL, training_shape=_shape(lt, "full"),
+                                   reference="separate",
+                                   reference_training_shape=_shape(lt, "forward"), **FAST)
         with pytest.raises(RuntimeError, match="boom"):
-            async with ServiceSession.managed(config, base_url=lt.control_plane_url) as setup:
-                assert len(setup.created) == 2
+            async with ServiceSession.managed(everything, base_url=lt.control_plane_url) as setup:
+                assert len(setup.created) == 3
+                await setup.publish("base")  # the publisher and the reference's session open
                 raise RuntimeError("boom")
         assert _live(lt) == {"jobs": 0, "deployments": 0}
         with anyio.move_on_after(0.15) as scope:  # cancelled while the trainer warms up
