@@ -63,6 +63,7 @@ from .errors import (
     UsageError,
 )
 from .platform import (
+    Cleanup,
     CleanupFailed,
     CreatedTrainerJob,
     DeploymentConfig,
@@ -73,6 +74,8 @@ from .platform import (
     JobCheckpoint,
     JobState,
     LiveResource,
+    ManagedConfig,
+    ManagedSetup,
     PlatformAPIError,
     PromotedModel,
     Provisioning,
@@ -93,6 +96,7 @@ __all__ = [
     "APIStatusError",
     "AdaptiveConcurrency",
     "CheckpointEntry",
+    "Cleanup",
     "CleanupFailed",
     "ConcurrencyController",
     "CreatedTrainerJob",
@@ -113,6 +117,8 @@ __all__ = [
     "JobCheckpoint",
     "JobState",
     "LiveResource",
+    "ManagedConfig",
+    "ManagedSetup",
     "NotAwaited",
     "Observation",
     "OperationEvent",

@@ -91,6 +91,7 @@ _SESSION_SURFACE = {
     "dialect",
     "events",
     "from_job",
+    "managed",
     "session_id",
     "throughput",
     "wait_for_ready",
@@ -148,7 +149,7 @@ async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
 # -- consistent names; the old ones warn for one release (design.md) ------------------------
 
 # New names this release, each exported from the package.
-NEW_NAMES = {"ReplyTooLarge"}
+NEW_NAMES = {"ReplyTooLarge", "ManagedConfig", "ManagedSetup", "Cleanup"}
 # Old name -> (the object that still carries it, its new name).
 DEPRECATED_ALIASES = {"ServiceSession.wait_ready": (ServiceSession, "wait_for_ready")}
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .._clients._sampling import SamplingClient
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
+    from ..platform._managed import ManagedConfig, ManagedSetup
 
 __all__ = ["ServiceSession", "client_side"]
 
@@ -236,6 +237,43 @@ class ServiceSession:
         )
         session._jobs = jobs
         return session
+
+    @classmethod
+    def managed(
+        cls,
+        config: ManagedConfig,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        inference_url: str | None = None,
+        **options: Any,
+    ) -> ManagedSetup[ServiceSession]:
+        """The managed setup (the Fireworks SDK's ``from_firetitan_config``): a policy trainer,
+        an optional reference trainer and an optional deployment, provisioned or re-attached
+        by id from one :class:`ManagedConfig`, waited for concurrently and owned by the
+        returned :class:`ManagedSetup` (``async with``; the config's ``cleanup`` policy is
+        applied on exit, on error and on cancellation). ``api_key`` and ``base_url`` are the
+        control plane's (defaults as :class:`TrainerJobs`); ``inference_url`` the deployment's
+        (default: ``base_url``); ``options`` go to ``TrainerJobs``/``Deployments``
+        (``account_id``, ``transport``, ...). Sessions on the trainers send the same key.
+
+        Example::
+
+            config = ManagedConfig(base_model=model, lora_rank=8, reference=True)
+            async with ServiceSession.managed(config) as setup:
+                client = await setup.training_client()
+                reference = await setup.reference_client()
+        """
+        from ..platform._managed import ManagedSetup
+
+        def open_session(url: str) -> ServiceSession:
+            return cls(url, api_key=setup.jobs.api_key or "", dialect="fireworks")
+
+        setup: ManagedSetup[ServiceSession] = ManagedSetup(
+            config, open_session, api_key=api_key, base_url=base_url,
+            inference_url=inference_url, **options,
+        )
+        return setup
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._entered else "new")

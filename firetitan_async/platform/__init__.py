@@ -25,6 +25,7 @@ from ._deployments import (
 )
 from ._jobs import TrainerJobs
 from ._lifecycle import CleanupFailed, Provisioning
+from ._managed import Cleanup, ManagedConfig, ManagedSetup
 from ._orphans import LiveResource, live_resources
 from ._publisher import PublishedVersion, WeightPublisher
 from ._readiness import ReadinessPoller, ReadinessProgress
@@ -35,6 +36,7 @@ from ._shapes import TrainingShapeProfile
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "Cleanup",
     "CleanupFailed",
     "CreatedTrainerJob",
     "DeploymentConfig",
@@ -45,6 +47,8 @@ __all__ = [
     "JobCheckpoint",
     "JobState",
     "LiveResource",
+    "ManagedConfig",
+    "ManagedSetup",
     "PlatformAPIError",
     "PromotedModel",
     "Provisioning",
