@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run the local trainer (Tinker data plane + trainer-job control plane)",
         description=(
             "Serve a wire-compatible Tinker trainer and the Fireworks trainer-job control plane "
-            "on this machine, backed by the tiny numpy model 'local/tiny-byte-lm'. Point the "
+            "on this machine, backed by a tiny numpy model under every base-model name it serves "
+            "(--model). Point the "
             "tinker SDK at it with TINKER_BASE_URL, or firetitan_async with its base_url. "
             "Runs until Ctrl-C."
         ),
@@ -43,6 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=0.0,
         help="probability of a transient fault per data-plane request (0..1)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        dest="models",
+        help="serve this base-model name (repeatable; 'accounts/<a>/models/<m>' or 'Org/Name', "
+        "optionally ',tokenizer_id=ID,context=N,moe=false'); local/tiny-byte-lm is always "
+        "served. Default: accounts/fireworks/models/qwen3-8b and Qwen/Qwen3-8B",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every model (default 0)")
     parser.add_argument(
@@ -162,6 +173,7 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             forward_backward_logprobs=not args.no_fwdbwd_logprobs,
             checkpoint_step_names=args.step_checkpoint_names,
             checkpoint_list_details=not args.bare_checkpoint_list,
+            models=getattr(args, "models", None),
         )
         trainer.start()
     except (ValueError, OSError) as exc:
@@ -192,6 +204,7 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             "/deployments (hot-load, /inference/v1/completions)",
             flush=True,
         )
+        print(f"  base models:   {', '.join(trainer.model_names)}", flush=True)
         print(f"  export TINKER_BASE_URL={trainer.base_url}  (Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass

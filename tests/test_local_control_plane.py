@@ -118,7 +118,7 @@ def test_job_lifecycle_with_warmup_through_the_gateway() -> None:
     ("body", "params", "status", "code", "words"),
     [
         ({"trainingConfig": {}}, {}, 400, 3, ["baseModel"]),
-        ({"trainingConfig": {"baseModel": "Qwen/Qwen3-8B"}}, {}, 400, 3, [MODEL_NAME]),
+        ({"trainingConfig": {"baseModel": "Org/Unserved"}}, {}, 400, 3, [MODEL_NAME, "--model"]),
         ({"trainingConfig": {"baseModel": MODEL_NAME, "loraRank": "8"}}, {}, 400, 3, ["loraRank"]),
         ({"trainingConfig": {"baseModel": MODEL_NAME, "loraRank": -1}}, {}, 400, 3, ["loraRank"]),
         (

@@ -395,7 +395,7 @@ def test_bad_requests_say_what_is_wrong_and_change_nothing(trainer: LocalTrainer
         ("bad json", "optim_step", lambda s: b"{not json", 400, "not valid JSON", False),
         ("json list body", "optim_step", lambda s: [1, 2], 400, "must be a JSON object", False),
         ("unknown base model", "create_model",
-         lambda s: {"session_id": session, "model_seq_id": 9, "base_model": "Qwen/Qwen3-8B"},
+         lambda s: {"session_id": session, "model_seq_id": 9, "base_model": "Org/Unserved"},
          400, "local/tiny-byte-lm", False),
         ("negative lora rank", "create_model",
          lambda s: {"session_id": session, "model_seq_id": 9, "base_model": MODEL_NAME,

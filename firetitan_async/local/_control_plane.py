@@ -38,10 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._catalog import DEFAULT_MODELS, ModelCatalog
 from ._checkpoint_store import rfc3339
 from ._http_errors import ApiError
 from ._json_body import read_json_object
-from ._model import MODEL_NAME
 from ._shapes import find_shape
 
 __all__ = ["FailedPrecondition", "Job", "JobRegistry", "control_plane_routes"]
@@ -141,7 +141,7 @@ def _check_types(
             raise ApiError(400, f"{where}{key} must be a {names}, got {value!r}")
 
 
-def _check_body(body: Mapping[str, Any]) -> dict[str, Any]:
+def _check_body(body: Mapping[str, Any], models: ModelCatalog) -> dict[str, Any]:
     """The validated ``trainingConfig`` of a create body; ``ApiError(400)`` naming the field."""
     config = body.get("trainingConfig")
     if not isinstance(config, Mapping):
@@ -153,12 +153,7 @@ def _check_body(body: Mapping[str, Any]) -> dict[str, Any]:
     base_model = config.get("baseModel")
     if not base_model:
         raise ApiError(400, "trainingConfig.baseModel is required")
-    if base_model != MODEL_NAME:
-        raise ApiError(
-            400,
-            f"trainingConfig.baseModel {base_model!r} is not supported "
-            f"(the local trainer serves {MODEL_NAME!r})",
-        )
+    models.get(base_model, "trainingConfig.baseModel")
     for key in ("loraRank", "nodeCount", "maxContextLength", "projectionHeadDim"):
         source = config if key in config else body
         value = source.get(key)
@@ -189,9 +184,12 @@ def _check_body(body: Mapping[str, Any]) -> dict[str, Any]:
 class JobRegistry:
     """The account's jobs; thread-safe (the ``fail`` hook is called from test threads)."""
 
-    def __init__(self, *, account_id: str, warmup_s: float) -> None:
+    def __init__(
+        self, *, account_id: str, warmup_s: float, models: ModelCatalog | None = None
+    ) -> None:
         self.account_id = account_id
         self.warmup_s = warmup_s
+        self.models = models or ModelCatalog(DEFAULT_MODELS)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
@@ -204,7 +202,7 @@ class JobRegistry:
         deployment_id: str | None = None,
     ) -> Job:
         """Create a job from a request body; ``ApiError`` 400/409 on bad input."""
-        config = _check_body(body)
+        config = _check_body(body, self.models)
         if job_id is None:
             job_id = f"job-{uuid.uuid4().hex[:12]}"
         elif not _JOB_ID_RE.fullmatch(job_id):

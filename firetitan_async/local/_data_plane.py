@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._catalog import BYTE_MODEL, MAX_CONTEXT_LENGTH
 from ._checkpoint_refs import resolve_checkpoint_ref
 from ._checkpoint_store import (
     RunInfo,
@@ -60,7 +61,7 @@ from ._json_codec import (
     encode_forward_backward_json,
     prefers_json,
 )
-from ._model import LORA_ALPHA, MODEL_NAME, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
+from ._model import LORA_ALPHA, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
 from ._ordering import Operation, OrderedExecutor, SmallOperation
 from ._proto_codec import (
     BadForwardBackwardData,
@@ -78,7 +79,7 @@ __all__ = ["JOB_SCOPE_KEY", "data_plane_routes"]
 JOB_SCOPE_KEY = "firetitan.job_id"
 """ASGI scope key holding the job id when a request came in under ``/jobs/{job_id}``."""
 
-MAX_CONTEXT = 4096
+MAX_CONTEXT = MAX_CONTEXT_LENGTH
 DEFAULT_MAX_TOKENS = 16
 MAX_SAMPLES = 256
 SMALL_TOKENS = 64
@@ -228,8 +229,9 @@ async def server_capabilities(request: Request) -> Response:
     return JSONResponse(
         {
             "supported_models": [
-                {"model_name": MODEL_NAME, "max_context_length": MAX_CONTEXT,
+                {"model_name": m.name, "max_context_length": m.max_context_length,
                  "trainable": True, "sampleable": True}
+                for m in _state(request).models.models
             ]
         }
     )
@@ -238,14 +240,8 @@ async def server_capabilities(request: Request) -> Response:
 # -- models -------------------------------------------------------------------------------------
 
 
-def _check_base_model(base_model: object) -> str:
-    if base_model != MODEL_NAME:
-        raise ApiError(
-            400,
-            f"base_model {base_model!r} is not supported; the local trainer serves only "
-            f"{MODEL_NAME!r}",
-        )
-    return MODEL_NAME
+def _check_base_model(state: ServerState, base_model: object) -> str:
+    return state.models.get(base_model, "base_model").name
 
 
 def _check_job_match(state: ServerState, job_id: str | None, lora_rank: int) -> None:
@@ -274,6 +270,7 @@ def _new_model(
     init_method: str = "kaiming",
     base_only: bool = False,
     lora_seed: int | None = None,
+    base_model: str = BYTE_MODEL,
 ) -> TrainingModel:
     model_id = f"{session_id}:train:{model_seq_id}"
     if model_id in state.registry.models:
@@ -295,7 +292,7 @@ def _new_model(
         spawn=state.tasks.spawn,
         on_compute=state.stats.add_compute,
     )
-    run = RunInfo(model_id, MODEL_NAME, lora_rank, job_id, user_metadata)
+    run = RunInfo(model_id, base_model, lora_rank, job_id, user_metadata)
     entry = TrainingModel(
         run=run, session_id=session_id, model=model, executor=executor, base_only=base_only
     )
@@ -335,7 +332,7 @@ async def create_model(request: Request) -> Response:
     body = await read_json_object(request)
     session = state.registry.session(_req_str(body, "session_id"))
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
-    _check_base_model(body.get("base_model"))
+    base_model = _check_base_model(state, body.get("base_model"))
     base_only = _bool(body, "base_only", False)
     lora = _get(body, "lora_config", dict, "an object") or {}
     rank = _opt_int(lora, "rank", minimum=0) or 0
@@ -345,7 +342,7 @@ async def create_model(request: Request) -> Response:
     alpha = _lora_alpha(lora)
     init_method = _get(lora, "init_method", str, "a string") or "kaiming"
     if _opt_int(body, "projection_head_dim", minimum=0):
-        raise ApiError(400, f"projection_head_dim is not supported by {MODEL_NAME}")
+        raise ApiError(400, f"projection_head_dim is not supported by {base_model}")
     optimizer = _get(body, "optimizer_config", dict, "an object") or {"type": "adamw"}
     if optimizer.get("type", "adamw") != "adamw":
         raise ApiError(
@@ -366,6 +363,7 @@ async def create_model(request: Request) -> Response:
         lora_alpha=alpha,
         init_method=init_method,
         base_only=base_only,
+        base_model=base_model,
     )
     request_id = state.futures.create("CreateModel")
     state.futures.complete(
@@ -375,23 +373,29 @@ async def create_model(request: Request) -> Response:
     return _future(request_id, entry.model_id)
 
 
-def _info(entry: TrainingModel) -> dict[str, Any]:
+def _info(state: ServerState, entry: TrainingModel) -> dict[str, Any]:
     rank = entry.run.lora_rank
+    name = entry.run.base_model
+    served = state.models.find(name)
+    model_data: dict[str, Any] = {"arch": "tiny-byte-lm", "model_name": name}
+    if served is not None and served.tokenizer_id is not None:
+        model_data["tokenizer_id"] = served.tokenizer_id
     return {
         "type": "get_info",
         "model_id": entry.model_id,
-        "model_data": {"arch": "tiny-byte-lm", "model_name": MODEL_NAME},
+        "model_data": model_data,
         "is_lora": rank > 0,
         "lora_rank": rank if rank > 0 else None,
-        "model_name": MODEL_NAME,
+        "model_name": name,
         "optimizer_config": dict(entry.optimizer_config),
     }
 
 
 async def get_info(request: Request) -> Response:
     body = await read_json_object(request)
-    entry = _state(request).registry.model(_req_str(body, "model_id"))
-    return JSONResponse(_info(entry))
+    state = _state(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    return JSONResponse(_info(state, entry))
 
 
 # -- training operations ------------------------------------------------------------------------
@@ -678,7 +682,10 @@ async def load_weights(request: Request) -> Response:
     path = _resolve_ref(state, request, body.get("path"), None, job_id=session.job_id)
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
     if body.get("base_model") is not None:
-        _check_base_model(body["base_model"])
+        base_model = _check_base_model(state, body["base_model"])
+    else:
+        run = state.checkpoints.get_run(parse_tinker_path(path, "path").training_run_id) or {}
+        base_model = str(run.get("base_model") or BYTE_MODEL)
     rank = _check_training_checkpoint(state, path, None)
     job_id = _job_id(request) or session.job_id
     _check_job_match(state, job_id, rank)
@@ -691,6 +698,7 @@ async def load_weights(request: Request) -> Response:
         user_metadata=_str_map(body, "user_metadata"),
         first_seq=0,
         seed=state.config.seed,
+        base_model=base_model,
     )
     request_id = state.futures.create("LoadWeights")
     entry.executor.submit(0, request_id, _load_op(state, entry, path, optimizer))
@@ -808,7 +816,9 @@ def _ephemeral_sampler_op(state: ServerState, entry: TrainingModel, n: int) -> O
 
     def op() -> FutureReply:
         weights = entry.model.sampler_weights()
-        registry.samplers[sampler_id] = SamplingSession(sampler_id, MODEL_NAME, None, weights, rng)
+        registry.samplers[sampler_id] = SamplingSession(
+            sampler_id, entry.run.base_model, None, weights, rng
+        )
         return FutureReply.json(
             {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
         )
@@ -911,16 +921,20 @@ async def create_sampling_session(request: Request) -> Response:
         raise ApiError(400, f"sampling_session_seq_id {n} is already used ({sampler_id})")
     if model_path is not None:
         if base_model is not None:
-            _check_base_model(base_model)
+            base_model = _check_base_model(state, base_model)
         weights = _weights_for_path(state, model_path)
+        if base_model is None:
+            run_id = parse_tinker_path(model_path, "model_path").training_run_id
+            base_model = str((state.checkpoints.get_run(run_id) or {}).get("base_model")
+                             or BYTE_MODEL)
     elif base_model is not None:
-        _check_base_model(base_model)
+        base_model = _check_base_model(state, base_model)
         weights = state.base_weights()
     else:
         raise ApiError(400, "either model_path or base_model is required")
     rng = state.sampling_rng.spawn(1)[0]
     state.registry.samplers[sampler_id] = SamplingSession(
-        sampler_id, MODEL_NAME, model_path, weights, rng
+        sampler_id, base_model, model_path, weights, rng
     )
     return JSONResponse({"sampling_session_id": sampler_id})
 
@@ -945,7 +959,7 @@ def _prompt_tokens(body: Mapping[str, Any]) -> np.ndarray:
         if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
             kind = chunk.get("type") if isinstance(chunk, dict) else type(chunk).__name__
             raise ApiError(
-                400, f"prompt.chunks[{i}]: {kind!r} chunks are not supported by {MODEL_NAME} "
+                400, f"prompt.chunks[{i}]: {kind!r} chunks are not supported by the local model "
                 "(only encoded_text)"
             )
         toks = chunk.get("tokens")
@@ -1042,7 +1056,7 @@ async def asample(request: Request) -> Response:
         if model_path is not None:
             weights = _weights_for_path(state, model_path)
         else:
-            _check_base_model(body.get("base_model"))
+            _check_base_model(state, body.get("base_model"))
             weights = state.base_weights()
         rng = state.sampling_rng.spawn(1)[0]
 
@@ -1214,8 +1228,8 @@ async def weights_info(request: Request) -> Response:
     run = state.checkpoints.get_run(parsed.training_run_id) or {}
     rank = int(run.get("lora_rank") or 0)
     return JSONResponse(
-        {"base_model": MODEL_NAME, "is_lora": rank > 0, "lora_rank": rank if rank else None,
-         "optimizer_config": {"type": "adamw"}}
+        {"base_model": str(run.get("base_model") or BYTE_MODEL), "is_lora": rank > 0,
+         "lora_rank": rank if rank else None, "optimizer_config": {"type": "adamw"}}
     )
 
 

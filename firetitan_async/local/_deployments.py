@@ -1,7 +1,8 @@
 """The deployments control plane of the local server: ``/v1/accounts/{a}/deployments``.
 
-A deployment is created ``READY`` at once and serves ``local/tiny-byte-lm`` at its hot-loaded
-weights (the untrained base weights until the first hot-load). Routes, as the Fireworks SDK's
+A deployment is created ``READY`` at once and serves its ``baseModel`` (any name the trainer
+serves, each backed by the tiny model) at its hot-loaded weights (the untrained base weights
+until the first hot-load). Routes, as the Fireworks SDK's
 ``DeploymentManager`` calls them:
 
 * ``POST   /v1/accounts/{a}/deployments?deploymentId=ID[&skipShapeValidation=true…]`` (camelCase
@@ -38,10 +39,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._catalog import ModelCatalog
 from ._checkpoint_store import rfc3339
 from ._http_errors import ApiError
 from ._json_body import read_json_object
-from ._model import MODEL_NAME
 from ._server_state import ServerState
 
 __all__ = [
@@ -181,14 +182,11 @@ def _check_account(request: Request, reg: DeploymentRegistry) -> None:
         )
 
 
-def _check_create_body(body: Mapping[str, Any]) -> None:
+def _check_create_body(body: Mapping[str, Any], models: ModelCatalog) -> None:
     unknown = sorted(set(body) - _CREATE_FIELDS)
     if unknown:
         raise ApiError(400, f"unknown deployment fields: {unknown}")
-    if body.get("baseModel") != MODEL_NAME:
-        raise ApiError(
-            400, f"baseModel {body.get('baseModel')!r} is not supported (serves {MODEL_NAME!r})"
-        )
+    models.get(body.get("baseModel"), "baseModel")
     for name in ("minReplicaCount", "maxReplicaCount"):
         value = body.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -223,7 +221,7 @@ def deployment_routes() -> list[Route]:
         if not _ID_RE.fullmatch(dep_id):
             raise ApiError(400, f"deploymentId {dep_id!r} must be 1-63 of [a-z0-9-]")
         body = await read_json_object(request)
-        _check_create_body(body)
+        _check_create_body(body, _state(request).models)
         if dep_id in reg.deployments:
             raise ApiError(409, f"deployment {dep_id!r} already exists")
         now = rfc3339(time.time())
@@ -274,7 +272,9 @@ def deployment_routes() -> list[Route]:
                     raise ApiError(400, f"updateMask names {field!r} but the body has no {camel}")
                 changes[camel] = body[camel]
         merged = {**dep.record, **changes}
-        _check_create_body({k: v for k, v in merged.items() if k in _CREATE_FIELDS})
+        _check_create_body(
+            {k: v for k, v in merged.items() if k in _CREATE_FIELDS}, _state(request).models
+        )
         dep.record = {**merged, "updateTime": rfc3339(time.time())}
         return JSONResponse(dep.record)
 

@@ -10,7 +10,8 @@
   and ``async_promotion``) makes a model record. With ``async_promotion: true`` the reply is a
   long-running operation ``{"operation": {...}}`` polled at ``GET /v1/{operation}``; without
   it, ``{"model": {...}}``.
-* ``GET /v1/accounts/{a}/models/{m}`` reads a promoted model.
+* ``GET /v1/accounts/{a}/models/{m}`` reads a promoted model, or a served base model's record
+  (``baseModelDetails.moe``, ``contextLength``: what the Fireworks SDK's ``model_is_moe`` reads).
 
 Test knobs (``POST /_local/control_plane``): ``promote_pending_polls`` (how many operation
 polls answer ``done: false`` first; 0, the default, finishes the operation in the POST
@@ -231,8 +232,11 @@ def promotion_routes(
 
     async def get_model(request: Request) -> Response:
         registry, reg = jobs(request), models(request)
-        check_account(registry, request.path_params["account_id"])
         name = f"accounts/{request.path_params['account_id']}/models/{request.path_params['model']}"
+        base = registry.models.find(name)
+        if base is not None:  # a served base model (e.g. accounts/fireworks/models/qwen3-8b)
+            return JSONResponse(base.record())
+        check_account(registry, request.path_params["account_id"])
         if name not in reg.models:
             raise ApiError(404, f"model {name} not found")
         return JSONResponse(reg.models[name])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
+from ._catalog import DEFAULT_MODELS, ModelCatalog, ServedModel
 from ._checkpoint_store import CheckpointStore
 from ._control_plane import JobRegistry
 from ._faults import FaultInjector
@@ -45,6 +46,7 @@ class ServerConfig:
     forward_backward_logprobs: bool = True
     checkpoint_step_names: bool = False
     checkpoint_list_details: bool = True
+    models: tuple[ServedModel, ...] = DEFAULT_MODELS
 
 
 class TaskSpawner:
@@ -68,7 +70,8 @@ class TaskSpawner:
 
 
 class ServerState:
-    """Config, stats, futures, sessions/models, checkpoints, jobs, faults, idempotency."""
+    """Config, served models, stats, futures, sessions/models, checkpoints, jobs, faults,
+    idempotency."""
 
     def __init__(self, config: ServerConfig, *, checkpoint_root: Path) -> None:
         self.config = config
@@ -77,7 +80,10 @@ class ServerState:
         self.futures = FutureStore()
         self.registry = Registry()
         self.checkpoints = CheckpointStore(checkpoint_root)
-        self.jobs = JobRegistry(account_id=config.account_id, warmup_s=config.warmup_s)
+        self.models = ModelCatalog(config.models)
+        self.jobs = JobRegistry(
+            account_id=config.account_id, warmup_s=config.warmup_s, models=self.models
+        )
         self.faults = FaultInjector(config.fault_rate, seed=config.seed)
         self.idempotency = IdempotencyCache()
         self.tasks = TaskSpawner()

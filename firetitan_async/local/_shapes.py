@@ -19,12 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._catalog import BYTE_MODEL, MAX_CONTEXT_LENGTH
 from ._http_errors import ApiError
-from ._model import MODEL_NAME
 
 __all__ = ["MAX_CONTEXT_LENGTH", "find_shape", "shape_routes"]
 
-MAX_CONTEXT_LENGTH = 4096
 _MODES = {"tiny-byte-lm-full": "FULL_PARAMETER_TRAINER", "tiny-byte-lm-lora": "LORA_TRAINER"}
 _VERSION = "v1"
 
@@ -35,7 +34,7 @@ def _version(account: str, shape: str) -> dict[str, Any]:
         "validated": True,
         "latestValidated": True,
         "snapshot": {
-            "baseModel": MODEL_NAME,
+            "baseModel": BYTE_MODEL,
             "trainerImageTag": "local",
             "maxSupportedContextLength": MAX_CONTEXT_LENGTH,
             "nodeCount": 1,

@@ -25,12 +25,14 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from ._app import build_app
+from ._catalog import ServedModel, served_models
 from ._front import quiet_dropped_connections
 from ._lifetime import ThreadedServerLifetime, bind_listener
 from ._server_state import ServerConfig, ServerState
@@ -72,9 +74,14 @@ class LocalTrainer(ThreadedServerLifetime):
     ``time``, ``tinker_path`` and ``expires_at`` out of the tinker-form checkpoint listings
     (``GET /api/v1/list_checkpoints`` is names only anyway).
 
+    ``models`` are the base-model names served (strings as ``ServedModel.parse`` reads them,
+    e.g. ``"accounts/acme/models/m,tokenizer_id=Qwen/Qwen3-8B"``, or ``ServedModel``), each
+    backed by the tiny model; ``local/tiny-byte-lm`` is always among them. Default: the byte
+    model, ``accounts/fireworks/models/qwen3-8b`` and ``Qwen/Qwen3-8B``.
+
     Example::
 
-        with LocalTrainer(port=8080, latency_s=0.01) as lt:
+        with LocalTrainer(port=8080, latency_s=0.01, models=["Qwen/Qwen3-8B"]) as lt:
             print(lt.base_url, lt.control_plane_url, lt.account_id)
     """
 
@@ -97,6 +104,7 @@ class LocalTrainer(ThreadedServerLifetime):
         forward_backward_logprobs: bool = True,
         checkpoint_step_names: bool = False,
         checkpoint_list_details: bool = True,
+        models: Iterable[str | ServedModel] | None = None,
     ) -> None:
         if latency_s < 0 or warmup_s < 0 or long_poll_s <= 0:
             raise ValueError("latency_s and warmup_s must be >= 0 and long_poll_s > 0")
@@ -114,6 +122,7 @@ class LocalTrainer(ThreadedServerLifetime):
             forward_backward_logprobs=forward_backward_logprobs,
             checkpoint_step_names=checkpoint_step_names,
             checkpoint_list_details=checkpoint_list_details,
+            models=served_models(models),
         )
         self._stalls = StallPlan(
             stall_s=stall_s, body_stall_s=body_stall_s, endpoint=stall_endpoint, count=stall_count
@@ -216,6 +225,11 @@ class LocalTrainer(ThreadedServerLifetime):
     def account_id(self) -> str:
         """The Fireworks account id the control plane serves (``"local"``)."""
         return self._config.account_id
+
+    @property
+    def model_names(self) -> list[str]:
+        """The base-model names this trainer serves (``local/tiny-byte-lm`` first)."""
+        return [m.name for m in self._config.models]
 
     def stats(self) -> dict[str, Any]:
         """``{"requests": {endpoint: n}, "faults_injected": n, "optim_steps_applied":
