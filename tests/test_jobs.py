@@ -669,7 +669,10 @@ async def test_resolve_training_profile() -> None:
         assert profile.training_shape_version == f"{shape}/versions/v1"
         assert profile.training_shape == shape and profile.supports_lora
         assert (profile.max_supported_context_length, profile.accelerator_type) == (4096, "CPU")
-        assert profile.pipeline_parallelism == 1 and profile.deployment_shape is None
+        assert profile.pipeline_parallelism == 1
+        assert profile.deployment_shape == (
+            "accounts/fireworks/deploymentShapes/tiny-byte-lm/versions/v1"
+        )
         assert await jobs.resolve_training_profile(f"{shape}/versions/v1") == profile
         full = await jobs.resolve_training_profile(shape.replace("lora", "full"))
         assert not full.supports_lora

@@ -223,6 +223,10 @@ class JobRegistry:
                 )
             config["maxContextLength"] = snapshot["maxSupportedContextLength"]
             extra["trainingShapeRef"] = version["name"]
+        elif not config.get("maxContextLength"):  # the SDKs read it from every job
+            config["maxContextLength"] = self.models.get(
+                config["baseModel"], "trainingConfig.baseModel"
+            ).max_context_length
         if deployment_id is not None:
             extra.setdefault("hotLoadDeploymentId", deployment_id)
         display = body.get("displayName")

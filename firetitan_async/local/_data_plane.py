@@ -349,7 +349,8 @@ async def create_model(request: Request) -> Response:
             400, f"optimizer_config type {optimizer.get('type')!r} is not supported (only adamw)"
         )
     job_id = _job_id(request) or session.job_id
-    _check_job_match(state, job_id, rank)
+    if not base_only:  # a frozen base reference may share a LoRA job (the SDKs' KL/DPO refs)
+        _check_job_match(state, job_id, rank)
     entry = _new_model(
         state,
         session_id=session.session_id,

@@ -5,7 +5,7 @@ loss, ``d(loss)/d(logprobs)`` and metrics. Notation: ``lp`` are the trained mode
 the target tokens, ``q`` the sampler's (input ``logprobs``), ``A`` the ``advantages``,
 ``ratio = exp(lp - q)``. The formulas are those of the tinker docs (``losses.mdx``):
 
-* ``cross_entropy``: ``Σ -lp·w``
+* ``cross_entropy``: ``Σ -lp·w`` (``w``: ``weights``, or ``loss_mask`` when there are none)
 * ``importance_sampling``: ``Σ -ratio·A``
 * ``ppo``: ``Σ -min(ratio·A, clip(ratio, low, high)·A)``; the gradient flows through the
   unclipped term where it is the minimum (ties included), else it is 0.
@@ -46,6 +46,7 @@ __all__ = [
     "REQUIRED_INPUTS",
     "LossOutput",
     "compute_loss",
+    "loss_input",
     "resolve_config",
 ]
 
@@ -61,6 +62,24 @@ REQUIRED_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 """The ``loss_fn_inputs`` each loss needs, each of shape ``(N,)``; other inputs are ignored."""
+
+INPUT_ALIASES: Mapping[str, str] = MappingProxyType({"weights": "loss_mask"})
+"""An input sent under another name: ``cross_entropy``'s ``weights`` as ``loss_mask`` (the
+Fireworks cookbook's reference forwards send ``target_tokens`` and ``loss_mask``)."""
+
+
+def loss_input(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """The input ``name`` of a datum, under its alias if it is not there; ``None`` if neither.
+
+    Example::
+
+        loss_input({"loss_mask": m}, "weights") is m
+    """
+    value = inputs.get(name)
+    if value is None and name in INPUT_ALIASES:
+        value = inputs.get(INPUT_ALIASES[name])
+    return value
+
 
 LOSS_FUNCTIONS: frozenset[str] = frozenset(REQUIRED_INPUTS)
 """The loss function names the local model implements."""

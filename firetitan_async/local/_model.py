@@ -31,7 +31,7 @@ import attrs
 import numpy as np
 
 from ._input_error import ModelInputError
-from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, compute_loss, resolve_config
+from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, compute_loss, loss_input, resolve_config
 from ._optim import AdamConfig, AdamW, global_norm
 
 __all__ = [
@@ -588,9 +588,10 @@ def _validate_batch(
         lengths[i] = n
         for name in required:
             field = f"loss_fn_inputs.{name}"
-            if name not in datum.inputs:
+            value = loss_input(datum.inputs, name)
+            if value is None:
                 raise ModelInputError(field, f"is required by {loss_fn!r}", index=i)
-            arr = np.asarray(datum.inputs[name])
+            arr = np.asarray(value)
             if arr.shape != (n,):
                 raise ModelInputError(
                     field, f"must have shape ({n},) like model_input, got {arr.shape}", index=i

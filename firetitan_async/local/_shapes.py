@@ -1,9 +1,11 @@
 """The local trainer's training shapes: ``GET /v1/accounts/{a}/trainingShapes/{s}/versions…``.
 
-Two shapes of the one local model, each with one validated version (``v1``):
-``tiny-byte-lm-full`` (``FULL_PARAMETER_TRAINER``) and ``tiny-byte-lm-lora``
-(``LORA_TRAINER``). The listing honours ``filter=latest_validated=true`` (the only filter the
-Fireworks SDK sends) and ``pageSize``.
+Three shapes of the one local model, each with one validated version (``v1``):
+``tiny-byte-lm-full`` (``FULL_PARAMETER_TRAINER``), ``tiny-byte-lm-lora`` (``LORA_TRAINER``)
+and ``tiny-byte-lm-forward`` (``FORWARD_ONLY``, for frozen reference trainers). Each names the
+deployment shape its sampling deployment uses (``DEPLOYMENT_SHAPE``), as the SDKs need to
+create a managed deployment. The listing honours ``filter=latest_validated=true`` (the only
+filter the Fireworks SDK sends) and ``pageSize``.
 
 Example::
 
@@ -22,9 +24,15 @@ from starlette.routing import Route
 from ._catalog import BYTE_MODEL, MAX_CONTEXT_LENGTH
 from ._http_errors import ApiError
 
-__all__ = ["MAX_CONTEXT_LENGTH", "find_shape", "shape_routes"]
+__all__ = ["DEPLOYMENT_SHAPE", "MAX_CONTEXT_LENGTH", "find_shape", "shape_routes"]
 
-_MODES = {"tiny-byte-lm-full": "FULL_PARAMETER_TRAINER", "tiny-byte-lm-lora": "LORA_TRAINER"}
+_MODES = {
+    "tiny-byte-lm-full": "FULL_PARAMETER_TRAINER",
+    "tiny-byte-lm-lora": "LORA_TRAINER",
+    "tiny-byte-lm-forward": "FORWARD_ONLY",
+}
+DEPLOYMENT_SHAPE = "accounts/fireworks/deploymentShapes/tiny-byte-lm/versions/v1"
+"""The deployment shape version every training shape names (the local deployments accept it)."""
 _VERSION = "v1"
 
 
@@ -38,7 +46,7 @@ def _version(account: str, shape: str) -> dict[str, Any]:
             "trainerImageTag": "local",
             "maxSupportedContextLength": MAX_CONTEXT_LENGTH,
             "nodeCount": 1,
-            "deploymentShapeVersion": "",
+            "deploymentShapeVersion": DEPLOYMENT_SHAPE,
             "deploymentImageTag": "",
             "acceleratorType": "CPU",
             "acceleratorCount": 1,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._input_error import ModelInputError
-from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, resolve_config
+from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, loss_input, resolve_config
 from ._model import VOCAB_SIZE, DatumArrays
 from ._optim import AdamConfig
 
@@ -41,7 +41,7 @@ def check_forward_backward(
         _check_tokens("model_input", datum.tokens, i)
         for name in required:
             field = f"loss_fn_inputs.{name}"
-            arr = datum.inputs.get(name)
+            arr = loss_input(datum.inputs, name)
             if arr is None:
                 raise ModelInputError(field, f"is required by {loss_fn!r}", index=i)
             if arr.shape != (n,):
