@@ -11,12 +11,15 @@ Example::
     async with LocalTrainer(seed=0) as lt:
         print(lt.base_url)
 
-``sft_datum`` / ``rl_datum`` build training data for the byte model from text.
+``LocalTrainer(models=...)`` serves base-model names (strings or :class:`ServedModel`), each
+backed by the tiny model. ``sft_datum`` / ``rl_datum`` build training data for the byte model
+from text.
 """
 
 from __future__ import annotations
 
+from ._catalog import ServedModel
 from ._datums import encode_text, rl_datum, sft_datum
 from ._trainer import LocalTrainer
 
-__all__ = ["LocalTrainer", "encode_text", "rl_datum", "sft_datum"]
+__all__ = ["LocalTrainer", "ServedModel", "encode_text", "rl_datum", "sft_datum"]
