@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from ._cli import local_extra_missing
+
+if TYPE_CHECKING:
+    from ..local import LocalTrainer
 
 __all__ = ["add_parser", "serve"]
 
@@ -54,6 +58,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="serve this base-model name (repeatable; 'accounts/<a>/models/<m>' or 'Org/Name', "
         "optionally ',tokenizer_id=ID,context=N,moe=false'); local/tiny-byte-lm is always "
         "served. Default: accounts/fireworks/models/qwen3-8b and Qwen/Qwen3-8B",
+    )
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        default=None,
+        metavar="ID[=MODEL]",
+        dest="deployments",
+        help="create this deployment (READY, hot-load enabled) at start, serving MODEL (default: "
+        "the first served accounts/... model); recipes reattach to it with their deployment-id "
+        "flag (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every model (default 0)")
     parser.add_argument(
@@ -134,6 +148,42 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=serve)
 
 
+def _configure(trainer: LocalTrainer, args: argparse.Namespace, api_key: str | None) -> str | None:
+    """Post the inference knobs and create the ``--deployment`` deployments on the running
+    trainer; the error to print, or ``None``."""
+    deployments = getattr(args, "deployments", None) or []
+    if not (args.inference_latency_ms or args.inference_max_concurrency or deployments):
+        return None
+    import httpx
+
+    from ..local._shapes import DEPLOYMENT_SHAPE
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if args.inference_latency_ms or args.inference_max_concurrency:
+        knobs = {"latency_s": args.inference_latency_ms / 1000.0,
+                 "max_concurrency": args.inference_max_concurrency}
+        try:
+            httpx.post(
+                f"{trainer.base_url}/_local/inference/config", json=knobs, headers=headers
+            ).raise_for_status()
+        except httpx.HTTPError as exc:
+            return f"configuring the local deployment failed: {exc}"
+    fireworks_form = [m for m in trainer.model_names if m.startswith("accounts/")]
+    url = f"{trainer.control_plane_url}/v1/accounts/{trainer.account_id}/deployments"
+    for spec in deployments:
+        dep_id, _, model = spec.partition("=")
+        model = model or (fireworks_form or trainer.model_names)[0]
+        body = {"baseModel": model, "enableHotLoad": True, "minReplicaCount": 1,
+                "maxReplicaCount": 1, "deploymentShape": DEPLOYMENT_SHAPE}
+        try:
+            r = httpx.post(url, params={"deploymentId": dep_id}, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return f"creating deployment {dep_id!r} failed: {exc}"
+        if r.status_code != 200:
+            return f"creating deployment {dep_id!r} failed: {r.json().get('message', r.text)}"
+    return None
+
+
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the server described by ``args`` until Ctrl-C (or ``stop`` is set)."""
     try:
@@ -179,20 +229,11 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.inference_latency_ms or args.inference_max_concurrency:
-        import httpx
-
-        knobs = {"latency_s": args.inference_latency_ms / 1000.0,
-                 "max_concurrency": args.inference_max_concurrency}
-        try:
-            key = {"X-Api-Key": api_key} if api_key else {}
-            httpx.post(
-                f"{trainer.base_url}/_local/inference/config", json=knobs, headers=key
-            ).raise_for_status()
-        except httpx.HTTPError as exc:  # the trainer is running: stop it before leaving
-            trainer.stop()
-            print(f"error: configuring the local deployment failed: {exc}", file=sys.stderr)
-            return 2
+    error = _configure(trainer, args, api_key)
+    if error is not None:  # the trainer is running: stop it before leaving
+        trainer.stop()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stop = stop or threading.Event()
     try:
         print(f"local trainer serving {trainer.base_url}", flush=True)

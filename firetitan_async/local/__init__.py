@@ -11,15 +11,24 @@ Example::
     async with LocalTrainer(seed=0) as lt:
         print(lt.base_url)
 
-``sft_datum`` / ``rl_datum`` build training data for the byte model from text;
-``write_byte_tokenizer`` writes a Hugging Face tokenizer directory that matches it (for recipes
-that load a tokenizer by name, e.g. tinker-cookbook's).
+``LocalTrainer(models=...)`` serves base-model names (strings or :class:`ServedModel`), each
+backed by the tiny model. ``sft_datum`` / ``rl_datum`` build training data for the byte model
+from text; ``write_byte_tokenizer`` writes a Hugging Face tokenizer directory that matches it
+(for recipes that load a tokenizer by name, e.g. tinker-cookbook's).
 """
 
 from __future__ import annotations
 
+from ._catalog import ServedModel
 from ._datums import encode_text, rl_datum, sft_datum
 from ._tokenizer_dir import write_byte_tokenizer
 from ._trainer import LocalTrainer
 
-__all__ = ["LocalTrainer", "encode_text", "rl_datum", "sft_datum", "write_byte_tokenizer"]
+__all__ = [
+    "LocalTrainer",
+    "ServedModel",
+    "encode_text",
+    "rl_datum",
+    "sft_datum",
+    "write_byte_tokenizer",
+]

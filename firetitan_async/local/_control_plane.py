@@ -42,7 +42,7 @@ from ._catalog import DEFAULT_MODELS, ModelCatalog
 from ._checkpoint_store import rfc3339
 from ._http_errors import ApiError
 from ._json_body import read_json_object
-from ._shapes import MAX_CONTEXT_LENGTH, find_shape
+from ._shapes import find_shape
 
 __all__ = ["FailedPrecondition", "Job", "JobRegistry", "control_plane_routes"]
 
@@ -224,7 +224,9 @@ class JobRegistry:
             config["maxContextLength"] = snapshot["maxSupportedContextLength"]
             extra["trainingShapeRef"] = version["name"]
         elif not config.get("maxContextLength"):  # the SDKs read it from every job
-            config["maxContextLength"] = MAX_CONTEXT_LENGTH
+            config["maxContextLength"] = self.models.get(
+                config["baseModel"], "trainingConfig.baseModel"
+            ).max_context_length
         if deployment_id is not None:
             extra.setdefault("hotLoadDeploymentId", deployment_id)
         display = body.get("displayName")

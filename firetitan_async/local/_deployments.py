@@ -88,7 +88,10 @@ class Deployment:
 
     ``identity`` is the last snapshot applied (None: the base model); ``weights`` the float32
     sampler weights served; ``base_path``/``base_weights`` the base snapshot the current chain
-    starts from (a delta is XOR-ed onto it); ``version`` counts applied hot-loads.
+    starts from (a delta is XOR-ed onto it); ``version`` counts applied hot-loads; ``pod``
+    counts serving pods: re-pointing the deployment at another trainer (a PATCH of
+    ``hotLoadTrainerJob`` or ``hotLoadTransitionType``) rolls the pod, which starts again from
+    the base weights, as a real deployment's does (SDK 1.2.9 waits for the new pod's identity).
     """
 
     deployment_id: str
@@ -102,6 +105,17 @@ class Deployment:
     target: str | None = None
     error: str | None = None
     fail_next: bool = False
+    pod: int = 1
+
+    @property
+    def pod_identity(self) -> str:
+        """The serving pod's identity (the hot-load status reports it as ``identity``)."""
+        return f"{self.deployment_id}-pod-{self.pod}"
+
+    def roll_pod(self) -> None:
+        """A new serving pod: the base weights, nothing hot-loaded."""
+        self.pod += 1
+        self.identity = self.weights = self.base_path = self.base_weights = None
 
     @property
     def name(self) -> str:
@@ -275,6 +289,9 @@ def deployment_routes() -> list[Route]:
         _check_create_body(
             {k: v for k, v in merged.items() if k in _CREATE_FIELDS}, _state(request).models
         )
+        rolls = ("hotLoadTrainerJob", "hotLoadTransitionType")
+        if any(dep.record.get(k) != merged.get(k) for k in rolls):
+            dep.roll_pod()
         dep.record = {**merged, "updateTime": rfc3339(time.time())}
         return JSONResponse(dep.record)
 

@@ -15,7 +15,8 @@ store, exactly:
 
 The load then takes ``hotload_s`` (stage ``loading``; the old weights keep serving) and
 completes (stage ``done``), or fails (stage ``error``) after the ``fail_next_hotload`` hook.
-``GET`` reports ``{"replicas": [{"current_snapshot_identity", "readiness", "loading_state":
+``GET`` reports ``{"replicas": [{"identity" (the serving pod's), "current_snapshot_identity",
+"readiness", "loading_state":
 {"stage", "target_snapshot_identity"}, "loaded_adapters": []}]}`` (no replicas when scaled to
 zero), which is what the SDK's ``wait_for_hotload`` polls.
 
@@ -144,6 +145,7 @@ def _status(dep: Deployment) -> dict[str, Any]:
     return {
         "replicas": [
             {
+                "identity": dep.pod_identity,
                 "current_snapshot_identity": dep.identity,
                 "readiness": dep.stage != "loading",
                 "loading_state": {"stage": dep.stage, "target_snapshot_identity": dep.target},

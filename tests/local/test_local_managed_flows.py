@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from firetitan_async.local import LocalTrainer
-from firetitan_async.local._model import MODEL_NAME
 from firetitan_async.local._shapes import DEPLOYMENT_SHAPE
 
-FW_QWEN = MODEL_NAME
+FW_QWEN = "accounts/fireworks/models/qwen3-8b"
 TEXT = np.frombuffer(b"pack my box with five dozen liquor jugs", np.uint8).astype(np.int64)
 
 
@@ -68,7 +67,7 @@ def _logprobs(out: dict[str, Any]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def trainer() -> Iterator[LocalTrainer]:
-    with LocalTrainer(seed=3) as lt:
+    with LocalTrainer(seed=3, models=[FW_QWEN, "accounts/acme/models/long,context=8192"]) as lt:
         yield lt
 
 
@@ -87,6 +86,8 @@ def test_every_job_has_a_max_context_length(trainer: LocalTrainer) -> None:
     with httpx.Client(timeout=10) as http:
         plain = _create_job(http, trainer, {"baseModel": FW_QWEN, "loraRank": 8})
         assert plain["trainingConfig"]["maxContextLength"] == 4096
+        long = _create_job(http, trainer, {"baseModel": "accounts/acme/models/long"})
+        assert long["trainingConfig"]["maxContextLength"] == 8192
         asked = _create_job(http, trainer, {"baseModel": FW_QWEN, "maxContextLength": 1024})
         assert asked["trainingConfig"]["maxContextLength"] == 1024
 
@@ -156,3 +157,30 @@ def test_base_only_reference_shares_a_lora_job(trainer: LocalTrainer) -> None:
         assert np.array_equal(_logprobs(out), _logprobs(base))  # B=0: policy = base
     finally:
         api.http.close()
+
+
+def test_repointing_a_deployment_rolls_its_pod(trainer: LocalTrainer) -> None:
+    """A PATCH of ``hotLoadTrainerJob`` starts a new serving pod (a new replica identity,
+    nothing hot-loaded), which SDK 1.2.9's reattach waits for; other PATCHes do not."""
+    root = f"{trainer.control_plane_url}/v1/accounts/{trainer.account_id}/deployments"
+    hot = {"fireworks-deployment": f"accounts/{trainer.account_id}/deployments/pods",
+           "fireworks-model": FW_QWEN}
+    with httpx.Client(timeout=10) as http:
+        made = http.post(root, params={"deploymentId": "pods"},
+                         json={"baseModel": FW_QWEN, "deploymentShape": DEPLOYMENT_SHAPE})
+        assert made.status_code == 200, made.text
+
+        def pod() -> str:
+            status = http.get(f"{trainer.base_url}/hot_load/v1/models/hot_load", headers=hot)
+            assert status.status_code == 200, status.text
+            identity: str = status.json()["replicas"][0]["identity"]
+            return identity
+
+        assert pod() == "pods-pod-1"
+        http.patch(f"{root}/pods", params={"updateMask": "description"},
+                   json={"description": "x"}).raise_for_status()
+        assert pod() == "pods-pod-1"
+        http.patch(f"{root}/pods", params={"updateMask": "hot_load_trainer_job"},
+                   json={"hotLoadTrainerJob": "accounts/local/rlorTrainerJobs/j"}
+                   ).raise_for_status()
+        assert pod() == "pods-pod-2"

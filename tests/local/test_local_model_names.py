@@ -128,7 +128,8 @@ def test_serve_model_flags(capsys: pytest.CaptureFixture[str]) -> None:
     from firetitan_async.cli._cli import build_parser
 
     args = build_parser().parse_args(
-        ["serve", "--port", "0", "--model", "Org/A,tokenizer_id=Org/Tok", "--model", "Org/B"]
+        ["serve", "--port", "0", "--model", "Org/A,tokenizer_id=Org/Tok", "--model", "Org/B",
+         "--model", "accounts/acme/models/c", "--deployment", "dep-a=Org/A", "--deployment", "d2"]
     )
     stop = threading.Event()
     thread = threading.Thread(target=_cmd_serve.serve, args=(args, stop))
@@ -144,10 +145,17 @@ def test_serve_model_flags(capsys: pytest.CaptureFixture[str]) -> None:
         assert url is not None
         caps = httpx.get(f"{url.group(1)}/api/v1/get_server_capabilities").json()
         names = [m["model_name"] for m in caps["supported_models"]]
-        assert names == ["local/tiny-byte-lm", "Org/A", "Org/B"]
+        assert names == ["local/tiny-byte-lm", "Org/A", "Org/B", "accounts/acme/models/c"]
+        deps = f"{url.group(1)}/v1/accounts/local/deployments"
+        a = httpx.get(f"{deps}/dep-a").json()
+        assert a["baseModel"] == "Org/A" and a["state"] == "READY" and a["enableHotLoad"]
+        assert httpx.get(f"{deps}/d2").json()["baseModel"] == "accounts/acme/models/c"
     finally:
         stop.set()
         thread.join(10)
     bad = build_parser().parse_args(["serve", "--port", "0", "--model", "Org/A,x=1"])
     assert _cmd_serve.serve(bad) == 2
     assert "unknown model option 'x'" in capsys.readouterr().err
+    unserved = build_parser().parse_args(["serve", "--port", "0", "--deployment", "d=Org/Z"])
+    assert _cmd_serve.serve(unserved) == 2
+    assert "creating deployment 'd' failed" in capsys.readouterr().err
