@@ -19,6 +19,7 @@ from tinker import types
 
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
+from ._launcher import Launcher
 from ._pending import Pending
 from ._redact import Redactor
 from ._retry import RetryPolicy
@@ -188,6 +189,7 @@ class ServiceSession:
         self._bootstrap_lock: anyio.Lock | None = None
         self._active_ops = 0
         self._idle: anyio.Event | None = None
+        self._launcher = Launcher()
         self._training_keys: set[ModelSpec] = set()
         self._model_seq = 0
         self._sampling_seq = 0
@@ -274,6 +276,7 @@ class ServiceSession:
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
         self._task_group.start_soon(self._monitor.watch)
+        self._task_group.start_soon(self._launcher.run, self._start_operation)
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)
@@ -407,6 +410,13 @@ class ServiceSession:
         self._active_ops += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
+        if self._launcher.running:
+            self._launcher.launch(fn)  # started a few per loop turn, in call order
+        else:
+            self._start_operation(fn)
+
+    def _start_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self._task_group is not None
         self._task_group.start_soon(self._run_counted, fn)
 
     def _track_operation(

@@ -1,0 +1,94 @@
+"""The launcher: operation tasks are started off the caller's loop turn, a few per turn.
+
+An operation method returns its :class:`~firetitan_async.Pending` at once; its task used to be
+started in the call (``task_group.start_soon``: about 30 µs of the caller's turn on a quiet
+machine, more than the rest of a small call). A user's loop of 200 calls then held the event
+loop for all 200 starts, and the 200 tasks all ran their first step in the next turn. Now the
+call only appends the operation to a queue (O(1)), and one long-lived task per session, the
+launcher, starts queued operations in call order for at most ``_TURN_BUDGET_S`` of a turn,
+then yields, so a burst of calls costs the loop a little every turn instead of everything in
+one. Order is unchanged: sequence ids were reserved at the call, and tasks start FIFO.
+
+Example::
+
+    launcher = Launcher()
+    task_group.start_soon(launcher.run, task_group.start_soon)
+    launcher.launch(operation)       # sync, O(1); ``operation()`` runs in its own task soon
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+__all__ = ["Launcher"]
+
+# Starting one task costs ~30 µs on a quiet machine; half a millisecond of starts per loop
+# turn keeps a turn short while 200 queued operations are all started within ~15 turns.
+_TURN_BUDGET_S = 0.0005
+
+_Operation = Callable[[], Awaitable[None]]
+_StartSoon = Callable[[_Operation], Any]
+
+
+class Launcher:
+    """A FIFO of operations waiting for their task, started by :meth:`run`."""
+
+    __slots__ = ("_queue", "_running", "_wake")
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[_Operation] = collections.deque()
+        self._wake: anyio.Event | None = None
+        self._running = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is there to start what :meth:`launch` queues."""
+        return self._running
+
+    def launch(self, operation: _Operation) -> None:
+        """Queue ``operation`` to run in its own task (a plain call: nothing waits).
+
+        Only while :attr:`running`; otherwise start it yourself.
+        """
+        self._queue.append(operation)
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+
+    async def run(self, start_soon: _StartSoon) -> None:
+        """Start queued operations with ``start_soon(operation)`` until cancelled (a
+        session's task).
+
+        On cancellation (the session closing) every operation still queued is started
+        anyway: in the cancelled task group its task ends at its first checkpoint, and the
+        operation's own handler gives its Pending the session-closed error.
+        """
+        queue = self._queue
+        clock = time.perf_counter
+        self._running = True
+        try:
+            while True:
+                if not queue:
+                    self._wake = wake = anyio.Event()
+                    await wake.wait()
+                    continue
+                deadline = clock() + _TURN_BUDGET_S
+                while queue:
+                    start_soon(queue.popleft())
+                    if clock() >= deadline:
+                        break
+                await checkpoint()
+        finally:
+            self._running = False
+            while queue:
+                start_soon(queue.popleft())
