@@ -33,6 +33,7 @@ import pytest
 from tinker import types
 
 from firetitan_async import DeploymentSampler, Pending, ServiceSession
+from firetitan_async.wire.validation import validate_adam_params, validate_forward_backward
 
 pytestmark = pytest.mark.anyio
 
@@ -130,6 +131,18 @@ async def test_a_burst_of_operations_does_not_stall_the_loop(trainer_url: str) -
     assert worst_ms < BOUND_MS, f"{worst_ms:.0f} ms of CPU between two ticks (bound {BOUND_MS:.0f})"
 
 
+def _checks_cpu_s(batch: list[types.Datum], adam: types.AdamParams) -> float:
+    """The thread CPU of the input checks of ``STEPS`` steps (best of three)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.thread_time()
+        for _ in range(STEPS):
+            validate_forward_backward(batch, "cross_entropy", None)
+            validate_adam_params(adam)
+        best = min(best, time.thread_time() - started)
+    return best
+
+
 class _CpuTicker:
     """A 1 ms ticker recording the loop thread's CPU time between two of its wake-ups."""
 
@@ -167,9 +180,11 @@ async def test_200_calls_in_one_turn_do_not_block_the_loop(trainer_url: str) -> 
                 tg.start_soon(ticker.run)
                 await anyio.sleep(0.005)
                 pendings: list[Pending[object]] = []
+                started = time.thread_time()
                 for _ in range(STEPS):  # one loop turn: no await between the calls
                     pendings.append(client.forward_backward(batch, "cross_entropy"))
                     pendings.append(client.optim_step(adam))
+                calls_s = time.thread_time() - started
                 with anyio.fail_after(120):
                     for pending in pendings:
                         await pending
@@ -178,6 +193,14 @@ async def test_200_calls_in_one_turn_do_not_block_the_loop(trainer_url: str) -> 
             gc.enable()
     assert [p.seq_id for p in pendings] == sorted(p.seq_id or 0 for p in pendings)
     assert len(ticker.gaps) > 50, len(ticker.gaps)
+    # What the calls must do (the checks before a sequence id is reserved), timed alone on
+    # the same machine a moment later: the calls may cost a little more, not a multiple.
+    checks_s = _checks_cpu_s(batch, adam)
+    print(f"200 calls: {calls_s * 1e3:.1f} ms CPU, their checks alone {checks_s * 1e3:.1f} ms")
+    assert calls_s < 3.0 * checks_s, (
+        f"200 calls took {calls_s * 1e3:.1f} ms of CPU, their input checks "
+        f"{checks_s * 1e3:.1f} ms: the calls do more than check and queue"
+    )
     assert ticker.worst_ms < BURST_BOUND_MS, (
         f"{ticker.worst_ms:.0f} ms of CPU between two ticks (bound {BURST_BOUND_MS:.0f})"
     )
