@@ -12,8 +12,8 @@ one. Order is unchanged: sequence ids were reserved at the call, and tasks start
 Example::
 
     launcher = Launcher()
-    task_group.start_soon(launcher.run, task_group.start_soon)
-    launcher.launch(operation)       # sync, O(1); ``operation()`` runs in its own task soon
+    task_group.start_soon(launcher.run, start, abandon)
+    launcher.launch(operation, pending)   # sync, O(1); ``operation()`` runs in its task soon
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 import anyio
 from anyio.lowlevel import checkpoint
 
+from ._pending import Pending
+
 __all__ = ["Launcher"]
 
 # Starting one task costs ~30 µs on a quiet machine; half a millisecond of starts per loop
@@ -33,7 +35,8 @@ __all__ = ["Launcher"]
 _TURN_BUDGET_S = 0.0005
 
 _Operation = Callable[[], Awaitable[None]]
-_StartSoon = Callable[[_Operation], Any]
+_StartSoon = Callable[[_Operation, "Pending[Any] | None"], Any]
+_Abandon = Callable[[Pending[Any]], None]
 
 
 class Launcher:
@@ -42,7 +45,9 @@ class Launcher:
     __slots__ = ("_queue", "_running", "_wake")
 
     def __init__(self) -> None:
-        self._queue: collections.deque[_Operation] = collections.deque()
+        self._queue: collections.deque[tuple[_Operation, Pending[Any] | None]] = (
+            collections.deque()
+        )
         self._wake: anyio.Event | None = None
         self._running = False
 
@@ -54,24 +59,25 @@ class Launcher:
         """Whether :meth:`run` is there to start what :meth:`launch` queues."""
         return self._running
 
-    def launch(self, operation: _Operation) -> None:
+    def launch(self, operation: _Operation, pending: Pending[Any] | None = None) -> None:
         """Queue ``operation`` to run in its own task (a plain call: nothing waits).
 
-        Only while :attr:`running`; otherwise start it yourself.
+        Only while :attr:`running`; otherwise start it yourself. ``pending`` is the outcome
+        the operation sets, handed to ``abandon`` if the launcher stops before starting it.
         """
-        self._queue.append(operation)
+        self._queue.append((operation, pending))
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
 
-    async def run(self, start_soon: _StartSoon) -> None:
-        """Start queued operations with ``start_soon(operation)`` until cancelled (a
+    async def run(self, start: _StartSoon, abandon: _Abandon) -> None:
+        """Start queued operations with ``start(operation, pending)`` until cancelled (a
         session's task).
 
-        On cancellation (the session closing) every operation still queued is started
-        anyway: in the cancelled task group its task ends at its first checkpoint, and the
-        operation's own handler gives its Pending the session-closed error.
+        On cancellation (the session closing) every operation still queued is given up:
+        ``abandon(pending)`` fails its Pending (a task started in a cancelled task group may
+        never run a line, so it could not). One queued without a Pending is started anyway.
         """
         queue = self._queue
         clock = time.perf_counter
@@ -84,11 +90,15 @@ class Launcher:
                     continue
                 deadline = clock() + _TURN_BUDGET_S
                 while queue:
-                    start_soon(queue.popleft())
+                    start(*queue.popleft())
                     if clock() >= deadline:
                         break
                 await checkpoint()
         finally:
             self._running = False
             while queue:
-                start_soon(queue.popleft())
+                operation, pending = queue.popleft()
+                if pending is not None:
+                    abandon(pending)
+                else:
+                    start(operation, None)

@@ -40,7 +40,9 @@ class Spawner(Protocol):
     see it; the clients reach it through this interface.
     """
 
-    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    def _spawn_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None
+    ) -> None: ...
 
     def _track_operation(
         self,
@@ -130,7 +132,7 @@ class OrderedOps:
                 if not pending.done():  # cancelled by _break: its error was already set
                     pending._set_exception(self._broken or SessionClosed(f"{name} was abandoned"))
 
-        self._spawner._spawn_operation(carry)
+        self._spawner._spawn_operation(carry, pending)
         return pending
 
     def in_flight(self) -> list[Pending[Any]]:

@@ -167,5 +167,5 @@ class SamplingClient:
                         SessionClosed(f"{name} was still running when its session closed")
                     )
 
-        self._session._spawn_operation(carry)
+        self._session._spawn_operation(carry, pending)
         return pending

@@ -190,6 +190,9 @@ class ServiceSession:
         self._active_ops = 0
         self._idle: anyio.Event | None = None
         self._launcher = Launcher()
+        # Operations whose task was started but has not run yet: a task started in a
+        # cancelled task group may never run a line, so closing fails these itself.
+        self._unstarted: set[Pending[Any]] = set()
         self._training_keys: set[ModelSpec] = set()
         self._model_seq = 0
         self._sampling_seq = 0
@@ -276,7 +279,9 @@ class ServiceSession:
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
         self._task_group.start_soon(self._monitor.watch)
-        self._task_group.start_soon(self._launcher.run, self._start_operation)
+        self._task_group.start_soon(
+            self._launcher.run, self._start_operation, self._abandon_operation
+        )
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)
@@ -312,6 +317,9 @@ class ServiceSession:
                 # unchanged (not wrapped in an ExceptionGroup) once the tasks have ended.
                 await self._stack.__aexit__(None, None, None)
             finally:
+                unstarted, self._unstarted = self._unstarted, set()
+                for pending in unstarted:  # their tasks were cancelled before they ran
+                    pending._set_exception(SessionClosed(f"{pending.name} never started"))
                 with anyio.CancelScope(shield=True):
                     await self._finish(_finish_status(exc_type))
         return None
@@ -403,7 +411,9 @@ class ServiceSession:
 
     # -- the clients' interface (private; ``_ordered_ops.Spawner`` is its shape) -------------
 
-    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _spawn_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None
+    ) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
         self._check_open()
         assert self._task_group is not None and self._idle is not None
@@ -411,13 +421,26 @@ class ServiceSession:
         if self._idle.is_set():
             self._idle = anyio.Event()
         if self._launcher.running:
-            self._launcher.launch(fn)  # started a few per loop turn, in call order
+            self._launcher.launch(fn, pending)  # started a few per loop turn, in call order
         else:
-            self._start_operation(fn)
+            self._start_operation(fn, pending)
 
-    def _start_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _start_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None
+    ) -> None:
         assert self._task_group is not None
-        self._task_group.start_soon(self._run_counted, fn)
+        if pending is not None:
+            self._unstarted.add(pending)
+        self._task_group.start_soon(self._run_counted, fn, pending)
+
+    def _abandon_operation(self, pending: Pending[Any]) -> None:
+        """An operation still queued when the session closed: it never started."""
+        pending._set_exception(
+            SessionClosed(f"{pending.name} had not started when its session closed")
+        )
+        self._active_ops -= 1
+        if self._active_ops == 0 and self._idle is not None:
+            self._idle.set()
 
     def _track_operation(
         self,
@@ -481,10 +504,14 @@ class ServiceSession:
         except ProtocolError as exc:
             raise self._redactor.scrubbed(exc) from None
 
-    async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _run_counted(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None
+    ) -> None:
         try:
             if self._transport is not None:
                 await self._transport.cpu_gate()  # a burst starts a few per loop turn
+            if pending is not None:
+                self._unstarted.discard(pending)  # from here fn's own handlers settle it
             await fn()
         finally:
             self._active_ops -= 1

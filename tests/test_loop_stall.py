@@ -132,7 +132,7 @@ async def test_a_burst_of_operations_does_not_stall_the_loop(trainer_url: str) -
 
 
 def _checks_cpu_s(batch: list[types.Datum], adam: types.AdamParams) -> float:
-    """The thread CPU of the input checks of ``STEPS`` steps (best of three)."""
+    """The thread CPU of the input checks of ``STEPS`` steps (best of three rounds)."""
     best = float("inf")
     for _ in range(3):
         started = time.thread_time()
@@ -166,8 +166,9 @@ class _CpuTicker:
 async def test_200_calls_in_one_turn_do_not_block_the_loop(trainer_url: str) -> None:
     """The caller's turn pays for the checks that must precede a sequence id and nothing
     else: the operations' tasks are started a few per turn (``_launcher.py``), encoding runs
-    in them. About 13 ms of CPU for the 200 calls on the loaded 2-core machine (20-24 ms when
-    each call started its task)."""
+    in them. 8-9 ms of CPU for the 200 calls on the loaded 2-core machine, their input checks
+    alone 4-4.5 ms (15 ms for the calls when each started its task; 28-34 ms when each also
+    encoded its request)."""
     batch = _batch()
     adam = types.AdamParams(learning_rate=1e-3)
     ticker = _CpuTicker()
@@ -179,15 +180,17 @@ async def test_200_calls_in_one_turn_do_not_block_the_loop(trainer_url: str) -> 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ticker.run)
                 await anyio.sleep(0.005)
-                pendings: list[Pending[object]] = []
-                started = time.thread_time()
-                for _ in range(STEPS):  # one loop turn: no await between the calls
-                    pendings.append(client.forward_backward(batch, "cross_entropy"))
-                    pendings.append(client.optim_step(adam))
-                calls_s = time.thread_time() - started
-                with anyio.fail_after(120):
-                    for pending in pendings:
-                        await pending
+                calls_s = float("inf")
+                for _ in range(3):  # the best of three rounds, as the checks below
+                    pendings: list[Pending[object]] = []
+                    started = time.thread_time()
+                    for _ in range(STEPS):  # one loop turn: no await between the calls
+                        pendings.append(client.forward_backward(batch, "cross_entropy"))
+                        pendings.append(client.optim_step(adam))
+                    calls_s = min(calls_s, time.thread_time() - started)
+                    with anyio.fail_after(120):
+                        for pending in pendings:
+                            await pending
                 ticker.running = False
         finally:
             gc.enable()
