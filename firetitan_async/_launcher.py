@@ -1,8 +1,8 @@
 """The launcher: operation tasks are started off the caller's loop turn, a few per turn.
 
 An operation method returns its :class:`~firetitan_async.Pending` at once; its task used to be
-started in the call (``task_group.start_soon``: about 30 µs of the caller's turn on a quiet
-machine, more than the rest of a small call). A user's loop of 200 calls then held the event
+started in the call (``task_group.start_soon``: tens of µs of the caller's turn, more than the
+rest of an ``optim_step`` call). A user's loop of 200 calls then held the event
 loop for all 200 starts, and the 200 tasks all ran their first step in the next turn. Now the
 call only appends the operation to a queue (O(1)), and one long-lived task per session, the
 launcher, starts queued operations in call order for at most ``_TURN_BUDGET_S`` of a turn,
@@ -30,8 +30,8 @@ from ._pending import Pending
 
 __all__ = ["Launcher"]
 
-# Starting one task costs ~30 µs on a quiet machine; half a millisecond of starts per loop
-# turn keeps a turn short while 200 queued operations are all started within ~15 turns.
+# Starting one task costs tens of µs; half a millisecond of starts per loop turn keeps a turn
+# short while a burst of 200 queued operations is started within a few dozen turns.
 _TURN_BUDGET_S = 0.0005
 
 _Operation = Callable[[], Awaitable[None]]
