@@ -30,17 +30,23 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from functools import partial
 from typing import Any, Unpack
 
+import anyio
+import anyio.lowlevel
 import attrs
 import httpx
 
+from .._http._cpu_turns import CpuTurns, Turn
 from .._http._environment import resolve_api_key
-from .._http._http11_transport import STREAM_EXTENSION, Http11Transport
+from .._http._http11_transport import STREAM_EXTENSION, TURN_EXTENSION, Http11Transport
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
 from .._http._send import send_with_retry
 from .._http._transport import check_url_security
+from .._session._ordered_ops import first_error
 from .._version import USER_AGENT
 from ..errors import FiretitanError, InvalidInput, SamplingError
 from ..wire.completions import (
@@ -62,6 +68,8 @@ _HOTLOADING = frozenset({404, 425})
 _IDENTITY_HEADER = "fireworks-snapshot-identity"
 _QUEUE_HEADERS = ("prefill-queue-duration", "fireworks-prefill-queue-duration")
 _DEFAULT_RETRY = RetryPolicy(max_attempts=8, backoff_base_s=0.05, backoff_cap_s=2.0)
+# sample_many checks its prompts in slices of about this much CPU, yielding between them.
+_CHECK_BUDGET_S = 0.0005
 
 
 @attrs.frozen
@@ -134,7 +142,16 @@ class DeploymentSampler:
         self._redact = Redactor.of(key)
         # The transport is called directly: no per-request cookie jar, auth flow or hooks
         # (httpx.AsyncClient's), which were a good part of the client's CPU per rollout.
-        self._transport = transport or Http11Transport(ssl_context=httpx.create_ssl_context())
+        # With our own transport a request holds a CPU turn while it builds or parses and
+        # gives it back around its network waits, so when hundreds of replies land in one
+        # loop turn they are parsed a couple per turn (a caller's transport: no bound).
+        self._turns: CpuTurns | None = None
+        if transport is None:
+            self._turns = CpuTurns()
+            transport = Http11Transport(
+                ssl_context=httpx.create_ssl_context(), turns=self._turns
+            )
+        self._transport = transport
         self._headers: list[tuple[str, str]] = [
             ("User-Agent", USER_AGENT),
             ("Content-Type", "application/json"),
@@ -173,27 +190,108 @@ class DeploymentSampler:
 
             completions = await sampler.sample(prompt, n=4, max_tokens=32, seed=7)
         """
-        body = completion_body(self.model, prompt_tokens, n=n, **options)
-        logprobs = options.get("logprobs", False)
-        request_id = uuid.uuid4().hex
         sender = _Slotted(self, stream=False)
-        response = await self._send_with_retry(sender, body, request_id, {})
-        try:
-            choices = parse_completion_reply(
-                json.loads(self._redact.json_bytes(response.content)), want_logprobs=logprobs
+        # Admission first: of a burst of thousands of callers only the window's worth go on
+        # to build a request; each of the others does the least work (a place in the
+        # controller's FIFO) in the loop turn where the burst started. The arguments are
+        # still checked before anything is sent.
+        await sender.acquire()
+        return await self._sample_admitted(sender, None, prompt_tokens, n=n, **options)
+
+    async def sample_many(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int = 1,
+        **options: Unpack[CompletionOptions],
+    ) -> list[list[SampledCompletion]]:
+        """``sample`` for each of ``prompts`` (same arguments), the results in prompt order.
+
+        For a large batch this is the cheap way to start it: one task admits the prompts as
+        the concurrency window frees slots, so a request task exists only for the prompts in
+        flight (thousands of ``sample`` tasks started at once each run a first step in the
+        same loop turn). Every prompt is checked before anything is sent (``InvalidInput``
+        names it: ``prompts[7][3]``). The first request that fails for good cancels the
+        others and raises its ``SamplingError``.
+
+        Example::
+
+            results = await sampler.sample_many(prompts, max_tokens=32, logprobs=True)
+            for prompt, [completion] in zip(prompts, results): ...
+        """
+        logprobs = options.get("logprobs", False)
+        bodies: list[dict[str, Any]] = []
+        clock = time.perf_counter
+        turn_ends = clock() + _CHECK_BUDGET_S
+        for index, prompt in enumerate(prompts):
+            try:
+                bodies.append(completion_body(self.model, prompt, n=n, **options))
+            except InvalidInput as exc:
+                field = exc.field.replace("prompt_tokens", f"prompts[{index}]", 1)
+                raise InvalidInput(field, exc.problem) from None
+            if clock() >= turn_ends:  # a long batch is checked over several loop turns
+                await anyio.lowlevel.checkpoint()
+                turn_ends = clock() + _CHECK_BUDGET_S
+        results: list[list[SampledCompletion]] = [[] for _ in bodies]
+
+        async def one(index: int, sender: _Slotted) -> None:
+            results[index] = await self._sample_admitted(
+                sender, bodies[index], (), logprobs=logprobs
             )
-        except ValueError:
-            raise self._error("malformed completions reply: not JSON", request_id, response,
-                              sender.attempts) from None
-        except SamplingError as exc:
-            raise self._error(exc.message, request_id, response, sender.attempts) from None
-        version = response.headers.get(_IDENTITY_HEADER) or None
-        prompt = list(body["prompt"])
-        return [
-            SampledCompletion(prompt, c.tokens, c.logprobs, c.finish_reason, c.text,
-                              version, request_id)
-            for c in choices
-        ]
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for index in range(len(bodies)):
+                    sender = _Slotted(self, stream=False)
+                    await sender.acquire()  # a task only for a prompt with a slot
+                    try:
+                        tg.start_soon(one, index, sender)
+                    except BaseException:
+                        sender.release_unused()
+                        raise
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return results
+
+    async def _sample_admitted(
+        self,
+        sender: _Slotted,
+        body: dict[str, Any] | None,
+        prompt_tokens: Sequence[int],
+        *,
+        n: int = 1,
+        **options: Unpack[CompletionOptions],
+    ) -> list[SampledCompletion]:
+        """One ``sample`` whose window slot ``sender`` holds (given back on every path);
+        ``body`` is the checked request body, or None to build it from the arguments."""
+        logprobs = options.get("logprobs", False)
+        try:
+            async with self._cpu_turn() as turn:  # given back around every network wait
+                sender.turn = turn
+                if body is None:
+                    body = completion_body(self.model, prompt_tokens, n=n, **options)
+                request_id = uuid.uuid4().hex
+                response = await self._send_with_retry(sender, body, request_id, {}, turn)
+                try:
+                    choices = parse_completion_reply(
+                        json.loads(self._redact.json_bytes(response.content)),
+                        want_logprobs=logprobs,
+                    )
+                except ValueError:
+                    raise self._error("malformed completions reply: not JSON", request_id,
+                                      response, sender.attempts) from None
+                except SamplingError as exc:
+                    raise self._error(exc.message, request_id, response,
+                                      sender.attempts) from None
+                version = response.headers.get(_IDENTITY_HEADER) or None
+                prompt = body["prompt"]
+                return [
+                    SampledCompletion(list(prompt), c.tokens, c.logprobs, c.finish_reason,
+                                      c.text, version, request_id)
+                    for c in choices
+                ]
+        finally:
+            sender.release_unused()
 
     async def stream(
         self,
@@ -234,8 +332,25 @@ class DeploymentSampler:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _cpu_turn(self) -> AbstractAsyncContextManager[Turn | None]:
+        """A CPU turn for one request (None with a caller's transport: no bound)."""
+        return self._turns.hold() if self._turns is not None else nullcontext()
+
+    async def _sleep(self, seconds: float, turn: Turn | None) -> None:
+        """A retry's or a hot-load's wait, with the CPU turn given back."""
+        if self._turns is None:
+            await anyio.sleep(seconds)
+            return
+        async with self._turns.yielded(turn):
+            await anyio.sleep(seconds)
+
     async def _send_with_retry(
-        self, sender: _Slotted, body: dict[str, Any], request_id: str, extra: dict[str, str]
+        self,
+        sender: _Slotted,
+        body: dict[str, Any],
+        request_id: str,
+        extra: dict[str, str],
+        turn: Turn | None = None,
     ) -> httpx.Response:
         """One completions request through the one retry loop: the same ``x-request-id`` on
         every attempt; 404/425 waited out as hot-loading; a final failure as ``SamplingError``.
@@ -250,7 +365,9 @@ class DeploymentSampler:
                                             *extra.items()],
                 content=json.dumps(body).encode(),
                 # A streamed reply is read as it arrives (the transport hands its body over).
-                extensions={"timeout": self._timeout, STREAM_EXTENSION: sender.stream},
+                extensions={
+                    "timeout": self._timeout, STREAM_EXTENSION: sender.stream, TURN_EXTENSION: turn
+                },
             )
         except BaseException:
             sender.release_unused()
@@ -276,7 +393,7 @@ class DeploymentSampler:
         try:
             return await send_with_retry(
                 sender, request, policy=self._retry, redactor=self._redact, replay_safe=True,
-                not_yet=not_yet, error=error, log=logger,
+                not_yet=not_yet, error=error, log=logger, sleep=partial(self._sleep, turn=turn),
                 connect_hint=f"is the deployment's server listening at {self.inference_url}?",
             )
         except SamplingError:
@@ -336,6 +453,9 @@ class _Slotted:
         self.stream = stream
         self._held: Observation | None = None
         self._acquired = False
+        self._turns = sampler._turns
+        #: The CPU turn of the request (given back while a retry waits for a slot).
+        self.turn: Turn | None = None
         #: Attempts sent so far (hot-load waits included).
         self.attempts = 0
 
@@ -346,6 +466,9 @@ class _Slotted:
             self._acquired = True
 
     async def send(self, request: httpx.Request) -> httpx.Response:
+        if not self._acquired and self._turns is not None:
+            async with self._turns.yielded(self.turn):  # never wait for a slot holding a turn
+                await self.acquire()
         await self.acquire()
         self._acquired = False
         self.attempts += 1
@@ -407,6 +530,4 @@ async def _body_chunks(
     except httpx.TransportError as exc:
         raise SamplingError(f"the stream broke: {redactor.exception(exc)}",
                             request_id=request_id, attempts=attempts) from None
-
-
 

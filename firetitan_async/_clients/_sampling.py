@@ -165,5 +165,5 @@ class SamplingClient:
                         SessionClosed(f"{name} was still running when its session closed")
                     )
 
-        self._session.spawn_operation(carry)
+        self._session.spawn_operation(carry, pending)
         return pending

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
@@ -29,6 +30,7 @@ from ..wire.validation import (
     validate_tinker_path,
 )
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
+from ._fireworks_types import to_tinker_adam, to_tinker_data
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 from ._tokenizer import TokenizerCache
 
@@ -219,7 +221,7 @@ class TrainingClient:
                 metrics=metrics,
             )
 
-        tokens = sum(d.model_input.length for d in data)
+        tokens = partial(_input_tokens, data)
         return self._ops.start(
             "forward_backward_custom", 2 * n, run, tokens=tokens, deadlines=deadlines
         )
@@ -260,7 +262,7 @@ class TrainingClient:
                 out.metrics["response_tokens"] = _response_tokens(data)
             return out
 
-        tokens = sum(d.model_input.length for d in data)
+        tokens = partial(_input_tokens, data)  # counted in the operation's task
         return self._ops.start(name, len(chunks), run, tokens=tokens, deadlines=deadlines)
 
     async def _run_chunks(
@@ -347,7 +349,9 @@ class TrainingClient:
             await client.optim_step(params, grad_accumulation_normalization="num_loss_tokens")
         """
         self._check_usable()
-        if emit_grad_norm_metrics is None:  # the Fireworks SDK's AdamParams carries it too
+        if emit_grad_norm_metrics is None and type(adam_params) is not types.AdamParams:
+            # The Fireworks SDK's AdamParams carries it too (tinker's has no such field, and
+            # asking pydantic for a missing field raises and catches an AttributeError: 3 µs).
             emit_grad_norm_metrics = getattr(adam_params, "emit_grad_norm_metrics", None)
         adam_params = _convert_adam(adam_params)
         validate_adam_params(adam_params)
@@ -847,15 +851,16 @@ def _response_tokens(data: Sequence[types.Datum]) -> float:
     return total
 
 
-def _convert_data(data: Sequence[Any]) -> list[types.Datum]:
-    from ._fireworks_types import to_tinker_data
+def _input_tokens(data: Sequence[types.Datum]) -> int:
+    """The input tokens of a batch (for its events)."""
+    return sum(d.model_input.length for d in data)
 
+
+def _convert_data(data: Sequence[Any]) -> list[types.Datum]:
     return to_tinker_data(data)
 
 
 def _convert_adam(params: Any) -> types.AdamParams:
-    from ._fireworks_types import to_tinker_adam
-
     return to_tinker_adam(params)
 
 

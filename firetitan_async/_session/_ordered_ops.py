@@ -42,8 +42,8 @@ class OrderedOps:
         self._spawner = spawner
         self._next_seq = first_seq_id
         self._broken: SubmissionLost | None = None
-        # first seq id -> (pending, the cancel scope of its task)
-        self._inflight: dict[int, tuple[Pending[Any], anyio.CancelScope]] = {}
+        # first seq id -> (pending, the cancel scope of its task, None until the task runs)
+        self._inflight: dict[int, tuple[Pending[Any], anyio.CancelScope | None]] = {}
 
     @property
     def next_seq_id(self) -> int:
@@ -57,12 +57,14 @@ class OrderedOps:
         run: Callable[[range, Pending[T]], Awaitable[T]],
         *,
         deadlines: Deadlines | None = None,
-        tokens: int | None = None,
+        tokens: int | Callable[[], int] | None = None,
     ) -> Pending[T]:
         """Reserve ``n_seq_ids`` ids now and run ``run(ids, pending)`` in a task.
 
         Returns the operation's :class:`Pending` at once. ``deadlines`` replaces the session's
-        for this operation; ``tokens`` (input tokens) goes into its events.
+        for this operation; ``tokens`` (input tokens, or a function counting them in the
+        operation's task) goes into its events. The call does the least it can: the task,
+        its cancel scope and the token count come later, off the caller's loop turn.
         """
         deadlines = call_deadlines(deadlines)  # before an id is reserved: no gap on bad input
         seqs = range(self._next_seq, self._next_seq + n_seq_ids)
@@ -71,16 +73,23 @@ class OrderedOps:
         if self._broken is not None:
             pending._set_exception(self._broken)
             return pending
-        scope = anyio.CancelScope()
         if n_seq_ids:
-            self._inflight[seqs[0]] = (pending, scope)
+            self._inflight[seqs[0]] = (pending, None)
 
         async def carry() -> None:
+            if pending.done():  # failed by _break before its task started
+                if n_seq_ids:
+                    self._inflight.pop(seqs[0], None)
+                return
+            scope = anyio.CancelScope()
+            if n_seq_ids:
+                self._inflight[seqs[0]] = (pending, scope)
+            count = tokens() if callable(tokens) else tokens
             try:
                 with scope:
                     pending._set_result(
                         await self._spawner.track_operation(
-                            pending, lambda: run(seqs, pending), deadlines=deadlines, tokens=tokens
+                            pending, lambda: run(seqs, pending), deadlines=deadlines, tokens=count
                         )
                     )
             except anyio.get_cancelled_exc_class():
@@ -104,7 +113,7 @@ class OrderedOps:
                 if not pending.done():  # cancelled by _break: its error was already set
                     pending._set_exception(self._broken or SessionClosed(f"{name} was abandoned"))
 
-        self._spawner.spawn_operation(carry)
+        self._spawner.spawn_operation(carry, pending)
         return pending
 
     def in_flight(self) -> list[Pending[Any]]:
@@ -138,7 +147,8 @@ class OrderedOps:
         for first, (pending, scope) in list(self._inflight.items()):
             if first > failed[-1]:
                 pending._set_exception(self._broken)
-                scope.cancel()
+                if scope is not None:
+                    scope.cancel()
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

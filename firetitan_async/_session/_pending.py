@@ -6,6 +6,7 @@ from collections.abc import Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint
 
 from ..errors import NotAwaited, UsageError
 from ._boundary import trim_internal_frames
@@ -40,7 +41,11 @@ class Pending(Generic[T]):
         print(out.metrics["loss:sum"], fb.done(), fb.seq_id, fb.request_id)
     """
 
-    __slots__ = ("_error", "_event", "_value", "name", "request_id", "seq_id")
+    # ``_event`` exists only while someone waits for an outcome not yet known: a Pending
+    # whose result lands before it is awaited (the common case for a pipelined operation)
+    # never builds one, and a set event is dropped, so a finished operation keeps its name,
+    # ids and outcome and nothing else (fewer long-lived objects for the collector to walk).
+    __slots__ = ("_done", "_error", "_event", "_value", "name", "request_id", "seq_id")
 
     def __init__(self, name: str, *, seq_id: int | None = None) -> None:
         self.name = name
@@ -48,13 +53,14 @@ class Pending(Generic[T]):
         self.seq_id: int | None = seq_id
         #: The server's request id, once the submission has been accepted.
         self.request_id: str | None = None
-        self._event = anyio.Event()
+        self._done = False
+        self._event: anyio.Event | None = None
         self._value: T = _UNSET
         self._error: BaseException | None = None
 
     def done(self) -> bool:
         """Whether the outcome (result or error) is known."""
-        return self._event.is_set()
+        return self._done
 
     def result(self) -> T:
         """The result if done (raises the error if it failed); never blocks.
@@ -62,7 +68,7 @@ class Pending(Generic[T]):
         Raises :class:`~firetitan_async.UsageError` (a ``RuntimeError``) if the operation is
         still running: use ``await`` to wait.
         """
-        if not self._event.is_set():
+        if not self._done:
             raise UsageError(f"{self.name} is still running; await it instead")
         if self._error is not None:
             raise trim_internal_frames(self._error)
@@ -70,13 +76,19 @@ class Pending(Generic[T]):
 
     def exception(self) -> BaseException | None:
         """The error if the operation failed, None if it succeeded (raises if not done)."""
-        if not self._event.is_set():
+        if not self._done:
             raise UsageError(f"{self.name} is still running; await it instead")
         return self._error
 
     async def wait(self) -> T:
         """Wait for the outcome and return the result (same as ``await pending``)."""
-        await self._event.wait()
+        if not self._done:
+            event = self._event
+            if event is None:
+                event = self._event = anyio.Event()
+            await event.wait()
+        else:
+            await checkpoint()  # an await always yields, done or not
         if self._error is not None:  # raised here, not in result(): one library frame shown
             raise trim_internal_frames(self._error)
         return self._value
@@ -96,17 +108,23 @@ class Pending(Generic[T]):
         return self.wait().__await__()
 
     def _set_result(self, value: T) -> None:  # type: ignore[misc]  # set once, by the owner
-        if not self._event.is_set():
+        if not self._done:
             self._value = value
-            self._event.set()
+            self._finish()
 
     def _set_exception(self, error: BaseException) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self._error = error
-            self._event.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
 
     def __repr__(self) -> str:
-        if not self._event.is_set():
+        if not self._done:
             state = "running"
         elif self._error is not None:
             state = f"failed: {type(self._error).__name__}"

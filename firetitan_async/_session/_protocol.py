@@ -37,8 +37,11 @@ class OperationRunner(Protocol):
         result = await runner.track_operation(pending, work, deadlines=deadlines)
     """
 
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run an operation's task in the session's task group (counted until it ends)."""
+    def spawn_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None
+    ) -> None:
+        """Run an operation's task in the session's task group (counted until it ends); if
+        the session closes before the task runs, ``pending`` fails with ``SessionClosed``."""
         ...
 
     def track_operation(

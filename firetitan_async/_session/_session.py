@@ -42,6 +42,7 @@ from ..wire.futures import decode_json_result, validate_reply
 from ..wire.validation import validate_seconds
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
+from ._launcher import Launcher
 from ._pending import Pending
 from ._protocol import ClientSession
 from ._throughput import Throughput
@@ -174,6 +175,10 @@ class ServiceSession:
         self._bootstrap_lock: anyio.Lock | None = None
         self._active_ops = 0
         self._idle: anyio.Event | None = None
+        self._launcher = Launcher()
+        # Operations whose task was started but has not run yet: a task started in a
+        # cancelled task group may never run a line, so closing fails these itself.
+        self._unstarted: set[Pending[Any]] = set()
         self._training_keys: set[ModelSpec] = set()
         self._model_seq = 0
         self._sampling_seq = 0
@@ -295,6 +300,9 @@ class ServiceSession:
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
         self._task_group.start_soon(self._monitor.watch)
+        self._task_group.start_soon(
+            self._launcher.run, self._start_operation, self._abandon_operation
+        )
         try:
             if self._poller is not None:
                 self._task_group.start_soon(self._poller.run)
@@ -330,6 +338,9 @@ class ServiceSession:
                 # unchanged (not wrapped in an ExceptionGroup) once the tasks have ended.
                 await self._stack.__aexit__(None, None, None)
             finally:
+                unstarted, self._unstarted = self._unstarted, set()
+                for pending in unstarted:  # their tasks were cancelled before they ran
+                    pending._set_exception(SessionClosed(f"{pending.name} never started"))
                 with anyio.CancelScope(shield=True):
                     await self._finish(_finish_status(exc_type))
         return None
@@ -425,14 +436,36 @@ class ServiceSession:
 
     # -- the clients' interface (private; :class:`_ClientSide` hands it to the clients) -------
 
-    def _spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _spawn_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None
+    ) -> None:
         """Run an operation's task in the session's task group (counted until it ends)."""
         self._check_open()
         assert self._task_group is not None and self._idle is not None
         self._active_ops += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._task_group.start_soon(self._run_counted, fn)
+        if self._launcher.running:
+            self._launcher.launch(fn, pending)  # started a few per loop turn, in call order
+        else:
+            self._start_operation(fn, pending)
+
+    def _start_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None
+    ) -> None:
+        assert self._task_group is not None
+        if pending is not None:
+            self._unstarted.add(pending)
+        self._task_group.start_soon(self._run_counted, fn, pending)
+
+    def _abandon_operation(self, pending: Pending[Any]) -> None:
+        """An operation still queued when the session closed: it never started."""
+        pending._set_exception(
+            SessionClosed(f"{pending.name} had not started when its session closed")
+        )
+        self._active_ops -= 1
+        if self._active_ops == 0 and self._idle is not None:
+            self._idle.set()
 
     def _track_operation(
         self,
@@ -496,10 +529,14 @@ class ServiceSession:
         except ProtocolError as exc:
             raise self._redactor.scrubbed(exc) from None
 
-    async def _run_counted(self, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _run_counted(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None
+    ) -> None:
         try:
             if self._transport is not None:
                 await self._transport.cpu_gate()  # a burst starts a few per loop turn
+            if pending is not None:
+                self._unstarted.discard(pending)  # from here fn's own handlers settle it
             await fn()
         finally:
             self._active_ops -= 1
@@ -819,8 +856,10 @@ class _ClientSide:
     def next_sampling_session_seq_id(self) -> int:
         return self._session._next_sampling_session_seq_id()
 
-    def spawn_operation(self, fn: Callable[[], Awaitable[None]]) -> None:
-        self._session._spawn_operation(fn)
+    def spawn_operation(
+        self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None
+    ) -> None:
+        self._session._spawn_operation(fn, pending)
 
     def track_operation(
         self,

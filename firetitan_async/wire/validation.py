@@ -213,7 +213,7 @@ def _check_routing(routing: Any, n_tokens: int | None, index: int, dialect: str)
 
 
 def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
-    flat = np.concatenate([a.reshape(-1) for _, a in arrays])
+    flat = np.concatenate([a for _, a in arrays], axis=None)  # flattened, one copy
     if name == "target_tokens":
         if flat.size == 0 or flat.min() >= 0:
             return

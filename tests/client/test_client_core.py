@@ -6,6 +6,7 @@ import random
 import time
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 from tinker import types
@@ -152,6 +153,27 @@ async def test_exit_waits_for_in_flight_work_and_then_refuses_calls(
             client.optim_step(ADAM)
         with pytest.raises(SessionClosed):
             await session.create_training_client(MODEL, lora_rank=1)
+
+
+async def test_operations_still_queued_when_the_session_fails_end_as_session_closed(
+    trainer: LocalTrainer,
+) -> None:
+    """Calls queue their operations; the session's launcher starts them a few per loop turn.
+    A session left by an error right after 200 calls ends every operation: the ones still
+    queued fail with SessionClosed, none is left pending."""
+    pendings: list[Pending[object]] = []
+    with pytest.raises(KeyError):
+        async with ServiceSession(trainer.base_url, dialect="tinker") as session:
+            client = await session.create_training_client(MODEL, lora_rank=2)
+            for step in range(100):
+                pendings.append(client.forward_backward(batch(step), "cross_entropy"))
+                pendings.append(client.optim_step(ADAM))
+            await anyio.lowlevel.checkpoint()  # the launcher has started a few of them
+            raise KeyError("the body failed")
+    assert all(p.done() for p in pendings), [p for p in pendings if not p.done()][:3]
+    errors = [p.exception() for p in pendings]
+    assert any(isinstance(e, SessionClosed) for e in errors)
+    assert all(e is None or isinstance(e, SessionClosed) for e in errors), errors
 
 
 async def test_awaiting_twice_gives_the_same_result(trainer: LocalTrainer, dialect: str) -> None:

@@ -355,3 +355,37 @@ async def test_a_burst_waits_for_slots_before_building_requests(
     assert len(built) == 200 and window.in_flight == 0
     before_any_reply = sum(1 for t in built if t < min(first_reply))
     assert before_any_reply <= 4, f"{before_any_reply} requests built before the first reply"
+
+
+async def test_sample_many_returns_results_in_prompt_order_within_the_window(
+    deployment: LocalTrainer,
+) -> None:
+    prompts = [list(f"prompt {i}: ".encode()) for i in range(40)]
+    window = FixedConcurrency(4)
+    async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
+        results = await sampler.sample_many(prompts, n=2, max_tokens=2, logprobs=True)
+    assert [[c.prompt_tokens for c in r] for r in results] == [[p, p] for p in prompts]
+    assert all(c.logprobs is not None and len(c.tokens) <= 2 for r in results for c in r)
+    assert window.max_in_flight == 4 and window.in_flight == 0
+
+
+async def test_sample_many_checks_every_prompt_before_sending_and_raises_the_first_failure(
+) -> None:
+    seen: list[httpx.Request] = []
+    async with DeploymentSampler(
+        "http://127.0.0.1:1", MODEL, transport=_mock([], seen)
+    ) as sampler:
+        with pytest.raises(InvalidInput) as info:
+            await sampler.sample_many([PROMPT, PROMPT, [1, -2]])
+        assert info.value.field == "prompts[2][1]"
+        with pytest.raises(InvalidInput) as info:
+            await sampler.sample_many([PROMPT], top_p=0.0)
+        assert info.value.field == "top_p"
+    assert seen == []
+    replies = [_ok(), httpx.Response(400, json={"error": "bad"}), _ok()]
+    async with DeploymentSampler(
+        "http://127.0.0.1:1", MODEL, transport=_mock(replies, seen), concurrency=1
+    ) as sampler:
+        with pytest.raises(SamplingError, match="HTTP 400"):
+            await sampler.sample_many([PROMPT, PROMPT, PROMPT])
+        assert sampler.concurrency.in_flight == 0  # type: ignore[attr-defined]
