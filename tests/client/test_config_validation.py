@@ -67,7 +67,7 @@ def test_a_session_checks_its_configuration(field: str, kwargs: dict[str, Any]) 
 
 def test_a_key_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIREWORKS_API_KEY", CRLF_KEY)
-    _raises("api_key (from the environment)", lambda: ServiceSession(URL, transport=Counting()))
+    _raises("api_key (from $FIREWORKS_API_KEY)", lambda: ServiceSession(URL, transport=Counting()))
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,7 @@ def test_a_key_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyPat
         ("jitter", {"jitter": -0.1}),
         ("deadline_s", {"deadline_s": math.nan}),
         ("deadline_s", {"deadline_s": 0}),
+        ("connect_deadline_s", {"connect_deadline_s": -1}),
         ("max_attempts", {"max_attempts": 0}),
         ("max_attempts", {"max_attempts": 2.5}),
     ],
