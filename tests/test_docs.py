@@ -63,7 +63,9 @@ BLOCKS = [b for page in (*PAGES, README) for b in blocks_of(page)]
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_code_block(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_code_block(
+    block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # Fragments may use top-level await; every block must at least compile.
     code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if block.skip is not None:
@@ -71,6 +73,7 @@ def test_code_block(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("FIREWORKS_API_KEY", "TINKER_API_KEY", "FIREWORKS_BASE_URL", "TINKER_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
     try:
         exec(code, {"__name__": "__main__"})
     except BaseException as exc:
