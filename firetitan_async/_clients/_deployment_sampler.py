@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Unpack
 
@@ -39,7 +39,7 @@ import anyio.lowlevel
 import attrs
 import httpx
 
-from .._http._cpu_turns import CpuTurns, Turn
+from .._http._cpu_turns import CpuTurns, Turn, hold_turn, sleep_off_turn
 from .._http._environment import resolve_api_key
 from .._http._http11_transport import STREAM_EXTENSION, TURN_EXTENSION, Http11Transport
 from .._http._redact import Redactor
@@ -334,15 +334,11 @@ class DeploymentSampler:
 
     def _cpu_turn(self) -> AbstractAsyncContextManager[Turn | None]:
         """A CPU turn for one request (None with a caller's transport: no bound)."""
-        return self._turns.hold() if self._turns is not None else nullcontext()
+        return hold_turn(self._turns)
 
     async def _sleep(self, seconds: float, turn: Turn | None) -> None:
         """A retry's or a hot-load's wait, with the CPU turn given back."""
-        if self._turns is None:
-            await anyio.sleep(seconds)
-            return
-        async with self._turns.yielded(turn):
-            await anyio.sleep(seconds)
+        await sleep_off_turn(self._turns, seconds, turn)
 
     async def _send_with_retry(
         self,

@@ -22,11 +22,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 import anyio
 
-__all__ = ["CpuTurns", "Turn"]
+__all__ = ["CpuTurns", "Turn", "hold_turn", "sleep_off_turn"]
 
 # Two to four in a throwaway prototype gave the same throughput as no bound, with a 7-16 ms
 # worst stall instead of 110-130 ms for a burst of 200 operations.
@@ -89,3 +89,28 @@ class CpuTurns:
         if turn.held:
             turn.held = False
             self._semaphore.release()
+
+
+def hold_turn(turns: CpuTurns | None) -> AbstractAsyncContextManager[Turn | None]:
+    """A turn of ``turns`` for one exchange; no bound (``None``) without a limiter (a
+    caller's own transport).
+
+    Example::
+
+        async with hold_turn(self._turns) as turn: ...
+    """
+    return turns.hold() if turns is not None else nullcontext()
+
+
+async def sleep_off_turn(turns: CpuTurns | None, seconds: float, turn: Turn | None) -> None:
+    """A retry's (or a hot-load's) wait, with ``turn`` given back for its length.
+
+    Example::
+
+        await sleep_off_turn(self._turns, 0.5, turn)
+    """
+    if turns is None:
+        await anyio.sleep(seconds)
+        return
+    async with turns.yielded(turn):
+        await anyio.sleep(seconds)

@@ -30,12 +30,11 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import httpx
 
 from .._version import USER_AGENT
@@ -50,7 +49,7 @@ from ..wire.futures import (
     parse_accepted,
     retrieve_future_body,
 )
-from ._cpu_turns import CpuTurns, Turn
+from ._cpu_turns import CpuTurns, Turn, hold_turn, sleep_off_turn
 from ._http11_transport import DEFAULT_KEEPALIVE_EXPIRY_S, TURN_EXTENSION, Http11Transport
 from ._progress import current_tracker
 from ._redact import Redactor
@@ -487,14 +486,10 @@ class Transport:
 
     def _hold(self) -> AbstractAsyncContextManager[Turn | None]:
         """A CPU turn for one exchange (None with a caller's transport: no bound)."""
-        return self._turns.hold() if self._turns is not None else nullcontext()
+        return hold_turn(self._turns)
 
     async def _sleep(self, seconds: float, turn: Turn | None) -> None:
-        if self._turns is None:
-            await anyio.sleep(seconds)
-            return
-        async with self._turns.yielded(turn):
-            await anyio.sleep(seconds)
+        await sleep_off_turn(self._turns, seconds, turn)
 
 
 def _env_proxy(base_url: str) -> str | None:
