@@ -68,7 +68,7 @@ class WireRequest:
 
     Example::
 
-        WireRequest("/api/v1/forward", b"{...}", "application/json")
+        WireRequest(paths.operation("forward"), b"{...}", "application/json")
     """
 
     path: str
