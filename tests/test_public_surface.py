@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -192,3 +193,17 @@ async def test_wait_ready_warns_and_still_waits(local_trainer: LocalTrainer) -> 
             await session.wait_ready()
         await session.wait_for_ready()
         assert session.session_id
+
+
+def test_sampling_calls_have_one_shape() -> None:
+    """docs/architecture.md: a call in a session's ordered operations returns a ``Pending`` at
+    once (it reserves its sequence id at the call); a call to a stateless endpoint is
+    ``async def``. Both are awaited the same way."""
+    from firetitan_async import DeploymentSampler, SamplingClient
+    from firetitan_async.loops import DeploymentPolicySampler
+
+    assert not inspect.iscoroutinefunction(SamplingClient.sample)
+    assert "Pending[" in str(inspect.signature(SamplingClient.sample).return_annotation)
+    for stateless in (DeploymentSampler.sample, DeploymentSampler.sample_many,
+                      DeploymentPolicySampler.sample):
+        assert inspect.iscoroutinefunction(stateless), stateless.__qualname__
