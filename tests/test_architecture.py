@@ -305,6 +305,7 @@ def test_layers_are_packages_and_the_top_stays_small() -> None:
         init = PACKAGE_DIR / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert doc, f"{package}/__init__.py says what it owns"
+        assert "May import" in doc, f"{package}/__init__.py says what it may import"
 
 
 # -- API paths: one home ------------------------------------------------------------------

@@ -12,6 +12,9 @@
 
 Works under asyncio and trio (Ray: the driver may run either).
 
+May import: everything below it (the clients, the session, ``platform``, ``wire``); nothing
+but the CLI imports it.
+
 Example::
 
     from firetitan_async.loops import TrainerPolicy, run_rl
