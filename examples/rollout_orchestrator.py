@@ -60,7 +60,7 @@ from firetitan_async.loops import (
     RLResult,
     RLStep,
     Rollout,
-    TrainerSampler,
+    TrainerPolicy,
     run_rl,
 )
 
@@ -225,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.dialect == "tinker":
             async with ServiceSession(url, dialect="tinker") as session:
                 client = await session.create_training_client(MODEL)
-                await orchestrate(client, TrainerSampler(session, client, prefix="rollout"), args)
+                await orchestrate(client, TrainerPolicy(session, client, prefix="rollout"), args)
             return
         async with fireworks_shape(url, args) as (client, policy):
             await orchestrate(client, policy, args)

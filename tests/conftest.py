@@ -4,15 +4,18 @@ Every async test runs under both asyncio and trio: mark it with ``pytest.mark.an
 ``pytestmark = pytest.mark.anyio`` in the module) and the ``anyio_backend`` fixture below
 parametrises it over both backends.
 
-Local trainers: ``local_trainer`` is a fresh one per test (seed 0); ``trainer`` is one per test
-module, built with the module's ``TRAINER_OPTIONS`` (``LocalTrainer`` keywords), e.g.
-``TRAINER_OPTIONS = {"seed": 7}``. ``free_port()`` is a free loopback port.
+Local trainers: ``local_trainer`` is a fresh one per test (seed 0, plus the module's
+``LOCAL_TRAINER_OPTIONS``), for tests that count what the server holds; ``trainer`` is one per
+test module, built with the module's ``TRAINER_OPTIONS`` (``LocalTrainer`` keywords), e.g.
+``TRAINER_OPTIONS = {"seed": 7}``; ``make_trainer(**options)`` starts more in one test (each
+stopped when the test ends). ``free_port()`` is a free loopback port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +29,30 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def local_trainer() -> Iterator[LocalTrainer]:
-    """A fresh local trainer (seed 0) on loopback for one test; see ``firetitan_async.local``."""
-    with LocalTrainer(seed=0) as trainer:
+def local_trainer(request: pytest.FixtureRequest) -> Iterator[LocalTrainer]:
+    """A fresh local trainer on loopback for one test: seed 0 and the module's
+    ``LOCAL_TRAINER_OPTIONS`` (e.g. ``{"warmup_s": 0.05}``); see ``firetitan_async.local``."""
+    options: dict[str, Any] = {"seed": 0, **getattr(request.module, "LOCAL_TRAINER_OPTIONS", {})}
+    with LocalTrainer(**options) as trainer:
         yield trainer
+
+
+@pytest.fixture
+def make_trainer() -> Iterator[Callable[..., LocalTrainer]]:
+    """A factory of started local trainers (``LocalTrainer`` keywords), all stopped at the end
+    of the test.
+
+    Example::
+
+        def test_x(make_trainer):
+            guarded = make_trainer(api_key="the-right-key")
+    """
+    with contextlib.ExitStack() as stack:
+
+        def make(**options: Any) -> LocalTrainer:
+            return stack.enter_context(LocalTrainer(**options))
+
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -305,6 +305,60 @@ def test_layers_are_packages_and_the_top_stays_small() -> None:
         init = PACKAGE_DIR / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert doc, f"{package}/__init__.py says what it owns"
+        assert "May import" in doc, f"{package}/__init__.py says what it may import"
+
+
+# -- API paths: one home ------------------------------------------------------------------
+
+PATHS_MODULE = f"{PACKAGE}.wire.paths"
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """The ids of the docstring nodes of a module and of its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def api_path_literals(module: Module) -> list[str]:
+    """``/api/v1`` spelled in code (f-strings included; docstrings and ``local/``'s request
+    parsing aside) anywhere but :mod:`firetitan_async.wire.paths`."""
+    if module.name == PATHS_MODULE or module.layer == "local":
+        return []
+    docs = _docstrings(module.tree)
+    return [
+        f"{module.name}:{node.lineno} spells {node.value!r}"
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and "/api/v1" in node.value
+        and id(node) not in docs
+    ]
+
+
+def test_api_paths_are_spelled_only_in_wire_paths() -> None:
+    found = [v for m in load_package() for v in api_path_literals(m)]
+    assert found == [], "\n".join(found)
+
+
+def local_importers(modules: list[Module]) -> list[str]:
+    """Modules outside ``local/`` and ``cli/`` that import ``local/`` (the client never may)."""
+    return [
+        f"{name} imports {dep}"
+        for name, deps in import_graph(modules).items()
+        if name.split(".")[1:2] not in (["local"], ["cli"])
+        for dep in sorted(deps)
+        if dep.startswith(f"{PACKAGE}.local")
+    ]
+
+
+def test_the_client_never_imports_the_local_trainer() -> None:
+    found = local_importers(load_package())
+    assert found == [], "\n".join(found)
 
 
 # -- each rule catches a planted violation --------------------------------------------------
@@ -358,3 +412,21 @@ def test_private_rule_catches_a_read_across_layers() -> None:
     assert private_access_violations(session, by_layer) != []
     own = module_of(f"{PACKAGE}.platform._other", "def f(j):\n    return j._rest\n")
     assert private_access_violations(own, private_names_by_layer([jobs, own])) == []
+
+
+def test_path_rule_catches_a_spelled_path_and_the_local_rule_an_import() -> None:
+    planted = module_of(
+        f"{PACKAGE}._clients._planted",
+        '"""Posts to ``/api/v1/asample`` (a docstring may say so)."""\n'
+        "def f(t, op, run):\n"
+        "    t.submit(f'/api/v1/{op}')\n"
+        "    return t.call('GET', '/api/v1/training_runs/' + run)\n",
+    )
+    assert len(api_path_literals(planted)) == 2, api_path_literals(planted)
+    home = module_of(PATHS_MODULE, "PREFIX = '/api/v1'\n")
+    assert api_path_literals(home) == []
+    client = module_of(f"{PACKAGE}._clients._planted", "from ..local import _model\n")
+    model = module_of(f"{PACKAGE}.local._model", "x = 1\n")
+    assert local_importers([client, model]) != []
+    served = module_of(f"{PACKAGE}.local._planted", "from ..wire import paths\n")
+    assert local_importers([served, home]) == []

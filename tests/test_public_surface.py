@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import pytest
 
 import firetitan_async
+import firetitan_async.loops
 from firetitan_async import (
     FiretitanError,
     InvalidInput,
@@ -151,7 +155,13 @@ async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
 # New names this release, each exported from the package.
 NEW_NAMES = {"ReplyTooLarge", "ManagedConfig", "ManagedSetup", "Cleanup"}
 # Old name -> (the object that still carries it, its new name).
-DEPRECATED_ALIASES = {"ServiceSession.wait_ready": (ServiceSession, "wait_for_ready")}
+DEPRECATED_ALIASES: dict[str, tuple[object, str]] = {
+    "ServiceSession.wait_ready": (ServiceSession, "wait_for_ready"),
+    # It publishes policy versions (a Publisher), like DeploymentPolicy; it is not a sampler.
+    "loops.TrainerSampler": (firetitan_async.loops, "TrainerPolicy"),
+}
+# Names in the loops package that are new this release.
+NEW_LOOPS_NAMES = {"TrainerPolicy"}
 
 
 def test_new_names_are_exported() -> None:
@@ -160,8 +170,21 @@ def test_new_names_are_exported() -> None:
 
 
 def test_every_deprecated_alias_still_exists_next_to_its_new_name() -> None:
+    assert set(firetitan_async.loops.__all__) >= NEW_LOOPS_NAMES
     for old, (owner, new) in DEPRECATED_ALIASES.items():
-        assert hasattr(owner, old.rsplit(".", 1)[1]) and hasattr(owner, new), old
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert hasattr(owner, old.rsplit(".", 1)[1]) and hasattr(owner, new), old
+        # An alias is not advertised: a star import or the docs list only the new name.
+        assert old.rsplit(".", 1)[1] not in getattr(owner, "__all__", ()), old
+
+
+def test_trainer_sampler_warns_and_is_trainer_policy() -> None:
+    with pytest.warns(DeprecationWarning, match="TrainerPolicy"):
+        from firetitan_async.loops import TrainerSampler
+    assert TrainerSampler is firetitan_async.loops.TrainerPolicy
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        firetitan_async.loops.NoSuchName  # noqa: B018
 
 
 async def test_wait_ready_warns_and_still_waits(local_trainer: LocalTrainer) -> None:
@@ -170,3 +193,17 @@ async def test_wait_ready_warns_and_still_waits(local_trainer: LocalTrainer) -> 
             await session.wait_ready()
         await session.wait_for_ready()
         assert session.session_id
+
+
+def test_sampling_calls_have_one_shape() -> None:
+    """docs/architecture.md: a call in a session's ordered operations returns a ``Pending`` at
+    once (it reserves its sequence id at the call); a call to a stateless endpoint is
+    ``async def``. Both are awaited the same way."""
+    from firetitan_async import DeploymentSampler, SamplingClient
+    from firetitan_async.loops import DeploymentPolicySampler
+
+    assert not inspect.iscoroutinefunction(SamplingClient.sample)
+    assert "Pending[" in str(inspect.signature(SamplingClient.sample).return_annotation)
+    for stateless in (DeploymentSampler.sample, DeploymentSampler.sample_many,
+                      DeploymentPolicySampler.sample):
+        assert inspect.iscoroutinefunction(stateless), stateless.__qualname__

@@ -10,6 +10,7 @@ from tinker import types
 from .._session._deadlines import Deadlines, call_deadlines
 from .._session._pending import Pending, fail_pending, resolve_pending
 from .._session._protocol import ClientSession
+from ..wire import paths
 from ..wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
 from ..wire.validation import validate_sample_args
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
@@ -93,9 +94,7 @@ class SamplingClient:
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
             transport = self._session.transport
-            accepted = await transport.submit(
-                "/api/v1/asample", json_body=body, headers=_BACKPRESSURE
-            )
+            accepted = await transport.submit(paths.ASAMPLE, json_body=body, headers=_BACKPRESSURE)
             pending.request_id = accepted.request_id
             request_type = self._session.codec.request_type("sample")
             done = await transport.retrieve(

@@ -18,7 +18,7 @@ from .._session._ordered_ops import OrderedOps, first_error
 from .._session._pending import Pending
 from .._session._protocol import ClientSession
 from ..errors import FiretitanError, InvalidInput, ProtocolError
-from ..wire import Dialect, ModelSpec
+from ..wire import Dialect, ModelSpec, paths
 from ..wire.chunking import merge_outputs
 from ..wire.futures import decode_json_result, parse_json_object
 from ..wire.validation import (
@@ -637,9 +637,7 @@ class TrainingClient:
                 return [_entry_of_row(row) for row in self._codec.parse_checkpoint_rows(reply)]
             except ProtocolError as exc:  # it quotes the reply: scrubbed as it leaves
                 raise self._session.transport.redactor.scrubbed(exc) from None
-        return await _list_checkpoints(
-            self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
-        )
+        return await _list_checkpoints(self._session, paths.run_checkpoints(self.model_id))
 
     async def resolve_checkpoint_path(
         self, checkpoint_name: str, source_job_id: str | None = None
@@ -666,7 +664,7 @@ class TrainingClient:
         if checkpoint_name.startswith("tinker://"):
             parsed = validate_tinker_path(checkpoint_name, field="checkpoint_name")
             checkpoints = await _list_checkpoints(
-                self._session, f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints"
+                self._session, paths.run_checkpoints(parsed.training_run_id)
             )
             if any(c.path == checkpoint_name for c in checkpoints):
                 return checkpoint_name
@@ -674,12 +672,12 @@ class TrainingClient:
         validate_checkpoint_name(checkpoint_name, field="checkpoint_name")
         if source_job_id is None:
             checkpoints = await _list_checkpoints(
-                self._session, f"/api/v1/training_runs/{self.model_id}/checkpoints"
+                self._session, paths.run_checkpoints(self.model_id)
             )
         else:
             checkpoints = await _list_checkpoints(
                 self._session,
-                "/api/v1/checkpoints",
+                paths.CHECKPOINTS,
                 params={"job_id": source_job_id, "limit": 1000},
             )
         return _match_checkpoint(checkpoints, checkpoint_name, source_job_id)
@@ -709,9 +707,7 @@ class TrainingClient:
                 with contextlib.suppress(Exception):
                     await op
             transport = self._session.transport
-            accepted = await transport.submit(
-                "/api/v1/unload_model", json_body=body
-            )
+            accepted = await transport.submit(paths.UNLOAD_MODEL, json_body=body)
             pending.request_id = accepted.request_id
             # The Fireworks SDK's literal request type for this poll.
             done = await transport.retrieve(accepted.request_id, request_type="Unload model")
@@ -739,7 +735,7 @@ class TrainingClient:
                 seqs[0],
                 "load_adapter",
                 transport.submit(
-                    "/api/v1/load_adapter",
+                    paths.LOAD_ADAPTER,
                     json_body=self._codec.load_adapter_body(
                         model_id=self.model_id, seq_id=seqs[0], adapter_path=path
                     ),
@@ -766,7 +762,7 @@ class TrainingClient:
     ) -> R:
         transport = self._session.transport
         accepted = await self._ops.submit(
-            seq, op, transport.submit(f"/api/v1/{op}", json_body=body)
+            seq, op, transport.submit(paths.operation(op), json_body=body)
         )
         pending.request_id = accepted.request_id
         done = await transport.retrieve(

@@ -39,6 +39,7 @@ import httpx
 
 from .._version import USER_AGENT
 from ..errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
+from ..wire import paths
 from ..wire.futures import (
     Accepted,
     Done,
@@ -315,7 +316,7 @@ class Transport:
                 tracker.polling(request_type)
             request = self._request(
                 "POST",
-                "/api/v1/retrieve_future",
+                paths.RETRIEVE_FUTURE,
                 content=body,
                 headers=headers,
                 timeouts=_LONG_POLL_TIMEOUTS,

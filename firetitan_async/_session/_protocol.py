@@ -62,7 +62,7 @@ class ClientSession(OperationRunner, Protocol):
     Example::
 
         body = session.codec.get_info_body(model_id)
-        reply = await session.transport.call("POST", "/api/v1/get_info", json_body=body)
+        reply = await session.transport.call("POST", paths.GET_INFO, json_body=body)
     """
 
     @property

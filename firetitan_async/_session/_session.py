@@ -36,6 +36,7 @@ from ..wire import (
     ModelSpec,
     dialect_named,
     job_dialect,
+    paths,
     resolve_dialect,
 )
 from ..wire.futures import decode_json_result, validate_reply
@@ -359,7 +360,7 @@ class ServiceSession:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await transport.call(
                         "POST",
-                        f"/api/v1/sessions/{self._session_id}/finish",
+                        paths.session_finish(self._session_id),
                         json_body=self._codec.finish_session_body(self._session_id, status),
                         retry=False,
                     )
@@ -375,7 +376,7 @@ class ServiceSession:
             try:
                 await transport.call(
                     "POST",
-                    "/api/v1/unload_model",
+                    paths.UNLOAD_MODEL,
                     json_body=self._codec.unload_model_body(model_id=model_id),
                     retry=False,
                 )
@@ -394,7 +395,7 @@ class ServiceSession:
         try:
             await self._open_transport.call(
                 "POST",
-                "/api/v1/cancel_future",
+                paths.CANCEL_FUTURE,
                 json_body=self._codec.cancel_future_body(pending.request_id),
                 retry=False,
             )
@@ -621,12 +622,12 @@ class ServiceSession:
             )
         if self._codec.fetches_client_config:
             config = await self._transport.call(
-                "POST", "/api/v1/client/config", json_body=self._codec.client_config_body()
+                "POST", paths.CLIENT_CONFIG, json_body=self._codec.client_config_body()
             )
             self._client_config = config if isinstance(config, dict) else {}
         reply = await self._transport.call(
             "POST",
-            "/api/v1/create_session",
+            paths.CREATE_SESSION,
             json_body=self._codec.create_session_body(user_metadata=self._user_metadata),
         )
         self._session_id = self._reply(
@@ -642,7 +643,7 @@ class ServiceSession:
             try:
                 await self._transport.call(
                     "POST",
-                    "/api/v1/session_heartbeat",
+                    paths.SESSION_HEARTBEAT,
                     json_body=self._codec.session_heartbeat_body(self._session_id),
                     timeout=10.0,
                     retry=False,
@@ -727,7 +728,7 @@ class ServiceSession:
             model_seq_id = self._model_seq
             self._model_seq += 1
             accepted = await transport.submit(
-                "/api/v1/create_model",
+                paths.CREATE_MODEL,
                 json_body=codec.create_model_body(
                     spec,
                     session_id=self.session_id,
@@ -744,7 +745,7 @@ class ServiceSession:
                     types.GetInfoResponse,
                     await transport.call(
                         "POST",
-                        "/api/v1/get_info",
+                        paths.GET_INFO,
                         json_body=self._codec.get_info_body(created.model_id),
                     ),
                     "get_info reply",
@@ -787,7 +788,7 @@ class ServiceSession:
         seq = self._next_sampling_session_seq_id()
         reply = await self._open_transport.call(
             "POST",
-            "/api/v1/create_sampling_session",
+            paths.CREATE_SAMPLING_SESSION,
             json_body=self._codec.create_sampling_session_body(
                 session_id=self.session_id,
                 sampling_session_seq_id=seq,

@@ -23,6 +23,7 @@ from .._http._retry import RetryPolicy
 from .._http._transport import Transport, check_url_security, is_loopback_url
 from ..errors import APIStatusError, FiretitanError, ProtocolError
 from ..platform._rest import DEFAULT_BASE_URL
+from ..wire import paths
 from ..wire.futures import validate_reply
 from ._cli import CLI_RETRY, KEY_VARS, add_deprecated_alias, control_plane_url, print_table
 
@@ -132,14 +133,12 @@ async def _fetch_records(
     transport = Transport(base_url, api_key, timeout=30.0, retry=retry)
     try:
         if run is not None:
-            reply = await transport.call(
-                "GET", f"/api/v1/training_runs/{quote(run, safe=':')}/checkpoints"
-            )
+            reply = await transport.call("GET", paths.run_checkpoints(quote(run, safe=":")))
         else:
             params: dict[str, str | int] = {"limit": limit}
             if job is not None:
                 params["job_id"] = job
-            reply = await transport.call("GET", "/api/v1/checkpoints", params=params)
+            reply = await transport.call("GET", paths.CHECKPOINTS, params=params)
     finally:
         await transport.aclose()
     # A malformed listing is a ProtocolError naming the fields only (pydantic's own message

@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from ..wire import paths
 from ._cli import local_extra_missing
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     try:
         print(f"local trainer serving {trainer.base_url}", flush=True)
-        print(f"  data plane:    {trainer.base_url}/api/v1/...", flush=True)
+        print(f"  data plane:    {trainer.base_url}{paths.PREFIX}/...", flush=True)
         print(
             f"  control plane: {trainer.control_plane_url}/v1/accounts/{trainer.account_id}"
             "/rlorTrainerJobs",

@@ -22,7 +22,7 @@ inference deployment and wait for it, then run a pipelined RL loop:
 The loop is :func:`firetitan_async.loops.run_rl` with a
 :class:`~firetitan_async.loops.DeploymentPolicy`. With ``dialect="tinker"`` (Tinker has no
 trainer jobs or deployments) it opens a tinker-dialect session on the trainer and samples
-from the trainer's own sampler snapshots (:class:`~firetitan_async.loops.TrainerSampler`).
+from the trainer's own sampler snapshots (:class:`~firetitan_async.loops.TrainerPolicy`).
 :class:`DemoTask` holds the task's rollout and advantage functions (picklable: the Ray test
 runs them in actor workers).
 
@@ -57,7 +57,7 @@ from ..loops import (
     DeploymentPolicySampler,
     RLStep,
     Rollout,
-    TrainerSampler,
+    TrainerPolicy,
     run_rl,
 )
 from ..platform import (
@@ -323,7 +323,7 @@ class _Demo:
         self.sampling = 0  # sample requests in flight
         self.peak = 0  # their peak since the current step's update was submitted
         self.beside_update = 0  # that peak when the update's snapshot was published
-        self.publisher: TrainerSampler | DeploymentPolicy | None = None
+        self.publisher: TrainerPolicy | DeploymentPolicy | None = None
 
     def seeds(self) -> Iterator[int]:
         """One sampling seed per group, in ticket order (step by step, group by group)."""
@@ -378,7 +378,7 @@ class _Demo:
         """Train; through a deployment on ``control_plane_url`` (the local trainer's), or, with
         None, sampling from the trainer."""
         if control_plane_url is None:
-            self.publisher = TrainerSampler(
+            self.publisher = TrainerPolicy(
                 session, client, prefix="demo", base_every=self.config.base_every
             )
             result = await self._train(client, job_id, started)

@@ -4,6 +4,9 @@
 trainer-job control plane (``/v1/accounts/{account_id}/rlorTrainerJobs``) on loopback, backed
 by ``local/tiny-byte-lm``, a byte-level numpy model that trains in milliseconds.
 
+May import: of the package only :mod:`firetitan_async.wire.paths` (its route table); nothing
+of the client imports ``local/`` (only the CLI, lazily).
+
 Example::
 
     from firetitan_async.local import LocalTrainer

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..wire import paths
 from ._catalog import BYTE_MODEL, MAX_CONTEXT_LENGTH
 from ._checkpoint_refs import resolve_checkpoint_ref
 from ._checkpoint_store import (
@@ -1276,42 +1277,46 @@ async def weights_info(request: Request) -> Response:
 
 
 def data_plane_routes() -> list[Route]:
-    """The ``/api/v1`` routes (the job prefix is stripped by the front middleware)."""
-    p = "/api/v1"
+    """The ``/api/v1`` routes (the job prefix is stripped by the front middleware).
+
+    Spelled through :mod:`firetitan_async.wire.paths`, the client's own path table, so the two
+    sides cannot drift apart (the client never imports ``local/``; this is the one way).
+    """
+    op = paths.operation
     return [
         # The hot routes first: Starlette tries the routes in order.
-        Route(f"{p}/retrieve_future", retrieve_future, methods=["POST"]),
-        Route(f"{p}/forward_backward", forward_backward, methods=["POST"]),
-        Route(f"{p}/forward", forward, methods=["POST"]),
-        Route(f"{p}/optim_step", optim_step, methods=["POST"]),
-        Route(f"{p}/asample", asample, methods=["POST"]),
-        Route(f"{p}/client/config", client_config, methods=["POST"]),
-        Route(f"{p}/client/dynamic_config", dynamic_config, methods=["POST"]),
-        Route(f"{p}/create_session", create_session, methods=["POST"]),
-        Route(f"{p}/session_heartbeat", session_heartbeat, methods=["POST"]),
-        Route(f"{p}/telemetry", telemetry, methods=["POST"]),
-        Route(f"{p}/sessions/{{session_id}}/finish", finish_session, methods=["POST"]),
-        Route(f"{p}/healthz", healthz, methods=["GET"]),
-        Route(f"{p}/get_server_capabilities", server_capabilities, methods=["GET"]),
-        Route(f"{p}/create_model", create_model, methods=["POST"]),
-        Route(f"{p}/get_info", get_info, methods=["POST"]),
-        Route(f"{p}/save_weights", save_weights, methods=["POST"]),
-        Route(f"{p}/load_weights", load_weights, methods=["POST"]),
-        Route(f"{p}/save_weights_for_sampler", save_weights_for_sampler, methods=["POST"]),
-        Route(f"{p}/create_sampling_session", create_sampling_session, methods=["POST"]),
-        Route(f"{p}/samplers/{{sampler_id}}", get_sampler, methods=["GET"]),
-        Route(f"{p}/weights_info", weights_info, methods=["POST"]),
-        Route(f"{p}/training_runs", list_training_runs, methods=["GET"]),
-        Route(f"{p}/training_runs/{{run_id}}", get_training_run, methods=["GET"]),
-        Route(f"{p}/training_runs/{{run_id}}/checkpoints", list_run_checkpoints, methods=["GET"]),
+        Route(paths.RETRIEVE_FUTURE, retrieve_future, methods=["POST"]),
+        Route(op("forward_backward"), forward_backward, methods=["POST"]),
+        Route(op("forward"), forward, methods=["POST"]),
+        Route(op("optim_step"), optim_step, methods=["POST"]),
+        Route(paths.ASAMPLE, asample, methods=["POST"]),
+        Route(paths.CLIENT_CONFIG, client_config, methods=["POST"]),
+        Route(paths.CLIENT_DYNAMIC_CONFIG, dynamic_config, methods=["POST"]),
+        Route(paths.CREATE_SESSION, create_session, methods=["POST"]),
+        Route(paths.SESSION_HEARTBEAT, session_heartbeat, methods=["POST"]),
+        Route(paths.TELEMETRY, telemetry, methods=["POST"]),
+        Route(paths.session_finish("{session_id}"), finish_session, methods=["POST"]),
+        Route(paths.HEALTHZ, healthz, methods=["GET"]),
+        Route(paths.GET_SERVER_CAPABILITIES, server_capabilities, methods=["GET"]),
+        Route(paths.CREATE_MODEL, create_model, methods=["POST"]),
+        Route(paths.GET_INFO, get_info, methods=["POST"]),
+        Route(op("save_weights"), save_weights, methods=["POST"]),
+        Route(op("load_weights"), load_weights, methods=["POST"]),
+        Route(op("save_weights_for_sampler"), save_weights_for_sampler, methods=["POST"]),
+        Route(paths.CREATE_SAMPLING_SESSION, create_sampling_session, methods=["POST"]),
+        Route(paths.sampler("{sampler_id}"), get_sampler, methods=["GET"]),
+        Route(paths.WEIGHTS_INFO, weights_info, methods=["POST"]),
+        Route(paths.TRAINING_RUNS, list_training_runs, methods=["GET"]),
+        Route(paths.training_run("{run_id}"), get_training_run, methods=["GET"]),
+        Route(paths.run_checkpoints("{run_id}"), list_run_checkpoints, methods=["GET"]),
         Route(
-            f"{p}/training_runs/{{run_id}}/checkpoints/{{checkpoint_id:path}}",
+            paths.run_checkpoint("{run_id}", "{checkpoint_id:path}"),
             delete_checkpoint,
             methods=["DELETE"],
         ),
-        Route(f"{p}/checkpoints", list_user_checkpoints, methods=["GET"]),
-        Route(f"{p}/list_checkpoints", list_checkpoints, methods=["GET"]),
-        Route(f"{p}/load_adapter", load_adapter, methods=["POST"]),
-        Route(f"{p}/unload_model", unload_model, methods=["POST"]),
+        Route(paths.CHECKPOINTS, list_user_checkpoints, methods=["GET"]),
+        Route(paths.LIST_CHECKPOINTS, list_checkpoints, methods=["GET"]),
+        Route(paths.LOAD_ADAPTER, load_adapter, methods=["POST"]),
+        Route(paths.UNLOAD_MODEL, unload_model, methods=["POST"]),
     ]
 

@@ -2,7 +2,7 @@
 
 * :func:`run_rl`: rollout producers → a bounded stream → the trainer, in one task group, with
   staleness bounded by pacing; weights published through a :class:`Publisher`:
-  :class:`TrainerSampler` (rollouts sampled by the trainer) or :class:`DeploymentPolicy`
+  :class:`TrainerPolicy` (rollouts sampled by the trainer) or :class:`DeploymentPolicy`
   (hot-loaded into an inference deployment, rollouts from its completions API).
 * :func:`sft_steps`: ``async for step in sft_steps(client, batches, depth=k, ...)``.
 * :class:`CheckpointManager`: periodic, rolling and final saves recorded beside the run;
@@ -12,22 +12,30 @@
 
 Works under asyncio and trio (Ray: the driver may run either).
 
+May import: everything below it (the clients, the session, ``platform``, ``wire``); nothing
+but the CLI imports it.
+
 Example::
 
-    from firetitan_async.loops import TrainerSampler, run_rl
+    from firetitan_async.loops import TrainerPolicy, run_rl
 
-    result = await run_rl(client, TrainerSampler(session, client), prompts, rollout, to_datums,
+    result = await run_rl(client, TrainerPolicy(session, client), prompts, rollout, to_datums,
                           adam=types.AdamParams(learning_rate=1e-2), groups_per_step=8)
 """
 
 from __future__ import annotations
 
+import warnings
+
 from ._checkpoints import CheckpointManager, CheckpointStore, SaveRecord, TrainerCheckpoints
 from ._deployment import DeploymentPolicy, DeploymentPolicySampler
-from ._policy import Publisher, SamplerHandle, TrainerSampler, TrainerSamplerHandle
+from ._policy import Publisher, SamplerHandle, TrainerPolicy, TrainerSamplerHandle
 from ._ray import RayRollouts
 from ._rl import RLResult, RLStep, Rollout, run_rl
 from ._sft import SFTStep, sft_steps
+
+# Old name -> new name: kept one release, they warn (DeprecationWarning) when looked up.
+_DEPRECATED = {"TrainerSampler": "TrainerPolicy"}
 
 __all__ = [
     "CheckpointManager",
@@ -43,8 +51,25 @@ __all__ = [
     "SamplerHandle",
     "SaveRecord",
     "TrainerCheckpoints",
-    "TrainerSampler",
+    "TrainerPolicy",
     "TrainerSamplerHandle",
     "run_rl",
     "sft_steps",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``TrainerSampler``: the old name of :class:`TrainerPolicy` (it publishes policy
+    versions, like :class:`DeploymentPolicy`); it warns and goes away in the next release.
+
+    Example::
+
+        from firetitan_async.loops import TrainerPolicy   # not TrainerSampler
+    """
+    new = _DEPRECATED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"firetitan_async.loops.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2
+    )
+    return globals()[new]

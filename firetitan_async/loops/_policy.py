@@ -7,9 +7,9 @@ The RL pipeline knows two small protocols and nothing else about where rollouts 
 * the sampler itself is whatever the user's rollout function expects (a
   :class:`~firetitan_async.SamplingClient`, or a deployment's sampler).
 
-:class:`TrainerSampler` is the implementation that samples from the trainer itself: a sampler
+:class:`TrainerPolicy` is the implementation that samples from the trainer itself: a sampler
 snapshot (``base`` first and every ``base_every`` versions, ``delta`` in between) and a
-sampling client on it. ``TrainerSampler.handles()`` publishes :class:`TrainerSamplerHandle`
+sampling client on it. ``TrainerPolicy.handles()`` publishes :class:`TrainerSamplerHandle`
 values instead: picklable, carrying no API key, from which another process (a Ray worker)
 rebuilds its own sampling client. :class:`~firetitan_async.loops.DeploymentPolicy` publishes
 to an inference deployment instead (hot-load, then sample from its completions API).
@@ -32,7 +32,7 @@ from .._session._pending import Pending
 from .._session._session import ServiceSession
 from ..errors import InvalidInput
 
-__all__ = ["Publisher", "SamplerHandle", "TrainerSampler", "TrainerSamplerHandle"]
+__all__ = ["Publisher", "SamplerHandle", "TrainerPolicy", "TrainerSamplerHandle"]
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -132,7 +132,7 @@ class TrainerSamplerHandle:
         return await session.create_sampling_client(model_path=self.model_path)
 
 
-class TrainerSampler:
+class TrainerPolicy:
     """Publishes policy versions as sampler snapshots of the trainer, sampled by the trainer.
 
     Version ``n`` is saved as ``{prefix}-{n:06d}``: a ``base`` snapshot for version 0 and
@@ -140,7 +140,7 @@ class TrainerSampler:
 
     Example::
 
-        publisher = TrainerSampler(session, client)
+        publisher = TrainerPolicy(session, client)
         sampler = await publisher.publish(0)           # a SamplingClient on the weights now
         handles = publisher.handles()                  # the same, as picklable handles
     """
@@ -213,7 +213,7 @@ class TrainerSampler:
 
 
 class _HandlePublisher:
-    def __init__(self, inner: TrainerSampler) -> None:
+    def __init__(self, inner: TrainerPolicy) -> None:
         self._inner = inner
 
     def publish(self, version: int) -> Awaitable[TrainerSamplerHandle]:

@@ -2,7 +2,7 @@
 
 :class:`RayRollouts` is a rollout function for :func:`~firetitan_async.loops.run_rl` whose
 sampler is a :class:`~firetitan_async.loops.SamplerHandle` (publish with
-``TrainerSampler(...).handles()``). Each call goes to one of ``workers`` Ray actors. An actor
+``TrainerPolicy(...).handles()``). Each call goes to one of ``workers`` Ray actors. An actor
 runs its own asyncio event loop with its own :class:`~firetitan_async.ServiceSession` (the API
 key comes from the worker's environment, never from the pickle) and a sampling client rebuilt
 from each new handle, and runs the user's rollout function there. The trainer stays in the
@@ -100,7 +100,7 @@ class RayRollouts(Generic[P, T]):
 
         ray.init(num_cpus=2)
         with RayRollouts(my_rollout, workers=2) as remote:
-            await run_rl(client, TrainerSampler(session, client).handles(), prompts,
+            await run_rl(client, TrainerPolicy(session, client).handles(), prompts,
                          remote, to_datums, adam=adam, groups_per_step=8)
     """
 

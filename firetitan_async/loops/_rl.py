@@ -185,7 +185,7 @@ async def run_rl(
     """Train ``client`` by RL on rollouts of ``prompts``, sampled from published policies.
 
     * ``publisher`` publishes version 0 at once, then a new version every ``publish_every``
-      steps (:class:`TrainerSampler` samples from the trainer; :class:`DeploymentPolicy` from
+      steps (:class:`TrainerPolicy` samples from the trainer; :class:`DeploymentPolicy` from
       an inference deployment); the sampler it returns is what ``rollout`` and ``evaluate``
       get. If its ``publish`` is a plain method (see :class:`Publisher`), the next steps
       train while a publication completes; an ``async def publish`` is awaited before the
@@ -207,7 +207,7 @@ async def run_rl(
     Example::
 
         result = await run_rl(
-            client, TrainerSampler(session, client), prompts, rollout, advantages,
+            client, TrainerPolicy(session, client), prompts, rollout, advantages,
             adam=types.AdamParams(learning_rate=1e-2), groups_per_step=8, concurrency=16,
         )
     """

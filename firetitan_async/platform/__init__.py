@@ -4,6 +4,11 @@
 retry loop, ``google.rpc`` errors); ``TrainerJobs`` and its value types are built on it. The
 public names are re-exported from ``firetitan_async``.
 
+May import: :mod:`firetitan_async._http`, :mod:`firetitan_async.wire` (paths), ``errors``;
+of the session and clients only ``_session._pending``, ``_session._boundary``,
+``_clients._snapshots`` and, for the managed setup, ``_clients._deployment_sampler`` and
+``_session._ordered_ops`` (``_clients._training`` for types only).
+
 Example::
 
     from firetitan_async import TrainerJobConfig, TrainerJobs

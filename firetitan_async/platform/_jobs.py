@@ -34,6 +34,7 @@ import attrs
 from .._http._environment import TRAINER_GATEWAY_URL_VAR, resolve_setting
 from .._http._transport import check_url_security
 from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
+from ..wire import paths
 from ._checkpoints import (
     JobCheckpoint,
     PromotedModel,
@@ -530,7 +531,7 @@ class TrainerJobs(RestClient):
 
             if await jobs.probe_trainer(endpoint.base_url): ...
         """
-        return await self._rest.probe(f"{base_url.rstrip('/')}/api/v1/healthz") == 200
+        return await self._rest.probe(f"{base_url.rstrip('/')}{paths.HEALTHZ}") == 200
 
     # -- plumbing ----------------------------------------------------------------------------
 

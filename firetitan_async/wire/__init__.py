@@ -3,8 +3,12 @@
 Nothing here does I/O. The shared parts are datum validation (:mod:`.validation`), chunking
 and the merge of chunk results (:mod:`.chunking`), the server-side futures of
 ``retrieve_future`` (:mod:`.futures`) and the protobuf codecs (:mod:`.fwdbwd`, :mod:`.sample`).
+Every ``/api/v1/...`` path, for the client and the local trainer alike, is in :mod:`.paths`.
 Each dialect is one module with one :class:`Dialect` object: :mod:`.tinker` (the tinker SDK
 0.38 wire) and :mod:`.fireworks` (the Fireworks Training SDK 1.2.30 wire).
+
+May import: ``firetitan_async.errors``, ``firetitan_async._sdk_private``, ``tinker.types``
+(nothing above it; no I/O, no anyio).
 
 Example::
 
@@ -68,7 +72,7 @@ class WireRequest:
 
     Example::
 
-        WireRequest("/api/v1/forward", b"{...}", "application/json")
+        WireRequest(paths.operation("forward"), b"{...}", "application/json")
     """
 
     path: str

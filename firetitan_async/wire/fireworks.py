@@ -31,7 +31,7 @@ from tinker import types
 
 from .._sdk_private import tensor_array
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest
+from . import ModelSpec, WireRequest, paths
 from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
@@ -651,7 +651,7 @@ class FireworksDialect(TinkerProtocol):
     cancels_timed_out_samples = False  # the Fireworks SDK has no cancel
     unloads_models_on_close = True  # the Fireworks SDK's unload_model on close
     has_trainer_jobs = True
-    checkpoint_rows_path: str | None = "/api/v1/list_checkpoints"
+    checkpoint_rows_path: str | None = paths.LIST_CHECKPOINTS
 
     def __repr__(self) -> str:
         return "FireworksDialect()"
@@ -755,7 +755,7 @@ class FireworksDialect(TinkerProtocol):
             loss_fn_config=loss_fn_config,
         )
         content = json.dumps(body, separators=(",", ":")).encode()
-        return WireRequest(f"/api/v1/{op}", content, _JSON)
+        return WireRequest(paths.operation(op), content, _JSON)
 
     def decode_fwdbwd(self, done: Done) -> types.ForwardBackwardOutput:
         """Protobuf or JSON, whichever the trainer sent."""

@@ -20,7 +20,7 @@ import zstandard
 from tinker import types
 
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest
+from . import ModelSpec, WireRequest, paths
 from .chunking import split_batch
 from .futures import Done, retrieve_future_body
 from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
@@ -478,7 +478,7 @@ class TinkerProtocol:
         """``/api/v1/training_runs/{run}/checkpoints/{checkpoint}`` of a ``tinker://`` path."""
         parsed = validate_tinker_path(path)
         checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
-        return f"/api/v1/training_runs/{parsed.training_run_id}/checkpoints/{checkpoint_id}"
+        return paths.run_checkpoint(parsed.training_run_id, checkpoint_id)
 
 
 class TinkerDialect(TinkerProtocol):
@@ -567,7 +567,7 @@ class TinkerDialect(TinkerProtocol):
         if client_config.get("proto_compress_fwdbwd"):
             body = zstandard.ZstdCompressor().compress(body)
             headers = {"Content-Encoding": "zstd"}
-        return WireRequest("/api/v1/forward_backward", body, _PROTO, headers)
+        return WireRequest(paths.operation("forward_backward"), body, _PROTO, headers)
 
     def decode_fwdbwd(self, done: Done) -> types.ForwardBackwardOutput:
         """The protobuf ``ForwardBackwardOutput``."""

@@ -7,7 +7,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -27,14 +27,6 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture
-def trainer() -> Iterator[LocalTrainer]:
-    lt = LocalTrainer(seed=0)
-    lt.start()
-    try:
-        yield lt
-    finally:
-        lt.stop()
 
 
 
@@ -83,11 +75,12 @@ async def _make_checkpoints(lt: LocalTrainer) -> tuple[str, str]:
 
 
 def test_checkpoints_list(
-    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+    local_trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model_id, job_id = anyio.run(_make_checkpoints, trainer)
+    model_id, job_id = anyio.run(_make_checkpoints, local_trainer)
 
-    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--run", model_id]) == 0
+    url = local_trainer.base_url
+    assert main(["checkpoints", "list", "--trainer-url", url, "--run", model_id]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["CHECKPOINT", "TYPE", "CREATED"]
     assert "weights/cli-state" in out and "sampler_weights/cli-snap-" in out
@@ -96,11 +89,11 @@ def test_checkpoints_list(
     assert f"tinker://{model_id}/weights/cli-state" in out
     assert "job-state" not in out
 
-    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--job", job_id]) == 0
+    assert main(["checkpoints", "list", "--trainer-url", url, "--job", job_id]) == 0
     out = capsys.readouterr().out
     assert "weights/job-state" in out and "cli-state" not in out
 
-    assert main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--json"]) == 0
+    assert main(["checkpoints", "list", "--trainer-url", local_trainer.base_url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     ids = {c["checkpoint_id"] for c in listed}
     assert {"weights/cli-state", "weights/job-state"} <= ids
@@ -111,12 +104,12 @@ def test_checkpoints_list(
 
 
 def test_checkpoints_list_url_from_env(
-    trainer: LocalTrainer,
+    local_trainer: LocalTrainer,
     no_keys: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("TINKER_BASE_URL", trainer.base_url)
+    monkeypatch.setenv("TINKER_BASE_URL", local_trainer.base_url)
     assert main(["checkpoints", "list"]) == 0
     assert "no checkpoints" in capsys.readouterr().out
 
@@ -142,25 +135,24 @@ def test_checkpoints_errors_are_helpful(no_keys: None, capsys: pytest.CaptureFix
 
 
 def test_checkpoints_wrong_key_is_not_shown(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    make_trainer: Callable[..., LocalTrainer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    lt = LocalTrainer(api_key="the-right-key")
-    lt.start()
-    try:
-        monkeypatch.setenv("FIREWORKS_API_KEY", "wrong-key-12345")
-        assert main(["checkpoints", "list", "--trainer-url", lt.base_url, "--run", "nope"]) == 1
-        captured = capsys.readouterr()
-        assert "refused the API key" in captured.err
-        assert "wrong-key-12345" not in captured.err + captured.out
-        assert "the-right-key" not in captured.err + captured.out
-    finally:
-        lt.stop()
+    lt = make_trainer(api_key="the-right-key")
+    monkeypatch.setenv("FIREWORKS_API_KEY", "wrong-key-12345")
+    assert main(["checkpoints", "list", "--trainer-url", lt.base_url, "--run", "nope"]) == 1
+    captured = capsys.readouterr()
+    assert "refused the API key" in captured.err
+    assert "wrong-key-12345" not in captured.err + captured.out
+    assert "the-right-key" not in captured.err + captured.out
 
 
 def test_checkpoints_unknown_run(
-    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+    local_trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["checkpoints", "list", "--trainer-url", trainer.base_url, "--run", "no-such-run"])
+    url = local_trainer.base_url
+    code = main(["checkpoints", "list", "--trainer-url", url, "--run", "no-such-run"])
     err = capsys.readouterr().err
     # A trainer may answer an unknown run with 404 or with an empty list.
     assert code in (0, 1)
@@ -186,10 +178,10 @@ def test_wait_does_not_import_the_local_server() -> None:
 
 
 def test_checkpoints_list_from_the_control_plane(
-    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+    local_trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, job_id = anyio.run(_make_checkpoints, trainer)
-    url = trainer.control_plane_url
+    _, job_id = anyio.run(_make_checkpoints, local_trainer)
+    url = local_trainer.control_plane_url
     argv = ["checkpoints", "list", "--control-plane", "--control-plane-url", url]
     assert main([*argv, "--job", job_id]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -293,30 +285,30 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_deprecated_base_url_still_works_and_warns(
-    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+    local_trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["checkpoints", "list", "--base-url", trainer.base_url]) == 0
+    assert main(["checkpoints", "list", "--base-url", local_trainer.base_url]) == 0
     out, err = capsys.readouterr()
     assert "no checkpoints" in out
     assert "--base-url is deprecated" in err and "use --trainer-url" in err, err
-    assert main(["jobs", "list", "--base-url", trainer.control_plane_url]) == 0
+    assert main(["jobs", "list", "--base-url", local_trainer.control_plane_url]) == 0
     out, err = capsys.readouterr()
     assert "--base-url is deprecated" in err and "use --control-plane-url" in err, err
     assert "nothing live" in err
     # The new spellings do not warn.
-    assert main(["jobs", "list", "--control-plane-url", trainer.control_plane_url]) == 0
+    assert main(["jobs", "list", "--control-plane-url", local_trainer.control_plane_url]) == 0
     assert "deprecated" not in capsys.readouterr().err
 
 
 def test_jobs_list_prints_a_header(
-    trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
+    local_trainer: LocalTrainer, no_keys: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def create() -> str:
-        async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
+        async with TrainerJobs(base_url=local_trainer.control_plane_url) as jobs:
             return (await jobs.create(TrainerJobConfig(base_model=MODEL))).job_id
 
     job_id = anyio.run(create)
-    assert main(["jobs", "list", "--control-plane-url", trainer.control_plane_url]) == 0
+    assert main(["jobs", "list", "--control-plane-url", local_trainer.control_plane_url]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["KIND", "ID", "STATE"], header
     assert [row.split()[:2] for row in rows] == [["job", job_id]]

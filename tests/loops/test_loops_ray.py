@@ -13,7 +13,7 @@ from tinker import types
 from firetitan_async import ServiceSession
 from firetitan_async.cli._demo import DemoTask
 from firetitan_async.local import LocalTrainer
-from firetitan_async.loops import RayRollouts, RLResult, TrainerSampler, run_rl
+from firetitan_async.loops import RayRollouts, RLResult, TrainerPolicy, run_rl
 
 ray = pytest.importorskip("ray")
 
@@ -42,7 +42,7 @@ async def test_two_ray_workers_train_the_demo_task(anyio_backend: str, ray_clust
     async with LocalTrainer(seed=0, api_key=KEY) as lt:
         async with ServiceSession(lt.base_url, api_key=KEY) as session:
             client = await session.create_training_client(MODEL)
-            publisher = TrainerSampler(session, client, prefix="ray")
+            publisher = TrainerPolicy(session, client, prefix="ray")
             handles = publisher.handles()
             assert KEY.encode() not in pickle.dumps(await handles.publish(0))
             with RayRollouts(TASK.rollout, workers=2) as remote:

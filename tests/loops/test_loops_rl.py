@@ -20,7 +20,7 @@ from firetitan_async.loops import (
     RLResult,
     RLStep,
     Rollout,
-    TrainerSampler,
+    TrainerPolicy,
     TrainerSamplerHandle,
     run_rl,
 )
@@ -109,7 +109,7 @@ async def test_a_rollout_that_raises_ends_the_pipeline_with_that_error(
         with anyio.fail_after(10), pytest.raises(RuntimeError) as caught:
             await run_rl(
                 client,
-                TrainerSampler(session, client),
+                TrainerPolicy(session, client),
                 range(10_000),
                 rollout,
                 _datums,
@@ -145,7 +145,7 @@ async def test_staleness_is_paced_not_discarded(anyio_backend: str) -> None:
         client = await session.create_training_client(MODEL)
         result: RLResult[Any, Any, Any] = await run_rl(
             client,
-            TrainerSampler(session, client),
+            TrainerPolicy(session, client),
             range(30),  # 7 full steps of 4 and a last one of 2
             rollout,
             _datums,
@@ -211,7 +211,7 @@ async def test_a_failure_on_the_trainer_side_is_raised_as_is(
 
     async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
         client = await session.create_training_client(MODEL)
-        inner = TrainerSampler(session, client)
+        inner = TrainerPolicy(session, client)
 
         class Publisher:
             async def publish(self, version: int) -> SamplingClient:
@@ -251,7 +251,7 @@ async def test_training_goes_on_while_a_plain_publish_completes(
 
     async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
         client = await session.create_training_client(MODEL)
-        inner = TrainerSampler(session, client)
+        inner = TrainerPolicy(session, client)
 
         async def slow(version: int, saving: Awaitable[SamplingClient]) -> SamplingClient:
             sampler = await saving
@@ -301,7 +301,7 @@ async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend
         client = await session.create_training_client(MODEL)
         result: RLResult[Any, Any, Any] = await run_rl(
             client,
-            TrainerSampler(session, client),
+            TrainerPolicy(session, client),
             prompts(),
             rollout,
             _datums,
@@ -324,7 +324,7 @@ async def test_a_sampler_handle_rebuilds_a_client_elsewhere(anyio_backend: str) 
     async with LocalTrainer(seed=0, api_key=key) as lt:
         async with ServiceSession(lt.base_url, api_key=key) as session:
             client = await session.create_training_client(MODEL)
-            handle = await TrainerSampler(session, client).handles().publish(0)
+            handle = await TrainerPolicy(session, client).handles().publish(0)
             text = handle.encode()
             assert TrainerSamplerHandle.decode(text) == handle
             assert key not in text and key.encode() not in pickle.dumps(handle)

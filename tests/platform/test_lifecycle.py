@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import anyio
@@ -55,56 +55,59 @@ def _dead_pid() -> int:
     return int(proc.stdout)
 
 
-@pytest.fixture
-def trainer() -> Iterator[LocalTrainer]:
-    with LocalTrainer(seed=0, warmup_s=0.05) as lt:
-        yield lt
+# The shared per-test trainer (conftest's ``local_trainer``) with a short warm-up: these tests
+# count the jobs and deployments the server holds, so each needs a fresh one.
+LOCAL_TRAINER_OPTIONS = {"warmup_s": 0.05}
 
 
 @pytest.mark.anyio
-async def test_job_deleted_on_normal_exit_error_and_cancellation(trainer: LocalTrainer) -> None:
-    async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
+async def test_job_deleted_on_normal_exit_error_and_cancellation(
+    local_trainer: LocalTrainer,
+) -> None:
+    async with TrainerJobs(base_url=local_trainer.control_plane_url) as jobs:
         config = TrainerJobConfig(base_model=MODEL)
         async with jobs.create_and_wait(config, **FAST) as endpoint:
             job = await jobs.get(endpoint.job_id)
             assert job.state == "RUNNING" and parse_owner_tag(job.display_name) is not None
-            assert _live(trainer)["jobs"] == 1
+            assert _live(local_trainer)["jobs"] == 1
         assert (await jobs.get(endpoint.job_id)).state == "DELETED"
 
         with pytest.raises(ValueError, match="boom"):  # the body's error, unchanged
             async with jobs.create_and_wait(config, **FAST):
-                assert _live(trainer)["jobs"] == 1
+                assert _live(local_trainer)["jobs"] == 1
                 raise ValueError("boom")
-        assert _live(trainer)["jobs"] == 0
+        assert _live(local_trainer)["jobs"] == 0
 
         with anyio.move_on_after(0.3) as scope:
             async with jobs.create_and_wait(config, **FAST):
                 await anyio.sleep(10)
         assert scope.cancelled_caught
-        assert _live(trainer)["jobs"] == 0
+        assert _live(local_trainer)["jobs"] == 0
         states = {j.state for j in await jobs.list_jobs()}
         assert states == {"DELETED"}
 
 
 @pytest.mark.anyio
-async def test_cancelled_while_warming_up_deletes_in_both_forms() -> None:
-    with LocalTrainer(warmup_s=30.0) as lt:  # never RUNNING within the test
-        async with TrainerJobs(base_url=lt.control_plane_url) as jobs:
-            config = TrainerJobConfig(base_model=MODEL)
-            waiting = jobs.create_and_wait(config, **FAST)
-            with anyio.move_on_after(0.5):
-                await waiting
-            assert len(waiting.created) == 0 and _live(lt)["jobs"] == 0
-            with anyio.move_on_after(0.5):
-                async with jobs.create_and_wait(config, **FAST):
-                    pytest.fail("the job cannot be ready")
-            assert _live(lt)["jobs"] == 0
-            assert [j.state for j in await jobs.list_jobs()] == ["DELETED", "DELETED"]
+async def test_cancelled_while_warming_up_deletes_in_both_forms(
+    make_trainer: Callable[..., LocalTrainer],
+) -> None:
+    lt = make_trainer(warmup_s=30.0)  # never RUNNING within the test
+    async with TrainerJobs(base_url=lt.control_plane_url) as jobs:
+        config = TrainerJobConfig(base_model=MODEL)
+        waiting = jobs.create_and_wait(config, **FAST)
+        with anyio.move_on_after(0.5):
+            await waiting
+        assert len(waiting.created) == 0 and _live(lt)["jobs"] == 0
+        with anyio.move_on_after(0.5):
+            async with jobs.create_and_wait(config, **FAST):
+                pytest.fail("the job cannot be ready")
+        assert _live(lt)["jobs"] == 0
+        assert [j.state for j in await jobs.list_jobs()] == ["DELETED", "DELETED"]
 
 
 @pytest.mark.anyio
-async def test_plain_await_and_keep_leave_the_job(trainer: LocalTrainer) -> None:
-    async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
+async def test_plain_await_and_keep_leave_the_job(local_trainer: LocalTrainer) -> None:
+    async with TrainerJobs(base_url=local_trainer.control_plane_url) as jobs:
         endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=MODEL), **FAST)
         job = await jobs.get(endpoint.job_id)
         assert job.state == "RUNNING"  # the caller owns it now
@@ -115,12 +118,12 @@ async def test_plain_await_and_keep_leave_the_job(trainer: LocalTrainer) -> None
             pass
         job = await jobs.get(kept.job_id)
         assert job.state == "RUNNING" and job.display_name == "mine"
-        assert _live(trainer)["jobs"] == 2
+        assert _live(local_trainer)["jobs"] == 2
 
 
 @pytest.mark.anyio
-async def test_an_adopted_job_is_not_deleted(trainer: LocalTrainer) -> None:
-    async with TrainerJobs(base_url=trainer.control_plane_url) as jobs:
+async def test_an_adopted_job_is_not_deleted(local_trainer: LocalTrainer) -> None:
+    async with TrainerJobs(base_url=local_trainer.control_plane_url) as jobs:
         config = TrainerJobConfig(base_model=MODEL, requested_job_id="shared-job")
         await jobs.create(config)
         adopting = jobs.create_and_wait(config, **FAST)
@@ -131,7 +134,7 @@ async def test_an_adopted_job_is_not_deleted(trainer: LocalTrainer) -> None:
         # Deleted inside the block: releasing it is not an error.
         async with jobs.create_and_wait(TrainerJobConfig(base_model=MODEL), **FAST) as mine:
             await jobs.delete(mine.job_id)
-        assert _live(trainer)["jobs"] == 1
+        assert _live(local_trainer)["jobs"] == 1
 
 
 class _SlowDeletes(httpx.AsyncBaseTransport):
@@ -150,8 +153,10 @@ class _SlowDeletes(httpx.AsyncBaseTransport):
 
 
 @pytest.mark.anyio
-async def test_grace_period_bounds_cleanup_and_names_what_is_left(trainer: LocalTrainer) -> None:
-    url = trainer.control_plane_url
+async def test_grace_period_bounds_cleanup_and_names_what_is_left(
+    local_trainer: LocalTrainer,
+) -> None:
+    url = local_trainer.control_plane_url
     async with TrainerJobs(base_url=url, transport=_SlowDeletes()) as jobs:
         config = TrainerJobConfig(base_model=MODEL)
         with pytest.raises(CleanupFailed) as failed:
@@ -160,22 +165,22 @@ async def test_grace_period_bounds_cleanup_and_names_what_is_left(trainer: Local
         assert 0.2 <= time.monotonic() - started < 0.2 + 0.5
         assert failed.value.resources == [f"trainer job {endpoint.job_id}"]
         assert "grace period" in str(failed.value)
-        assert _live(trainer)["jobs"] == 1  # it really is left running
+        assert _live(local_trainer)["jobs"] == 1  # it really is left running
         # With an error of its own the block's error wins; the leftover is noted on it.
         with pytest.raises(KeyError) as own:
             async with jobs.create_and_wait(config, grace_s=0.2, **FAST):
                 raise KeyError("own")
         assert any("could not release trainer job" in n for n in own.value.__notes__)
-        assert _live(trainer)["jobs"] == 2
+        assert _live(local_trainer)["jobs"] == 2
 
 
 @pytest.mark.anyio
-async def test_deployment_delete_scale_to_zero_and_adopt(trainer: LocalTrainer) -> None:
-    async with Deployments(base_url=trainer.control_plane_url) as deployments:
+async def test_deployment_delete_scale_to_zero_and_adopt(local_trainer: LocalTrainer) -> None:
+    async with Deployments(base_url=local_trainer.control_plane_url) as deployments:
         with pytest.raises(RuntimeError, match="cut"):
             async with deployments.create_or_get(DeploymentConfig("dep-a", MODEL)) as info:
                 assert info.raw["annotations"][OWNER_ANNOTATION] == owner_tag()
-                assert _live(trainer)["deployments"] == 1
+                assert _live(local_trainer)["deployments"] == 1
                 raise RuntimeError("cut")
         assert await deployments.get("dep-a") is None
 
@@ -199,10 +204,10 @@ async def test_deployment_delete_scale_to_zero_and_adopt(trainer: LocalTrainer) 
 
 
 @pytest.mark.anyio
-async def test_bad_arguments_are_refused_before_sending(trainer: LocalTrainer) -> None:
+async def test_bad_arguments_are_refused_before_sending(local_trainer: LocalTrainer) -> None:
     async with (
-        TrainerJobs(base_url=trainer.control_plane_url) as jobs,
-        Deployments(base_url=trainer.control_plane_url) as deployments,
+        TrainerJobs(base_url=local_trainer.control_plane_url) as jobs,
+        Deployments(base_url=local_trainer.control_plane_url) as deployments,
     ):
         config = TrainerJobConfig(base_model=MODEL)
         for kwargs, field in (({"grace_s": 0}, "grace_s"), ({"keep": "yes"}, "keep")):
@@ -216,7 +221,7 @@ async def test_bad_arguments_are_refused_before_sending(trainer: LocalTrainer) -
         await once
         with pytest.raises(RuntimeError, match="only once"):
             await once
-    assert _live(trainer)["jobs"] == 1
+    assert _live(local_trainer)["jobs"] == 1
 
 
 def _make(lt: LocalTrainer, dead: int, jobs_to_make: list[tuple[str, str | None]]) -> None:
@@ -243,55 +248,57 @@ def _make(lt: LocalTrainer, dead: int, jobs_to_make: list[tuple[str, str | None]
     anyio.run(make)
 
 
-def test_orphans_listed_and_deleted_by_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+def test_orphans_listed_and_deleted_by_the_cli(
+    make_trainer: Callable[..., LocalTrainer], capsys: pytest.CaptureFixture[str]
+) -> None:
     dead = _dead_pid()
-    with LocalTrainer(seed=0) as lt:
-        _make(lt, dead, [
-            ("orphan-job", owner_tag(pid=dead)),
-            ("owned-job", owner_tag()),
-            ("remote-job", owner_tag(host="elsewhere.example", pid=dead)),
-            ("plain-job", None),
-        ])
+    lt = make_trainer(seed=0)
+    _make(lt, dead, [
+        ("orphan-job", owner_tag(pid=dead)),
+        ("owned-job", owner_tag()),
+        ("remote-job", owner_tag(host="elsewhere.example", pid=dead)),
+        ("plain-job", None),
+    ])
 
-        async def classify() -> dict[str, str]:
-            async with (
-                TrainerJobs(base_url=lt.control_plane_url) as jobs,
-                Deployments(base_url=lt.control_plane_url) as deployments,
-            ):
-                found = await live_resources(jobs, deployments)
-            return {r.resource_id: r.owner_status for r in found}
+    async def classify() -> dict[str, str]:
+        async with (
+            TrainerJobs(base_url=lt.control_plane_url) as jobs,
+            Deployments(base_url=lt.control_plane_url) as deployments,
+        ):
+            found = await live_resources(jobs, deployments)
+        return {r.resource_id: r.owner_status for r in found}
 
-        assert anyio.run(classify) == {
-            "orphan-job": "orphan",
-            "owned-job": "owned",
-            "remote-job": "unknown",
-            "plain-job": "unmanaged",
-            "dep-mine": "owned",
-            "dep-plain": "unmanaged",
-            "dep-dead": "orphan",
-        }
-        url = ["--control-plane-url", lt.control_plane_url]
-        assert cli_main(["jobs", "list", "--orphans", *url]) == 3
-        header, *rows = capsys.readouterr().out.splitlines()
-        assert header.split() == ["KIND", "ID", "STATE", "OWNER", "STATUS", "OWNER"]
-        assert sorted(line.split()[1] for line in rows) == ["dep-dead", "orphan-job"]
-        assert cli_main(["jobs", "list", *url]) == 0
-        assert len(capsys.readouterr().out.splitlines()) == 1 + 7
-        assert cli_main(["jobs", "list", "--delete", *url]) == 0
-        assert "deleted job orphan-job" in capsys.readouterr().err
-        assert cli_main(["jobs", "list", "--orphans", *url]) == 0
-        assert capsys.readouterr().out == ""
-        assert _live(lt) == {"jobs": 3, "sessions": 0, "deployments": 2}
+    assert anyio.run(classify) == {
+        "orphan-job": "orphan",
+        "owned-job": "owned",
+        "remote-job": "unknown",
+        "plain-job": "unmanaged",
+        "dep-mine": "owned",
+        "dep-plain": "unmanaged",
+        "dep-dead": "orphan",
+    }
+    url = ["--control-plane-url", lt.control_plane_url]
+    assert cli_main(["jobs", "list", "--orphans", *url]) == 3
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["KIND", "ID", "STATE", "OWNER", "STATUS", "OWNER"]
+    assert sorted(line.split()[1] for line in rows) == ["dep-dead", "orphan-job"]
+    assert cli_main(["jobs", "list", *url]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 7
+    assert cli_main(["jobs", "list", "--delete", *url]) == 0
+    assert "deleted job orphan-job" in capsys.readouterr().err
+    assert cli_main(["jobs", "list", "--orphans", *url]) == 0
+    assert capsys.readouterr().out == ""
+    assert _live(lt) == {"jobs": 3, "sessions": 0, "deployments": 2}
     assert os.getpid() != dead
 
 
-def test_example_owned_resources_leaves_nothing(trainer: LocalTrainer) -> None:
+def test_example_owned_resources_leaves_nothing(local_trainer: LocalTrainer) -> None:
     example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "owned_resources.py")
     proc = subprocess.run(
         [sys.executable, example, "--steps", "2", "--backend", "trio",
-         "--control-plane-url", trainer.control_plane_url],
+         "--control-plane-url", local_trainer.control_plane_url],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "step 2: loss" in proc.stdout and "released" in proc.stdout
-    assert _live(trainer) == {"jobs": 0, "sessions": 0, "deployments": 0}
+    assert _live(local_trainer) == {"jobs": 0, "sessions": 0, "deployments": 0}
