@@ -155,6 +155,10 @@ def test_ids_past_the_vocabulary_are_refused_naming_the_field() -> None:
                rng=np.random.default_rng())
 
 
+def _tensor(values: list[int] | list[float], dtype: str) -> types.TensorData:
+    return types.TensorData(data=values, dtype=dtype, shape=[len(values)])  # type: ignore[arg-type]
+
+
 def _word_tokenizer(directory: Path, words: int) -> Path:
     """A real Hugging Face tokenizer (``tokenizers`` WordLevel, no network) of ``words`` words
     plus an added ``<eos>`` token, the way a model's tokenizer directory holds it."""
@@ -185,11 +189,13 @@ async def test_real_tokenizer_ids_train_and_sample_over_http(tmp_path: Path) -> 
     assert max(ids) == 6000  # far past the byte model's 257
     datum = types.Datum(
         model_input=types.ModelInput.from_ints(ids[:-1]),
-        loss_fn_inputs={"target_tokens": ids[1:], "weights": [1.0] * (len(ids) - 1)},
+        loss_fn_inputs={"target_tokens": _tensor(ids[1:], "int64"),
+                        "weights": _tensor([1.0] * (len(ids) - 1), "float32")},
     )
     past = types.Datum(
         model_input=types.ModelInput.from_ints([6001, 1]),
-        loss_fn_inputs={"target_tokens": [1, 2], "weights": [1.0, 1.0]},
+        loss_fn_inputs={"target_tokens": _tensor([1, 2], "int64"),
+                        "weights": _tensor([1.0, 1.0], "float32")},
     )
     name = "Org/Words"
     async with LocalTrainer(seed=0, models=[f"{name},tokenizer={directory}"]) as lt, \
