@@ -55,6 +55,7 @@ from ._checkpoint_store import (
     parse_tinker_path,
     rfc3339,
 )
+from ._embeddings import EmbeddingConfig, embedding_config, run_embedding
 from ._future_store import FutureReply, UnknownFuture
 from ._http_errors import ApiError
 from ._input_error import ModelInputError
@@ -63,6 +64,7 @@ from ._json_codec import (
     decode_json_head,
     decode_json_input,
     encode_forward_backward_json,
+    encode_outputs_json,
     prefers_json,
 )
 from ._model import LORA_ALPHA, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM, vocab_of
@@ -485,6 +487,24 @@ def _fwdbwd_op(
     return op
 
 
+def _embedding_op(
+    entry: TrainingModel, sub: ForwardBackwardSubmission, cfg: EmbeddingConfig
+) -> Operation:
+    """The model operation of an embedding request (``loss_fn_config.output``; JSON only)."""
+
+    def op() -> FutureReply:
+        outputs, metrics = run_embedding(
+            entry.model, sub.data, cfg, backward=not sub.forward_only
+        )
+        named = [o["embedding"] for o in outputs if "embedding" in o] or None
+        proto = encode_forward_backward_output(
+            named, metrics, num_datums=len(sub.data), name="embedding"
+        )
+        return FutureReply.proto(proto, json_form=encode_outputs_json(outputs, metrics))
+
+    return op
+
+
 async def _json_forward_backward(request: Request, input_key: str) -> Response:
     state = _state(request)
     body = await read_json_object(request)
@@ -495,6 +515,9 @@ async def _json_forward_backward(request: Request, input_key: str) -> Response:
         sub = decode_json_input(body, head)
         if not sub.forward_only:
             _refuse_if_base_only(entry, "forward_backward")
+        embedding = embedding_config(sub.loss_fn_config, num_datums=len(sub.data))
+        if embedding is not None:
+            return _embedding_op(entry, sub, embedding)
         check_forward_backward(
             sub.loss_fn, sub.loss_fn_config, sub.data, entry.model.vocab_size
         )

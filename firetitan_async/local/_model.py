@@ -599,6 +599,80 @@ class TinyByteLM:
         split = np.split(lp.astype(np.float32), np.cumsum(lengths)[:-1])
         return FwdBwdResult(logprobs=split, metrics=dict(out.metrics))
 
+    def pooled_hidden(self, tokens: Sequence[np.ndarray], pooling: str) -> np.ndarray:
+        """Each sequence's hidden states ``tanh(x @ w1 + b1)`` pooled over its positions
+        (``"mean"`` or ``"last"``): a float64 (len(tokens), HIDDEN_DIM) embedding matrix.
+
+        Example::
+
+            z = model.pooled_hidden([np.array([104, 105])], "mean")   # shape (1, 128)
+        """
+        with self._blas():
+            _, h, pool = self._hidden(tokens, pooling)
+        out: np.ndarray = pool @ h.astype(np.float64)
+        return out
+
+    def backward_pooled(
+        self, tokens: Sequence[np.ndarray], pooling: str, grad: np.ndarray
+    ) -> None:
+        """Accumulate the gradient of ``sum(grad * pooled_hidden(tokens, pooling))`` (grad is
+        (len(tokens), HIDDEN_DIM)) into the trained parameters, as ``forward_backward`` does."""
+        grad = np.asarray(grad, dtype=np.float64)
+        if grad.shape != (len(tokens), HIDDEN_DIM) or not np.all(np.isfinite(grad)):
+            raise ModelInputError(
+                "loss_fn_inputs.embedding_grads",
+                f"must be finite with shape ({len(tokens)}, {HIDDEN_DIM}), got {grad.shape}",
+            )
+        dt = self._dtype
+        with self._blas():
+            rows, h, pool = self._hidden(tokens, pooling)
+            dh = (pool.T @ grad).astype(dt)
+            da = dh * (dt(1.0) - h * h)
+            x = self._params["embed"][rows].reshape(rows.shape[0], -1)
+            dw1 = x.T @ da
+            if self.lora_rank:
+                a, b = self._params["w1.lora_a"], self._params["w1.lora_b"]
+                scale = dt(self.lora_scale)
+                self._grads["w1.lora_a"] += scale * (dw1 @ b.T)
+                self._grads["w1.lora_b"] += scale * (a.T @ dw1)
+            else:
+                self._grads["w1"] += dw1
+                self._grads["b1"] += da.sum(axis=0)
+                dx = (da @ self._effective("w1").T).reshape(rows.shape[0] * CONTEXT, EMBED_DIM)
+                np.add.at(self._grads["embed"], rows.reshape(-1), dx)
+        self._acc_tokens += int(sum(len(t) for t in tokens))
+        self._acc_sequences += len(tokens)
+
+    def _hidden(
+        self, tokens: Sequence[np.ndarray], pooling: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embedding rows (M, CONTEXT), hidden states (M, HIDDEN_DIM) and the (B, M) pooling
+        matrix of checked sequences."""
+        if pooling not in ("mean", "last"):
+            raise ModelInputError(
+                "loss_fn_config.pooling", f"must be mean or last, got {pooling!r}"
+            )
+        if not tokens:
+            raise ModelInputError("data", "the batch is empty")
+        for i, toks in enumerate(tokens):
+            if np.asarray(toks).ndim != 1 or len(toks) == 0:
+                raise ModelInputError("model_input", "must be a non-empty 1-D sequence", index=i)
+            check_token_range("model_input", np.asarray(toks), i, self.vocab_size)
+        lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+        flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens])
+        starts = starts_of(lengths)
+        ctx = context_indices(flat, np.repeat(starts, lengths), self.vocab_size)
+        rows = _embed_rows(ctx, self.vocab_size)
+        x = self._params["embed"][rows].reshape(rows.shape[0], -1)
+        h = np.tanh(x @ self._effective("w1") + self._params["b1"])
+        pool = np.zeros((len(tokens), flat.shape[0]))
+        for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+            if pooling == "mean":
+                pool[i, start : start + n] = 1.0 / n
+            else:
+                pool[i, start + n - 1] = 1.0
+        return rows, h, pool
+
     def optim_step(
         self,
         adam: AdamConfig,
