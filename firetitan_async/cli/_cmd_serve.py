@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="NAME",
         dest="models",
         help="serve this base-model name (repeatable; 'accounts/<a>/models/<m>' or 'Org/Name', "
-        "optionally ',tokenizer_id=ID,context=N,moe=false'); local/tiny-byte-lm is always "
+        "optionally ',tokenizer_id=ID,context=N,moe=false,vocab=N' or ',tokenizer=DIR' for "
+        "the vocabulary size); local/tiny-byte-lm is always "
         "served. Default: accounts/fireworks/models/qwen3-8b and Qwen/Qwen3-8B",
     )
     parser.add_argument(

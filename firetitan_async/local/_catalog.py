@@ -23,6 +23,8 @@ from typing import Any
 import attrs
 
 from ._http_errors import ApiError
+from ._model import MAX_VOCAB, VOCAB_SIZE
+from ._tokenizer_dir import tokenizer_vocab_size
 
 __all__ = [
     "BYTE_MODEL",
@@ -48,6 +50,11 @@ def _check_name(instance: object, attribute: object, value: str) -> None:
             raise ValueError(f"model name {value!r} is not accounts/<account>/models/<model>")
 
 
+def _check_vocab(instance: object, attribute: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_VOCAB:
+        raise ValueError(f"vocab_size must be an integer in [2, {MAX_VOCAB}], got {value!r}")
+
+
 def _check_context(instance: object, attribute: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20:
         raise ValueError(f"max_context_length must be an integer in [1, 2**20], got {value!r}")
@@ -59,26 +66,32 @@ class ServedModel:
 
     ``tokenizer_id`` is what tinker's ``get_info`` reports (``None``: the SDK derives one from
     the name); ``max_context_length`` bounds jobs and prompts; ``moe`` is the model record's
-    ``baseModelDetails.moe``.
+    ``baseModelDetails.moe``; ``vocab_size`` is the model's vocabulary (token ids
+    ``[0, vocab_size)``; the byte model's 257 by default), so that every id a real tokenizer
+    emits is in range (a vocabulary over 4096 gets the tiny model's class-factored output layer).
 
     Example::
 
-        ServedModel("accounts/acme/models/my-base", tokenizer_id="Qwen/Qwen3-8B")
+        ServedModel("accounts/acme/models/my-base", tokenizer_id="Qwen/Qwen3-8B",
+                    vocab_size=151936)
     """
 
     name: str = attrs.field(validator=_check_name)
     tokenizer_id: str | None = None
     max_context_length: int = attrs.field(default=MAX_CONTEXT_LENGTH, validator=_check_context)
     moe: bool = False
+    vocab_size: int = attrs.field(default=VOCAB_SIZE, validator=_check_vocab)
 
     @classmethod
     def parse(cls, spec: str) -> ServedModel:
-        """A model from ``NAME[,tokenizer_id=ID][,context=N][,moe=true|false]`` (the form of
-        ``serve --model``); ``ValueError`` naming the bad part.
+        """A model from ``NAME[,tokenizer_id=ID][,context=N][,moe=true|false][,vocab=N]
+        [,tokenizer=DIR]`` (the form of ``serve --model``); ``ValueError`` naming the bad part.
+        ``tokenizer=DIR`` reads the vocabulary size from a local Hugging Face tokenizer
+        directory (its ``tokenizer.json``, and ``config.json``'s ``vocab_size`` if larger).
 
         Example::
 
-            ServedModel.parse("Qwen/Qwen3-8B,context=8192")
+            ServedModel.parse("Qwen/Qwen3-8B,context=8192,vocab=151936")
         """
         name, *options = spec.split(",")
         fields: dict[str, Any] = {}
@@ -92,13 +105,23 @@ class ServedModel:
                 if not value.isdigit():
                     raise ValueError(f"context={value!r} in {spec!r} is not an integer")
                 fields["max_context_length"] = int(value)
+            elif key == "vocab":
+                if not value.isdigit():
+                    raise ValueError(f"vocab={value!r} in {spec!r} is not an integer")
+                fields["vocab_size"] = int(value)
+            elif key == "tokenizer":
+                try:
+                    fields["vocab_size"] = tokenizer_vocab_size(value)
+                except (OSError, ValueError) as exc:
+                    raise ValueError(f"tokenizer={value!r} in {spec!r}: {exc}") from None
             elif key == "moe":
                 if value not in ("true", "false"):
                     raise ValueError(f"moe={value!r} in {spec!r} is not true or false")
                 fields["moe"] = value == "true"
             else:
                 raise ValueError(
-                    f"unknown model option {key!r} in {spec!r} (known: tokenizer_id, context, moe)"
+                    f"unknown model option {key!r} in {spec!r} "
+                    "(known: tokenizer_id, context, moe, vocab, tokenizer)"
                 )
         return cls(name, **fields)
 
@@ -120,6 +143,7 @@ class ServedModel:
                 "worldSize": 1,
                 "checkpointFormat": "NATIVE",
             },
+            "vocabSize": self.vocab_size,
         }
 
 

@@ -56,6 +56,7 @@ from ._checkpoint_store import (
     parse_tinker_path,
     rfc3339,
 )
+from ._embeddings import EmbeddingConfig, embedding_config, run_embedding
 from ._future_store import FutureReply, UnknownFuture
 from ._http_errors import ApiError
 from ._input_error import ModelInputError
@@ -64,9 +65,10 @@ from ._json_codec import (
     decode_json_head,
     decode_json_input,
     encode_forward_backward_json,
+    encode_outputs_json,
     prefers_json,
 )
-from ._model import LORA_ALPHA, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM
+from ._model import LORA_ALPHA, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM, vocab_of
 from ._ordering import Operation, OrderedExecutor, SmallOperation
 from ._proto_codec import (
     BadForwardBackwardData,
@@ -249,6 +251,12 @@ def _check_base_model(state: ServerState, base_model: object) -> str:
     return state.models.get(base_model, "base_model").name
 
 
+def _vocab(state: ServerState, base_model: str) -> int:
+    """The vocabulary size of a served base model (the byte model's for an unknown name)."""
+    served = state.models.find(base_model)
+    return served.vocab_size if served is not None else VOCAB_SIZE
+
+
 def _check_job_match(state: ServerState, job_id: str | None, lora_rank: int) -> None:
     if job_id is None:
         return
@@ -286,7 +294,7 @@ def _new_model(
     try:
         model = TinyByteLM(
             seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method,
-            lora_seed=lora_seed,
+            lora_seed=lora_seed, vocab_size=_vocab(state, base_model),
         )
     except ModelInputError as exc:
         raise _user_error(exc) from None
@@ -480,6 +488,24 @@ def _fwdbwd_op(
     return op
 
 
+def _embedding_op(
+    entry: TrainingModel, sub: ForwardBackwardSubmission, cfg: EmbeddingConfig
+) -> Operation:
+    """The model operation of an embedding request (``loss_fn_config.output``; JSON only)."""
+
+    def op() -> FutureReply:
+        outputs, metrics = run_embedding(
+            entry.model, sub.data, cfg, backward=not sub.forward_only
+        )
+        named = [o["embedding"] for o in outputs if "embedding" in o] or None
+        proto = encode_forward_backward_output(
+            named, metrics, num_datums=len(sub.data), name="embedding"
+        )
+        return FutureReply.proto(proto, json_form=encode_outputs_json(outputs, metrics))
+
+    return op
+
+
 async def _json_forward_backward(request: Request, input_key: str) -> Response:
     state = _state(request)
     body = await read_json_object(request)
@@ -490,7 +516,12 @@ async def _json_forward_backward(request: Request, input_key: str) -> Response:
         sub = decode_json_input(body, head)
         if not sub.forward_only:
             _refuse_if_base_only(entry, "forward_backward")
-        check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
+        embedding = embedding_config(sub.loss_fn_config, num_datums=len(sub.data))
+        if embedding is not None:
+            return _embedding_op(entry, sub, embedding)
+        check_forward_backward(
+            sub.loss_fn, sub.loss_fn_config, sub.data, entry.model.vocab_size
+        )
         return _fwdbwd_op(state, entry, sub, as_json=True)
 
     kind = "Forward" if input_key == "forward_input" else "ForwardBackward"
@@ -532,7 +563,9 @@ async def _proto_forward_backward(request: Request, *, force_forward: bool) -> R
     def build() -> Operation:
         if not sub.forward_only:
             _refuse_if_base_only(entry, "forward_backward")
-        check_forward_backward(sub.loss_fn, sub.loss_fn_config, sub.data)
+        check_forward_backward(
+            sub.loss_fn, sub.loss_fn_config, sub.data, entry.model.vocab_size
+        )
         return _fwdbwd_op(state, entry, sub, as_json=False)
 
     kind = "Forward" if sub.forward_only else "ForwardBackward"
@@ -939,7 +972,9 @@ def _weights_for_path(state: ServerState, path: str) -> dict[str, np.ndarray]:
     if parsed.segment == "sampler_weights":
         return state.checkpoints.load_sampler_weights(path)
     rank = _check_training_checkpoint(state, path, None)
-    model = TinyByteLM(seed=state.config.seed, lora_rank=rank)
+    run = state.checkpoints.get_run(parsed.training_run_id) or {}
+    vocab = _vocab(state, str(run.get("base_model") or BYTE_MODEL))
+    model = TinyByteLM(seed=state.config.seed, lora_rank=rank, vocab_size=vocab)
     try:
         model.load_state(state.checkpoints.load_arrays(path), optimizer=False)
     except ModelInputError as exc:
@@ -972,7 +1007,7 @@ async def create_sampling_session(request: Request) -> Response:
                              or BYTE_MODEL)
     elif base_model is not None:
         base_model = _check_base_model(state, base_model)
-        weights = state.base_weights()
+        weights = state.base_weights(_vocab(state, base_model))
     else:
         raise ApiError(400, "either model_path or base_model is required")
     rng = state.sampling_rng.spawn(1)[0]
@@ -1014,17 +1049,21 @@ def _prompt_tokens(body: Mapping[str, Any]) -> np.ndarray:
     if not tokens:
         raise ApiError(400, "prompt is empty")
     arr = np.asarray(tokens, dtype=np.int64)
-    bad = arr[(arr < 0) | (arr >= VOCAB_SIZE)]
-    if bad.size:
-        raise ApiError(400, f"prompt: token {int(bad[0])} is out of range [0, {VOCAB_SIZE})")
     if arr.size > MAX_CONTEXT:
         raise ApiError(400, f"prompt has {arr.size} tokens; the limit is {MAX_CONTEXT}")
     return arr
 
 
-def _stop_sequences(stop: object) -> tuple[tuple[int, ...], ...]:
+def _check_in_vocab(field: str, tokens: np.ndarray, vocab: int) -> None:
+    """``ApiError(400)`` naming ``field`` unless every token is in ``[0, vocab)``."""
+    bad = tokens[(tokens < 0) | (tokens >= vocab)]
+    if bad.size:
+        raise ApiError(400, f"{field}: token {int(bad[0])} is out of range [0, {vocab})")
+
+
+def _stop_sequences(stop: object, vocab: int = VOCAB_SIZE) -> tuple[tuple[int, ...], ...]:
     """``SamplingParams.stop`` → token sequences. A string is its UTF-8 bytes; an int is one
-    token. EOS always stops generation (also with ``stop=[]``)."""
+    token in ``[0, vocab)``. EOS always stops generation (also with ``stop=[]``)."""
     if stop is None:
         return ()
     items = [stop] if isinstance(stop, str) else stop
@@ -1037,9 +1076,9 @@ def _stop_sequences(stop: object) -> tuple[tuple[int, ...], ...]:
                 raise ApiError(400, "sampling_params.stop: empty stop string")
             out.append(tuple(item.encode("utf-8")))
         elif isinstance(item, int) and not isinstance(item, bool):
-            if not 0 <= item < VOCAB_SIZE:
+            if not 0 <= item < vocab:
                 raise ApiError(
-                    400, f"sampling_params.stop: token {item} is out of range [0, {VOCAB_SIZE})"
+                    400, f"sampling_params.stop: token {item} is out of range [0, {vocab})"
                 )
             out.append((item,))
         else:
@@ -1081,7 +1120,7 @@ async def asample(request: Request) -> Response:
     if not 0.0 < top_p <= 1.0:
         raise ApiError(400, f"sampling_params.top_p must be in (0, 1], got {top_p}")
     seed = _opt_int(params, "seed")
-    stop = _stop_sequences(params.get("stop"))
+    stop_param = params.get("stop")
     want_prompt_lps = _bool(body, "prompt_logprobs", False)
     last_n = _opt_int(body, "prompt_logprobs_last_n", minimum=1)
     for name in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
@@ -1099,9 +1138,11 @@ async def asample(request: Request) -> Response:
         if model_path is not None:
             weights = _weights_for_path(state, model_path)
         else:
-            _check_base_model(state, body.get("base_model"))
-            weights = state.base_weights()
+            name = _check_base_model(state, body.get("base_model"))
+            weights = state.base_weights(_vocab(state, name))
         rng = state.sampling_rng.spawn(1)[0]
+    _check_in_vocab("prompt", prompt, vocab_of(weights))
+    stop = _stop_sequences(stop_param, vocab_of(weights))
 
     request_id = state.futures.create("Sample")
 

@@ -43,7 +43,7 @@ from ._deployments import DeploymentRegistry, check_key
 from ._http_errors import ApiError
 from ._input_error import ModelInputError
 from ._json_body import read_json_object
-from ._model import EOS_TOKEN, VOCAB_SIZE
+from ._model import EOS_TOKEN, MAX_VOCAB, vocab_of
 from ._sampler import SampledSequence, sample
 from ._server_state import ServerState
 
@@ -88,9 +88,9 @@ def _prompt(body: dict[str, Any]) -> np.ndarray:
     if isinstance(prompt, str):
         prompt = list(prompt.encode("utf-8"))
     if not isinstance(prompt, list) or not prompt or not all(
-        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < VOCAB_SIZE for t in prompt
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt
     ):
-        raise ApiError(400, f"prompt must be a non-empty list of token ids in [0, {VOCAB_SIZE})")
+        raise ApiError(400, "prompt must be a non-empty list of token ids (integers >= 0)")
     if len(prompt) > MAX_CONTEXT:
         raise ApiError(400, f"prompt has {len(prompt)} tokens; the limit is {MAX_CONTEXT}")
     return np.asarray(prompt, dtype=np.int64)
@@ -115,7 +115,7 @@ class _Params:
         self.top_p = _float(body, "top_p", 1.0)
         if not 0.0 < self.top_p <= 1.0:
             raise ApiError(400, f"top_p must be in (0, 1], got {self.top_p}")
-        top_k = _int(body, "top_k", 0, -1, VOCAB_SIZE)
+        top_k = _int(body, "top_k", 0, -1, MAX_VOCAB)
         self.top_k = -1 if top_k <= 0 else top_k
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -189,6 +189,9 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
             if reg.knobs.latency_s:
                 await asyncio.sleep(reg.knobs.latency_s)
             weights = dep.weights if dep.weights is not None else state.base_weights()
+            vocab = vocab_of(weights)  # the served weights' vocabulary bounds the prompt
+            if int(params.prompt.max()) >= vocab:
+                raise ApiError(400, f"prompt must be a list of token ids in [0, {vocab})")
             identity, version = dep.identity, dep.version
             seed = params.seed
             # a few tokens are cheaper inline than a thread hand-off; a thread gets its own rng

@@ -39,6 +39,7 @@ __all__ = [
     "decode_json_head",
     "decode_json_input",
     "encode_forward_backward_json",
+    "encode_outputs_json",
     "prefers_json",
 ]
 
@@ -246,6 +247,24 @@ def encode_forward_backward_json(
     payload = {
         "loss_fn_output_type": "ArrayRecord",
         "loss_fn_outputs": outputs,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    return json.dumps(payload).encode()
+
+
+def encode_outputs_json(
+    outputs: Sequence[Mapping[str, np.ndarray]], metrics: Mapping[str, float]
+) -> bytes:
+    """``ForwardBackwardOutput`` as JSON with named float32 outputs per datum (an embedding
+    request's ``{"embedding": TensorData}``)."""
+    payload = {
+        "loss_fn_output_type": "ArrayRecord",
+        "loss_fn_outputs": [
+            {name: {"data": np.asarray(v, dtype=np.float32).astype(np.float64).tolist(),
+                    "dtype": "float32", "shape": list(np.shape(v))}
+             for name, v in out.items()}
+            for out in outputs
+        ],
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
     return json.dumps(payload).encode()

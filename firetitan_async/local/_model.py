@@ -36,8 +36,10 @@ from ._optim import AdamConfig, AdamW, global_norm
 
 __all__ = [
     "CONTEXT",
+    "DENSE_MAX_VOCAB",
     "EMBED_DIM",
     "EOS_TOKEN",
+    "HASH_BUCKETS",
     "HIDDEN_DIM",
     "LORA_ALPHA",
     "LORA_MAX_RANK",
@@ -49,9 +51,12 @@ __all__ = [
     "FwdBwdResult",
     "ModelInputError",
     "TinyByteLM",
+    "check_token_range",
     "context_indices",
     "logits_from_weights",
     "single_thread_blas",
+    "target_logprobs_from_weights",
+    "vocab_of",
 ]
 
 MODEL_NAME = "local/tiny-byte-lm"
@@ -70,13 +75,91 @@ INIT_METHODS = frozenset({"kaiming", "nora"})
 NORMALIZATIONS = frozenset({None, "none", "num_loss_tokens", "num_sequences"})
 """``grad_accumulation_normalization`` values (``None`` is the same as ``"none"``)."""
 
-_BASE_SHAPES: dict[str, tuple[int, ...]] = {
-    "embed": (VOCAB_SIZE + 1, EMBED_DIM),
-    "w1": (CONTEXT * EMBED_DIM, HIDDEN_DIM),
-    "b1": (HIDDEN_DIM,),
-    "w2": (HIDDEN_DIM, VOCAB_SIZE),
-    "b2": (VOCAB_SIZE,),
-}
+DENSE_MAX_VOCAB = 4096
+"""Vocabularies up to this size get the dense output layer (``h @ w2 + b2`` over every token);
+larger ones (a real tokenizer's 32k-256k) the class-factored one below."""
+HASH_BUCKETS = 16384
+"""Input embedding rows of a factored model: token ``t`` uses row
+``(t * _HASH_MULT) % HASH_BUCKETS`` (collisions are fine for a toy; the pad row is
+``HASH_BUCKETS``)."""
+_HASH_MULT = 2654435761  # Knuth's multiplicative hash constant
+MAX_VOCAB = 1 << 20
+
+
+def _base_shapes(vocab: int) -> dict[str, tuple[int, ...]]:
+    """Weight shapes for a vocabulary of ``vocab`` tokens.
+
+    Dense (``vocab <= DENSE_MAX_VOCAB``, the byte model's 257): ``embed`` has a row per token
+    plus the pad row, ``w2``/``b2`` a column per token. Factored (larger): ``log p(t) =
+    log p(c | h) + log p(j | h, c)`` with ``t = c·S + j``, ``S = ceil(sqrt(vocab))`` slots per
+    class and ``C = ceil(vocab / S)`` classes: class logits ``h @ wc + bc`` (C), slot logits
+    ``h @ w2 + b2[c·S : c·S + S]`` (S; the last class's slots past ``vocab`` are masked). Both
+    softmaxes are exact, so the distribution over the ``vocab`` tokens is normalised, and a
+    training step costs O(sqrt(vocab)) per position, not O(vocab).
+    """
+    if vocab <= DENSE_MAX_VOCAB:
+        return {
+            "embed": (vocab + 1, EMBED_DIM),
+            "w1": (CONTEXT * EMBED_DIM, HIDDEN_DIM),
+            "b1": (HIDDEN_DIM,),
+            "w2": (HIDDEN_DIM, vocab),
+            "b2": (vocab,),
+        }
+    slots = math.isqrt(vocab - 1) + 1
+    classes = -(-vocab // slots)
+    return {
+        "embed": (HASH_BUCKETS + 1, EMBED_DIM),
+        "w1": (CONTEXT * EMBED_DIM, HIDDEN_DIM),
+        "b1": (HIDDEN_DIM,),
+        "w2": (HIDDEN_DIM, slots),
+        "b2": (vocab,),
+        "wc": (HIDDEN_DIM, classes),
+        "bc": (classes,),
+    }
+
+
+_BASE_SHAPES = _base_shapes(VOCAB_SIZE)
+
+
+def vocab_of(weights: Mapping[str, np.ndarray]) -> int:
+    """The vocabulary size of a model's weights (``b2`` has one entry per token).
+
+    Example::
+
+        vocab_of(model.sampler_weights())   # 257 for the byte model
+    """
+    return int(weights["b2"].shape[0])
+
+
+def _embed_rows(ctx: np.ndarray, vocab: int) -> np.ndarray:
+    """Embedding rows of context entries (tokens, ``vocab`` = pad): the entries themselves
+    for a dense model, hashed buckets for a factored one."""
+    if vocab <= DENSE_MAX_VOCAB:
+        return ctx
+    out: np.ndarray = np.where(ctx == vocab, HASH_BUCKETS, (ctx * _HASH_MULT) % HASH_BUCKETS)
+    return out
+
+
+def _slot_bias(b2: np.ndarray, classes: int, slots: int) -> np.ndarray:
+    """``b2`` as a (classes, slots) matrix, the slots past the vocabulary at ``-inf``."""
+    out = np.full(classes * slots, -np.inf, dtype=b2.dtype)
+    out[: b2.shape[0]] = b2
+    return out.reshape(classes, slots)
+
+
+def _factored_targets(
+    h_u: np.ndarray, inverse: np.ndarray, weights: Mapping[str, np.ndarray], targets: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Target logprobs of a factored model from the hidden states of unique contexts ``h_u``
+    (position ``i`` has context ``inverse[i]``), with what the backward pass needs."""
+    wc, w2 = weights["wc"], weights["w2"]
+    classes, slots = wc.shape[1], w2.shape[1]
+    cls, slot = targets // slots, targets % slots
+    rows = np.arange(targets.shape[0])
+    lc = _log_softmax(h_u @ wc + weights["bc"])[inverse]
+    ls = _log_softmax((h_u @ w2)[inverse] + _slot_bias(weights["b2"], classes, slots)[cls])
+    return {"lc": lc, "ls": ls, "cls": cls, "slot": slot,
+            "lp": lc[rows, cls] + ls[rows, slot]}
 
 
 @attrs.frozen(eq=False)
@@ -110,16 +193,19 @@ class FwdBwdResult:
     metrics: dict[str, float]
 
 
-def context_indices(tokens: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-    """Embedding rows seen at each position: shape (M, CONTEXT), column k = token at ``t - k``.
+def context_indices(
+    tokens: np.ndarray, starts: np.ndarray | None = None, pad: int = PAD_INDEX
+) -> np.ndarray:
+    """Tokens seen at each position: shape (M, CONTEXT), column k = token at ``t - k``.
 
     ``tokens`` may be several sequences concatenated, with ``starts`` (M,) the index where the
-    sequence of each position begins (default: one sequence). Before a start: ``PAD_INDEX``.
+    sequence of each position begins (default: one sequence). Before a start: ``pad`` (the
+    vocabulary size: ``PAD_INDEX`` for the byte model).
     """
     m = tokens.shape[0]
     idx = np.arange(m)
     pos = idx if starts is None else idx - starts
-    ctx = np.full((m, CONTEXT), PAD_INDEX, dtype=np.int64)
+    ctx = np.full((m, CONTEXT), pad, dtype=np.int64)
     ctx[:, 0] = tokens
     for k in range(1, CONTEXT):
         valid = pos >= k
@@ -128,12 +214,46 @@ def context_indices(tokens: np.ndarray, starts: np.ndarray | None = None) -> np.
 
 
 def logits_from_weights(weights: Mapping[str, np.ndarray], ctx: np.ndarray) -> np.ndarray:
-    """Logits (M, VOCAB_SIZE) for context rows ``ctx`` (from ``context_indices``), given
-    effective weights as from ``TinyByteLM.sampler_weights()``."""
-    x = weights["embed"][ctx].reshape(ctx.shape[0], -1)
+    """Logits (M, vocab) for context rows ``ctx`` (from ``context_indices``, padded with the
+    vocabulary size), given effective weights as from ``TinyByteLM.sampler_weights()``. For a
+    factored model these are the full log-probabilities (O(M·vocab): for sampling a few rows).
+    """
+    vocab = vocab_of(weights)
+    x = weights["embed"][_embed_rows(ctx, vocab)].reshape(ctx.shape[0], -1)
     h = np.tanh(x @ weights["w1"] + weights["b1"])
-    out: np.ndarray = h @ weights["w2"] + weights["b2"]
+    if "wc" not in weights:
+        out: np.ndarray = h @ weights["w2"] + weights["b2"]
+        return out
+    wc, w2 = weights["wc"], weights["w2"]
+    classes, slots = wc.shape[1], w2.shape[1]
+    lc = _log_softmax(h @ wc + weights["bc"])  # (M, C)
+    z = (h @ w2)[:, None, :] + _slot_bias(weights["b2"], classes, slots)[None]  # (M, C, S)
+    full = (lc[:, :, None] + _log_softmax(z)).reshape(ctx.shape[0], classes * slots)
+    out = full[:, :vocab]
     return out
+
+
+def target_logprobs_from_weights(
+    weights: Mapping[str, np.ndarray], ctx: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
+    """``log p(targets[i] | ctx[i])`` (M,) without the full (M, vocab) logits of a factored
+    model (a dense one computes them).
+
+    Example::
+
+        lp = target_logprobs_from_weights(weights, context_indices(toks[:-1], pad=vocab),
+                                          toks[1:])
+    """
+    rows = np.arange(targets.shape[0])
+    if "wc" not in weights:
+        logits = logits_from_weights(weights, ctx).astype(np.float64)
+        lp: np.ndarray = _log_softmax(logits)[rows, targets]
+        return lp
+    vocab = vocab_of(weights)
+    x = weights["embed"][_embed_rows(ctx, vocab)].reshape(ctx.shape[0], -1)
+    h = np.tanh(x @ weights["w1"] + weights["b1"])
+    lp = _factored_targets(h, rows, weights, targets)["lp"]
+    return lp
 
 
 def _optional_threadpoolctl() -> Any:
@@ -181,13 +301,11 @@ class _BlasLimiter:
         return limits
 
 
-_ROW_RADIX = np.array([(VOCAB_SIZE + 1) ** (CONTEXT - 1 - k) for k in range(CONTEXT)], np.int64)
-
-
-def _unique_rows(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unique_rows(ctx: np.ndarray, rows: int = VOCAB_SIZE + 1) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(ctx, axis=0, return_inverse=True)`` (same rows, same order: entries are in
-    ``[0, VOCAB_SIZE]``, so each row is one base-``VOCAB_SIZE + 1`` number) at half the cost."""
-    _, first, inverse = np.unique(ctx @ _ROW_RADIX, return_index=True, return_inverse=True)
+    ``[0, rows)``, so each row is one base-``rows`` number) at half the cost."""
+    radix = np.array([rows ** (CONTEXT - 1 - k) for k in range(CONTEXT)], np.int64)
+    _, first, inverse = np.unique(ctx @ radix, return_index=True, return_inverse=True)
     return ctx[first], inverse.reshape(-1)
 
 
@@ -222,7 +340,16 @@ class TinyByteLM:
         lora_alpha: float = LORA_ALPHA,
         init_method: str = "kaiming",
         lora_seed: int | None = None,
+        vocab_size: int = VOCAB_SIZE,
     ) -> None:
+        if (
+            isinstance(vocab_size, bool)
+            or not isinstance(vocab_size, int)
+            or not 2 <= vocab_size <= MAX_VOCAB
+        ):
+            raise ModelInputError(
+                "vocab_size", f"must be an integer in [2, {MAX_VOCAB}], got {vocab_size!r}"
+            )
         if (
             isinstance(lora_rank, bool)
             or not isinstance(lora_rank, int)
@@ -241,23 +368,27 @@ class TinyByteLM:
                 f"must be one of {sorted(INIT_METHODS)}, got {init_method!r}",
             )
         self.lora_rank = lora_rank
+        self.vocab_size = vocab_size
+        self._base_shapes = shapes = _base_shapes(vocab_size)
+        self._factored = "wc" in shapes
         self.lora_alpha = float(lora_alpha)
         self.seed = seed
         self._dtype = dtype
         rng = np.random.default_rng(seed)
         p: dict[str, np.ndarray] = {}
-        p["embed"] = rng.standard_normal(_BASE_SHAPES["embed"]).astype(dtype)
-        p["w1"] = (rng.standard_normal(_BASE_SHAPES["w1"]) / np.sqrt(CONTEXT * EMBED_DIM)).astype(
-            dtype
-        )
-        p["b1"] = np.zeros(_BASE_SHAPES["b1"], dtype=dtype)
-        p["w2"] = (rng.standard_normal(_BASE_SHAPES["w2"]) / np.sqrt(HIDDEN_DIM)).astype(dtype)
-        p["b2"] = np.zeros(_BASE_SHAPES["b2"], dtype=dtype)
+        p["embed"] = rng.standard_normal(shapes["embed"]).astype(dtype)
+        p["w1"] = (rng.standard_normal(shapes["w1"]) / np.sqrt(CONTEXT * EMBED_DIM)).astype(dtype)
+        p["b1"] = np.zeros(shapes["b1"], dtype=dtype)
+        p["w2"] = (rng.standard_normal(shapes["w2"]) / np.sqrt(HIDDEN_DIM)).astype(dtype)
+        p["b2"] = np.zeros(shapes["b2"], dtype=dtype)
+        if self._factored:
+            p["wc"] = (rng.standard_normal(shapes["wc"]) / np.sqrt(HIDDEN_DIM)).astype(dtype)
+            p["bc"] = np.zeros(shapes["bc"], dtype=dtype)
         if lora_rank:
             if lora_seed is not None:  # the adapters' own seed; the base stays ``seed``'s
                 rng = np.random.default_rng([seed, lora_seed])
             for name in LORA_TARGETS:
-                fan_in, fan_out = _BASE_SHAPES[name]
+                fan_in, fan_out = shapes[name]
                 a = rng.standard_normal((fan_in, lora_rank)) / np.sqrt(fan_in)
                 if init_method == "nora":  # each input's row of A has unit L2 norm over the rank
                     a /= np.linalg.norm(a, axis=1, keepdims=True)
@@ -265,7 +396,7 @@ class TinyByteLM:
                 p[f"{name}.lora_b"] = np.zeros((lora_rank, fan_out), dtype=dtype)
             self._trainable = tuple(f"{n}.lora_{ab}" for n in LORA_TARGETS for ab in "ab")
         else:
-            self._trainable = tuple(_BASE_SHAPES)
+            self._trainable = tuple(shapes)
         self._params = p
         # LoRA-merged w1/w2 (``_effective``), dropped whenever a parameter changes: every write
         # to ``_params`` must go through ``_params_changed``.
@@ -306,7 +437,9 @@ class TinyByteLM:
     def sampler_weights(self) -> dict[str, np.ndarray]:
         """Float32 copies of the effective weights (LoRA merged): what a sampler needs."""
         with self._blas():
-            return {k: np.array(self._effective(k), dtype=np.float32) for k in _BASE_SHAPES}
+            return {
+                k: np.array(self._effective(k), dtype=np.float32) for k in self._base_shapes
+            }
 
     def trainable_weights(self) -> dict[str, np.ndarray]:
         """Copies of the trained parameters (LoRA adapters when ``lora_rank > 0``)."""
@@ -423,7 +556,7 @@ class TinyByteLM:
         Everything is validated first: on ``ModelInputError`` no state has changed.
         """
         config = resolve_config(loss_fn, loss_fn_config)
-        tokens, inputs, lengths = _validate_batch(batch, loss_fn)
+        tokens, inputs, lengths = _validate_batch(batch, loss_fn, self.vocab_size)
         with self._blas():
             return self._forward_backward(tokens, inputs, lengths, loss_fn, config, backward)
 
@@ -437,11 +570,16 @@ class TinyByteLM:
         backward: bool,
     ) -> FwdBwdResult:
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        ctx = context_indices(tokens, starts)
+        ctx = context_indices(tokens, starts, self.vocab_size)
         targets = inputs["target_tokens"]
-        cache = self._forward(ctx)
-        logp_all: np.ndarray = cache["logp_all"]
-        lp = logp_all[np.arange(targets.shape[0]), targets]
+        if self._factored:
+            ctx = _embed_rows(ctx, self.vocab_size)
+            cache = self._forward_factored(ctx, targets)
+            lp = cache["lp"]
+        else:
+            cache = self._forward(ctx)
+            logp_all: np.ndarray = cache["logp_all"]
+            lp = logp_all[np.arange(targets.shape[0]), targets]
         out = compute_loss(loss_fn, lp, inputs, config)
         if backward:
             if not np.all(np.isfinite(out.grad)):
@@ -450,13 +588,90 @@ class TinyByteLM:
                     "the importance ratio exp(logprobs_model - logprobs) overflows; "
                     "are the sampler logprobs right?",
                 )
-            self._backward(ctx, targets, out.grad, cache)
+            if self._factored:
+                self._backward_factored(ctx, out.grad, cache)
+            else:
+                self._backward(ctx, targets, out.grad, cache)
             nonzero = out.grad != 0
             self._acc_tokens += int(np.count_nonzero(nonzero))
             per_sequence = np.add.reduceat(nonzero.astype(np.int64), starts_of(lengths))
             self._acc_sequences += int(np.count_nonzero(per_sequence))
         split = np.split(lp.astype(np.float32), np.cumsum(lengths)[:-1])
         return FwdBwdResult(logprobs=split, metrics=dict(out.metrics))
+
+    def pooled_hidden(self, tokens: Sequence[np.ndarray], pooling: str) -> np.ndarray:
+        """Each sequence's hidden states ``tanh(x @ w1 + b1)`` pooled over its positions
+        (``"mean"`` or ``"last"``): a float64 (len(tokens), HIDDEN_DIM) embedding matrix.
+
+        Example::
+
+            z = model.pooled_hidden([np.array([104, 105])], "mean")   # shape (1, 128)
+        """
+        with self._blas():
+            _, h, pool = self._hidden(tokens, pooling)
+        out: np.ndarray = pool @ h.astype(np.float64)
+        return out
+
+    def backward_pooled(
+        self, tokens: Sequence[np.ndarray], pooling: str, grad: np.ndarray
+    ) -> None:
+        """Accumulate the gradient of ``sum(grad * pooled_hidden(tokens, pooling))`` (grad is
+        (len(tokens), HIDDEN_DIM)) into the trained parameters, as ``forward_backward`` does."""
+        grad = np.asarray(grad, dtype=np.float64)
+        if grad.shape != (len(tokens), HIDDEN_DIM) or not np.all(np.isfinite(grad)):
+            raise ModelInputError(
+                "loss_fn_inputs.embedding_grads",
+                f"must be finite with shape ({len(tokens)}, {HIDDEN_DIM}), got {grad.shape}",
+            )
+        dt = self._dtype
+        with self._blas():
+            rows, h, pool = self._hidden(tokens, pooling)
+            dh = (pool.T @ grad).astype(dt)
+            da = dh * (dt(1.0) - h * h)
+            x = self._params["embed"][rows].reshape(rows.shape[0], -1)
+            dw1 = x.T @ da
+            if self.lora_rank:
+                a, b = self._params["w1.lora_a"], self._params["w1.lora_b"]
+                scale = dt(self.lora_scale)
+                self._grads["w1.lora_a"] += scale * (dw1 @ b.T)
+                self._grads["w1.lora_b"] += scale * (a.T @ dw1)
+            else:
+                self._grads["w1"] += dw1
+                self._grads["b1"] += da.sum(axis=0)
+                dx = (da @ self._effective("w1").T).reshape(rows.shape[0] * CONTEXT, EMBED_DIM)
+                np.add.at(self._grads["embed"], rows.reshape(-1), dx)
+        self._acc_tokens += int(sum(len(t) for t in tokens))
+        self._acc_sequences += len(tokens)
+
+    def _hidden(
+        self, tokens: Sequence[np.ndarray], pooling: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embedding rows (M, CONTEXT), hidden states (M, HIDDEN_DIM) and the (B, M) pooling
+        matrix of checked sequences."""
+        if pooling not in ("mean", "last"):
+            raise ModelInputError(
+                "loss_fn_config.pooling", f"must be mean or last, got {pooling!r}"
+            )
+        if not tokens:
+            raise ModelInputError("data", "the batch is empty")
+        for i, toks in enumerate(tokens):
+            if np.asarray(toks).ndim != 1 or len(toks) == 0:
+                raise ModelInputError("model_input", "must be a non-empty 1-D sequence", index=i)
+            check_token_range("model_input", np.asarray(toks), i, self.vocab_size)
+        lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+        flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens])
+        starts = starts_of(lengths)
+        ctx = context_indices(flat, np.repeat(starts, lengths), self.vocab_size)
+        rows = _embed_rows(ctx, self.vocab_size)
+        x = self._params["embed"][rows].reshape(rows.shape[0], -1)
+        h = np.tanh(x @ self._effective("w1") + self._params["b1"])
+        pool = np.zeros((len(tokens), flat.shape[0]))
+        for i, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+            if pooling == "mean":
+                pool[i, start : start + n] = 1.0 / n
+            else:
+                pool[i, start + n - 1] = 1.0
+        return rows, h, pool
 
     def optim_step(
         self,
@@ -519,13 +734,65 @@ class TinyByteLM:
         # Each distinct context row is computed once: BLAS gemm rounds a row differently
         # depending on where it sits in the matrix (OpenBLAS picks kernels by position and
         # size), so identical positions of identical datums came out different in the last bit.
-        uniq, inverse = _unique_rows(ctx)
+        uniq, inverse = _unique_rows(ctx, self.vocab_size + 1)
         x_u = self._params["embed"][uniq].reshape(uniq.shape[0], -1)
         w1, w2 = self._effective("w1"), self._effective("w2")
         h_u = np.tanh(x_u @ w1 + self._params["b1"])
         logp_u = _log_softmax(h_u @ w2 + self._params["b2"])
         return {"x": x_u[inverse], "h": h_u[inverse], "w1": w1, "w2": w2,
                 "logp_all": logp_u[inverse]}
+
+    def _forward_factored(self, rows: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        # ``rows``: embedding rows (hashed). As in ``_forward``, each distinct context once.
+        uniq, inverse = _unique_rows(rows, HASH_BUCKETS + 1)
+        x_u = self._params["embed"][uniq].reshape(uniq.shape[0], -1)
+        w1, w2 = self._effective("w1"), self._effective("w2")
+        h_u = np.tanh(x_u @ w1 + self._params["b1"])
+        weights = {"wc": self._params["wc"], "bc": self._params["bc"], "w2": w2,
+                   "b2": self._params["b2"]}
+        cache = _factored_targets(h_u, inverse, weights, targets)
+        cache.update(x=x_u[inverse], h=h_u[inverse], w1=w1, w2=w2)
+        return cache
+
+    def _backward_factored(
+        self, ctx: np.ndarray, dlp: np.ndarray, cache: Mapping[str, np.ndarray]
+    ) -> None:
+        dt = self._dtype
+        g = dlp.astype(dt)
+        rows = np.arange(g.shape[0])
+        cls, slot = cache["cls"], cache["slot"]
+        # d lp / d z = onehot - softmax, for the class and the slot softmax alike
+        dzc = -np.exp(cache["lc"]) * g[:, None]
+        dzc[rows, cls] += g
+        dzs = -np.exp(cache["ls"]) * g[:, None]  # masked slots: exp(-inf) = 0
+        dzs[rows, slot] += g
+        h, x, wc, w2 = cache["h"], cache["x"], self._params["wc"], cache["w2"]
+        dw2 = h.T @ dzs
+        dh = dzc @ wc.T + dzs @ w2.T
+        da = dh * (dt(1.0) - h * h)
+        dw1 = x.T @ da
+        if self.lora_rank:
+            s = dt(self.lora_scale)
+            for name, dw in (("w1", dw1), ("w2", dw2)):
+                a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
+                self._grads[f"{name}.lora_a"] += s * (dw @ b.T)
+                self._grads[f"{name}.lora_b"] += s * (a.T @ dw)
+            return
+        classes, slots = wc.shape[1], w2.shape[1]
+        # the slot bias gradient, summed per class in a fixed order (sorted by class)
+        order = np.argsort(cls, kind="stable")
+        sorted_cls = cls[order]
+        firsts = np.flatnonzero(np.r_[True, sorted_cls[1:] != sorted_cls[:-1]])
+        dbias = np.zeros((classes, slots), dtype=dt)
+        dbias[sorted_cls[firsts]] = np.add.reduceat(dzs[order], firsts, axis=0)
+        self._grads["b2"] += dbias.reshape(-1)[: self.vocab_size]
+        self._grads["wc"] += h.T @ dzc
+        self._grads["bc"] += dzc.sum(axis=0)
+        self._grads["w2"] += dw2
+        self._grads["w1"] += dw1
+        self._grads["b1"] += da.sum(axis=0)
+        dx = (da @ cache["w1"].T).reshape(ctx.shape[0] * CONTEXT, EMBED_DIM)
+        np.add.at(self._grads["embed"], ctx.reshape(-1), dx)
 
     def _backward(
         self,
@@ -567,7 +834,7 @@ def starts_of(lengths: np.ndarray) -> np.ndarray:
 
 
 def _validate_batch(
-    batch: Sequence[DatumArrays], loss_fn: str
+    batch: Sequence[DatumArrays], loss_fn: str, vocab: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Check every datum; return concatenated tokens, required inputs and lengths."""
     if len(batch) == 0:
@@ -583,7 +850,7 @@ def _validate_batch(
         n = toks.shape[0]
         if n == 0:
             raise ModelInputError("model_input", "is empty", index=i)
-        _check_tokens("model_input", toks, i)
+        check_token_range("model_input", toks, i, vocab)
         tokens_parts.append(toks.astype(np.int64, copy=False))
         lengths[i] = n
         for name in required:
@@ -603,7 +870,7 @@ def _validate_batch(
                 if not np.all(np.isfinite(arr)):
                     raise ModelInputError(field, "has non-finite values", index=i)
             else:
-                _check_tokens(field, arr, i)
+                check_token_range(field, arr, i, vocab)
                 arr = arr.astype(np.int64, copy=False)
             parts[name].append(arr)
     tokens = np.concatenate(tokens_parts)
@@ -611,9 +878,11 @@ def _validate_batch(
     return tokens, inputs, lengths
 
 
-def _check_tokens(field: str, arr: np.ndarray, index: int) -> None:
+def check_token_range(field: str, arr: np.ndarray, index: int | None, vocab: int) -> None:
+    """``ModelInputError`` naming ``field`` (and datum ``index``) unless ``arr`` holds integer
+    tokens in ``[0, vocab)``."""
     if arr.dtype.kind not in "iu":
         raise ModelInputError(field, f"must be integer tokens, got {arr.dtype}", index=index)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= VOCAB_SIZE):
-        bad = int(arr[(arr < 0) | (arr >= VOCAB_SIZE)][0])
-        raise ModelInputError(field, f"token {bad} is out of range [0, {VOCAB_SIZE})", index=index)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= vocab):
+        bad = int(arr[(arr < 0) | (arr >= vocab)][0])
+        raise ModelInputError(field, f"token {bad} is out of range [0, {vocab})", index=index)

@@ -186,9 +186,11 @@ def encode_forward_backward_output(
     metrics: Mapping[str, float],
     *,
     num_datums: int | None = None,
+    name: str = "logprobs",
 ) -> bytes:
-    """``ForwardBackwardOutput`` with one ``logprobs`` (float32) field per datum; with
-    ``logprobs=None``, ``num_datums`` records with no fields (the aggregate loss only)."""
+    """``ForwardBackwardOutput`` with one ``logprobs`` (float32, 1-D) field per datum (or
+    another ``name``: an embedding request's ``embedding``); with ``logprobs=None``,
+    ``num_datums`` records with no fields (the aggregate loss only)."""
     out = pb.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord")
     record = out.loss_fn_outputs.add()
     if logprobs is None:
@@ -197,7 +199,7 @@ def encode_forward_backward_output(
             out.metrics[key] = float(value)
         return bytes(out.SerializeToString())
     record.num_datums = len(logprobs)
-    field = record.fields["logprobs"]
+    field = record.fields[name]
     field.dtype = pb.DTYPE_FLOAT32
     arrays = [np.ascontiguousarray(lp, dtype="<f4") for lp in logprobs]
     field.data = b"".join(a.tobytes() for a in arrays)

@@ -26,11 +26,11 @@ from ._input_error import ModelInputError
 from ._model import (
     CONTEXT,
     EOS_TOKEN,
-    PAD_INDEX,
-    VOCAB_SIZE,
     context_indices,
     logits_from_weights,
     single_thread_blas,
+    target_logprobs_from_weights,
+    vocab_of,
 )
 
 __all__ = ["SampledSequence", "prompt_logprobs", "sample"]
@@ -72,7 +72,8 @@ def sample(
     ``np.random.default_rng(seed)`` (deterministic, ``rng`` unused), else from ``rng``.
     Raises ``ModelInputError`` for a bad argument.
     """
-    prompt_arr = _check_prompt(prompt)
+    vocab = vocab_of(weights)
+    prompt_arr = _check_prompt(prompt, vocab)
     _check_int("num_samples", num_samples, 1)
     _check_int("max_tokens", max_tokens, 0)
     _check_int("top_k", top_k, -1)
@@ -82,7 +83,7 @@ def sample(
         raise ModelInputError("temperature", f"must be finite and >= 0, got {temperature!r}")
     if not (_is_number(top_p) and 0.0 < top_p <= 1.0):
         raise ModelInputError("top_p", f"must be in (0, 1], got {top_p!r}")
-    stops = _check_stop(stop)
+    stops = _check_stop(stop, vocab)
     if seed is not None:
         _check_int("seed", seed, None)
         rng = np.random.default_rng(seed)
@@ -105,7 +106,7 @@ def _sample(
 ) -> list[SampledSequence]:
 
     tails = np.empty((num_samples, CONTEXT), dtype=np.int64)  # tails[:, k] = token at t - k
-    tails[:] = _tail(prompt_arr)
+    tails[:] = _tail(prompt_arr, vocab_of(weights))
     generated: list[list[int]] = [[] for _ in range(num_samples)]
     logprobs: list[list[float]] = [[] for _ in range(num_samples)]
     reasons: list[StopReason] = ["length"] * num_samples
@@ -147,9 +148,14 @@ def prompt_logprobs(weights: Mapping[str, np.ndarray], prompt: np.ndarray) -> np
         lp = prompt_logprobs(model.sampler_weights(), np.array([104, 105, 33]))
         # lp[0] is nan; lp[1:] equals forward logprobs of targets prompt[1:]
     """
-    arr = _check_prompt(prompt)
+    vocab = vocab_of(weights)
+    arr = _check_prompt(prompt, vocab)
     out = np.full(arr.shape[0], np.nan, dtype=np.float32)
-    if arr.shape[0] > 1:
+    if arr.shape[0] > 1 and "wc" in weights:  # factored: no (len, vocab) logits
+        with single_thread_blas():
+            ctx = context_indices(arr[:-1], pad=vocab)
+            out[1:] = target_logprobs_from_weights(weights, ctx, arr[1:])
+    elif arr.shape[0] > 1:
         with single_thread_blas():
             logits = logits_from_weights(weights, context_indices(arr[:-1]))
         logits = logits.astype(np.float64)
@@ -198,8 +204,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tail(prompt: np.ndarray) -> np.ndarray:
-    tail = np.full(CONTEXT, PAD_INDEX, dtype=np.int64)
+def _tail(prompt: np.ndarray, vocab: int) -> np.ndarray:
+    tail = np.full(CONTEXT, vocab, dtype=np.int64)  # the pad entry is the vocabulary size
     recent = prompt[::-1][:CONTEXT]
     tail[: recent.shape[0]] = recent
     return tail
@@ -210,32 +216,32 @@ def _ends_with_stop(generated: list[int], stops: Sequence[list[int]]) -> bool:
     return any(len(s) <= n and generated[n - len(s) :] == s for s in stops)
 
 
-def _check_prompt(prompt: np.ndarray) -> np.ndarray:
+def _check_prompt(prompt: np.ndarray, vocab: int) -> np.ndarray:
     arr = np.asarray(prompt)
     if arr.ndim != 1:
         raise ModelInputError("prompt", f"must be 1-D tokens, got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ModelInputError("prompt", "is empty")
-    _check_token_values("prompt", arr)
+    _check_token_values("prompt", arr, vocab)
     return arr.astype(np.int64, copy=False)
 
 
-def _check_stop(stop: Sequence[Sequence[int]]) -> list[list[int]]:
+def _check_stop(stop: Sequence[Sequence[int]], vocab: int) -> list[list[int]]:
     out = []
     for i, seq in enumerate(stop):
         arr = np.asarray(seq)
         if arr.ndim != 1 or arr.shape[0] == 0:
             raise ModelInputError(f"stop[{i}]", "must be a non-empty sequence of tokens")
-        _check_token_values(f"stop[{i}]", arr)
+        _check_token_values(f"stop[{i}]", arr, vocab)
         out.append([int(t) for t in arr])
     return out
 
 
-def _check_token_values(field: str, arr: np.ndarray) -> None:
+def _check_token_values(field: str, arr: np.ndarray, vocab: int) -> None:
     if arr.dtype.kind not in "iu":
         raise ModelInputError(field, f"must be integer tokens, got {arr.dtype}")
-    if int(arr.min()) < 0 or int(arr.max()) >= VOCAB_SIZE:
-        raise ModelInputError(field, f"tokens must be in [0, {VOCAB_SIZE})")
+    if int(arr.min()) < 0 or int(arr.max()) >= vocab:
+        raise ModelInputError(field, f"tokens must be in [0, {vocab})")
 
 
 def _is_number(value: object) -> bool:

@@ -22,7 +22,7 @@ from ._control_plane import JobRegistry
 from ._faults import FaultInjector
 from ._future_store import FutureStore
 from ._idempotency import IdempotencyCache
-from ._model import TinyByteLM
+from ._model import VOCAB_SIZE, TinyByteLM
 from ._sessions import Registry
 from ._stats import ServerStats
 
@@ -88,7 +88,7 @@ class ServerState:
         self.idempotency = IdempotencyCache()
         self.tasks = TaskSpawner()
         self.sampling_rng = np.random.default_rng([config.seed, 1])
-        self._base_weights: dict[str, np.ndarray] | None = None
+        self._base_weights: dict[int, dict[str, np.ndarray]] = {}
         self.deployments: DeploymentRegistry | None = None  # made by the deployments routes
 
     def live(self) -> dict[str, int]:
@@ -106,8 +106,11 @@ class ServerState:
             "deployments": len(self.deployments.deployments) if self.deployments else 0,
         }
 
-    def base_weights(self) -> dict[str, np.ndarray]:
-        """Sampler weights of the untrained base model (same for every model of this seed)."""
-        if self._base_weights is None:
-            self._base_weights = TinyByteLM(seed=self.config.seed).sampler_weights()
-        return self._base_weights
+    def base_weights(self, vocab_size: int = VOCAB_SIZE) -> dict[str, np.ndarray]:
+        """Sampler weights of the untrained base model of a vocabulary size (the same for
+        every model of this seed and size)."""
+        weights = self._base_weights.get(vocab_size)
+        if weights is None:
+            model = TinyByteLM(seed=self.config.seed, vocab_size=vocab_size)
+            weights = self._base_weights[vocab_size] = model.sampler_weights()
+        return weights

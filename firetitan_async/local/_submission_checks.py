@@ -18,7 +18,7 @@ import numpy as np
 
 from ._input_error import ModelInputError
 from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, loss_input, resolve_config
-from ._model import VOCAB_SIZE, DatumArrays
+from ._model import VOCAB_SIZE, DatumArrays, check_token_range
 from ._optim import AdamConfig
 
 __all__ = ["check_adam", "check_forward_backward"]
@@ -27,9 +27,13 @@ _ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_
 
 
 def check_forward_backward(
-    loss_fn: str, loss_fn_config: Mapping[str, float | str | bool], data: Sequence[DatumArrays]
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float | str | bool],
+    data: Sequence[DatumArrays],
+    vocab: int = VOCAB_SIZE,
 ) -> None:
-    """Raise ``ModelInputError`` naming the field (and datum) of the first problem."""
+    """Raise ``ModelInputError`` naming the field (and datum) of the first problem; tokens
+    must be in ``[0, vocab)`` (the served model's vocabulary)."""
     resolve_config(loss_fn, loss_fn_config)
     if not data:
         raise ModelInputError("data", "the batch is empty")
@@ -38,7 +42,7 @@ def check_forward_backward(
         n = datum.tokens.shape[0]
         if n == 0:
             raise ModelInputError("model_input", "is empty", index=i)
-        _check_tokens("model_input", datum.tokens, i)
+        check_token_range("model_input", datum.tokens, i, vocab)
         for name in required:
             field = f"loss_fn_inputs.{name}"
             arr = loss_input(datum.inputs, name)
@@ -52,15 +56,7 @@ def check_forward_backward(
                 if not np.all(np.isfinite(arr)):
                     raise ModelInputError(field, "has non-finite values", index=i)
             else:
-                _check_tokens(field, arr, i)
-
-
-def _check_tokens(field: str, arr: np.ndarray, index: int) -> None:
-    if arr.dtype.kind not in "iu":
-        raise ModelInputError(field, f"must be integer tokens, got {arr.dtype}", index=index)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= VOCAB_SIZE):
-        bad = int(arr[(arr < 0) | (arr >= VOCAB_SIZE)][0])
-        raise ModelInputError(field, f"token {bad} is out of range [0, {VOCAB_SIZE})", index=index)
+                check_token_range(field, arr, i, vocab)
 
 
 def check_adam(params: Any) -> AdamConfig:

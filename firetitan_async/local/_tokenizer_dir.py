@@ -49,6 +49,37 @@ def _byte_alphabet() -> dict[int, str]:
     return mapping
 
 
+def tokenizer_vocab_size(directory: str | os.PathLike[str]) -> int:
+    """The vocabulary size of a local Hugging Face tokenizer directory: one more than the
+    largest id in its ``tokenizer.json`` (the model's vocabulary and the added tokens), or
+    ``config.json``'s ``vocab_size`` if that is larger (models pad their embedding).
+    ``OSError`` if there is no ``tokenizer.json``; ``ValueError`` if it holds no ids.
+
+    Example::
+
+        tokenizer_vocab_size(write_byte_tokenizer("Qwen/Qwen3-8B-Base"))   # 257
+    """
+    path = Path(directory)
+    data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    ids: list[int] = []
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+        ids.extend(v for v in vocab.values() if isinstance(v, int))
+    elif isinstance(vocab, list) and vocab:  # Unigram: [[piece, score], ...], id = position
+        ids.append(len(vocab) - 1)
+    ids.extend(
+        t["id"] for t in data.get("added_tokens") or () if isinstance(t.get("id"), int)
+    )
+    config = path / "config.json"
+    if config.is_file():
+        size = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            ids.append(size - 1)
+    if not ids:
+        raise ValueError(f"{path / 'tokenizer.json'} holds no token ids")
+    return max(ids) + 1
+
+
 def write_byte_tokenizer(directory: str | os.PathLike[str]) -> Path:
     """Write a Hugging Face tokenizer (``tokenizer.json``, ``tokenizer_config.json``) whose
     token ids are the UTF-8 bytes of the text and whose EOS (``<|endoftext|>``) is 256, into
