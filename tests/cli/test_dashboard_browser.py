@@ -225,6 +225,12 @@ def test_dashboard_run_charts_gauges_and_stop(
     browser.js("document.getElementById('start').click()")
     browser.wait_for("document.getElementById('status').dataset.status === 'done'")
     assert text("step") == "20" and text("run-id") == "1"
+    # The charts redraw on the next animation frame (at most once per frame), the status at
+    # once: wait for the frame that draws the last step's events (all sent before "done").
+    browser.wait_for(
+        "JSON.parse(document.getElementById('reward-chart').dataset.values).length >= 4"
+        " && JSON.parse(document.getElementById('loss-chart').dataset.values).length >= 20"
+    )
 
     loss = _values(browser, "loss-chart")
     assert len(loss) >= 20, loss
