@@ -631,10 +631,7 @@ class TinyByteLM:
             x = self._params["embed"][rows].reshape(rows.shape[0], -1)
             dw1 = x.T @ da
             if self.lora_rank:
-                a, b = self._params["w1.lora_a"], self._params["w1.lora_b"]
-                scale = dt(self.lora_scale)
-                self._grads["w1.lora_a"] += scale * (dw1 @ b.T)
-                self._grads["w1.lora_b"] += scale * (a.T @ dw1)
+                self._add_lora_grads(w1=dw1)
             else:
                 self._grads["w1"] += dw1
                 self._grads["b1"] += da.sum(axis=0)
@@ -772,11 +769,7 @@ class TinyByteLM:
         da = dh * (dt(1.0) - h * h)
         dw1 = x.T @ da
         if self.lora_rank:
-            s = dt(self.lora_scale)
-            for name, dw in (("w1", dw1), ("w2", dw2)):
-                a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
-                self._grads[f"{name}.lora_a"] += s * (dw @ b.T)
-                self._grads[f"{name}.lora_b"] += s * (a.T @ dw)
+            self._add_lora_grads(w1=dw1, w2=dw2)
             return
         classes, slots = wc.shape[1], w2.shape[1]
         # the slot bias gradient, summed per class in a fixed order (sorted by class)
@@ -793,6 +786,15 @@ class TinyByteLM:
         self._grads["b1"] += da.sum(axis=0)
         dx = (da @ cache["w1"].T).reshape(ctx.shape[0] * CONTEXT, EMBED_DIM)
         np.add.at(self._grads["embed"], ctx.reshape(-1), dx)
+
+    def _add_lora_grads(self, **full_grads: np.ndarray) -> None:
+        """Fold each full-weight gradient into its LoRA factors' (W = W0 + s·A·B):
+        dA += s·dW·Bᵀ, dB += s·Aᵀ·dW."""
+        s = self._dtype(self.lora_scale)
+        for name, dw in full_grads.items():
+            a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
+            self._grads[f"{name}.lora_a"] += s * (dw @ b.T)
+            self._grads[f"{name}.lora_b"] += s * (a.T @ dw)
 
     def _backward(
         self,
@@ -813,11 +815,7 @@ class TinyByteLM:
         da = dh * (dt(1.0) - h * h)
         dw1 = x.T @ da
         if self.lora_rank:
-            s = dt(self.lora_scale)
-            for name, dw in (("w1", dw1), ("w2", dw2)):
-                a, b = self._params[f"{name}.lora_a"], self._params[f"{name}.lora_b"]
-                self._grads[f"{name}.lora_a"] += s * (dw @ b.T)
-                self._grads[f"{name}.lora_b"] += s * (a.T @ dw)
+            self._add_lora_grads(w1=dw1, w2=dw2)
             return
         self._grads["w2"] += dw2
         self._grads["b2"] += dz.sum(axis=0)
