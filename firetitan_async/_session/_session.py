@@ -752,9 +752,7 @@ class ServiceSession:
                 )
         except BaseException as exc:
             self._training_keys.discard(spec)
-            clean = self._redactor.scrubbed(exc)
-            if clean is not exc:
-                raise clean from None
+            self._redactor.scrubbed(exc)  # in place: it returns exc itself
             raise
         return TrainingClient(
             self._client_side,
