@@ -23,8 +23,20 @@ __all__ = [
     "fireworks_immediate_value",
     "fireworks_mapped_future",
     "load_tinker_tokenizer",
+    "routing_matrices",
     "tensor_array",
 ]
+
+
+def routing_matrices(model_input: Any) -> Any:
+    """The ``routing_matrices`` a model input carries (router replay, R3), else ``None``.
+
+    Read from the pydantic model's ``__dict__``: ``getattr`` on a plain tinker ``ModelInput``
+    (the common case, no such field) goes through pydantic's ``__getattr__`` and an
+    ``AttributeError``, about 1.5 µs per datum against 0.1 µs; validation and both size
+    estimates ask once per datum on every ``forward_backward`` call.
+    """
+    return model_input.__dict__.get("routing_matrices")
 
 
 def tensor_array(td: Any) -> np.ndarray:

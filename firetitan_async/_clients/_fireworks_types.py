@@ -110,6 +110,9 @@ class RoutedModelInput(types.ModelInput):
     routing_matrices: list[Any]
 
 
+_TINKER_INPUTS = (types.ModelInput, RoutedModelInput)
+
+
 def to_tinker_data(data: Sequence[Any]) -> list[types.Datum]:
     """A batch with any Fireworks ``Datum`` converted to ``tinker.types.Datum`` (others kept).
 
@@ -121,6 +124,9 @@ def to_tinker_data(data: Sequence[Any]) -> list[types.Datum]:
         return data  # type: ignore[return-value]  # the validator names the problem
     out: list[types.Datum] = []
     for index, datum in enumerate(data):
+        if type(datum) is types.Datum and type(datum.model_input) in _TINKER_INPUTS:
+            out.append(datum)  # the common case, two type checks (a third of the general one)
+            continue
         if not is_fireworks_value(datum):
             model_input = getattr(datum, "model_input", None)
             if isinstance(datum, types.Datum) and is_fireworks_value(model_input):

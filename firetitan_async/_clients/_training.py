@@ -281,7 +281,8 @@ class TrainingClient:
         )
 
         async def one(index: int) -> types.ForwardBackwardOutput:
-            request = codec.fwdbwd_request(
+            build = partial(
+                codec.fwdbwd_request,
                 op,
                 model_id=self.model_id,
                 seq_id=seqs[index],
@@ -291,16 +292,8 @@ class TrainingClient:
                 client_config=self._session.client_config,
             )
             transport = self._session.transport
-            accepted = await self._ops.submit(
-                seqs[index],
-                name,
-                transport.submit(
-                    request.path,
-                    content=request.content,
-                    content_type=request.content_type,
-                    headers=request.headers,
-                ),
-            )
+            # encoded inside the submission's CPU turn, not in the turn the task starts in
+            accepted = await self._ops.submit(seqs[index], name, transport.submit(build=build))
             if pending is not None and index == 0:
                 pending.request_id = accepted.request_id
             done = await transport.retrieve(

@@ -39,7 +39,7 @@ import httpx
 
 from .._version import USER_AGENT
 from ..errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
-from ..wire import paths
+from ..wire import WireRequest, paths
 from ..wire.futures import (
     Accepted,
     Done,
@@ -233,14 +233,20 @@ class Transport:
 
     async def submit(
         self,
-        path: str,
+        path: str | None = None,
         *,
         json_body: Any = None,
         content: bytes | None = None,
         content_type: str = _JSON,
         headers: Mapping[str, str] | None = None,
+        build: Callable[[], WireRequest] | None = None,
     ) -> Accepted:
         """POST a submission and return the server's future id.
+
+        Either ``path`` with its body (``json_body``, or ``content`` of ``content_type``), or
+        ``build``, which encodes the request (path, body, headers) when called: it runs while
+        this exchange holds its CPU turn, so a burst of operations encodes a few per loop turn
+        instead of every one in the turn they all start in.
 
         The ``X-Idempotency-Key`` is generated once and reused for every retry, so the server
         applies the operation at most once however many times the request is sent.
@@ -248,7 +254,13 @@ class Transport:
         if (tracker := current_tracker()) is not None:
             tracker.submitting()
         async with self._hold() as turn:
-            body = content if content is not None else _dumps(json_body)
+            if build is not None:
+                request = build()
+                path, body = request.path, request.content
+                content_type, headers = request.content_type, request.headers
+            else:
+                body = content if content is not None else _dumps(json_body)
+            assert path is not None, "submit needs a path or a build"
             all_headers = {"Content-Type": content_type, "X-Idempotency-Key": _idempotency_key()}
             if headers:
                 all_headers.update(headers)

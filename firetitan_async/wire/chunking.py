@@ -46,7 +46,9 @@ def model_input_bytes(model_input: types.ModelInput, *, per_token: int) -> int:
     """
     total = 0
     for chunk in model_input.chunks:
-        if isinstance(chunk, types.ImageChunk):
+        if type(chunk) is types.EncodedTextChunk:  # the common case first
+            total += len(chunk.tokens) * per_token
+        elif isinstance(chunk, types.ImageChunk):
             total += len(chunk.data)
         elif isinstance(chunk, types.DmelChunk):
             total += len(chunk.dmel)

@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 import numpy as np
 from tinker import types
 
-from .._sdk_private import tensor_array
+from .._sdk_private import routing_matrices, tensor_array
 from ..errors import InvalidInput, ProtocolError
 from . import ModelSpec, WireRequest, paths
 from .chunking import model_input_bytes, split_batch
@@ -191,7 +191,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
     total = model_input_bytes(datum.model_input, per_token=_BYTES_PER_VALUE)
     for td in datum.loss_fn_inputs.values():
         total += int(tensor_array(td).size) * _BYTES_PER_VALUE
-    routing = getattr(datum.model_input, "routing_matrices", None)
+    routing = routing_matrices(datum.model_input)
     if routing is not None:  # the SDK adds their compact-JSON bytes
         total += len(_ROUTING_KEY) + len(
             json.dumps(list(routing), ensure_ascii=False, separators=(",", ":")).encode()
@@ -246,7 +246,7 @@ def datum_json(datum: types.Datum, index: int = 0) -> dict[str, Any]:
     model_input: dict[str, Any] = {
         "chunks": [_chunk_json(c, index) for c in datum.model_input.chunks]
     }
-    routing = getattr(datum.model_input, "routing_matrices", None)  # RoutedModelInput (R3)
+    routing = routing_matrices(datum.model_input)  # RoutedModelInput (R3)
     if routing is not None:
         model_input["routing_matrices"] = list(routing)
     return {

@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 from tinker import types
 
-from .._sdk_private import tensor_array
+from .._sdk_private import routing_matrices, tensor_array
 from ..errors import InvalidInput
 
 __all__ = [
@@ -172,7 +172,7 @@ def validate_forward_backward(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
         n_tokens = _check_model_input(datum.model_input, index, for_training=True)
-        routing = getattr(datum.model_input, "routing_matrices", None)
+        routing = routing_matrices(datum.model_input)
         if routing is not None:
             _check_routing(routing, n_tokens, index, dialect)
         inputs = datum.loss_fn_inputs
@@ -224,7 +224,7 @@ def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> 
                     f"has a negative token id ({values.min()})",
                     index=index,
                 )
-    if np.isfinite(flat).all():
+    if flat.dtype.kind in "iub" or np.isfinite(flat).all():  # integers are always finite
         return
     for index, values in arrays:
         finite = np.isfinite(values.reshape(-1))
