@@ -233,24 +233,46 @@ class DeploymentSampler:
                 await anyio.lowlevel.checkpoint()
                 turn_ends = clock() + _CHECK_BUDGET_S
         results: list[list[SampledCompletion]] = [[] for _ in bodies]
+        cursor = 0  # the next prompt to admit, whoever takes the slot for it
 
-        async def one(index: int, sender: _Slotted) -> None:
-            results[index] = await self._sample_admitted(
-                sender, bodies[index], (), logprobs=logprobs
-            )
+        async def admitted() -> int | None:
+            """A slot and the next prompt (None when every prompt is taken: no slot held)."""
+            nonlocal cursor
+            sender = _Slotted(self, stream=False)
+            await sender.acquire()
+            if cursor >= len(bodies):
+                sender.release_unused()
+                return None
+            cursor += 1
+            senders[cursor - 1] = sender
+            return cursor - 1
 
+        async def carry(index: int | None) -> None:
+            # A request task goes on to the next prompt (queueing for a slot behind the
+            # others) instead of ending: starting an anyio task costs more than its request's
+            # own CPU turn, and the window's worth of tasks carries the whole batch.
+            while index is not None:
+                sender = senders.pop(index)
+                results[index] = await self._sample_admitted(
+                    sender, bodies[index], (), logprobs=logprobs
+                )
+                index = await admitted() if cursor < len(bodies) else None
+
+        senders: dict[int, _Slotted] = {}
         try:
             async with anyio.create_task_group() as tg:
-                for index in range(len(bodies)):
-                    sender = _Slotted(self, stream=False)
-                    await sender.acquire()  # a task only for a prompt with a slot
+                # A task only for a prompt with a slot: the tasks grow with the window.
+                while cursor < len(bodies) and (index := await admitted()) is not None:
                     try:
-                        tg.start_soon(one, index, sender)
+                        tg.start_soon(carry, index)
                     except BaseException:
-                        sender.release_unused()
+                        senders.pop(index).release_unused()
                         raise
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+        finally:
+            for sender in senders.values():  # admitted, never started (cancelled)
+                sender.release_unused()
         return results
 
     async def _sample_admitted(

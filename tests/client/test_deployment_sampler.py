@@ -7,6 +7,7 @@ hot-load lands, a server echoing the key).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import time
@@ -367,6 +368,58 @@ async def test_sample_many_returns_results_in_prompt_order_within_the_window(
     assert [[c.prompt_tokens for c in r] for r in results] == [[p, p] for p in prompts]
     assert all(c.logprobs is not None and len(c.tokens) <= 2 for r in results for c in r)
     assert window.max_in_flight == 4 and window.in_flight == 0
+
+
+class _TaskRecorder(httpx.AsyncBaseTransport):
+    """A real HTTP transport that counts the tasks its requests come from.
+
+    A task is told by a context variable it sets on its first request (each task runs in its
+    own copy of its parent's context); task ids would not do, they are reused.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.tasks = 0
+        self._seen: contextvars.ContextVar[bool] = contextvars.ContextVar("seen", default=False)
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if not self._seen.get():
+            self._seen.set(True)
+            self.tasks += 1
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_sample_many_carries_the_batch_on_about_a_window_of_tasks(
+    deployment: LocalTrainer,
+) -> None:
+    """Each request task goes on to the next prompt: 60 prompts through a window of 4 take a
+    handful of tasks, not one task per prompt (a task start costs more than a request's turn).
+    """
+    prompts = [list(f"p{i}: ".encode()) for i in range(60)]
+    recorder = _TaskRecorder()
+    window = FixedConcurrency(4)
+    async with DeploymentSampler(
+        deployment.base_url, MODEL, concurrency=window, transport=recorder
+    ) as sampler:
+        results = await sampler.sample_many(prompts, max_tokens=1)
+    assert [r[0].prompt_tokens for r in results] == prompts
+    assert recorder.requests == 60 and window.in_flight == 0
+    assert recorder.tasks <= 20, f"{recorder.tasks} tasks for 60 prompts"
+
+
+async def test_a_cancelled_sample_many_gives_every_slot_back(deployment: LocalTrainer) -> None:
+    window = FixedConcurrency(3)
+    async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
+        with anyio.move_on_after(0.05):
+            await sampler.sample_many([PROMPT] * 400, max_tokens=4)
+        assert window.in_flight == 0
+        [completion] = await sampler.sample(PROMPT, max_tokens=1)  # the window still works
+    assert len(completion.tokens) == 1
 
 
 async def test_sample_many_checks_every_prompt_before_sending_and_raises_the_first_failure(
