@@ -262,11 +262,11 @@ class DeploymentSampler:
         try:
             async with anyio.create_task_group() as tg:
                 # A task only for a prompt with a slot: the tasks grow with the window.
-                while cursor < len(bodies) and (index := await admitted()) is not None:
+                while cursor < len(bodies) and (first := await admitted()) is not None:
                     try:
-                        tg.start_soon(carry, index)
+                        tg.start_soon(carry, first)
                     except BaseException:
-                        senders.pop(index).release_unused()
+                        senders.pop(first).release_unused()
                         raise
         except BaseExceptionGroup as group:
             raise first_error(group) from None
