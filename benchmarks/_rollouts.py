@@ -10,8 +10,11 @@ alternate (ours, SDK, ours, SDK, ...); figures are medians over the repetitions.
 * ``rollouts_vs_fireworks_ratio``: our rollouts/s over the SDK's (goal >= 1.5), per pair;
 * ``rollout_max_loop_stall_ms``: the largest ticker gap in our runs (goal <= 10);
 * ``rollout_many_*``: ours again, the batch started by one ``sample_many`` call instead of a
-  task per rollout (2,000 ``start_soon`` calls alone hold the loop 25-35 ms on a loaded
-  2-core machine, anyio's cost, whoever the tasks call).
+  task per rollout;
+* ``rollout_spawn_floor_stall_beside_gc_ms``: the caller's own share of the task-per-rollout
+  form, measured alone: the same ``start_soon`` loop of tasks that only yield once, no
+  sampler (anyio's cost, whoever the tasks call). The task-per-rollout stall cannot be below
+  it; ``sample_many`` has no such loop.
 
 Example::
 
@@ -44,6 +47,8 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
     import anyio
     from _stall_ticker import GcPauses, Ticker
 
+    if client == "spawn_floor":
+        return await _spawn_floor(completions)
     if client in ("ours", "ours_many"):
         from firetitan_async import DeploymentSampler
 
@@ -106,6 +111,31 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
             "max_gc_pause_ms": pauses.max_s * 1e3}
 
 
+async def _spawn_floor(completions: int) -> dict[str, Any]:
+    """The caller's own share of the task-per-rollout form: ``completions`` ``start_soon``
+    calls in one loop turn, of tasks that only yield once (no sampler at all)."""
+    import anyio
+    from _stall_ticker import GcPauses, Ticker
+
+    async def nothing() -> None:
+        await anyio.sleep(0)
+
+    with GcPauses.installed() as pauses:
+        ticker = Ticker(pauses)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run)
+            await anyio.sleep(0.01)
+            ticker.restart()
+            async with anyio.create_task_group() as tasks:
+                for _ in range(completions):
+                    tasks.start_soon(nothing)
+            await anyio.sleep(0.005)
+            ticker.stop()
+    return {"client": "spawn_floor", "max_loop_stall_ms": ticker.max_gap_s * 1e3,
+            "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
+            "max_gc_pause_ms": pauses.max_s * 1e3}
+
+
 def _worker(ns: argparse.Namespace) -> int:
     import anyio
 
@@ -147,6 +177,8 @@ def run_rollouts(*, reps: int = 3, completions: int = 2000, inflight: int = 256,
                 _spawn("ours_many", server.url, completions, inflight, max_tokens, "asyncio")
             )
         trio_runs.append(_spawn("ours", server.url, completions, inflight, max_tokens, "trio"))
+        floors = [_spawn("spawn_floor", server.url, completions, inflight, max_tokens, "asyncio")
+                  for _ in range(reps)]
     ratios = [o["rollouts_per_s"] / t["rollouts_per_s"] for o, t in pairs]
     return {
         "completions": completions,
@@ -170,6 +202,9 @@ def run_rollouts(*, reps: int = 3, completions: int = 2000, inflight: int = 256,
         "rollout_many_max_loop_stall_ms": statistics.median(
             m["max_loop_stall_ms"] for m in many
         ),
+        "rollout_spawn_floor_stall_beside_gc_ms": statistics.median(
+            f["max_stall_beside_gc_ms"] for f in floors
+        ),
         "ours_trio_rollouts_per_s": trio_runs[0]["rollouts_per_s"],
         "ours_trio_max_loop_stall_ms": trio_runs[0]["max_loop_stall_ms"],
         "ratios": ratios,
@@ -180,7 +215,7 @@ def main(argv: list[str] | None = None, *, quick: bool = False) -> int:
     """The scenario's command line (``--worker`` runs one measured client, internal)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="3 repetitions (default 5)")
-    parser.add_argument("--worker", choices=["ours", "ours_many", "sdk"])
+    parser.add_argument("--worker", choices=["ours", "ours_many", "sdk", "spawn_floor"])
     parser.add_argument("--url")
     parser.add_argument("--completions", type=int, default=2000)
     parser.add_argument("--inflight", type=int, default=256)
