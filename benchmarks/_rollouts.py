@@ -115,10 +115,11 @@ async def _spawn_floor(completions: int) -> dict[str, Any]:
     """The caller's own share of the task-per-rollout form: ``completions`` ``start_soon``
     calls in one loop turn, of tasks that only yield once (no sampler at all)."""
     import anyio
+    import anyio.lowlevel
     from _stall_ticker import GcPauses, Ticker
 
     async def nothing() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     with GcPauses.installed() as pauses:
         ticker = Ticker(pauses)
