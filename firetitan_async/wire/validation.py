@@ -164,15 +164,29 @@ def validate_forward_backward(
     if len(data) == 0:
         raise InvalidInput("data", "is empty; pass at least one Datum")
     required = losses[loss_fn]
-    # Value checks (finiteness, sign) are batched per input name: one numpy pass per batch.
+    # Value checks (finiteness, sign) are batched per input name: one numpy pass per batch;
+    # so are the token-id ranges of plain one-chunk inputs (the common case): one min and one
+    # max over the batch's tokens, the datum named only if they fail.
     deferred: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
+    batch_tokens: list[int] = []
     for index, datum in enumerate(data):
         if not isinstance(datum, types.Datum):
             raise InvalidInput(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
-        n_tokens = _check_model_input(datum.model_input, index, for_training=True)
-        routing = routing_matrices(datum.model_input)
+        model_input = datum.model_input
+        chunks = model_input.chunks if type(model_input) is types.ModelInput else None
+        if (
+            chunks is not None
+            and len(chunks) == 1
+            and type(chunk := chunks[0]) is types.EncodedTextChunk
+            and chunk.tokens
+        ):
+            n_tokens: int | None = len(chunk.tokens)
+            batch_tokens.extend(chunk.tokens)
+        else:
+            n_tokens = _check_model_input(model_input, index, for_training=True)
+        routing = routing_matrices(model_input)
         if routing is not None:
             _check_routing(routing, n_tokens, index, dialect)
         inputs = datum.loss_fn_inputs
@@ -187,6 +201,9 @@ def validate_forward_backward(
             _check_input_tensor(name, td, n_tokens, index)
             if name in _MUST_BE_FINITE or name == "target_tokens":
                 deferred.setdefault(name, []).append((index, tensor_array(td)))
+    if batch_tokens and (min(batch_tokens) < 0 or max(batch_tokens) > _INT32_MAX):
+        for index, datum in enumerate(data):  # name the first datum out of range
+            _check_model_input(datum.model_input, index, for_training=True)
     for name, arrays in deferred.items():
         _check_values(name, arrays)
 

@@ -121,6 +121,11 @@ FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
      None, "model_input.chunks[0].tokens", 0, "negative token id"),
     ("int32-overflow", [with_input(types.ModelInput.from_ints([1, 2, 3, 2**31]))],
      "cross_entropy", None, "model_input.chunks[0].tokens", 0, "int32"),
+    # one-chunk inputs are range-checked with the batch: the datum is still named
+    ("negative-token-third", [ce(), ce(), with_input(types.ModelInput.from_ints([1, 2, -3, 4]))],
+     "cross_entropy", None, "model_input.chunks[0].tokens", 2, "negative token id"),
+    ("int32-overflow-second", [ce(), with_input(types.ModelInput.from_ints([2**31, 1, 2, 3]))],
+     "cross_entropy", None, "model_input.chunks[0].tokens", 1, "int32"),
     ("asset-pointer", [ce(), ce(), with_input(POINTER)], "cross_entropy", None,
      "model_input.chunks[1]", 2, "image_asset_pointer"),
     ("bad-sparse", [ce(target_tokens=BAD_SPARSE)], "cross_entropy", None,
