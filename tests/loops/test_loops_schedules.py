@@ -5,7 +5,7 @@ with them."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -28,15 +28,21 @@ MODEL = "local/tiny-byte-lm"
 
 def _cases() -> list[tuple[LRSchedule, dict[str, Any]]]:
     """Our schedule and the SDK spec payload for the same curve, over a grid of settings."""
-    cases = []
+    cases: list[tuple[LRSchedule, dict[str, Any]]] = []
+    warmups: tuple[dict[str, Any], ...] = (
+        {"warmup_steps": 0},
+        {"warmup_steps": 3},
+        {"warmup_ratio": 0.25},
+    )
+    decay_types: tuple[Literal["linear", "cosine", "sqrt"], ...] = ("linear", "cosine", "sqrt")
     for total, warm, ratio, floor in itertools.product(
         (1, 7, 13, 40),
-        ({"warmup_steps": 0}, {"warmup_steps": 3}, {"warmup_ratio": 0.25}),
+        warmups,
         (None, 0.3, 1.0),
         (0.0, 0.2),
     ):
         lr = 3e-4
-        common = {**warm, "min_lr_ratio": floor}
+        common: dict[str, Any] = {**warm, "min_lr_ratio": floor}
         cases.append((constant(lr, total_steps=total, **warm), {"type": "constant", **warm}))
         for helper, kind in ((linear, "linear"), (cosine, "cosine")):
             cases.append(
@@ -45,7 +51,7 @@ def _cases() -> list[tuple[LRSchedule, dict[str, Any]]]:
                     {"type": kind, "decay_ratio": ratio, **common},
                 )
             )
-        for decay_type in ("linear", "cosine", "sqrt"):
+        for decay_type in decay_types:
             wsd_ratio = 0.1 if ratio is None else ratio
             cases.append(
                 (
@@ -59,7 +65,7 @@ def _cases() -> list[tuple[LRSchedule, dict[str, Any]]]:
 
 
 def test_every_helper_gives_the_sdks_compute_lr_rate_at_every_step() -> None:
-    training_spec = pytest.importorskip("fireworks.training.sdk.training_spec")
+    training_spec: Any = pytest.importorskip("fireworks.training.sdk.training_spec")
     cases = _cases()
     assert len(cases) == 432  # 72 settings x 6 curves
     for ours, payload in cases:
