@@ -5,6 +5,7 @@ with them."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -87,12 +88,13 @@ def test_a_schedule_sets_the_rate_or_the_whole_adam_params() -> None:
     assert adam_at(None, 3, base) is base
     with pytest.raises(InvalidInput, match="lr_schedule"):
         adam_at(lambda step: -1.0, 1, base)
-    for bad in (
+    bad_calls: tuple[Callable[[], object], ...] = (
         lambda: linear(1e-3, 0),
         lambda: cosine(1e-3, 10, warmup_steps=2, warmup_ratio=0.1),
         lambda: warmup_stable_decay(1e-3, 10, decay_ratio=0.0),
         lambda: linear(1e-3, 10, min_lr_ratio=1.5),
-    ):
+    )
+    for bad in bad_calls:
         with pytest.raises(InvalidInput):
             bad()
 
