@@ -281,6 +281,8 @@ async def run_rl(
     policy = rollout_policy(on_rollout_error)
     breaker = Breaker(policy.max_consecutive_failures if policy is not None else None)
 
+    if checkpoints is not None and checkpoints.records:  # refused before the trainer is touched
+        _resume_point(checkpoints.records[-1], groups_per_step)
     start = await checkpoints.resume() if checkpoints is not None else None
     first_step, first_version, total_tokens = 1, 0, 0
     if start is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -17,6 +19,7 @@ from firetitan_async import FiretitanError, RolloutsFailing, SamplingClient, Ser
 from firetitan_async.errors import InvalidInput
 from firetitan_async.local import LocalTrainer
 from firetitan_async.loops import (
+    CheckpointManager,
     RetryGroup,
     RLResult,
     RLStep,
@@ -440,3 +443,54 @@ async def test_the_breaker_opens_on_consecutive_failures_naming_count_and_cause(
             groups_per_step=1,
             on_rollout_error="retry",  # type: ignore[arg-type]
         )
+
+
+async def test_a_run_dir_of_another_loop_or_shape_is_refused_before_the_trainer_is_touched(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    class Store:
+        def save(self, name: str) -> Awaitable[str]:
+            raise AssertionError("saved")
+
+        async def restore(self, path: str) -> None:
+            raise AssertionError("restored")
+
+        async def delete(self, path: str) -> None:
+            raise AssertionError("deleted")
+
+    class NeverPublish:
+        async def publish(self, version: int) -> None:
+            raise AssertionError("published")
+
+    async def rollout(sampler: None, prompt: int) -> list[int]:
+        raise AssertionError("sampled")
+
+    record = {
+        "name": "ckpt-0000003",
+        "path": "tinker://x/ckpt-0000003",
+        "step": 3,
+        "tokens": 0,
+        "optimizer_state": True,
+        "config": {},
+        "final": False,
+        "saved_at": 0.0,
+    }
+    for cursor, field in (
+        (3, "checkpoints"),
+        ({"loop": 1, "step": 3, "version": 3, "groups_per_step": 2}, "groups_per_step"),
+    ):
+        (tmp_path / "checkpoints.json").write_text(
+            json.dumps({"saves": [record | {"cursor": cursor}]})
+        )
+        manager = CheckpointManager(Store(), tmp_path, config={})
+        with pytest.raises(InvalidInput, match=field):
+            await run_rl(
+                None,  # type: ignore[arg-type]
+                NeverPublish(),
+                range(8),
+                rollout,
+                lambda rollouts: [],
+                adam=ADAM,
+                groups_per_step=4,
+                checkpoints=manager,
+            )
