@@ -282,11 +282,13 @@ async def run_rl(
     breaker = Breaker(policy.max_consecutive_failures if policy is not None else None)
 
     if checkpoints is not None and checkpoints.records:  # refused before the trainer is touched
-        _resume_point(checkpoints.records[-1], groups_per_step)
+        _resume_point(checkpoints.records[-1], groups_per_step, publish_every)
     start = await checkpoints.resume() if checkpoints is not None else None
     first_step, first_version, total_tokens = 1, 0, 0
     if start is not None:
-        first_step, first_version, total_tokens = _resume_point(start, groups_per_step)
+        first_step, first_version, total_tokens = _resume_point(
+            start, groups_per_step, publish_every
+        )
     saved_step = first_step - 1
     started = time.monotonic()
     tickets = _Tickets(
@@ -379,7 +381,7 @@ async def run_rl(
         if last_step > saved_step:
             await checkpoints.save(
                 last_step,
-                cursor=_cursor(last_step, last_step // publish_every, groups_per_step),
+                cursor=_cursor(last_step, groups_per_step, publish_every),
                 tokens=total_tokens,
                 final=True,
             )
@@ -435,7 +437,7 @@ async def run_rl(
             if publish and checkpoints.due(step, total_tokens):
                 # Submitted after this step's optim_step (call order): exactly its weights.
                 await checkpoints.save(
-                    step, cursor=_cursor(step, version + 1, groups_per_step), tokens=total_tokens
+                    step, cursor=_cursor(step, groups_per_step, publish_every), tokens=total_tokens
                 )
                 saved_step = step
         metrics = dict((await fb).metrics) if fb is not None else {}
@@ -472,14 +474,24 @@ async def run_rl(
     return RLResult(tuple(steps), tuple(sorted(evaluations, key=lambda e: e[0])), pacer.version)
 
 
-def _cursor(step: int, version: int, groups_per_step: int) -> dict[str, int]:
+def _cursor(step: int, groups_per_step: int, publish_every: int) -> dict[str, int]:
     """What :func:`run_rl` records in a save: the step, the policy version after it, and the
-    prompts per step (``step * groups_per_step`` prompts have been trained)."""
-    return {"loop": 1, "step": step, "version": version, "groups_per_step": groups_per_step}
+    shape of the run (``step * groups_per_step`` prompts have been trained)."""
+    return {
+        "loop": 1,
+        "step": step,
+        "version": step // publish_every,
+        "groups_per_step": groups_per_step,
+        "publish_every": publish_every,
+    }
 
 
-def _resume_point(start: SaveRecord, groups_per_step: int) -> tuple[int, int, int]:
-    """The first step, the policy version and the tokens trained, from ``start``."""
+def _resume_point(
+    start: SaveRecord, groups_per_step: int, publish_every: int
+) -> tuple[int, int, int]:
+    """The first step, the policy version and the tokens trained, from ``start``; refuses a
+    save made by another loop, or by a run of another shape (the step numbers, tickets and
+    versions would not line up)."""
     cursor = start.cursor
     if (
         not isinstance(cursor, dict)
@@ -490,9 +502,7 @@ def _resume_point(start: SaveRecord, groups_per_step: int) -> tuple[int, int, in
         raise InvalidInput(
             "checkpoints", f"the latest save ({start.name}) was not made by run_rl: {cursor!r}"
         )
-    if cursor.get("groups_per_step") != groups_per_step:
-        raise InvalidInput(
-            "groups_per_step",
-            f"is {groups_per_step}, the run being resumed had {cursor.get('groups_per_step')}",
-        )
+    for name, value in (("groups_per_step", groups_per_step), ("publish_every", publish_every)):
+        if cursor.get(name) != value:
+            raise InvalidInput(name, f"is {value}, the run being resumed had {cursor.get(name)!r}")
     return cursor["step"] + 1, cursor["version"], start.tokens

@@ -475,9 +475,11 @@ async def test_a_run_dir_of_another_loop_or_shape_is_refused_before_the_trainer_
         "final": False,
         "saved_at": 0.0,
     }
+    rl = {"loop": 1, "step": 3, "version": 3, "groups_per_step": 4, "publish_every": 1}
     for cursor, field in (
         (3, "checkpoints"),
-        ({"loop": 1, "step": 3, "version": 3, "groups_per_step": 2}, "groups_per_step"),
+        (rl | {"groups_per_step": 2}, "groups_per_step"),
+        (rl | {"publish_every": 3}, "publish_every"),
     ):
         (tmp_path / "checkpoints.json").write_text(
             json.dumps({"saves": [record | {"cursor": cursor}]})
@@ -494,3 +496,16 @@ async def test_a_run_dir_of_another_loop_or_shape_is_refused_before_the_trainer_
                 groups_per_step=4,
                 checkpoints=manager,
             )
+    # The same shape passes and goes on to restore the save.
+    (tmp_path / "checkpoints.json").write_text(json.dumps({"saves": [record | {"cursor": rl}]}))
+    with pytest.raises(AssertionError, match="restored"):
+        await run_rl(
+            None,  # type: ignore[arg-type]
+            NeverPublish(),
+            range(8),
+            rollout,
+            lambda rollouts: [],
+            adam=ADAM,
+            groups_per_step=4,
+            checkpoints=CheckpointManager(Store(), tmp_path, config={}),
+        )
