@@ -430,6 +430,26 @@ async def test_the_breaker_opens_on_consecutive_failures_naming_count_and_cause(
         assert "5 rollout attempts failed in a row" in str(caught.value)
         assert "EnvDown: env" in str(caught.value)
         assert not [name for name in _running_task_names() if "loops._rl" in name]
+
+        # A success in between resets the count: alternate failures never open it.
+        async def every_other(sampler: SamplingClient, seed: int) -> list[list[int]]:
+            if seed % 2:
+                raise EnvDown(f"env {seed} down")
+            return await _sample(sampler, seed)
+
+        result: RLResult[Any, Any, Any] = await run_rl(
+            client,
+            TrainerPolicy(session, client),
+            range(8),
+            every_other,
+            _datums,
+            adam=ADAM,
+            loss_fn="cross_entropy",
+            groups_per_step=4,
+            concurrency=1,  # one at a time: failure, success, failure, ...
+            on_rollout_error=RetryGroup(times=0, max_consecutive_failures=2),
+        )
+        assert [s.skipped for s in result.steps] == [(1, 3), (5, 7)]
     with pytest.raises(InvalidInput, match="max_consecutive_failures"):
         RetryGroup(max_consecutive_failures=0)
     with pytest.raises(InvalidInput, match="on_rollout_error"):
