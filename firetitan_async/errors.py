@@ -34,6 +34,7 @@ __all__ = [
     "ReadinessTimeout",
     "ReplyTooLarge",
     "RequestFailedError",
+    "RolloutsFailing",
     "SamplingError",
     "SessionClosed",
     "SubmissionLost",
@@ -254,6 +255,29 @@ class NotAwaited(FiretitanError, AttributeError):
         fb = client.forward_backward(batch, "cross_entropy")
         fb.metrics          # NotAwaited: ... did you forget `await`? (await fb).metrics
     """
+
+
+class RolloutsFailing(FiretitanError):
+    """``run_rl``'s circuit breaker opened: ``count`` rollout attempts failed in a row (no
+    rollout succeeded in between), reaching the policy's ``max_consecutive_failures``.
+
+    ``last_cause`` is the latest failure (also the ``__cause__``).
+
+    Example::
+
+        try:
+            await run_rl(..., on_rollout_error=RetryGroup(times=2, max_consecutive_failures=8))
+        except RolloutsFailing as exc:
+            print(exc.count, repr(exc.last_cause))
+    """
+
+    def __init__(self, count: int, last_cause: BaseException) -> None:
+        self.count = count
+        self.last_cause = last_cause
+        super().__init__(
+            f"{count} rollout attempts failed in a row; the last: "
+            f"{type(last_cause).__name__}: {last_cause}"
+        )
 
 
 class UnsupportedAwaitable(FiretitanError, TypeError):

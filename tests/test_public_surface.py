@@ -153,7 +153,7 @@ async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
 # -- consistent names; the old ones warn for one release (design.md) ------------------------
 
 # New names this release, each exported from the package.
-NEW_NAMES = {"ReplyTooLarge", "ManagedConfig", "ManagedSetup", "Cleanup"}
+NEW_NAMES = {"ReplyTooLarge", "ManagedConfig", "ManagedSetup", "Cleanup", "RolloutsFailing"}
 # Old name -> (the object that still carries it, its new name).
 DEPRECATED_ALIASES: dict[str, tuple[object, str]] = {
     "ServiceSession.wait_ready": (ServiceSession, "wait_for_ready"),
@@ -161,7 +161,18 @@ DEPRECATED_ALIASES: dict[str, tuple[object, str]] = {
     "loops.TrainerSampler": (firetitan_async.loops, "TrainerPolicy"),
 }
 # Names in the loops package that are new this release.
-NEW_LOOPS_NAMES = {"TrainerPolicy"}
+NEW_LOOPS_NAMES = {
+    "TrainerPolicy",
+    # run_rl's schedule, rollout-failure policy, breaker error and KL penalty (issue 25).
+    "KLPenalty",
+    "LRSchedule",
+    "RetryGroup",
+    "RolloutsFailing",
+    "constant",
+    "cosine",
+    "linear",
+    "warmup_stable_decay",
+}
 
 
 def test_new_names_are_exported() -> None:

@@ -6,7 +6,10 @@
   (hot-loaded into an inference deployment, rollouts from its completions API).
 * :func:`sft_steps`: ``async for step in sft_steps(client, batches, depth=k, ...)``.
 * :class:`CheckpointManager`: periodic, rolling and final saves recorded beside the run;
-  ``resume()``.
+  ``resume()`` (``sft_steps`` and ``run_rl`` both resume from it).
+* Learning-rate schedules (:func:`linear`, :func:`cosine`, :func:`warmup_stable_decay`,
+  :func:`constant`) for ``lr_schedule=``; :class:`RetryGroup` for ``on_rollout_error=``;
+  :class:`KLPenalty` for ``kl=``.
 * :class:`RayRollouts` (extra ``ray``): rollouts in Ray actor workers, fed by
   :class:`TrainerSamplerHandle` values.
 
@@ -27,11 +30,15 @@ from __future__ import annotations
 
 import warnings
 
+from ..errors import RolloutsFailing
 from ._checkpoints import CheckpointManager, CheckpointStore, SaveRecord, TrainerCheckpoints
 from ._deployment import DeploymentPolicy, DeploymentPolicySampler
+from ._failures import RetryGroup
+from ._kl import KLPenalty
 from ._policy import Publisher, SamplerHandle, TrainerPolicy, TrainerSamplerHandle
 from ._ray import RayRollouts
 from ._rl import RLResult, RLStep, Rollout, run_rl
+from ._schedules import LRSchedule, constant, cosine, linear, warmup_stable_decay
 from ._sft import SFTStep, sft_steps
 
 # Old name -> new name: kept one release, they warn (DeprecationWarning) when looked up.
@@ -42,19 +49,27 @@ __all__ = [
     "CheckpointStore",
     "DeploymentPolicy",
     "DeploymentPolicySampler",
+    "KLPenalty",
+    "LRSchedule",
     "Publisher",
     "RLResult",
     "RLStep",
     "RayRollouts",
+    "RetryGroup",
     "Rollout",
+    "RolloutsFailing",
     "SFTStep",
     "SamplerHandle",
     "SaveRecord",
     "TrainerCheckpoints",
     "TrainerPolicy",
     "TrainerSamplerHandle",
+    "constant",
+    "cosine",
+    "linear",
     "run_rl",
     "sft_steps",
+    "warmup_stable_decay",
 ]
 
 

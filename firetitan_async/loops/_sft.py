@@ -19,6 +19,7 @@ from .._clients._training import TrainingClient
 from .._session._pending import Pending
 from ..errors import InvalidInput
 from ._checkpoints import CheckpointManager, SaveRecord
+from ._schedules import Schedule, adam_at
 
 __all__ = ["SFTStep", "sft_steps"]
 
@@ -51,7 +52,8 @@ class _Submitted:
     tokens: int
     submitted: float
     fb: Pending[types.ForwardBackwardOutput]
-    opt: Pending[types.OptimStepResponse]
+    #: None for a step at rate 0: measured by ``forward``, nothing trained.
+    opt: Pending[types.OptimStepResponse] | None
 
 
 async def sft_steps(
@@ -64,6 +66,7 @@ async def sft_steps(
     loss_fn_config: dict[str, float] | None = None,
     checkpoints: CheckpointManager | None = None,
     start: SaveRecord | None = None,
+    lr_schedule: Schedule | None = None,
 ) -> AsyncIterator[SFTStep]:
     """Train on ``batches``, keeping ``depth`` steps in flight; yields each finished step.
 
@@ -71,7 +74,10 @@ async def sft_steps(
     the last step was just saved): the steps in flight are drained first, the save is
     submitted, and training goes on while it runs. The data cursor recorded is the number of
     batches consumed. ``start`` (the record :meth:`CheckpointManager.resume` returned) skips
-    the batches already trained and numbers steps on from it.
+    the batches already trained and numbers steps on from it. ``lr_schedule(step)`` (1-based,
+    e.g. :func:`cosine`) gives each step's learning rate (a float put into ``adam``) or its
+    whole ``AdamParams``; steps go on from ``start``, so does the schedule. A step at rate 0
+    (where a decay to ``min_lr_ratio=0`` ends) is measured by ``forward`` and trains nothing.
 
     Example::
 
@@ -93,7 +99,8 @@ async def sft_steps(
         nonlocal finished_tokens
         head = in_flight.popleft()
         out = await head.fb
-        await head.opt
+        if head.opt is not None:
+            await head.opt
         now = time.monotonic()
         finished_tokens += head.tokens
         return SFTStep(
@@ -112,8 +119,12 @@ async def sft_steps(
         tokens = sum(d.model_input.length for d in data)
         total_tokens += tokens
         submitted = time.monotonic()
-        fb = client.forward_backward(data, loss_fn, loss_fn_config)
-        opt = client.optim_step(adam)
+        params = adam_at(lr_schedule, step, adam)
+        if params.learning_rate == 0:  # a decay's end: no weight changes, the client refuses it
+            fb, opt = client.forward(data, loss_fn, loss_fn_config), None
+        else:
+            fb = client.forward_backward(data, loss_fn, loss_fn_config)
+            opt = client.optim_step(params)
         in_flight.append(_Submitted(step, tokens, submitted, fb, opt))
         if checkpoints is not None and checkpoints.due(step, total_tokens):
             while in_flight:

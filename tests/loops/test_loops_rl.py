@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -13,10 +15,12 @@ import pytest
 import sniffio
 from tinker import types
 
-from firetitan_async import SamplingClient, ServiceSession
+from firetitan_async import FiretitanError, RolloutsFailing, SamplingClient, ServiceSession
 from firetitan_async.errors import InvalidInput
 from firetitan_async.local import LocalTrainer
 from firetitan_async.loops import (
+    CheckpointManager,
+    RetryGroup,
     RLResult,
     RLStep,
     Rollout,
@@ -83,7 +87,7 @@ def _datums(rollouts: Sequence[Rollout[int, list[int]]]) -> list[types.Datum]:
     return datums
 
 
-async def test_a_rollout_that_raises_ends_the_pipeline_with_that_error(
+async def test_under_fail_a_rollout_that_raises_ends_the_pipeline_with_that_error(
     anyio_backend: str,
 ) -> None:
     calls = 0
@@ -118,6 +122,7 @@ async def test_a_rollout_that_raises_ends_the_pipeline_with_that_error(
                 groups_per_step=4,
                 concurrency=8,
                 max_staleness=2,
+                on_rollout_error="fail",
             )
         ended = time.monotonic()
         assert caught.value is raised[0][0]  # the original error, not a group
@@ -337,3 +342,190 @@ async def test_a_sampler_handle_rebuilds_a_client_elsewhere(anyio_backend: str) 
                 assert await _sample(await rebuilt.sampler(other), 5) == expected
     with pytest.raises(InvalidInput, match="handle"):
         TrainerSamplerHandle.decode("not a handle")
+
+
+async def test_a_failed_group_is_retried_with_a_fresh_call_then_skipped_and_nothing_else_stops(
+    anyio_backend: str,
+) -> None:
+    calls: dict[int, int] = {}
+    finished: list[int] = []
+
+    async def rollout(sampler: SamplingClient, seed: int) -> list[list[int]]:
+        calls[seed] = calls.get(seed, 0) + 1
+        if seed == 3 and calls[seed] <= 2:
+            raise ConnectionError("env 3 reset")  # fails twice, then succeeds
+        if seed == 6:
+            raise ConnectionError("env 6 is broken")  # always: skipped
+        if seed == 7:
+            await anyio.sleep(0.2)  # in flight while 6 fails: must not be cancelled
+        out = await _sample(sampler, seed)
+        finished.append(seed)
+        return out
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        policies: list[tuple[RetryGroup | Literal["skip"], int]] = [
+            (RetryGroup(times=2), 3),
+            ("skip", 1),
+        ]
+        for policy, retries in policies:
+            calls.clear()
+            finished.clear()
+            with anyio.fail_after(10):
+                result: RLResult[Any, Any, Any] = await run_rl(
+                    client,
+                    TrainerPolicy(session, client),
+                    range(12),
+                    rollout,
+                    _datums,
+                    adam=ADAM,
+                    loss_fn="cross_entropy",
+                    groups_per_step=4,
+                    concurrency=8,
+                    on_rollout_error=policy,
+                )
+            assert calls[6] == retries  # the rollout function was called again each time
+            trained = [r.index for s in result.steps for r in s.rollouts]
+            skipped = [i for s in result.steps for i in s.skipped]
+            if retries == 3:
+                assert calls[3] == 3 and 3 in trained
+                assert skipped == [6]
+            else:
+                assert calls[3] == 1 and skipped == [3, 6]
+            assert sorted(trained + skipped) == list(range(12))
+            assert sorted(finished) == sorted(trained) and 7 in finished
+            assert [len(s.rollouts) for s in result.steps] == [4 - (retries == 1), 3, 4]
+
+
+async def test_the_breaker_opens_on_consecutive_failures_naming_count_and_cause(
+    anyio_backend: str,
+) -> None:
+    class EnvDown(Exception):
+        pass
+
+    async def rollout(sampler: SamplingClient, seed: int) -> list[list[int]]:
+        if seed >= 6:
+            raise EnvDown(f"env {seed} down")
+        return await _sample(sampler, seed)
+
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+        client = await session.create_training_client(MODEL)
+        with anyio.fail_after(10), pytest.raises(RolloutsFailing) as caught:
+            await run_rl(
+                client,
+                TrainerPolicy(session, client),
+                range(10_000),
+                rollout,
+                _datums,
+                adam=ADAM,
+                loss_fn="cross_entropy",
+                groups_per_step=2,
+                concurrency=4,
+                on_rollout_error=RetryGroup(times=1, max_consecutive_failures=5),
+            )
+        assert isinstance(caught.value, FiretitanError)
+        assert caught.value.count == 5
+        assert isinstance(caught.value.last_cause, EnvDown)
+        assert caught.value.__cause__ is caught.value.last_cause
+        assert "5 rollout attempts failed in a row" in str(caught.value)
+        assert "EnvDown: env" in str(caught.value)
+        assert not [name for name in _running_task_names() if "loops._rl" in name]
+
+        # A success in between resets the count: alternate failures never open it.
+        async def every_other(sampler: SamplingClient, seed: int) -> list[list[int]]:
+            if seed % 2:
+                raise EnvDown(f"env {seed} down")
+            return await _sample(sampler, seed)
+
+        result: RLResult[Any, Any, Any] = await run_rl(
+            client,
+            TrainerPolicy(session, client),
+            range(8),
+            every_other,
+            _datums,
+            adam=ADAM,
+            loss_fn="cross_entropy",
+            groups_per_step=4,
+            concurrency=1,  # one at a time: failure, success, failure, ...
+            on_rollout_error=RetryGroup(times=0, max_consecutive_failures=2),
+        )
+        assert [s.skipped for s in result.steps] == [(1, 3), (5, 7)]
+    with pytest.raises(InvalidInput, match="max_consecutive_failures"):
+        RetryGroup(max_consecutive_failures=0)
+    with pytest.raises(InvalidInput, match="on_rollout_error"):
+        await run_rl(
+            None,  # type: ignore[arg-type]
+            TrainerPolicy(None, None),  # type: ignore[arg-type]
+            [1],
+            rollout,
+            _datums,
+            adam=ADAM,
+            groups_per_step=1,
+            on_rollout_error="retry",  # type: ignore[arg-type]
+        )
+
+
+async def test_a_run_dir_of_another_loop_or_shape_is_refused_before_the_trainer_is_touched(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    class Store:
+        def save(self, name: str) -> Awaitable[str]:
+            raise AssertionError("saved")
+
+        async def restore(self, path: str) -> None:
+            raise AssertionError("restored")
+
+        async def delete(self, path: str) -> None:
+            raise AssertionError("deleted")
+
+    class NeverPublish:
+        async def publish(self, version: int) -> None:
+            raise AssertionError("published")
+
+    async def rollout(sampler: None, prompt: int) -> list[int]:
+        raise AssertionError("sampled")
+
+    record = {
+        "name": "ckpt-0000003",
+        "path": "tinker://x/ckpt-0000003",
+        "step": 3,
+        "tokens": 0,
+        "optimizer_state": True,
+        "config": {},
+        "final": False,
+        "saved_at": 0.0,
+    }
+    rl = {"loop": 1, "step": 3, "version": 3, "groups_per_step": 4, "publish_every": 1}
+    for cursor, field in (
+        (3, "checkpoints"),
+        (rl | {"groups_per_step": 2}, "groups_per_step"),
+        (rl | {"publish_every": 3}, "publish_every"),
+    ):
+        (tmp_path / "checkpoints.json").write_text(
+            json.dumps({"saves": [record | {"cursor": cursor}]})
+        )
+        manager = CheckpointManager(Store(), tmp_path, config={})
+        with pytest.raises(InvalidInput, match=field):
+            await run_rl(
+                None,  # type: ignore[arg-type]
+                NeverPublish(),
+                range(8),
+                rollout,
+                lambda rollouts: [],
+                adam=ADAM,
+                groups_per_step=4,
+                checkpoints=manager,
+            )
+    # The same shape passes and goes on to restore the save.
+    (tmp_path / "checkpoints.json").write_text(json.dumps({"saves": [record | {"cursor": rl}]}))
+    with pytest.raises(AssertionError, match="restored"):
+        await run_rl(
+            None,  # type: ignore[arg-type]
+            NeverPublish(),
+            range(8),
+            rollout,
+            lambda rollouts: [],
+            adam=ADAM,
+            groups_per_step=4,
+            checkpoints=CheckpointManager(Store(), tmp_path, config={}),
+        )
