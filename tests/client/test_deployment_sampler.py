@@ -272,7 +272,7 @@ async def test_bad_input_is_refused_before_anything_is_sent() -> None:
         for kwargs, field in (
             ({"top_p": 0.0}, "top_p"),
             ({"n": 0}, "n"),
-            ({"stop": "x"}, "stop"),
+            ({"stop": [""]}, "stop"),
             ({"temperature": -1.0}, "temperature"),
         ):
             with pytest.raises(InvalidInput) as info:
