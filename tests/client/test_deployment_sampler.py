@@ -345,7 +345,7 @@ async def test_a_burst_waits_for_slots_before_building_requests(
     window = FixedConcurrency(4)
 
     async def one(sampler: DeploymentSampler) -> None:
-        await sampler.sample(PROMPT)
+        await sampler.sample(PROMPT, max_tokens=16)
         first_reply.append(time.monotonic())
 
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
