@@ -205,7 +205,7 @@ async def test_every_parameter_reaches_the_body_and_bad_ones_are_refused_first()
                                  top_k=40, logprobs=False, echo=True, prompt_cache_key="conv-1",
                                  seed=3, include_routing_matrix=False, user="u1",
                                  top_logprobs=2)
-        with pytest.raises(SamplingError, match="logprobs.content"):  # nor has it matrices
+        with pytest.raises(SamplingError, match=r"logprobs\.content"):  # nor matrices
             await sampler.sample(PROMPT, include_routing_matrix=True)
         before = len(seen)
         for kwargs, field in (
