@@ -37,7 +37,7 @@ import codecs
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -174,6 +174,31 @@ def _prompt_entries(prompt: list[int], logprobs: np.ndarray, params: _Params) ->
     return out
 
 
+def _echoed(params: _Params, weights: Mapping[str, np.ndarray]) -> list[_Entry]:
+    """The prompt's entries of an ``echo`` request (none without ``echo``)."""
+    if not params.echo:
+        return []
+    prompt = params.prompt.tolist()
+    return _prompt_entries(prompt, prompt_logprobs(weights, params.prompt), params)
+
+
+def _stream_deltas(
+    index: int, seq: SampledSequence, params: _Params, prompt: list[int], echoed: list[_Entry]
+) -> Iterator[dict[str, Any]]:
+    """The streamed choice deltas of one sequence: the echoed prompt first, in one event, then
+    one per token."""
+    if echoed:
+        first: dict[str, Any] = {"index": index, "text": echoed[0][2], "finish_reason": None}
+        if params.content:
+            first["logprobs"] = {"content": [_lp_entry(e, True) for e in echoed]}
+        yield first
+    for entry in _entries(seq, params, prompt[-1]):
+        delta: dict[str, Any] = {"index": index, "text": entry[2], "finish_reason": None}
+        if params.content:
+            delta["logprobs"] = {"content": [_lp_entry(entry, False)]}
+        yield delta
+
+
 def _routing_matrix(prev: int, token: int) -> str:
     """A stand-in routing matrix (2 layers x top-1 of 8 experts, uint8, base64)."""
     experts = bytes([(prev * 31 + token) % 8, (prev * 17 + token * 5 + 3) % 8])
@@ -277,10 +302,7 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         cid = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": cid, "object": "text_completion", "created": int(time.time()),
                 "model": params.model}
-        echoed = (
-            _prompt_entries(prompt, prompt_logprobs(weights, params.prompt), params)
-            if params.echo else []
-        )
+        echoed = _echoed(params, weights)
         choices = [_choice(i, s, params, prompt, echoed) for i, s in enumerate(seqs)]
         if not params.stream:
             reply = {**head, "choices": choices, "usage": usage}
@@ -293,15 +315,7 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
             events.append(f"data: {json.dumps(payload)}\n\n")
 
         for i, seq in enumerate(seqs):
-            if echoed:  # the prompt first, in one event
-                first: dict[str, Any] = {"index": i, "text": echoed[0][2], "finish_reason": None}
-                if params.content:
-                    first["logprobs"] = {"content": [_lp_entry(e, True) for e in echoed]}
-                emit({**head, "choices": [first]})
-            for entry in _entries(seq, params, prompt[-1]):
-                delta: dict[str, Any] = {"index": i, "text": entry[2], "finish_reason": None}
-                if params.content:
-                    delta["logprobs"] = {"content": [_lp_entry(entry, False)]}
+            for delta in _stream_deltas(i, seq, params, prompt, echoed):
                 emit({**head, "choices": [delta]})
             final = choices[i]
             emit({**head, "choices": [{"index": i, "text": "", "finish_reason":
