@@ -59,6 +59,7 @@ from ..wire.completions import (
     SSEDecoder,
     Stop,
     StreamDelta,
+    check_max_seq_len,
     completion_body,
     parse_completion_reply,
     parse_stream_chunk,
@@ -351,7 +352,7 @@ class DeploymentSampler:
     def _body(self, prompt: object, args: _Args, *, stream: bool = False) -> dict[str, Any]:
         """The checked request body of one prompt (``InvalidInput`` names a bad argument)."""
         if args.max_seq_len is not None:
-            _check_max_seq_len(args.max_seq_len)
+            check_max_seq_len(args.max_seq_len)
         return completion_body(
             self.model, prompt, n=args.n, stream=stream, max_tokens=args.max_tokens,
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
@@ -720,11 +721,6 @@ class _Args:
     seed: int | None
     include_routing_matrix: bool
     extra: dict[str, Any]
-
-
-def _check_max_seq_len(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("max_seq_len", f"must be an integer >= 1, got {value!r}")
 
 
 def _timed_out(

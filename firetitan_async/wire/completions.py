@@ -27,7 +27,9 @@ __all__ = [
     "ChoiceResult",
     "CompletionOptions",
     "SSEDecoder",
+    "Stop",
     "StreamDelta",
+    "check_max_seq_len",
     "completion_body",
     "parse_completion_reply",
     "parse_stream_chunk",
@@ -130,6 +132,14 @@ def prompt_token_ids(prompt: object, field: str = "prompt") -> list[int]:
         if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
             raise InvalidInput(f"{field}[{i}]", f"must be a token id >= 0, got {tok!r}")
     return tokens
+
+
+def check_max_seq_len(value: object) -> int:
+    """Check ``max_seq_len`` (prompt + completion tokens; not a body field: the sampler filters
+    by it, as the Fireworks SDK does)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput("max_seq_len", f"must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _stop_strings(stop: object, decode: Callable[[int], str] | None) -> list[str]:
