@@ -91,9 +91,13 @@ def _sdk_run(url: str) -> tuple[list[Any], list[Any], list[float | None]]:
     client = sdk.FiretitanSamplingClient(
         sdk.DeploymentSampler(inference_url=url, model=MODEL, api_key=KEY)
     )
-    with warnings.catch_warnings():  # "use training_client.forward() instead"
-        warnings.simplefilter("ignore", UserWarning)
-        logprobs = client.compute_logprobs(sdk.ModelInput.from_ints(PROMPT)).result(timeout=60)
+    try:
+        with warnings.catch_warnings():  # "use training_client.forward() instead"
+            warnings.simplefilter("ignore", UserWarning)
+            future = client.compute_logprobs(sdk.ModelInput.from_ints(PROMPT))
+            logprobs = future.result(timeout=60)
+    finally:
+        client.close()  # its event-loop thread
     return got, none, list(logprobs)
 
 
