@@ -472,12 +472,14 @@ class DeploymentSampler:
         request_id = uuid.uuid4().hex
         ends = math.inf if timeout is None else time.monotonic() + timeout
         sender = _Slotted(self, stream=True)
-        with anyio.move_on_after(timeout if timeout is not None else math.inf) as scope:
+        response: httpx.Response | None = None
+        with anyio.move_on_after(timeout if timeout is not None else math.inf):
             response = await self._send_with_retry(
                 sender, body, request_id, {"Accept": "text/event-stream"}
             )
-        if timeout is not None and scope.cancelled_caught:
-            raise _timed_out("stream", request_id, timeout, timeout)
+        if response is None:  # the timeout ran out before the reply started
+            sender.release_held()
+            raise _timed_out("stream", request_id, timeout or 0.0, timeout or 0.0)
         try:  # the reply holds its slot until the stream ends
             decoder = SSEDecoder()
             chunks = _body_chunks(response, request_id, sender.attempts, self._redact)

@@ -252,7 +252,7 @@ def test_bad_keepalive_expiry_or_tokenizer_is_refused() -> None:
     assert info.value.field == "tokenizer"
 
 
-@pytest.mark.parametrize("expiry, connections", [(0.1, 2), (30.0, 1)])
+@pytest.mark.parametrize("expiry, connections", [(0.05, 2), (30.0, 1)])
 async def test_an_idle_connection_older_than_keepalive_expiry_is_not_reused(
     expiry: float, connections: int
 ) -> None:
@@ -278,7 +278,7 @@ async def test_an_idle_connection_older_than_keepalive_expiry_is_not_reused(
         async with DeploymentSampler(f"http://127.0.0.1:{port}", MODEL, keepalive_expiry=expiry,
                                      allow_insecure_http=True) as sampler:
             await sampler.sample(PROMPT, max_tokens=1)
-            await anyio.sleep(0.25)
+            await anyio.sleep(0.15)
             await sampler.sample(PROMPT, max_tokens=1)
         tg.cancel_scope.cancel()
     assert len(opened) == connections
