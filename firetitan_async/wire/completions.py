@@ -158,7 +158,19 @@ def _stop_strings(stop: object, decode: Callable[[int], str] | None) -> list[str
                 "stop", "token-id stops need the sampler's tokenizer= (the completions API "
                 "takes stop strings; the Fireworks SDK decodes them with its tokenizer too)"
             )
-        return [decode(t) for t in items]
+        out = []
+        for token in items:
+            try:
+                text = decode(token)
+            except Exception as exc:  # the caller's tokenizer: any failure is a bad stop
+                raise InvalidInput(
+                    "stop", f"the tokenizer could not decode token {token} "
+                    f"({type(exc).__name__})"
+                ) from None
+            if not isinstance(text, str) or not text:
+                raise InvalidInput("stop", f"token {token} decodes to no text")
+            out.append(text)
+        return out
     raise InvalidInput("stop", "must be all strings or all token ids >= 0")
 
 

@@ -76,6 +76,13 @@ def test_stops_and_max_seq_len_are_checked_as_the_sdk_takes_them() -> None:
         with pytest.raises(InvalidInput) as info:
             body(stop=bad)
         assert info.value.field == "stop"
+    def broken(token: int) -> str:
+        raise KeyError(token)
+
+    for decode in (broken, lambda t: ""):
+        with pytest.raises(InvalidInput) as info:
+            completion_body("m", PROMPT, stop=[3], decode_token=decode)
+        assert info.value.field == "stop"
     assert check_max_seq_len(8) == 8
     for bad_len in (0, True, 2.0):
         with pytest.raises(InvalidInput) as info:
