@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -41,24 +42,33 @@ import httpx
 
 from .._http._cpu_turns import CpuTurns, Turn, hold_turn, sleep_off_turn
 from .._http._environment import resolve_api_key
-from .._http._http11_transport import STREAM_EXTENSION, TURN_EXTENSION, Http11Transport
+from .._http._http11_transport import (
+    DEFAULT_KEEPALIVE_EXPIRY_S,
+    STREAM_EXTENSION,
+    TURN_EXTENSION,
+    Http11Transport,
+)
 from .._http._redact import Redactor
 from .._http._retry import RetryPolicy
 from .._http._send import send_with_retry
 from .._http._transport import check_url_security
 from .._session._ordered_ops import first_error
 from .._version import USER_AGENT
-from ..errors import FiretitanError, InvalidInput, SamplingError
+from ..errors import FiretitanError, InvalidInput, OperationTimeout, SamplingError
 from ..wire.completions import (
-    CompletionOptions,
     SSEDecoder,
+    Stop,
     StreamDelta,
+    check_max_seq_len,
     completion_body,
     parse_completion_reply,
     parse_stream_chunk,
 )
-from ..wire.validation import validate_seconds
+from ..wire.validation import validate_keepalive_expiry, validate_seconds
 from ._concurrency import AdaptiveConcurrency, ConcurrencyController, FixedConcurrency, Observation
+
+if TYPE_CHECKING:
+    from tinker.types import ModelInput
 
 __all__ = ["DeploymentSampler", "SampledCompletion"]
 
@@ -79,7 +89,11 @@ class SampledCompletion:
     ``tokens`` are the completion's token ids, ``logprobs`` their sampling logprobs (when asked
     for), ``finish_reason`` ``"stop"`` or ``"length"``, ``policy_version`` the identity of the
     weight snapshot that produced it (None: the base model, or a server that does not say),
-    ``request_id`` the id of the request.
+    ``request_id`` the id of the request. With ``echo`` and ``logprobs``, ``prompt_logprobs``
+    holds one logprob per prompt token (the first None: it has no context); with
+    ``include_routing_matrix``, ``routing_matrices`` one base64 routing matrix (R3, for MoE
+    router replay) per completion token and, with ``echo``, ``prompt_routing_matrices`` one per
+    prompt token.
 
     Example::
 
@@ -93,6 +107,9 @@ class SampledCompletion:
     text: str
     policy_version: str | None
     request_id: str
+    prompt_logprobs: list[float | None] | None = None
+    routing_matrices: list[str] | None = None
+    prompt_routing_matrices: list[str] | None = None
 
     @property
     def full_tokens(self) -> list[int]:
@@ -105,7 +122,11 @@ class DeploymentSampler:
 
     ``concurrency`` is a controller (``FixedConcurrency``, ``AdaptiveConcurrency``, or your
     own ``ConcurrencyController``), an int (a fixed window) or None (adaptive, like the SDK).
-    ``api_key`` defaults to ``$FIREWORKS_API_KEY``. ``transport`` is the httpx seam (tests).
+    ``api_key`` defaults to ``$FIREWORKS_API_KEY``. ``tokenizer`` (a Hugging Face tokenizer,
+    or anything with ``decode(ids, skip_special_tokens=False)``) turns token-id stops into
+    the strings the completions API takes, as the SDK's sampler does. An idle pooled connection
+    is reused for ``keepalive_expiry`` seconds, then closed (as ``ServiceSession``'s).
+    ``transport`` is the httpx seam (tests).
     """
 
     def __init__(
@@ -121,6 +142,8 @@ class DeploymentSampler:
         timeout_s: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
         allow_insecure_http: bool = False,
+        tokenizer: Any = None,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
     ) -> None:
         try:
             base = check_url_security(inference_url, allow_insecure_http=allow_insecure_http)
@@ -130,6 +153,9 @@ class DeploymentSampler:
             raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
         validate_seconds(timeout_s, "timeout_s")
         validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
+        validate_keepalive_expiry(keepalive_expiry)
+        if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+            raise InvalidInput("tokenizer", "must have decode(ids, skip_special_tokens=False)")
         key = resolve_api_key(api_key)
         self.model = model
         self.inference_url = base
@@ -140,6 +166,11 @@ class DeploymentSampler:
         self._hot_interval = hotload_retry_interval_s
         self._hot_max = hotload_max_retries
         self._redact = Redactor.of(key)
+        self.tokenizer = tokenizer
+        self._decode_token: Callable[[int], str] | None = (
+            None if tokenizer is None
+            else lambda token: str(tokenizer.decode([token], skip_special_tokens=False))
+        )
         # The transport is called directly: no per-request cookie jar, auth flow or hooks
         # (httpx.AsyncClient's), which were a good part of the client's CPU per rollout.
         # With our own transport a request holds a CPU turn while it builds or parses and
@@ -149,7 +180,8 @@ class DeploymentSampler:
         if transport is None:
             self._turns = CpuTurns()
             transport = Http11Transport(
-                ssl_context=httpx.create_ssl_context(), turns=self._turns
+                ssl_context=httpx.create_ssl_context(), turns=self._turns,
+                keepalive_expiry=keepalive_expiry,
             )
         self._transport = transport
         self._headers: list[tuple[str, str]] = [
@@ -178,34 +210,73 @@ class DeploymentSampler:
 
     async def sample(
         self,
-        prompt_tokens: Sequence[int],
+        prompt: Sequence[int] | ModelInput,
         *,
         n: int = 1,
-        **options: Unpack[CompletionOptions],
+        max_tokens: int = 1024,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Stop | None = None,
+        logprobs: bool = False,
+        echo: bool = False,
+        max_seq_len: int | None = None,
+        prompt_cache_key: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        include_routing_matrix: bool = False,
+        **extra: Any,
     ) -> list[SampledCompletion]:
-        """``n`` completions of ``prompt_tokens`` (one request). ``InvalidInput`` for a bad
-        argument (nothing sent); ``SamplingError`` when the request fails for good.
+        """``n`` completions of ``prompt`` (token ids or a ``ModelInput``; one request).
+
+        The Fireworks SDK's parameters and defaults: ``top_k=0`` is sent on purpose (serving
+        defaults would truncate rollouts); ``stop`` is a string, strings, or token ids (decoded
+        with the sampler's ``tokenizer``); ``echo`` also returns the prompt's logprobs
+        (``prompt_logprobs``); ``max_seq_len`` returns nothing for a prompt of that length or
+        more (no request) and drops completions longer than that in total, as the SDK does;
+        ``prompt_cache_key`` is passed to the server; ``timeout`` bounds this call (waiting
+        for a slot, retries and hot-load waits included) and raises ``OperationTimeout``;
+        ``include_routing_matrix`` returns each token's routing matrix (R3); ``extra`` adds
+        fields to the request body as they are. ``InvalidInput`` for a bad argument (nothing
+        sent); ``SamplingError`` when the request fails for good.
 
         Example::
 
             completions = await sampler.sample(prompt, n=4, max_tokens=32, seed=7)
         """
-        sender = _Slotted(self, stream=False)
-        # Admission first: of a burst of thousands of callers only the window's worth go on
-        # to build a request; each of the others does the least work (a place in the
-        # controller's FIFO) in the loop turn where the burst started. The arguments are
-        # still checked before anything is sent.
-        await sender.acquire()
-        return await self._sample_admitted(sender, None, prompt_tokens, n=n, **options)
+        args = _Args(n, max_tokens, temperature, top_p, top_k, stop, logprobs, echo,
+                     max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
+        if timeout is None:
+            sender = _Slotted(self, stream=False)
+            # Admission first: of a burst of thousands of callers only the window's worth go
+            # on to build a request; each of the others does the least work (a place in the
+            # controller's FIFO) in the loop turn where the burst started. The arguments are
+            # still checked before anything is sent.
+            await sender.acquire()
+            return await self._sample_admitted(sender, None, prompt, args, uuid.uuid4().hex)
+        return await self._sample_within(timeout, None, prompt, args)
 
     async def sample_many(
         self,
-        prompts: Sequence[Sequence[int]],
+        prompts: Sequence[Sequence[int] | ModelInput],
         *,
         n: int = 1,
-        **options: Unpack[CompletionOptions],
+        max_tokens: int = 1024,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Stop | None = None,
+        logprobs: bool = False,
+        echo: bool = False,
+        max_seq_len: int | None = None,
+        prompt_cache_key: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        include_routing_matrix: bool = False,
+        **extra: Any,
     ) -> list[list[SampledCompletion]]:
-        """``sample`` for each of ``prompts`` (same arguments), the results in prompt order.
+        """``sample`` for each of ``prompts`` (same arguments), the results in prompt order;
+        ``timeout`` bounds each prompt's request from the moment it has a slot.
 
         For a large batch this is the cheap way to start it: one task admits the prompts as
         the concurrency window frees slots, so a request task exists only for the prompts in
@@ -219,15 +290,20 @@ class DeploymentSampler:
             results = await sampler.sample_many(prompts, max_tokens=32, logprobs=True)
             for prompt, [completion] in zip(prompts, results): ...
         """
-        logprobs = options.get("logprobs", False)
+        args = _Args(n, max_tokens, temperature, top_p, top_k, stop, logprobs, echo,
+                     max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
+        if timeout is not None:
+            validate_seconds(timeout, "timeout")
         bodies: list[dict[str, Any]] = []
         clock = time.perf_counter
         turn_ends = clock() + _CHECK_BUDGET_S
         for index, prompt in enumerate(prompts):
             try:
-                bodies.append(completion_body(self.model, prompt, n=n, **options))
+                bodies.append(self._body(prompt, args))
             except InvalidInput as exc:
-                field = exc.field.replace("prompt_tokens", f"prompts[{index}]", 1)
+                field = exc.field
+                if field == "prompt" or field.startswith("prompt["):
+                    field = f"prompts[{index}]{field[6:]}"
                 raise InvalidInput(field, exc.problem) from None
             if clock() >= turn_ends:  # a long batch is checked over several loop turns
                 await anyio.lowlevel.checkpoint()
@@ -247,15 +323,21 @@ class DeploymentSampler:
             senders[cursor - 1] = sender
             return cursor - 1
 
+        async def one(index: int, sender: _Slotted) -> None:
+            if timeout is None:
+                results[index] = await self._sample_admitted(
+                    sender, bodies[index], (), args, uuid.uuid4().hex
+                )
+            else:
+                results[index] = await self._sample_within(timeout, bodies[index], (), args,
+                                                           sender)
+
         async def carry(index: int | None) -> None:
             # A request task goes on to the next prompt (queueing for a slot behind the
             # others) instead of ending: starting an anyio task costs more than its request's
             # own CPU turn, and the window's worth of tasks carries the whole batch.
             while index is not None:
-                sender = senders.pop(index)
-                results[index] = await self._sample_admitted(
-                    sender, bodies[index], (), logprobs=logprobs
-                )
+                await one(index, senders.pop(index))
                 index = await admitted() if cursor < len(bodies) else None
 
         senders: dict[int, _Slotted] = {}
@@ -275,29 +357,82 @@ class DeploymentSampler:
                 sender.release_unused()
         return results
 
+    async def compute_logprobs(
+        self, prompt: Sequence[int] | ModelInput, *, timeout: float | None = None
+    ) -> list[float | None]:
+        """The logprob of each prompt token under the deployment's weights (the first None),
+        from one ``echo`` request, as the Fireworks SDK's sampling client computes them (a
+        training client's ``forward`` is the exact way; this is the served model's view).
+
+        Example::
+
+            logprobs = await sampler.compute_logprobs([1, 2, 3])   # [None, -2.1, -0.7]
+        """
+        [completion] = await self.sample(prompt, max_tokens=1, echo=True, logprobs=True,
+                                         timeout=timeout)
+        assert completion.prompt_logprobs is not None  # echo + logprobs: parsed or raised
+        return completion.prompt_logprobs
+
+    def _body(self, prompt: object, args: _Args, *, stream: bool = False) -> dict[str, Any]:
+        """The checked request body of one prompt (``InvalidInput`` names a bad argument)."""
+        if args.max_seq_len is not None:
+            check_max_seq_len(args.max_seq_len)
+        return completion_body(
+            self.model, prompt, n=args.n, stream=stream, max_tokens=args.max_tokens,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
+            logprobs=args.logprobs, echo=args.echo, prompt_cache_key=args.prompt_cache_key,
+            seed=args.seed, include_routing_matrix=args.include_routing_matrix,
+            extra=args.extra, decode_token=self._decode_token,
+        )
+
+    async def _sample_within(
+        self,
+        timeout: float,
+        body: dict[str, Any] | None,
+        prompt: object,
+        args: _Args,
+        sender: _Slotted | None = None,
+    ) -> list[SampledCompletion]:
+        """A sample bounded by ``timeout`` seconds (``OperationTimeout`` when it runs out);
+        ``sender`` holds its slot already, or the slot is waited for within the bound."""
+        validate_seconds(timeout, "timeout")
+        request_id = uuid.uuid4().hex
+        started = time.monotonic()
+        with anyio.move_on_after(timeout):
+            if sender is None:
+                sender = _Slotted(self, stream=False)
+                await sender.acquire()
+            return await self._sample_admitted(sender, body, prompt, args, request_id)
+        if sender is not None:
+            sender.release_unused()
+        raise _timed_out("sample", request_id, timeout, time.monotonic() - started)
+
     async def _sample_admitted(
         self,
         sender: _Slotted,
         body: dict[str, Any] | None,
-        prompt_tokens: Sequence[int],
-        *,
-        n: int = 1,
-        **options: Unpack[CompletionOptions],
+        prompt: object,
+        args: _Args,
+        request_id: str,
     ) -> list[SampledCompletion]:
         """One ``sample`` whose window slot ``sender`` holds (given back on every path);
         ``body`` is the checked request body, or None to build it from the arguments."""
-        logprobs = options.get("logprobs", False)
         try:
             async with self._cpu_turn() as turn:  # given back around every network wait
                 sender.turn = turn
                 if body is None:
-                    body = completion_body(self.model, prompt_tokens, n=n, **options)
-                request_id = uuid.uuid4().hex
+                    body = self._body(prompt, args)
+                tokens: list[int] = body["prompt"]
+                max_seq_len = args.max_seq_len
+                if max_seq_len is not None and len(tokens) >= max_seq_len:
+                    return []  # the SDK's rule: no room for a completion, no request
                 response = await self._send_with_retry(sender, body, request_id, {}, turn)
                 try:
                     choices = parse_completion_reply(
                         json.loads(self._redact.json_bytes(response.content)),
-                        want_logprobs=logprobs,
+                        want_logprobs=args.logprobs,
+                        echo_of=tokens if args.echo else None,
+                        want_routing=args.include_routing_matrix,
                     )
                 except ValueError:
                     raise self._error("malformed completions reply: not JSON", request_id,
@@ -306,39 +441,83 @@ class DeploymentSampler:
                     raise self._error(exc.message, request_id, response,
                                       sender.attempts) from None
                 version = response.headers.get(_IDENTITY_HEADER) or None
-                prompt = body["prompt"]
                 return [
-                    SampledCompletion(list(prompt), c.tokens, c.logprobs, c.finish_reason,
-                                      c.text, version, request_id)
+                    SampledCompletion(list(tokens), c.tokens, c.logprobs, c.finish_reason,
+                                      c.text, version, request_id, c.prompt_logprobs,
+                                      c.routing_matrices, c.prompt_routing_matrices)
                     for c in choices
+                    if max_seq_len is None or len(tokens) + len(c.tokens) <= max_seq_len
                 ]
         finally:
             sender.release_unused()
 
     async def stream(
         self,
-        prompt_tokens: Sequence[int],
-        **options: Unpack[CompletionOptions],
+        prompt: Sequence[int] | ModelInput,
+        *,
+        max_tokens: int = 1024,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Stop | None = None,
+        logprobs: bool = False,
+        echo: bool = False,
+        max_seq_len: int | None = None,
+        prompt_cache_key: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        include_routing_matrix: bool = False,
+        **extra: Any,
     ) -> AsyncIterator[StreamDelta]:
         """Token deltas of one completion as the server streams them (SSE), then one delta
         with its ``finish_reason``. Retried like ``sample`` until the first event arrives.
+
+        ``sample``'s parameters, except: ``echo`` is refused (a stream yields completion
+        tokens; ``sample(echo=True)`` or :meth:`compute_logprobs` return the prompt's
+        logprobs); ``max_seq_len`` only skips a prompt of that length or more (nothing is
+        yielded; a stream cannot take back tokens); ``timeout`` bounds the whole stream;
+        with ``include_routing_matrix`` each delta carries its ``routing_matrix``.
 
         Example::
 
             async for delta in sampler.stream(prompt, max_tokens=64):
                 if delta.token is not None: tokens.append(delta.token)
         """
-        logprobs = options.get("logprobs", False)
-        wire_options: CompletionOptions = {**options, "logprobs": True}  # always on the wire
-        body = completion_body(self.model, prompt_tokens, n=1, stream=True, **wire_options)
+        if echo:
+            raise InvalidInput("echo", "stream() yields completion tokens; use sample(echo=True) "
+                               "or compute_logprobs() for the prompt's logprobs")
+        args = _Args(1, max_tokens, temperature, top_p, top_k, stop, True, False,
+                     max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
+        body = self._body(prompt, args, stream=True)  # logprobs always on the wire
+        if timeout is not None:
+            validate_seconds(timeout, "timeout")
+        if max_seq_len is not None and len(body["prompt"]) >= max_seq_len:
+            return
         request_id = uuid.uuid4().hex
+        ends = math.inf if timeout is None else time.monotonic() + timeout
         sender = _Slotted(self, stream=True)
-        response = await self._send_with_retry(
-            sender, body, request_id, {"Accept": "text/event-stream"}
-        )
+        response: httpx.Response | None = None
+        with anyio.move_on_after(timeout if timeout is not None else math.inf):
+            response = await self._send_with_retry(
+                sender, body, request_id, {"Accept": "text/event-stream"}
+            )
+        if response is None:  # the timeout ran out before the reply started
+            sender.release_held()
+            raise _timed_out("stream", request_id, timeout or 0.0, timeout or 0.0)
         try:  # the reply holds its slot until the stream ends
             decoder = SSEDecoder()
-            async for raw in _body_chunks(response, request_id, sender.attempts, self._redact):
+            chunks = _body_chunks(response, request_id, sender.attempts, self._redact)
+            while True:
+                if timeout is None:
+                    raw = await anext(chunks, None)
+                else:
+                    with anyio.move_on_after(ends - time.monotonic()) as scope:
+                        raw = await anext(chunks, None)
+                    if scope.cancelled_caught:
+                        await chunks.aclose()
+                        raise _timed_out("stream", request_id, timeout, timeout)
+                if raw is None:
+                    break
                 for data in self._events(decoder, raw, request_id, sender.attempts):
                     if data.strip() == "[DONE]":
                         return
@@ -539,7 +718,7 @@ def _observe(response: httpx.Response, t0: float) -> Observation:
 
 async def _body_chunks(
     response: httpx.Response, request_id: str, attempts: int, redactor: Redactor
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """A streaming reply's body; a connection broken mid-stream is a ``SamplingError`` (not
     retried: deltas were already yielded)."""
     try:
@@ -549,3 +728,29 @@ async def _body_chunks(
         raise SamplingError(f"the stream broke: {redactor.exception(exc)}",
                             request_id=request_id, attempts=attempts) from None
 
+
+
+@attrs.frozen
+class _Args:
+    """The arguments of one sampling call, checked when its body is built."""
+
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: Stop | None
+    logprobs: bool
+    echo: bool
+    max_seq_len: int | None
+    prompt_cache_key: str | None
+    seed: int | None
+    include_routing_matrix: bool
+    extra: dict[str, Any]
+
+
+def _timed_out(
+    operation: str, request_id: str, budget_s: float, spent_s: float
+) -> OperationTimeout:
+    return OperationTimeout(operation, seq_id=None, request_id=request_id, phase="call",
+                            budget_s=budget_s, phase_s={"call": spent_s})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -40,7 +39,7 @@ from ..wire import (
     resolve_dialect,
 )
 from ..wire.futures import decode_json_result, validate_reply
-from ..wire.validation import validate_seconds
+from ..wire.validation import validate_keepalive_expiry, validate_seconds
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._launcher import Launcher
@@ -137,11 +136,7 @@ class ServiceSession:
         validate_seconds(timeout, "timeout")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInput("retry", f"must be a RetryPolicy, got {type(retry).__name__}")
-        if not (math.isfinite(keepalive_expiry) and keepalive_expiry >= 0):
-            raise InvalidInput(
-                "keepalive_expiry", f"must be finite and >= 0, got {keepalive_expiry!r}"
-            )
-        self._keepalive_expiry = keepalive_expiry
+        self._keepalive_expiry = validate_keepalive_expiry(keepalive_expiry)
         self._base_url: str | None = (
             check_url_security(base_url, allow_insecure_http=allow_insecure_http)
             if base_url

@@ -7,7 +7,13 @@ deployment's hot-loaded weights: for the same weights, prompt, ``n`` and ``seed`
 exactly what the trainer's sampler returns. ``top_k`` 0 means no top-k; ``stop`` strings are
 their UTF-8 bytes. Each choice carries ``text``, ``finish_reason`` (``stop``/``length``),
 ``raw_output.completion_token_ids`` and, with ``logprobs``, ``logprobs.content[]`` entries
-``{"token", "token_id", "logprob", "sampling_logprob"}``.
+``{"token", "token_id", "logprob", "sampling_logprob"}``. ``echo`` puts the prompt first (in
+``text``, ``completion_token_ids`` and ``logprobs.content``, whose prompt entries carry the
+model's ``logprob``, 0.0 for the first token, and a null ``sampling_logprob``).
+``include_routing_matrix`` adds a ``routing_matrix`` to each ``logprobs.content[]`` entry (the
+SDK's shape for router replay, a base64 string per token; the tiny model has no experts, so the
+matrix is a stand-in computed from the token and the one before it). ``prompt_cache_key`` is
+accepted (no cache to key).
 
 ``stream: true`` answers Server-Sent Events: one chunk per token per choice, a final chunk per
 choice with its ``finish_reason`` and ``raw_output``, one with ``usage`` (and ``perf_metrics``
@@ -26,11 +32,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import codecs
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,7 +51,7 @@ from ._http_errors import ApiError
 from ._input_error import ModelInputError
 from ._json_body import read_json_object
 from ._model import EOS_TOKEN, MAX_VOCAB, vocab_of
-from ._sampler import SampledSequence, sample
+from ._sampler import SampledSequence, prompt_logprobs, sample
 from ._server_state import ServerState
 
 __all__ = ["inference_routes"]
@@ -55,7 +62,7 @@ _FIELDS = frozenset(
     {
         "model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed",
         "logprobs", "stream", "raw_output", "perf_metrics_in_response", "prompt_cache_key",
-        "echo", "return_token_ids", "user",
+        "echo", "return_token_ids", "user", "include_routing_matrix",
     }
 )
 
@@ -131,35 +138,98 @@ class _Params:
         self.logprobs = bool(body.get("logprobs"))
         self.stream = body.get("stream", False) is True
         self.perf = body.get("perf_metrics_in_response", False) is True
-        if body.get("echo"):
-            raise ApiError(400, "echo is not supported by the local deployment")
+        self.echo = body.get("echo", False) is True
+        self.routing = body.get("include_routing_matrix", False) is True
+        # the routing matrices ride in logprobs.content, as the Fireworks server sends them
+        self.content = self.logprobs or self.routing
 
 
-def _entries(seq: SampledSequence) -> Iterator[tuple[int, float, str]]:
+_Entry = tuple[int, float | None, str, str | None]  # token, logprob, text, routing matrix
+
+
+def _entries(seq: SampledSequence, params: _Params, before: int) -> list[_Entry]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     n = len(seq.tokens)
+    out: list[_Entry] = []
+    prev = before
     for i, (tok, lp) in enumerate(zip(seq.tokens.tolist(), seq.logprobs.tolist(), strict=True)):
         raw = bytes([tok]) if tok < 256 else b""
-        yield tok, lp, decoder.decode(raw, final=i == n - 1)
+        matrix = _routing_matrix(prev, tok) if params.routing else None
+        out.append((tok, lp, decoder.decode(raw, final=i == n - 1), matrix))
+        prev = tok
+    return out
 
 
-def _choice(index: int, seq: SampledSequence, params: _Params, prompt: list[int]) -> dict[str, Any]:
-    entries = list(_entries(seq))
+def _prompt_entries(prompt: list[int], logprobs: np.ndarray, params: _Params) -> list[_Entry]:
+    """The echoed prompt's entries: the model's logprob of each token (0.0 for the first,
+    which has no context) and a null sampling logprob (nothing was sampled)."""
+    text = bytes(t for t in prompt if t < 256).decode("utf-8", errors="replace")
+    out: list[_Entry] = []
+    prev = -1
+    for i, tok in enumerate(prompt):
+        lp = 0.0 if i == 0 else float(logprobs[i])
+        matrix = _routing_matrix(prev, tok) if params.routing else None
+        out.append((tok, lp, text if i == 0 else "", matrix))
+        prev = tok
+    return out
+
+
+def _echoed(params: _Params, weights: Mapping[str, np.ndarray]) -> list[_Entry]:
+    """The prompt's entries of an ``echo`` request (none without ``echo``)."""
+    if not params.echo:
+        return []
+    prompt = params.prompt.tolist()
+    return _prompt_entries(prompt, prompt_logprobs(weights, params.prompt), params)
+
+
+def _stream_deltas(
+    index: int, seq: SampledSequence, params: _Params, prompt: list[int], echoed: list[_Entry]
+) -> Iterator[dict[str, Any]]:
+    """The streamed choice deltas of one sequence: the echoed prompt first, in one event, then
+    one per token."""
+    if echoed:
+        first: dict[str, Any] = {"index": index, "text": echoed[0][2], "finish_reason": None}
+        if params.content:
+            first["logprobs"] = {"content": [_lp_entry(e, True) for e in echoed]}
+        yield first
+    for entry in _entries(seq, params, prompt[-1]):
+        delta: dict[str, Any] = {"index": index, "text": entry[2], "finish_reason": None}
+        if params.content:
+            delta["logprobs"] = {"content": [_lp_entry(entry, False)]}
+        yield delta
+
+
+def _routing_matrix(prev: int, token: int) -> str:
+    """A stand-in routing matrix (2 layers x top-1 of 8 experts, uint8, base64)."""
+    experts = bytes([(prev * 31 + token) % 8, (prev * 17 + token * 5 + 3) % 8])
+    return base64.b64encode(experts).decode("ascii")
+
+
+def _choice(
+    index: int, seq: SampledSequence, params: _Params, prompt: list[int], head: list[_Entry]
+) -> dict[str, Any]:
+    entries = [*head, *_entries(seq, params, prompt[-1])]
     choice: dict[str, Any] = {
         "index": index,
-        "text": "".join(text for _, _, text in entries),
+        "text": "".join(text for _, _, text, _ in entries),
         "finish_reason": seq.stop_reason,
         "raw_output": {"prompt_token_ids": prompt,
-                       "completion_token_ids": [tok for tok, _, _ in entries]},
+                       "completion_token_ids": [tok for tok, _, _, _ in entries]},
     }
-    if params.logprobs:
-        choice["logprobs"] = {"content": [_lp_entry(tok, lp, text) for tok, lp, text in entries]}
+    if params.content:
+        choice["logprobs"] = {"content": [_lp_entry(e, i < len(head))
+                                          for i, e in enumerate(entries)]}
     return choice
 
 
-def _lp_entry(token: int, logprob: float, text: str) -> dict[str, Any]:
+def _lp_entry(entry: _Entry, echoed: bool) -> dict[str, Any]:
+    token, logprob, text, matrix = entry
     name = "<eos>" if token == EOS_TOKEN else text
-    return {"token": name, "token_id": token, "logprob": logprob, "sampling_logprob": logprob}
+    out = {"token": name, "token_id": token, "logprob": logprob,
+           "sampling_logprob": None if echoed else logprob}
+    if matrix is not None:
+        out["routing_matrix"] = matrix
+    return out
 
 
 def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[Route]:
@@ -232,7 +302,8 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         cid = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": cid, "object": "text_completion", "created": int(time.time()),
                 "model": params.model}
-        choices = [_choice(i, s, params, prompt) for i, s in enumerate(seqs)]
+        echoed = _echoed(params, weights)
+        choices = [_choice(i, s, params, prompt, echoed) for i, s in enumerate(seqs)]
         if not params.stream:
             reply = {**head, "choices": choices, "usage": usage}
             if params.perf:
@@ -244,10 +315,7 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
             events.append(f"data: {json.dumps(payload)}\n\n")
 
         for i, seq in enumerate(seqs):
-            for tok, lp, text in _entries(seq):
-                delta: dict[str, Any] = {"index": i, "text": text, "finish_reason": None}
-                if params.logprobs:
-                    delta["logprobs"] = {"content": [_lp_entry(tok, lp, text)]}
+            for delta in _stream_deltas(i, seq, params, prompt, echoed):
                 emit({**head, "choices": [delta]})
             final = choices[i]
             emit({**head, "choices": [{"index": i, "text": "", "finish_reason":

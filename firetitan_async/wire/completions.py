@@ -7,15 +7,16 @@ tested with plain values.
 Example::
 
     body = completion_body("accounts/a/deployments/d", [1, 2], n=1, max_tokens=8)
-    choices = parse_completion_reply(json.loads(raw))
+    choices = parse_completion_reply(json.loads(raw), want_logprobs=False)
     decoder = SSEDecoder(); datas = decoder.feed(chunk)   # the "data:" payloads seen so far
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict, Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
 
 import attrs
 
@@ -26,34 +27,44 @@ __all__ = [
     "ChoiceResult",
     "CompletionOptions",
     "SSEDecoder",
+    "Stop",
     "StreamDelta",
+    "check_max_seq_len",
     "completion_body",
     "parse_completion_reply",
     "parse_stream_chunk",
+    "prompt_token_ids",
 ]
 
 
 @attrs.frozen
 class ChoiceResult:
-    """One parsed choice: completion token ids, their logprobs (if asked), finish reason, text."""
+    """One parsed choice: completion token ids, their logprobs (if asked), finish reason, text;
+    with ``echo`` the prompt's logprobs (the first None: it has no context), and with
+    ``include_routing_matrix`` one routing matrix per prompt (echo) and completion token."""
 
     index: int
     tokens: list[int]
     logprobs: list[float] | None
     finish_reason: str
     text: str
+    prompt_logprobs: list[float | None] | None = None
+    routing_matrices: list[str] | None = None
+    prompt_routing_matrices: list[str] | None = None
 
 
 @attrs.frozen
 class StreamDelta:
-    """One event of a streamed completion: a token of choice ``index`` (with its logprob and
-    text), or the end of that choice (``finish_reason`` set, ``token`` None)."""
+    """One event of a streamed completion: a token of choice ``index`` (with its logprob, text
+    and, when asked for, its routing matrix), or the end of that choice (``finish_reason`` set,
+    ``token`` None)."""
 
     index: int
     token: int | None
     logprob: float | None
     text: str
     finish_reason: str | None = None
+    routing_matrix: str | None = None
 
 
 def _check_int(field: str, value: object, minimum: int, maximum: int) -> int:
@@ -62,12 +73,18 @@ def _check_int(field: str, value: object, minimum: int, maximum: int) -> int:
     return value
 
 
+#: A stop: one string, strings, or token ids (decoded to strings: the API takes strings).
+Stop = str | Sequence[str] | Sequence[int]
+
+
 class CompletionOptions(TypedDict, total=False):
     """The options of one completions request, in one place (every sampling call of a
-    deployment takes them as keywords; the defaults are :func:`completion_body`'s).
+    deployment takes them as keywords), with the Fireworks SDK's defaults.
 
-    ``max_tokens`` (16), ``temperature`` (1.0), ``top_p`` (1.0), ``stop`` (none),
-    ``logprobs`` (False), ``seed`` (none).
+    ``max_tokens`` (1024), ``temperature`` (1.0), ``top_p`` (1.0), ``top_k`` (0: no top-k,
+    sent so serving defaults do not truncate rollouts), ``stop`` (none), ``logprobs``
+    (False), ``echo`` (False), ``max_seq_len`` (none), ``prompt_cache_key`` (none), ``seed``
+    (none), ``timeout`` (none), ``include_routing_matrix`` (False).
 
     Example::
 
@@ -78,40 +95,112 @@ class CompletionOptions(TypedDict, total=False):
     max_tokens: int
     temperature: float
     top_p: float
-    stop: Sequence[str] | None
+    top_k: int
+    stop: Stop | None
     logprobs: bool
+    echo: bool
+    max_seq_len: int | None
+    prompt_cache_key: str | None
     seed: int | None
+    timeout: float | None
+    include_routing_matrix: bool
 
 
-_OPTION_NAMES = frozenset(CompletionOptions.__annotations__)
+#: Body fields the sampler owns: ``**extra`` may not set them.
+_OWNED = frozenset(
+    {"model", "prompt", "n", "stream", "raw_output", *CompletionOptions.__annotations__}
+)
+
+
+def prompt_token_ids(prompt: object, field: str = "prompt") -> list[int]:
+    """The token ids of a prompt: a sequence of ints, or a ``ModelInput`` (tinker's or the
+    Fireworks SDK's) of encoded text; ``InvalidInput`` names what is wrong."""
+    if isinstance(prompt, str | bytes):
+        raise InvalidInput(field, "must be token ids or a ModelInput, not text")
+    if not isinstance(prompt, Sequence):
+        to_ints = getattr(prompt, "to_ints", None)
+        if to_ints is None:
+            raise InvalidInput(field, "must be a sequence of token ids or a ModelInput")
+        try:
+            prompt = to_ints()
+        except ValueError as exc:  # an image chunk: the completions API takes token ids
+            raise InvalidInput(field, f"must hold only encoded text ({exc})") from None
+    tokens: list[int] = list(prompt)  # type: ignore[call-overload]
+    if not tokens:
+        raise InvalidInput(field, "is empty")
+    for i, tok in enumerate(tokens):
+        if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
+            raise InvalidInput(f"{field}[{i}]", f"must be a token id >= 0, got {tok!r}")
+    return tokens
+
+
+def check_max_seq_len(value: object) -> int:
+    """Check ``max_seq_len`` (prompt + completion tokens; not a body field: the sampler filters
+    by it, as the Fireworks SDK does)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput("max_seq_len", f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _stop_strings(stop: object, decode: Callable[[int], str] | None) -> list[str]:
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, Sequence) or isinstance(stop, bytes):
+        raise InvalidInput("stop", "must be a string, a list of strings or a list of token ids")
+    items = list(stop)
+    if all(isinstance(s, str) for s in items):
+        if not all(items):
+            raise InvalidInput("stop", "must not hold an empty string")
+        return items
+    if all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in items):
+        if decode is None:
+            raise InvalidInput(
+                "stop", "token-id stops need the sampler's tokenizer= (the completions API "
+                "takes stop strings; the Fireworks SDK decodes them with its tokenizer too)"
+            )
+        out = []
+        for token in items:
+            try:
+                text = decode(token)
+            except Exception as exc:  # the caller's tokenizer: any failure is a bad stop
+                raise InvalidInput(
+                    "stop", f"the tokenizer could not decode token {token} "
+                    f"({type(exc).__name__})"
+                ) from None
+            if not isinstance(text, str) or not text:
+                raise InvalidInput("stop", f"token {token} decodes to no text")
+            out.append(text)
+        return out
+    raise InvalidInput("stop", "must be all strings or all token ids >= 0")
 
 
 def completion_body(
     model: str,
-    prompt_tokens: Sequence[int],
+    prompt: object,
     *,
     n: int = 1,
     stream: bool = False,
-    **options: Unpack[CompletionOptions],
+    max_tokens: int = 1024,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: Stop | None = None,
+    logprobs: bool = False,
+    echo: bool = False,
+    prompt_cache_key: str | None = None,
+    seed: int | None = None,
+    include_routing_matrix: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    decode_token: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of one completions request; ``InvalidInput`` names a bad argument."""
-    unknown = sorted(set(options) - _OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
-    max_tokens = options.get("max_tokens", 16)
-    temperature = options.get("temperature", 1.0)
-    top_p = options.get("top_p", 1.0)
-    stop = options.get("stop")
-    logprobs = options.get("logprobs", False)
-    seed = options.get("seed")
-    if isinstance(prompt_tokens, str | bytes) or not isinstance(prompt_tokens, Sequence):
-        raise InvalidInput("prompt_tokens", "must be a sequence of token ids")
-    tokens = list(prompt_tokens)
-    if not tokens:
-        raise InvalidInput("prompt_tokens", "is empty")
-    for i, tok in enumerate(tokens):
-        if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
-            raise InvalidInput(f"prompt_tokens[{i}]", f"must be a token id >= 0, got {tok!r}")
+    """The JSON body of one completions request; ``InvalidInput`` names a bad argument.
+
+    The fields the Fireworks SDK's ``DeploymentSampler`` sends: ``top_k`` and ``top_p`` always,
+    ``stop``, ``logprobs``, ``echo``, ``prompt_cache_key``, ``seed`` and
+    ``include_routing_matrix`` only when set; ``extra`` adds fields as they are (the SDK's
+    ``**kwargs``). Token-id stops are decoded with ``decode_token`` (the API takes strings).
+    """
+    tokens = prompt_token_ids(prompt)
     _check_int("n", n, 1, MAX_SAMPLES)
     _check_int("max_tokens", max_tokens, 0, MAX_SAMPLE_TOKENS)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
@@ -120,6 +209,8 @@ def completion_body(
         raise InvalidInput("temperature", f"must be a finite number >= 0, got {temperature!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
         raise InvalidInput("top_p", f"must be in (0, 1], got {top_p!r}")
+    if top_k != 0:
+        _check_int("top_k", top_k, -1, MAX_SAMPLE_TOKENS)
     body: dict[str, Any] = {
         "model": model,
         "prompt": tokens,
@@ -127,19 +218,38 @@ def completion_body(
         "max_tokens": max_tokens,
         "temperature": float(temperature),
         "top_p": float(top_p),
-        "top_k": 0,
+        "top_k": top_k,
         "raw_output": True,
         "stream": stream,
     }
     if stop is not None:
-        if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-            raise InvalidInput("stop", "must be a list of non-empty strings")
-        body["stop"] = list(stop)
+        body["stop"] = _stop_strings(stop, decode_token)
     if logprobs:
         body["logprobs"] = True
+    if echo:
+        body["echo"] = True
+    if prompt_cache_key is not None:
+        if not isinstance(prompt_cache_key, str) or not prompt_cache_key:
+            raise InvalidInput("prompt_cache_key", "must be a non-empty string")
+        body["prompt_cache_key"] = prompt_cache_key
     if seed is not None:
         body["seed"] = _check_int("seed", seed, 0, 2**63 - 1)
+    if include_routing_matrix:
+        body["include_routing_matrix"] = True
+    if extra:
+        _add_extra(body, extra)
     return body
+
+
+def _add_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for name, value in extra.items():
+        if name in _OWNED:
+            raise InvalidInput(name, "is set by the sampler, not through **extra")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidInput(name, f"must be JSON, got {type(value).__name__}") from None
+        body[name] = value
 
 
 def _fail(what: str) -> SamplingError:
@@ -172,8 +282,20 @@ def _logprobs_of(choice: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     return content
 
 
-def parse_completion_reply(reply: object, *, want_logprobs: bool) -> list[ChoiceResult]:
-    """The choices of a JSON completions reply, ordered by ``index``."""
+def parse_completion_reply(
+    reply: object,
+    *,
+    want_logprobs: bool,
+    echo_of: Sequence[int] | None = None,
+    want_routing: bool = False,
+) -> list[ChoiceResult]:
+    """The choices of a JSON completions reply, ordered by ``index``.
+
+    ``echo_of`` is the prompt of an ``echo`` request: each choice's tokens (and logprobs and
+    routing matrices) then start with the prompt's, which are checked and split off into
+    ``prompt_logprobs`` (the model's ``logprob``; the first None) and
+    ``prompt_routing_matrices``. ``want_routing``: each token's ``routing_matrix`` is read.
+    """
     if not isinstance(reply, Mapping) or not isinstance(reply.get("choices"), list):
         raise _fail("expected an object with a choices list")
     out = []
@@ -184,11 +306,26 @@ def parse_completion_reply(reply: object, *, want_logprobs: bool) -> list[Choice
         ids = raw.get("completion_token_ids") if isinstance(raw, Mapping) else None
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
             raise _fail("raw_output.completion_token_ids is missing (token-out needs it)")
-        lps: list[float] | None = None
-        if want_logprobs:
+        content: list[Mapping[str, Any]] | None = None
+        if want_logprobs or want_routing:
             content = _logprobs_of(choice)
             if content is None or len(content) != len(ids):
-                raise _fail("logprobs.content does not cover every completion token")
+                raise _fail("logprobs.content does not cover every returned token")
+        prompt_lps: list[float | None] | None = None
+        prompt_routing: list[str] | None = None
+        if echo_of is not None:
+            p = len(echo_of)
+            if ids[:p] != list(echo_of):
+                raise _fail("an echo reply must start with the prompt's tokens")
+            ids = ids[p:]
+            if content is not None:
+                head, content = content[:p], content[p:]
+                if want_logprobs:
+                    prompt_lps = [None, *(_prompt_logprob(c) for c in head[1:])]
+                if want_routing:
+                    prompt_routing = _routing(head)
+        lps: list[float] | None = None
+        if want_logprobs and content is not None:
             lps = [lp for c in content if (lp := _logprob(c)) is not None]
             if len(lps) != len(ids):
                 raise _fail("logprobs.content[].logprob is missing")
@@ -199,9 +336,30 @@ def parse_completion_reply(reply: object, *, want_logprobs: bool) -> list[Choice
                 logprobs=lps,
                 finish_reason=str(choice.get("finish_reason") or "unknown"),
                 text=str(choice.get("text") or ""),
+                prompt_logprobs=prompt_lps,
+                routing_matrices=_routing(content) if want_routing and content is not None
+                else None,
+                prompt_routing_matrices=prompt_routing,
             )
         )
     return sorted(out, key=lambda c: c.index)
+
+
+def _prompt_logprob(entry: Mapping[str, Any]) -> float:
+    value = entry.get("logprob")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"an echoed prompt token's logprob must be a number, got {value!r:.50}")
+    return float(value)
+
+
+def _routing(content: list[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for entry in content:
+        matrix = entry.get("routing_matrix")
+        if not isinstance(matrix, str):
+            raise _fail("logprobs.content[].routing_matrix is missing (include_routing_matrix)")
+        out.append(matrix)
+    return out
 
 
 def parse_stream_chunk(chunk: object) -> list[StreamDelta]:
@@ -222,8 +380,9 @@ def parse_stream_chunk(chunk: object) -> list[StreamDelta]:
             token = entry.get("token_id")
             if isinstance(token, bool) or not isinstance(token, int):
                 raise _fail("logprobs.content[].token_id is missing")
-            out.append(StreamDelta(index, token, _logprob(entry),
-                                   str(choice.get("text") or "")))
+            matrix = entry.get("routing_matrix")
+            out.append(StreamDelta(index, token, _logprob(entry), str(choice.get("text") or ""),
+                                   None, matrix if isinstance(matrix, str) else None))
         reason = choice.get("finish_reason")
         if reason:
             out.append(StreamDelta(index, None, None, "", str(reason)))

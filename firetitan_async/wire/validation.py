@@ -667,3 +667,17 @@ def validate_seconds(value: object, field: str, *, allow_none: bool = False) -> 
     if not (math.isfinite(value) and value > 0):
         raise InvalidInput(field, f"must be finite and > 0, got {value!r}")
     return float(value)
+
+
+def validate_keepalive_expiry(value: object) -> float:
+    """Check a connection pool's ``keepalive_expiry``: finite seconds >= 0 (0: no reuse).
+
+    Example::
+
+        validate_keepalive_expiry(30.0)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise InvalidInput("keepalive_expiry", f"must be finite and >= 0, got {value!r}")
+    return float(value)

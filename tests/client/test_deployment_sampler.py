@@ -273,7 +273,7 @@ async def test_bad_input_is_refused_before_anything_is_sent() -> None:
         for kwargs, field in (
             ({"top_p": 0.0}, "top_p"),
             ({"n": 0}, "n"),
-            ({"stop": "x"}, "stop"),
+            ({"stop": [""]}, "stop"),
             ({"temperature": -1.0}, "temperature"),
         ):
             with pytest.raises(InvalidInput) as info:
@@ -346,7 +346,7 @@ async def test_a_burst_waits_for_slots_before_building_requests(
     window = FixedConcurrency(4)
 
     async def one(sampler: DeploymentSampler) -> None:
-        await sampler.sample(PROMPT)
+        await sampler.sample(PROMPT, max_tokens=16)
         first_reply.append(time.monotonic())
 
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
