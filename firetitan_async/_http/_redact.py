@@ -99,6 +99,18 @@ class Redactor:
                 body = body.replace(raw, _REDACTED_BYTES)
         return body
 
+    def binary_bytes(self, body: bytes) -> bytes:
+        """A binary reply's bytes (protobuf) with every secret masked by as many ``*``.
+
+        The mask keeps every length, so a length-prefixed encoding still decodes: a string
+        field that held the key holds asterisks instead. One substring scan per secret.
+        """
+        for secret in self.secrets:
+            raw = secret.encode()
+            if raw in body:
+                body = body.replace(raw, b"*" * len(raw))
+        return body
+
     def cut(self, text: str, limit: int) -> str:
         """``text`` redacted, then cut to ``limit`` characters (never the other way round: a
         cut through a secret leaves a piece the redactor no longer recognises)."""

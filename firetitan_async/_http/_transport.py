@@ -339,6 +339,8 @@ class Transport:
             content = response.content
             if "json" in content_type:  # redacted where it enters: ids, reasons, messages
                 content = self._redact.json_bytes(content)
+            else:  # protobuf: masked in place, so its length prefixes still hold
+                content = self._redact.binary_bytes(content)
             outcome = classify_retrieve_reply(content_type, content)
             if tracker is not None:
                 if isinstance(outcome, TryAgain):

@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from tinker import types
+from tinker.proto import tinker_public_pb2 as pb
 
 from firetitan_async import (
     Deployments,
@@ -138,6 +139,14 @@ def _proxy(upstream: str) -> Starlette:
             body = json.dumps(data).encode()
             if path.endswith("/retrieve_future"):  # spelled with escapes: no byte scan sees it
                 body = body.replace(KEY.encode(), _ESCAPED_KEY)
+        elif "protobuf" in content_type and request.headers.get("x-tinker-request-type") in (
+            "Forward", "ForwardBackward"
+        ):  # a binary reply: the key in its output type and in a metric's name
+            out = pb.ForwardBackwardOutput()
+            out.ParseFromString(body)
+            out.loss_fn_output_type = f"{out.loss_fn_output_type} {KEY}"
+            out.metrics[f"echo_{KEY}:sum"] = 1.0
+            body = out.SerializeToString()
         elif "event-stream" in content_type:
             if state.sse_error:
                 body = f'data: {{"error": "{PAD}{KEY}"}}\n\n'.encode()
@@ -277,12 +286,13 @@ async def test_the_tinker_data_plane_keeps_the_key_out(
         await client.forward_backward([_datum()], "cross_entropy")
         await client.optim_step(ADAM)
         fb = client.forward_backward([_datum()], "cross_entropy")
-        await fb
+        output = await fb  # a protobuf reply: its output type and a metric quote the key
         saved = await client.save_state("step-1")
         entries = await client.list_checkpoints()
         assert "step-1" in entries[0].checkpoint_id
         if lines == "entry":  # what the replies carried, redacted where it entered
-            seen.texts += [repr(saved), repr(entries), repr(fb.request_id)]
+            seen.texts += [repr(saved), repr(entries), repr(fb.request_id), repr(output)]
+            assert "*" * len(KEY) in output.loss_fn_output_type
             assert "<redacted>" in repr(saved) + repr(entries)
         await client.forward([_datum()], "cross_entropy")
         for_sampler = await client.save_weights_for_sampler("s-1")
