@@ -4,11 +4,12 @@ One fixed set of rollouts, the Fireworks cookbook's form of loss (``(data, logpr
 (loss, metrics)``: advantages, a PPO-clipped ratio against fixed old logprobs, metrics), two
 steps on two fresh local trainers with the same seed: the unmodified SDK's
 ``forward_backward_custom`` on one, ours on the other. The second step reuses the forward run
-after the first (``precomputed_forward``), whose logprobs are also its ratio's denominator. The results must be identical, bit for bit: the reported metrics (``loss:sum`` is the
-trainer's surrogate loss, as the SDK labels it), and the weights after each step (read as the
-logprobs of a forward). Bit-for-bit, not a tolerance: both clients build the same float32
+after the first (``precomputed_forward``), whose logprobs are also its ratio's denominator.
+The results must be identical, bit for bit: the reported metrics (``loss:sum`` is the
+trainer's surrogate loss, as the SDK labels it) and the weights after each step (read as the
+logprobs of a forward). Bit for bit, not a tolerance: both clients build the same float32
 tensors, run the same torch code and send the same float32 weights to the same deterministic
-trainer, so any difference is a difference in what the client sends.
+trainer, so any difference is a difference in what the client does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.anyio
 MODEL = "local/tiny-byte-lm"
 KEY = "fw-custom-loss-key-0123456789"
 SEED = 11
-ADAM = {"learning_rate": 1e-2, "weight_decay": 0.0, "grad_clip_norm": 0.0}
+LR = 1e-2
 
 # The rollouts: prompt + completion bytes, the completion's advantage (group-normalised
 # rewards of one group of four) and the logprobs the completions were sampled with.
@@ -122,7 +123,10 @@ def run_sdk(base_url: str) -> tuple[list[dict[str, float]], list[list[np.ndarray
     batch = [
         ft.Datum(
             model_input=ft.ModelInput.from_ints(i),
-            loss_fn_inputs={"target_tokens": t, "weights": w},
+            loss_fn_inputs={
+                "target_tokens": ft.TensorData(data=t, dtype="int64", shape=[len(t)]),
+                "weights": ft.TensorData(data=w, dtype="float32", shape=[len(w)]),
+            },
         )
         for i, t, w in zip(inputs, targets, weights, strict=True)
     ]
@@ -133,7 +137,7 @@ def run_sdk(base_url: str) -> tuple[list[dict[str, float]], list[list[np.ndarray
         metrics, after = [], []
         out = tc.forward_backward_custom(batch, loss).result()
         metrics.append(dict(out.metrics))
-        tc.optim_step(ft.AdamParams(**ADAM)).result()
+        tc.optim_step(ft.AdamParams(learning_rate=LR, weight_decay=0.0)).result()
         forward = tc.forward(batch, "cross_entropy").result()
         after.append([np.asarray(o["logprobs"].data, np.float32) for o in forward.loss_fn_outputs])
         # Step 2 reuses that forward (the SDK's precomputed_forward), and its logprobs are the
@@ -142,7 +146,7 @@ def run_sdk(base_url: str) -> tuple[list[dict[str, float]], list[list[np.ndarray
         loss = make_grpo_loss(advantages, prox, prompt_lens)
         out = tc.forward_backward_custom(batch, loss, precomputed_forward=forward).result()
         metrics.append(dict(out.metrics))
-        tc.optim_step(ft.AdamParams(**ADAM)).result()
+        tc.optim_step(ft.AdamParams(learning_rate=LR, weight_decay=0.0)).result()
         forward = tc.forward(batch, "cross_entropy").result()
         after.append([np.asarray(o["logprobs"].data, np.float32) for o in forward.loss_fn_outputs])
         return metrics, after
@@ -167,7 +171,7 @@ async def run_ours(base_url: str) -> tuple[list[dict[str, float]], list[list[np.
     loss = TorchLoss(
         make_grpo_loss(advantages, _old_logprobs([len(t) for t in targets]), prompt_lens)
     )
-    adam = types.AdamParams(**ADAM)
+    adam = types.AdamParams(learning_rate=LR, weight_decay=0.0)
     async with ServiceSession(base_url, api_key=KEY, dialect="fireworks") as session:
         tc = await session.create_training_client(MODEL, lora_rank=0, seed=SEED)
         metrics, after = [], []
