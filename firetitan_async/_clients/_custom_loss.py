@@ -109,7 +109,7 @@ def forward_batch(data: Sequence[types.Datum]) -> list[types.Datum]:
 
 
 def forward_logprobs(output: types.ForwardBackwardOutput, n: int) -> list[np.ndarray]:
-    """The per-datum logprobs of a forward result (float32, as the trainer sent them).
+    """The per-datum logprobs of a forward result (in the dtype the trainer sent).
 
     A forward result without per-token logprobs (or with too few datums) raises
     :class:`ProtocolError`: nothing is invented.
@@ -121,7 +121,7 @@ def forward_logprobs(output: types.ForwardBackwardOutput, n: int) -> list[np.nda
             "the trainer returned no per-token logprobs for every datum; a custom loss needs "
             "them",
         )
-    return [np.asarray(o["logprobs"].to_numpy(), dtype=np.float32) for o in outputs]
+    return [np.asarray(o["logprobs"].to_numpy()) for o in outputs]
 
 
 def precomputed_logprobs(
@@ -148,9 +148,11 @@ def precomputed_logprobs(
         to_numpy = getattr(lp, "to_numpy", None)
         values = to_numpy() if to_numpy is not None else lp
         try:
-            array = np.asarray(values, dtype=np.float32)
+            array = np.asarray(values, dtype=np.float64 if to_numpy is None else None)
         except (TypeError, ValueError) as exc:
             raise InvalidInput("precomputed_forward", f"logprobs: {exc}", index=index) from None
+        if array.dtype.kind != "f":
+            raise InvalidInput("precomputed_forward", "logprobs are not floats", index=index)
         n_targets = int(np.prod(datum.loss_fn_inputs["target_tokens"].to_numpy().shape))
         if array.size != n_targets:
             raise InvalidInput(
