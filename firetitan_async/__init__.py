@@ -30,7 +30,7 @@ from ._clients._concurrency import (
     FixedConcurrency,
     Observation,
 )
-from ._clients._custom_loss import CustomLoss
+from ._clients._custom_loss import CustomLoss, TorchLoss
 from ._clients._deployment_sampler import DeploymentSampler, SampledCompletion
 from ._clients._sampling import SamplingClient
 from ._clients._snapshots import CheckpointEntry, SamplerSnapshot
@@ -148,6 +148,7 @@ __all__ = [
     "SubmissionLost",
     "Throughput",
     "ThroughputSnapshot",
+    "TorchLoss",
     "TrainerEndpoint",
     "TrainerJob",
     "TrainerJobConfig",

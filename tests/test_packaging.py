@@ -70,6 +70,9 @@ def test_wheel_requires_no_server_package_without_an_extra(tmp_path: Path) -> No
     docs = {_name(r) for r in requires if "extra == \"docs\"" in r}
     assert {"mkdocs", "mkdocs-material", "mkdocstrings"} <= docs, docs
     assert "fireworks-ai" in dev, dev
+    # torch (custom losses in torch) only behind its extra, which dev includes.
+    torch_extra = {_name(r) for r in requires if "extra == \"torch\"" in r}
+    assert "torch" not in plain and torch_extra == {"torch"}, torch_extra
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess[str]:
@@ -98,6 +101,20 @@ def test_client_imports_no_server_package(code: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_the_client_imports_without_torch_and_a_torch_loss_names_the_extra() -> None:
+    proc = _fresh(
+        "import sys; sys.modules['torch'] = None\n"
+        "import firetitan_async\n"
+        "from firetitan_async._clients._custom_loss import run_custom_loss\n"
+        "try:\n"
+        "    run_custom_loss(firetitan_async.TorchLoss(print), [], [])\n"
+        "except firetitan_async.InvalidInput as exc:\n"
+        "    print(exc)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'firetitan_async[torch]'" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("command", ["serve", "demo"])

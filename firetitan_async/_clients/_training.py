@@ -29,7 +29,16 @@ from ..wire.validation import (
     validate_snapshot_options,
     validate_tinker_path,
 )
-from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
+from ._custom_loss import (
+    CustomLoss,
+    TorchLoss,
+    backward_batch,
+    custom_loss_metrics,
+    forward_batch,
+    forward_logprobs,
+    precomputed_logprobs,
+    run_custom_loss,
+)
 from ._fireworks_types import to_tinker_adam, to_tinker_data
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 from ._tokenizer import TokenizerCache
@@ -167,25 +176,35 @@ class TrainingClient:
     def forward_backward_custom(
         self,
         data: Sequence[types.Datum],
-        loss_fn: CustomLoss,
+        loss_fn: CustomLoss | TorchLoss[Any],
         *,
+        precomputed_forward: types.ForwardBackwardOutput | None = None,
         deadlines: Deadlines | None = None,
     ) -> Pending[types.ForwardBackwardOutput]:
-        """Train with a loss computed on the client from per-token logprobs (numpy; no torch).
+        """Train with a loss computed on the client from per-token logprobs (torch or numpy).
 
-        Runs a ``forward``, calls ``loss_fn(data, logprobs) -> (loss, grads)``, then a
-        ``cross_entropy`` ``forward_backward`` with weights ``-grads``. Both passes' sequence
-        ids are reserved at this call. In the result, ``metrics["loss:sum"]`` is your loss and
-        ``metrics["surrogate_loss:sum"]`` the server's surrogate.
+        Runs a ``forward``, calls ``loss_fn(data, logprobs)``, then a ``cross_entropy``
+        ``forward_backward`` with weights ``-d(loss)/d(logprobs)``; both passes' sequence ids
+        are reserved at this call. ``loss_fn`` is a :class:`TorchLoss` (torch tensors in,
+        ``(loss, metrics)`` out, gradients by autograd; the ``torch`` extra) or a plain numpy
+        :data:`CustomLoss` (``(loss, grads)`` or ``(loss, grads, metrics)``).
+        ``precomputed_forward``: a ``forward(data, "cross_entropy")`` result already run on
+        these weights for this batch; the forward is skipped and its logprobs are used.
+
+        The loss's metrics are merged into the result's ``metrics``, and ``loss:sum`` is
+        labelled as the dialect's SDK labels it: the Fireworks SDK reports the trainer's
+        surrogate loss there (your loss is only in your metrics); tinker reports your loss
+        there and the surrogate under ``surrogate_loss:sum``.
 
         Example::
 
-            def mean_logprob(data, logprobs):
-                n = sum(lp.size for lp in logprobs)
-                loss = -sum(lp.sum() for lp in logprobs) / n
-                return loss, [-np.ones_like(lp) / n for lp in logprobs]
+            @TorchLoss
+            def mean_nll(data, logprobs):
+                loss = -torch.cat(logprobs).mean()
+                return loss, {"nll": loss.item()}
 
-            out = await client.forward_backward_custom(batch, mean_logprob)
+            out = await client.forward_backward_custom(batch, mean_nll)
+            print(out.metrics["nll"])
         """
         self._check_usable()
         deadlines = call_deadlines(deadlines)
@@ -193,37 +212,54 @@ class TrainingClient:
         fwd_data = forward_batch(data)
         validate_forward_backward(fwd_data, "cross_entropy", None, dialect=self._codec.name)
         if not callable(loss_fn):
-            raise InvalidInput("loss_fn", "must be a callable (data, logprobs) -> (loss, grads)")
+            raise InvalidInput("loss_fn", "must be a callable (data, logprobs) -> (loss, ...)")
+        given = (
+            None if precomputed_forward is None else precomputed_logprobs(precomputed_forward, data)
+        )
         chunks = self._split(fwd_data)
         n = len(chunks)
+        n_forward = 0 if given is not None else n
+        codec = self._codec
 
         async def run(
             seqs: range, pending: Pending[types.ForwardBackwardOutput]
         ) -> types.ForwardBackwardOutput:
-            forward = await self._run_chunks(
-                "forward", chunks, seqs[:n], "cross_entropy", None, True, pending
-            )
-            loss, grads = run_custom_loss(loss_fn, data, forward)
-            backward = backward_batch(fwd_data, grads)
+            if given is None:
+                forward = await self._run_chunks(
+                    "forward", chunks, seqs[:n], "cross_entropy", None, True, pending
+                )
+                logprobs = forward_logprobs(forward, len(data))
+            else:
+                logprobs = given
+            custom = run_custom_loss(loss_fn, data, logprobs)
+            backward = backward_batch(fwd_data, custom.grads)
             back_chunks, offset = [], 0
             for chunk in chunks:  # the same boundaries: the reserved ids must all be used
                 back_chunks.append(backward[offset : offset + len(chunk)])
                 offset += len(chunk)
             result = await self._run_chunks(
-                "forward_backward", back_chunks, seqs[n:], "cross_entropy", None, False, None
+                "forward_backward",
+                back_chunks,
+                seqs[n_forward:],
+                "cross_entropy",
+                None,
+                False,
+                pending if given is not None else None,
             )
-            metrics = dict(result.metrics)
-            metrics["surrogate_loss:sum"] = metrics.pop("loss:sum", 0.0)
-            metrics["loss:sum"] = loss
+            server = dict(result.metrics)
+            if codec.adds_response_tokens and "response_tokens" not in server:
+                server["response_tokens"] = _response_tokens(backward)  # as for cross_entropy
             return types.ForwardBackwardOutput(
                 loss_fn_output_type=result.loss_fn_output_type,
                 loss_fn_outputs=result.loss_fn_outputs,
-                metrics=metrics,
+                metrics=custom_loss_metrics(
+                    server, custom, surrogate_under_loss_sum=codec.custom_loss_sum_is_surrogate
+                ),
             )
 
         tokens = partial(_input_tokens, data)
         return self._ops.start(
-            "forward_backward_custom", 2 * n, run, tokens=tokens, deadlines=deadlines
+            "forward_backward_custom", n_forward + n, run, tokens=tokens, deadlines=deadlines
         )
 
     def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:

@@ -34,14 +34,14 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tinker import types
 
-from .._clients._custom_loss import CustomLoss
+from .._clients._custom_loss import CustomLoss, TorchLoss
 from .._clients._training import TrainingClient
 from .._session._ordered_ops import first_error
 from ..errors import FiretitanError, InvalidInput
@@ -211,7 +211,7 @@ async def run_rl(
     *,
     adam: types.AdamParams,
     groups_per_step: int,
-    loss_fn: str | CustomLoss = "importance_sampling",
+    loss_fn: str | CustomLoss | TorchLoss[Any] = "importance_sampling",
     loss_fn_config: dict[str, float] | None = None,
     concurrency: int = 8,
     max_staleness: int = 1,
@@ -237,7 +237,8 @@ async def run_rl(
       ``concurrency`` run at once.
     * ``to_datums(rollouts)`` turns one step's ``groups_per_step`` rollouts (in ticket order)
       into datums: advantages and the loss inputs. They train with ``loss_fn`` (a server loss
-      name, or a :data:`~firetitan_async.CustomLoss`), then ``optim_step(adam)``.
+      name, a :data:`~firetitan_async.CustomLoss` or a :class:`~firetitan_async.TorchLoss`),
+      then ``optim_step(adam)``.
     * ``lr_schedule(step)`` (1-based; see :func:`linear`, :func:`cosine`,
       :func:`warmup_stable_decay`) gives each step's learning rate (a float, put into
       ``adam``) or its whole ``AdamParams``. A step at rate 0 (where a decay to

@@ -114,6 +114,10 @@ class Dialect(Protocol):
     """Whether ``save_weights_for_sampler`` is a typed snapshot (``..._ext``, automatic type)."""
     adds_response_tokens: bool
     """Whether a ``cross_entropy`` result gets the SDK's client-side ``response_tokens`` metric."""
+    custom_loss_sum_is_surrogate: bool
+    """Whether ``forward_backward_custom``'s ``loss:sum`` is the trainer's surrogate loss (the
+    Fireworks SDK) rather than the custom loss, with the surrogate under ``surrogate_loss:sum``
+    (tinker)."""
     cancels_timed_out_samples: bool
     """Whether a timed-out ``sample`` is cancelled on the server (``cancel_future``)."""
     unloads_models_on_close: bool

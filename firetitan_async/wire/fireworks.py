@@ -648,6 +648,7 @@ class FireworksDialect(TinkerProtocol):
     extras: frozenset[str] = frozenset({"unload_model", "load_adapter"})
     saves_sampler_as_snapshot = True
     adds_response_tokens = True
+    custom_loss_sum_is_surrogate = True  # as the SDK 1.2.30 client.py forward_backward_custom
     cancels_timed_out_samples = False  # the Fireworks SDK has no cancel
     unloads_models_on_close = True  # the Fireworks SDK's unload_model on close
     has_trainer_jobs = True

@@ -375,6 +375,7 @@ class TinkerProtocol:
     extras: frozenset[str] = frozenset()
     saves_sampler_as_snapshot = False
     adds_response_tokens = False
+    custom_loss_sum_is_surrogate = False
     cancels_timed_out_samples = True
     unloads_models_on_close = False
     has_trainer_jobs = False

@@ -581,14 +581,14 @@ async def test_sampling_works_in_the_fireworks_dialect_on_the_local_trainer(
 
 
 def test_custom_loss_never_invents_missing_logprobs() -> None:
-    from firetitan_async._clients._custom_loss import run_custom_loss
+    from firetitan_async._clients._custom_loss import forward_logprobs
     from firetitan_async.errors import ProtocolError
 
     no_logprobs = types.ForwardBackwardOutput(
         loss_fn_output_type="ArrayRecord", loss_fn_outputs=[{}, {}], metrics={"loss:sum": 1.0}
     )
     with pytest.raises(ProtocolError, match="no per-token logprobs"):
-        run_custom_loss(lambda d, lp: (0.0, lp), BATCH, no_logprobs)
+        forward_logprobs(no_logprobs, len(BATCH))
 
 
 async def test_a_listing_without_times_or_paths_invents_none_in_the_tinker_dialect() -> None:

@@ -27,11 +27,12 @@ import httpx
 import numpy as np
 import pytest
 import tinker
+import torch
 import zstandard
 from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 
-from firetitan_async import Pending, RetryPolicy, ServiceSession
+from firetitan_async import Pending, RetryPolicy, ServiceSession, TorchLoss
 from firetitan_async._clients._snapshots import session_suffix
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._recorder import RecordedExchange, Recorder
@@ -104,11 +105,19 @@ def chunked_batch(chunk_len: int) -> list[types.Datum]:
 def half_logprob_loss(
     data: list[types.Datum], logprobs: list[np.ndarray]
 ) -> tuple[float, list[np.ndarray]]:
-    """A custom loss with an exact gradient (-0.5 everywhere), so the SDK emulation and ours
-    produce bit-identical weights whatever the float precision."""
+    """A custom loss with an exact gradient (-0.5 everywhere), so the SDK's torch loss and
+    this numpy one produce bit-identical weights whatever the float precision."""
     return -0.5 * float(sum(lp.sum() for lp in logprobs)), [
         np.full(lp.shape, -0.5) for lp in logprobs
     ]
+
+
+def half_logprob_loss_torch(
+    data: list[types.Datum], logprobs: list[torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The same loss in torch, as the tinker SDK's ``forward_backward_custom`` takes it."""
+    loss = -0.5 * sum(lp.sum() for lp in logprobs)
+    return loss, {"half": float(loss.item())}
 
 
 # -- the script, as the tinker SDK runs it ---------------------------------------------------
@@ -155,26 +164,10 @@ class SdkScript:
         step.result()
 
     def custom_loss(self) -> None:
-        # forward_backward_custom needs torch, which is not installed here. This is its
-        # client-side path step by step: the SDK's own forward data, a forward, then a
-        # cross_entropy forward_backward with weights = -dL/dlogprobs (training_client.py,
-        # forward_backward_custom / _compute_custom_loss), with numpy standing in for torch.
-        fwd_data = self.lora._get_custom_loss_forward_data(CUSTOM_BATCH, "cross_entropy")
-        out = self.lora.forward(fwd_data, "cross_entropy").result()
-        logprobs = [np.asarray(o["logprobs"].data, np.float32) for o in out.loss_fn_outputs]
-        _, grads = half_logprob_loss(CUSTOM_BATCH, logprobs)
-        backward = [
-            types.Datum(
-                model_input=d.model_input,
-                loss_fn_inputs={
-                    "target_tokens": d.loss_fn_inputs["target_tokens"],
-                    # from_torch(-grad) is from_numpy of the same float32 array
-                    "weights": types.TensorData.from_numpy(-np.asarray(g, np.float32)),
-                },
-            )
-            for d, g in zip(CUSTOM_BATCH, grads, strict=True)
-        ]
-        self.lora.forward_backward(backward, "cross_entropy").result()
+        self.lora.forward_backward_custom(CUSTOM_BATCH, half_logprob_loss_torch).result()
+
+    def custom_loss_torch(self) -> None:
+        self.lora.forward_backward_custom(CUSTOM_BATCH, half_logprob_loss_torch).result()
 
     def save_state(self) -> None:
         self.state_path = self.lora.save_state("ckpt-a", ttl_seconds=3600).result().path
@@ -255,8 +248,11 @@ class OurScript:
         await fb
         await step
 
-    async def custom_loss(self) -> None:
+    async def custom_loss(self) -> None:  # the numpy form: the same requests
         await self.lora.forward_backward_custom(CUSTOM_BATCH, half_logprob_loss)
+
+    async def custom_loss_torch(self) -> None:
+        await self.lora.forward_backward_custom(CUSTOM_BATCH, TorchLoss(half_logprob_loss_torch))
 
     async def save_state(self) -> None:
         self.state_path = (await self.lora.save_state("ckpt-a", ttl_seconds=3600)).path
@@ -300,6 +296,7 @@ STEPS = [
     "optim_step",
     "pipelined_full_step",
     "custom_loss",
+    "custom_loss_torch",
     "save_state",
     "load_state",
     "load_state_with_optimizer",
@@ -326,7 +323,7 @@ VARIANTS = {
     "server-defaults": Variant(tuple(STEPS), {}),
     # zstd bodies, and chunk boundaries from both the datum count and the estimated bytes
     "zstd-small-chunks": Variant(
-        ("create_lora_client", "forward", "fwdbwd_chunked", "custom_loss"),
+        ("create_lora_client", "forward", "fwdbwd_chunked", "custom_loss", "custom_loss_torch"),
         {
             "proto_compress_fwdbwd": True,
             "fwdbwd_max_chunk_len": 8,

@@ -32,12 +32,19 @@ import anyio.to_thread
 import attrs
 import httpx
 import pytest
+import torch
 from fireworks.training.sdk import FiretitanServiceClient, TrainerJobManager
 from fireworks.training.sdk import TrainerJobConfig as SdkConfig
 from fireworks.training.sdk import types as ft
 from tinker import types
 
-from firetitan_async import ServiceSession, TrainerJobConfig, TrainerJobFailed, TrainerJobs
+from firetitan_async import (
+    ServiceSession,
+    TorchLoss,
+    TrainerJobConfig,
+    TrainerJobFailed,
+    TrainerJobs,
+)
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._recorder import RecordedExchange, Recorder
 
@@ -71,6 +78,7 @@ DATA_STEPS = (
     "forward_backward",
     "optim_step",
     "forward",
+    "custom_loss",
     "chunked",
     "optim_extras",
     "snapshot_base",
@@ -172,6 +180,15 @@ def sdk_batch() -> list[Any]:
     ]
 
 
+def half_nll(
+    data: list[Any], logprobs: list[torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """A torch custom loss (forward_backward_custom): half the weighted negative logprob."""
+    weights = [torch.tensor(d.loss_fn_inputs["weights"].data) for d in data]
+    loss = -0.5 * sum((lp * w).sum() for lp, w in zip(logprobs, weights, strict=True))
+    return loss, {"half_nll": float(loss.item())}
+
+
 def _fail(lt: LocalTrainer, job_id: str) -> None:
     """Fail the job (a local-trainer hook, not recorded: it bypasses the recorder)."""
     r = httpx.post(
@@ -213,6 +230,10 @@ class SdkScript:
         self.losses.append(
             self.tc.forward(sdk_batch(), "cross_entropy").result().metrics["loss:sum"]
         )
+
+    def custom_loss(self) -> None:
+        out = self.tc.forward_backward_custom(sdk_batch(), half_nll).result()
+        self.losses.extend([out.metrics["loss:sum"], out.metrics["half_nll"]])
 
     def chunked(self) -> None:
         out = self.tc.forward_backward(sdk_batch() * 350, "cross_entropy").result()
@@ -301,6 +322,10 @@ class OurScript:
         self.losses.append(
             (await self.tc.forward(tinker_batch(), "cross_entropy")).metrics["loss:sum"]
         )
+
+    async def custom_loss(self) -> None:
+        out = await self.tc.forward_backward_custom(tinker_batch(), TorchLoss(half_nll))
+        self.losses.extend([out.metrics["loss:sum"], out.metrics["half_nll"]])
 
     async def chunked(self) -> None:
         out = await self.tc.forward_backward(tinker_batch() * 350, "cross_entropy")
@@ -720,7 +745,7 @@ async def test_we_send_what_the_fireworks_sdk_sends(
         ours_rec, our_losses = await run_ours(lt, rec)
     compare(sdk_rec, ours_rec)
     # Same server, same seed, same order: bit-identical losses.
-    assert our_losses == sdk_losses and len(our_losses) == 5
+    assert our_losses == sdk_losses and len(our_losses) == 7
 
 
 def test_every_step_did_something(sdk_run: tuple[Recording, list[float]]) -> None:
