@@ -492,7 +492,9 @@ class ManagedSetup(Generic[S]):
 
             version = await setup.publish("step-10")
         """
-        return await (await self._weight_publisher("publish")).publish(name, base=base)
+        version = await (await self._weight_publisher("publish")).publish(name, base=base)
+        self._initial_sync_needed = False
+        return version
 
     async def hotload_sampler_snapshot(self, model_path: SamplerSnapshot | str) -> PublishedVersion:
         """Hot-load a sampler snapshot the policy saved onto the deployment and wait until it

@@ -1,19 +1,20 @@
 """The rest of the Fireworks SDK's service surface, against the local trainer over real HTTP on
 loopback: ``ManagedSetup.hotload_sampler_snapshot`` / ``create_deployment_sampler`` /
-``requires_initial_sampler_sync``, ``Deployments.reattach_trainer``, the hot-load source-URL
-header, ``TrainerJobs.model_is_moe`` and ``ServiceSession.get_server_capabilities`` (both
+``Deployments.reattach_trainer``,
+``TrainerJobs.model_is_moe`` and ``ServiceSession.get_server_capabilities`` (both
 dialects). Request-for-request fidelity with the SDK is in
 ``tests/conformance/test_fidelity_fireworks_surface.py``.
 """
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import httpx
 import pytest
 from tinker import types
 
 from firetitan_async import (
-    Cleanup,
     DeploymentConfig,
     DeploymentFailed,
     Deployments,
@@ -33,7 +34,15 @@ pytestmark = pytest.mark.anyio
 MODEL = "local/tiny-byte-lm"
 MOE = "accounts/fireworks/models/qwen3-30b-a3b"
 TRAINER_OPTIONS = {"seed": 0, "models": [f"{MOE},moe=true", "accounts/fireworks/models/qwen3-8b"]}
-FAST = {"poll_interval_s": 0.02, "trainer_timeout_s": 20.0, "deployment_timeout_s": 20.0}
+
+
+class _Fast(TypedDict):
+    poll_interval_s: float
+    trainer_timeout_s: float
+    deployment_timeout_s: float
+
+
+FAST: _Fast = {"poll_interval_s": 0.02, "trainer_timeout_s": 20.0, "deployment_timeout_s": 20.0}
 PROMPT = [104, 105, 32]
 
 
@@ -106,6 +115,9 @@ async def test_reattach_trainer_patches_only_what_differs_and_waits_for_the_roll
                         "reattach", base_model=MODEL, trainer_job_name=second, timeout_s=1,
                         hot_load_transition_type="later",
                     )
+                with pytest.raises(InvalidInput, match="source_url"):  # a header value
+                    await deployments.hotload("reattach", base_model=MODEL, snapshot="s",
+                                              source_url="gs://b/x\n")
                 with pytest.raises(DeploymentFailed, match="NOT_FOUND"):
                     await deployments.reattach_trainer(
                         "missing", base_model=MODEL, trainer_job_name=second, timeout_s=1
@@ -114,57 +126,24 @@ async def test_reattach_trainer_patches_only_what_differs_and_waits_for_the_roll
                 await deployments.delete("reattach")
 
 
-async def test_a_reattached_managed_deployment_needs_an_initial_sync(
+async def test_a_reattached_deployment_needs_an_initial_sync_until_a_hotload(
     trainer: LocalTrainer,
 ) -> None:
-    """A kept deployment re-attached by a second setup: ``requires_initial_sampler_sync`` until
-    a snapshot of the new trainer is hot-loaded."""
-    keep = ManagedConfig(base_model=MODEL, lora_rank=4, training_shape=_shape(trainer, "lora"),
-                         cleanup=Cleanup(deployment="keep"), **FAST)
-    async with ServiceSession.managed(keep, base_url=trainer.control_plane_url) as setup:
-        deployment_id = setup.deployment_id
-    again = ManagedConfig(base_model=MODEL, lora_rank=4, training_shape=_shape(trainer, "lora"),
-                          deployment_id=deployment_id, **FAST)
-    async with ServiceSession.managed(again, base_url=trainer.control_plane_url) as setup:
-        assert setup.reattached_deployment and setup.requires_initial_sampler_sync()
-        saved = await (await setup.training_client()).save_weights_for_sampler("initial")
-        await setup.hotload_sampler_snapshot(saved.path)
-        assert not setup.requires_initial_sampler_sync()
     async with Deployments(base_url=trainer.control_plane_url) as deployments:
-        assert deployment_id is not None
-        await deployments.delete(deployment_id)
-
-
-async def test_hotload_sends_the_source_url_and_cmek_headers_only_when_given(
-    trainer: LocalTrainer,
-) -> None:
-    async with ServiceSession(trainer.base_url, api_key="") as session:
-        client = await session.create_training_client(MODEL)
-        snap = await client.save_weights_for_sampler_ext("src")
-    with Recorder(trainer.base_url) as rec:
-        async with Deployments(base_url=rec.base_url) as deployments:
-            await deployments.create_or_get(DeploymentConfig("src-url", MODEL))
-            try:
-                await deployments.hotload("src-url", base_model=MODEL,
-                                          snapshot=snap.snapshot_name,
-                                          source_url="gs://bucket/run/src/",
-                                          cmek_resource="key-1")
-                await deployments.wait_for_hotload("src-url", base_model=MODEL,
-                                                   snapshot=snap.snapshot_name)
-                await deployments.hotload("src-url", base_model=MODEL,
-                                          snapshot=snap.snapshot_name)
-                with pytest.raises(InvalidInput, match="source_url"):
-                    await deployments.hotload("src-url", base_model=MODEL, snapshot="s",
-                                              source_url="gs://b/x\n")
-            finally:
-                await deployments.delete("src-url")
-        posts = [r.headers for r in rec.records
-                 if r.method == "POST" and r.path.endswith("/hot_load")]
-    assert len(posts) == 2
-    assert posts[0]["x-fireworks-hot-load-source-url"] == "gs://bucket/run/src/"
-    assert posts[0]["x-fireworks-hot-load-cmek-resource"] == "key-1"
-    assert posts[0]["fireworks-model"] == MODEL
-    assert not [h for h in posts[1] if h.startswith("x-fireworks-hot-load-")]
+        other = f"accounts/{trainer.account_id}/rlorTrainerJobs/gone"
+        await deployments.create_or_get(
+            DeploymentConfig("kept", MODEL, hot_load_trainer_job=other))
+        config = ManagedConfig(base_model=MODEL, lora_rank=4, deployment_id="kept",
+                               training_shape=_shape(trainer, "lora"), **FAST)
+        try:
+            async with ServiceSession.managed(config, base_url=trainer.control_plane_url) as setup:
+                assert setup.reattached_deployment and setup.requires_initial_sampler_sync()
+                saved = await (await setup.training_client()).save_weights_for_sampler("first")
+                version = await setup.hotload_sampler_snapshot(saved.path)
+                assert version.checkpoint_type == "base"  # LoRA snapshots are all bases
+                assert not setup.requires_initial_sampler_sync()
+        finally:
+            await deployments.delete("kept")
 
 
 async def test_model_is_moe_reads_base_model_details(trainer: LocalTrainer) -> None:
@@ -186,7 +165,7 @@ async def test_model_is_moe_refuses_a_record_that_does_not_say() -> None:
 
     async with TrainerJobs("fw_test_key_0001", base_url="https://api.example",
                            account_id="a", transport=httpx.MockTransport(reply)) as jobs:
-        with pytest.raises(ProtocolError, match="baseModelDetails.moe"):
+        with pytest.raises(ProtocolError, match=r"baseModelDetails\.moe"):
             await jobs.model_is_moe("accounts/a/models/m")
 
 
