@@ -95,6 +95,7 @@ _SESSION_SURFACE = {
     "dialect",
     "events",
     "from_job",
+    "get_server_capabilities",
     "managed",
     "session_id",
     "throughput",

@@ -115,6 +115,9 @@ class TrainingClient:
         #: in the tinker dialect.
         self.snapshot_suffix = self._codec.new_snapshot_suffix()
         self._has_base_snapshot = False
+        # the type of each sampler snapshot saved, by path and by name (the SDK's record, which
+        # a later hot-load of the snapshot reads to chain a delta on what the deployment serves)
+        self._snapshot_types: dict[str, CheckpointType] = {}
         self._unloading = False
         self._tokenizers = TokenizerCache()
 
@@ -592,9 +595,23 @@ class TrainingClient:
                 types.SaveWeightsForSamplerResponse,
                 pending,
             )
+            self._snapshot_types[saved.path] = self._snapshot_types[full_name] = kind
             return SamplerSnapshot(snapshot_name=full_name, path=saved.path, checkpoint_type=kind)
 
         return self._ops.start("save_weights_for_sampler_ext", 1, run, deadlines=deadlines)
+
+    def saved_snapshot_type(self, path: str) -> CheckpointType | None:
+        """The type (``"base"``, ``"delta"``, ``"merged_base"``) of a sampler snapshot this
+        client saved, by the path the save returned or by its qualified name; ``None`` for a
+        snapshot it did not save. A hot-load of a path reads it to know whether to chain a
+        delta (as the Fireworks SDK's sampler backend remembers every save).
+
+        Example::
+
+            saved = await client.save_weights_for_sampler("step-2")
+            client.saved_snapshot_type(saved.path)     # "delta" for a full-parameter client
+        """
+        return self._snapshot_types.get(path)
 
     async def save_weights_and_get_sampling_client(
         self, *, deadlines: Deadlines | None = None

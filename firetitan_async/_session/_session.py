@@ -796,6 +796,31 @@ class ServiceSession:
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
+    async def get_server_capabilities(self) -> types.GetServerCapabilitiesResponse:
+        """The models the trainer serves (``supported_models``: name, max context length,
+        trainable, sampleable): ``GET /api/v1/get_server_capabilities``, as both SDKs ask it
+        (tinker's ``RestClient.get_server_capabilities``, the Fireworks SDK's
+        ``FiretitanServiceClient.get_server_capabilities``). A serverless Fireworks endpoint
+        has no server-wide capabilities: there ``UsageError``, before sending (the SDK's
+        ``NotImplementedError``); read the training client's ``capabilities`` instead.
+
+        Example::
+
+            caps = await session.get_server_capabilities()
+            print([m.model_name for m in caps.supported_models])
+        """
+        self._check_open()
+        await self.wait_for_ready()
+        if (self._base_url or "").rstrip("/").endswith("/training/v1/serverless"):
+            raise UsageError(
+                "a serverless endpoint has no server-wide capabilities: use the training "
+                "client's `capabilities` (its create_model reply)"
+            )
+        reply = await self._open_transport.call("GET", paths.GET_SERVER_CAPABILITIES)
+        return self._reply(
+            types.GetServerCapabilitiesResponse, reply, "get_server_capabilities reply"
+        )
+
     def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq

@@ -1,10 +1,11 @@
 """The RL demo behind ``firetitan-async demo``: a tiny byte model learns to say a word.
 
 Everything runs against an embedded :class:`~firetitan_async.local.LocalTrainer` and, by
-default, takes the shape of an RL run on Fireworks: create a trainer job on the control plane,
-wait for it to become RUNNING (with a progress display), open a
-:meth:`ServiceSession.from_job <firetitan_async.ServiceSession.from_job>` session, create an
-inference deployment and wait for it, then run a pipelined RL loop:
+default, takes the shape of an RL run on Fireworks, started the way the Fireworks SDK's recipes
+start one (``from_firetitan_config``): :meth:`ServiceSession.managed
+<firetitan_async.ServiceSession.managed>` provisions the trainer job and the inference
+deployment concurrently from one :class:`~firetitan_async.ManagedConfig`, waits for both and
+owns them (deleted however the demo ends); then a pipelined RL loop runs:
 
 * sample groups of completions of ``"Say: "`` from the deployment (its completions API, token
   ids in, token ids and logprobs out; each reply names the snapshot that served it);
@@ -44,7 +45,6 @@ import httpx
 import numpy as np
 from tinker import types
 
-from .._clients._deployment_sampler import DeploymentSampler
 from .._clients._sampling import SamplingClient
 from .._clients._snapshots import SamplerSnapshot
 from .._clients._training import TrainingClient
@@ -52,6 +52,7 @@ from .._session._session import ServiceSession
 from ..errors import InvalidInput
 from ..local import LocalTrainer
 from ..local._datums import encode_text
+from ..local._shapes import DEPLOYMENT_SHAPE
 from ..loops import (
     DeploymentPolicy,
     DeploymentPolicySampler,
@@ -60,14 +61,7 @@ from ..loops import (
     TrainerPolicy,
     run_rl,
 )
-from ..platform import (
-    DeploymentConfig,
-    Deployments,
-    ReadinessProgress,
-    TrainerJobConfig,
-    TrainerJobs,
-    WeightPublisher,
-)
+from ..platform import ManagedConfig, ManagedSetup, WeightPublisher
 from ..wire import dialect_named, resolve_dialect, validate_dialect_choice
 
 __all__ = [
@@ -373,20 +367,20 @@ class _Demo:
         client: TrainingClient,
         job_id: str | None,
         started: float,
-        control_plane_url: str | None = None,
+        setup: ManagedSetup[ServiceSession] | None = None,
     ) -> DemoResult:
-        """Train; through a deployment on ``control_plane_url`` (the local trainer's), or, with
-        None, sampling from the trainer."""
-        if control_plane_url is None:
+        """Train; through the managed setup's deployment, or, with None, sampling from the
+        trainer."""
+        if setup is None:
             self.publisher = TrainerPolicy(
                 session, client, prefix="demo", base_every=self.config.base_every
             )
             result = await self._train(client, job_id, started)
             return attrs.evolve(result, dialect="tinker")
-        async with self._deployment(client, control_plane_url) as policy:
+        async with self._deployment(client, setup) as policy:
             self.publisher = policy
             result = await self._train(client, job_id, started)
-        stats = await _inference_stats(control_plane_url)
+        stats = await _inference_stats(setup.deployments.base_url)
         return attrs.evolve(
             result,
             deployment=policy.sampler.model,
@@ -397,34 +391,21 @@ class _Demo:
 
     @asynccontextmanager
     async def _deployment(
-        self, client: TrainingClient, control_plane_url: str
+        self, client: TrainingClient, setup: ManagedSetup[ServiceSession]
     ) -> AsyncIterator[DeploymentPolicy]:
-        """A deployment (created, waited for), its weight publisher and its sampler."""
+        """The managed deployment's weight publisher (a base, then deltas) and a sampler."""
         cfg = self.config
-        async with (
-            Deployments(base_url=control_plane_url) as deployments,
-            # Owned: deleted however the demo ends (an error, Ctrl-C, SIGTERM).
-            deployments.create_or_get(DeploymentConfig(DEPLOYMENT, MODEL)) as info,
-        ):
-            self.emit(f"created deployment {info.name}")
-            waited = time.monotonic()
-            info = await deployments.wait_for_ready(
-                DEPLOYMENT, poll_interval_s=cfg.poll_interval_s, timeout_s=60.0
+        assert setup.deployment_id is not None
+        if cfg.latency_s:  # the local deployment's own reply latency, like the trainer's
+            await _set_inference_latency(setup.deployments.base_url, cfg.latency_s)
+        async with WeightPublisher(
+            client, setup.deployments, setup.deployment_id, base_model=MODEL,
+            base_every=cfg.base_every, poll_interval_s=cfg.poll_interval_s,
+        ) as weights:
+            completions = await setup.create_deployment_sampler(
+                concurrency=2 * cfg.groups_per_step
             )
-            self.emit(f"  deployment {info.state} after {time.monotonic() - waited:.2f}s")
-            if cfg.latency_s:  # the local deployment's own reply latency, like the trainer's
-                await _set_inference_latency(control_plane_url, cfg.latency_s)
-            async with (
-                WeightPublisher(
-                    client, deployments, DEPLOYMENT, base_model=MODEL,
-                    base_every=cfg.base_every, poll_interval_s=cfg.poll_interval_s,
-                ) as weights,
-                DeploymentSampler(
-                    deployments.inference_url, info.inference_model,
-                    api_key=deployments.api_key, concurrency=2 * cfg.groups_per_step,
-                ) as completions,
-            ):
-                yield DeploymentPolicy(weights, completions, prefix="demo")
+            yield DeploymentPolicy(weights, completions, prefix="demo")
 
     async def _train(
         self, client: TrainingClient, job_id: str | None, started: float
@@ -553,29 +534,32 @@ async def run_demo(
         if not dialect.has_trainer_jobs:
             result = await _run_tinker(demo, control_plane_url, started)
         else:
-            jobs = await stack.enter_async_context(TrainerJobs(base_url=control_plane_url))
-            job_config = TrainerJobConfig(
-                base_model=MODEL, lora_rank=cfg.lora_rank, learning_rate=cfg.learning_rate
-            )
-            endpoint = await stack.enter_async_context(  # deleted when this block exits
-                jobs.create_and_wait(
-                    job_config,
-                    poll_interval_s=cfg.poll_interval_s,
-                    timeout_s=60.0,
-                    on_progress=_readiness_display(emit),
-                )
-            )
-            emit(f"trainer job {endpoint.job_name}")
-            session = await stack.enter_async_context(
-                ServiceSession.from_job(jobs, endpoint.job_id, poll_interval_s=cfg.poll_interval_s)
-            )
-            client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
-            emit(f"training client {client.model_id} on session {session.session_id}")
-            result = await demo.train(
-                session, client, endpoint.job_id, started, control_plane_url
-            )
+            result = await _run_managed(demo, control_plane_url, started)
     _summary(result, cfg.prompt, emit)
     return result
+
+
+async def _run_managed(demo: _Demo, control_plane_url: str, started: float) -> DemoResult:
+    """The fireworks dialect, through the managed setup (the Fireworks SDK's
+    ``from_firetitan_config``): one call provisions the trainer job and the deployment
+    concurrently and owns both (deleted however the demo ends)."""
+    cfg = demo.config
+    config = ManagedConfig(
+        base_model=MODEL, lora_rank=cfg.lora_rank, learning_rate=cfg.learning_rate,
+        deployment_id=DEPLOYMENT, deployment_shape=DEPLOYMENT_SHAPE,
+        poll_interval_s=cfg.poll_interval_s, trainer_timeout_s=60.0, deployment_timeout_s=60.0,
+    )
+    demo.emit(f"managed setup: trainer job and deployment {DEPLOYMENT} for {MODEL}")
+    async with ServiceSession.managed(config, base_url=control_plane_url) as setup:
+        assert setup.deployment is not None
+        elapsed = time.monotonic() - started
+        job_name = await setup.jobs.job_name(setup.trainer_job_id)
+        verb = "created" if f"deployment {DEPLOYMENT}" in setup.created else "re-attached"
+        demo.emit(f"  trainer job {job_name} RUNNING and {verb} deployment "
+                  f"{setup.deployment.name} {setup.deployment.state} after {elapsed:.2f}s")
+        client = await setup.training_client()
+        demo.emit(f"training client {client.model_id} on session {setup.session.session_id}")
+        return await demo.train(setup.session, client, setup.trainer_job_id, started, setup)
 
 
 async def _run_tinker(demo: _Demo, base_url: str, started: float) -> DemoResult:
@@ -585,17 +569,6 @@ async def _run_tinker(demo: _Demo, base_url: str, started: float) -> DemoResult:
         client = await session.create_training_client(MODEL, lora_rank=cfg.lora_rank)
         demo.emit(f"training client {client.model_id} on tinker session {session.session_id}")
         return await demo.train(session, client, None, started)
-
-
-def _readiness_display(emit: Callable[[str], None]) -> Callable[[ReadinessProgress], None]:
-    last: list[str] = []
-
-    def on_progress(progress: ReadinessProgress) -> None:
-        if not last or last[-1] != progress.state:
-            last.append(progress.state)
-            emit(f"  job {progress.state:<9} after {progress.elapsed_s:5.2f}s")
-
-    return on_progress
 
 
 def _summary(result: DemoResult, prompt: str, emit: Callable[[str], None]) -> None:

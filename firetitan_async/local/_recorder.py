@@ -52,8 +52,10 @@ __all__ = ["BodyFormat", "RecordedExchange", "Recorder", "decode_body"]
 BodyFormat = Literal["empty", "json", "protobuf", "bytes"]
 
 # Headers recorded with their value.
-_VALUE_HEADERS = frozenset({"content-type", "content-encoding", "accept"})
-_VALUE_HEADER_PREFIX = "x-tinker-"
+_VALUE_HEADERS = frozenset(
+    {"content-type", "content-encoding", "accept", "fireworks-model", "fireworks-deployment"}
+)
+_VALUE_HEADER_PREFIXES = ("x-tinker-", "x-fireworks-hot-load-")
 # Headers recorded only as present: credentials (never stored) and per-request random keys.
 _PRESENCE_HEADERS = frozenset(
     {"x-idempotency-key", "x-api-key", "authorization", "cf-access-client-secret"}
@@ -101,7 +103,9 @@ class RecordedExchange:
     """One request as it arrived at the recorder, and the reply it got.
 
     ``headers`` holds, under lower-case names, the value of ``content-type``,
-    ``content-encoding``, ``accept`` and every ``x-tinker-*`` header, and ``"<present>"`` for
+    ``content-encoding``, ``accept``, every ``x-tinker-*`` header and the hot-load routing
+    headers (``fireworks-model``, ``fireworks-deployment``, ``x-fireworks-hot-load-*``), and
+    ``"<present>"`` for
     ``x-idempotency-key`` and credentials (never their value); ``header_names`` lists every
     header name that arrived. ``body`` is the decoded request body: a JSON value, the protobuf
     message as a ``json_format`` dict (field names as in the ``.proto``, bytes in base64,
@@ -391,7 +395,7 @@ def _meaningful_headers(items: Any) -> dict[str, str]:
         key = name.lower()
         if key in _PRESENCE_HEADERS:
             out[key] = PRESENT
-        elif key in _VALUE_HEADERS or key.startswith(_VALUE_HEADER_PREFIX):
+        elif key in _VALUE_HEADERS or key.startswith(_VALUE_HEADER_PREFIXES):
             out[key] = value
     return dict(sorted(out.items()))
 

@@ -11,7 +11,12 @@ account resolution, timeouts and retries as ``TrainerJobs``). The wire is the SD
   ``DELETE ?ignoreChecks=true&hard=true`` on ``…/deployments/{id}``;
 * ``POST {hotload_url}/hot_load/v1/models/hot_load`` ``{"identity", "reset_prompt_cache",
   ["incremental_snapshot_metadata"]}`` and ``GET`` on the same URL for the status, with
-  ``Authorization: Bearer``, ``fireworks-model`` and ``fireworks-deployment`` headers;
+  ``Authorization: Bearer``, ``fireworks-model`` and ``fireworks-deployment`` headers (a
+  hot-load may add ``x-fireworks-hot-load-source-url`` and
+  ``x-fireworks-hot-load-cmek-resource``, headers rather than body fields, as the SDK sends
+  them: the body schema refuses unknown fields);
+* ``reattach_trainer``: ``GET`` until ``READY``, one ``PATCH ?updateMask=`` of what differs
+  (``hotLoadTrainerJob``, ``hotLoadTransitionType``), ``GET`` until it has settled;
 * warm-up: ``POST {inference_url}/inference/v1/completions`` ``{"model", "prompt": [1, 2],
   "max_tokens": 4, "temperature": 0.0}`` until it answers 200.
 
@@ -37,6 +42,7 @@ import attrs
 import httpx
 
 from ..errors import DeploymentFailed, FiretitanError, HotloadFailed, InvalidInput
+from ..wire.validation import validate_api_key
 from ._lifecycle import DEFAULT_GRACE_S, OWNER_ANNOTATION, Claim, Provisioning, owner_tag
 from ._rest import RestClient, RestCore, RestOptions
 
@@ -54,6 +60,10 @@ _BAD_STATES: Final = frozenset({"FAILED", "DELETED", "DELETING"})
 _TRANSITIONS: Final = ("ASYNC", "SYNC")
 COMPRESSION_FORMAT: Final = "arc_v2"
 CHECKSUM_FORMAT: Final = "alder32"
+#: The hot-load headers the SDK's ``DeploymentManager`` sends (``deployment.py``, 1.2.30).
+SOURCE_URL_HEADER: Final = "x-fireworks-hot-load-source-url"
+CMEK_RESOURCE_HEADER: Final = "x-fireworks-hot-load-cmek-resource"
+_UNSPECIFIED: Final = frozenset({"HOT_LOAD_TRANSITION_TYPE_UNSPECIFIED", "UNSPECIFIED"})
 
 
 
@@ -74,6 +84,13 @@ def _transition(value: str | None) -> str | None:
     if normalized not in _TRANSITIONS:
         raise InvalidInput("hot_load_transition_type", f"must be ASYNC or SYNC, got {value!r}")
     return normalized
+
+
+def _serving_transition(value: str | None) -> str:
+    """The transition a deployment record means: unset or UNSPECIFIED is the control
+    plane's default, ``ASYNC`` (the SDK's ``_effective_hot_load_transition_type``)."""
+    normalized = (value or "").strip().upper()
+    return "ASYNC" if not normalized or normalized in _UNSPECIFIED else normalized
 
 
 @attrs.frozen
@@ -446,6 +463,83 @@ class Deployments(RestClient):
         )
         return await self._info(deployment_id, _record(deployment_id, record))
 
+    async def reattach_trainer(
+        self,
+        deployment: DeploymentInfo | str,
+        *,
+        base_model: str,
+        trainer_job_name: str,
+        timeout_s: float,
+        poll_interval_s: float = 5.0,
+        hot_load_transition_type: str | None = None,
+    ) -> DeploymentInfo:
+        """Point an existing deployment at a trainer (its hot-load bucket) and wait until the
+        change has settled: the SDK's ``DeploymentManager.reattach_trainer``, request for
+        request. Waits for ``READY`` first (``DeploymentFailed`` on a bad state or after
+        ``timeout_s``), then PATCHes only what differs: ``hotLoadTrainerJob`` and, when
+        given, ``hotLoadTransitionType`` (one PATCH, so one pod roll), then polls until the
+        deployment is ``READY`` and serves from ``trainer_job_name``. An already attached
+        deployment is returned as it is, with no PATCH. ``base_model`` is the SDK's argument
+        (it routes nothing here; a later hot-load needs it). After a re-attach the deployment
+        serves none of the new trainer's snapshots: hot-load a base before sampling (a
+        ``WeightPublisher`` on it starts with one).
+
+        Example::
+
+            info = await deployments.reattach_trainer(
+                "rollouts", base_model=MODEL, trainer_job_name=endpoint.job_name, timeout_s=600)
+        """
+        deployment_id = deployment if isinstance(deployment, str) else deployment.deployment_id
+        if not isinstance(trainer_job_name, str) or not trainer_job_name:
+            raise InvalidInput("trainer_job_name", "must be the trainer job's resource name")
+        if not isinstance(base_model, str) or not base_model:
+            raise InvalidInput("base_model", "is required")
+        transition = _transition(hot_load_transition_type)
+        info = await self.get(deployment_id)
+        if info is None:
+            raise DeploymentFailed(deployment_id, "NOT_FOUND", "before trainer re-attach")
+        deadline = time.monotonic() + max(timeout_s, 1.0)
+        while info.state != "READY":
+            if info.state in _BAD_STATES:
+                raise DeploymentFailed(deployment_id, info.state, "before trainer re-attach")
+            if time.monotonic() >= deadline:
+                raise DeploymentFailed(deployment_id, info.state,
+                                       f"not READY for the re-attach after {timeout_s:g}s")
+            await anyio.sleep(poll_interval_s)
+            info = await self.get(deployment_id)
+            if info is None:
+                raise DeploymentFailed(deployment_id, "NOT_FOUND", "during trainer re-attach")
+        body: dict[str, Any] = {}
+        mask: list[str] = []
+        if info.hot_load_trainer_job != trainer_job_name:
+            body["hotLoadTrainerJob"] = trainer_job_name
+            mask.append("hot_load_trainer_job")
+        if transition and _serving_transition(info.hot_load_transition_type) != transition:
+            body["hotLoadTransitionType"] = transition
+            mask.append("hot_load_transition_type")
+        if not mask:
+            return info
+        logger.info("re-attaching deployment %s to %s: %s", deployment_id, trainer_job_name,
+                    ", ".join(mask))
+        await self.update(deployment_id, body, mask)
+        deadline = time.monotonic() + max(timeout_s, 1.0)
+        while time.monotonic() < deadline:
+            current = await self.get(deployment_id)
+            if current is None:
+                raise DeploymentFailed(deployment_id, "NOT_FOUND", "during trainer re-attach")
+            if (
+                current.state == "READY"
+                and current.hot_load_trainer_job == trainer_job_name
+                and (transition is None
+                     or _serving_transition(current.hot_load_transition_type) == transition)
+            ):
+                return current
+            if current.state in _BAD_STATES:
+                raise DeploymentFailed(deployment_id, current.state, "during trainer re-attach")
+            await anyio.sleep(poll_interval_s)
+        raise DeploymentFailed(deployment_id, "UPDATING",
+                               f"the re-attach did not settle in READY within {timeout_s:g}s")
+
     async def scale_to_zero(self, deployment_id: str) -> None:
         """Release every replica (the deployment stays, for a later scale-up).
 
@@ -473,14 +567,25 @@ class Deployments(RestClient):
 
     # -- hot-load ------------------------------------------------------------------------
 
-    async def _hotload_headers(self, deployment_id: str, base_model: str) -> dict[str, str]:
+    async def _hotload_headers(
+        self,
+        deployment_id: str,
+        base_model: str,
+        source_url: str | None = None,
+        cmek_resource: str | None = None,
+    ) -> dict[str, str]:
         if not base_model:
             raise InvalidInput("base_model", "is required (it routes the hot-load)")
         account = await self._rest.account_id()
-        return {
+        headers = {
             "fireworks-model": base_model,
             "fireworks-deployment": f"accounts/{account}/deployments/{deployment_id}",
         }
+        if source_url:
+            headers[SOURCE_URL_HEADER] = source_url
+        if cmek_resource:
+            headers[CMEK_RESOURCE_HEADER] = cmek_resource
+        return headers
 
     async def hotload(
         self,
@@ -490,9 +595,18 @@ class Deployments(RestClient):
         snapshot: str,
         previous: str | None = None,
         reset_prompt_cache: bool = True,
+        source_url: str | None = None,
+        cmek_resource: str | None = None,
     ) -> None:
         """Ask the deployment to load ``snapshot`` (a snapshot identity). With ``previous``
         (the identity it serves now) the snapshot is a delta chained on it; without, a base.
+
+        ``source_url`` (an object-storage prefix such as ``gs://bucket/run/step-2/``) tells
+        the serving side where to fetch the snapshot's bytes instead of the deployment's
+        configured storage; ``cmek_resource`` names the key that decrypts them. Both travel
+        as headers (``x-fireworks-hot-load-source-url``, ``x-fireworks-hot-load-cmek-resource``),
+        as the SDK's ``DeploymentManager.hotload(path=..., cmek_resource=...)`` sends them; a
+        server that does not use them ignores them.
 
         Example::
 
@@ -501,7 +615,11 @@ class Deployments(RestClient):
         """
         if not isinstance(snapshot, str) or not snapshot:
             raise InvalidInput("snapshot", "must be a snapshot identity")
-        headers = await self._hotload_headers(deployment_id, base_model)
+        # header values: printable ASCII, no whitespace (the key's check), before sending
+        validate_api_key(source_url, field="source_url")
+        validate_api_key(cmek_resource, field="cmek_resource")
+        headers = await self._hotload_headers(deployment_id, base_model, source_url,
+                                              cmek_resource)
         body: dict[str, Any] = {"identity": snapshot}
         if self._reset_prompt_cache_supported:
             body["reset_prompt_cache"] = reset_prompt_cache

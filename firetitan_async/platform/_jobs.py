@@ -33,7 +33,13 @@ import attrs
 
 from .._http._environment import TRAINER_GATEWAY_URL_VAR, resolve_setting
 from .._http._transport import check_url_security
-from ..errors import APIStatusError, FiretitanError, InvalidInput, TrainerJobFailed
+from ..errors import (
+    APIStatusError,
+    FiretitanError,
+    InvalidInput,
+    ProtocolError,
+    TrainerJobFailed,
+)
 from ..wire import paths
 from ._checkpoints import (
     JobCheckpoint,
@@ -519,6 +525,31 @@ class TrainerJobs(RestClient):
             profile = await jobs.resolve_training_profile("accounts/fireworks/trainingShapes/s")
         """
         return await resolve_training_profile(self._rest, shape)
+
+    async def model_is_moe(self, model: str) -> bool:
+        """Whether ``model`` (``accounts/{a}/models/{m}``) is a mixture-of-experts model, from
+        its record's ``baseModelDetails.moe``: the SDK's ``model_is_moe`` (``GET /v1/{model}``),
+        which recipes ask before turning on router replay (R3). ``PlatformAPIError`` when the
+        record cannot be read (its ``status_code``: 403/404 for a model this key cannot see),
+        ``ProtocolError`` when it does not say (never a guess: a wrong answer changes what
+        training computes).
+
+        Example::
+
+            if await jobs.model_is_moe("accounts/fireworks/models/qwen3-30b-a3b"):
+                sampler_kwargs["include_routing_matrix"] = True
+        """
+        if not isinstance(model, str) or not model.strip("/") or "?" in model or "#" in model:
+            raise InvalidInput("model", f"must be a model resource name, got {model!r}")
+        record = await self._rest.call("GET", f"/v1/{model.lstrip('/')}", timeout=30.0)
+        if not isinstance(record, dict):
+            raise ProtocolError(f"model record of {model!r}", "expected a JSON object")
+        details = record.get("baseModelDetails") or record.get("base_model_details") or {}
+        moe = details.get("moe") if isinstance(details, dict) else None
+        if not isinstance(moe, bool):
+            raise ProtocolError(f"model record of {model!r}",
+                                "baseModelDetails.moe is missing or not a boolean")
+        return moe
 
     # -- the readiness probe ------------------------------------------------------------------
 

@@ -37,11 +37,13 @@ import anyio
 import anyio.abc
 import attrs
 
+from .._clients._concurrency import ConcurrencyController
 from .._clients._deployment_sampler import DeploymentSampler
+from .._clients._snapshots import SamplerSnapshot
 from .._session._ordered_ops import first_error
-from ..errors import APIStatusError, DeploymentFailed, InvalidInput, UsageError
+from ..errors import APIStatusError, InvalidInput, UsageError
 from ._config import TrainerJobConfig
-from ._deployments import DeploymentConfig, DeploymentInfo, Deployments
+from ._deployments import DeploymentConfig, DeploymentInfo, Deployments, _serving_transition
 from ._jobs import TrainerJobs, new_job_id
 from ._lifecycle import DEFAULT_GRACE_S, Claim, Provisioning
 from ._publisher import PublishedVersion, WeightPublisher
@@ -380,6 +382,7 @@ class ManagedSetup(Generic[S]):
         self.deployment_id: str | None = None
         self.deployment: DeploymentInfo | None = None
         self.reattached_deployment = False
+        self._initial_sync_needed = False
         self.sampler: DeploymentSampler | None = None
         self._session: S | None = None
         self._reference_session: S | None = None
@@ -489,8 +492,86 @@ class ManagedSetup(Generic[S]):
 
             version = await setup.publish("step-10")
         """
+        version = await (await self._weight_publisher("publish")).publish(name, base=base)
+        self._initial_sync_needed = False
+        return version
+
+    async def hotload_sampler_snapshot(self, model_path: SamplerSnapshot | str) -> PublishedVersion:
+        """Hot-load a sampler snapshot the policy saved onto the deployment and wait until it
+        serves it: the SDK's ``hotload_sampler_snapshot(model_path)``. ``model_path`` is what
+        ``save_weights_for_sampler`` returned (``saved.path``) or the ``SamplerSnapshot`` of
+        ``save_weights_for_sampler_ext`` (its ``path`` is sent). The hot-load names it as
+        given; a delta is chained on the snapshot the deployment serves (the policy client
+        remembers each snapshot's type; a path it did not save loads as a base, as the SDK
+        does). One mechanism with :meth:`publish` (the setup's :class:`WeightPublisher`, in
+        call order); ``HotloadFailed`` where the SDK raises ``RuntimeError``.
+
+        Example::
+
+            saved = await client.save_weights_for_sampler("step-5")
+            await setup.hotload_sampler_snapshot(saved.path)
+        """
+        publisher = await self._weight_publisher("hotload_sampler_snapshot")
+        assert self._client is not None
+        if isinstance(model_path, SamplerSnapshot):
+            snapshot, identity = model_path, model_path.path
+        elif isinstance(model_path, str) and model_path:
+            kind = self._client.saved_snapshot_type(model_path) or "base"
+            snapshot, identity = SamplerSnapshot(model_path, model_path, kind), model_path
+        else:
+            raise InvalidInput("model_path", f"must be a saved snapshot's path, got {model_path!r}")
+        version = await publisher.hotload(snapshot, identity=identity)
+        self._initial_sync_needed = False
+        return version
+
+    async def create_deployment_sampler(
+        self,
+        model_path: SamplerSnapshot | str | None = None,
+        *,
+        concurrency: ConcurrencyController | int | None = None,
+    ) -> DeploymentSampler:
+        """A :class:`DeploymentSampler` on the setup's deployment, after hot-loading
+        ``model_path`` when given (:meth:`hotload_sampler_snapshot`): the SDK's
+        ``create_deployment_sampler``. Each call makes a new sampler (its own connections and
+        ``concurrency`` controller); the setup closes it on exit, or close it sooner with
+        ``async with``/``aclose()``. ``setup.sampler`` is the one the setup made already.
+
+        Example::
+
+            saved = await client.save_weights_for_sampler("step-5")
+            sampler = await setup.create_deployment_sampler(saved.path, concurrency=32)
+            rollouts = await sampler.sample(prompt_tokens, n=8, max_tokens=64)
+        """
+        if self.deployment is None or self._client is None:
+            raise UsageError("create_deployment_sampler needs an entered managed setup with "
+                             "a deployment")
+        if model_path is not None:
+            await self.hotload_sampler_snapshot(model_path)
+        sampler = DeploymentSampler(
+            self._inference_url or self.deployments.base_url,
+            self.deployment.inference_model,
+            self.jobs.api_key or "",
+            concurrency=concurrency,
+            allow_insecure_http=self.jobs._rest.allow_insecure_http,
+        )
+        self._stack.push_async_callback(sampler.aclose)
+        return sampler
+
+    def requires_initial_sampler_sync(self) -> bool:
+        """Whether the deployment was re-attached to this setup's trainer and serves none of
+        its snapshots yet: hot-load (or publish) a base before the first rollout, as the SDK's
+        ``requires_initial_sampler_sync()`` tells recipes.
+
+        Example::
+
+            if setup.requires_initial_sampler_sync():
+                await setup.publish("initial", base=True)
+        """
+        return self._initial_sync_needed
+
+    async def _weight_publisher(self, what: str) -> WeightPublisher:
         if self.deployment_id is None or self._client is None:
-            raise UsageError("publish needs an entered managed setup with a deployment")
+            raise UsageError(f"{what} needs an entered managed setup with a deployment")
         if self._publisher is None:
             base_model = (self.deployment.base_model if self.deployment else None) or (
                 self.config.base_model
@@ -500,7 +581,7 @@ class ManagedSetup(Generic[S]):
                 hotload_timeout_s=self.config.hotload_timeout_s,
             )
             self._publisher = await publisher.__aenter__()  # closed first by __aexit__
-        return await self._publisher.publish(name, base=base)
+        return self._publisher
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -772,8 +853,8 @@ class ManagedSetup(Generic[S]):
         self.deployment = info
 
     async def _reattach(self, existing: DeploymentInfo, job_name: str) -> DeploymentInfo:
-        """Point an existing deployment at the policy trainer (the SDK's ``reattach_trainer``:
-        wait for READY, PATCH what differs, wait for it to settle)."""
+        """Point an existing deployment at the policy trainer (the SDK's managed re-attach:
+        refuse another shape, then ``Deployments.reattach_trainer``)."""
         config = self.config
         wanted, serving = self.deployment_shape, existing.deployment_shape
         if wanted and serving and wanted.split("/versions/")[0] != serving.split("/versions/")[0]:
@@ -782,32 +863,18 @@ class ManagedSetup(Generic[S]):
                 f"deployment {existing.deployment_id!r} serves {serving!r}, not {wanted!r}: "
                 "delete it or ask for its shape",
             )
+        transition = config.hot_load_transition_type
+        self.reattached_deployment = self._initial_sync_needed = (
+            existing.hot_load_trainer_job != job_name
+            or bool(transition and _serving_transition(existing.hot_load_transition_type)
+                    != transition.upper())
+        )
         timeout = (config.reattach_settle_timeout_s if existing.state in _DEPLOYMENT_SERVING
                    else config.deployment_timeout_s)
-        deployment_id = existing.deployment_id
-        info = await self.deployments.get(deployment_id)
-        if info is None:
-            raise DeploymentFailed(deployment_id, "NOT_FOUND")
-        if info.state != "READY":
-            info = await self.deployments.wait_for_ready(
-                deployment_id, timeout_s=timeout, poll_interval_s=config.poll_interval_s
-            )
-        body: dict[str, Any] = {}
-        mask: list[str] = []
-        if info.hot_load_trainer_job != job_name:
-            body["hotLoadTrainerJob"] = job_name
-            mask.append("hot_load_trainer_job")
-        transition = config.hot_load_transition_type
-        if transition and (info.hot_load_transition_type or "ASYNC") != transition.upper():
-            body["hotLoadTransitionType"] = transition.upper()
-            mask.append("hot_load_transition_type")
-        self.reattached_deployment = bool(mask)
-        if not mask:
-            return info
-        logger.info("re-attaching deployment %s to %s: %s", deployment_id, job_name, mask)
-        await self.deployments.update(deployment_id, body, mask)
-        return await self.deployments.wait_for_ready(
-            deployment_id, timeout_s=timeout, poll_interval_s=config.poll_interval_s
+        return await self.deployments.reattach_trainer(
+            existing, base_model=config.base_model, trainer_job_name=job_name,
+            timeout_s=timeout, poll_interval_s=config.poll_interval_s,
+            hot_load_transition_type=transition,
         )
 
     async def _release(self, tag: str) -> None:

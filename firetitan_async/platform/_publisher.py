@@ -164,7 +164,41 @@ class WeightPublisher:
         kind: Literal["base", "delta"] = "base" if as_base else "delta"
         submitted = time.monotonic()
         saving = self._client.save_weights_for_sampler_ext(name, checkpoint_type=kind)
-        if as_base:
+        return self._start(name, kind, saving, None, submitted)
+
+    def hotload(
+        self, snapshot: SamplerSnapshot, *, identity: str | None = None
+    ) -> Pending[PublishedVersion]:
+        """Hot-load a snapshot saved already (``save_weights_for_sampler_ext``), in call order
+        with the publications: a ``delta`` is chained on what the deployment serves, a base
+        (or ``merged_base``) is loaded as it is. ``identity`` is what the hot-load names
+        (default: ``snapshot.snapshot_name``; the Fireworks SDK's
+        ``hotload_sampler_snapshot`` sends the saved ``path``). The version's ``save_s`` is 0.
+
+        Example::
+
+            snap = await client.save_weights_for_sampler_ext("step-3")
+            version = await publisher.hotload(snap)
+        """
+        if self._tg is None:
+            raise SessionClosed("use the WeightPublisher in `async with` before hot-loading")
+        if not isinstance(snapshot, SamplerSnapshot):
+            raise InvalidInput("snapshot", f"must be a SamplerSnapshot, got {snapshot!r:.80}")
+        kind: Literal["base", "delta"] = (
+            "delta" if snapshot.checkpoint_type == "delta" else "base"
+        )
+        return self._start(snapshot.snapshot_name, kind, snapshot, identity, time.monotonic())
+
+    def _start(
+        self,
+        name: str,
+        kind: Literal["base", "delta"],
+        saving: Pending[SamplerSnapshot] | SamplerSnapshot,
+        identity: str | None,
+        submitted: float,
+    ) -> Pending[PublishedVersion]:
+        assert self._tg is not None
+        if kind == "base":
             self._need_base, self._deltas_since_base = False, 0
         else:
             self._deltas_since_base += 1
@@ -172,7 +206,7 @@ class WeightPublisher:
         result: Pending[PublishedVersion] = Pending(f"publish {name}")
         previous, self._previous = self._previous, result
         self._tg.start_soon(
-            self._run, self._count, name, kind, saving, previous, result, submitted
+            self._run, self._count, name, kind, saving, identity, previous, result, submitted
         )
         return result
 
@@ -181,30 +215,32 @@ class WeightPublisher:
         number: int,
         name: str,
         kind: Literal["base", "delta"],
-        saving: Pending[SamplerSnapshot],
+        saving: Pending[SamplerSnapshot] | SamplerSnapshot,
+        identity: str | None,
         previous: Pending[PublishedVersion] | None,
         result: Pending[PublishedVersion],
         submitted: float,
     ) -> None:
         try:
-            snap = await saving
+            snap = saving if isinstance(saving, SamplerSnapshot) else await saving
             saved = time.monotonic()
+            identity = identity or snap.snapshot_name
             if previous is not None:  # hot-loads go one at a time, in call order
                 with contextlib.suppress(Exception):
                     await previous
             chained_on = self._serving if kind == "delta" else None
             if kind == "delta" and (chained_on is None or self._chain_broken):
                 raise FiretitanError(
-                    f"cannot hot-load delta {snap.snapshot_name!r}: the deployment serves no "
+                    f"cannot hot-load delta {identity!r}: the deployment serves no "
                     "snapshot of this chain (an earlier publication failed); the next "
                     "publication will be a base"
                 )
             await self._deployments.hotload(
-                self.deployment_id, base_model=self.base_model, snapshot=snap.snapshot_name,
+                self.deployment_id, base_model=self.base_model, snapshot=identity,
                 previous=chained_on,
             )
             await self._deployments.wait_for_hotload(
-                self.deployment_id, base_model=self.base_model, snapshot=snap.snapshot_name,
+                self.deployment_id, base_model=self.base_model, snapshot=identity,
                 timeout_s=self._timeout_s, poll_interval_s=self._poll_s,
             )
         except Exception as exc:
@@ -213,12 +249,12 @@ class WeightPublisher:
             fail_pending(result, exc)
             return
         done = time.monotonic()
-        self._serving = snap.snapshot_name
+        self._serving = identity
         if kind == "base":
             self._chain_broken = False
         resolve_pending(result,
             PublishedVersion(
-                number=number, name=name, snapshot=snap.snapshot_name, path=snap.path,
+                number=number, name=name, snapshot=identity, path=snap.path,
                 checkpoint_type=kind, previous=chained_on, save_s=saved - submitted,
                 hotload_s=done - saved, total_s=done - submitted,
             )

@@ -93,6 +93,8 @@ async def test_demo_default_runs_through_a_deployment(anyio_backend: str) -> Non
         assert row.served and set(row.served) <= {row.step - 2, row.step - 1}, row
     text = "\n".join(lines)
     assert "published / served" in text and "created deployment" in text
+    # started through the managed setup: the job and the deployment were ready together
+    assert "managed setup" in text and "RUNNING and created deployment" in text
     assert "rollouts from deployment" in text
     tinker = await run_demo(
         DemoConfig(steps=SMALL_STEPS, warmup_s=0.3, seed=1, dialect="tinker"), emit=lambda _: None

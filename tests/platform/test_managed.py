@@ -148,6 +148,7 @@ async def test_separate_forward_only_reference_released_early_and_kept_resources
         assert setup.reattached_deployment and setup.deployment is not None
         assert setup.deployment.hot_load_trainer_job is not None
         assert setup.deployment.hot_load_trainer_job.endswith(setup.trainer_job_id)
+        assert setup.requires_initial_sampler_sync()  # it serves the old trainer's snapshot
         new_trainer = setup.trainer_job_id
     assert _gone(trainer, new_trainer) and _deployment(trainer, deployment_id) is not None
     # re-attach both by id: nothing is created, so nothing is released
@@ -157,6 +158,7 @@ async def test_separate_forward_only_reference_released_early_and_kept_resources
         assert setup.created == [] and setup.trainer_job_id == trainer_id
         assert setup.deployment is not None and setup.deployment.deployment_id == deployment_id
         await (await setup.training_client()).forward([datum], "cross_entropy")
+        assert setup.requires_initial_sampler_sync()
     assert _job(trainer, trainer_id) is not None
     async with TrainerJobs(base_url=url) as jobs, Deployments(base_url=url) as deployments:
         await jobs.delete(trainer_id)
