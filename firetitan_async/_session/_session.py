@@ -375,7 +375,9 @@ class ServiceSession:
         if transport is None:
             return
         try:
-            if self._codec.unloads_models_on_close:  # the Fireworks SDK's unload_model
+            # The Fireworks SDK's unload_model; a serverless session is released with
+            # delete_training_session (and the gateway's idle expiry) instead, as the SDK's.
+            if self._codec.unloads_models_on_close and self._serverless is None:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await self._unload_models(transport)
             # The Fireworks SDK never ends its session; a Fireworks trainer may not know how.
