@@ -23,7 +23,7 @@ from firetitan_async import (
     ServiceSession,
     SessionCheckpoint,
 )
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, sft_datum
 from firetitan_async.local._model import MODEL_NAME
 from firetitan_async.wire.fireworks_serverless import (
     is_capacity_conflict,
@@ -40,10 +40,7 @@ SUFFIX = "/training/v1/serverless"
 
 
 def _datum() -> types.Datum:
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(TOKENS[:-1]),
-        loss_fn_inputs={"target_tokens": TOKENS[1:], "weights": [1.0] * (len(TOKENS) - 1)},
-    )
+    return sft_datum(bytes(TOKENS))
 
 
 def _knob(trainer: LocalTrainer, **knobs: Any) -> None:

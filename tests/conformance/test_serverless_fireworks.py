@@ -27,7 +27,8 @@ Deliberate differences (asserted below, so the list stays true):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -38,7 +39,7 @@ from fireworks.training.sdk.fireworks_client import FireworksClient
 from tinker import types
 
 from firetitan_async import ServiceSession
-from firetitan_async.local import LocalTrainer
+from firetitan_async.local import LocalTrainer, sft_datum
 from firetitan_async.local._model import MODEL_NAME
 from firetitan_async.local._recorder import RecordedExchange, Recorder
 
@@ -54,7 +55,7 @@ _IDS = (
 )
 
 
-def _sdk_datum() -> sdk.Datum:
+def _sdk_datum() -> Any:
     return sdk.Datum(
         model_input=sdk.ModelInput.from_ints(TOKENS[:-1]),
         loss_fn_inputs={
@@ -96,11 +97,7 @@ def _sdk_flow(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 async def _our_flow(url: str) -> None:
     async with ServiceSession(url, api_key=KEY, serverless=True) as session:
         client = await session.create_training_client(MODEL_NAME, lora_rank=4)
-        datum = types.Datum(
-            model_input=types.ModelInput.from_ints(TOKENS[:-1]),
-            loss_fn_inputs={"target_tokens": TOKENS[1:], "weights": [1.0] * (len(TOKENS) - 1)},
-        )
-        await client.forward_backward([datum], "cross_entropy")
+        await client.forward_backward([sft_datum(bytes(TOKENS))], "cross_entropy")
         await client.optim_step(types.AdamParams(learning_rate=1e-2))
         saved = await client.save_weights_for_sampler("step-1")
         state = await client.save_state("state-1")
@@ -119,6 +116,10 @@ async def _our_flow(url: str) -> None:
         await session.delete_training_session()
 
 
+def _by_role(name: Callable[[str, str], str], role: str, match: re.Match[str]) -> str:
+    return name(match.group(0), role)
+
+
 def _normalized(records: tuple[RecordedExchange, ...]) -> list[tuple[Any, ...]]:
     """The requests in order, random ids by role (first seen = 1), completions bodies cut to
     ``model`` and ``prompt``."""
@@ -134,7 +135,7 @@ def _normalized(records: tuple[RecordedExchange, ...]) -> list[tuple[Any, ...]]:
     def sub(value: Any) -> Any:
         if isinstance(value, str):
             for pattern, role in _IDS:
-                value = pattern.sub(lambda m, role=role: name(m.group(0), role), value)
+                value = pattern.sub(partial(_by_role, name, role), value)
             return value
         if isinstance(value, dict):
             return {k: sub(v) for k, v in value.items()}
