@@ -4,8 +4,9 @@ trainer (conformance), and ``firetitan_async`` sends the same requests (fidelity
 The flow, both sides: a service on ``…/training/v1/serverless`` (a ``ts-`` session), a LoRA
 model, one ``forward_backward`` and ``optim_step``, a sampler save and a state save, a sample
 through the serverless completions endpoint with the session-checkpoint model, the session's
-checkpoint list and a promotion, then a second service that reads ``weights_info`` and loads
-the state, and both sessions deleted. Each runs behind a recording proxy; the requests are
+checkpoint list and a promotion, then a second service that samples the first one's checkpoint
+through a standalone route (``create_sampling_route``), reads ``weights_info`` and loads the
+state, and both sessions deleted. Each runs behind a recording proxy; the requests are
 compared in order, with the random ids (sessions, runs, request ids, name suffixes) replaced
 by their role.
 
@@ -83,6 +84,11 @@ def _sdk_flow(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     promotable = [r for r in rows if r["promotable"]]
     model = control.promote_session_checkpoint(promotable[-1]["name"], "promoted-one", MODEL_NAME)
     second = sdk.FiretitanServiceClient(api_key=KEY, base_url=url + "/training/v1/serverless")
+    # Another service's checkpoint: a standalone route (create_sampling_route), then sampling.
+    standalone = second.create_sampling_client(model_path=saved.path).sample(
+        sdk.ModelInput.from_ints([1, 2, 3]), num_samples=1,
+        sampling_params=sdk.SamplingParams(max_tokens=2, temperature=1.0),
+    ).result()
     resumed = second.create_training_client_from_state(state.path)
     second.delete_training_session()
     service.delete_training_session()
@@ -90,7 +96,7 @@ def _sdk_flow(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "session": service.training_session_id, "second": second.training_session_id,
         "loss": fb.metrics["loss:sum"], "saved": saved.path, "state": state.path,
         "tokens": sample.sequences[0].tokens, "rows": rows, "model": model,
-        "resumed": resumed.model_id,
+        "resumed": resumed.model_id, "standalone": standalone.sequences[0].tokens,
     }
 
 
@@ -107,6 +113,8 @@ async def _our_flow(url: str) -> None:
         promotable = [r for r in rows if r.promotable]
         await session.promote_session_checkpoint(promotable[-1], "promoted-one", MODEL_NAME)
         async with ServiceSession(url, api_key=KEY, serverless=True) as second:
+            async with await second.create_serverless_sampler(saved.path) as standalone:
+                await standalone.sample([1, 2, 3], max_tokens=2, temperature=1.0)
             info = await second.weights_info(state.path)
             resumed = await second.create_training_client(
                 info.base_model, lora_rank=info.lora_rank or 0
@@ -185,6 +193,7 @@ def test_the_sdks_serverless_flow_runs_against_the_local_trainer(
     assert result["model"]["name"] == "accounts/local/models/promoted-one"
     assert result["model"]["peftDetails"]["r"] == 4
     assert re.fullmatch(r"run-[0-9a-f]{32}:train:0", result["resumed"])
+    assert len(result["standalone"]) == 2
 
 
 def test_the_sdks_capacity_409_retry_is_opt_in(trainer: LocalTrainer) -> None:
@@ -222,5 +231,6 @@ async def test_our_serverless_requests_match_the_sdks(
     assert [r for r in ours if r[1] != "/v1/accounts"] == [
         r for r in theirs if r[1] != "/v1/accounts"
     ]
-    kinds = {r[1].rsplit("/", 1)[-1] for r in ours}
-    assert {"create_session", "weights_info", "completions", "<ts1>"} <= kinds  # DELETE <ts1>
+    kinds = [r[1].rsplit("/", 1)[-1] for r in ours]
+    assert kinds.count("completions") == 2 and kinds.count("create_sampling_route") == 1
+    assert {"create_session", "weights_info", "<ts1>", "<ts2>"} <= set(kinds)  # DELETEs
