@@ -11,7 +11,9 @@ in the wire module; this only sequences requests, as the Fireworks SDK's
 Example::
 
     side = ServerlessSide(url, key, transport=None, allow_insecure_http=False)
-    model = await side.sampling_model(transport, "ts-1", ["run-…:train:0"], "acct/run-…/step-1")
+    model = await side.sampling_model(
+        transport, "ts-1", ["run-…:train:0"], model_path="acct/run-…/step-1", base_model=None
+    )   # "accounts/acct/trainingSessions/ts-1/checkpoints/acct/run-…/step-1"
 """
 
 from __future__ import annotations
