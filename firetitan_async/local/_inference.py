@@ -162,117 +162,118 @@ def _lp_entry(token: int, logprob: float, text: str) -> dict[str, Any]:
     return {"token": name, "token_id": token, "logprob": logprob, "sampling_logprob": logprob}
 
 
-Served = tuple[Mapping[str, np.ndarray], str | None, int]
-"""What a completions request samples from: the weights, their snapshot identity and version."""
+Served = Callable[[], tuple[Mapping[str, np.ndarray], str | None, int]]
+"""What a completions request samples, read when it runs: the weights, their snapshot identity
+and version."""
 
 
-def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[Route]:
-    """``POST /inference/v1/completions``."""
+def inference_routes(
+    registry: Callable[[Request], DeploymentRegistry],
+    *,
+    path: str = "/inference/v1/completions",
+    resolve: Callable[[Request, str], Served] | None = None,
+) -> list[Route]:
+    """``POST /inference/v1/completions`` (or ``path``) for the weights ``resolve(request,
+    model)`` names (refusing an unknown model): by default a deployment's; the serverless
+    gateway passes its session checkpoints'."""
+
+    def deployment(request: Request, model: str) -> Served:
+        dep = registry(request).by_name(model)
+        if not dep.record.get("maxReplicaCount", 1):
+            raise ApiError(503, f"deployment {dep.deployment_id!r} is scaled to zero")
+        base = _state(request).base_weights
+        return lambda: (dep.weights if dep.weights is not None else base(), dep.identity,
+                        dep.version)
 
     async def completions(request: Request) -> Response:
         state = _state(request)
-
-        def deployment(model: str) -> Served:
-            dep = registry(request).by_name(model)
-            if not dep.record.get("maxReplicaCount", 1):
-                raise ApiError(503, f"deployment {dep.deployment_id!r} is scaled to zero")
-            weights = dep.weights if dep.weights is not None else state.base_weights()
-            return weights, dep.identity, dep.version
-
-        return await serve_completions(request, registry(request), deployment)
-
-    return [Route("/inference/v1/completions", completions, methods=["POST"])]
-
-
-async def serve_completions(
-    request: Request, reg: DeploymentRegistry, resolve: Callable[[str], Served]
-) -> Response:
-    """Answer one completions request with the weights ``resolve(model)`` names (a deployment's,
-    or a serverless session checkpoint's); ``reg`` holds the concurrency knobs and counters."""
-    state = _state(request)
-    check_key(request, state)
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    params = _Params(await read_json_object(request))
-    weights, identity, version = resolve(params.model)
-    limit = reg.knobs.max_concurrency
-    if limit is not None and reg.in_flight >= limit:
-        reg.rejected_429 += 1
-        return JSONResponse(
-            {"error": {"message": f"too many concurrent requests (limit {limit})",
-                       "code": "rate_limited"}},
-            status_code=429, headers={"x-request-id": request_id},
-        )
-    reg.in_flight += 1
-    reg.max_in_flight = max(reg.max_in_flight, reg.in_flight)
-    started = time.perf_counter()
-    try:
-        if reg.knobs.latency_s:
-            await asyncio.sleep(reg.knobs.latency_s)
-        vocab = vocab_of(weights)  # the served weights' vocabulary bounds the prompt
-        if int(params.prompt.max()) >= vocab:
-            raise ApiError(400, f"prompt must be a list of token ids in [0, {vocab})")
-        seed = params.seed
-        # a few tokens are cheaper inline than a thread hand-off; a thread gets its own rng
-        small = params.n * params.max_tokens <= _INLINE_TOKENS
-        rng = reg.rng if small or seed is not None else reg.rng.spawn(1)[0]
-
-        def run() -> list[SampledSequence]:
-            return sample(
-                weights, params.prompt, num_samples=params.n, max_tokens=params.max_tokens,
-                temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                stop=params.stop, seed=seed, rng=rng,
+        check_key(request, state)
+        reg = registry(request)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        params = _Params(await read_json_object(request))
+        served = (resolve or deployment)(request, params.model)
+        limit = reg.knobs.max_concurrency
+        if limit is not None and reg.in_flight >= limit:
+            reg.rejected_429 += 1
+            return JSONResponse(
+                {"error": {"message": f"too many concurrent requests (limit {limit})",
+                           "code": "rate_limited"}},
+                status_code=429, headers={"x-request-id": request_id},
             )
-
+        reg.in_flight += 1
+        reg.max_in_flight = max(reg.max_in_flight, reg.in_flight)
+        started = time.perf_counter()
         try:
-            seqs = run() if small else await asyncio.to_thread(run)
-        except ModelInputError as exc:
-            raise ApiError(400, str(exc)) from None
-    finally:
-        reg.in_flight -= 1
-    reg.completions += 1
-    elapsed = time.perf_counter() - started
-    prompt = params.prompt.tolist()
-    completion_tokens = sum(len(s.tokens) for s in seqs)
-    usage = {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
-             "total_tokens": len(prompt) + completion_tokens}
-    perf = {
-        "server-processing-time": f"{elapsed:.6f}",
-        "num-concurrent-requests": str(reg.in_flight + 1),
-        "prompt-tokens": str(len(prompt)),
-        "cached-prompt-tokens": "0",
-    }
-    headers = {
-        "x-request-id": request_id,
-        "fireworks-snapshot-identity": identity or "",
-        "fireworks-snapshot-version": str(version),
-        **{f"fireworks-{k}": v for k, v in perf.items()},
-    }
-    cid = f"cmpl-{uuid.uuid4().hex[:24]}"
-    head = {"id": cid, "object": "text_completion", "created": int(time.time()),
-            "model": params.model}
-    choices = [_choice(i, s, params, prompt) for i, s in enumerate(seqs)]
-    if not params.stream:
-        reply = {**head, "choices": choices, "usage": usage}
+            if reg.knobs.latency_s:
+                await asyncio.sleep(reg.knobs.latency_s)
+            weights, identity, version = served()
+            vocab = vocab_of(weights)  # the served weights' vocabulary bounds the prompt
+            if int(params.prompt.max()) >= vocab:
+                raise ApiError(400, f"prompt must be a list of token ids in [0, {vocab})")
+            seed = params.seed
+            # a few tokens are cheaper inline than a thread hand-off; a thread gets its own rng
+            small = params.n * params.max_tokens <= _INLINE_TOKENS
+            rng = reg.rng if small or seed is not None else reg.rng.spawn(1)[0]
+
+            def run() -> list[SampledSequence]:
+                return sample(
+                    weights, params.prompt, num_samples=params.n, max_tokens=params.max_tokens,
+                    temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                    stop=params.stop, seed=seed, rng=rng,
+                )
+
+            try:
+                seqs = run() if small else await asyncio.to_thread(run)
+            except ModelInputError as exc:
+                raise ApiError(400, str(exc)) from None
+        finally:
+            reg.in_flight -= 1
+        reg.completions += 1
+        elapsed = time.perf_counter() - started
+        prompt = params.prompt.tolist()
+        completion_tokens = sum(len(s.tokens) for s in seqs)
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
+                 "total_tokens": len(prompt) + completion_tokens}
+        perf = {
+            "server-processing-time": f"{elapsed:.6f}",
+            "num-concurrent-requests": str(reg.in_flight + 1),
+            "prompt-tokens": str(len(prompt)),
+            "cached-prompt-tokens": "0",
+        }
+        headers = {
+            "x-request-id": request_id,
+            "fireworks-snapshot-identity": identity or "",
+            "fireworks-snapshot-version": str(version),
+            **{f"fireworks-{k}": v for k, v in perf.items()},
+        }
+        cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        head = {"id": cid, "object": "text_completion", "created": int(time.time()),
+                "model": params.model}
+        choices = [_choice(i, s, params, prompt) for i, s in enumerate(seqs)]
+        if not params.stream:
+            reply = {**head, "choices": choices, "usage": usage}
+            if params.perf:
+                reply["perf_metrics"] = perf
+            return JSONResponse(reply, headers=headers)
+        events: list[str] = []
+
+        def emit(payload: dict[str, Any]) -> None:
+            events.append(f"data: {json.dumps(payload)}\n\n")
+
+        for i, seq in enumerate(seqs):
+            for tok, lp, text in _entries(seq):
+                delta: dict[str, Any] = {"index": i, "text": text, "finish_reason": None}
+                if params.logprobs:
+                    delta["logprobs"] = {"content": [_lp_entry(tok, lp, text)]}
+                emit({**head, "choices": [delta]})
+            final = choices[i]
+            emit({**head, "choices": [{"index": i, "text": "", "finish_reason":
+                                       final["finish_reason"], "raw_output": final["raw_output"]}]})
+        tail: dict[str, Any] = {**head, "choices": [], "usage": usage}
         if params.perf:
-            reply["perf_metrics"] = perf
-        return JSONResponse(reply, headers=headers)
-    events: list[str] = []
+            tail["perf_metrics"] = perf
+        emit(tail)
+        events.append("data: [DONE]\n\n")
+        return Response("".join(events), media_type="text/event-stream", headers=headers)
 
-    def emit(payload: dict[str, Any]) -> None:
-        events.append(f"data: {json.dumps(payload)}\n\n")
-
-    for i, seq in enumerate(seqs):
-        for tok, lp, text in _entries(seq):
-            delta: dict[str, Any] = {"index": i, "text": text, "finish_reason": None}
-            if params.logprobs:
-                delta["logprobs"] = {"content": [_lp_entry(tok, lp, text)]}
-            emit({**head, "choices": [delta]})
-        final = choices[i]
-        emit({**head, "choices": [{"index": i, "text": "", "finish_reason":
-                                   final["finish_reason"], "raw_output": final["raw_output"]}]})
-    tail: dict[str, Any] = {**head, "choices": [], "usage": usage}
-    if params.perf:
-        tail["perf_metrics"] = perf
-    emit(tail)
-    events.append("data: [DONE]\n\n")
-    return Response("".join(events), media_type="text/event-stream", headers=headers)
+    return [Route(path, completions, methods=["POST"])]

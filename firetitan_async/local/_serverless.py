@@ -22,9 +22,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,7 +36,7 @@ from ._control_plane import check_account
 from ._data_plane import SERVERLESS_SCOPE_KEY, _vocab, _weights_for_path
 from ._deployments import deployment_registry
 from ._http_errors import ApiError
-from ._inference import Served, serve_completions
+from ._inference import Served, inference_routes
 from ._json_body import read_json_object
 from ._promotion import ModelRegistry, checkpoint_kind, promoted_model
 from ._server_state import ServerState
@@ -93,37 +94,43 @@ def _session_checkpoint(state: ServerState, session_id: str, checkpoint: str) ->
     raise ApiError(404, f"checkpoint {checkpoint!r} of training session {session_id} not found")
 
 
-def _resolver(state: ServerState) -> Callable[[str], Served]:
-    def resolve(model: str) -> Served:
-        parts = model.split("/")
-        if len(parts) < 4 or parts[0] != "accounts" or parts[1] != state.jobs.account_id:
-            raise ApiError(404, f"model {model!r} not found on this serverless gateway")
-        if parts[2] == "trainingSessions":
-            session = _session(state, parts[1], parts[3])
-            if len(parts) == 4:
-                entries = _models(state, session.session_id)
-                if not entries:
-                    raise ApiError(404, f"training session {session.session_id} has no model")
-                return state.base_weights(_vocab(state, entries[0].run.base_model)), None, 0
-            if len(parts) < 6 or parts[4] != "checkpoints":
-                raise ApiError(404, f"model {model!r} not found on this serverless gateway")
-            tinker = _session_checkpoint(state, session.session_id, "/".join(parts[5:]))
-            return _weights_for_path(state, tinker), tinker, 1
-        if parts[2] == "trainingSamplers":
-            rest = "/".join(parts[3:])
-            if rest.startswith("checkpoints/"):
-                path = rest[len("checkpoints/"):]
-                owner, run = [*path.split("/"), "", ""][:2]
-                if f"accounts/{owner}/trainingRuns/{run}" not in state.serverless.routes:
-                    raise ApiError(404, f"no sampler route for {model!r} (create_sampling_route)")
-                tinker = state.serverless.tinker_path(path)
-                return _weights_for_path(state, tinker), tinker, 1
-            if rest not in state.serverless.routes:
-                raise ApiError(404, f"no sampler route for {model!r} (create_sampling_route)")
-            return state.base_weights(_vocab(state, rest)), None, 0
-        raise ApiError(404, f"model {model!r} not found on this serverless gateway")
+def _resolve(request: Request, model: str) -> Served:
+    """The weights a serverless completions ``model`` names (see the module docstring)."""
+    state = _state(request)
+    weights, identity, version = _served(state, model)
+    return lambda: (weights, identity, version)
 
-    return resolve
+
+def _served(state: ServerState, model: str) -> tuple[Mapping[str, np.ndarray], str | None, int]:
+    """The weights of a serverless ``model`` (see the module docstring), their identity and
+    version; 404 if it names nothing this gateway serves."""
+    parts = model.split("/")
+    if len(parts) < 4 or parts[0] != "accounts" or parts[1] != state.jobs.account_id:
+        raise ApiError(404, f"model {model!r} not found on this serverless gateway")
+    if parts[2] == "trainingSessions":
+        session = _session(state, parts[1], parts[3])
+        if len(parts) == 4:
+            entries = _models(state, session.session_id)
+            if not entries:
+                raise ApiError(404, f"training session {session.session_id} has no model")
+            return state.base_weights(_vocab(state, entries[0].run.base_model)), None, 0
+        if len(parts) < 6 or parts[4] != "checkpoints":
+            raise ApiError(404, f"model {model!r} not found on this serverless gateway")
+        tinker = _session_checkpoint(state, session.session_id, "/".join(parts[5:]))
+        return _weights_for_path(state, tinker), tinker, 1
+    if parts[2] == "trainingSamplers":
+        rest = "/".join(parts[3:])
+        if rest.startswith("checkpoints/"):
+            path = rest[len("checkpoints/"):]
+            owner, run = [*path.split("/"), "", ""][:2]
+            if f"accounts/{owner}/trainingRuns/{run}" not in state.serverless.routes:
+                raise ApiError(404, f"no sampler route for {model!r} (create_sampling_route)")
+            tinker = state.serverless.tinker_path(path)
+            return _weights_for_path(state, tinker), tinker, 1
+        if rest not in state.serverless.routes:
+            raise ApiError(404, f"no sampler route for {model!r} (create_sampling_route)")
+        return state.base_weights(_vocab(state, rest)), None, 0
+    raise ApiError(404, f"model {model!r} not found on this serverless gateway")
 
 
 async def create_sampling_route(request: Request) -> Response:
@@ -146,10 +153,6 @@ async def create_sampling_route(request: Request) -> Response:
 
 def serverless_routes(models: Callable[[Request], ModelRegistry]) -> list[Route]:
     """The routes of the module docstring."""
-
-    async def completions(request: Request) -> Response:
-        state = _state(request)
-        return await serve_completions(request, deployment_registry(request), _resolver(state))
 
     async def list_checkpoints(request: Request) -> Response:
         state = _state(request)
@@ -229,8 +232,11 @@ def serverless_routes(models: Callable[[Request], ModelRegistry]) -> list[Route]
     session = paths.training_session("{account_id}", "{session}")
     return [
         Route(paths.CREATE_SAMPLING_ROUTE, create_sampling_route, methods=["POST"]),
-        Route(paths.SERVERLESS_PREFIX + paths.SERVERLESS_COMPLETIONS, completions,
-              methods=["POST"]),
+        *inference_routes(
+            deployment_registry,
+            path=paths.SERVERLESS_PREFIX + paths.SERVERLESS_COMPLETIONS,
+            resolve=_resolve,
+        ),
         Route(paths.training_session_checkpoints("{account_id}", "{session}"),
               list_checkpoints, methods=["GET"]),
         Route(paths.training_session_checkpoint("{account_id}", "{session}", "{checkpoint}"),
