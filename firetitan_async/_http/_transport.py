@@ -40,7 +40,6 @@ import httpx
 from .._version import USER_AGENT
 from ..errors import APIStatusError, FiretitanError, InvalidInput, RequestFailedError
 from ..wire import paths
-from ..wire.fireworks_serverless import is_serverless_url
 from ..wire.futures import (
     Accepted,
     Done,
@@ -130,7 +129,7 @@ class Transport:
         self._before_retry = before_retry
         self.retry = retry
         # A Fireworks serverless gateway: its retrieve_future 409s follow retry.capacity_409.
-        self.serverless = is_serverless_url(self.base_url)
+        self.serverless = self.base_url.endswith(paths.SERVERLESS_PREFIX)
         self._timeout = timeout
         self._connect_hint = (
             f"is a trainer listening at {self.base_url}? `firetitan-async serve` starts a "
