@@ -91,22 +91,14 @@ _SESSION_SURFACE = {
     "base_url",
     "create_base_training_client",
     "create_sampling_client",
-    "create_serverless_sampler",  # Fireworks serverless (docs/serverless.md)
     "create_training_client",
-    "delete_training_session",
     "dialect",
     "events",
     "from_job",
-    "list_session_checkpoints",
     "managed",
-    "promote_session_checkpoint",
-    "serverless",
     "session_id",
     "throughput",
-    "training_session_id",
-    "training_session_name",
     "wait_for_ready",
-    "weights_info",
     "wait_ready",  # deprecated alias of wait_for_ready (one release)
 }
 _PLUMBING_NAMES = {
@@ -119,6 +111,19 @@ _PLUMBING_NAMES = {
     "session",
     "ops",
 }
+
+# Fireworks serverless (docs/serverless.md).
+_SERVERLESS_SURFACE = {
+    "create_serverless_sampler",
+    "delete_training_session",
+    "list_session_checkpoints",
+    "promote_session_checkpoint",
+    "serverless",
+    "training_session_id",
+    "training_session_name",
+    "weights_info",
+}
+_SESSION_SURFACE |= _SERVERLESS_SURFACE
 
 
 def _public(obj: object) -> set[str]:

@@ -828,6 +828,12 @@ class ServiceSession:
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
+    def _next_sampling_session_seq_id(self) -> int:
+        """Reserve the next sampling-session sequence number of this session."""
+        seq = self._sampling_seq
+        self._sampling_seq += 1
+        return seq
+
     # -- Fireworks serverless ----------------------------------------------------------------
 
     @property
@@ -971,12 +977,6 @@ class ServiceSession:
         if self._serverless is None or self.training_session_id is None:
             return
         await self._serverless.delete_session(self.training_session_id)
-
-    def _next_sampling_session_seq_id(self) -> int:
-        """Reserve the next sampling-session sequence number of this session."""
-        seq = self._sampling_seq
-        self._sampling_seq += 1
-        return seq
 
 
 def _capabilities(payload: bytes) -> dict[str, Any]:

@@ -110,6 +110,24 @@ def session_finish(session_id: str) -> str:
     return f"{PREFIX}/sessions/{session_id}/finish"
 
 
+# Serverless training sessions on the control plane (``/v1/...``; ``account`` and ids as given).
+
+
+def training_session(account: str, session_id: str) -> str:
+    """``/v1/accounts/{account}/trainingSessions/{session_id}`` (``DELETE`` closes it)."""
+    return f"/v1/accounts/{account}/trainingSessions/{session_id}"
+
+
+def training_session_checkpoints(account: str, session_id: str) -> str:
+    """``/v1/accounts/{account}/trainingSessions/{session_id}/checkpoints``: its checkpoints."""
+    return f"{training_session(account, session_id)}/checkpoints"
+
+
+def training_session_checkpoint(account: str, session_id: str, checkpoint: str) -> str:
+    """``.../trainingSessions/{session_id}/checkpoints/{checkpoint}`` (``:promote`` after it)."""
+    return f"{training_session_checkpoints(account, session_id)}/{checkpoint}"
+
+
 def sampler(sampler_id: str) -> str:
     """``/api/v1/samplers/{sampler_id}``."""
     return f"{PREFIX}/samplers/{sampler_id}"
@@ -128,21 +146,3 @@ def run_checkpoints(run_id: str) -> str:
 def run_checkpoint(run_id: str, checkpoint_id: str) -> str:
     """``/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}``: one checkpoint."""
     return f"{TRAINING_RUNS}/{run_id}/checkpoints/{checkpoint_id}"
-
-
-# Serverless training sessions on the control plane (``/v1/...``; ``account`` and ids as given).
-
-
-def training_session(account: str, session_id: str) -> str:
-    """``/v1/accounts/{account}/trainingSessions/{session_id}`` (``DELETE`` closes it)."""
-    return f"/v1/accounts/{account}/trainingSessions/{session_id}"
-
-
-def training_session_checkpoints(account: str, session_id: str) -> str:
-    """``/v1/accounts/{account}/trainingSessions/{session_id}/checkpoints``: its checkpoints."""
-    return f"{training_session(account, session_id)}/checkpoints"
-
-
-def training_session_checkpoint(account: str, session_id: str, checkpoint: str) -> str:
-    """``.../trainingSessions/{session_id}/checkpoints/{checkpoint}`` (``:promote`` after it)."""
-    return f"{training_session_checkpoints(account, session_id)}/{checkpoint}"
