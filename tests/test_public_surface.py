@@ -113,6 +113,19 @@ _PLUMBING_NAMES = {
     "ops",
 }
 
+# Fireworks serverless (docs/serverless.md).
+_SERVERLESS_SURFACE = {
+    "create_serverless_sampler",
+    "delete_training_session",
+    "list_session_checkpoints",
+    "promote_session_checkpoint",
+    "serverless",
+    "training_session_id",
+    "training_session_name",
+    "weights_info",
+}
+_SESSION_SURFACE |= _SERVERLESS_SURFACE
+
 
 def _public(obj: object) -> set[str]:
     return {name for name in dir(obj) if not name.startswith("_")}
@@ -219,3 +232,11 @@ def test_sampling_calls_have_one_shape() -> None:
     for stateless in (DeploymentSampler.sample, DeploymentSampler.sample_many,
                       DeploymentPolicySampler.sample):
         assert inspect.iscoroutinefunction(stateless), stateless.__qualname__
+
+
+def test_the_serverless_names_are_exported() -> None:
+    # Fireworks serverless (docs/serverless.md): the session-checkpoint row type; the calls
+    # are ServiceSession methods (_SESSION_SURFACE) and RetryPolicy(capacity_409=...).
+    assert "SessionCheckpoint" in firetitan_async.__all__
+    assert firetitan_async.SessionCheckpoint.__module__.startswith("firetitan_async.")
+    assert "capacity_409" in inspect.signature(RetryPolicy).parameters

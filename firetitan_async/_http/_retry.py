@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import attrs
 
 from ..errors import InvalidInput
+from ..wire.fireworks_serverless import is_capacity_conflict
 from ..wire.validation import validate_seconds
 
 __all__ = ["RetryPolicy", "retry_after_seconds"]
@@ -41,11 +42,19 @@ class RetryPolicy:
     the waits are finite and >= 0, ``jitter`` is in [0, 1], ``deadline_s`` and
     ``connect_deadline_s`` are None or > 0.
 
+    Fireworks serverless: a 409 to a ``retrieve_future`` poll fails the operation, as in the
+    Fireworks SDK, unless ``capacity_409=True`` (the SDK's opt-in
+    ``_enable_serverless_supervised_409_retry``): then a 409 that says the trainer pool is
+    out of capacity (or has no body) is retried like a 429; one naming a real conflict
+    (``already exists``, ``idempotency``...) still fails.
+
     Example::
 
         ServiceSession(url, retry=RetryPolicy(max_attempts=20, deadline_s=600))
         # a trainer that takes a while to start listening:
         ServiceSession(url, retry=RetryPolicy(connect_deadline_s=60))
+        # serverless SFT that waits out a full pool:
+        ServiceSession(serverless_url, retry=RetryPolicy(capacity_409=True, deadline_s=1800))
     """
 
     max_attempts: int = attrs.field(default=10)
@@ -54,6 +63,7 @@ class RetryPolicy:
     jitter: float = attrs.field(default=0.25)
     deadline_s: float | None = attrs.field(default=300.0)
     connect_deadline_s: float | None = attrs.field(default=4.0)
+    capacity_409: bool = attrs.field(default=False)
 
     @max_attempts.validator
     def _check_attempts(self, _attr: attrs.Attribute[int], value: int) -> None:
@@ -78,11 +88,24 @@ class RetryPolicy:
     def _check_deadline(self, attr: attrs.Attribute[float | None], value: float | None) -> None:
         validate_seconds(value, attr.name, allow_none=True)
 
+    @capacity_409.validator
+    def _check_capacity(self, _attr: attrs.Attribute[bool], value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidInput("capacity_409", f"must be a bool, got {value!r}")
+
     def retryable_status(self, status_code: int) -> bool:
         """Whether an HTTP status is worth another attempt."""
         if status_code >= 500:
             return status_code not in _PERMANENT_5XX
         return status_code in _RETRYABLE_4XX
+
+    def retryable_reply(self, status_code: int, body: str, *, serverless_poll: bool) -> bool:
+        """Whether a reply is worth another attempt: :meth:`retryable_status`, except a 409 to
+        a serverless ``retrieve_future`` poll (``serverless_poll``), retried only with
+        ``capacity_409`` and a capacity ``body`` (see the class docstring)."""
+        if status_code == 409 and serverless_poll:
+            return self.capacity_409 and is_capacity_conflict(body)
+        return self.retryable_status(status_code)
 
     def delay(
         self, attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None

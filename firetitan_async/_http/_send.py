@@ -116,6 +116,7 @@ async def send_with_retry(
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     on_retry: Callable[[str], None] | None = None,
     connect_hint: str | None = None,
+    serverless_poll: bool = False,
 ) -> httpx.Response:
     """Send ``request`` until it succeeds, fails for good, or the policy runs out.
 
@@ -135,6 +136,8 @@ async def send_with_retry(
     its wait, with a short, key-free reason (``"POST /api/v1/forward: HTTP 503"``): the
     operation events count retries with it. ``connect_hint`` ends the error of a request that
     never reached a server (default: "is a server listening at <origin>?").
+    ``serverless_poll`` marks a Fireworks serverless ``retrieve_future`` poll, whose 409s the
+    policy judges by their text (:meth:`RetryPolicy.retryable_reply`).
 
     Example::
 
@@ -195,7 +198,11 @@ async def send_with_retry(
             attempt -= 1  # the policy's attempts are for failures, not for "not yet"
             await sleep(wait)
             continue
-        retryable = policy.retryable_status(status) and (replay_safe or status in _REFUSED_STATUSES)
+        retryable = (
+            policy.retryable_reply(status, response.text, serverless_poll=True)
+            if serverless_poll and status == 409
+            else policy.retryable_status(status)
+        ) and (replay_safe or status in _REFUSED_STATUSES)
         if retryable and before_retry is not None:
             await before_retry(response)
         if out_of_budget or not retryable:

@@ -128,6 +128,8 @@ class Transport:
         # Awaited with each reply about to be retried (see send_with_retry); may raise.
         self._before_retry = before_retry
         self.retry = retry
+        # A Fireworks serverless gateway: its retrieve_future 409s follow retry.capacity_409.
+        self.serverless = self.base_url.endswith(paths.SERVERLESS_PREFIX)
         self._timeout = timeout
         self._connect_hint = (
             f"is a trainer listening at {self.base_url}? `firetitan-async serve` starts a "
@@ -334,7 +336,9 @@ class Transport:
                 timeouts=_LONG_POLL_TIMEOUTS,
                 extensions=extensions,
             )
-            response = await self._send_with_retry(request, turn, error=error)
+            response = await self._send_with_retry(
+                request, turn, error=error, serverless_poll=self.serverless
+            )
             content_type = response.headers.get("content-type", "")
             content = response.content
             if "json" in content_type:  # redacted where it enters: ids, reasons, messages
@@ -448,6 +452,7 @@ class Transport:
         *,
         max_attempts: int | None = None,
         error: ErrorFactory | None = None,
+        serverless_poll: bool = False,
     ) -> httpx.Response:
         """Every data-plane request carries an idempotency key or is a read: replay-safe."""
         return await send_with_retry(
@@ -463,6 +468,7 @@ class Transport:
             on_retry=_tell_tracker,
             before_retry=None if self._before_retry is None else partial(self._check, turn=turn),
             connect_hint=self._connect_hint,
+            serverless_poll=serverless_poll,
         )
 
     async def _check(self, response: httpx.Response, turn: Turn | None) -> None:

@@ -38,6 +38,11 @@ from ..wire import (
     paths,
     resolve_dialect,
 )
+from ..wire.fireworks_serverless import (
+    is_serverless_url,
+    is_training_session_id,
+    serverless_choice,
+)
 from ..wire.futures import decode_json_result, validate_reply
 from ..wire.validation import validate_keepalive_expiry, validate_seconds
 from ._deadlines import DeadlinePolicy, Deadlines
@@ -45,14 +50,19 @@ from ._events import EventHook, EventHub, EventStream
 from ._launcher import Launcher
 from ._pending import Pending
 from ._protocol import ClientSession
+from ._serverless import ServerlessSide
 from ._throughput import Throughput
 from ._tracking import OperationMonitor
 
 if TYPE_CHECKING:
+    from .._clients._concurrency import ConcurrencyController
+    from .._clients._deployment_sampler import DeploymentSampler
     from .._clients._sampling import SamplingClient
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
+    from ..platform._checkpoints import PromotedModel
     from ..platform._managed import ManagedConfig, ManagedSetup
+    from ..platform._training_sessions import SessionCheckpoint
 
 __all__ = ["ServiceSession", "client_side"]
 
@@ -92,7 +102,10 @@ class ServiceSession:
     Fireworks Training SDK's), ``"tinker"`` (the tinker SDK 0.38's) or ``"auto"`` (tinker for a
     ``tml-`` key or Tinker's hosted URLs, fireworks otherwise; :meth:`from_job` is always
     fireworks). A call the dialect cannot express raises :class:`InvalidInput` before
-    anything is sent. Plain ``http://`` is refused for non-loopback
+    anything is sent. ``serverless`` (default: whether ``base_url`` ends with
+    ``/training/v1/serverless``) speaks to a Fireworks serverless gateway: ``serverless=True``
+    adds that suffix to ``base_url`` if it is missing, and the dialect is fireworks (see
+    ``docs/serverless.md``). Plain ``http://`` is refused for non-loopback
     hosts unless ``allow_insecure_http=True``. ``transport`` replaces the network (e.g.
     ``httpx.MockTransport`` in tests). Environment proxies (``HTTPS_PROXY``, ``HTTP_PROXY``,
     ``ALL_PROXY``, ``NO_PROXY``) apply as httpx applies them; ``trust_env=False`` ignores
@@ -132,8 +145,10 @@ class ServiceSession:
         deadlines: Deadlines | Mapping[str, Deadlines] | None = None,
         on_event: EventHook | None = None,
         keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
+        serverless: bool | None = None,
     ) -> None:
         validate_seconds(timeout, "timeout")
+        base_url, dialect = serverless_choice(base_url, dialect, serverless)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInput("retry", f"must be a RetryPolicy, got {type(retry).__name__}")
         self._keepalive_expiry = validate_keepalive_expiry(keepalive_expiry)
@@ -143,6 +158,14 @@ class ServiceSession:
             else None
         )
         self._api_key = resolve_api_key(api_key)
+        self._serverless: ServerlessSide | None = None
+        if self._base_url is not None and is_serverless_url(self._base_url):
+            self._serverless = ServerlessSide(
+                self._base_url,
+                self._api_key,
+                transport=transport,
+                allow_insecure_http=allow_insecure_http,
+            )
         self._codec: Dialect = dialect_named(
             resolve_dialect(dialect, base_url or "", self._api_key)
         )
@@ -347,7 +370,9 @@ class ServiceSession:
         if transport is None:
             return
         try:
-            if self._codec.unloads_models_on_close:  # the Fireworks SDK's unload_model
+            # The Fireworks SDK's unload_model; a serverless session is released with
+            # delete_training_session (and the gateway's idle expiry) instead, as the SDK's.
+            if self._codec.unloads_models_on_close and self._serverless is None:
                 with anyio.move_on_after(_FINISH_TIMEOUT_S):
                     await self._unload_models(transport)
             # The Fireworks SDK never ends its session; a Fireworks trainer may not know how.
@@ -363,6 +388,8 @@ class ServiceSession:
             logger.warning("could not finish session %s: %s", self._session_id, exc)
         finally:
             await transport.aclose()
+            if self._serverless is not None:
+                await self._serverless.aclose()
 
     async def _unload_models(self, transport: Transport) -> None:
         """Ask the trainer to unload every model this session created (best effort: a server
@@ -826,6 +853,150 @@ class ServiceSession:
         seq = self._sampling_seq
         self._sampling_seq += 1
         return seq
+
+    # -- Fireworks serverless ----------------------------------------------------------------
+
+    @property
+    def serverless(self) -> bool:
+        """Whether this session speaks to a Fireworks serverless gateway."""
+        return self._serverless is not None
+
+    @property
+    def training_session_id(self) -> str | None:
+        """The serverless training session id (``ts-…``), or None (not serverless, or the
+        session is not open yet)."""
+        if self._serverless is None or not is_training_session_id(self._session_id):
+            return None
+        return self._session_id
+
+    def _serverless_side(self) -> tuple[ServerlessSide, str]:
+        """The serverless side and the training session id; InvalidInput if not serverless."""
+        self._check_open()
+        if self._serverless is None or self.training_session_id is None:
+            raise InvalidInput(
+                "serverless",
+                "this call needs a serverless session: ServiceSession(url, serverless=True) or "
+                "a base_url ending with /training/v1/serverless",
+            )
+        return self._serverless, self.training_session_id
+
+    async def training_session_name(self) -> str:
+        """The full name of the serverless training session,
+        ``accounts/<account>/trainingSessions/<ts>`` (the account is resolved from the key).
+
+        Example::
+
+            name = await session.training_session_name()
+        """
+        side, session_id = self._serverless_side()
+        return f"accounts/{await side.account_id()}/trainingSessions/{session_id}"
+
+    async def weights_info(self, path: str) -> types.WeightsInfoResponse:
+        """What a saved checkpoint is (base model, LoRA rank and settings), read from the
+        serverless gateway, as the Fireworks SDK does before loading one
+        (``create_training_client_from_state``).
+
+        Example::
+
+            info = await session.weights_info(saved.path)
+            client = await session.create_training_client(info.base_model,
+                                                          lora_rank=info.lora_rank or 0)
+            await client.load_state(saved.path)
+        """
+        side, _ = self._serverless_side()
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidInput("path", f"must be a non-empty checkpoint path, got {path!r}")
+        return await side.weights_info(self._open_transport, path)
+
+    async def create_serverless_sampler(
+        self,
+        model_path: str | None = None,
+        *,
+        base_model: str | None = None,
+        concurrency: ConcurrencyController | int | None = None,
+        timeout_s: float = 600.0,
+    ) -> DeploymentSampler:
+        """A :class:`DeploymentSampler` on the serverless completions endpoint, for a saved
+        sampler checkpoint (``model_path``, what ``save_weights_for_sampler`` returned, or
+        ``accounts/<a>/trainingSessions/<ts>/checkpoints/<c>`` of any session) or the base
+        weights (``base_model``). As the Fireworks SDK's ``create_sampling_client``: a
+        checkpoint of a run this session did not create, or a base model before the session
+        has a model, is first bound with ``create_sampling_route``. Close it (``async with``).
+
+        Example::
+
+            saved = await client.save_weights_for_sampler("step-1")
+            async with await session.create_serverless_sampler(saved.path) as sampler:
+                out = await sampler.sample(prompt_tokens, max_tokens=32, temperature=1.0)
+        """
+        from .._clients._deployment_sampler import DeploymentSampler
+
+        side, session_id = self._serverless_side()
+        if (model_path is None) == (base_model is None):
+            raise InvalidInput("model_path", "give exactly one of model_path or base_model")
+        if model_path is not None and (
+            not isinstance(model_path, str) or not model_path.strip("/ ")
+        ):
+            raise InvalidInput("model_path", f"must be a checkpoint path, got {model_path!r}")
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise InvalidInput("base_model", f"must be a non-empty string, got {base_model!r}")
+        validate_seconds(timeout_s, "timeout_s")
+        model = await side.sampling_model(
+            self._open_transport, session_id, self._model_ids, model_path, base_model
+        )
+        assert self._base_url is not None
+        return DeploymentSampler(
+            self._base_url,
+            model,
+            self._api_key,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            transport=self._http_transport,
+            allow_insecure_http=self._allow_insecure_http,
+        )
+
+    async def list_session_checkpoints(self, *, page_size: int = 200) -> list[SessionCheckpoint]:
+        """Every checkpoint of this serverless training session (oldest first), from the
+        control plane: sampler snapshots (``promotable``) and training states.
+
+        Example::
+
+            rows = await session.list_session_checkpoints()
+            newest = [r for r in rows if r.promotable][-1]
+        """
+        side, session_id = self._serverless_side()
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise InvalidInput("page_size", f"must be an int >= 1, got {page_size!r}")
+        return await side.list_checkpoints(session_id, page_size)
+
+    async def promote_session_checkpoint(
+        self, checkpoint: SessionCheckpoint | str, output_model_id: str, base_model: str
+    ) -> PromotedModel:
+        """Promote a checkpoint of this session (a listed row, its name or its id) to the
+        model ``accounts/<account>/models/<output_model_id>``.
+
+        Example::
+
+            model = await session.promote_session_checkpoint(newest, "my-model", base_model)
+        """
+        side, session_id = self._serverless_side()
+        return await side.promote(session_id, checkpoint, output_model_id, base_model)
+
+    async def delete_training_session(self) -> None:
+        """Close this serverless training session on the control plane, releasing its slot
+        at once (idempotent; a no-op for a session that is not serverless, as in the SDK).
+        The session stays usable for reads of what it saved; new operations may fail.
+
+        Example::
+
+            async with ServiceSession(url, serverless=True) as session:
+                ...
+                await session.delete_training_session()
+        """
+        self._check_open()
+        if self._serverless is None or self.training_session_id is None:
+            return
+        await self._serverless.delete_session(self.training_session_id)
 
 
 def _capabilities(payload: bytes) -> dict[str, Any]:

@@ -250,6 +250,7 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             "/deployments (hot-load, /inference/v1/completions)",
             flush=True,
         )
+        print(f"  serverless:    {trainer.base_url}{paths.SERVERLESS_PREFIX}", flush=True)
         print(f"  base models:   {', '.join(trainer.model_names)}", flush=True)
         print(f"  export TINKER_BASE_URL={trainer.base_url}  (Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):

@@ -2,8 +2,9 @@
 
 Routes: the data plane (``_data_plane``), the control plane (``_control_plane``: accounts and
 jobs; ``_promotion``: job checkpoints, promotion, operations, models; ``_shapes``: training
-shapes) and the test hooks ``GET /_local/stats``, ``POST /_local/jobs/{job_id}/fail`` (body
-``{"message"}``) and ``POST /_local/control_plane`` (the promotion knobs of ``_promotion``).
+shapes; ``_serverless``: the serverless gateway) and the test hooks ``GET /_local/stats``,
+``POST /_local/jobs/{job_id}/fail`` (body ``{"message"}``) and ``POST /_local/control_plane``
+(the promotion knobs of ``_promotion``).
 Errors become JSON: ``ApiError`` → its status and ``{"detail"}``, or on the control plane
 (``/v1/…``) a ``google.rpc.Status`` body ``{"code", "message", "details"}`` as the Fireworks
 SDK parses it; an unknown route → 404 and a wrong method → 405, each naming the method and
@@ -35,6 +36,7 @@ from ._http_errors import ApiError
 from ._json_body import read_json_object
 from ._promotion import ModelRegistry, promotion_routes
 from ._server_state import ServerState
+from ._serverless import serverless_routes
 from ._shapes import shape_routes
 
 __all__ = ["build_app"]
@@ -133,6 +135,7 @@ def build_app(state: ServerState) -> FrontDoor:
         *deployment_routes(),
         *promotion_routes(jobs, checkpoints, models),
         *shape_routes(account_id),
+        *serverless_routes(models),
         Route("/_local/stats", _stats, methods=["GET"]),
         Route("/_local/jobs/{job_id}/fail", _fail_job, methods=["POST"]),
         Route("/_local/control_plane", _control_plane_knobs, methods=["POST"]),

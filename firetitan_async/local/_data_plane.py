@@ -78,12 +78,14 @@ from ._proto_codec import (
     encode_sample_response,
 )
 from ._server_state import ServerState
+from ._serverless_state import serverless_run_id
 from ._sessions import SamplingSession, TrainingModel
 from ._submission_checks import check_adam, check_forward_backward
 
-__all__ = ["JOB_SCOPE_KEY", "data_plane_routes"]
+__all__ = ["JOB_SCOPE_KEY", "SERVERLESS_SCOPE_KEY", "data_plane_routes"]
 
 JOB_SCOPE_KEY = "firetitan.job_id"
+SERVERLESS_SCOPE_KEY = "firetitan.serverless"  # set by the FrontDoor on the serverless gateway
 """ASGI scope key holding the job id when a request came in under ``/jobs/{job_id}``."""
 
 MAX_CONTEXT = MAX_CONTEXT_LENGTH
@@ -102,6 +104,10 @@ _T = TypeVar("_T")
 def _state(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     return state
+
+
+def _serverless(request: Request) -> bool:
+    return bool(request.scope.get(SERVERLESS_SCOPE_KEY))
 
 
 def _job_id(request: Request) -> str | None:
@@ -204,7 +210,9 @@ async def create_session(request: Request) -> Response:
     body = await read_json_object(request)
     metadata = _get(body, "user_metadata", dict, "an object") or {}
     _get(body, "tags", list, "a list of strings")
-    session = _state(request).registry.new_session(job_id=_job_id(request), user_metadata=metadata)
+    session = _state(request).registry.new_session(
+        job_id=_job_id(request), user_metadata=metadata, serverless=_serverless(request)
+    )
     return JSONResponse({"type": "create_session", "session_id": session.session_id})
 
 
@@ -284,8 +292,9 @@ def _new_model(
     base_only: bool = False,
     lora_seed: int | None = None,
     base_model: str = BYTE_MODEL,
+    run_prefix: str | None = None,
 ) -> TrainingModel:
-    model_id = f"{session_id}:train:{model_seq_id}"
+    model_id = f"{run_prefix or session_id}:train:{model_seq_id}"
     if model_id in state.registry.models:
         raise ApiError(
             400, f"model_seq_id {model_seq_id} of session {session_id} is already used "
@@ -378,6 +387,10 @@ async def create_model(request: Request) -> Response:
         init_method=init_method,
         base_only=base_only,
         base_model=base_model,
+        # A serverless session's models are runs (``run-<hex>:train:<n>``), as the gateway's.
+        run_prefix=serverless_run_id(session.session_id, model_seq_id)
+        if session.serverless
+        else None,
     )
     request_id = state.futures.create("CreateModel")
     state.futures.complete(
@@ -640,6 +653,7 @@ async def save_weights(request: Request) -> Response:
     body = await read_json_object(request)
     entry = state.registry.model(_req_str(body, "model_id"))
     seq_id = _opt_int(body, "seq_id")
+    serverless = _serverless(request)
 
     def build() -> Operation:
         name = body.get("path")
@@ -663,7 +677,10 @@ async def save_weights(request: Request) -> Response:
                 user_metadata=metadata,
                 overwrite=overwrite or step_names,
             )
-            return FutureReply.json({"path": meta["tinker_path"], "type": "save_weights"})
+            path = meta["tinker_path"]
+            if serverless:  # the gateway's form, ``<account>/<run_id>/<name>``
+                path = state.serverless.gateway_path(state.jobs.account_id, entry, final, path)
+            return FutureReply.json({"path": path, "type": "save_weights"})
 
         return op
 
@@ -711,10 +728,11 @@ def _resolve_ref(
     job_id: str | None = None,
     field: str = "path",
 ) -> str:
-    """A checkpoint reference (tinker path, logical name, run path, cross_job) → tinker path."""
+    """A checkpoint reference (tinker path, logical name, run path, cross_job, a serverless
+    gateway path) → tinker path."""
     return resolve_checkpoint_ref(
         state.checkpoints,
-        ref,
+        state.serverless.tinker_path(ref) if isinstance(ref, str) else ref,
         own_run=entry.model_id if entry is not None else None,
         job_id=entry.run.job_id if entry is not None else (_job_id(request) or job_id),
         account_id=state.config.account_id,
@@ -742,7 +760,8 @@ async def load_weights(request: Request) -> Response:
     session = state.registry.session(_req_str(body, "session_id"))
     model_seq_id = _req_int(body, "model_seq_id", minimum=0)
     fingerprint = _fingerprint("LoadWeights", await request.body())
-    made = state.registry.models.get(f"{session.session_id}:train:{model_seq_id}")
+    run_prefix = serverless_run_id(session.session_id, model_seq_id) if session.serverless else None
+    made = state.registry.models.get(f"{run_prefix or session.session_id}:train:{model_seq_id}")
     if made is not None:
         try:
             earlier = made.executor.replay(0, fingerprint)
@@ -769,6 +788,7 @@ async def load_weights(request: Request) -> Response:
         first_seq=0,
         seed=state.config.seed,
         base_model=base_model,
+        run_prefix=run_prefix,
     )
     request_id = state.futures.create("LoadWeights")
     entry.executor.submit(0, request_id, _load_op(state, entry, path, optimizer), fingerprint)
@@ -780,6 +800,7 @@ async def save_weights_for_sampler(request: Request) -> Response:
     body = await read_json_object(request)
     entry = state.registry.model(_req_str(body, "model_id"))
     seq_id = _opt_int(body, "seq_id")
+    serverless = _serverless(request)
 
     def build() -> Operation:
         name = body.get("path")
@@ -848,9 +869,10 @@ async def save_weights_for_sampler(request: Request) -> Response:
                 )
                 entry.last_base_path = meta["tinker_path"]
                 entry.last_base_weights = weights
-            return FutureReply.json(
-                {"path": meta["tinker_path"], "type": "save_weights_for_sampler"}
-            )
+            path = meta["tinker_path"]
+            if serverless:  # the gateway's form, ``<account>/<run_id>/<name>``
+                path = state.serverless.gateway_path(state.jobs.account_id, entry, name, path)
+            return FutureReply.json({"path": path, "type": "save_weights_for_sampler"})
 
         return op
 
@@ -1306,7 +1328,7 @@ async def delete_checkpoint(request: Request) -> Response:
 async def weights_info(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request)
-    path = _req_str(body, "tinker_path")
+    path = state.serverless.tinker_path(_req_str(body, "tinker_path"))
     parsed = parse_tinker_path(path, "tinker_path")
     state.checkpoints.meta(path)
     run = state.checkpoints.get_run(parsed.training_run_id) or {}

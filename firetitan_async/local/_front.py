@@ -5,7 +5,10 @@ For every HTTP request, in order:
 1. A job's data plane, ``/jobs/{job_id}/api/v1/...`` (its ``directRouteHandle``) or the
    trainer gateway ``/training/v1/rlorTrainerJobs/{account}/{job_id}/api/v1/...`` (what the
    Fireworks SDK uses), is rewritten to ``/api/v1/...`` with the job id kept in the scope
-   (``JOB_SCOPE_KEY``); an unknown or deleted job (or another account) gets 404.
+   (``JOB_SCOPE_KEY``); an unknown or deleted job (or another account) gets 404. The
+   serverless gateway's ``/training/v1/serverless/api/v1/...`` is rewritten likewise, marked
+   ``SERVERLESS_SCOPE_KEY`` (its ``retrieve_future`` answers the forced capacity 409s of
+   ``/_local/serverless``).
 2. The request is counted under its endpoint name (not ``/_local/*``).
 3. Auth, when an API key is set, on both planes and the ``/_local/*`` test hooks:
    ``X-Api-Key: <key>`` or ``Authorization: Bearer <key>`` (every credential offered must be
@@ -34,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._data_plane import JOB_SCOPE_KEY
+from ._data_plane import JOB_SCOPE_KEY, SERVERLESS_SCOPE_KEY
 from ._faults import FaultKind
 from ._http_errors import ApiError
 from ._idempotency import CachedReply, IdemKey
@@ -58,6 +61,7 @@ logger = logging.getLogger("firetitan_async.local")
 
 _JOB_PREFIX = re.compile(r"^/jobs/([^/]+)(/api/v1/.*)$")
 _GATEWAY_PREFIX = re.compile(r"^/training/v1/rlorTrainerJobs/([^/]+)/([^/]+)(/api/v1/.*)$")
+_SERVERLESS_PREFIX = re.compile(r"^/training/v1/serverless(/api/v1/.*)$")
 _UNAUTHORIZED = "missing or invalid API key (send X-Api-Key: <key> or Authorization: Bearer <key>)"
 # HTTP status → google.rpc code, for control-plane error bodies.
 _GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 412: 9, 429: 8, 501: 12, 503: 14}
@@ -68,7 +72,13 @@ _CONTROL_ENDPOINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^/v1/accounts/[^/]+/operations/[^/]+$"), "operations.get"),
     (re.compile(r"^/v1/accounts/[^/]+/models/[^/]+$"), "models.get"),
     (re.compile(r"^/v1/accounts/[^/]+/trainingShapes/"), "shapes.get"),
+    (re.compile(r"^/v1/accounts/[^/]+/trainingSessions/[^/]+/checkpoints$"),
+     "sessions.checkpoints"),
+    (re.compile(r"^/v1/accounts/[^/]+/trainingSessions/[^/]+/checkpoints/[^/]+:promote$"),
+     "sessions.promote"),
+    (re.compile(r"^/training/v1/serverless/inference/v1/completions$"), "serverless.completions"),
 )
+_TRAINING_SESSION = re.compile(r"^/v1/accounts/[^/]+/trainingSessions/[^/]+$")
 _NOT_REPLAYED = frozenset({"retrieve_future", "session_heartbeat", "telemetry"})
 _ENDPOINT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^sessions/[^/]+/finish$"), "sessions/finish"),
@@ -112,6 +122,8 @@ def endpoint_name(method: str, path: str) -> str:
     for pattern, control_name in _CONTROL_ENDPOINTS:
         if pattern.match(path):
             return control_name
+    if _TRAINING_SESSION.match(path):
+        return "sessions.delete" if method == "DELETE" else "sessions.get"
     if path.startswith("/v1/accounts/"):
         parts = path.split("/")
         if len(parts) <= 5:
@@ -187,6 +199,13 @@ class FrontDoor:
             scope["path"] = path
             scope["raw_path"] = path.encode()
             scope[JOB_SCOPE_KEY] = job_id
+        serverless = _SERVERLESS_PREFIX.match(path)
+        if serverless:
+            path = serverless.group(1)
+            scope = dict(scope)
+            scope["path"] = path
+            scope["raw_path"] = path.encode()
+            scope[SERVERLESS_SCOPE_KEY] = True
         if path.startswith("/_local/"):
             # The test hooks (fail a job, change knobs, read stats) need the key like every
             # other route when one is configured.
@@ -207,6 +226,11 @@ class FrontDoor:
         if problem is not None:
             await self._send_after_latency(send, problem, 0.0)
             return
+        if serverless and name == "retrieve_future":
+            conflict = state.serverless.take_capacity_409()  # the capacity-409 test knob
+            if conflict is not None:
+                await self._send_after_latency(send, _json_reply(409, conflict), 0.0)
+                return
 
         fault = None
         extra_delay = 0.0

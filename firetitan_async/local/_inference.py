@@ -232,8 +232,28 @@ def _lp_entry(entry: _Entry, echoed: bool) -> dict[str, Any]:
     return out
 
 
-def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[Route]:
-    """``POST /inference/v1/completions``."""
+Served = Callable[[], tuple[Mapping[str, np.ndarray], str | None, int]]
+"""What a completions request samples, read when it runs: the weights, their snapshot identity
+and version."""
+
+
+def inference_routes(
+    registry: Callable[[Request], DeploymentRegistry],
+    *,
+    path: str = "/inference/v1/completions",
+    resolve: Callable[[Request, str], Served] | None = None,
+) -> list[Route]:
+    """``POST /inference/v1/completions`` (or ``path``) for the weights ``resolve(request,
+    model)`` names (refusing an unknown model): by default a deployment's; the serverless
+    gateway passes its session checkpoints'."""
+
+    def deployment(request: Request, model: str) -> Served:
+        dep = registry(request).by_name(model)
+        if not dep.record.get("maxReplicaCount", 1):
+            raise ApiError(503, f"deployment {dep.deployment_id!r} is scaled to zero")
+        base = _state(request).base_weights
+        return lambda: (dep.weights if dep.weights is not None else base(), dep.identity,
+                        dep.version)
 
     async def completions(request: Request) -> Response:
         state = _state(request)
@@ -241,9 +261,7 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         reg = registry(request)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         params = _Params(await read_json_object(request))
-        dep = reg.by_name(params.model)
-        if not dep.record.get("maxReplicaCount", 1):
-            raise ApiError(503, f"deployment {dep.deployment_id!r} is scaled to zero")
+        served = (resolve or deployment)(request, params.model)
         limit = reg.knobs.max_concurrency
         if limit is not None and reg.in_flight >= limit:
             reg.rejected_429 += 1
@@ -258,11 +276,10 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         try:
             if reg.knobs.latency_s:
                 await asyncio.sleep(reg.knobs.latency_s)
-            weights = dep.weights if dep.weights is not None else state.base_weights()
+            weights, identity, version = served()
             vocab = vocab_of(weights)  # the served weights' vocabulary bounds the prompt
             if int(params.prompt.max()) >= vocab:
                 raise ApiError(400, f"prompt must be a list of token ids in [0, {vocab})")
-            identity, version = dep.identity, dep.version
             seed = params.seed
             # a few tokens are cheaper inline than a thread hand-off; a thread gets its own rng
             small = params.n * params.max_tokens <= _INLINE_TOKENS
@@ -327,4 +344,4 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         events.append("data: [DONE]\n\n")
         return Response("".join(events), media_type="text/event-stream", headers=headers)
 
-    return [Route("/inference/v1/completions", completions, methods=["POST"])]
+    return [Route(path, completions, methods=["POST"])]

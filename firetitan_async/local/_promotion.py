@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -41,7 +41,7 @@ from ._control_plane import FailedPrecondition, JobRegistry, check_account
 from ._http_errors import ApiError
 from ._json_body import read_json_object
 
-__all__ = ["ModelRegistry", "promotion_routes"]
+__all__ = ["ModelRegistry", "checkpoint_kind", "promoted_model", "promotion_routes"]
 
 _MODEL_ID_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 _PROMOTE_FIELDS = frozenset(
@@ -75,22 +75,44 @@ class ModelRegistry:
         return {"promote_pending_polls": polls, "reject_async_promotion": reject}
 
 
+def checkpoint_kind(meta: Mapping[str, Any], lora_rank: int) -> tuple[str, bool]:
+    """A stored checkpoint's control-plane ``checkpointType`` and whether it is promotable
+    (a full sampler snapshot is; a delta or a training state is not)."""
+    if meta["checkpoint_type"] != "sampler":
+        kind = "CHECKPOINT_TYPE_TRAINING_LORA" if lora_rank else "CHECKPOINT_TYPE_TRAINING"
+        return kind, False
+    if meta.get("snapshot_type") == "delta":
+        return "CHECKPOINT_TYPE_INFERENCE_ARC_V2", False
+    lora = lora_rank > 0
+    return ("CHECKPOINT_TYPE_INFERENCE_LORA" if lora else "CHECKPOINT_TYPE_INFERENCE_BASE"), True
+
+
+def promoted_model(
+    name: str, model_id: str, base_model: str, lora_rank: int, source: str, tinker_path: Any
+) -> dict[str, Any]:
+    """The model record a promotion creates (``name`` is ``accounts/<a>/models/<id>``)."""
+    model: dict[str, Any] = {
+        "name": name,
+        "displayName": model_id,
+        "state": "READY",
+        "kind": "HF_PEFT_ADDON" if lora_rank else "HF_BASE_MODEL",
+        "createTime": rfc3339(time.time()),
+        "baseModel": base_model,
+        "sourceCheckpoint": source,
+        "tinkerPath": tinker_path,
+    }
+    if lora_rank:
+        model["peftDetails"] = {"baseModel": base_model, "r": lora_rank}
+    return model
+
+
 def _rows(jobs: JobRegistry, store: CheckpointStore, job_id: str) -> list[dict[str, Any]]:
     job = jobs.get(job_id)
     prefix = f"accounts/{jobs.account_id}/rlorTrainerJobs/{job_id}/checkpoints"
     rows = []
     for meta in reversed(store.list_all(job_id=job_id)):  # the store lists newest first
         name = str(meta["checkpoint_id"]).split("/", 1)[1]
-        snapshot = meta.get("snapshot_type")
-        if meta["checkpoint_type"] != "sampler":
-            kind = "CHECKPOINT_TYPE_TRAINING_LORA" if job.lora_rank else "CHECKPOINT_TYPE_TRAINING"
-            promotable = False
-        elif snapshot == "delta":
-            kind, promotable = "CHECKPOINT_TYPE_INFERENCE_ARC_V2", False
-        else:
-            lora = job.lora_rank > 0
-            kind = "CHECKPOINT_TYPE_INFERENCE_LORA" if lora else "CHECKPOINT_TYPE_INFERENCE_BASE"
-            promotable = True
+        kind, promotable = checkpoint_kind(meta, job.lora_rank)
         rows.append(
             {
                 "name": f"{prefix}/{name}",
@@ -199,18 +221,9 @@ def promotion_routes(
         if row is None:
             kind = found[0]["checkpointType"]
             raise FailedPrecondition(f"checkpoint {checkpoint_id!r} is not promotable: {kind}")
-        model: dict[str, Any] = {
-            "name": name,
-            "displayName": model_id,
-            "state": "READY",
-            "kind": "HF_PEFT_ADDON" if job.lora_rank else "HF_BASE_MODEL",
-            "createTime": rfc3339(time.time()),
-            "baseModel": base_model,
-            "sourceCheckpoint": row["name"],
-            "tinkerPath": row["_meta"].get("tinker_path"),
-        }
-        if job.lora_rank:
-            model["peftDetails"] = {"baseModel": base_model, "r": job.lora_rank}
+        model = promoted_model(
+            name, model_id, base_model, job.lora_rank, row["name"], row["_meta"].get("tinker_path")
+        )
         if not use_async:
             reg.models[name] = model
             return JSONResponse({"model": model})

@@ -23,6 +23,7 @@ from ._faults import FaultInjector
 from ._future_store import FutureStore
 from ._idempotency import IdempotencyCache
 from ._model import VOCAB_SIZE, TinyByteLM
+from ._serverless_state import ServerlessState
 from ._sessions import Registry
 from ._stats import ServerStats
 
@@ -90,6 +91,7 @@ class ServerState:
         self.sampling_rng = np.random.default_rng([config.seed, 1])
         self._base_weights: dict[int, dict[str, np.ndarray]] = {}
         self.deployments: DeploymentRegistry | None = None  # made by the deployments routes
+        self.serverless = ServerlessState()
 
     def live(self) -> dict[str, int]:
         """What still runs, as a platform would bill it: trainer jobs CREATING, PENDING or

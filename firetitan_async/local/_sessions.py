@@ -73,6 +73,7 @@ class Session:
     created_s: float = attrs.field(factory=time.time)
     last_heartbeat_s: float = attrs.field(factory=time.time)
     finished: bool = False
+    serverless: bool = False  # created through the serverless gateway (a ``ts-`` id)
 
 
 class Registry:
@@ -86,9 +87,15 @@ class Registry:
         self.reserved_samplers: set[str] = set()
         self.unloaded: set[str] = set()
 
-    def new_session(self, *, job_id: str | None, user_metadata: Mapping[str, Any]) -> Session:
-        """Create a session with a fresh, globally unique id."""
-        session = Session(f"local-{uuid.uuid4().hex[:16]}", job_id, dict(user_metadata))
+    def new_session(
+        self, *, job_id: str | None, user_metadata: Mapping[str, Any], serverless: bool = False
+    ) -> Session:
+        """Create a session with a fresh, globally unique id (``ts-<hex>`` through the
+        serverless gateway, as the Fireworks control plane mints them)."""
+        prefix = "ts-" if serverless else "local-"
+        session = Session(
+            f"{prefix}{uuid.uuid4().hex[:16]}", job_id, dict(user_metadata), serverless=serverless
+        )
         self.sessions[session.session_id] = session
         return session
 

@@ -38,6 +38,7 @@ from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
 from ._rest import DEFAULT_BASE_URL, RestCore
 from ._rpc_status import PlatformAPIError
 from ._shapes import TrainingShapeProfile
+from ._training_sessions import SessionCheckpoint
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -61,6 +62,7 @@ __all__ = [
     "ReadinessPoller",
     "ReadinessProgress",
     "RestCore",
+    "SessionCheckpoint",
     "TrainerEndpoint",
     "TrainerJob",
     "TrainerJobConfig",

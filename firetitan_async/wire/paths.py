@@ -30,6 +30,7 @@ __all__ = [
     "CLIENT_CONFIG",
     "CLIENT_DYNAMIC_CONFIG",
     "CREATE_MODEL",
+    "CREATE_SAMPLING_ROUTE",
     "CREATE_SAMPLING_SESSION",
     "CREATE_SESSION",
     "GET_INFO",
@@ -39,6 +40,8 @@ __all__ = [
     "LOAD_ADAPTER",
     "PREFIX",
     "RETRIEVE_FUTURE",
+    "SERVERLESS_COMPLETIONS",
+    "SERVERLESS_PREFIX",
     "SESSION_HEARTBEAT",
     "TELEMETRY",
     "TRAINING_RUNS",
@@ -50,6 +53,9 @@ __all__ = [
     "sampler",
     "session_finish",
     "training_run",
+    "training_session",
+    "training_session_checkpoint",
+    "training_session_checkpoints",
 ]
 
 #: The prefix of every data-plane route (a trainer gateway puts its job prefix before it).
@@ -91,10 +97,35 @@ TRAINING_RUNS: Final = operation("training_runs")
 CHECKPOINTS: Final = operation("checkpoints")  # the user's checkpoints, all runs (tinker)
 LIST_CHECKPOINTS: Final = operation("list_checkpoints")  # the trainer's rows (Fireworks)
 
+# Fireworks serverless: a gateway in front of pooled trainers. Its base URL (the Fireworks
+# SDK's default) ends with SERVERLESS_PREFIX; the data plane is under it as usual
+# (``{base}/api/v1/...``), and so is the sampling endpoint.
+SERVERLESS_PREFIX: Final = "/training/v1/serverless"
+CREATE_SAMPLING_ROUTE: Final = operation("create_sampling_route")  # serverless only
+SERVERLESS_COMPLETIONS: Final = "/inference/v1/completions"  # after the serverless base URL
+
 
 def session_finish(session_id: str) -> str:
     """``/api/v1/sessions/{session_id}/finish``."""
     return f"{PREFIX}/sessions/{session_id}/finish"
+
+
+# Serverless training sessions on the control plane (``/v1/...``; ``account`` and ids as given).
+
+
+def training_session(account: str, session_id: str) -> str:
+    """``/v1/accounts/{account}/trainingSessions/{session_id}`` (``DELETE`` closes it)."""
+    return f"/v1/accounts/{account}/trainingSessions/{session_id}"
+
+
+def training_session_checkpoints(account: str, session_id: str) -> str:
+    """``/v1/accounts/{account}/trainingSessions/{session_id}/checkpoints``: its checkpoints."""
+    return f"{training_session(account, session_id)}/checkpoints"
+
+
+def training_session_checkpoint(account: str, session_id: str, checkpoint: str) -> str:
+    """``.../trainingSessions/{session_id}/checkpoints/{checkpoint}`` (``:promote`` after it)."""
+    return f"{training_session_checkpoints(account, session_id)}/{checkpoint}"
 
 
 def sampler(sampler_id: str) -> str:
