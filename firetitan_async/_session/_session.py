@@ -838,7 +838,7 @@ class ServiceSession:
         """
         self._check_open()
         await self.wait_for_ready()
-        if (self._base_url or "").rstrip("/").endswith("/training/v1/serverless"):
+        if self.serverless:
             raise UsageError(
                 "a serverless endpoint has no server-wide capabilities: use the training "
                 "client's `capabilities` (its create_model reply)"
