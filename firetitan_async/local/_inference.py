@@ -5,8 +5,10 @@ and reads. ``model`` is ``accounts/{a}/deployments/{id}``; ``prompt`` a list of 
 string is taken as its UTF-8 bytes). Sampling is the trainer's own (``_sampler.sample``) at the
 deployment's hot-loaded weights: for the same weights, prompt, ``n`` and ``seed`` it returns
 exactly what the trainer's sampler returns. ``top_k`` 0 means no top-k; ``stop`` strings are
-their UTF-8 bytes. Each choice carries ``text``, ``finish_reason`` (``stop``/``length``),
-``raw_output.completion_token_ids`` and, with ``logprobs``, ``logprobs.content[]`` entries
+their UTF-8 bytes, or the one token of a special token of the deployment's base model whose
+text they are (a model served with ``tokenizer=DIR``: ``"<|im_end|>"``). Each choice carries
+``text``, ``finish_reason`` (``stop``/``length``), ``raw_output.completion_token_ids`` and,
+with ``logprobs``, ``logprobs.content[]`` entries
 ``{"token", "token_id", "logprob", "sampling_logprob"}``.
 
 ``stream: true`` answers Server-Sent Events: one chunk per token per choice, a final chunk per
@@ -30,7 +32,7 @@ import codecs
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -124,15 +126,20 @@ class _Params:
         stop = body.get("stop")
         if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
             raise ApiError(400, "stop must be a string or a list of strings")
-        try:
-            self.stop = _stop_sequences(stop)
-        except ApiError as exc:
-            raise ApiError(400, exc.detail.replace("sampling_params.", "")) from None
+        self.raw_stop = stop
+        self.stop = self.stops_for()
         self.logprobs = bool(body.get("logprobs"))
         self.stream = body.get("stream", False) is True
         self.perf = body.get("perf_metrics_in_response", False) is True
         if body.get("echo"):
             raise ApiError(400, "echo is not supported by the local deployment")
+
+    def stops_for(self, special: Mapping[str, int] | None = None) -> tuple[tuple[int, ...], ...]:
+        """The stop token sequences, with the served model's special tokens."""
+        try:
+            return _stop_sequences(self.raw_stop, special=special)
+        except ApiError as exc:
+            raise ApiError(400, exc.detail.replace("sampling_params.", "")) from None
 
 
 def _entries(seq: SampledSequence) -> Iterator[tuple[int, float, str]]:
@@ -172,6 +179,9 @@ def inference_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         params = _Params(await read_json_object(request))
         dep = reg.by_name(params.model)
+        served = state.models.find(dep.record.get("baseModel"))
+        if served is not None and served.special_tokens:
+            params.stop = params.stops_for(dict(served.special_tokens))
         if not dep.record.get("maxReplicaCount", 1):
             raise ApiError(503, f"deployment {dep.deployment_id!r} is scaled to zero")
         limit = reg.knobs.max_concurrency
