@@ -7,6 +7,7 @@ tokenizer directory stops at a special token named by its text (``stop=["<|im_en
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from firetitan_async.local import LocalTrainer
 pytestmark = pytest.mark.anyio
 
 FW_QWEN = "accounts/fireworks/models/qwen3-8b"
-FAST = {"poll_interval_s": 0.02, "timeout_s": 10}
 TOKENS = list(b"What is 2 + 3? \\boxed{5}")
 
 
@@ -43,10 +43,11 @@ async def _logprobs(client: Any) -> np.ndarray:
 
 async def _train_and_promote(
     lt: LocalTrainer, jobs: TrainerJobs, *, lora_rank: int, model_id: str
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[Mapping[str, Any], np.ndarray]:
     """Train a job's model away from the base, save a sampler snapshot, promote it."""
     endpoint = await jobs.create_and_wait(
-        TrainerJobConfig(base_model=FW_QWEN, lora_rank=lora_rank), **FAST
+        TrainerJobConfig(base_model=FW_QWEN, lora_rank=lora_rank),
+        poll_interval_s=0.02, timeout_s=10,
     )
     async with ServiceSession(endpoint.base_url) as session:
         client = await session.create_training_client(FW_QWEN, lora_rank=lora_rank)
@@ -72,7 +73,9 @@ async def test_a_promoted_full_model_is_a_base_model_with_its_weights() -> None:
         assert got["name"] == name and got["baseModel"] == FW_QWEN
         assert got["baseModelDetails"]["moe"] is False and got["contextLength"] == 4096
 
-        endpoint = await jobs.create_and_wait(TrainerJobConfig(base_model=name), **FAST)
+        endpoint = await jobs.create_and_wait(
+            TrainerJobConfig(base_model=name), poll_interval_s=0.02, timeout_s=10
+        )
         assert (await jobs.get(endpoint.job_id)).raw["trainingConfig"]["baseModel"] == name
         async with ServiceSession(endpoint.base_url) as session:
             promoted_lp = await _logprobs(await session.create_training_client(name, lora_rank=0))
