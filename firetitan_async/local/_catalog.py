@@ -24,7 +24,7 @@ import attrs
 
 from ._http_errors import ApiError
 from ._model import MAX_VOCAB, VOCAB_SIZE
-from ._tokenizer_dir import tokenizer_vocab_size
+from ._tokenizer_dir import tokenizer_special_tokens, tokenizer_vocab_size
 
 __all__ = [
     "BYTE_MODEL",
@@ -69,6 +69,11 @@ class ServedModel:
     ``baseModelDetails.moe``; ``vocab_size`` is the model's vocabulary (token ids
     ``[0, vocab_size)``; the byte model's 257 by default), so that every id a real tokenizer
     emits is in range (a vocabulary over 4096 gets the tiny model's class-factored output layer).
+    ``special_tokens`` (text, id) are the tokenizer's special tokens (``tokenizer=DIR``): a
+    deployment of the model stops at one when a ``stop`` string is its text.
+    ``weights_path`` is set on a promoted model (``ModelCatalog.add_promoted``): the
+    ``tinker://.../sampler_weights/...`` snapshot its weights start from (``None``: the tiny
+    model's seeded initial weights).
 
     Example::
 
@@ -81,6 +86,8 @@ class ServedModel:
     max_context_length: int = attrs.field(default=MAX_CONTEXT_LENGTH, validator=_check_context)
     moe: bool = False
     vocab_size: int = attrs.field(default=VOCAB_SIZE, validator=_check_vocab)
+    special_tokens: tuple[tuple[str, int], ...] = ()
+    weights_path: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> ServedModel:
@@ -112,6 +119,7 @@ class ServedModel:
             elif key == "tokenizer":
                 try:
                     fields["vocab_size"] = tokenizer_vocab_size(value)
+                    fields["special_tokens"] = tuple(tokenizer_special_tokens(value).items())
                 except (OSError, ValueError) as exc:
                     raise ValueError(f"tokenizer={value!r} in {spec!r}: {exc}") from None
             elif key == "moe":
@@ -205,4 +213,23 @@ class ModelCatalog:
                 f"{field} {name!r} is not served by the local trainer (it serves "
                 f"{sorted(self._models)}; add names with `serve --model NAME`)",
             )
+        return model
+
+    def add_promoted(self, name: str, base_model: str, weights_path: str) -> ServedModel | None:
+        """Serve a promoted full-parameter model as a base model, as the Fireworks platform
+        lets a promoted ``HF_BASE_MODEL`` be the ``baseModel`` of a new job: its tokenizer,
+        context and vocabulary are its base model's, its weights the promoted snapshot's.
+        ``None`` (nothing served) if ``base_model`` is not served.
+
+        Example::
+
+            catalog.add_promoted("accounts/local/models/sft-1",
+                                 "accounts/fireworks/models/qwen3-8b",
+                                 "tinker://run-1:train:0/sampler_weights/step-2")
+        """
+        base = self.find(base_model)
+        if base is None:
+            return None
+        model = attrs.evolve(base, name=name, weights_path=weights_path)
+        self._models[name] = model
         return model

@@ -265,6 +265,15 @@ def _vocab(state: ServerState, base_model: str) -> int:
     return served.vocab_size if served is not None else VOCAB_SIZE
 
 
+def _base_weights(state: ServerState, base_model: str) -> dict[str, np.ndarray]:
+    """A served base model's sampler weights: a promoted model's snapshot, or the tiny model's
+    seeded initial weights of the model's vocabulary."""
+    served = state.models.find(base_model)
+    if served is not None and served.weights_path is not None:
+        return state.checkpoints.load_sampler_weights(served.weights_path)
+    return state.base_weights(_vocab(state, base_model))
+
+
 def _check_job_match(state: ServerState, job_id: str | None, lora_rank: int) -> None:
     if job_id is None:
         return
@@ -305,6 +314,9 @@ def _new_model(
             seed=seed, lora_rank=lora_rank, lora_alpha=lora_alpha, init_method=init_method,
             lora_seed=lora_seed, vocab_size=_vocab(state, base_model),
         )
+        served = state.models.find(base_model)
+        if served is not None and served.weights_path is not None:  # a promoted model
+            model.load_base_weights(_base_weights(state, base_model))
     except ModelInputError as exc:
         raise _user_error(exc) from None
     executor = OrderedExecutor(
@@ -1029,7 +1041,7 @@ async def create_sampling_session(request: Request) -> Response:
                              or BYTE_MODEL)
     elif base_model is not None:
         base_model = _check_base_model(state, base_model)
-        weights = state.base_weights(_vocab(state, base_model))
+        weights = _base_weights(state, base_model)
     else:
         raise ApiError(400, "either model_path or base_model is required")
     rng = state.sampling_rng.spawn(1)[0]
@@ -1083,9 +1095,12 @@ def _check_in_vocab(field: str, tokens: np.ndarray, vocab: int) -> None:
         raise ApiError(400, f"{field}: token {int(bad[0])} is out of range [0, {vocab})")
 
 
-def _stop_sequences(stop: object, vocab: int = VOCAB_SIZE) -> tuple[tuple[int, ...], ...]:
-    """``SamplingParams.stop`` → token sequences. A string is its UTF-8 bytes; an int is one
-    token in ``[0, vocab)``. EOS always stops generation (also with ``stop=[]``)."""
+def _stop_sequences(
+    stop: object, vocab: int = VOCAB_SIZE, special: Mapping[str, int] | None = None
+) -> tuple[tuple[int, ...], ...]:
+    """``SamplingParams.stop`` → token sequences. A string is its UTF-8 bytes, or the one
+    token of a ``special`` token whose text it is (``"<|im_end|>"``); an int is one token in
+    ``[0, vocab)``. EOS always stops generation (also with ``stop=[]``)."""
     if stop is None:
         return ()
     items = [stop] if isinstance(stop, str) else stop
@@ -1096,7 +1111,8 @@ def _stop_sequences(stop: object, vocab: int = VOCAB_SIZE) -> tuple[tuple[int, .
         if isinstance(item, str):
             if not item:
                 raise ApiError(400, "sampling_params.stop: empty stop string")
-            out.append(tuple(item.encode("utf-8")))
+            token = (special or {}).get(item)
+            out.append((token,) if token is not None else tuple(item.encode("utf-8")))
         elif isinstance(item, int) and not isinstance(item, bool):
             if not 0 <= item < vocab:
                 raise ApiError(
@@ -1161,7 +1177,7 @@ async def asample(request: Request) -> Response:
             weights = _weights_for_path(state, model_path)
         else:
             name = _check_base_model(state, body.get("base_model"))
-            weights = state.base_weights(_vocab(state, name))
+            weights = _base_weights(state, name)
         rng = state.sampling_rng.spawn(1)[0]
     _check_in_vocab("prompt", prompt, vocab_of(weights))
     stop = _stop_sequences(stop_param, vocab_of(weights))

@@ -5,8 +5,10 @@ and reads. ``model`` is ``accounts/{a}/deployments/{id}``; ``prompt`` a list of 
 string is taken as its UTF-8 bytes). Sampling is the trainer's own (``_sampler.sample``) at the
 deployment's hot-loaded weights: for the same weights, prompt, ``n`` and ``seed`` it returns
 exactly what the trainer's sampler returns. ``top_k`` 0 means no top-k; ``stop`` strings are
-their UTF-8 bytes. Each choice carries ``text``, ``finish_reason`` (``stop``/``length``),
-``raw_output.completion_token_ids`` and, with ``logprobs``, ``logprobs.content[]`` entries
+their UTF-8 bytes, or the one token of a special token of the deployment's base model whose
+text they are (a model served with ``tokenizer=DIR``: ``"<|im_end|>"``). Each choice carries
+``text``, ``finish_reason`` (``stop``/``length``), ``raw_output.completion_token_ids`` and,
+with ``logprobs``, ``logprobs.content[]`` entries
 ``{"token", "token_id", "logprob", "sampling_logprob"}``. ``echo`` puts the prompt first (in
 ``text``, ``completion_token_ids`` and ``logprobs.content``, whose prompt entries carry the
 model's ``logprob``, 0.0 for the first token, and a null ``sampling_logprob``).
@@ -131,10 +133,8 @@ class _Params:
         stop = body.get("stop")
         if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
             raise ApiError(400, "stop must be a string or a list of strings")
-        try:
-            self.stop = _stop_sequences(stop)
-        except ApiError as exc:
-            raise ApiError(400, exc.detail.replace("sampling_params.", "")) from None
+        self.raw_stop = stop
+        self.stop = self.stops_for()
         self.logprobs = bool(body.get("logprobs"))
         self.stream = body.get("stream", False) is True
         self.perf = body.get("perf_metrics_in_response", False) is True
@@ -142,6 +142,13 @@ class _Params:
         self.routing = body.get("include_routing_matrix", False) is True
         # the routing matrices ride in logprobs.content, as the Fireworks server sends them
         self.content = self.logprobs or self.routing
+
+    def stops_for(self, special: Mapping[str, int] | None = None) -> tuple[tuple[int, ...], ...]:
+        """The stop token sequences, with the served model's special tokens."""
+        try:
+            return _stop_sequences(self.raw_stop, special=special)
+        except ApiError as exc:
+            raise ApiError(400, exc.detail.replace("sampling_params.", "")) from None
 
 
 _Entry = tuple[int, float | None, str, str | None]  # token, logprob, text, routing matrix
@@ -262,6 +269,10 @@ def inference_routes(
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         params = _Params(await read_json_object(request))
         served = (resolve or deployment)(request, params.model)
+        if resolve is None:  # a deployment stops at its base model's special tokens
+            base_model = state.models.find(reg.by_name(params.model).record.get("baseModel"))
+            if base_model is not None and base_model.special_tokens:
+                params.stop = params.stops_for(dict(base_model.special_tokens))
         limit = reg.knobs.max_concurrency
         if limit is not None and reg.in_flight >= limit:
             reg.rejected_429 += 1

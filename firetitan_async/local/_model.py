@@ -525,6 +525,27 @@ class TinyByteLM:
             self._adam.reset()
         self.zero_grad()
 
+    def load_base_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Take the base weights of a ``sampler_weights()`` snapshot (a promoted model's): the
+        LoRA adapters (if any) stay at their initial values, the optimizer state is reset.
+        Raises ``ModelInputError`` (and changes nothing) if a weight is missing or misshapen.
+
+        Example::
+
+            TinyByteLM(seed=1, lora_rank=4).load_base_weights(trained.sampler_weights())
+        """
+        for name, shape in self._base_shapes.items():
+            arr = np.asarray(weights.get(name))
+            if arr.shape != shape or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                raise ModelInputError(
+                    "base_model", f"the model's {name} does not fit ({arr.shape}, expected {shape})"
+                )
+        for name in self._base_shapes:
+            self._params[name][...] = weights[name]
+        self._params_changed()
+        self._adam.reset()
+        self.zero_grad()
+
     def load_adapter(self, state: Mapping[str, np.ndarray]) -> None:
         """Take the LoRA adapters (``param/<w>.lora_a|b``) of a ``state()`` checkpoint; the
         base weights and the optimizer state are left alone, gradients are dropped."""

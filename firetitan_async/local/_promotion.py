@@ -12,6 +12,10 @@
   it, ``{"model": {...}}``.
 * ``GET /v1/accounts/{a}/models/{m}`` reads a promoted model, or a served base model's record
   (``baseModelDetails.moe``, ``contextLength``: what the Fireworks SDK's ``model_is_moe`` reads).
+* A promoted full-parameter model (``kind: HF_BASE_MODEL``) is then served as a base model, as
+  on the platform, where a promoted model can be the ``baseModel`` of the next job (SFT, then RL
+  from the SFT model): new jobs, training clients and samplers of that name start from the
+  promoted snapshot's weights. A LoRA job's promotion (``HF_PEFT_ADDON``) is not a base model.
 
 Test knobs (``POST /_local/control_plane``): ``promote_pending_polls`` (how many operation
 polls answer ``done: false`` first; 0, the default, finishes the operation in the POST
@@ -224,13 +228,18 @@ def promotion_routes(
         model = promoted_model(
             name, model_id, base_model, job.lora_rank, row["name"], row["_meta"].get("tinker_path")
         )
+        if not job.lora_rank and (served := registry.models.find(base_model)) is not None:
+            # a full model has its base's architecture (what the SDK's model_is_moe reads)
+            base_record = served.record()
+            for key in ("contextLength", "baseModelDetails", "vocabSize"):
+                model[key] = base_record[key]
         if not use_async:
-            reg.models[name] = model
+            _publish(reg, registry, model)
             return JSONResponse({"model": model})
         op_name = f"accounts/{account}/operations/promote-{uuid.uuid4().hex[:12]}"
         reg.operations[op_name] = {"_model": model}
         reg.pending_polls[op_name] = reg.promote_pending_polls
-        return JSONResponse({"operation": _operation(reg, op_name)})
+        return JSONResponse({"operation": _operation(reg, registry, op_name)})
 
     async def get_operation(request: Request) -> Response:
         registry, reg = jobs(request), models(request)
@@ -241,13 +250,13 @@ def promotion_routes(
         if name not in reg.operations:
             raise ApiError(404, f"operation {name} not found")
         reg.pending_polls[name] = max(0, reg.pending_polls[name] - 1)
-        return JSONResponse(_operation(reg, name))
+        return JSONResponse(_operation(reg, registry, name))
 
     async def get_model(request: Request) -> Response:
         registry, reg = jobs(request), models(request)
         name = f"accounts/{request.path_params['account_id']}/models/{request.path_params['model']}"
         base = registry.models.find(name)
-        if base is not None:  # a served base model (e.g. accounts/fireworks/models/qwen3-8b)
+        if name not in reg.models and base is not None:  # a configured base model
             return JSONResponse(base.record())
         check_account(registry, request.path_params["account_id"])
         if name not in reg.models:
@@ -263,7 +272,17 @@ def promotion_routes(
     ]
 
 
-def _operation(reg: ModelRegistry, name: str) -> dict[str, Any]:
+def _publish(reg: ModelRegistry, jobs: JobRegistry, model: dict[str, Any]) -> None:
+    """Record a promoted model; a full-parameter one (``HF_BASE_MODEL``) is also served as a
+    base model from then on."""
+    if model["name"] in reg.models:
+        return
+    reg.models[model["name"]] = model
+    if model["kind"] == "HF_BASE_MODEL" and model.get("tinkerPath"):
+        jobs.models.add_promoted(model["name"], model["baseModel"], model["tinkerPath"])
+
+
+def _operation(reg: ModelRegistry, jobs: JobRegistry, name: str) -> dict[str, Any]:
     """The operation's public form; the model is created when it is first reported done."""
     model = reg.operations[name]["_model"]
     done = reg.pending_polls[name] == 0
@@ -273,6 +292,6 @@ def _operation(reg: ModelRegistry, name: str) -> dict[str, Any]:
         "metadata": {"status_message": "promoted" if done else "copying the checkpoint"},
     }
     if done:
-        reg.models.setdefault(model["name"], model)
+        _publish(reg, jobs, model)
         operation["response"] = {"@type": "type.googleapis.com/gateway.Model", **model}
     return operation

@@ -49,6 +49,27 @@ def _byte_alphabet() -> dict[int, str]:
     return mapping
 
 
+def tokenizer_special_tokens(directory: str | os.PathLike[str]) -> dict[str, int]:
+    """The special tokens of a local Hugging Face tokenizer directory (its ``tokenizer.json``'s
+    ``added_tokens`` marked ``special``), text to id: a deployment of the model stops at one
+    when a request's ``stop`` string is its text (``"<|im_end|>"``), as a real deployment,
+    which matches stop strings against the text it decodes, does. ``OSError`` if there is no
+    ``tokenizer.json``.
+
+    Example::
+
+        tokenizer_special_tokens(write_byte_tokenizer("Qwen/Qwen3-8B-Base"))
+        # {"<|endoftext|>": 256}
+    """
+    data = json.loads((Path(directory) / "tokenizer.json").read_text(encoding="utf-8"))
+    return {
+        t["content"]: t["id"]
+        for t in data.get("added_tokens") or ()
+        if t.get("special") and isinstance(t.get("content"), str) and t["content"]
+        and isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)
+    }
+
+
 def tokenizer_vocab_size(directory: str | os.PathLike[str]) -> int:
     """The vocabulary size of a local Hugging Face tokenizer directory: one more than the
     largest id in its ``tokenizer.json`` (the model's vocabulary and the added tokens), or

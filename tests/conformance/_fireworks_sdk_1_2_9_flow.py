@@ -5,8 +5,10 @@ The managed flows of the fw-ai cookbook, unmodified SDK calls only: ``model_is_m
 recipes' router-replay check); a full-parameter policy with a separate frozen reference trainer
 (``reference_required``, no training shape: the job must carry ``maxContextLength``), three
 SFT steps, and the reference's ``cross_entropy`` forward with ``target_tokens`` and
-``loss_mask``; a LoRA policy whose reference shares its trainer (a ``base_only`` model). Prints
-one JSON object of what it observed; the test asserts on it.
+``loss_mask``; a LoRA policy whose reference shares its trainer (a ``base_only`` model); the
+full-parameter policy's sampler snapshot promoted and served as the base model of a new
+managed trainer (the cookbook's SFT-then-RL path), whose model must hold the trained weights.
+Prints one JSON object of what it observed; the test asserts on it.
 
 Usage: ``python _fireworks_sdk_1_2_9_flow.py BASE_MODEL`` with ``FIREWORKS_API_KEY`` and
 ``FIREWORKS_BASE_URL`` set.
@@ -66,12 +68,38 @@ def _flow(base_model: str, lora_rank: int) -> dict[str, Any]:
             losses.append(float(fb.metrics["loss:sum"]))
         ref_after = _logprobs(reference.forward(ref_batch, "cross_entropy").result())
         saved = policy.save_state("conformance-1").result()
-        return {
+        seen: dict[str, Any] = {
             "losses": losses,
             "reference_is_base": ref_before == before,
             "reference_frozen": ref_after == ref_before,
             "saved_path": saved.path,
         }
+        if lora_rank == 0:  # promote the trained weights, as the SFT recipe does at its end
+            seen["trained"] = _logprobs(policy.forward(batch, "cross_entropy").result())
+            snap = policy.save_weights_for_sampler_ext("promote-me", checkpoint_type="base")
+            model = service.promote_checkpoint(
+                service.trainer_job_id, snap.snapshot_name, "conformance-sft", base_model
+            )
+            seen["promoted"] = {"name": model["name"], "kind": model["kind"]}
+        return seen
+    finally:
+        service.close()
+
+
+def _from_promoted(model: str) -> list[list[float]]:
+    """A new managed trainer whose base model is the promoted one: its model's logprobs."""
+    service = FiretitanServiceClient.from_firetitan_config(
+        base_model=model,
+        lora_rank=0,
+        learning_rate=1e-2,
+        create_deployment=False,
+        gradient_accumulation_steps=None,
+        cleanup_trainer_on_close=True,
+    )
+    try:
+        policy = service.create_training_client(lora_rank=0)
+        return _logprobs(policy.forward([_datum(t, "weights") for t in TEXTS],
+                                        "cross_entropy").result())
     finally:
         service.close()
 
@@ -81,12 +109,16 @@ def main() -> None:
     env = os.environ
     with FireworksClient(env["FIREWORKS_API_KEY"], base_url=env["FIREWORKS_BASE_URL"]) as client:
         moe = client.model_is_moe(base_model)
-    report = {
+    report: dict[str, Any] = {
         "sdk_version": sdk_version,
         "moe": moe,
         "full": _flow(base_model, 0),
         "lora": _flow(base_model, 8),
     }
+    promoted = report["full"]["promoted"]["name"]
+    with FireworksClient(env["FIREWORKS_API_KEY"], base_url=env["FIREWORKS_BASE_URL"]) as client:
+        report["promoted_moe"] = client.model_is_moe(promoted)
+    report["from_promoted"] = _from_promoted(promoted)
     print(json.dumps(report))
 
 

@@ -75,5 +75,14 @@ def test_cookbook_managed_flows_under_sdk_1_2_9(sdk_1_2_9_python: Path) -> None:
         assert seen["saved_path"].startswith("tinker://") and seen["saved_path"].endswith(
             "/weights/conformance-1"
         )
+    # The promoted full-parameter model is a base model holding the trained weights.
+    assert report["full"]["promoted"] == {
+        "name": "accounts/local/models/conformance-sft", "kind": "HF_BASE_MODEL"
+    }
+    assert report["promoted_moe"] is False
+    trained, served = report["full"]["trained"], report["from_promoted"]
+    assert [len(row) for row in served] == [len(row) for row in trained]
+    assert max(abs(a - b) for x, y in zip(served, trained, strict=True)
+               for a, b in zip(x, y, strict=True)) < 1e-5
     # Full-parameter: a separate reference trainer; LoRA: one shared trainer. All closed.
     assert live["jobs"] == 0, live
