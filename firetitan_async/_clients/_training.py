@@ -28,6 +28,7 @@ from ..wire.validation import (
     validate_optim_extras,
     validate_snapshot_options,
     validate_tinker_path,
+    validate_user_metadata,
 )
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._fireworks_types import to_tinker_adam, to_tinker_data
@@ -379,27 +380,42 @@ class TrainingClient:
         return self._simple("optim_step", body, types.OptimStepResponse, deadlines)
 
     def save_state(
-        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, str] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.SaveWeightsResponse]:
         """Save the full training state (weights and optimizer) as ``name``.
 
-        With ``ttl_seconds`` the checkpoint expires after that long (tinker dialect only:
-        Fireworks does not support checkpoint TTLs, and the call raises ``InvalidInput``).
-        The returned ``path`` is the one to load: a Fireworks trainer may store the state
-        under its own name (e.g. ``step-N``).
+        With ``ttl_seconds`` the checkpoint expires after that long; ``user_metadata`` (str to
+        str) is attached to the checkpoint and comes back in its listing rows. Both are the
+        tinker dialect's: Fireworks does not support checkpoint TTLs or metadata, and the call
+        raises ``InvalidInput``. The returned ``path`` is the one to load: a Fireworks trainer
+        may store the state under its own name (e.g. ``step-N``).
 
         Example::
 
-            saved = await client.save_state("step-100", ttl_seconds=86400)
+            saved = await client.save_state("step-100", ttl_seconds=86400,
+                                            user_metadata={"stage": "sft"})
             print(saved.path)   # tinker://…/weights/step-100
         """
         self._check_usable()
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
+        metadata = validate_user_metadata(user_metadata)
+        self._codec.save_weights_body(  # refuses what the dialect cannot send, before sending
+            model_id=self.model_id, seq_id=0, name=name, ttl_seconds=None, user_metadata=metadata
+        )
         return self._simple(
             "save_weights",
             lambda seq: self._codec.save_weights_body(
-                model_id=self.model_id, seq_id=seq, name=name, ttl_seconds=ttl_seconds
+                model_id=self.model_id,
+                seq_id=seq,
+                name=name,
+                ttl_seconds=ttl_seconds,
+                user_metadata=metadata,
             ),
             types.SaveWeightsResponse,
             deadlines,

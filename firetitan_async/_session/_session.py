@@ -40,7 +40,7 @@ from ..wire import (
     resolve_dialect,
 )
 from ..wire.futures import decode_json_result, validate_reply
-from ..wire.validation import validate_seconds
+from ..wire.validation import validate_seconds, validate_tinker_path, validate_ttl
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._launcher import Launcher
@@ -762,6 +762,109 @@ class ServiceSession:
             capabilities=_capabilities(done.payload),
         )
 
+    async def create_training_client_from_state(
+        self,
+        path: str | types.SaveWeightsResponse,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> TrainingClient:
+        """A new training client loaded from a training checkpoint's weights; the optimizer
+        starts fresh (tinker 0.38's ``ServiceClient.create_training_client_from_state``).
+
+        ``path`` is a ``tinker://…/weights/…`` path or what ``save_state`` returned. The
+        checkpoint decides the LoRA rank; ``base_model`` overrides its base model (it must be
+        compatible). As in the SDK, one ``load_weights`` creates the model (its first
+        operation) and ``get_info`` describes it. Tinker dialect only: the fireworks dialect
+        raises ``InvalidInput`` (create the client, then ``load_state(saved)``).
+
+        Example::
+
+            saved = await client.save_state("step-100")
+            fresh = await session.create_training_client_from_state(saved.path)
+        """
+        return await self._create_from_state(path, False, base_model, user_metadata)
+
+    async def create_training_client_from_state_with_optimizer(
+        self,
+        path: str | types.SaveWeightsResponse,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> TrainingClient:
+        """As :meth:`create_training_client_from_state`, restoring the optimizer state too
+        (Adam moments), to resume a run exactly where it stopped.
+
+        Example::
+
+            resumed = await session.create_training_client_from_state_with_optimizer(saved)
+        """
+        return await self._create_from_state(path, True, base_model, user_metadata)
+
+    async def _create_from_state(
+        self,
+        path: str | types.SaveWeightsResponse,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: dict[str, str] | None,
+    ) -> TrainingClient:
+        from .._clients._training import TrainingClient
+        from ..wire.validation import validate_user_metadata
+
+        self._check_open()
+        codec = self._codec
+        checked = codec.check_load_path(path)
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise InvalidInput("base_model", "must be a non-empty string or None")
+        metadata = validate_user_metadata(user_metadata)
+        # Refuse what the dialect cannot express before anything is sent.
+        codec.create_from_state_body(
+            session_id="",
+            model_seq_id=0,
+            path=checked,
+            optimizer=optimizer,
+            base_model=base_model,
+            user_metadata=metadata,
+        )
+        try:
+            await self.wait_for_ready()
+            transport = self._open_transport
+            model_seq_id = self._model_seq
+            self._model_seq += 1
+            accepted = await transport.submit(
+                paths.operation("load_weights"),
+                json_body=codec.create_from_state_body(
+                    session_id=self.session_id,
+                    model_seq_id=model_seq_id,
+                    path=checked,
+                    optimizer=optimizer,
+                    base_model=base_model,
+                    user_metadata=metadata,
+                ),
+            )
+            done = await transport.retrieve(
+                accepted.request_id, request_type=codec.request_type("load_weights")
+            )
+            decode_json_result(types.LoadWeightsResponse, done.payload)
+            # The model id the server derives from (session, model_seq_id), as the SDK has it.
+            model_id = accepted.model_id or f"{self.session_id}:train:{model_seq_id}"
+            self._model_ids.append(model_id)
+            info = self._reply(
+                types.GetInfoResponse,
+                await transport.call(
+                    "POST", paths.GET_INFO, json_body=codec.get_info_body(model_id)
+                ),
+                "get_info reply",
+            )
+        except BaseException as exc:
+            self._redactor.scrubbed(exc)  # in place: it returns exc itself
+            raise
+        name = info.model_name or info.model_data.model_name or base_model
+        if not name:
+            raise self._redactor.scrubbed(
+                ProtocolError("get_info reply", "names no base model for the loaded checkpoint")
+            )
+        spec = ModelSpec(base_model=name, lora_rank=int(info.lora_rank or 0))
+        return TrainingClient(self._client_side, model_id=model_id, spec=spec, info=info)
+
     async def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None
     ) -> SamplingClient:
@@ -799,6 +902,86 @@ class ServiceSession:
         ).sampling_session_id
         return SamplingClient(
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
+        )
+
+    # -- checkpoints (tinker's RestClient) -------------------------------------------------
+
+    async def list_user_checkpoints(
+        self, limit: int = 100, offset: int = 0
+    ) -> types.CheckpointsListResponse:
+        """One page of all your checkpoints, across training runs, newest first (tinker's
+        ``RestClient.list_user_checkpoints``: ``GET /api/v1/checkpoints``). ``cursor`` says
+        how many there are in all. Expired checkpoints are not listed.
+
+        Example::
+
+            page = await session.list_user_checkpoints(limit=50)
+            for ckpt in page.checkpoints:
+                print(ckpt.tinker_path, ckpt.expires_at, ckpt.user_metadata)
+        """
+        for name, value, least in (("limit", limit, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidInput(name, f"must be an int >= {least}, got {value!r}")
+        await self.wait_for_ready()
+        reply = await self._open_transport.call(
+            "GET", paths.CHECKPOINTS, params={"limit": limit, "offset": offset}
+        )
+        return self._reply(types.CheckpointsListResponse, reply, "checkpoint listing")
+
+    async def list_checkpoints(self, training_run_id: str) -> types.CheckpointsListResponse:
+        """The checkpoints of one training run (a training client's ``model_id``), training
+        and sampler ones alike (tinker's ``RestClient.list_checkpoints``).
+
+        Example::
+
+            listing = await session.list_checkpoints(client.model_id)
+            names = [c.checkpoint_id for c in listing.checkpoints]   # "weights/step-1", …
+        """
+        if not isinstance(training_run_id, str) or not training_run_id or "/" in training_run_id:
+            raise InvalidInput("training_run_id", f"must be a run id, got {training_run_id!r}")
+        await self.wait_for_ready()
+        reply = await self._open_transport.call("GET", paths.run_checkpoints(training_run_id))
+        return self._reply(types.CheckpointsListResponse, reply, "checkpoint listing")
+
+    async def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> None:
+        """Delete a checkpoint (tinker's ``RestClient.delete_checkpoint_from_tinker_path``:
+        ``DELETE /api/v1/training_runs/{run}/checkpoints/{id}``). Tinker dialect; the
+        fireworks dialect raises ``InvalidInput`` (the platform manages retention).
+
+        Example::
+
+            await session.delete_checkpoint_from_tinker_path(saved.path)
+        """
+        validate_tinker_path(tinker_path, field="tinker_path")
+        delete_path = self._codec.checkpoint_delete_path(tinker_path)
+        if delete_path is None:
+            raise InvalidInput(
+                "tinker_path",
+                "the fireworks dialect cannot delete checkpoints (the platform manages their "
+                "retention); delete_checkpoint_from_tinker_path is the tinker dialect's",
+            )
+        await self.wait_for_ready()
+        await self._open_transport.call("DELETE", delete_path)
+
+    async def set_checkpoint_ttl_from_tinker_path(
+        self, tinker_path: str, ttl_seconds: int | None
+    ) -> None:
+        """Make a checkpoint expire ``ttl_seconds`` from now, or never (``None``) (tinker's
+        ``RestClient.set_checkpoint_ttl_from_tinker_path``: ``PUT …/checkpoints/{id}/ttl``).
+        The tinker service accepts 1 hour to 10 years. Tinker dialect; the fireworks dialect
+        raises ``InvalidInput`` (Fireworks does not support checkpoint TTLs).
+
+        Example::
+
+            await session.set_checkpoint_ttl_from_tinker_path(saved.path, 7 * 86400)  # extend
+            await session.set_checkpoint_ttl_from_tinker_path(saved.path, None)       # keep
+        """
+        validate_tinker_path(tinker_path, field="tinker_path")
+        validate_ttl(ttl_seconds)
+        ttl_path = self._codec.checkpoint_ttl_path(tinker_path)
+        await self.wait_for_ready()
+        await self._open_transport.call(
+            "PUT", ttl_path, json_body=self._codec.checkpoint_ttl_body(ttl_seconds)
         )
 
     def _next_sampling_session_seq_id(self) -> int:

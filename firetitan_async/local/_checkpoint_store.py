@@ -348,6 +348,18 @@ class CheckpointStore:
         with self._lock:
             self._remove(self._run_dir(training_run_id) / segment, name)
 
+    def set_ttl(self, training_run_id: str, checkpoint_id: str, ttl_seconds: int | None) -> None:
+        """Make a live checkpoint expire ``ttl_seconds`` from now (``None``: never);
+        ``ApiError(404)`` if there is none."""
+        segment, _, name = checkpoint_id.partition("/")
+        path = f"tinker://{training_run_id}/{segment}/{name}"
+        with self._lock:
+            meta = self.meta(path)
+            meta["expires_at"] = (
+                rfc3339(time.time() + ttl_seconds) if ttl_seconds is not None else None
+            )
+            _write_json(self._run_dir(training_run_id) / segment / f"{name}.json", meta)
+
     def remove_all(self) -> None:
         """Delete the whole root (used for a temporary checkpoint dir)."""
         shutil.rmtree(self.root, ignore_errors=True)
