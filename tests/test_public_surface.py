@@ -92,6 +92,7 @@ _SESSION_SURFACE = {
     "add_event_hook",
     "base_url",
     "create_base_training_client",
+    "create_custom_loss",
     "create_sampling_client",
     "create_training_client",
     "create_training_client_from_state",

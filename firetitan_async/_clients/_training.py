@@ -32,6 +32,7 @@ from ..wire.validation import (
 )
 from ._custom_loss import CustomLoss, backward_batch, forward_batch, run_custom_loss
 from ._fireworks_types import to_tinker_adam, to_tinker_data
+from ._loss_handles import LossHandle, handle_as_custom_loss
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 from ._tokenizer import TokenizerCache
 
@@ -168,7 +169,7 @@ class TrainingClient:
     def forward_backward_custom(
         self,
         data: Sequence[types.Datum],
-        loss_fn: CustomLoss,
+        loss_fn: CustomLoss | LossHandle,
         *,
         deadlines: Deadlines | None = None,
     ) -> Pending[types.ForwardBackwardOutput]:
@@ -187,10 +188,18 @@ class TrainingClient:
                 return loss, [-np.ones_like(lp) / n for lp in logprobs]
 
             out = await client.forward_backward_custom(batch, mean_logprob)
+
+        A ``LossHandle`` from :meth:`ServiceSession.create_custom_loss` (tinker 0.38) runs the
+        same way, with torch autograd; its metrics are added to the result's.
         """
         self._check_usable()
         deadlines = call_deadlines(deadlines)
         data = _convert_data(data)
+        handle_metrics: dict[str, float] = {}
+        if isinstance(loss_fn, LossHandle):
+            loss_fn = handle_as_custom_loss(
+                loss_fn, data, session_id=self._session.session_id, metrics=handle_metrics
+            )
         fwd_data = forward_batch(data)
         validate_forward_backward(fwd_data, "cross_entropy", None, dialect=self._codec.name)
         if not callable(loss_fn):
@@ -213,7 +222,7 @@ class TrainingClient:
             result = await self._run_chunks(
                 "forward_backward", back_chunks, seqs[n:], "cross_entropy", None, False, None
             )
-            metrics = dict(result.metrics)
+            metrics = {**result.metrics, **handle_metrics}
             metrics["surrogate_loss:sum"] = metrics.pop("loss:sum", 0.0)
             metrics["loss:sum"] = loss
             return types.ForwardBackwardOutput(

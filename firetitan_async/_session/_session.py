@@ -50,6 +50,9 @@ from ._throughput import Throughput
 from ._tracking import OperationMonitor
 
 if TYPE_CHECKING:
+    from tinker import LossHandle
+
+    from .._clients._loss_handles import LossHandles
     from .._clients._sampling import SamplingClient
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
@@ -184,6 +187,7 @@ class ServiceSession:
         self._model_seq = 0
         self._sampling_seq = 0
         self._model_ids: list[str] = []
+        self._loss_handles: LossHandles | None = None  # create_custom_loss's, made on first use
         self._events = EventHub()
         if on_event is not None:
             self._events.add_hook(on_event)
@@ -903,6 +907,40 @@ class ServiceSession:
         return SamplingClient(
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
         )
+
+    async def create_custom_loss(
+        self, fn: Callable[..., Any], input_ranks: Mapping[str, int]
+    ) -> LossHandle:
+        """A custom loss for :meth:`TrainingClient.forward_backward_custom`, traced once
+        (tinker 0.38's ``ServiceClient.create_custom_loss``; needs torch).
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` runs once per datum on torch tensors and
+        the per-datum losses are summed: ``logprobs`` are the datum's target logprobs, then
+        one parameter per ``loss_fn_inputs`` key it reads. ``metrics`` are scalar tensors
+        keyed ``custom/<name>:sum`` or ``custom/<name>:mean``. ``input_ranks`` gives each
+        parameter's rank (0 scalar, 1 ``[T]``, 2 ``[T, K]``). The function is traced with
+        ``torch.fx`` by the tinker SDK's own rules (torch and math only, no branching on
+        values, no captured tensors); one it refuses raises ``InvalidInput`` with its reason.
+        The handle works with this session's clients only, and runs client-side (see
+        ``docs/coming-from-tinker.md``).
+
+        Example::
+
+            def neg_ll(logprobs, weights):
+                loss = -(logprobs * weights).sum()
+                return loss, {"custom/neg_ll:sum": loss}
+
+            handle = await session.create_custom_loss(neg_ll, {"logprobs": 1, "weights": 1})
+            out = await client.forward_backward_custom(batch, handle)
+            out.metrics["custom/neg_ll:sum"]
+        """
+        from .._clients._loss_handles import LossHandles
+
+        self._check_open()
+        await self.wait_for_ready()
+        if self._loss_handles is None:
+            self._loss_handles = LossHandles()
+        return self._loss_handles.create(fn, input_ranks, session_id=self.session_id)
 
     # -- checkpoints (tinker's RestClient) -------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,3 +209,107 @@ async def test_topk_logprobs_are_the_models(trainer: LocalTrainer) -> None:
             assert dict(row)[token] == pytest.approx(lp, abs=1e-5)
         plain = await sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=2))
         assert plain.topk_prompt_logprobs is None and plain.sequences[0].topk_logprobs is None
+
+
+# -- create_custom_loss ------------------------------------------------------------------------
+
+PG_BATCH = [
+    types.Datum(
+        model_input=types.ModelInput.from_ints(list(b"a traced loss")),
+        loss_fn_inputs={"target_tokens": list(b" traced loss!"), "advantages": [0.5] * 13},
+    ),
+    types.Datum(
+        model_input=types.ModelInput.from_ints(list(b"runs here")),
+        loss_fn_inputs={"target_tokens": list(b"uns here."), "advantages": [-1.5] * 9},
+    ),
+]
+
+
+def pg(logprobs: Any, advantages: Any) -> tuple[Any, dict[str, Any]]:
+    loss = -(logprobs.exp() * advantages).mean()
+    return loss, {"custom/pg:mean": loss, "custom/adv:sum": advantages.sum()}
+
+
+def pg_numpy(
+    data: list[types.Datum], logprobs: list[np.ndarray]
+) -> tuple[float, list[np.ndarray]]:
+    """``pg`` by hand, in the numpy form ``forward_backward_custom`` also takes."""
+    loss, grads = 0.0, []
+    for datum, lp in zip(data, logprobs, strict=True):
+        adv = np.asarray(datum.loss_fn_inputs["advantages"].data)
+        loss += float(-(np.exp(lp) * adv).mean())
+        grads.append(-np.exp(lp) * adv / lp.size)
+    return loss, grads
+
+
+async def test_a_created_custom_loss_trains_like_the_same_loss_by_hand(
+    trainer: LocalTrainer,
+) -> None:
+    pytest.importorskip("torch")  # the torch extra
+    async with ServiceSession(trainer.base_url, dialect="tinker") as session:
+        handle = await session.create_custom_loss(pg, {"logprobs": 1, "advantages": 1})
+        assert handle.name == "pg" and handle.input_names == ("advantages",)
+        traced = await session.create_training_client(MODEL, lora_rank=4, seed=9)
+        before = await _loss(traced)
+        scored = [
+            types.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={
+                    "target_tokens": d.loss_fn_inputs["target_tokens"],
+                    "weights": [0.0] * d.model_input.length,
+                },
+            )
+            for d in PG_BATCH
+        ]
+        forward = await traced.forward(scored, "cross_entropy")
+        logprobs = [o["logprobs"].to_numpy().astype(np.float64) for o in forward.loss_fn_outputs]
+        out = await traced.forward_backward_custom(PG_BATCH, handle)
+        expected, _ = pg_numpy(PG_BATCH, logprobs)
+        assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-5)
+        assert out.metrics["custom/pg:mean"] == pytest.approx(expected / 2, rel=1e-5)
+        assert out.metrics["custom/adv:sum"] == pytest.approx(0.5 * 13 - 1.5 * 9)
+        assert "surrogate_loss:sum" in out.metrics
+        await traced.optim_step(ADAM)
+        after = await _loss(traced)
+    # The same loss by hand (numpy gradients) from the same start moves the weights the same way.
+    async with ServiceSession(trainer.base_url, dialect="tinker") as session:
+        twin = await session.create_training_client(MODEL, lora_rank=4, seed=9)
+        assert await _loss(twin) == before
+        await twin.forward_backward_custom(PG_BATCH, pg_numpy)
+        await twin.optim_step(ADAM)
+        assert await _loss(twin) == pytest.approx(after, rel=1e-6)
+    assert after != before
+
+
+async def test_create_custom_loss_refuses_what_the_sdk_refuses(trainer: LocalTrainer) -> None:
+    pytest.importorskip("torch")  # the torch extra
+    def branches(logprobs: Any) -> tuple[Any, dict[str, Any]]:
+        loss = logprobs.sum()
+        return (loss if loss > 0 else -loss), {}
+
+    def bad_metric(logprobs: Any) -> tuple[Any, dict[str, Any]]:
+        loss = logprobs.sum()
+        return loss, {"loss": loss}
+
+    with Recorder(trainer.base_url) as rec:
+        async with ServiceSession(rec.base_url, dialect="tinker") as session:
+            client = await session.create_training_client(MODEL, lora_rank=2)
+            handle = await session.create_custom_loss(pg, {"logprobs": 1, "advantages": 1})
+            sent = len(rec.records)
+            with pytest.raises(InvalidInput, match=r"fn: .*cannot branch on tensor values"):
+                await session.create_custom_loss(branches, {"logprobs": 1})
+            with pytest.raises(InvalidInput, match=r"fn: .*custom/<name>:sum"):
+                await session.create_custom_loss(bad_metric, {"logprobs": 1})
+            with pytest.raises(InvalidInput, match="input_ranks"):
+                await session.create_custom_loss(pg, {"logprobs": 1})
+            with pytest.raises(InvalidInput, match="input_ranks"):
+                await session.create_custom_loss(pg, {"logprobs": 1, "advantages": 3})
+            with pytest.raises(InvalidInput, match="already created 'pg'"):
+                await session.create_custom_loss(pg, {"logprobs": 1, "advantages": 1})
+            with pytest.raises(InvalidInput, match=r"data: .*advantages"):
+                client.forward_backward_custom(BATCH, handle)
+            assert len(rec.records) == sent
+        async with ServiceSession(trainer.base_url, dialect="tinker") as other:
+            stranger = await other.create_training_client(MODEL, lora_rank=2)
+            with pytest.raises(InvalidInput, match="another session"):
+                stranger.forward_backward_custom(PG_BATCH, handle)

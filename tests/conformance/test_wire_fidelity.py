@@ -97,6 +97,29 @@ LOSS_CONFIGS: dict[types.LossFnType, dict[str, float] | None] = {
 }
 
 
+def pg_loss(logprobs: Any, advantages: Any) -> tuple[Any, dict[str, Any]]:
+    """A per-datum torch loss for ``create_custom_loss`` (nonlinear: its gradient is computed
+    by autograd on both sides, from the same float32 logprobs)."""
+    loss = -(logprobs.exp() * advantages).mean()
+    return loss, {"custom/pg:mean": loss, "custom/adv:sum": advantages.sum()}
+
+
+PG_RANKS: dict[str, Literal[0, 1, 2]] = {"logprobs": 1, "advantages": 1}
+PG_BATCH = [
+    types.Datum(
+        model_input=types.ModelInput.from_ints(list(b"policy gradient")),
+        loss_fn_inputs={
+            "target_tokens": list(b"olicy gradient!"),
+            "advantages": [0.5] * 15,
+        },
+    ),
+    types.Datum(
+        model_input=types.ModelInput.from_ints(list(b"handle")),
+        loss_fn_inputs={"target_tokens": list(b"andle."), "advantages": [-1.0] * 6},
+    ),
+]
+
+
 def chunked_batch(chunk_len: int) -> list[types.Datum]:
     """At least three chunks at ``fwdbwd_max_chunk_len``; lengths vary, for the byte limit."""
     return [_ce_datum(f"d{i:04d}" + "x" * (i % 7)) for i in range(2 * chunk_len + 1)]
@@ -176,6 +199,10 @@ class SdkScript:
             for d, g in zip(CUSTOM_BATCH, grads, strict=True)
         ]
         self.lora.forward_backward(backward, "cross_entropy").result()
+
+    def custom_loss_handle(self) -> None:
+        handle = self.service.create_custom_loss(pg_loss, PG_RANKS).result()
+        self.lora.forward_backward_custom(PG_BATCH, handle).result()
 
     def save_state(self) -> None:
         self.state_path = self.lora.save_state("ckpt-a", ttl_seconds=3600).result().path
@@ -295,6 +322,10 @@ class OurScript:
     async def custom_loss(self) -> None:
         await self.lora.forward_backward_custom(CUSTOM_BATCH, half_logprob_loss)
 
+    async def custom_loss_handle(self) -> None:
+        handle = await self.session.create_custom_loss(pg_loss, PG_RANKS)
+        await self.lora.forward_backward_custom(PG_BATCH, handle)
+
     async def save_state(self) -> None:
         self.state_path = (await self.lora.save_state("ckpt-a", ttl_seconds=3600)).path
 
@@ -369,6 +400,7 @@ STEPS = [
     "optim_step",
     "pipelined_full_step",
     "custom_loss",
+    "custom_loss_handle",
     "save_state",
     "load_state",
     "load_state_with_optimizer",
@@ -911,6 +943,11 @@ def test_sdk_recordings_cover_the_script(sdk_recordings: SdkRecordings) -> None:
         if ex.endpoint == "asample"
     ]
     assert sorted(topk) == [(3, 2), (4, 0)]
+    # create_custom_loss: traced client-side (the local trainer does not run uploaded losses),
+    # then a forward and the cross_entropy surrogate's forward_backward
+    handle_calls = [ex.endpoint for ex in recording["custom_loss_handle"]]
+    assert "create_custom_loss" not in handle_calls
+    assert handle_calls.count("forward_backward") == 2
     losses = {
         ex.body["loss_fn"] for ex in recording["fwdbwd_rl_losses"] if ex.body_format == "protobuf"
     }
