@@ -101,6 +101,7 @@ _SESSION_SURFACE = {
     "dialect",
     "events",
     "from_job",
+    "get_external_weights_urls",
     "list_checkpoints",
     "list_user_checkpoints",
     "managed",

@@ -430,6 +430,47 @@ class TrainingClient:
             deadlines,
         )
 
+    def save_weights_external(
+        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
+    ) -> Pending[types.SaveWeightsExternalResponse]:
+        """Save the current weights in an external format (e.g. Hugging Face's) as ``name``
+        (tinker 0.38; tinker dialect only). The result's ``path``
+        (``tinker://…/external_weights/<name>``) is listed and deleted like any checkpoint, and
+        :meth:`ServiceSession.get_external_weights_urls` gives its download URLs.
+
+        Example::
+
+            export = await client.save_weights_external("final", ttl_seconds=86400)
+            urls = (await session.get_external_weights_urls(export.path)).urls
+        """
+        self._check_usable()
+        validate_checkpoint_name(name)
+        self._codec.check_ttl(ttl_seconds)
+        self._codec.save_weights_external_body(  # refuses it in a dialect without it
+            model_id=self.model_id, seq_id=0, name=name, ttl_seconds=ttl_seconds
+        )
+
+        async def run(
+            seqs: range, pending: Pending[types.SaveWeightsExternalResponse]
+        ) -> types.SaveWeightsExternalResponse:
+            body = self._codec.save_weights_external_body(
+                model_id=self.model_id, seq_id=seqs[0], name=name, ttl_seconds=ttl_seconds
+            )
+            saved = await self._submit_and_retrieve(
+                "save_weights_external",
+                seqs[0],
+                body,
+                types.SaveWeightsExternalResponseInternal,
+                pending,
+            )
+            if saved.path is None:
+                raise ProtocolError("save_weights_external result", "has no path")
+            return types.SaveWeightsExternalResponse(path=saved.path)
+
+        return self._ops.start(
+            "save_weights_external", 1, run, deadlines=call_deadlines(deadlines)
+        )
+
     def load_state(
         self, path: str | types.SaveWeightsResponse, *, deadlines: Deadlines | None = None
     ) -> Pending[types.LoadWeightsResponse]:

@@ -1022,6 +1022,27 @@ class ServiceSession:
             "PUT", ttl_path, json_body=self._codec.checkpoint_ttl_body(ttl_seconds)
         )
 
+    async def get_external_weights_urls(
+        self, tinker_path: str
+    ) -> types.ExternalWeightsUrlsResponse:
+        """Signed download URLs, one per file, of a checkpoint that
+        :meth:`TrainingClient.save_weights_external` made (tinker's
+        ``RestClient.get_external_weights_urls``); ``urls`` maps each file's path to its URL,
+        valid until ``expires``. Downloading needs no API key: each URL carries its own
+        signature, so treat it as a secret until it expires.
+
+        Example::
+
+            export = await client.save_weights_external("final")
+            signed = await session.get_external_weights_urls(export.path)
+            for file_name, url in signed.urls.items():
+                ...  # e.g. httpx.get(url).content
+        """
+        urls_path = self._codec.external_weights_urls_path(tinker_path)
+        await self.wait_for_ready()
+        reply = await self._open_transport.call("GET", urls_path)
+        return self._reply(types.ExternalWeightsUrlsResponse, reply, "external_weights_urls reply")
+
     def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""
         seq = self._sampling_seq

@@ -39,6 +39,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import numpy as np
@@ -79,6 +80,7 @@ from ._proto_codec import (
 )
 from ._server_state import ServerState
 from ._sessions import SamplingSession, TrainingModel
+from ._signed_urls import URL_LIFETIME_S
 from ._submission_checks import check_adam, check_forward_backward
 
 __all__ = ["JOB_SCOPE_KEY", "data_plane_routes"]
@@ -1322,6 +1324,69 @@ async def delete_checkpoint(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def save_weights_external(request: Request) -> Response:
+    """``save_weights_external``: the current weights as an ``external_weights/{name}``
+    checkpoint, one ``weights.npz`` file (see :meth:`CheckpointStore.save_external`)."""
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    seq_id = _opt_int(body, "seq_id")
+
+    def build() -> Operation:
+        name = _req_str(body, "path")
+        check_name(name)
+        ttl = _ttl(body)
+        if body.get("age_encryption_recipients"):
+            raise ApiError(400, "age_encryption_recipients is not supported by the local trainer")
+
+        def op() -> FutureReply:
+            meta = state.checkpoints.save_external(
+                entry.run, name, entry.model.sampler_weights(), ttl_seconds=ttl
+            )
+            return FutureReply.json({"path": meta["tinker_path"], "type": "save_weights_external"})
+
+        return op
+
+    return _submit(state, entry, seq_id, "SaveWeightsExternal", build, await request.body())
+
+
+EXTERNAL_FILE_NAME = "weights.npz"
+
+
+async def external_weights_urls(request: Request) -> Response:
+    """Signed URLs, one per file, of an external-weights checkpoint (valid for an hour)."""
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    checkpoint_id = request.path_params["checkpoint_id"]
+    path = f"tinker://{run_id}/{checkpoint_id}"
+    parse_tinker_path(path, "checkpoint_id")
+    state.checkpoints.external_file(path)  # 404 when gone, 400 when not external
+    name = checkpoint_id.partition("/")[2]
+    file_path = f"{paths.EXTERNAL_FILES}/{run_id}/{name}/{EXTERNAL_FILE_NAME}"
+    expires = int(time.time()) + URL_LIFETIME_S
+    query = urlencode(state.url_signer.query(file_path, expires=expires))
+    return JSONResponse(
+        {"urls": {EXTERNAL_FILE_NAME: f"{state.root_url}{file_path}?{query}"},
+         "expires": rfc3339(expires)}
+    )
+
+
+async def download_external_file(request: Request) -> Response:
+    """A file behind a signed URL (no API key: the signature is the credential)."""
+    state = _state(request)
+    run_id, name = request.path_params["run_id"], request.path_params["name"]
+    file_name = request.path_params["file"]
+    file_path = f"{paths.EXTERNAL_FILES}/{run_id}/{name}/{file_name}"
+    state.url_signer.check(
+        file_path, request.query_params.get("expires"), request.query_params.get("signature")
+    )
+    if file_name != EXTERNAL_FILE_NAME:
+        raise ApiError(404, f"no file {file_name!r}")
+    source = state.checkpoints.external_file(f"tinker://{run_id}/external_weights/{name}")
+    content = await asyncio.to_thread(source.read_bytes)
+    return Response(content, media_type="application/octet-stream")
+
+
 async def set_checkpoint_ttl(request: Request) -> Response:
     """``PUT training_runs/{run}/checkpoints/{id}/ttl``: ``{"ttl_seconds": n}`` sets the expiry
     ``n`` seconds from now, ``{"ttl_seconds": null}`` removes it."""
@@ -1383,6 +1448,17 @@ def data_plane_routes() -> list[Route]:
         Route(paths.TRAINING_RUNS, list_training_runs, methods=["GET"]),
         Route(paths.training_run("{run_id}"), get_training_run, methods=["GET"]),
         Route(paths.run_checkpoints("{run_id}"), list_run_checkpoints, methods=["GET"]),
+        Route(op("save_weights_external"), save_weights_external, methods=["POST"]),
+        Route(
+            paths.run_checkpoint_external_urls("{run_id}", "{checkpoint_id:path}"),
+            external_weights_urls,
+            methods=["GET"],
+        ),
+        Route(
+            paths.EXTERNAL_FILES + "/{run_id}/{name}/{file}",
+            download_external_file,
+            methods=["GET"],
+        ),
         Route(
             paths.run_checkpoint_ttl("{run_id}", "{checkpoint_id:path}"),
             set_checkpoint_ttl,

@@ -299,6 +299,16 @@ class Dialect(Protocol):
         """Body of the checkpoint TTL ``PUT`` (``None`` removes the expiry)."""
         ...
 
+    def external_weights_urls_path(self, path: str) -> str:
+        """Where ``GET`` lists an external-weights checkpoint's signed download URLs."""
+        ...
+
+    def save_weights_external_body(
+        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        """Body of ``save_weights_external`` (else ``InvalidInput`` naming the dialect)."""
+        ...
+
     def load_weights_body(
         self, *, model_id: str, seq_id: int, path: str, optimizer: bool
     ) -> dict[str, Any]:

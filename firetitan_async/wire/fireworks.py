@@ -822,6 +822,17 @@ class FireworksDialect(TinkerProtocol):
             )
         return save_weights_body(model_id=model_id, seq_id=seq_id, name=name)
 
+    def save_weights_external_body(
+        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        """Refused: external-weights exports are the tinker dialect's."""
+        del model_id, seq_id, name, ttl_seconds
+        raise InvalidInput(
+            "save_weights_external",
+            "is the tinker dialect's; in the fireworks dialect export with "
+            "save_weights_for_sampler_ext (and promote the snapshot)",
+        )
+
     def create_from_state_body(
         self,
         *,

@@ -47,6 +47,7 @@ __all__ = [
     "optim_step_body",
     "retrieve_future_body",
     "save_weights_body",
+    "save_weights_external_body",
     "save_weights_for_sampler_body",
     "session_heartbeat_body",
 ]
@@ -304,6 +305,26 @@ def create_from_state_body(
     return body
 
 
+def save_weights_external_body(
+    *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/save_weights_external`` (weights in an external format, e.g.
+    Hugging Face's, downloadable through ``get_external_weights_urls``).
+
+    Example::
+
+        save_weights_external_body(model_id="s:train:0", seq_id=8, name="export",
+                                   ttl_seconds=None)
+        # {"model_id": "s:train:0", "path": "export", "seq_id": 8,
+        #  "type": "save_weights_external"}
+    """
+    body: dict[str, Any] = {"model_id": model_id, "path": name, "seq_id": seq_id}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    body["type"] = "save_weights_external"
+    return body
+
+
 def checkpoint_ttl_body(ttl_seconds: int | None) -> dict[str, Any]:
     """Body of ``PUT /api/v1/training_runs/{run}/checkpoints/{id}/ttl``; ``None`` (sent as
     ``null``, as the SDK does) removes the expiry.
@@ -545,6 +566,21 @@ class TinkerProtocol:
         """Body of the checkpoint TTL ``PUT``."""
         return checkpoint_ttl_body(ttl_seconds)
 
+    def external_weights_urls_path(self, path: str) -> str:
+        """Where ``GET`` lists the signed download URLs of a
+        ``tinker://{run}/external_weights/{name}`` checkpoint (another kind: ``InvalidInput``,
+        as the SDK refuses it)."""
+        parsed = validate_tinker_path(path, field="tinker_path")
+        if parsed.kind != "external_weights":
+            raise InvalidInput(
+                "tinker_path",
+                "get_external_weights_urls only takes external weights checkpoints "
+                f"(tinker://<run>/external_weights/<name>), got {path!r}",
+            )
+        return paths.run_checkpoint_external_urls(
+            parsed.training_run_id, f"external_weights/{parsed.name}"
+        )
+
 
 class TinkerDialect(TinkerProtocol):
     """The tinker SDK 0.38 wire (``protocol/tinker-wire.md``), byte for byte.
@@ -689,6 +725,14 @@ class TinkerDialect(TinkerProtocol):
             name=name,
             ttl_seconds=ttl_seconds,
             user_metadata=user_metadata,
+        )
+
+    def save_weights_external_body(
+        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        """Body of ``save_weights_external``."""
+        return save_weights_external_body(
+            model_id=model_id, seq_id=seq_id, name=name, ttl_seconds=ttl_seconds
         )
 
     def create_from_state_body(

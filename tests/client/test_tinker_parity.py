@@ -8,11 +8,13 @@ that the fireworks dialect refuses what it cannot express before anything is sen
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from tinker import types
@@ -209,6 +211,41 @@ async def test_topk_logprobs_are_the_models(trainer: LocalTrainer) -> None:
             assert dict(row)[token] == pytest.approx(lp, abs=1e-5)
         plain = await sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=2))
         assert plain.topk_prompt_logprobs is None and plain.sequences[0].topk_logprobs is None
+
+
+async def test_external_weights_download_through_signed_urls(make_trainer: Any) -> None:
+    guarded = make_trainer(seed=5, api_key="tml-the-key")
+    async with ServiceSession(guarded.base_url, api_key="tml-the-key") as session:
+        client = await session.create_training_client(MODEL, lora_rank=2)
+        with pytest.raises(InvalidInput, match="external_weights"):
+            await session.get_external_weights_urls("tinker://r/weights/a")
+        export = await client.save_weights_external("export", ttl_seconds=3600)
+        assert export.path == f"tinker://{client.model_id}/external_weights/export"
+        listing = await session.list_checkpoints(client.model_id)
+        assert [(c.checkpoint_id, c.checkpoint_type) for c in listing.checkpoints] == [
+            ("external_weights/export", "external")
+        ]
+        signed = await session.get_external_weights_urls(export.path)
+        assert signed.expires > datetime.now(UTC) + timedelta(minutes=50)
+        (file_name, url), = signed.urls.items()
+        assert "tml-the-key" not in url
+        async with httpx.AsyncClient() as http:  # no API key: the URL is the credential
+            got = await http.get(url)
+            assert got.status_code == 200
+            with np.load(io.BytesIO(got.content)) as arrays:
+                assert arrays.files and all(arrays[k].dtype == np.float32 for k in arrays.files)
+            forged = url.replace("signature=", "signature=0")
+            assert (await http.get(forged)).status_code == 403
+            other = url.replace(f"/{file_name}?", "/other.bin?")
+            assert (await http.get(other)).status_code == 403
+        await session.delete_checkpoint_from_tinker_path(export.path)
+        with pytest.raises(APIStatusError) as gone:
+            await session.get_external_weights_urls(export.path)
+        assert gone.value.status_code == 404
+    async with ServiceSession(guarded.base_url, api_key="tml-the-key", dialect="fireworks") as fw:
+        fw_client = await fw.create_training_client(MODEL, lora_rank=2)
+        with pytest.raises(InvalidInput, match="save_weights_external"):
+            fw_client.save_weights_external("export")
 
 
 # -- create_custom_loss ------------------------------------------------------------------------

@@ -260,6 +260,13 @@ class SdkScript:
         sampler = self.lora.save_weights_and_get_sampling_client().result()
         sampler.sample(PROMPT, 1, SAMPLING).result()
 
+    def save_weights_external(self) -> None:
+        self.export_path = self.lora.save_weights_external("export-a", ttl_seconds=7200).result()
+        self.export_path = self.export_path.path
+
+    def get_external_weights_urls(self) -> None:
+        self._rest().get_external_weights_urls(self.export_path).result()
+
     def _rest(self) -> tinker.RestClient:
         return tinker.RestClient(base_url=self.base_url, api_key=API_KEY)
 
@@ -379,6 +386,13 @@ class OurScript:
     async def list_checkpoints(self) -> None:
         await self.lora.list_checkpoints()
 
+    async def save_weights_external(self) -> None:
+        saved = await self.lora.save_weights_external("export-a", ttl_seconds=7200)
+        self.export_path = saved.path
+
+    async def get_external_weights_urls(self) -> None:
+        await self.session.get_external_weights_urls(self.export_path)
+
     async def set_checkpoint_ttl(self) -> None:
         await self.session.set_checkpoint_ttl_from_tinker_path(self.meta_path, 86400)
         await self.session.set_checkpoint_ttl_from_tinker_path(self.meta_path, None)
@@ -414,7 +428,9 @@ STEPS = [
     "compute_logprobs",
     "sample_topk",
     "ephemeral_sampler",
+    "save_weights_external",
     "list_checkpoints",
+    "get_external_weights_urls",
     "set_checkpoint_ttl",
     "list_user_checkpoints",
     "delete_checkpoint",
@@ -716,7 +732,13 @@ DELIBERATE: list[Deliberate] = [
         side="sdk",
         rewrite=_drop_call_prefix("POST /api/v1/client/"),
         steps=frozenset(
-            {"list_checkpoints", "set_checkpoint_ttl", "list_user_checkpoints", "delete_checkpoint"}
+            {
+                "list_checkpoints",
+                "get_external_weights_urls",
+                "set_checkpoint_ttl",
+                "list_user_checkpoints",
+                "delete_checkpoint",
+            }
         ),
     ),
     Deliberate(
@@ -925,6 +947,10 @@ def test_sdk_recordings_cover_the_script(sdk_recordings: SdkRecordings) -> None:
     calls = {(ex.method, ex.path.rsplit("/", 1)[-1]) for ex in recording["set_checkpoint_ttl"]}
     assert ("PUT", "ttl") in calls and "checkpoints" in endpoints
     assert "DELETE" in {ex.method for ex in recording["delete_checkpoint"]}
+    urls = [ex for ex in recording["get_external_weights_urls"] if ex.method == "GET"]
+    assert [(ex.path.rsplit("/", 1)[-1], ex.status) for ex in urls] == [
+        ("external_weights_urls", 200)
+    ]
     creates = [
         ex.body
         for ex in recording["create_from_state_with_optimizer"]
