@@ -250,16 +250,15 @@ async def test_external_weights_download_through_signed_urls(make_trainer: Any) 
 
 # -- create_custom_loss ------------------------------------------------------------------------
 
-PG_BATCH = [
-    types.Datum(
-        model_input=types.ModelInput.from_ints(list(b"a traced loss")),
-        loss_fn_inputs={"target_tokens": list(b" traced loss!"), "advantages": [0.5] * 13},
-    ),
-    types.Datum(
-        model_input=types.ModelInput.from_ints(list(b"runs here")),
-        loss_fn_inputs={"target_tokens": list(b"uns here."), "advantages": [-1.5] * 9},
-    ),
-]
+def _pg_datum(text: bytes, advantage: float) -> types.Datum:
+    n = len(text) - 1
+    inputs: dict[str, Any] = {"target_tokens": list(text[1:]), "advantages": [advantage] * n}
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(list(text[:-1])), loss_fn_inputs=inputs
+    )
+
+
+PG_BATCH = [_pg_datum(b"a traced loss!", 0.5), _pg_datum(b"runs here.", -1.5)]
 
 
 def pg(logprobs: Any, advantages: Any) -> tuple[Any, dict[str, Any]]:
@@ -293,7 +292,11 @@ async def test_a_created_custom_loss_trains_like_the_same_loss_by_hand(
                 model_input=d.model_input,
                 loss_fn_inputs={
                     "target_tokens": d.loss_fn_inputs["target_tokens"],
-                    "weights": [0.0] * d.model_input.length,
+                    "weights": types.TensorData(
+                        data=[0.0] * d.model_input.length,
+                        dtype="float32",
+                        shape=[d.model_input.length],
+                    ),
                 },
             )
             for d in PG_BATCH

@@ -105,19 +105,15 @@ def pg_loss(logprobs: Any, advantages: Any) -> tuple[Any, dict[str, Any]]:
 
 
 PG_RANKS: dict[str, Literal[0, 1, 2]] = {"logprobs": 1, "advantages": 1}
-PG_BATCH = [
-    types.Datum(
-        model_input=types.ModelInput.from_ints(list(b"policy gradient")),
-        loss_fn_inputs={
-            "target_tokens": list(b"olicy gradient!"),
-            "advantages": [0.5] * 15,
-        },
-    ),
-    types.Datum(
-        model_input=types.ModelInput.from_ints(list(b"handle")),
-        loss_fn_inputs={"target_tokens": list(b"andle."), "advantages": [-1.0] * 6},
-    ),
-]
+def _pg_datum(text: bytes, advantage: float) -> types.Datum:
+    n = len(text) - 1
+    inputs: dict[str, Any] = {"target_tokens": list(text[1:]), "advantages": [advantage] * n}
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(list(text[:-1])), loss_fn_inputs=inputs
+    )
+
+
+PG_BATCH = [_pg_datum(b"policy gradient!", 0.5), _pg_datum(b"handle.", -1.0)]
 
 
 def chunked_batch(chunk_len: int) -> list[types.Datum]:
@@ -261,8 +257,8 @@ class SdkScript:
         sampler.sample(PROMPT, 1, SAMPLING).result()
 
     def save_weights_external(self) -> None:
-        self.export_path = self.lora.save_weights_external("export-a", ttl_seconds=7200).result()
-        self.export_path = self.export_path.path
+        saved = self.lora.save_weights_external("export-a", ttl_seconds=7200).result()
+        self.export_path = saved.path
 
     def get_external_weights_urls(self) -> None:
         self._rest().get_external_weights_urls(self.export_path).result()
