@@ -779,7 +779,8 @@ class ServiceSession:
         checkpoint decides the LoRA rank; ``base_model`` overrides its base model (it must be
         compatible). As in the SDK, one ``load_weights`` creates the model (its first
         operation) and ``get_info`` describes it. Tinker dialect only: the fireworks dialect
-        raises ``InvalidInput`` (create the client, then ``load_state(saved)``).
+        raises ``InvalidInput`` (create the client, then ``load_state(saved)``), as the
+        Fireworks SDK 1.2.30 does on a dedicated trainer.
 
         Example::
 

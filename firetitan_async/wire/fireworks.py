@@ -843,12 +843,15 @@ class FireworksDialect(TinkerProtocol):
         base_model: str | None,
         user_metadata: Mapping[str, str] | None,
     ) -> dict[str, Any]:
-        """Refused: a model created by its first ``load_weights`` is the tinker dialect's."""
+        """Refused, as the Fireworks SDK 1.2.30 refuses it on a dedicated trainer (it reads
+        the checkpoint's configuration from ``weights_info``, which only serverless endpoints
+        serve): a model created by its first ``load_weights`` is the tinker dialect's."""
         del session_id, model_seq_id, path, optimizer, base_model, user_metadata
         raise InvalidInput(
             "path",
-            "create_training_client_from_state is the tinker dialect's; in the fireworks "
-            "dialect create the client (create_training_client) and call "
+            "create_training_client_from_state is the tinker dialect's; on a dedicated "
+            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
+            "explicit configuration (create_training_client) and call "
             "load_state_with_optimizer(saved) (or load_state) on it",
         )
 
