@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.abc
@@ -979,7 +980,9 @@ class ServiceSession:
         if not isinstance(training_run_id, str) or not training_run_id or "/" in training_run_id:
             raise InvalidInput("training_run_id", f"must be a run id, got {training_run_id!r}")
         await self.wait_for_ready()
-        reply = await self._open_transport.call("GET", paths.run_checkpoints(training_run_id))
+        reply = await self._open_transport.call(
+            "GET", paths.run_checkpoints(quote(training_run_id, safe=":"))
+        )
         return self._reply(types.CheckpointsListResponse, reply, "checkpoint listing")
 
     async def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> None:
