@@ -110,8 +110,9 @@ def handle_as_custom_loss(
         tensors = [
             torch.tensor(lp, dtype=torch.float32).requires_grad_(True) for lp in logprobs
         ]
+        loss: Any  # a torch tensor (typed loosely: torch's stubs are not analysed everywhere)
         loss, values = run_loss_handle(handle, batch, tensors)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         grads = []
         for t in tensors:
             if t.grad is None:
