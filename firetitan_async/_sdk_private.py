@@ -16,15 +16,21 @@ from typing import Any
 
 import numpy as np
 from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.lib.public_interfaces.custom_loss import check_loss_inputs as check_loss_inputs
+from tinker.lib.public_interfaces.custom_loss import run_loss_handle as run_loss_handle
+from tinker.lib.public_interfaces.custom_loss import trace_loss as trace_loss
 from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
 
 __all__ = [
     "APIFuture",
+    "check_loss_inputs",
     "fireworks_immediate_value",
     "fireworks_mapped_future",
     "load_tinker_tokenizer",
     "routing_matrices",
+    "run_loss_handle",
     "tensor_array",
+    "trace_loss",
 ]
 
 

@@ -85,19 +85,29 @@ async def test_async_misuse_raises_firetitan_errors(local_trainer: LocalTrainer)
 # -- no plumbing on the public surface (issue 16 item 5) -------------------------------------
 
 # What a user may touch on a session: its lifetime (``async with``, ``wait_for_ready``), what it is
-# connected to, and the ``create_*`` methods. Everything the clients need is private.
+# connected to, the ``create_*`` methods, and tinker's checkpoint REST calls (its RestClient's,
+# by tinker's names, on the session that holds the connection). Everything the clients need is
+# private.
 _SESSION_SURFACE = {
     "add_event_hook",
     "base_url",
     "create_base_training_client",
+    "create_custom_loss",
     "create_sampling_client",
     "create_training_client",
+    "create_training_client_from_state",
+    "create_training_client_from_state_with_optimizer",
+    "delete_checkpoint_from_tinker_path",
     "dialect",
     "events",
     "from_job",
     "get_server_capabilities",
+    "get_external_weights_urls",
+    "list_checkpoints",
+    "list_user_checkpoints",
     "managed",
     "session_id",
+    "set_checkpoint_ttl_from_tinker_path",
     "throughput",
     "wait_for_ready",
     "wait_ready",  # deprecated alias of wait_for_ready (one release)

@@ -12,7 +12,7 @@ from .._session._pending import Pending, fail_pending, resolve_pending
 from .._session._protocol import ClientSession
 from ..wire import paths
 from ..wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
-from ..wire.validation import validate_sample_args
+from ..wire.validation import validate_sample_args, validate_topk
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
 
 __all__ = ["SamplingClient"]
@@ -65,24 +65,33 @@ class SamplingClient:
         sampling_params: types.SamplingParams,
         *,
         include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
         deadlines: Deadlines | None = None,
     ) -> Pending[types.SampleResponse]:
         """Draw ``num_samples`` continuations of ``prompt``; returns a :class:`Pending` at once.
 
         ``sampling_params`` carries ``max_tokens``, ``temperature``, ``top_k``, ``top_p``,
         ``stop`` and ``seed``; with ``include_prompt_logprobs`` the response also carries the
-        prompt's per-token logprobs.
+        prompt's per-token logprobs. As in tinker 0.38, ``topk_prompt_logprobs=k`` returns the
+        ``k`` most likely tokens at each prompt position (``response.topk_prompt_logprobs``:
+        ``None`` at position 0, else ``[(token_id, logprob), ...]``, most likely first) and
+        ``topk_sample_logprobs=k`` those at each sampled position
+        (``sequence.topk_logprobs``); the ``_np`` fields hold them as ``(n, k)`` matrices.
 
         Example::
 
-            out = await sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, seed=1))
-            print(out.sequences[0].tokens, out.sequences[0].logprobs)
+            out = await sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, seed=1),
+                                       topk_sample_logprobs=5)
+            print(out.sequences[0].tokens, out.sequences[0].topk_logprobs[0])
         """
         self._session.check_open()
         deadlines = call_deadlines(deadlines)
         prompt = to_tinker_model_input(prompt)
         sampling_params = to_tinker_sampling_params(sampling_params)
         validate_sample_args(prompt, num_samples, sampling_params)
+        validate_topk(topk_prompt_logprobs, "topk_prompt_logprobs")
+        validate_topk(topk_sample_logprobs, "topk_sample_logprobs")
         body = sample_request_body(
             sampling_session_id=self.sampling_session_id,
             seq_id=self._reserve(),
@@ -90,6 +99,8 @@ class SamplingClient:
             num_samples=num_samples,
             sampling_params=sampling_params,
             include_prompt_logprobs=include_prompt_logprobs,
+            topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
         )
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:

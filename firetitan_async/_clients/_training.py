@@ -28,6 +28,7 @@ from ..wire.validation import (
     validate_optim_extras,
     validate_snapshot_options,
     validate_tinker_path,
+    validate_user_metadata,
 )
 from ._custom_loss import (
     CustomLoss,
@@ -40,6 +41,7 @@ from ._custom_loss import (
     run_custom_loss,
 )
 from ._fireworks_types import to_tinker_adam, to_tinker_data
+from ._loss_handles import LossHandle, handle_as_custom_loss
 from ._snapshots import CheckpointEntry, CheckpointType, SamplerSnapshot, snapshot_name
 from ._tokenizer import TokenizerCache
 
@@ -179,7 +181,7 @@ class TrainingClient:
     def forward_backward_custom(
         self,
         data: Sequence[types.Datum],
-        loss_fn: CustomLoss | TorchLoss[Any],
+        loss_fn: CustomLoss | TorchLoss[Any] | LossHandle,
         *,
         precomputed_forward: types.ForwardBackwardOutput | None = None,
         deadlines: Deadlines | None = None,
@@ -208,10 +210,18 @@ class TrainingClient:
 
             out = await client.forward_backward_custom(batch, mean_nll)
             print(out.metrics["nll"])
+
+        A ``LossHandle`` from :meth:`ServiceSession.create_custom_loss` (tinker 0.38) runs the
+        same way, with torch autograd; its metrics are added to the result's.
         """
         self._check_usable()
         deadlines = call_deadlines(deadlines)
         data = _convert_data(data)
+        handle_metrics: dict[str, float] = {}
+        if isinstance(loss_fn, LossHandle):
+            loss_fn = handle_as_custom_loss(
+                loss_fn, data, session_id=self._session.session_id, metrics=handle_metrics
+            )
         fwd_data = forward_batch(data)
         validate_forward_backward(fwd_data, "cross_entropy", None, dialect=self._codec.name)
         if not callable(loss_fn):
@@ -249,7 +259,7 @@ class TrainingClient:
                 False,
                 pending if given is not None else None,
             )
-            server = dict(result.metrics)
+            server = {**result.metrics, **handle_metrics}
             if codec.adds_response_tokens and "response_tokens" not in server:
                 server["response_tokens"] = _response_tokens(backward)  # as for cross_entropy
             return types.ForwardBackwardOutput(
@@ -411,30 +421,86 @@ class TrainingClient:
         return self._simple("optim_step", body, types.OptimStepResponse, deadlines)
 
     def save_state(
-        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, str] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> Pending[types.SaveWeightsResponse]:
         """Save the full training state (weights and optimizer) as ``name``.
 
-        With ``ttl_seconds`` the checkpoint expires after that long (tinker dialect only:
-        Fireworks does not support checkpoint TTLs, and the call raises ``InvalidInput``).
-        The returned ``path`` is the one to load: a Fireworks trainer may store the state
-        under its own name (e.g. ``step-N``).
+        With ``ttl_seconds`` the checkpoint expires after that long; ``user_metadata`` (str to
+        str) is attached to the checkpoint and comes back in its listing rows. Both are the
+        tinker dialect's: Fireworks does not support checkpoint TTLs or metadata, and the call
+        raises ``InvalidInput``. The returned ``path`` is the one to load: a Fireworks trainer
+        may store the state under its own name (e.g. ``step-N``).
 
         Example::
 
-            saved = await client.save_state("step-100", ttl_seconds=86400)
+            saved = await client.save_state("step-100", ttl_seconds=86400,
+                                            user_metadata={"stage": "sft"})
             print(saved.path)   # tinker://…/weights/step-100
         """
         self._check_usable()
         validate_checkpoint_name(name)
         self._codec.check_ttl(ttl_seconds)
+        metadata = validate_user_metadata(user_metadata)
+        self._codec.save_weights_body(  # refuses what the dialect cannot send, before sending
+            model_id=self.model_id, seq_id=0, name=name, ttl_seconds=None, user_metadata=metadata
+        )
         return self._simple(
             "save_weights",
             lambda seq: self._codec.save_weights_body(
-                model_id=self.model_id, seq_id=seq, name=name, ttl_seconds=ttl_seconds
+                model_id=self.model_id,
+                seq_id=seq,
+                name=name,
+                ttl_seconds=ttl_seconds,
+                user_metadata=metadata,
             ),
             types.SaveWeightsResponse,
             deadlines,
+        )
+
+    def save_weights_external(
+        self, name: str, *, ttl_seconds: int | None = None, deadlines: Deadlines | None = None
+    ) -> Pending[types.SaveWeightsExternalResponse]:
+        """Save the current weights in an external format (e.g. Hugging Face's) as ``name``
+        (tinker 0.38; tinker dialect only). The result's ``path``
+        (``tinker://…/external_weights/<name>``) is listed and deleted like any checkpoint, and
+        :meth:`ServiceSession.get_external_weights_urls` gives its download URLs.
+
+        Example::
+
+            export = await client.save_weights_external("final", ttl_seconds=86400)
+            urls = (await session.get_external_weights_urls(export.path)).urls
+        """
+        self._check_usable()
+        validate_checkpoint_name(name)
+        self._codec.check_ttl(ttl_seconds)
+        self._codec.save_weights_external_body(  # refuses it in a dialect without it
+            model_id=self.model_id, seq_id=0, name=name, ttl_seconds=ttl_seconds
+        )
+
+        async def run(
+            seqs: range, pending: Pending[types.SaveWeightsExternalResponse]
+        ) -> types.SaveWeightsExternalResponse:
+            body = self._codec.save_weights_external_body(
+                model_id=self.model_id, seq_id=seqs[0], name=name, ttl_seconds=ttl_seconds
+            )
+            saved = await self._submit_and_retrieve(
+                "save_weights_external",
+                seqs[0],
+                body,
+                types.SaveWeightsExternalResponseInternal,
+                pending,
+            )
+            if saved.path is None:
+                raise ProtocolError("save_weights_external result", "has no path")
+            return types.SaveWeightsExternalResponse(path=saved.path)
+
+        return self._ops.start(
+            "save_weights_external", 1, run, deadlines=call_deadlines(deadlines)
         )
 
     def load_state(

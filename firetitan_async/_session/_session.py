@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.abc
@@ -44,7 +45,12 @@ from ..wire.fireworks_serverless import (
     serverless_choice,
 )
 from ..wire.futures import decode_json_result, validate_reply
-from ..wire.validation import validate_keepalive_expiry, validate_seconds
+from ..wire.validation import (
+    validate_keepalive_expiry,
+    validate_seconds,
+    validate_tinker_path,
+    validate_ttl,
+)
 from ._deadlines import DeadlinePolicy, Deadlines
 from ._events import EventHook, EventHub, EventStream
 from ._launcher import Launcher
@@ -57,6 +63,9 @@ from ._tracking import OperationMonitor
 if TYPE_CHECKING:
     from .._clients._concurrency import ConcurrencyController
     from .._clients._deployment_sampler import DeploymentSampler
+    from tinker import LossHandle
+
+    from .._clients._loss_handles import LossHandles
     from .._clients._sampling import SamplingClient
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
@@ -202,6 +211,7 @@ class ServiceSession:
         self._model_seq = 0
         self._sampling_seq = 0
         self._model_ids: list[str] = []
+        self._loss_handles: LossHandles | None = None  # create_custom_loss's, made on first use
         self._events = EventHub()
         if on_event is not None:
             self._events.add_hook(on_event)
@@ -784,6 +794,110 @@ class ServiceSession:
             capabilities=_capabilities(done.payload),
         )
 
+    async def create_training_client_from_state(
+        self,
+        path: str | types.SaveWeightsResponse,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> TrainingClient:
+        """A new training client loaded from a training checkpoint's weights; the optimizer
+        starts fresh (tinker 0.38's ``ServiceClient.create_training_client_from_state``).
+
+        ``path`` is a ``tinker://…/weights/…`` path or what ``save_state`` returned. The
+        checkpoint decides the LoRA rank; ``base_model`` overrides its base model (it must be
+        compatible). As in the SDK, one ``load_weights`` creates the model (its first
+        operation) and ``get_info`` describes it. Tinker dialect only: the fireworks dialect
+        raises ``InvalidInput`` (create the client, then ``load_state(saved)``), as the
+        Fireworks SDK 1.2.30 does on a dedicated trainer.
+
+        Example::
+
+            saved = await client.save_state("step-100")
+            fresh = await session.create_training_client_from_state(saved.path)
+        """
+        return await self._create_from_state(path, False, base_model, user_metadata)
+
+    async def create_training_client_from_state_with_optimizer(
+        self,
+        path: str | types.SaveWeightsResponse,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> TrainingClient:
+        """As :meth:`create_training_client_from_state`, restoring the optimizer state too
+        (Adam moments), to resume a run exactly where it stopped.
+
+        Example::
+
+            resumed = await session.create_training_client_from_state_with_optimizer(saved)
+        """
+        return await self._create_from_state(path, True, base_model, user_metadata)
+
+    async def _create_from_state(
+        self,
+        path: str | types.SaveWeightsResponse,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: dict[str, str] | None,
+    ) -> TrainingClient:
+        from .._clients._training import TrainingClient
+        from ..wire.validation import validate_user_metadata
+
+        self._check_open()
+        codec = self._codec
+        checked = codec.check_load_path(path)
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise InvalidInput("base_model", "must be a non-empty string or None")
+        metadata = validate_user_metadata(user_metadata)
+        # Refuse what the dialect cannot express before anything is sent.
+        codec.create_from_state_body(
+            session_id="",
+            model_seq_id=0,
+            path=checked,
+            optimizer=optimizer,
+            base_model=base_model,
+            user_metadata=metadata,
+        )
+        try:
+            await self.wait_for_ready()
+            transport = self._open_transport
+            model_seq_id = self._model_seq
+            self._model_seq += 1
+            accepted = await transport.submit(
+                paths.operation("load_weights"),
+                json_body=codec.create_from_state_body(
+                    session_id=self.session_id,
+                    model_seq_id=model_seq_id,
+                    path=checked,
+                    optimizer=optimizer,
+                    base_model=base_model,
+                    user_metadata=metadata,
+                ),
+            )
+            done = await transport.retrieve(
+                accepted.request_id, request_type=codec.request_type("load_weights")
+            )
+            decode_json_result(types.LoadWeightsResponse, done.payload)
+            # The model id the server derives from (session, model_seq_id), as the SDK has it.
+            model_id = accepted.model_id or f"{self.session_id}:train:{model_seq_id}"
+            self._model_ids.append(model_id)
+            info = self._reply(
+                types.GetInfoResponse,
+                await transport.call(
+                    "POST", paths.GET_INFO, json_body=codec.get_info_body(model_id)
+                ),
+                "get_info reply",
+            )
+        except BaseException as exc:
+            self._redactor.scrubbed(exc)  # in place: it returns exc itself
+            raise
+        name = info.model_name or info.model_data.model_name or base_model
+        if not name:
+            raise self._redactor.scrubbed(
+                ProtocolError("get_info reply", "names no base model for the loaded checkpoint")
+            )
+        spec = ModelSpec(base_model=name, lora_rank=int(info.lora_rank or 0))
+        return TrainingClient(self._client_side, model_id=model_id, spec=spec, info=info)
+
     async def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None
     ) -> SamplingClient:
@@ -847,6 +961,143 @@ class ServiceSession:
         return self._reply(
             types.GetServerCapabilitiesResponse, reply, "get_server_capabilities reply"
         )
+
+    async def create_custom_loss(
+        self, fn: Callable[..., Any], input_ranks: Mapping[str, int]
+    ) -> LossHandle:
+        """A custom loss for :meth:`TrainingClient.forward_backward_custom`, traced once
+        (tinker 0.38's ``ServiceClient.create_custom_loss``; needs torch).
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` runs once per datum on torch tensors and
+        the per-datum losses are summed: ``logprobs`` are the datum's target logprobs, then
+        one parameter per ``loss_fn_inputs`` key it reads. ``metrics`` are scalar tensors
+        keyed ``custom/<name>:sum`` or ``custom/<name>:mean``. ``input_ranks`` gives each
+        parameter's rank (0 scalar, 1 ``[T]``, 2 ``[T, K]``). The function is traced with
+        ``torch.fx`` by the tinker SDK's own rules (torch and math only, no branching on
+        values, no captured tensors); one it refuses raises ``InvalidInput`` with its reason.
+        The handle works with this session's clients only, and runs client-side (see
+        ``docs/coming-from-tinker.md``).
+
+        Example::
+
+            def neg_ll(logprobs, weights):
+                loss = -(logprobs * weights).sum()
+                return loss, {"custom/neg_ll:sum": loss}
+
+            handle = await session.create_custom_loss(neg_ll, {"logprobs": 1, "weights": 1})
+            out = await client.forward_backward_custom(batch, handle)
+            out.metrics["custom/neg_ll:sum"]
+        """
+        from .._clients._loss_handles import LossHandles
+
+        self._check_open()
+        await self.wait_for_ready()
+        if self._loss_handles is None:
+            self._loss_handles = LossHandles()
+        return self._loss_handles.create(fn, input_ranks, session_id=self.session_id)
+
+    # -- checkpoints (tinker's RestClient) -------------------------------------------------
+
+    async def list_user_checkpoints(
+        self, limit: int = 100, offset: int = 0
+    ) -> types.CheckpointsListResponse:
+        """One page of all your checkpoints, across training runs, newest first (tinker's
+        ``RestClient.list_user_checkpoints``: ``GET /api/v1/checkpoints``). ``cursor`` says
+        how many there are in all. Expired checkpoints are not listed.
+
+        Example::
+
+            page = await session.list_user_checkpoints(limit=50)
+            for ckpt in page.checkpoints:
+                print(ckpt.tinker_path, ckpt.expires_at, ckpt.user_metadata)
+        """
+        for name, value, least in (("limit", limit, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidInput(name, f"must be an int >= {least}, got {value!r}")
+        await self.wait_for_ready()
+        reply = await self._open_transport.call(
+            "GET", paths.CHECKPOINTS, params={"limit": limit, "offset": offset}
+        )
+        return self._reply(types.CheckpointsListResponse, reply, "checkpoint listing")
+
+    async def list_checkpoints(self, training_run_id: str) -> types.CheckpointsListResponse:
+        """The checkpoints of one training run (a training client's ``model_id``), training
+        and sampler ones alike (tinker's ``RestClient.list_checkpoints``).
+
+        Example::
+
+            listing = await session.list_checkpoints(client.model_id)
+            names = [c.checkpoint_id for c in listing.checkpoints]   # "weights/step-1", …
+        """
+        if not isinstance(training_run_id, str) or not training_run_id or "/" in training_run_id:
+            raise InvalidInput("training_run_id", f"must be a run id, got {training_run_id!r}")
+        await self.wait_for_ready()
+        reply = await self._open_transport.call(
+            "GET", paths.run_checkpoints(quote(training_run_id, safe=":"))
+        )
+        return self._reply(types.CheckpointsListResponse, reply, "checkpoint listing")
+
+    async def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> None:
+        """Delete a checkpoint (tinker's ``RestClient.delete_checkpoint_from_tinker_path``:
+        ``DELETE /api/v1/training_runs/{run}/checkpoints/{id}``). Tinker dialect; the
+        fireworks dialect raises ``InvalidInput`` (the platform manages retention).
+
+        Example::
+
+            await session.delete_checkpoint_from_tinker_path(saved.path)
+        """
+        validate_tinker_path(tinker_path, field="tinker_path")
+        delete_path = self._codec.checkpoint_delete_path(tinker_path)
+        if delete_path is None:
+            raise InvalidInput(
+                "tinker_path",
+                "the fireworks dialect cannot delete checkpoints (the platform manages their "
+                "retention); delete_checkpoint_from_tinker_path is the tinker dialect's",
+            )
+        await self.wait_for_ready()
+        await self._open_transport.call("DELETE", delete_path)
+
+    async def set_checkpoint_ttl_from_tinker_path(
+        self, tinker_path: str, ttl_seconds: int | None
+    ) -> None:
+        """Make a checkpoint expire ``ttl_seconds`` from now, or never (``None``) (tinker's
+        ``RestClient.set_checkpoint_ttl_from_tinker_path``: ``PUT …/checkpoints/{id}/ttl``).
+        The tinker service accepts 1 hour to 10 years. Tinker dialect; the fireworks dialect
+        raises ``InvalidInput`` (Fireworks does not support checkpoint TTLs).
+
+        Example::
+
+            await session.set_checkpoint_ttl_from_tinker_path(saved.path, 7 * 86400)  # extend
+            await session.set_checkpoint_ttl_from_tinker_path(saved.path, None)       # keep
+        """
+        validate_tinker_path(tinker_path, field="tinker_path")
+        validate_ttl(ttl_seconds)
+        ttl_path = self._codec.checkpoint_ttl_path(tinker_path)
+        await self.wait_for_ready()
+        await self._open_transport.call(
+            "PUT", ttl_path, json_body=self._codec.checkpoint_ttl_body(ttl_seconds)
+        )
+
+    async def get_external_weights_urls(
+        self, tinker_path: str
+    ) -> types.ExternalWeightsUrlsResponse:
+        """Signed download URLs, one per file, of a checkpoint that
+        :meth:`TrainingClient.save_weights_external` made (tinker's
+        ``RestClient.get_external_weights_urls``); ``urls`` maps each file's path to its URL,
+        valid until ``expires``. Downloading needs no API key: each URL carries its own
+        signature, so treat it as a secret until it expires.
+
+        Example::
+
+            export = await client.save_weights_external("final")
+            signed = await session.get_external_weights_urls(export.path)
+            for file_name, url in signed.urls.items():
+                ...  # e.g. httpx.get(url).content
+        """
+        urls_path = self._codec.external_weights_urls_path(tinker_path)
+        await self.wait_for_ready()
+        reply = await self._open_transport.call("GET", urls_path)
+        return self._reply(types.ExternalWeightsUrlsResponse, reply, "external_weights_urls reply")
 
     def _next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number of this session."""

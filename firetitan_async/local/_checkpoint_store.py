@@ -50,9 +50,10 @@ __all__ = [
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _RUN_RE = re.compile(r"[A-Za-z0-9:._-]{1,256}")
-_KINDS: Mapping[str, Literal["training", "sampler"]] = {
+_KINDS: Mapping[str, Literal["training", "sampler", "external"]] = {
     "weights": "training",
     "sampler_weights": "sampler",
+    "external_weights": "external",
 }
 SnapshotType = Literal["base", "delta", "merged_base"]
 
@@ -273,6 +274,28 @@ class CheckpointStore:
         _write_json(folder / f"{name}.json", meta)
         return meta
 
+    def save_external(
+        self,
+        run: RunInfo,
+        name: str,
+        weights: Mapping[str, np.ndarray],
+        *,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Save float32 weights as ``external_weights/{name}``: one ``weights.npz`` file (the
+        local model's export format), listed and deleted like any checkpoint."""
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        with self._lock:
+            return self._save(run, "external_weights", name, arrays, ttl_seconds, None, {})
+
+    def external_file(self, path: str) -> Path:
+        """The file of a live ``external_weights`` checkpoint; ``ApiError(404)`` otherwise."""
+        meta = self.meta(path)
+        if meta["checkpoint_type"] != "external":
+            raise ApiError(400, f"{path} is not an external_weights checkpoint")
+        parsed = parse_tinker_path(path)
+        return self._run_dir(parsed.training_run_id) / parsed.segment / f"{parsed.name}.npz"
+
     # -- load ---------------------------------------------------------------------------------
 
     def meta(self, path: str) -> dict[str, Any]:
@@ -347,6 +370,18 @@ class CheckpointStore:
         self.meta(path)
         with self._lock:
             self._remove(self._run_dir(training_run_id) / segment, name)
+
+    def set_ttl(self, training_run_id: str, checkpoint_id: str, ttl_seconds: int | None) -> None:
+        """Make a live checkpoint expire ``ttl_seconds`` from now (``None``: never);
+        ``ApiError(404)`` if there is none."""
+        segment, _, name = checkpoint_id.partition("/")
+        path = f"tinker://{training_run_id}/{segment}/{name}"
+        with self._lock:
+            meta = self.meta(path)
+            meta["expires_at"] = (
+                rfc3339(time.time() + ttl_seconds) if ttl_seconds is not None else None
+            )
+            _write_json(self._run_dir(training_run_id) / segment / f"{name}.json", meta)
 
     def remove_all(self) -> None:
         """Delete the whole root (used for a temporary checkpoint dir)."""

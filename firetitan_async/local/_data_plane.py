@@ -39,6 +39,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import numpy as np
@@ -80,6 +81,7 @@ from ._proto_codec import (
 from ._server_state import ServerState
 from ._serverless_state import serverless_run_id
 from ._sessions import SamplingSession, TrainingModel
+from ._signed_urls import URL_LIFETIME_S
 from ._submission_checks import check_adam, check_forward_backward
 
 __all__ = ["JOB_SCOPE_KEY", "SERVERLESS_SCOPE_KEY", "data_plane_routes"]
@@ -1161,9 +1163,10 @@ async def asample(request: Request) -> Response:
     stop_param = params.get("stop")
     want_prompt_lps = _bool(body, "prompt_logprobs", False)
     last_n = _opt_int(body, "prompt_logprobs_last_n", minimum=1)
-    for name in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
-        if _opt_int(body, name, minimum=0):
-            raise ApiError(400, f"{name} is not supported by the local trainer (send 0)")
+    topk_prompt = _opt_int(body, "topk_prompt_logprobs", minimum=0) or 0
+    topk_sample = _opt_int(body, "topk_sample_logprobs", minimum=0) or 0
+    if _opt_int(body, "prompt_alt_tokens_k", minimum=0):
+        raise ApiError(400, "prompt_alt_tokens_k is not supported by the local trainer (send 0)")
     if body.get("target_prompt_logprobs") is not None:
         raise ApiError(400, "target_prompt_logprobs is not supported by the local trainer")
 
@@ -1181,23 +1184,41 @@ async def asample(request: Request) -> Response:
         rng = state.sampling_rng.spawn(1)[0]
     _check_in_vocab("prompt", prompt, vocab_of(weights))
     stop = _stop_sequences(stop_param, vocab_of(weights))
+    for name, k in (("topk_prompt_logprobs", topk_prompt), ("topk_sample_logprobs", topk_sample)):
+        if k > vocab_of(weights):
+            raise ApiError(400, f"{name} must be <= the vocabulary size {vocab_of(weights)}")
 
     request_id = state.futures.create("Sample")
 
     def run() -> FutureReply:
-        from ._sampler import prompt_logprobs, sample
+        from ._sampler import MASK_LOGPROB, prompt_logprobs, prompt_topk_logprobs, sample
 
         seqs = sample(
             weights, prompt, num_samples=num_samples, max_tokens=max_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed, rng=rng,
+            topk=topk_sample,
         )
         lps = None
         if want_prompt_lps:
             lps = np.asarray(prompt_logprobs(weights, prompt), dtype=np.float32).copy()
             if last_n is not None:
                 lps[: max(0, lps.size - last_n)] = np.nan
+        prompt_topk = None
+        if topk_prompt:
+            ids, top_lps = prompt_topk_logprobs(weights, prompt, topk_prompt)
+            if last_n is not None:  # rows before the last n are not scored
+                cut = max(0, ids.shape[0] - last_n)
+                ids[:cut], top_lps[:cut] = 0, MASK_LOGPROB
+            prompt_topk = (ids, top_lps)
         triples = [(s.tokens, s.logprobs, s.stop_reason) for s in seqs]
-        return FutureReply.proto(encode_sample_response(triples, lps))
+        return FutureReply.proto(
+            encode_sample_response(
+                triples,
+                lps,
+                prompt_topk=prompt_topk,
+                sequence_topk=[s.topk for s in seqs] if topk_sample else None,
+            )
+        )
 
     async def job() -> None:
         start = time.perf_counter()
@@ -1341,6 +1362,83 @@ async def delete_checkpoint(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def save_weights_external(request: Request) -> Response:
+    """``save_weights_external``: the current weights as an ``external_weights/{name}``
+    checkpoint, one ``weights.npz`` file (see :meth:`CheckpointStore.save_external`)."""
+    state = _state(request)
+    body = await read_json_object(request)
+    entry = state.registry.model(_req_str(body, "model_id"))
+    seq_id = _opt_int(body, "seq_id")
+
+    def build() -> Operation:
+        name = _req_str(body, "path")
+        check_name(name)
+        ttl = _ttl(body)
+        if body.get("age_encryption_recipients"):
+            raise ApiError(400, "age_encryption_recipients is not supported by the local trainer")
+
+        def op() -> FutureReply:
+            meta = state.checkpoints.save_external(
+                entry.run, name, entry.model.sampler_weights(), ttl_seconds=ttl
+            )
+            return FutureReply.json({"path": meta["tinker_path"], "type": "save_weights_external"})
+
+        return op
+
+    return _submit(state, entry, seq_id, "SaveWeightsExternal", build, await request.body())
+
+
+EXTERNAL_FILE_NAME = "weights.npz"
+
+
+async def external_weights_urls(request: Request) -> Response:
+    """Signed URLs, one per file, of an external-weights checkpoint (valid for an hour)."""
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    checkpoint_id = request.path_params["checkpoint_id"]
+    path = f"tinker://{run_id}/{checkpoint_id}"
+    parse_tinker_path(path, "checkpoint_id")
+    state.checkpoints.external_file(path)  # 404 when gone, 400 when not external
+    name = checkpoint_id.partition("/")[2]
+    file_path = f"{paths.EXTERNAL_FILES}/{run_id}/{name}/{EXTERNAL_FILE_NAME}"
+    expires = int(time.time()) + URL_LIFETIME_S
+    query = urlencode(state.url_signer.query(file_path, expires=expires))
+    return JSONResponse(
+        {"urls": {EXTERNAL_FILE_NAME: f"{state.root_url}{file_path}?{query}"},
+         "expires": rfc3339(expires)}
+    )
+
+
+async def download_external_file(request: Request) -> Response:
+    """A file behind a signed URL (no API key: the signature is the credential)."""
+    state = _state(request)
+    run_id, name = request.path_params["run_id"], request.path_params["name"]
+    file_name = request.path_params["file"]
+    file_path = f"{paths.EXTERNAL_FILES}/{run_id}/{name}/{file_name}"
+    state.url_signer.check(
+        file_path, request.query_params.get("expires"), request.query_params.get("signature")
+    )
+    if file_name != EXTERNAL_FILE_NAME:
+        raise ApiError(404, f"no file {file_name!r}")
+    source = state.checkpoints.external_file(f"tinker://{run_id}/external_weights/{name}")
+    content = await asyncio.to_thread(source.read_bytes)
+    return Response(content, media_type="application/octet-stream")
+
+
+async def set_checkpoint_ttl(request: Request) -> Response:
+    """``PUT training_runs/{run}/checkpoints/{id}/ttl``: ``{"ttl_seconds": n}`` sets the expiry
+    ``n`` seconds from now, ``{"ttl_seconds": null}`` removes it."""
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    checkpoint_id = request.path_params["checkpoint_id"]
+    parse_tinker_path(f"tinker://{run_id}/{checkpoint_id}", "checkpoint_id")
+    body = await read_json_object(request)
+    if "ttl_seconds" not in body:
+        raise ApiError(400, "ttl_seconds is required (null removes the expiry)")
+    state.checkpoints.set_ttl(run_id, checkpoint_id, _ttl(body))
+    return JSONResponse({})
+
+
 async def weights_info(request: Request) -> Response:
     state = _state(request)
     body = await read_json_object(request)
@@ -1388,6 +1486,22 @@ def data_plane_routes() -> list[Route]:
         Route(paths.TRAINING_RUNS, list_training_runs, methods=["GET"]),
         Route(paths.training_run("{run_id}"), get_training_run, methods=["GET"]),
         Route(paths.run_checkpoints("{run_id}"), list_run_checkpoints, methods=["GET"]),
+        Route(op("save_weights_external"), save_weights_external, methods=["POST"]),
+        Route(
+            paths.run_checkpoint_external_urls("{run_id}", "{checkpoint_id:path}"),
+            external_weights_urls,
+            methods=["GET"],
+        ),
+        Route(
+            paths.EXTERNAL_FILES + "/{run_id}/{name}/{file}",
+            download_external_file,
+            methods=["GET"],
+        ),
+        Route(
+            paths.run_checkpoint_ttl("{run_id}", "{checkpoint_id:path}"),
+            set_checkpoint_ttl,
+            methods=["PUT"],
+        ),
         Route(
             paths.run_checkpoint("{run_id}", "{checkpoint_id:path}"),
             delete_checkpoint,

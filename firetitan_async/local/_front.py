@@ -83,6 +83,7 @@ _NOT_REPLAYED = frozenset({"retrieve_future", "session_heartbeat", "telemetry"})
 _ENDPOINT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^sessions/[^/]+/finish$"), "sessions/finish"),
     (re.compile(r"^samplers/[^/]+$"), "samplers"),
+    (re.compile(r"^training_runs/[^/]+/checkpoints/.+/ttl$"), "checkpoint_ttl"),
     (re.compile(r"^training_runs/[^/]+/checkpoints/.+$"), "checkpoint"),
     (re.compile(r"^training_runs/[^/]+/checkpoints$"), "training_run_checkpoints"),
     (re.compile(r"^training_runs/[^/]+$"), "training_run"),

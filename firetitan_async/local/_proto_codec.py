@@ -213,14 +213,29 @@ def encode_forward_backward_output(
 def encode_sample_response(
     sequences: Sequence[tuple[np.ndarray, np.ndarray, str]],
     prompt_logprobs: np.ndarray | None = None,
+    *,
+    prompt_topk: tuple[np.ndarray, np.ndarray] | None = None,
+    sequence_topk: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
 ) -> bytes:
-    """``SampleResponse`` from ``(tokens, logprobs, stop_reason)`` triples."""
+    """``SampleResponse`` from ``(tokens, logprobs, stop_reason)`` triples; top-k logprobs
+    (``(ids, logprobs)`` matrices of shape ``(n, k)``) of the prompt and of each sequence."""
     resp = pb.SampleResponse()
-    for tokens, lps, stop_reason in sequences:
+    for i, (tokens, lps, stop_reason) in enumerate(sequences):
         seq = resp.sequences.add()
         seq.stop_reason = pb.STOP_REASON_STOP if stop_reason == "stop" else pb.STOP_REASON_LENGTH
         seq.tokens = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
         seq.logprobs = np.ascontiguousarray(lps, dtype="<f4").tobytes()
+        topk = sequence_topk[i] if sequence_topk is not None else None
+        if topk is not None:
+            _fill_topk(seq.topk_sampled_logprobs, *topk)
     if prompt_logprobs is not None:
         resp.prompt_logprobs = np.ascontiguousarray(prompt_logprobs, dtype="<f4").tobytes()
+    if prompt_topk is not None:
+        _fill_topk(resp.topk_prompt_logprobs, *prompt_topk)
     return bytes(resp.SerializeToString())
+
+
+def _fill_topk(msg: pb.TopkLogprobs, ids: np.ndarray, logprobs: np.ndarray) -> None:
+    msg.length, msg.k = (int(n) for n in ids.shape)
+    msg.token_ids = np.ascontiguousarray(ids, dtype="<i4").tobytes()
+    msg.logprobs = np.ascontiguousarray(logprobs, dtype="<f4").tobytes()

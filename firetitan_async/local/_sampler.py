@@ -33,7 +33,10 @@ from ._model import (
     vocab_of,
 )
 
-__all__ = ["SampledSequence", "prompt_logprobs", "sample"]
+__all__ = ["SampledSequence", "prompt_logprobs", "prompt_topk_logprobs", "sample"]
+
+#: What fills a top-k row with no value (tinker's ``topk_logprobs.MASK_LOGPROB``, token 0).
+MASK_LOGPROB = -99999.0
 
 StopReason = Literal["stop", "length"]
 
@@ -51,6 +54,10 @@ class SampledSequence:
     tokens: np.ndarray
     logprobs: np.ndarray
     stop_reason: StopReason
+    #: With ``topk > 0``: the ``(len(tokens), k)`` token ids (int32) and logprobs (float32)
+    #: of the most likely tokens at each sampled position, from the distribution the
+    #: sampled token's logprob comes from.
+    topk: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def sample(
@@ -65,12 +72,14 @@ def sample(
     stop: Sequence[Sequence[int]] = (),
     seed: int | None = None,
     rng: np.random.Generator,
+    topk: int = 0,
 ) -> list[SampledSequence]:
     """Sample ``num_samples`` continuations of ``prompt`` (see the module docstring).
 
     ``top_k = -1`` and ``top_p = 1`` disable those filters. With ``seed`` the draws come from
     ``np.random.default_rng(seed)`` (deterministic, ``rng`` unused), else from ``rng``.
-    Raises ``ModelInputError`` for a bad argument.
+    With ``topk > 0`` each sequence also carries the ``topk`` most likely tokens at every
+    sampled position. Raises ``ModelInputError`` for a bad argument.
     """
     vocab = vocab_of(weights)
     prompt_arr = _check_prompt(prompt, vocab)
@@ -84,12 +93,14 @@ def sample(
     if not (_is_number(top_p) and 0.0 < top_p <= 1.0):
         raise ModelInputError("top_p", f"must be in (0, 1], got {top_p!r}")
     stops = _check_stop(stop, vocab)
+    _check_topk("topk_sample_logprobs", topk, vocab)
     if seed is not None:
         _check_int("seed", seed, None)
         rng = np.random.default_rng(seed)
     with single_thread_blas():
         return _sample(
-            weights, prompt_arr, num_samples, max_tokens, temperature, top_k, top_p, stops, rng
+            weights, prompt_arr, num_samples, max_tokens, temperature, top_k, top_p, stops, rng,
+            topk,
         )
 
 
@@ -103,6 +114,7 @@ def _sample(
     top_p: float,
     stops: Sequence[list[int]],
     rng: np.random.Generator,
+    topk: int = 0,
 ) -> list[SampledSequence]:
 
     tails = np.empty((num_samples, CONTEXT), dtype=np.int64)  # tails[:, k] = token at t - k
@@ -110,6 +122,7 @@ def _sample(
     generated: list[list[int]] = [[] for _ in range(num_samples)]
     logprobs: list[list[float]] = [[] for _ in range(num_samples)]
     reasons: list[StopReason] = ["length"] * num_samples
+    top_rows: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_samples)]
     stop_last = {int(seq[-1]) for seq in stops}
     active = np.arange(num_samples)
     for _ in range(max_tokens):
@@ -117,6 +130,10 @@ def _sample(
             break
         logits = logits_from_weights(weights, tails[active]).astype(np.float64)
         chosen, chosen_lp = _draw(logits, temperature, top_k, top_p, rng)
+        if topk:  # the distribution chosen_lp comes from (temperature-scaled unless greedy)
+            ids, lps = _topk_rows(_log_softmax(logits / (temperature or 1.0)), topk)
+            for j, s in enumerate(active.tolist()):
+                top_rows[s].append((ids[j], lps[j]))
         tails[active, 1:] = tails[active, :-1]
         tails[active, 0] = chosen
         still = chosen != EOS_TOKEN
@@ -135,9 +152,51 @@ def _sample(
             tokens=np.asarray(generated[s], dtype=np.int32),
             logprobs=np.asarray(logprobs[s], dtype=np.float32),
             stop_reason=reasons[s],
+            topk=_stack_rows(top_rows[s], topk) if topk else None,
         )
         for s in range(num_samples)
     ]
+
+
+def prompt_topk_logprobs(
+    weights: Mapping[str, np.ndarray], prompt: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most likely tokens at each prompt position under the raw model:
+    ``(len(prompt), k)`` int32 ids and float32 logprobs, most likely first (ties: lower id
+    first). Row 0 has no context and is all mask (token 0, ``MASK_LOGPROB``).
+
+    Example::
+
+        ids, lps = prompt_topk_logprobs(model.sampler_weights(), np.array([104, 105, 33]), 2)
+    """
+    vocab = vocab_of(weights)
+    arr = _check_prompt(prompt, vocab)
+    _check_topk("topk_prompt_logprobs", k, vocab)
+    ids = np.zeros((arr.shape[0], k), dtype=np.int32)
+    lps = np.full((arr.shape[0], k), MASK_LOGPROB, dtype=np.float32)
+    if arr.shape[0] > 1:
+        with single_thread_blas():
+            logits = logits_from_weights(weights, context_indices(arr[:-1], pad=vocab))
+        ids[1:], lps[1:] = _topk_rows(_log_softmax(logits.astype(np.float64)), k)
+    return ids, lps
+
+
+def _topk_rows(logp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+    return order.astype(np.int32), np.take_along_axis(logp, order, axis=1).astype(np.float32)
+
+
+def _stack_rows(rows: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.zeros((0, k), dtype=np.int32), np.zeros((0, k), dtype=np.float32)
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def _check_topk(field: str, k: object, vocab: int) -> None:
+    _check_int(field, k, 0)
+    assert isinstance(k, int)
+    if k > vocab:
+        raise ModelInputError(field, f"must be <= the vocabulary size {vocab}, got {k}")
 
 
 def prompt_logprobs(weights: Mapping[str, np.ndarray], prompt: np.ndarray) -> np.ndarray:

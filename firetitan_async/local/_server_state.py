@@ -25,6 +25,7 @@ from ._idempotency import IdempotencyCache
 from ._model import VOCAB_SIZE, TinyByteLM
 from ._serverless_state import ServerlessState
 from ._sessions import Registry
+from ._signed_urls import UrlSigner
 from ._stats import ServerStats
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class ServerState:
         self.faults = FaultInjector(config.fault_rate, seed=config.seed)
         self.idempotency = IdempotencyCache()
         self.tasks = TaskSpawner()
+        self.url_signer = UrlSigner()  # external-weights download URLs
         self.sampling_rng = np.random.default_rng([config.seed, 1])
         self._base_weights: dict[int, dict[str, np.ndarray]] = {}
         self.deployments: DeploymentRegistry | None = None  # made by the deployments routes

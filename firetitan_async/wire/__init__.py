@@ -270,9 +270,47 @@ class Dialect(Protocol):
         ...
 
     def save_weights_body(
-        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        name: str,
+        ttl_seconds: int | None,
+        user_metadata: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Body of ``save_weights`` (``save_state``)."""
+        ...
+
+    def create_from_state_body(
+        self,
+        *,
+        session_id: str,
+        model_seq_id: int,
+        path: str,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        """Body of the ``load_weights`` that creates a model from a checkpoint
+        (``create_training_client_from_state*``), or ``InvalidInput`` naming the dialect."""
+        ...
+
+    def checkpoint_ttl_path(self, path: str) -> str:
+        """Where ``PUT`` sets a ``tinker://`` checkpoint's TTL (else ``InvalidInput``)."""
+        ...
+
+    def checkpoint_ttl_body(self, ttl_seconds: int | None) -> dict[str, Any]:
+        """Body of the checkpoint TTL ``PUT`` (``None`` removes the expiry)."""
+        ...
+
+    def external_weights_urls_path(self, path: str) -> str:
+        """Where ``GET`` lists an external-weights checkpoint's signed download URLs."""
+        ...
+
+    def save_weights_external_body(
+        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        """Body of ``save_weights_external`` (else ``InvalidInput`` naming the dialect)."""
         ...
 
     def load_weights_body(

@@ -700,6 +700,15 @@ class FireworksDialect(TinkerProtocol):
         del path
         return None
 
+    def checkpoint_ttl_path(self, path: str) -> str:
+        """Refused: Fireworks does not support checkpoint TTLs."""
+        del path
+        raise InvalidInput(
+            "ttl_seconds",
+            "Fireworks does not support checkpoint TTLs (retention is managed by the platform); "
+            "set_checkpoint_ttl_from_tinker_path is the tinker dialect's",
+        )
+
     def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
         """Body of ``create_session`` (``sdk_version`` 0.23.0)."""
         return create_session_body(user_metadata=user_metadata)
@@ -796,11 +805,56 @@ class FireworksDialect(TinkerProtocol):
         return load_ref(path, field=field)
 
     def save_weights_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        name: str,
+        ttl_seconds: int | None,
+        user_metadata: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Body of ``save_weights``; the SDK's ``save_state`` sends no ``user_metadata``."""
+        self.check_ttl(ttl_seconds)
+        if user_metadata is not None:
+            raise InvalidInput(
+                "user_metadata",
+                "the fireworks dialect cannot attach metadata to a checkpoint (the Fireworks "
+                "SDK's save_state sends none); it is the tinker dialect's",
+            )
+        return save_weights_body(model_id=model_id, seq_id=seq_id, name=name)
+
+    def save_weights_external_body(
         self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
     ) -> dict[str, Any]:
-        """Body of ``save_weights``."""
-        self.check_ttl(ttl_seconds)
-        return save_weights_body(model_id=model_id, seq_id=seq_id, name=name)
+        """Refused: external-weights exports are the tinker dialect's."""
+        del model_id, seq_id, name, ttl_seconds
+        raise InvalidInput(
+            "save_weights_external",
+            "is the tinker dialect's; in the fireworks dialect export with "
+            "save_weights_for_sampler_ext (and promote the snapshot)",
+        )
+
+    def create_from_state_body(
+        self,
+        *,
+        session_id: str,
+        model_seq_id: int,
+        path: str,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        """Refused, as the Fireworks SDK 1.2.30 refuses it on a dedicated trainer (it reads
+        the checkpoint's configuration from ``weights_info``, which only serverless endpoints
+        serve): a model created by its first ``load_weights`` is the tinker dialect's."""
+        del session_id, model_seq_id, path, optimizer, base_model, user_metadata
+        raise InvalidInput(
+            "path",
+            "create_training_client_from_state is the tinker dialect's; on a dedicated "
+            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
+            "explicit configuration (create_training_client) and call "
+            "load_state_with_optimizer(saved) (or load_state) on it",
+        )
 
     def load_weights_body(
         self, *, model_id: str, seq_id: int, path: str, optimizer: bool

@@ -146,3 +146,19 @@ def run_checkpoints(run_id: str) -> str:
 def run_checkpoint(run_id: str, checkpoint_id: str) -> str:
     """``/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}``: one checkpoint."""
     return f"{TRAINING_RUNS}/{run_id}/checkpoints/{checkpoint_id}"
+
+
+def run_checkpoint_ttl(run_id: str, checkpoint_id: str) -> str:
+    """``/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/ttl``: set or clear the
+    checkpoint's expiry (``PUT``)."""
+    return f"{run_checkpoint(run_id, checkpoint_id)}/ttl"
+
+
+def run_checkpoint_external_urls(run_id: str, checkpoint_id: str) -> str:
+    """``/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/external_weights_urls``:
+    signed download URLs of an external-weights checkpoint (``GET``)."""
+    return f"{run_checkpoint(run_id, checkpoint_id)}/external_weights_urls"
+
+
+EXTERNAL_FILES: Final = "/_files/external_weights"
+"""Where the local trainer serves external-weights files (behind signed URLs; not the API)."""

@@ -34,7 +34,9 @@ __all__ = [
     "TinkerProtocol",
     "adam_params_json",
     "cancel_future_body",
+    "checkpoint_ttl_body",
     "client_config_body",
+    "create_from_state_body",
     "create_model_body",
     "create_sampling_session_body",
     "create_session_body",
@@ -45,6 +47,7 @@ __all__ = [
     "optim_step_body",
     "retrieve_future_body",
     "save_weights_body",
+    "save_weights_external_body",
     "save_weights_for_sampler_body",
     "session_heartbeat_body",
 ]
@@ -228,18 +231,28 @@ def optim_step_body(*, model_id: str, seq_id: int, adam_params: types.AdamParams
 
 
 def save_weights_body(
-    *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+    *,
+    model_id: str,
+    seq_id: int,
+    name: str,
+    ttl_seconds: int | None,
+    user_metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Body of ``POST /api/v1/save_weights`` (``save_state``); the name travels as ``path``.
 
+    ``user_metadata`` is attached to the checkpoint (omitted when ``None``, as the SDK does).
+
     Example::
 
-        save_weights_body(model_id="s:train:0", seq_id=4, name="step-4", ttl_seconds=None)
+        save_weights_body(model_id="s:train:0", seq_id=4, name="step-4", ttl_seconds=None,
+                          user_metadata={"stage": "sft"})
     """
     body: dict[str, Any] = {"model_id": model_id, "path": name, "seq_id": seq_id}
     if ttl_seconds is not None:
         body["ttl_seconds"] = ttl_seconds
     body["overwrite"] = False
+    if user_metadata is not None:
+        body["user_metadata"] = dict(user_metadata)
     body["type"] = "save_weights"
     return body
 
@@ -259,6 +272,69 @@ def load_weights_body(*, model_id: str, seq_id: int, path: str, optimizer: bool)
         "optimizer": optimizer,
         "type": "load_weights",
     }
+
+
+def create_from_state_body(
+    *,
+    session_id: str,
+    model_seq_id: int,
+    path: str,
+    optimizer: bool,
+    base_model: str | None = None,
+    user_metadata: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/load_weights`` that creates a model from a checkpoint
+    (``create_training_client_from_state[_with_optimizer]``): addressed to the session and a
+    new ``model_seq_id`` instead of a model, the load is the new model's first operation.
+
+    Example::
+
+        create_from_state_body(session_id="s", model_seq_id=1, path="tinker://r/weights/a",
+                               optimizer=True)
+        # {"session_id": "s", "model_seq_id": 1, "path": "tinker://r/weights/a",
+        #  "optimizer": True, "type": "load_weights"}
+    """
+    body: dict[str, Any] = {"session_id": session_id, "model_seq_id": model_seq_id}
+    if base_model is not None:
+        body["base_model"] = base_model
+    if user_metadata is not None:
+        body["user_metadata"] = dict(user_metadata)
+    body["path"] = path
+    body["optimizer"] = optimizer
+    body["type"] = "load_weights"
+    return body
+
+
+def save_weights_external_body(
+    *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
+) -> dict[str, Any]:
+    """Body of ``POST /api/v1/save_weights_external`` (weights in an external format, e.g.
+    Hugging Face's, downloadable through ``get_external_weights_urls``).
+
+    Example::
+
+        save_weights_external_body(model_id="s:train:0", seq_id=8, name="export",
+                                   ttl_seconds=None)
+        # {"model_id": "s:train:0", "path": "export", "seq_id": 8,
+        #  "type": "save_weights_external"}
+    """
+    body: dict[str, Any] = {"model_id": model_id, "path": name, "seq_id": seq_id}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    body["type"] = "save_weights_external"
+    return body
+
+
+def checkpoint_ttl_body(ttl_seconds: int | None) -> dict[str, Any]:
+    """Body of ``PUT /api/v1/training_runs/{run}/checkpoints/{id}/ttl``; ``None`` (sent as
+    ``null``, as the SDK does) removes the expiry.
+
+    Example::
+
+        checkpoint_ttl_body(86400)   # {"ttl_seconds": 86400}
+        checkpoint_ttl_body(None)    # {"ttl_seconds": None}
+    """
+    return {"ttl_seconds": ttl_seconds}
 
 
 def save_weights_for_sampler_body(
@@ -481,6 +557,31 @@ class TinkerProtocol:
         checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
         return paths.run_checkpoint(parsed.training_run_id, checkpoint_id)
 
+    def checkpoint_ttl_path(self, path: str) -> str:
+        """``/api/v1/training_runs/{run}/checkpoints/{checkpoint}/ttl`` of a ``tinker://`` path."""
+        parsed = validate_tinker_path(path)
+        checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
+        return paths.run_checkpoint_ttl(parsed.training_run_id, checkpoint_id)
+
+    def checkpoint_ttl_body(self, ttl_seconds: int | None) -> dict[str, Any]:
+        """Body of the checkpoint TTL ``PUT``."""
+        return checkpoint_ttl_body(ttl_seconds)
+
+    def external_weights_urls_path(self, path: str) -> str:
+        """Where ``GET`` lists the signed download URLs of a
+        ``tinker://{run}/external_weights/{name}`` checkpoint (another kind: ``InvalidInput``,
+        as the SDK refuses it)."""
+        parsed = validate_tinker_path(path, field="tinker_path")
+        if parsed.kind != "external_weights":
+            raise InvalidInput(
+                "tinker_path",
+                "get_external_weights_urls only takes external weights checkpoints "
+                f"(tinker://<run>/external_weights/<name>), got {path!r}",
+            )
+        return paths.run_checkpoint_external_urls(
+            parsed.training_run_id, f"external_weights/{parsed.name}"
+        )
+
 
 class TinkerDialect(TinkerProtocol):
     """The tinker SDK 0.38 wire (``protocol/tinker-wire.md``), byte for byte.
@@ -610,11 +711,49 @@ class TinkerDialect(TinkerProtocol):
         return path
 
     def save_weights_body(
+        self,
+        *,
+        model_id: str,
+        seq_id: int,
+        name: str,
+        ttl_seconds: int | None,
+        user_metadata: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Body of ``save_weights`` (with the checkpoint's ``user_metadata``, if any)."""
+        return save_weights_body(
+            model_id=model_id,
+            seq_id=seq_id,
+            name=name,
+            ttl_seconds=ttl_seconds,
+            user_metadata=user_metadata,
+        )
+
+    def save_weights_external_body(
         self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
     ) -> dict[str, Any]:
-        """Body of ``save_weights``."""
-        return save_weights_body(
+        """Body of ``save_weights_external``."""
+        return save_weights_external_body(
             model_id=model_id, seq_id=seq_id, name=name, ttl_seconds=ttl_seconds
+        )
+
+    def create_from_state_body(
+        self,
+        *,
+        session_id: str,
+        model_seq_id: int,
+        path: str,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        """Body of the ``load_weights`` that creates a model from a checkpoint."""
+        return create_from_state_body(
+            session_id=session_id,
+            model_seq_id=model_seq_id,
+            path=path,
+            optimizer=optimizer,
+            base_model=base_model,
+            user_metadata=user_metadata,
         )
 
     def load_weights_body(

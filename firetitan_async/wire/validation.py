@@ -480,6 +480,30 @@ def validate_ttl(ttl_seconds: int | None, *, field: str = "ttl_seconds") -> None
         raise InvalidInput(field, f"must be > 0, got {ttl_seconds}")
 
 
+def validate_user_metadata(
+    user_metadata: Mapping[str, str] | None, *, field: str = "user_metadata"
+) -> dict[str, str] | None:
+    """Check user metadata as the tinker SDK types it (``dict[str, str]``); returns a copy.
+
+    Example::
+
+        validate_user_metadata({"run": "a"})   # {"run": "a"}
+        validate_user_metadata({"step": 3})    # InvalidInput: user_metadata: ... 'step'
+    """
+    if user_metadata is None:
+        return None
+    if not isinstance(user_metadata, Mapping):
+        raise InvalidInput(
+            field, f"must be a dict of str to str, got {type(user_metadata).__name__}"
+        )
+    for key, value in user_metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidInput(
+                field, f"must map str to str; {key!r:.40} maps to a {type(value).__name__}"
+            )
+    return dict(user_metadata)
+
+
 def validate_tinker_path(path: str, *, field: str = "path") -> ParsedPath:
     """Parse and check ``tinker://{training_run_id}/{weights|sampler_weights|external_weights}/{name}``.
 
@@ -552,6 +576,24 @@ def validate_sample_args(
     top_k = params.top_k
     if top_k != -1 and top_k < 1:
         raise InvalidInput("sampling_params.top_k", f"must be -1 (no limit) or >= 1, got {top_k}")
+
+
+MAX_TOPK_LOGPROBS = 1024
+"""Our bound on a top-k logprobs width (a server also bounds ``len(prompt) * k``)."""
+
+
+def validate_topk(k: int, field: str) -> None:
+    """Check a top-k logprobs width: an int in ``[0, MAX_TOPK_LOGPROBS]`` (0: none).
+
+    Example::
+
+        validate_topk(5, "topk_sample_logprobs")    # ok
+        validate_topk(-1, "topk_prompt_logprobs")   # InvalidInput
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InvalidInput(field, f"must be an int, got {type(k).__name__}")
+    if not 0 <= k <= MAX_TOPK_LOGPROBS:
+        raise InvalidInput(field, f"must be in [0, {MAX_TOPK_LOGPROBS}], got {k}")
 
 
 CHECKPOINT_TYPES = ("base", "delta", "merged_base")

@@ -84,6 +84,7 @@ CE_BATCH = [
 ]
 RL_BATCH = [_rl_datum("reward me", 1.0), _rl_datum("punish me!", -0.5)]
 CUSTOM_BATCH = [_ce_datum("custom loss", weights=False), _ce_datum("xyz", weights=False)]
+METADATA = {"stage": "sft", "run": "a"}
 ADAM = types.AdamParams(learning_rate=1e-3, weight_decay=0.01, grad_clip_norm=1.0)
 PROMPT = types.ModelInput.from_ints(list(b"Once upon"))
 SAMPLING = types.SamplingParams(
@@ -95,6 +96,25 @@ LOSS_CONFIGS: dict[types.LossFnType, dict[str, float] | None] = {
     "cispo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     "dro": {"beta": 0.1},
 }
+
+
+def pg_loss(logprobs: Any, advantages: Any) -> tuple[Any, dict[str, Any]]:
+    """A per-datum torch loss for ``create_custom_loss`` (nonlinear: its gradient is computed
+    by autograd on both sides, from the same float32 logprobs)."""
+    loss = -(logprobs.exp() * advantages).mean()
+    return loss, {"custom/pg:mean": loss, "custom/adv:sum": advantages.sum()}
+
+
+PG_RANKS: dict[str, Literal[0, 1, 2]] = {"logprobs": 1, "advantages": 1}
+def _pg_datum(text: bytes, advantage: float) -> types.Datum:
+    n = len(text) - 1
+    inputs: dict[str, Any] = {"target_tokens": list(text[1:]), "advantages": [advantage] * n}
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(list(text[:-1])), loss_fn_inputs=inputs
+    )
+
+
+PG_BATCH = [_pg_datum(b"policy gradient!", 0.5), _pg_datum(b"handle.", -1.0)]
 
 
 def chunked_batch(chunk_len: int) -> list[types.Datum]:
@@ -169,6 +189,10 @@ class SdkScript:
     def custom_loss_torch(self) -> None:
         self.lora.forward_backward_custom(CUSTOM_BATCH, half_logprob_loss_torch).result()
 
+    def custom_loss_handle(self) -> None:
+        handle = self.service.create_custom_loss(pg_loss, PG_RANKS).result()
+        self.lora.forward_backward_custom(PG_BATCH, handle).result()
+
     def save_state(self) -> None:
         self.state_path = self.lora.save_state("ckpt-a", ttl_seconds=3600).result().path
 
@@ -181,6 +205,20 @@ class SdkScript:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self.lora.load_state_with_optimizer(self.state_path).result()
+
+    def save_state_with_metadata(self) -> None:
+        self.meta_path = (
+            self.lora.save_state("ckpt-m", ttl_seconds=7200, user_metadata=METADATA).result().path
+        )
+
+    def create_from_state(self) -> None:
+        self.service.create_training_client_from_state(self.state_path).result()
+
+    def create_from_state_with_optimizer(self) -> None:
+        resumed = self.service.create_training_client_from_state_with_optimizer(
+            self.meta_path, user_metadata=METADATA
+        ).result()
+        resumed.forward(CE_BATCH, "cross_entropy").result()  # its first operation is seq_id 1
 
     def save_weights_for_sampler(self) -> None:
         self.sampler_path = self.lora.save_weights_for_sampler("sampler-a").result().path
@@ -198,13 +236,42 @@ class SdkScript:
     def compute_logprobs(self) -> None:
         self.sampler.compute_logprobs(PROMPT).result()
 
+    def sample_topk(self) -> None:
+        first = self.sampler.sample(
+            PROMPT, 2, SAMPLING, topk_prompt_logprobs=3, topk_sample_logprobs=2
+        )
+        self.sampler.sample(
+            PROMPT, 1, SAMPLING, include_prompt_logprobs=True, topk_prompt_logprobs=4
+        ).result()
+        first.result()
+
     def ephemeral_sampler(self) -> None:
         sampler = self.lora.save_weights_and_get_sampling_client().result()
         sampler.sample(PROMPT, 1, SAMPLING).result()
 
+    def save_weights_external(self) -> None:
+        saved = self.lora.save_weights_external("export-a", ttl_seconds=7200).result()
+        self.export_path = saved.path
+
+    def get_external_weights_urls(self) -> None:
+        self._rest().get_external_weights_urls(self.export_path).result()
+
+    def _rest(self) -> tinker.RestClient:
+        return tinker.RestClient(base_url=self.base_url, api_key=API_KEY)
+
     def list_checkpoints(self) -> None:
-        rest = tinker.RestClient(base_url=self.base_url, api_key=API_KEY)
-        rest.list_checkpoints(self.lora.model_id).result()
+        self._rest().list_checkpoints(self.lora.model_id).result()
+
+    def set_checkpoint_ttl(self) -> None:
+        rest = self._rest()
+        rest.set_checkpoint_ttl_from_tinker_path(self.meta_path, 86400).result()
+        rest.set_checkpoint_ttl_from_tinker_path(self.meta_path, None).result()
+
+    def list_user_checkpoints(self) -> None:
+        self._rest().list_user_checkpoints(limit=50, offset=1).result()
+
+    def delete_checkpoint(self) -> None:
+        self._rest().delete_checkpoint_from_tinker_path(self.meta_path).result()
 
     def close(self) -> None:
         self.service.close("success").result()
@@ -253,6 +320,9 @@ class OurScript:
 
     async def custom_loss_torch(self) -> None:
         await self.lora.forward_backward_custom(CUSTOM_BATCH, TorchLoss(half_logprob_loss_torch))
+    async def custom_loss_handle(self) -> None:
+        handle = await self.session.create_custom_loss(pg_loss, PG_RANKS)
+        await self.lora.forward_backward_custom(PG_BATCH, handle)
 
     async def save_state(self) -> None:
         self.state_path = (await self.lora.save_state("ckpt-a", ttl_seconds=3600)).path
@@ -262,6 +332,19 @@ class OurScript:
 
     async def load_state_with_optimizer(self) -> None:
         await self.lora.load_state_with_optimizer(self.state_path)
+
+    async def save_state_with_metadata(self) -> None:
+        saved = await self.lora.save_state("ckpt-m", ttl_seconds=7200, user_metadata=METADATA)
+        self.meta_path = saved.path
+
+    async def create_from_state(self) -> None:
+        await self.session.create_training_client_from_state(self.state_path)
+
+    async def create_from_state_with_optimizer(self) -> None:
+        resumed = await self.session.create_training_client_from_state_with_optimizer(
+            self.meta_path, user_metadata=METADATA
+        )
+        await resumed.forward(CE_BATCH, "cross_entropy")
 
     async def save_weights_for_sampler(self) -> None:
         self.sampler_path = (await self.lora.save_weights_for_sampler("sampler-a")).path
@@ -278,12 +361,38 @@ class OurScript:
     async def compute_logprobs(self) -> None:
         await self.sampler.compute_logprobs(PROMPT)
 
+    async def sample_topk(self) -> None:
+        first = self.sampler.sample(
+            PROMPT, 2, SAMPLING, topk_prompt_logprobs=3, topk_sample_logprobs=2
+        )
+        await self.sampler.sample(
+            PROMPT, 1, SAMPLING, include_prompt_logprobs=True, topk_prompt_logprobs=4
+        )
+        await first
+
     async def ephemeral_sampler(self) -> None:
         sampler = await self.lora.save_weights_and_get_sampling_client()
         await sampler.sample(PROMPT, 1, SAMPLING)
 
     async def list_checkpoints(self) -> None:
         await self.lora.list_checkpoints()
+
+    async def save_weights_external(self) -> None:
+        saved = await self.lora.save_weights_external("export-a", ttl_seconds=7200)
+        self.export_path = saved.path
+
+    async def get_external_weights_urls(self) -> None:
+        await self.session.get_external_weights_urls(self.export_path)
+
+    async def set_checkpoint_ttl(self) -> None:
+        await self.session.set_checkpoint_ttl_from_tinker_path(self.meta_path, 86400)
+        await self.session.set_checkpoint_ttl_from_tinker_path(self.meta_path, None)
+
+    async def list_user_checkpoints(self) -> None:
+        await self.session.list_user_checkpoints(limit=50, offset=1)
+
+    async def delete_checkpoint(self) -> None:
+        await self.session.delete_checkpoint_from_tinker_path(self.meta_path)
 
 
 STEPS = [
@@ -297,16 +406,26 @@ STEPS = [
     "pipelined_full_step",
     "custom_loss",
     "custom_loss_torch",
+    "custom_loss_handle",
     "save_state",
     "load_state",
     "load_state_with_optimizer",
+    "save_state_with_metadata",
+    "create_from_state",
+    "create_from_state_with_optimizer",
     "save_weights_for_sampler",
     "save_snapshot",
     "create_sampling_client",
     "sample",
     "compute_logprobs",
+    "sample_topk",
     "ephemeral_sampler",
+    "save_weights_external",
     "list_checkpoints",
+    "get_external_weights_urls",
+    "set_checkpoint_ttl",
+    "list_user_checkpoints",
+    "delete_checkpoint",
 ]
 """The script, between "bootstrap" (first) and "close" (last)."""
 
@@ -604,7 +723,27 @@ DELIBERATE: list[Deliberate] = [
         "list through the session's own HTTP client and config",
         side="sdk",
         rewrite=_drop_call_prefix("POST /api/v1/client/"),
-        steps=frozenset({"list_checkpoints"}),
+        steps=frozenset(
+            {
+                "list_checkpoints",
+                "get_external_weights_urls",
+                "set_checkpoint_ttl",
+                "list_user_checkpoints",
+                "delete_checkpoint",
+            }
+        ),
+    ),
+    Deliberate(
+        what="Content-Type: application/json on a DELETE without a body",
+        why="the SDK's generated client labels every request as JSON, even a DELETE that carries "
+        "no body; there is nothing to label, so we send no Content-Type (the server reads none)",
+        side="sdk",
+        rewrite=lambda op: (
+            _without_headers(lambda n: n == "content-type")(op)
+            if op["request"]["call"].startswith("DELETE ")
+            else op
+        ),
+        steps=frozenset({"delete_checkpoint"}),
     ),
     Deliberate(
         what="save_weights_for_sampler_ext: checkpoint_type field, session-qualified name",
@@ -796,6 +935,37 @@ def test_sdk_recordings_cover_the_script(sdk_recordings: SdkRecordings) -> None:
         "asample",
         "retrieve_future",
     } <= endpoints
+    # tinker 0.38's calls we match (issue 25): each step sent what it is about
+    calls = {(ex.method, ex.path.rsplit("/", 1)[-1]) for ex in recording["set_checkpoint_ttl"]}
+    assert ("PUT", "ttl") in calls and "checkpoints" in endpoints
+    assert "DELETE" in {ex.method for ex in recording["delete_checkpoint"]}
+    urls = [ex for ex in recording["get_external_weights_urls"] if ex.method == "GET"]
+    assert [(ex.path.rsplit("/", 1)[-1], ex.status) for ex in urls] == [
+        ("external_weights_urls", 200)
+    ]
+    creates = [
+        ex.body
+        for ex in recording["create_from_state_with_optimizer"]
+        if ex.endpoint == "load_weights"
+    ]
+    assert [(b.get("model_id"), b["optimizer"], b["user_metadata"]) for b in creates] == [
+        (None, True, METADATA)
+    ]
+    saves = [
+        ex.body for ex in recording["save_state_with_metadata"] if ex.endpoint == "save_weights"
+    ]
+    assert [b["user_metadata"] for b in saves] == [METADATA]
+    topk = [
+        (ex.body["topk_prompt_logprobs"], ex.body["topk_sample_logprobs"])
+        for ex in recording["sample_topk"]
+        if ex.endpoint == "asample"
+    ]
+    assert sorted(topk) == [(3, 2), (4, 0)]
+    # create_custom_loss: traced client-side (the local trainer does not run uploaded losses),
+    # then a forward and the cross_entropy surrogate's forward_backward
+    handle_calls = [ex.endpoint for ex in recording["custom_loss_handle"]]
+    assert "create_custom_loss" not in handle_calls
+    assert handle_calls.count("forward_backward") == 2
     losses = {
         ex.body["loss_fn"] for ex in recording["fwdbwd_rl_losses"] if ex.body_format == "protobuf"
     }
