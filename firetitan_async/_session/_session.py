@@ -61,10 +61,10 @@ from ._throughput import Throughput
 from ._tracking import OperationMonitor
 
 if TYPE_CHECKING:
-    from .._clients._concurrency import ConcurrencyController
-    from .._clients._deployment_sampler import DeploymentSampler
     from tinker import LossHandle
 
+    from .._clients._concurrency import ConcurrencyController
+    from .._clients._deployment_sampler import DeploymentSampler
     from .._clients._loss_handles import LossHandles
     from .._clients._sampling import SamplingClient
     from .._clients._training import TrainingClient
