@@ -806,9 +806,10 @@ class ServiceSession:
         ``path`` is a ``tinker://…/weights/…`` path or what ``save_state`` returned. The
         checkpoint decides the LoRA rank; ``base_model`` overrides its base model (it must be
         compatible). As in the SDK, one ``load_weights`` creates the model (its first
-        operation) and ``get_info`` describes it. Tinker dialect only: the fireworks dialect
-        raises ``InvalidInput`` (create the client, then ``load_state(saved)``), as the
-        Fireworks SDK 1.2.30 does on a dedicated trainer.
+        operation) and ``get_info`` describes it. On a serverless Fireworks session it is the
+        Fireworks SDK's sequence: ``weights_info``, a client with those settings, then
+        ``load_state``. A dedicated Fireworks trainer raises ``InvalidInput`` (create the
+        client, then ``load_state(saved)``), as the Fireworks SDK 1.2.30 does there.
 
         Example::
 
@@ -848,6 +849,8 @@ class ServiceSession:
         if base_model is not None and (not isinstance(base_model, str) or not base_model):
             raise InvalidInput("base_model", "must be a non-empty string or None")
         metadata = validate_user_metadata(user_metadata)
+        if self.serverless:  # the Fireworks SDK's way: weights_info, a new client, a load
+            return await self._serverless_from_state(path, optimizer, base_model, metadata)
         # Refuse what the dialect cannot express before anything is sent.
         codec.create_from_state_body(
             session_id="",
@@ -1141,6 +1144,28 @@ class ServiceSession:
         """
         side, session_id = self._serverless_side()
         return f"accounts/{await side.account_id()}/trainingSessions/{session_id}"
+
+    async def _serverless_from_state(
+        self,
+        path: str | types.SaveWeightsResponse,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: dict[str, str] | None,
+    ) -> TrainingClient:
+        """``create_training_client_from_state(_with_optimizer)`` on a serverless session, as
+        the Fireworks SDK does it: read the checkpoint's settings (``weights_info``), create a
+        client with them, then load the state into it."""
+        info = await self.weights_info(path if isinstance(path, str) else path.path)
+        client = await self.create_training_client(
+            base_model or info.base_model,
+            lora_rank=(info.lora_rank or 0) if info.is_lora else 0,
+            train_mlp=info.train_mlp is not False,
+            train_attn=info.train_attn is not False,
+            train_unembed=info.train_unembed is not False,
+            user_metadata=user_metadata,
+        )
+        await (client.load_state_with_optimizer if optimizer else client.load_state)(path)
+        return client
 
     async def weights_info(self, path: str) -> types.WeightsInfoResponse:
         """What a saved checkpoint is (base model, LoRA rank and settings), read from the

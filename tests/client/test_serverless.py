@@ -148,6 +148,17 @@ async def test_the_serverless_flow_against_the_local_trainer(trainer: LocalTrain
             assert (info.base_model, info.is_lora, info.lora_rank) == (MODEL_NAME, True, 4)
             resumed = await other.create_training_client(info.base_model, lora_rank=4)
             await resumed.load_state(state.path)
+            # The SDK's from-state sequence does the same in one call, optimizer included.
+            async with ServiceSession(trainer.base_url + SUFFIX, api_key=KEY) as third:
+                again = await third.create_training_client_from_state_with_optimizer(state)
+                assert (again.base_model, again.lora_rank) == (MODEL_NAME, 4)
+                prompt = [_datum()]
+                want = await resumed.forward(prompt, "cross_entropy")
+                got = await again.forward(prompt, "cross_entropy")
+                assert [o["logprobs"].tolist() for o in got.loss_fn_outputs] == [
+                    o["logprobs"].tolist() for o in want.loss_fn_outputs
+                ]
+                await third.delete_training_session()
             # Another session's checkpoint: a standalone route, bound first.
             before = _requests(trainer).get("create_sampling_route", 0)
             async with await other.create_serverless_sampler(saved.path) as standalone:
