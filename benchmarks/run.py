@@ -16,6 +16,7 @@ min–max over the repetitions, and ratios are ratios of medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,6 +57,9 @@ class Plan:
     warmup: int = 16
     latency_ms: float = 50.0
     worker_timeout_s: float = 300.0
+    # A fresh trainer process for every measured run (no run inherits another's server
+    # state); the smoke run, which measures nothing, shares one per scenario.
+    fresh_server: bool = True
 
 
 PLANS = {
@@ -72,6 +76,7 @@ PLANS = {
         batch=2,
         warmup=4,
         worker_timeout_s=60.0,
+        fresh_server=False,
     ),
 }
 
@@ -158,16 +163,23 @@ def _run_scenario(scenario: str, plan: Plan, steps: int) -> dict[str, list[dict[
     """
     latency_ms = 0.0 if scenario == "throughput" else plan.latency_ms
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in CONTENDERS[scenario]}
-    for rep in range(plan.reps):
-        for label, client, backend in CONTENDERS[scenario]:
-            with TrainerProcess(latency_ms=latency_ms, cwd=ROOT) as server:
-                figures = _spawn_worker(
-                    _worker_args(scenario, client, backend, server.url, plan, steps),
-                    plan.worker_timeout_s,
-                )
-            runs[label].append(figures)
-            shown = ", ".join(f"{k}={figures[k]:.4g}" for k in FIGURES[scenario][:2])
-            _log(f"  {scenario:<10} rep {rep + 1}/{plan.reps} {label:<9} {shown}")
+    with contextlib.ExitStack() as shared:
+        server = None if plan.fresh_server else shared.enter_context(
+            TrainerProcess(latency_ms=latency_ms, cwd=ROOT)
+        )
+        for rep in range(plan.reps):
+            for label, client, backend in CONTENDERS[scenario]:
+                with contextlib.ExitStack() as own:
+                    url = (server or own.enter_context(
+                        TrainerProcess(latency_ms=latency_ms, cwd=ROOT)
+                    )).url
+                    figures = _spawn_worker(
+                        _worker_args(scenario, client, backend, url, plan, steps),
+                        plan.worker_timeout_s,
+                    )
+                runs[label].append(figures)
+                shown = ", ".join(f"{k}={figures[k]:.4g}" for k in FIGURES[scenario][:2])
+                _log(f"  {scenario:<10} rep {rep + 1}/{plan.reps} {label:<9} {shown}")
     return runs
 
 

@@ -14,13 +14,25 @@ stopped when the test ends). ``free_port()`` is a free loopback port.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from firetitan_async.local import LocalTrainer
+
+# The suite's subprocesses (the CLI, the examples, the demo, benchmark workers and servers) run
+# without torch: tinker imports torch whenever it is installed (its types try it), about 1.7 s
+# of CPU a process, and none of them uses it. That was ~150 s of a 600 s suite. The torch tests
+# (custom losses, the fidelity steps) run in this process, where torch imports as usual; a
+# subprocess that needs torch (the tinker-cookbook venv) drops PYTHONPATH.
+_NO_TORCH = str(Path(__file__).resolve().parent / "_no_torch")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_NO_TORCH, os.environ.get("PYTHONPATH")) if p
+)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
