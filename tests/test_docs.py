@@ -13,6 +13,8 @@ and is still compiled, so its syntax is checked. An unmarked block that fails fa
 from __future__ import annotations
 
 import ast
+import asyncio
+import inspect
 import re
 import tomllib
 from collections.abc import Iterator
@@ -75,7 +77,10 @@ def test_code_block(
     monkeypatch.setenv("TINKER_TELEMETRY", "0")
     monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
     try:
-        exec(code, {"__name__": "__main__"})
+        if code.co_flags & inspect.CO_COROUTINE:  # top-level await: exec would not run it
+            asyncio.run(eval(code, {"__name__": "__main__"}))
+        else:
+            exec(code, {"__name__": "__main__"})
     except BaseException as exc:
         raise AssertionError(
             f"{block.id}: this block does not run ({type(exc).__name__}: {exc}). Fix it, or, if "
