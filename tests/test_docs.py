@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import inspect
 import re
 import tomllib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
+UNAWAITED = re.compile(r"coroutine .* was never awaited")
 
 
 @attrs.frozen
@@ -76,17 +79,31 @@ def test_code_block(
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TINKER_TELEMETRY", "0")
     monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
-    try:
-        if code.co_flags & inspect.CO_COROUTINE:  # top-level await: exec would not run it
-            asyncio.run(eval(code, {"__name__": "__main__"}))
-        else:
-            exec(code, {"__name__": "__main__"})
-    except BaseException as exc:
-        raise AssertionError(
-            f"{block.id}: this block does not run ({type(exc).__name__}: {exc}). Fix it, or, if "
-            "it cannot run against the local trainer, put `<!-- docs-test: skip (why) -->` on "
-            "the line before its fence."
-        ) from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if code.co_flags & inspect.CO_COROUTINE:  # top-level await: exec would not run it
+                asyncio.run(eval(code, {"__name__": "__main__"}))
+            else:
+                exec(code, {"__name__": "__main__"})
+        except BaseException as exc:
+            raise AssertionError(
+                f"{block.id}: this block does not run ({type(exc).__name__}: {exc}). Fix it, or, "
+                "if it cannot run against the local trainer, put `<!-- docs-test: skip (why) -->` "
+                "on the line before its fence."
+            ) from exc
+        gc.collect()  # a coroutine dropped in a reference cycle warns only when collected
+    # A coroutine built and never awaited (`main()` without `anyio.run`, a forgotten `await`)
+    # warns from its finaliser, where raising is impossible: the block looked fine and did
+    # nothing. That fails the block; every other warning is passed on as it was.
+    unawaited = [w for w in caught if UNAWAITED.search(str(w.message))]
+    for w in caught:
+        if w not in unawaited:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    assert not unawaited, (
+        f"{block.id}: a coroutine was never awaited, so part of this block never ran: "
+        f"{'; '.join(str(w.message) for w in unawaited)}"
+    )
 
 
 def test_most_blocks_run() -> None:
