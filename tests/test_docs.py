@@ -67,18 +67,10 @@ PAGES = sorted(DOCS.glob("*.md"))
 BLOCKS = [b for page in (*PAGES, README) for b in blocks_of(page)]
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_code_block(
-    block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # Fragments may use top-level await; every block must at least compile.
+def run_block(block: Block) -> None:
+    """Run one block as a script (top-level ``await`` under ``asyncio.run``); raise
+    ``AssertionError`` naming the block if it fails or leaves a coroutine un-awaited."""
     code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    if block.skip is not None:
-        pytest.skip(block.skip)
-    for var in ("FIREWORKS_API_KEY", "TINKER_API_KEY", "FIREWORKS_BASE_URL", "TINKER_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TINKER_TELEMETRY", "0")
-    monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -104,6 +96,37 @@ def test_code_block(
         f"{block.id}: a coroutine was never awaited, so part of this block never ran: "
         f"{'; '.join(str(w.message) for w in unawaited)}"
     )
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_code_block(block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Fragments may use top-level await; every block must at least compile.
+    compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    if block.skip is not None:
+        pytest.skip(block.skip)
+    for var in ("FIREWORKS_API_KEY", "TINKER_API_KEY", "FIREWORKS_BASE_URL", "TINKER_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
+    run_block(block)
+
+
+def test_the_harness_runs_top_level_await_and_refuses_unawaited_coroutines(
+    tmp_path: Path,
+) -> None:
+    """A block with top-level ``await`` really runs; one whose coroutine nobody awaits (it
+    would look fine and do nothing) fails, naming the block."""
+    page = DOCS / "not-a-page.md"  # blocks are named by their page in the repository
+    ran = tmp_path / "ran"
+    awaited = Block(page, 1, f"import anyio\nawait anyio.sleep(0)\nopen({str(ran)!r}, 'w')\n", None)
+    run_block(awaited)
+    assert ran.exists()
+    dropped = Block(page, 9, "async def main() -> None:\n    pass\n\nmain()\n", None)
+    with pytest.raises(AssertionError, match=r"docs/not-a-page\.md:9: .*never awaited"):
+        run_block(dropped)
+    failing = Block(page, 17, "import asyncio\nawait asyncio.sleep(0)\n1 / 0\n", None)
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        run_block(failing)
 
 
 def test_most_blocks_run() -> None:
