@@ -21,6 +21,7 @@ import tomllib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import pytest
@@ -30,7 +31,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
-UNAWAITED = re.compile(r"coroutine .* was never awaited")
+UNAWAITED = re.compile(r"coroutine .* was never awaited")  # the RuntimeWarning's text
 
 
 @attrs.frozen
@@ -71,8 +72,28 @@ def run_block(block: Block) -> None:
     """Run one block as a script (top-level ``await`` under ``asyncio.run``); raise
     ``AssertionError`` naming the block if it fails or leaves a coroutine un-awaited."""
     code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # A coroutine built and never awaited (`main()` without `anyio.run`, a forgotten `await`)
+    # warns from its finaliser, where raising is impossible: the block looked fine and did
+    # nothing. Those warnings are caught here; every other one goes on as it would.
+    unawaited: list[str] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message=UNAWAITED.pattern, category=RuntimeWarning)
+        passed_on = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if UNAWAITED.search(str(message)):
+                unawaited.append(str(message))
+            else:
+                passed_on(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         try:
             if code.co_flags & inspect.CO_COROUTINE:  # top-level await: exec would not run it
                 asyncio.run(eval(code, {"__name__": "__main__"}))
@@ -85,16 +106,9 @@ def run_block(block: Block) -> None:
                 "on the line before its fence."
             ) from exc
         gc.collect()  # a coroutine dropped in a reference cycle warns only when collected
-    # A coroutine built and never awaited (`main()` without `anyio.run`, a forgotten `await`)
-    # warns from its finaliser, where raising is impossible: the block looked fine and did
-    # nothing. That fails the block; every other warning is passed on as it was.
-    unawaited = [w for w in caught if UNAWAITED.search(str(w.message))]
-    for w in caught:
-        if w not in unawaited:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     assert not unawaited, (
         f"{block.id}: a coroutine was never awaited, so part of this block never ran: "
-        f"{'; '.join(str(w.message) for w in unawaited)}"
+        f"{'; '.join(unawaited)}"
     )
 
 
