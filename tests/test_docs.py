@@ -13,10 +13,15 @@ and is still compiled, so its syntax is checked. An unmarked block that fails fa
 from __future__ import annotations
 
 import ast
+import asyncio
+import gc
+import inspect
 import re
 import tomllib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import pytest
@@ -26,6 +31,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
+UNAWAITED = re.compile(r"coroutine .* was never awaited")  # the RuntimeWarning's text
 
 
 @attrs.frozen
@@ -62,26 +68,79 @@ PAGES = sorted(DOCS.glob("*.md"))
 BLOCKS = [b for page in (*PAGES, README) for b in blocks_of(page)]
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_code_block(
-    block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # Fragments may use top-level await; every block must at least compile.
+def run_block(block: Block) -> None:
+    """Run one block as a script (top-level ``await`` under ``asyncio.run``); raise
+    ``AssertionError`` naming the block if it fails or leaves a coroutine un-awaited."""
     code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    # A coroutine built and never awaited (`main()` without `anyio.run`, a forgotten `await`)
+    # warns from its finaliser, where raising is impossible: the block looked fine and did
+    # nothing. Those warnings are caught here; every other one goes on as it would.
+    unawaited: list[str] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message=UNAWAITED.pattern, category=RuntimeWarning)
+        passed_on = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if UNAWAITED.search(str(message)):
+                unawaited.append(str(message))
+            else:
+                passed_on(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            if code.co_flags & inspect.CO_COROUTINE:  # top-level await: exec would not run it
+                asyncio.run(eval(code, {"__name__": "__main__"}))
+            else:
+                exec(code, {"__name__": "__main__"})
+        except BaseException as exc:
+            raise AssertionError(
+                f"{block.id}: this block does not run ({type(exc).__name__}: {exc}). Fix it, or, "
+                "if it cannot run against the local trainer, put `<!-- docs-test: skip (why) -->` "
+                "on the line before its fence."
+            ) from exc
+        gc.collect()  # a coroutine dropped in a reference cycle warns only when collected
+    assert not unawaited, (
+        f"{block.id}: a coroutine was never awaited, so part of this block never ran: "
+        f"{'; '.join(unawaited)}"
+    )
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_code_block(block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Fragments may use top-level await; every block must at least compile.
+    compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if block.skip is not None:
         pytest.skip(block.skip)
     for var in ("FIREWORKS_API_KEY", "TINKER_API_KEY", "FIREWORKS_BASE_URL", "TINKER_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TINKER_TELEMETRY", "0")
     monkeypatch.chdir(tmp_path)  # what a block writes (data files, a run dir) stays out of the repo
-    try:
-        exec(code, {"__name__": "__main__"})
-    except BaseException as exc:
-        raise AssertionError(
-            f"{block.id}: this block does not run ({type(exc).__name__}: {exc}). Fix it, or, if "
-            "it cannot run against the local trainer, put `<!-- docs-test: skip (why) -->` on "
-            "the line before its fence."
-        ) from exc
+    run_block(block)
+
+
+def test_the_harness_runs_top_level_await_and_refuses_unawaited_coroutines(
+    tmp_path: Path,
+) -> None:
+    """A block with top-level ``await`` really runs; one whose coroutine nobody awaits (it
+    would look fine and do nothing) fails, naming the block."""
+    page = DOCS / "not-a-page.md"  # blocks are named by their page in the repository
+    ran = tmp_path / "ran"
+    awaited = Block(page, 1, f"import anyio\nawait anyio.sleep(0)\nopen({str(ran)!r}, 'w')\n", None)
+    run_block(awaited)
+    assert ran.exists()
+    dropped = Block(page, 9, "async def main() -> None:\n    pass\n\nmain()\n", None)
+    with pytest.raises(AssertionError, match=r"docs/not-a-page\.md:9: .*never awaited"):
+        run_block(dropped)
+    failing = Block(page, 17, "import asyncio\nawait asyncio.sleep(0)\n1 / 0\n", None)
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        run_block(failing)
 
 
 def test_most_blocks_run() -> None:
