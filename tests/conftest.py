@@ -28,7 +28,8 @@ from firetitan_async.local import LocalTrainer
 # without torch: tinker imports torch whenever it is installed (its types try it), about 1.7 s
 # of CPU a process, and none of them uses it. That was ~150 s of a 600 s suite. The torch tests
 # (custom losses, the fidelity steps) run in this process, where torch imports as usual; a
-# subprocess that needs torch (the tinker-cookbook venv) drops PYTHONPATH.
+# subprocess that needs torch (the tinker-cookbook venv) drops PYTHONPATH. The stand-in is a
+# sitecustomize that marks torch as absent in sys.modules (tests/_no_torch).
 _NO_TORCH = str(Path(__file__).resolve().parent / "_no_torch")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_NO_TORCH, os.environ.get("PYTHONPATH")) if p
