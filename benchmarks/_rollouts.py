@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ __all__ = ["run_rollouts"]
 async def _measure(client: str, url: str, completions: int, inflight: int,
                    max_tokens: int) -> dict[str, Any]:
     import anyio
-    from _stall_ticker import GcPauses, Ticker
 
     if client == "spawn_floor":
         return await _spawn_floor(completions)
@@ -86,6 +86,31 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
         n = await one()  # ``tokens += await one()`` would read ``tokens`` before the await
         tokens += n
 
+    async def rollouts() -> None:
+        nonlocal tokens
+        if client == "ours_many":  # one call admits the batch as the window frees
+            results = await sampler.sample_many(
+                [PROMPT] * completions, max_tokens=max_tokens, logprobs=True
+            )
+            tokens = sum(len(r[0].tokens) for r in results)
+        else:  # a task per rollout, started at once (as the SDK's users write it)
+            async with anyio.create_task_group() as tasks:
+                for _ in range(completions):
+                    tasks.start_soon(counted)
+
+    stalls = await _beside_ticker(rollouts)
+    wall = stalls.pop("wall_s")
+    await close()
+    return {"client": client, "wall_s": wall, "rollouts_per_s": completions / wall,
+            "tokens": tokens, **stalls}
+
+
+async def _beside_ticker(body: Callable[[], Awaitable[None]]) -> dict[str, float]:
+    """Run ``body`` beside a 1 ms ticker; its wall time, the loop's largest gap (with and
+    without the collector's pauses inside it) and the collector's largest pause."""
+    import anyio
+    from _stall_ticker import GcPauses, Ticker
+
     with GcPauses.installed() as pauses:
         ticker = Ticker(pauses)
         async with anyio.create_task_group() as tg:
@@ -93,20 +118,10 @@ async def _measure(client: str, url: str, completions: int, inflight: int,
             await anyio.sleep(0.01)
             ticker.restart()
             t0 = time.perf_counter()
-            if client == "ours_many":  # one call admits the batch as the window frees
-                results = await sampler.sample_many(
-                    [PROMPT] * completions, max_tokens=max_tokens, logprobs=True
-                )
-                tokens = sum(len(r[0].tokens) for r in results)
-            else:  # a task per rollout, started at once (as the SDK's users write it)
-                async with anyio.create_task_group() as rollouts:
-                    for _ in range(completions):
-                        rollouts.start_soon(counted)
+            await body()
             wall = time.perf_counter() - t0
             ticker.stop()
-    await close()
-    return {"client": client, "wall_s": wall, "rollouts_per_s": completions / wall,
-            "tokens": tokens, "max_loop_stall_ms": ticker.max_gap_s * 1e3,
+    return {"wall_s": wall, "max_loop_stall_ms": ticker.max_gap_s * 1e3,
             "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
             "max_gc_pause_ms": pauses.max_s * 1e3}
 
@@ -116,25 +131,19 @@ async def _spawn_floor(completions: int) -> dict[str, Any]:
     calls in one loop turn, of tasks that only yield once (no sampler at all)."""
     import anyio
     import anyio.lowlevel
-    from _stall_ticker import GcPauses, Ticker
 
     async def nothing() -> None:
         await anyio.lowlevel.checkpoint()
 
-    with GcPauses.installed() as pauses:
-        ticker = Ticker(pauses)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker.run)
-            await anyio.sleep(0.01)
-            ticker.restart()
-            async with anyio.create_task_group() as tasks:
-                for _ in range(completions):
-                    tasks.start_soon(nothing)
-            await anyio.sleep(0.005)
-            ticker.stop()
-    return {"client": "spawn_floor", "max_loop_stall_ms": ticker.max_gap_s * 1e3,
-            "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
-            "max_gc_pause_ms": pauses.max_s * 1e3}
+    async def spawn() -> None:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(completions):
+                tasks.start_soon(nothing)
+        await anyio.sleep(0.005)
+
+    stalls = await _beside_ticker(spawn)
+    del stalls["wall_s"]
+    return {"client": "spawn_floor", **stalls}
 
 
 def _worker(ns: argparse.Namespace) -> int:
