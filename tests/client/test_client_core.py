@@ -188,8 +188,8 @@ async def test_awaiting_twice_gives_the_same_result(trainer: LocalTrainer, diale
 
 
 async def test_event_loop_never_blocked() -> None:
-    """Every reply is delayed 1 s, so a request made synchronously on the loop (a blocking
-    bootstrap, a blocking wait) would stall the ticker for at least 1 s; the bound is 0.9 s.
+    """Every reply is delayed 0.5 s, so a request made synchronously on the loop (a blocking
+    bootstrap, a blocking wait) would stall the ticker for at least 0.5 s; the bound is 0.45 s.
     The ≤10 ms goal is measured in benchmarks/, not here."""
     gaps: list[float] = []
     stop = anyio.Event()
@@ -202,8 +202,9 @@ async def test_event_loop_never_blocked() -> None:
             gaps.append(now - last)
             last = now
 
-    async with LocalTrainer(seed=7, latency_s=1.0) as slow, anyio.create_task_group() as tg:
+    async with LocalTrainer(seed=7, latency_s=0.5) as slow, anyio.create_task_group() as tg:
         tg.start_soon(ticker)
+        await anyio.sleep(0.01)  # the ticker is running before the session starts
         async with ServiceSession(slow.base_url, dialect="tinker") as session:
             client = await session.create_training_client(MODEL, lora_rank=8)
             pendings: list[Pending[object]] = []
@@ -216,7 +217,7 @@ async def test_event_loop_never_blocked() -> None:
     worst_ms = max(gaps) * 1000
     print(f"largest 1 ms-ticker gap through start, 50 pipelined steps and exit: {worst_ms:.1f} ms")
     # A generous bound: catches a real block (a synchronous round trip), not scheduling noise.
-    assert worst_ms < 900
+    assert worst_ms < 450
 
 
 async def test_errors_propagate_as_themselves(trainer: LocalTrainer, dialect: str) -> None:
