@@ -18,12 +18,13 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from tinker import types
 
-from .._sdk_private import tensor_array
+from .._sdk_private import routing_matrices, tensor_array
 from ..errors import InvalidInput, ProtocolError
 
 __all__ = ["estimate_datum_bytes", "merge_outputs", "model_input_bytes", "split_batch"]
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _BYTES_PER_TOKEN = 4  # tokens travel as int32
 _BYTES_PER_SPARSE_INDEX = 8  # CSR indices travel as int64
+_MAX_BYTES_PER_VALUE = 10  # the most any SDK's estimate counts (see _plain_bound)
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _REDUCTIONS = frozenset({"mean", "sum", "min", "max", "slack", "hash2", "unique"})
 
@@ -76,6 +78,29 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
     return total
 
 
+def _plain_bound(data: Sequence[types.Datum]) -> float:
+    """An upper bound of any SDK's size estimate of a batch of one-chunk token inputs and
+    dense tensors without routing matrices: 10 bytes per token and per tensor value (tinker
+    counts 4 per token and at most 8 per value, Fireworks 10 and 10); ``inf`` when a datum is
+    not that plain."""
+    values = 0
+    for datum in data:
+        model_input = datum.model_input
+        chunks = model_input.chunks
+        if (
+            len(chunks) != 1
+            or type(chunk := chunks[0]) is not types.EncodedTextChunk
+            or routing_matrices(model_input) is not None
+        ):
+            return math.inf
+        values += len(chunk.tokens)
+        for td in datum.loss_fn_inputs.values():
+            if td.sparse_crow_indices is not None or td.sparse_col_indices is not None:
+                return math.inf
+            values += tensor_array(td).size
+    return values * _MAX_BYTES_PER_VALUE
+
+
 def split_batch(
     data: Sequence[types.Datum],
     *,
@@ -95,6 +120,8 @@ def split_batch(
     """
     if max_len < 1:
         raise InvalidInput("max_len", f"must be >= 1, got {max_len!r}")
+    if 0 < len(data) <= max_len and _plain_bound(data) <= max_bytes:
+        return [list(data)]  # the common case, sized without a call per datum (5 -> 2 us)
     chunks: list[list[types.Datum]] = []
     current: list[types.Datum] = []
     current_bytes = 0

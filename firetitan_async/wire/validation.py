@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import array as array_module
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -96,6 +97,8 @@ _INPUT_DTYPE: Mapping[str, tuple[str, ...]] = {
     "sequence_ratio_mask": ("float32",),
 }
 _MUST_BE_FINITE = frozenset({"weights", "advantages", "logprobs"})
+_VALUE_CHECKED = _MUST_BE_FINITE | {"target_tokens"}
+_WIRE_DTYPES = ("float32", "int64")  # what any other input may be
 _INT32_MAX = 2**31 - 1
 _CLIP_KEYS = ("clip_low_threshold", "clip_high_threshold")
 _ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
@@ -164,13 +167,16 @@ def validate_forward_backward(
     if len(data) == 0:
         raise InvalidInput("data", "is empty; pass at least one Datum")
     required = losses[loss_fn]
-    # Value checks (finiteness, sign) are batched per input name: one numpy pass per batch;
-    # so are the token-id ranges of plain one-chunk inputs (the common case): one min and one
-    # max over the batch's tokens, the datum named only if they fail.
-    deferred: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
+    # The call's cost is the loop's stall (a burst of calls runs in one turn), so the common
+    # case is checked inline and in bulk: one-chunk token inputs and plain 1-D tensors of the
+    # right dtype and length take no function call; token ranges and values (finiteness,
+    # sign) are one numpy pass over the batch per input name; anything else, or a failure,
+    # goes through the exact per-datum checks that name the datum and the field.
+    # (8 datums of ~40 tokens: 38 -> 17 us a call.)
+    values: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
     batch_tokens: list[int] = []
     for index, datum in enumerate(data):
-        if not isinstance(datum, types.Datum):
+        if type(datum) is not types.Datum and not isinstance(datum, types.Datum):
             raise InvalidInput(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
@@ -198,14 +204,46 @@ def validate_forward_backward(
                     index=index,
                 )
         for name, td in inputs.items():
-            _check_input_tensor(name, td, n_tokens, index)
-            if name in _MUST_BE_FINITE or name == "target_tokens":
-                deferred.setdefault(name, []).append((index, tensor_array(td)))
-    if batch_tokens and (min(batch_tokens) < 0 or max(batch_tokens) > _INT32_MAX):
+            array = td._numpy if type(td) is types.TensorData else None  # tensor_array's read
+            if not (
+                array is not None
+                and td.dtype in _INPUT_DTYPE.get(name, _WIRE_DTYPES)
+                and td.sparse_crow_indices is None
+                and array.ndim == 1
+                and (td.shape is None or td.shape == [n_tokens])
+                and len(array) == n_tokens
+            ):
+                _check_input_tensor(name, td, n_tokens, index)
+                array = tensor_array(td)
+            if name in _VALUE_CHECKED:
+                values.setdefault(name, []).append((index, array))
+    if batch_tokens and not _int32_ids(batch_tokens):
         for index, datum in enumerate(data):  # name the first datum out of range
             _check_model_input(datum.model_input, index, for_training=True)
-    for name, arrays in deferred.items():
-        _check_values(name, arrays)
+    for name, arrays in values.items():
+        if not _values_ok(name, [array for _, array in arrays]):
+            _check_values(name, arrays)
+
+
+def _int32_ids(tokens: list[int]) -> bool:
+    """Whether every token id is in ``[0, 2**31)``: packed as uint32 (which refuses a negative
+    or larger id) and read back as int32 (a sign bit set means ``>= 2**31``); 6 us against 10
+    for ``min`` and ``max`` over 300 ids."""
+    try:
+        packed = array_module.array("I", tokens)
+    except OverflowError:
+        return False
+    return bool(np.frombuffer(packed, dtype=np.int32).min() >= 0)
+
+
+def _values_ok(name: str, arrays: list[np.ndarray[Any, Any]]) -> bool:
+    """One pass over a batch's values of one input: target tokens not negative, the rest
+    finite (a sum is finite only if every term is; summed in float64, float32 values cannot
+    overflow it). ``False`` sends the caller to the exact check, which names the datum."""
+    flat = np.concatenate(arrays, axis=None)
+    if name == "target_tokens":
+        return flat.size == 0 or bool(flat.min() >= 0)
+    return flat.dtype.kind in "iub" or math.isfinite(np.add.reduce(flat, dtype=np.float64))
 
 
 def _check_routing(routing: Any, n_tokens: int | None, index: int, dialect: str) -> None:

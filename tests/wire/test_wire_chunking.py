@@ -3,6 +3,7 @@ lib/chunked_fwdbwd_helpers.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from tinker.lib.public_interfaces.training_client import (
 
 from firetitan_async.errors import ProtocolError
 from firetitan_async.wire.chunking import estimate_datum_bytes, merge_outputs, split_batch
+from firetitan_async.wire.fireworks import estimate_datum_bytes as fw_estimate
 
 RNG = np.random.default_rng(7)
 
@@ -135,3 +137,43 @@ def test_merge_with_no_datums_falls_back_to_unweighted_mean() -> None:
 def test_merge_rejects_keys_without_a_reduction(key: str) -> None:
     with pytest.raises(ProtocolError, match="name:reduction"):
         merge_outputs([_out(1, {key: 1.0})])
+
+
+def _reference_split(
+    data: list[types.Datum], max_len: int, max_bytes: int, estimate: Callable[[types.Datum], int]
+) -> list[list[types.Datum]]:
+    """The split rule datum by datum, with no shortcut."""
+    chunks: list[list[types.Datum]] = []
+    size = 0
+    for datum in data:
+        full = size + estimate(datum) > max_bytes or len(chunks[-1] if chunks else ()) >= max_len
+        if chunks and full:
+            chunks.append([])
+            size = 0
+        if not chunks:
+            chunks.append([])
+        chunks[-1].append(datum)
+        size += estimate(datum)
+    return chunks
+
+
+PLAIN = [_datum(int(n)) for n in RNG.integers(1, 60, 40)]
+_VALUES = sum(3 * len(d.model_input.chunks[0].tokens) for d in PLAIN)  # tokens, 2 inputs
+
+
+@pytest.mark.parametrize(
+    "max_bytes",
+    [10 * _VALUES, 10 * _VALUES - 1, sum(map(estimate_datum_bytes, PLAIN)),
+     sum(map(estimate_datum_bytes, PLAIN)) - 1, sum(map(fw_estimate, PLAIN)) - 1, 100],
+)  # fmt: skip
+@pytest.mark.parametrize("max_len", [40, 39])
+def test_split_of_a_plain_batch_at_the_shortcut_bound(max_len: int, max_bytes: int) -> None:
+    """The one-chunk shortcut for plain batches (bounded at 10 bytes a value) gives the chunks
+    of the datum-by-datum rule, under both SDKs' estimates, at and beside the bound."""
+    ours = split_batch(PLAIN, max_len=max_len, max_bytes=max_bytes)
+    assert [[id(d) for d in c] for c in ours] == [
+        [id(d) for d in c] for c in _sdk_split(PLAIN, max_len, max_bytes)
+    ]
+    for_fw = split_batch(PLAIN, max_len=max_len, max_bytes=max_bytes, estimate=fw_estimate)
+    ref = _reference_split(PLAIN, max_len, max_bytes, fw_estimate)
+    assert [[id(d) for d in c] for c in for_fw] == [[id(d) for d in c] for c in ref]

@@ -78,6 +78,12 @@ BAD_SPARSE = types.TensorData(
     sparse_crow_indices=[0, 1, 2], sparse_col_indices=[0, 1],
 )  # fmt: skip
 
+SHAPELESS_3 = types.TensorData(data=[1.0, 1.0, 1.0], dtype="float32", shape=None)
+SPARSE_1D = types.TensorData(
+    data=np.arange(4, dtype=np.int64), dtype="int64", shape=[4],
+    sparse_crow_indices=[0, 4], sparse_col_indices=[0, 1, 2, 3],
+)  # fmt: skip
+
 # (id, data, loss_fn, config, expected field, expected index, words in the message)
 FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
     ("empty-batch", [], "cross_entropy", None, "data", None, "empty"),
@@ -130,6 +136,11 @@ FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
      "model_input.chunks[1]", 2, "image_asset_pointer"),
     ("bad-sparse", [ce(target_tokens=BAD_SPARSE)], "cross_entropy", None,
      "loss_fn_inputs.target_tokens", 0, "crow indices"),
+    # the inline common-case check must not pass what the exact one refuses
+    ("shapeless-too-short", [ce(), ce(weights=SHAPELESS_3)], "cross_entropy", None,
+     "loss_fn_inputs.weights", 1, "3 elements, model_input has 4 tokens"),
+    ("sparse-1d", [ce(target_tokens=SPARSE_1D)], "cross_entropy", None,
+     "loss_fn_inputs.target_tokens", 0, "2-D shape"),
     ("config-list", [rl()], "ppo", {"clip_low_threshold": [0.8]},
      "loss_fn_config.clip_low_threshold", None, "float or a str"),
     ("config-bool", [rl()], "dro", {"beta": True}, "loss_fn_config.beta", None, "float or a str"),
@@ -189,6 +200,9 @@ OK_SPARSE = types.TensorData(
             "cross_entropy", None,
         ),  # an image without expected_tokens hides the length: not checked
         ((ce(),), "cross_entropy", None),  # a tuple is a sequence too
+        # finite values whose float32 sum overflows: the batched check falls back, not fails
+        ([rl(advantages=np.full(4, 3e38, np.float32)), rl()], "ppo", None),
+        ([ce(weights=np.array([1, 0, 1, 1], np.int64))], "cross_entropy", None),  # int mask
     ],
 )  # fmt: skip
 def test_forward_backward_accepts(data: Any, loss_fn: str, config: Any) -> None:
