@@ -101,11 +101,9 @@ async def test_operations_in_flight_when_the_job_fails_fail_with_trainer_job_fai
             fb = client.forward_backward(batch(0), "cross_entropy")
             in_flight = [fb, client.optim_step(ADAM)]
             await anyio.sleep(0.05)  # submitted; the trainer holds every reply back 0.2 s
-            async with httpx.AsyncClient() as http:
-                failed = await http.post(
-                    f"{lt.base_url}/_local/jobs/{created.job_id}/fail", json={}
-                )
-                failed.raise_for_status()
+            # failed in-process, at once: an HTTP client opened here could take the 0.15 s
+            # left on a loaded machine, and the replies would win the race
+            lt.fail_job(created.job_id, message="failed by test hook")
             started = time.monotonic()
             for pending in in_flight:
                 with pytest.raises(TrainerJobFailed):  # not SubmissionLost, not a 503
