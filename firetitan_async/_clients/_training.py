@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -299,20 +299,33 @@ class TrainingClient:
         validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
         chunks = self._split(data)
         add_response_tokens = self._codec.adds_response_tokens and loss_fn == "cross_entropy"
-
-        async def run(
-            seqs: range, pending: Pending[types.ForwardBackwardOutput]
-        ) -> types.ForwardBackwardOutput:
-            out = await self._run_chunks(
-                name, chunks, seqs, loss_fn, loss_fn_config, forward_only, pending
-            )
-            if add_response_tokens and "response_tokens" not in out.metrics:
-                # The Fireworks SDK's client-side metric: the non-zero weights of the batch.
-                out.metrics["response_tokens"] = _response_tokens(data)
-            return out
-
+        # bound partials, not closures: two tracked objects a call instead of a dozen cells
+        run = partial(
+            self._run_fwdbwd, name, data, chunks, loss_fn, loss_fn_config, forward_only,
+            add_response_tokens,
+        )  # fmt: skip
         tokens = partial(_input_tokens, data)  # counted in the operation's task
         return self._ops.start(name, len(chunks), run, tokens=tokens, deadlines=deadlines)
+
+    async def _run_fwdbwd(
+        self,
+        name: Literal["forward", "forward_backward"],
+        data: Sequence[types.Datum],
+        chunks: Sequence[Sequence[types.Datum]],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str | bool] | None,
+        forward_only: bool,
+        add_response_tokens: bool,
+        seqs: range,
+        pending: Pending[types.ForwardBackwardOutput],
+    ) -> types.ForwardBackwardOutput:
+        out = await self._run_chunks(
+            name, chunks, seqs, loss_fn, loss_fn_config, forward_only, pending
+        )
+        if add_response_tokens and "response_tokens" not in out.metrics:
+            # The Fireworks SDK's client-side metric: the non-zero weights of the batch.
+            out.metrics["response_tokens"] = _response_tokens(data)
+        return out
 
     async def _run_chunks(
         self,
@@ -409,15 +422,9 @@ class TrainingClient:
             emit_grad_norm_metrics=grad_norm,
         )
 
-        def body(seq: int) -> dict[str, Any]:
-            return codec.optim_step_body(
-                model_id=self.model_id,
-                seq_id=seq,
-                adam_params=adam_params,
-                grad_accumulation_normalization=normalization,
-                emit_grad_norm_metrics=grad_norm,
-            )
-
+        body = partial(
+            _optim_body, codec, self.model_id, adam_params, normalization, grad_norm
+        )  # a partial, not a closure (see _fwdbwd)
         return self._simple("optim_step", body, types.OptimStepResponse, deadlines)
 
     def save_state(
@@ -864,10 +871,18 @@ class TrainingClient:
     def _simple(
         self, op: str, body: Any, result_type: type[R], deadlines: Deadlines | None = None
     ) -> Pending[R]:
-        async def run(seqs: range, pending: Pending[R]) -> R:
-            return await self._submit_and_retrieve(op, seqs[0], body(seqs[0]), result_type, pending)
-
+        run = partial(self._run_simple, op, body, result_type)  # no closure cells (see above)
         return self._ops.start(op, 1, run, deadlines=call_deadlines(deadlines))
+
+    async def _run_simple(
+        self,
+        op: str,
+        body: Callable[[int], dict[str, Any]],
+        result_type: type[R],
+        seqs: range,
+        pending: Pending[R],
+    ) -> R:
+        return await self._submit_and_retrieve(op, seqs[0], body(seqs[0]), result_type, pending)
 
     async def _submit_and_retrieve(
         self, op: str, seq: int, body: dict[str, Any], result_type: type[R], pending: Pending[Any]
@@ -881,6 +896,23 @@ class TrainingClient:
             accepted.request_id, request_type=self._codec.request_type(op)
         )
         return decode_json_result(result_type, done.payload)
+
+
+def _optim_body(
+    codec: Dialect,
+    model_id: str,
+    adam_params: types.AdamParams,
+    normalization: Any,
+    grad_norm: Any,
+    seq_id: int,
+) -> dict[str, Any]:
+    return codec.optim_step_body(
+        model_id=model_id,
+        seq_id=seq_id,
+        adam_params=adam_params,
+        grad_accumulation_normalization=normalization,
+        emit_grad_norm_metrics=grad_norm,
+    )
 
 
 async def _list_checkpoints(
