@@ -156,6 +156,7 @@ _FIGURE_TITLES = {
     "peak_rss_mb": "peak RSS MB",
     "max_stall_ms": "max loop stall ms",
     "max_stall_beside_gc_ms": "max stall less GC ms",
+    "max_stall_cpu_beside_gc_ms": "max CPU in a stall less GC ms",
     "max_gc_pause_ms": "max GC pause ms",
 }
 

@@ -123,6 +123,7 @@ async def _beside_ticker(body: Callable[[], Awaitable[None]]) -> dict[str, float
             ticker.stop()
     return {"wall_s": wall, "max_loop_stall_ms": ticker.max_gap_s * 1e3,
             "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
+            "max_stall_cpu_beside_gc_ms": ticker.max_gap_cpu_beside_gc_s * 1e3,
             "max_gc_pause_ms": pauses.max_s * 1e3}
 
 
@@ -201,6 +202,9 @@ def run_rollouts(*, reps: int = 3, completions: int = 2000, inflight: int = 256,
         "rollout_max_stall_beside_gc_ms": statistics.median(
             o["max_stall_beside_gc_ms"] for o, _ in pairs
         ),
+        "rollout_max_stall_cpu_beside_gc_ms": statistics.median(
+            o["max_stall_cpu_beside_gc_ms"] for o, _ in pairs
+        ),
         "rollout_max_gc_pause_ms": statistics.median(o["max_gc_pause_ms"] for o, _ in pairs),
         "ours_rollouts_per_s": statistics.median(o["rollouts_per_s"] for o, _ in pairs),
         "fireworks_rollouts_per_s": statistics.median(t["rollouts_per_s"] for _, t in pairs),
@@ -208,6 +212,9 @@ def run_rollouts(*, reps: int = 3, completions: int = 2000, inflight: int = 256,
         "ours_many_rollouts_per_s": statistics.median(m["rollouts_per_s"] for m in many),
         "rollout_many_max_stall_beside_gc_ms": statistics.median(
             m["max_stall_beside_gc_ms"] for m in many
+        ),
+        "rollout_many_max_stall_cpu_beside_gc_ms": statistics.median(
+            m["max_stall_cpu_beside_gc_ms"] for m in many
         ),
         "rollout_many_max_loop_stall_ms": statistics.median(
             m["max_loop_stall_ms"] for m in many

@@ -491,6 +491,7 @@ async def _stall_measured(
         "ops": ops,
         "max_stall_ms": ticker.max_gap_s * 1e3,
         "max_stall_beside_gc_ms": ticker.max_gap_beside_gc_s * 1e3,
+        "max_stall_cpu_beside_gc_ms": ticker.max_gap_cpu_beside_gc_s * 1e3,
         "ticks": ticker.ticks,
     }
     for phase, gap in ticker.by_phase.items():

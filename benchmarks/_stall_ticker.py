@@ -13,7 +13,7 @@ Example::
             tg.start_soon(ticker.run)
             ...                                  # the measured run
             ticker.stop()
-    ticker.max_gap_s, ticker.max_gap_beside_gc_s, pauses.max_s
+    ticker.max_gap_s, ticker.max_gap_beside_gc_s, ticker.max_gap_cpu_beside_gc_s, pauses.max_s
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class Ticker:
         self.max_gap_s = 0.0
         # The largest gap less the garbage collector's pauses inside it (the loop's own work).
         self.max_gap_beside_gc_s = 0.0
+        # The most CPU this thread spent in one gap, less the collector's pauses: where a gap
+        # is much longer than this, the thread was waiting (descheduled by the OS for another
+        # process, such as a busy trainer on the same cores), not working.
+        self.max_gap_cpu_beside_gc_s = 0.0
+        self._cpu_at_last = time.thread_time()
         self._gc = gc_pauses
         self._gc_at_last = 0.0
         self.ticks = 0
@@ -92,6 +97,7 @@ class Ticker:
     async def run(self) -> None:
         """Tick until :meth:`stop` (run it in a task group)."""
         self._last = time.perf_counter()
+        self._cpu_at_last = time.thread_time()
         self._gc_at_last = 0.0 if self._gc is None else self._gc.total_s
         while self._running:
             await anyio.sleep(_TICK_S)
@@ -105,14 +111,18 @@ class Ticker:
 
     def _note_gap(self, now: float) -> None:
         gap = now - self._last
+        cpu_now = time.thread_time()
+        cpu, self._cpu_at_last = cpu_now - self._cpu_at_last, cpu_now
         self.max_gap_s = max(self.max_gap_s, gap)
         if self._gc is not None:
             in_gc, self._gc_at_last = self._gc.total_s - self._gc_at_last, self._gc.total_s
             self.max_gap_beside_gc_s = max(self.max_gap_beside_gc_s, gap - in_gc)
+            cpu -= in_gc
+        self.max_gap_cpu_beside_gc_s = max(self.max_gap_cpu_beside_gc_s, cpu)
 
     def restart(self) -> None:
         """Forget the gaps so far (a warm-up); the gap in progress still counts."""
-        self.max_gap_s = self.max_gap_beside_gc_s = 0.0
+        self.max_gap_s = self.max_gap_beside_gc_s = self.max_gap_cpu_beside_gc_s = 0.0
 
     def stop(self) -> None:
         """Stop measuring now; the gap in progress counts up to this moment."""
