@@ -173,7 +173,7 @@ def validate_forward_backward(
     # sign) are one numpy pass over the batch per input name; anything else, or a failure,
     # goes through the exact per-datum checks that name the datum and the field.
     # (8 datums of ~40 tokens: 38 -> 17 us a call.)
-    values: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {}
+    values: dict[str, list[np.ndarray[Any, Any]]] = {}
     batch_tokens: list[int] = []
     for index, datum in enumerate(data):
         if type(datum) is not types.Datum and not isinstance(datum, types.Datum):
@@ -210,19 +210,22 @@ def validate_forward_backward(
                 and td.dtype in _INPUT_DTYPE.get(name, _WIRE_DTYPES)
                 and td.sparse_crow_indices is None
                 and array.ndim == 1
-                and (td.shape is None or td.shape == [n_tokens])
+                and ((shape := td.shape) is None or (len(shape) == 1 and shape[0] == n_tokens))
                 and len(array) == n_tokens
             ):
                 _check_input_tensor(name, td, n_tokens, index)
                 array = tensor_array(td)
             if name in _VALUE_CHECKED:
-                values.setdefault(name, []).append((index, array))
+                values.setdefault(name, []).append(array)
     if batch_tokens and not _int32_ids(batch_tokens):
         for index, datum in enumerate(data):  # name the first datum out of range
             _check_model_input(datum.model_input, index, for_training=True)
     for name, arrays in values.items():
-        if not _values_ok(name, [array for _, array in arrays]):
-            _check_values(name, arrays)
+        if not _values_ok(name, arrays):  # find the datum (the batch has a bad value)
+            _check_values(name, [
+                (index, tensor_array(datum.loss_fn_inputs[name]))
+                for index, datum in enumerate(data) if name in datum.loss_fn_inputs
+            ])  # fmt: skip
 
 
 def _int32_ids(tokens: list[int]) -> bool:
