@@ -292,11 +292,12 @@ class DeploymentSampler:
 
         The Fireworks SDK's parameters and defaults: ``top_k=0`` is sent on purpose (serving
         defaults would truncate rollouts); ``stop`` is a string, strings, or token ids (decoded
-        with the sampler's ``tokenizer``); ``echo`` also returns the prompt's logprobs
-        (``prompt_logprobs``); ``max_seq_len`` returns nothing for a prompt of that length or
-        more (no request) and drops completions longer than that in total, as the SDK does;
-        ``prompt_cache_key`` is passed to the server; ``timeout`` bounds this call (waiting
-        for a slot, retries and hot-load waits included) and raises ``OperationTimeout``;
+        with the sampler's ``tokenizer``, loaded first if need be: :meth:`get_tokenizer`);
+        ``echo`` also returns the prompt's logprobs (``prompt_logprobs``); ``max_seq_len``
+        returns nothing for a prompt of that length or more (no request) and drops completions
+        longer than that in total, as the SDK does; ``prompt_cache_key`` is passed to the
+        server; ``timeout`` bounds this call (waiting for a slot, retries and hot-load waits
+        included; not a first tokenizer load) and raises ``OperationTimeout``;
         ``include_routing_matrix`` returns each token's routing matrix (R3); ``extra`` adds
         fields to the request body as they are. ``InvalidInput`` for a bad argument (nothing
         sent); ``SamplingError`` when the request fails for good.
