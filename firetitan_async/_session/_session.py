@@ -210,12 +210,12 @@ class ServiceSession:
         # cancelled task group may never run a line, so closing fails these itself.
         self._unstarted: set[Pending[Any]] = set()
         self._training_keys: set[ModelSpec] = set()
+        # create_serverless_sampler(tokenizer_model=...)'s loads, shared by its samplers
+        self._tokenizers: TokenizerCache | None = None
         self._model_seq = 0
         self._sampling_seq = 0
         self._model_ids: list[str] = []
         self._loss_handles: LossHandles | None = None  # create_custom_loss's, made on first use
-        # create_serverless_sampler(tokenizer_model=...)'s loads, shared by its samplers
-        self._tokenizers: TokenizerCache | None = None
         self._events = EventHub()
         if on_event is not None:
             self._events.add_hook(on_event)

@@ -86,9 +86,6 @@ async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_delt
         assert {c.policy_version for c in await plain.sample(PROMPT, n=1, max_tokens=2)} == {
             second.path
         }
-        with pytest.raises(InvalidInput, match="model_path"):
-            await setup.hotload_sampler_snapshot("")
-
         # token-id stops: tokenizer_model, loaded when first needed through the policy client
         # (its get_tokenizer: one load in a worker thread, shared by every sampler)
         assert setup.sampler is not None
@@ -109,6 +106,8 @@ async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_delt
             stopped.tokens
         )
         assert explicit.tokenizer is given
+        with pytest.raises(InvalidInput, match="model_path"):
+            await setup.hotload_sampler_snapshot("")
 
 
 async def test_reattach_trainer_patches_only_what_differs_and_waits_for_the_roll(
