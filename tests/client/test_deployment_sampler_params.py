@@ -115,7 +115,12 @@ async def test_token_id_stops_stop_and_string_stops_go_as_the_sdk_sends_them(
         with pytest.raises(InvalidInput, match="tokenizer") as info:  # no tokenizer to decode
             await bare.sample(PROMPT, stop=[SPACE])
         assert info.value.field == "stop"
-    assert [b["stop"] for b in seen] == [["x"], ["x", "yz"]]
+        bare.tokenizer = ByteTokenizer()  # set afterwards, as on the SDK's sampler
+        await bare.sample(PROMPT, stop=[SPACE])
+        with pytest.raises(InvalidInput) as info:
+            bare.tokenizer = object()
+        assert info.value.field == "tokenizer"
+    assert [b["stop"] for b in seen] == [["x"], ["x", "yz"], [" "]]
 
 
 async def test_a_token_id_stop_loads_the_tokenizer_once_when_first_needed(
