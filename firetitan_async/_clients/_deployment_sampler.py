@@ -30,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -59,8 +59,10 @@ from ..wire.completions import (
     SSEDecoder,
     Stop,
     StreamDelta,
+    StreamEcho,
     check_max_seq_len,
     completion_body,
+    has_token_ids,
     parse_completion_reply,
     parse_stream_chunk,
 )
@@ -124,9 +126,18 @@ class DeploymentSampler:
     own ``ConcurrencyController``), an int (a fixed window) or None (adaptive, like the SDK).
     ``api_key`` defaults to ``$FIREWORKS_API_KEY``. ``tokenizer`` (a Hugging Face tokenizer,
     or anything with ``decode(ids, skip_special_tokens=False)``) turns token-id stops into
-    the strings the completions API takes, as the SDK's sampler does. An idle pooled connection
-    is reused for ``keepalive_expiry`` seconds, then closed (as ``ServiceSession``'s).
-    ``transport`` is the httpx seam (tests).
+    the strings the completions API takes, as the SDK's sampler does. Without one,
+    ``load_tokenizer`` (an async function returning it) is awaited once, the first time a call
+    needs the tokenizer (a token-id stop, :meth:`get_tokenizer`): a managed setup's samplers
+    load ``ManagedConfig.tokenizer_model`` so, in a worker thread (a ``tokenizer`` wins). An
+    idle pooled connection is reused for ``keepalive_expiry`` seconds, then closed (as
+    ``ServiceSession``'s). ``transport`` is the httpx seam (tests).
+
+    Example::
+
+        sampler = DeploymentSampler(url, model,
+                                    load_tokenizer=partial(client.get_tokenizer, "Qwen/Qwen3-8B"))
+        await sampler.sample(prompt, stop=[tokenizer_eos_id])   # loads it on this first need
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class DeploymentSampler:
         allow_insecure_http: bool = False,
         tokenizer: Any = None,
         keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY_S,
+        load_tokenizer: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         try:
             base = check_url_security(inference_url, allow_insecure_http=allow_insecure_http)
@@ -154,8 +166,12 @@ class DeploymentSampler:
         validate_seconds(timeout_s, "timeout_s")
         validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
         validate_keepalive_expiry(keepalive_expiry)
-        if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
-            raise InvalidInput("tokenizer", "must have decode(ids, skip_special_tokens=False)")
+        if load_tokenizer is not None and not callable(load_tokenizer):
+            raise InvalidInput("load_tokenizer", "must be an async function returning a "
+                               f"tokenizer, got {type(load_tokenizer).__name__}")
+        self.tokenizer = tokenizer  # checked by the setter
+        self._load_tokenizer = load_tokenizer
+        self._tokenizer_lock: anyio.Lock | None = None
         key = resolve_api_key(api_key)
         self.model = model
         self.inference_url = base
@@ -166,11 +182,6 @@ class DeploymentSampler:
         self._hot_interval = hotload_retry_interval_s
         self._hot_max = hotload_max_retries
         self._redact = Redactor.of(key)
-        self.tokenizer = tokenizer
-        self._decode_token: Callable[[int], str] | None = (
-            None if tokenizer is None
-            else lambda token: str(tokenizer.decode([token], skip_special_tokens=False))
-        )
         # The transport is called directly: no per-request cookie jar, auth flow or hooks
         # (httpx.AsyncClient's), which were a good part of the client's CPU per rollout.
         # With our own transport a request holds a CPU turn while it builds or parses and
@@ -197,6 +208,56 @@ class DeploymentSampler:
 
     def __repr__(self) -> str:
         return f"DeploymentSampler({self.inference_url!r}, {self.model!r})"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer that decodes token-id stops: the one given or loaded (None: none
+        yet). Settable, as the SDK's sampler's (``InvalidInput`` for one without ``decode``)."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+            raise InvalidInput("tokenizer", "must have decode(ids, skip_special_tokens=False)")
+        self._tokenizer = tokenizer
+        self._decode_token: Callable[[int], str] | None = (
+            None if tokenizer is None else partial(_decode_one, tokenizer)
+        )
+
+    async def get_tokenizer(self) -> Any:
+        """The sampler's tokenizer: the one given, else ``load_tokenizer``'s, awaited on the
+        first call (concurrent first calls share one load); ``InvalidInput`` when it has
+        neither.
+
+        Example::
+
+            tokenizer = await sampler.get_tokenizer()
+            text = tokenizer.decode(completion.tokens)
+        """
+        if self._tokenizer is not None:
+            return self._tokenizer
+        load = self._load_tokenizer
+        if load is None:
+            raise InvalidInput("tokenizer", "this sampler has none: pass tokenizer= or "
+                               "load_tokenizer= (a managed setup's samplers load "
+                               "ManagedConfig.tokenizer_model)")
+        if self._tokenizer_lock is None:
+            self._tokenizer_lock = anyio.Lock()
+        async with self._tokenizer_lock:  # a second caller waits for the first's load
+            if self._tokenizer is None:
+                loaded = await load()
+                if loaded is None or not callable(getattr(loaded, "decode", None)):
+                    raise InvalidInput("load_tokenizer", "must return a tokenizer (with "
+                                       f"decode), got {type(loaded).__name__}")
+                self.tokenizer = loaded
+        return self._tokenizer
+
+    async def _tokenizer_for(self, stop: object) -> None:
+        """Load the tokenizer first when ``stop`` holds token ids and none is loaded yet."""
+        if self._decode_token is None and self._load_tokenizer is not None and (
+            has_token_ids(stop)
+        ):
+            await self.get_tokenizer()
 
     async def __aenter__(self) -> DeploymentSampler:
         return self
@@ -231,11 +292,12 @@ class DeploymentSampler:
 
         The Fireworks SDK's parameters and defaults: ``top_k=0`` is sent on purpose (serving
         defaults would truncate rollouts); ``stop`` is a string, strings, or token ids (decoded
-        with the sampler's ``tokenizer``); ``echo`` also returns the prompt's logprobs
-        (``prompt_logprobs``); ``max_seq_len`` returns nothing for a prompt of that length or
-        more (no request) and drops completions longer than that in total, as the SDK does;
-        ``prompt_cache_key`` is passed to the server; ``timeout`` bounds this call (waiting
-        for a slot, retries and hot-load waits included) and raises ``OperationTimeout``;
+        with the sampler's ``tokenizer``, loaded first if need be: :meth:`get_tokenizer`);
+        ``echo`` also returns the prompt's logprobs (``prompt_logprobs``); ``max_seq_len``
+        returns nothing for a prompt of that length or more (no request) and drops completions
+        longer than that in total, as the SDK does; ``prompt_cache_key`` is passed to the
+        server; ``timeout`` bounds this call (waiting for a slot, retries and hot-load waits
+        included; not a first tokenizer load) and raises ``OperationTimeout``;
         ``include_routing_matrix`` returns each token's routing matrix (R3); ``extra`` adds
         fields to the request body as they are. ``InvalidInput`` for a bad argument (nothing
         sent); ``SamplingError`` when the request fails for good.
@@ -244,6 +306,8 @@ class DeploymentSampler:
 
             completions = await sampler.sample(prompt, n=4, max_tokens=32, seed=7)
         """
+        if stop is not None and self._decode_token is None:
+            await self._tokenizer_for(stop)
         args = _Args(n, max_tokens, temperature, top_p, top_k, stop, logprobs, echo,
                      max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
         if timeout is None:
@@ -290,6 +354,8 @@ class DeploymentSampler:
             results = await sampler.sample_many(prompts, max_tokens=32, logprobs=True)
             for prompt, [completion] in zip(prompts, results): ...
         """
+        if stop is not None and self._decode_token is None:
+            await self._tokenizer_for(stop)
         args = _Args(n, max_tokens, temperature, top_p, top_k, stop, logprobs, echo,
                      max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
         if timeout is not None:
@@ -479,21 +545,23 @@ class DeploymentSampler:
         """Token deltas of one completion as the server streams them (SSE), then one delta
         with its ``finish_reason``. Retried like ``sample`` until the first event arrives.
 
-        ``sample``'s parameters, except: ``echo`` is refused (a stream yields completion
-        tokens; ``sample(echo=True)`` or :meth:`compute_logprobs` return the prompt's
-        logprobs); ``max_seq_len`` only skips a prompt of that length or more (nothing is
-        yielded; a stream cannot take back tokens); ``timeout`` bounds the whole stream;
-        with ``include_routing_matrix`` each delta carries its ``routing_matrix``.
+        ``sample``'s parameters, except: with ``echo`` the first delta is the prompt's
+        (``token`` None; ``prompt``, its ``text``, and with ``logprobs`` its
+        ``prompt_logprobs``, the first None, as ``sample(echo=True)`` returns them; with
+        ``include_routing_matrix`` its ``prompt_routing_matrices``), as the Fireworks SDK's
+        streaming path reads an echo; ``max_seq_len`` only skips a prompt of that length or
+        more (nothing is yielded; a stream cannot take back tokens); ``timeout`` bounds the
+        whole stream; with ``include_routing_matrix`` each delta carries its
+        ``routing_matrix``.
 
         Example::
 
             async for delta in sampler.stream(prompt, max_tokens=64):
                 if delta.token is not None: tokens.append(delta.token)
         """
-        if echo:
-            raise InvalidInput("echo", "stream() yields completion tokens; use sample(echo=True) "
-                               "or compute_logprobs() for the prompt's logprobs")
-        args = _Args(1, max_tokens, temperature, top_p, top_k, stop, True, False,
+        if stop is not None and self._decode_token is None:
+            await self._tokenizer_for(stop)
+        args = _Args(1, max_tokens, temperature, top_p, top_k, stop, True, echo,
                      max_seq_len, prompt_cache_key, seed, include_routing_matrix, extra)
         body = self._body(prompt, args, stream=True)  # logprobs always on the wire
         if timeout is not None:
@@ -502,6 +570,7 @@ class DeploymentSampler:
             return
         request_id = uuid.uuid4().hex
         ends = math.inf if timeout is None else time.monotonic() + timeout
+        echoed = StreamEcho(body["prompt"], want_routing=include_routing_matrix) if echo else None
         sender = _Slotted(self, stream=True)
         response: httpx.Response | None = None
         with anyio.move_on_after(timeout if timeout is not None else math.inf):
@@ -527,9 +596,14 @@ class DeploymentSampler:
                     break
                 for data in self._events(decoder, raw, request_id, sender.attempts):
                     if data.strip() == "[DONE]":
+                        if echoed is not None and not echoed.done:
+                            raise self._stream_error("the stream ended before the echoed "
+                                                     "prompt", request_id, sender.attempts)
                         return
-                    for delta in self._deltas(data, request_id, sender.attempts):
-                        yield delta if logprobs else attrs.evolve(delta, logprob=None)
+                    for delta in self._deltas(data, request_id, sender.attempts, echoed):
+                        yield delta if logprobs else attrs.evolve(
+                            delta, logprob=None, prompt_logprobs=None
+                        )
             raise SamplingError("the stream ended without [DONE]",
                                 request_id=request_id, attempts=sender.attempts)
         finally:
@@ -617,11 +691,19 @@ class DeploymentSampler:
         except SamplingError as exc:
             raise self._stream_error(exc.message, request_id, attempts) from None
 
-    def _deltas(self, data: str, request_id: str, attempts: int) -> list[StreamDelta]:
-        """The deltas of one event; a malformed one is a ``SamplingError`` with redacted text
-        (the server's words may echo the key)."""
+    def _deltas(
+        self, data: str, request_id: str, attempts: int, echoed: StreamEcho | None
+    ) -> list[StreamDelta]:
+        """The deltas of one event (``echoed``: the prompt's delta first, once it has all come);
+        a malformed one is a ``SamplingError`` with redacted text (the server's words may echo
+        the key)."""
         try:
-            return parse_stream_chunk(json.loads(self._redact.text(data)))
+            chunk = json.loads(self._redact.text(data))
+            if echoed is None or echoed.done:
+                return parse_stream_chunk(chunk)
+            head, rest = echoed.split(chunk)
+            deltas = [] if rest is None else parse_stream_chunk(rest)
+            return deltas if head is None else [head, *deltas]
         except ValueError:
             raise self._stream_error(
                 "malformed completions stream: an event is not JSON", request_id, attempts
@@ -754,6 +836,11 @@ class _Args:
     seed: int | None
     include_routing_matrix: bool
     extra: dict[str, Any]
+
+
+def _decode_one(tokenizer: Any, token: int) -> str:
+    """One token id's text (a token-id stop), as the Fireworks SDK decodes it."""
+    return str(tokenizer.decode([token], skip_special_tokens=False))
 
 
 def _timed_out(

@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from .._clients._deployment_sampler import DeploymentSampler
     from .._clients._loss_handles import LossHandles
     from .._clients._sampling import SamplingClient
+    from .._clients._tokenizer import TokenizerCache
     from .._clients._training import TrainingClient
     from ..platform import ReadinessPoller, TrainerJobs
     from ..platform._checkpoints import PromotedModel
@@ -208,6 +210,8 @@ class ServiceSession:
         # cancelled task group may never run a line, so closing fails these itself.
         self._unstarted: set[Pending[Any]] = set()
         self._training_keys: set[ModelSpec] = set()
+        # create_serverless_sampler(tokenizer_model=...)'s loads, shared by its samplers
+        self._tokenizers: TokenizerCache | None = None
         self._model_seq = 0
         self._sampling_seq = 0
         self._model_ids: list[str] = []
@@ -1191,6 +1195,8 @@ class ServiceSession:
         base_model: str | None = None,
         concurrency: ConcurrencyController | int | None = None,
         timeout_s: float = 600.0,
+        tokenizer: Any = None,
+        tokenizer_model: str | None = None,
     ) -> DeploymentSampler:
         """A :class:`DeploymentSampler` on the serverless completions endpoint, for a saved
         sampler checkpoint (``model_path``, what ``save_weights_for_sampler`` returned, or
@@ -1198,6 +1204,9 @@ class ServiceSession:
         weights (``base_model``). As the Fireworks SDK's ``create_sampling_client``: a
         checkpoint of a run this session did not create, or a base model before the session
         has a model, is first bound with ``create_sampling_route``. Close it (``async with``).
+        ``tokenizer`` decodes token-id stops; or ``tokenizer_model`` (a Hugging Face name or a
+        local directory) is loaded the first time the sampler needs it, in a worker thread,
+        once per session and name.
 
         Example::
 
@@ -1217,6 +1226,11 @@ class ServiceSession:
         if base_model is not None and (not isinstance(base_model, str) or not base_model):
             raise InvalidInput("base_model", f"must be a non-empty string, got {base_model!r}")
         validate_seconds(timeout_s, "timeout_s")
+        if tokenizer_model is not None and (
+            not isinstance(tokenizer_model, str) or not tokenizer_model.strip()
+        ):
+            raise InvalidInput("tokenizer_model", f"must be a non-empty str, got "
+                               f"{tokenizer_model!r}")
         model = await side.sampling_model(
             self._open_transport, session_id, self._model_ids, model_path, base_model
         )
@@ -1229,7 +1243,19 @@ class ServiceSession:
             timeout_s=timeout_s,
             transport=self._http_transport,
             allow_insecure_http=self._allow_insecure_http,
+            tokenizer=tokenizer,
+            load_tokenizer=None if tokenizer_model is None
+            else partial(self._load_tokenizer, tokenizer_model, model),
         )
+
+    async def _load_tokenizer(self, tokenizer_model: str, model: str) -> Any:
+        """A serverless sampler's tokenizer, by name (the session's cache: one load each)."""
+        from .._clients._tokenizer import TokenizerCache
+
+        if self._tokenizers is None:
+            self._tokenizers = TokenizerCache()
+        return await self._tokenizers.get(names_tokenizer=False, tokenizer_model=tokenizer_model,
+                                          model_name=model, tokenizer_id=None)
 
     async def list_session_checkpoints(self, *, page_size: int = 200) -> list[SessionCheckpoint]:
         """Every checkpoint of this serverless training session (oldest first), from the

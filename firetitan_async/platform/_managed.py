@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
@@ -140,7 +140,8 @@ class ManagedConfig:
 
     * ``base_model``, ``tokenizer_model``, ``lora_rank``, ``lora_alpha`` (``None``: 32 for a
       LoRA policy, as the SDK), ``learning_rate``, ``max_context_length`` (``None``: the
-      training shape's).
+      training shape's). ``tokenizer_model`` (a Hugging Face name or a local directory) is
+      also what the setup's samplers decode token-id stops with, loaded on their first need.
     * ``training_shape``: a training shape (``accounts/<a>/trainingShapes/<s>[/versions/<v>]``);
       ``None`` lets the control plane choose one. Its deployment shape serves the deployment
       unless ``deployment_shape`` is given.
@@ -529,12 +530,16 @@ class ManagedSetup(Generic[S]):
         model_path: SamplerSnapshot | str | None = None,
         *,
         concurrency: ConcurrencyController | int | None = None,
+        tokenizer: Any = None,
     ) -> DeploymentSampler:
         """A :class:`DeploymentSampler` on the setup's deployment, after hot-loading
         ``model_path`` when given (:meth:`hotload_sampler_snapshot`): the SDK's
         ``create_deployment_sampler``. Each call makes a new sampler (its own connections and
         ``concurrency`` controller); the setup closes it on exit, or close it sooner with
         ``async with``/``aclose()``. ``setup.sampler`` is the one the setup made already.
+        ``tokenizer`` decodes token-id stops; without one, a config with ``tokenizer_model``
+        gives every sampler of the setup the policy client's ``get_tokenizer(tokenizer_model)``
+        (loaded once, in a worker thread, the first time a sampler needs it).
 
         Example::
 
@@ -553,9 +558,24 @@ class ManagedSetup(Generic[S]):
             self.jobs.api_key or "",
             concurrency=concurrency,
             allow_insecure_http=self.jobs._rest.allow_insecure_http,
+            tokenizer=tokenizer,
+            load_tokenizer=self._tokenizer_loader(),
         )
         self._stack.push_async_callback(sampler.aclose)
         return sampler
+
+    def _tokenizer_loader(self) -> Callable[[], Awaitable[Any]] | None:
+        """What the setup's samplers load their tokenizer with: the policy client's
+        ``get_tokenizer(config.tokenizer_model)`` (cached by the client, so a recipe's own call
+        and every sampler share one load); None without a ``tokenizer_model``."""
+        name = self.config.tokenizer_model
+        if name is None:
+            return None
+
+        async def load() -> Any:
+            return await (await self.training_client()).get_tokenizer(name)
+
+        return load
 
     def requires_initial_sampler_sync(self) -> bool:
         """Whether the deployment was re-attached to this setup's trainer and serves none of
@@ -627,6 +647,7 @@ class ManagedSetup(Generic[S]):
                     self.deployment.inference_model,
                     self.jobs.api_key or "",  # the control plane's key ("" : none)
                     allow_insecure_http=self.jobs._rest.allow_insecure_http,
+                    load_tokenizer=self._tokenizer_loader(),
                 )
             )
         if self._reference is not None:

@@ -29,8 +29,10 @@ __all__ = [
     "SSEDecoder",
     "Stop",
     "StreamDelta",
+    "StreamEcho",
     "check_max_seq_len",
     "completion_body",
+    "has_token_ids",
     "parse_completion_reply",
     "parse_stream_chunk",
     "prompt_token_ids",
@@ -57,7 +59,9 @@ class ChoiceResult:
 class StreamDelta:
     """One event of a streamed completion: a token of choice ``index`` (with its logprob, text
     and, when asked for, its routing matrix), or the end of that choice (``finish_reason`` set,
-    ``token`` None)."""
+    ``token`` None). An ``echo`` stream starts with one delta for the prompt (``token`` None,
+    ``prompt`` its token ids, ``text`` its text, ``prompt_logprobs`` one per prompt token with
+    the first None, ``prompt_routing_matrices`` one per prompt token when asked for)."""
 
     index: int
     token: int | None
@@ -65,6 +69,9 @@ class StreamDelta:
     text: str
     finish_reason: str | None = None
     routing_matrix: str | None = None
+    prompt: list[int] | None = None
+    prompt_logprobs: list[float | None] | None = None
+    prompt_routing_matrices: list[str] | None = None
 
 
 def _check_int(field: str, value: object, minimum: int, maximum: int) -> int:
@@ -142,6 +149,14 @@ def check_max_seq_len(value: object) -> int:
     return value
 
 
+def has_token_ids(stop: object) -> bool:
+    """Whether ``stop`` holds token ids (a sampler needs its tokenizer to decode them); cheap,
+    and no check of the rest (``completion_body`` checks it)."""
+    if stop is None or isinstance(stop, str | bytes) or not isinstance(stop, Sequence):
+        return False
+    return any(isinstance(item, int) and not isinstance(item, bool) for item in stop)
+
+
 def _stop_strings(stop: object, decode: Callable[[int], str] | None) -> list[str]:
     if isinstance(stop, str):
         stop = [stop]
@@ -155,8 +170,9 @@ def _stop_strings(stop: object, decode: Callable[[int], str] | None) -> list[str
     if all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in items):
         if decode is None:
             raise InvalidInput(
-                "stop", "token-id stops need the sampler's tokenizer= (the completions API "
-                "takes stop strings; the Fireworks SDK decodes them with its tokenizer too)"
+                "stop", "token-id stops need the sampler's tokenizer= or load_tokenizer= (the "
+                "completions API takes stop strings; the Fireworks SDK decodes them with its "
+                "tokenizer too; a managed setup's samplers load ManagedConfig.tokenizer_model)"
             )
         out = []
         for token in items:
@@ -387,6 +403,79 @@ def parse_stream_chunk(chunk: object) -> list[StreamDelta]:
         if reason:
             out.append(StreamDelta(index, None, None, "", str(reason)))
     return out
+
+
+class StreamEcho:
+    """The echoed prompt at the head of a streamed ``echo`` completion (sans-IO).
+
+    The server sends the prompt's tokens first, as ``logprobs.content`` entries, in one chunk or
+    several (the Fireworks SDK's streaming path reads them the same way: the first
+    ``len(prompt)`` rows are the prompt's, the first of them without context). ``split(chunk)``
+    takes them off the front of each JSON chunk until all are in and returns the prompt's
+    :class:`StreamDelta` once (None before and after) with the rest of the chunk, for
+    ``parse_stream_chunk`` (None when nothing is left). A chunk's ``text`` goes with the
+    prompt when the chunk holds only prompt tokens, else with the completion's. A reply whose
+    echo is not the prompt, or that ends before it, is a ``SamplingError``.
+
+    Example::
+
+        echo = StreamEcho(prompt, want_routing=False)
+        head, rest = echo.split(json.loads(data))
+        deltas = ([head] if head else []) + (parse_stream_chunk(rest) if rest else [])
+    """
+
+    def __init__(self, prompt: Sequence[int], *, want_routing: bool) -> None:
+        self._prompt = list(prompt)
+        self._want_routing = want_routing
+        self._entries: list[Mapping[str, Any]] = []
+        self._text: list[str] = []
+        #: Whether the whole prompt has come (``split`` passes chunks through from then on).
+        self.done = False
+
+    def split(self, chunk: object) -> tuple[StreamDelta | None, object | None]:
+        """The prompt's delta if ``chunk`` completes it, and what is left of ``chunk``."""
+        if self.done:
+            return None, chunk
+        choices = chunk.get("choices") if isinstance(chunk, Mapping) else None
+        if not isinstance(chunk, Mapping) or chunk.get("error") is not None or not (
+            isinstance(choices, list) and all(isinstance(c, Mapping) for c in choices)
+        ):
+            return None, chunk  # parse_stream_chunk names what is wrong with it
+        head: StreamDelta | None = None
+        rest: list[Mapping[str, Any]] = []
+        for choice in choices:
+            if self.done:
+                rest.append(choice)
+                continue
+            content = _logprobs_of(choice) or []
+            need = len(self._prompt) - len(self._entries)
+            self._entries += content[:need]
+            left = content[need:]
+            if not left:
+                self._text.append(str(choice.get("text") or ""))
+            if len(self._entries) == len(self._prompt):
+                head = self._head(_index(choice, 0))
+            if (left or choice.get("finish_reason")) and head is None:
+                raise _fail("the stream ended before the echoed prompt")
+            if left:
+                rest.append({**choice, "logprobs": {**choice["logprobs"], "content": left}})
+            elif choice.get("finish_reason"):
+                rest.append({**choice, "text": "", "logprobs": None})
+        if not rest:
+            return head, None
+        return head, {**chunk, "choices": rest}
+
+    def _head(self, index: int) -> StreamDelta:
+        self.done = True
+        entries = self._entries
+        if [e.get("token_id") for e in entries] != self._prompt:
+            raise _fail("an echo stream must start with the prompt's tokens")
+        return StreamDelta(
+            index, None, None, "".join(self._text),
+            prompt=list(self._prompt),
+            prompt_logprobs=[None, *(_prompt_logprob(e) for e in entries[1:])],
+            prompt_routing_matrices=_routing(entries) if self._want_routing else None,
+        )
 
 
 class SSEDecoder:

@@ -115,7 +115,97 @@ async def test_token_id_stops_stop_and_string_stops_go_as_the_sdk_sends_them(
         with pytest.raises(InvalidInput, match="tokenizer") as info:  # no tokenizer to decode
             await bare.sample(PROMPT, stop=[SPACE])
         assert info.value.field == "stop"
-    assert [b["stop"] for b in seen] == [["x"], ["x", "yz"]]
+        bare.tokenizer = ByteTokenizer()  # set afterwards, as on the SDK's sampler
+        await bare.sample(PROMPT, stop=[SPACE])
+        with pytest.raises(InvalidInput) as info:
+            bare.tokenizer = object()
+        assert info.value.field == "tokenizer"
+    assert [b["stop"] for b in seen] == [["x"], ["x", "yz"], [" "]]
+
+
+async def test_a_token_id_stop_loads_the_tokenizer_once_when_first_needed(
+    deployment: LocalTrainer,
+) -> None:
+    loads: list[int] = []
+
+    async def load() -> ByteTokenizer:
+        loads.append(1)
+        await anyio.sleep(0.01)  # concurrent first needs wait for this one load
+        return ByteTokenizer()
+
+    args: dict[str, Any] = {"max_tokens": 12, "seed": 11}
+    # a given tokenizer wins: its loader is never called
+    async with DeploymentSampler(deployment.base_url, MODEL, tokenizer=ByteTokenizer(),
+                                 load_tokenizer=load) as given:
+        free = await given.sample(PROMPT, n=3, **args)
+        # an ASCII token the first completion draws: a stop that stops it
+        stop = [next(t for t in free[0].tokens[1:] if 33 <= t < 127)]
+        want = await given.sample(PROMPT, n=3, stop=stop, **args)
+        want_streamed = [d.token async for d in given.stream(PROMPT, stop=stop, **args)]
+        assert isinstance(await given.get_tokenizer(), ByteTokenizer)
+    assert want[0].finish_reason == "stop" and want[0].tokens[-1] == stop[0]
+    assert loads == []
+    async with DeploymentSampler(deployment.base_url, MODEL, load_tokenizer=load) as lazy:
+        assert lazy.tokenizer is None
+        await lazy.sample(PROMPT, max_tokens=2, stop="x")  # string stops need none
+        assert loads == [] and lazy.tokenizer is None
+        got: list[Any] = []
+
+        async def one() -> None:
+            got.append(await lazy.sample(PROMPT, n=3, stop=stop, **args))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        [many] = await lazy.sample_many([PROMPT], n=3, stop=stop, **args)
+        streamed = [d.token async for d in lazy.stream(PROMPT, stop=stop, **args)]
+        assert await lazy.get_tokenizer() is lazy.tokenizer
+    assert loads == [1]
+    assert [[c.tokens for c in out] for out in (*got, many)] == [[c.tokens for c in want]] * 4
+    assert streamed == want_streamed
+
+    async def nothing() -> None:
+        return None
+
+    # a loader that returns no tokenizer, or no way to get one: InvalidInput, nothing sent
+    seen: list[dict[str, Any]] = []
+    async with DeploymentSampler("http://127.0.0.1:1", MODEL, transport=_recording(seen),
+                                 allow_insecure_http=True, load_tokenizer=nothing) as bad:
+        with pytest.raises(InvalidInput) as info:
+            await bad.sample(PROMPT, stop=stop)
+        assert info.value.field == "load_tokenizer"
+    async with DeploymentSampler("http://127.0.0.1:1", MODEL, transport=_recording(seen),
+                                 allow_insecure_http=True) as none:
+        with pytest.raises(InvalidInput) as info:
+            await none.get_tokenizer()
+        assert info.value.field == "tokenizer"
+    with pytest.raises(InvalidInput) as info:
+        DeploymentSampler(deployment.base_url, MODEL, load_tokenizer="Qwen/Qwen3-8B")  # type: ignore[arg-type]
+    assert info.value.field == "load_tokenizer"
+    assert seen == []
+
+
+async def test_stream_echo_yields_the_prompt_first_as_sample_echo_returns_it(
+    deployment: LocalTrainer,
+) -> None:
+    async with DeploymentSampler(deployment.base_url, MODEL) as sampler:
+        [echoed] = await sampler.sample(PROMPT, max_tokens=8, logprobs=True, echo=True, seed=4,
+                                        include_routing_matrix=True)
+        deltas = [d async for d in sampler.stream(PROMPT, max_tokens=8, logprobs=True, echo=True,
+                                                  seed=4, include_routing_matrix=True)]
+        bare = [d async for d in sampler.stream(PROMPT, max_tokens=8, echo=True, seed=4)]
+    head, *rest = deltas
+    assert (head.token, head.prompt, head.text) == (None, PROMPT, bytes(PROMPT).decode())
+    assert head.prompt_logprobs is not None and head.prompt_logprobs[0] is None
+    assert echoed.prompt_logprobs is not None
+    assert head.prompt_logprobs[1:] == pytest.approx(echoed.prompt_logprobs[1:], abs=1e-6)
+    assert head.prompt_routing_matrices == echoed.prompt_routing_matrices
+    assert [d.token for d in rest if d.token is not None] == echoed.tokens
+    assert [d.logprob for d in rest if d.token is not None] == pytest.approx(echoed.logprobs)
+    assert all(d.prompt is None for d in rest) and rest[-1].finish_reason == echoed.finish_reason
+    # without logprobs: the prompt's delta without them; the same completion
+    assert (bare[0].prompt, bare[0].prompt_logprobs) == (PROMPT, None)
+    assert [d.token for d in bare[1:]] == [d.token for d in rest]
 
 
 async def test_max_seq_len_sends_nothing_for_a_full_prompt_and_drops_long_completions(
@@ -224,10 +314,6 @@ async def test_every_parameter_reaches_the_body_and_bad_ones_are_refused_first()
         with pytest.raises(InvalidInput) as info:
             await sampler.sample_many([PROMPT, [1, -2]], prompt_cache_key="k")
         assert info.value.field == "prompts[1][1]"
-        with pytest.raises(InvalidInput) as info:
-            async for _ in sampler.stream(PROMPT, echo=True):
-                pass
-        assert info.value.field == "echo"
     assert len(seen) == before == 3
     defaults, full, routed = seen
     # the SDK's defaults: top_k 0 on purpose, top_p 1, temperature 1, max_tokens 1024

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from firetitan_async import (
     ServiceSession,
     SessionCheckpoint,
 )
-from firetitan_async.local import LocalTrainer, sft_datum
+from firetitan_async.local import LocalTrainer, sft_datum, write_byte_tokenizer
 from firetitan_async.local._model import MODEL_NAME
 from firetitan_async.wire.fireworks_serverless import (
     is_capacity_conflict,
@@ -106,7 +107,10 @@ def test_which_409s_are_capacity(body: str, retried: bool) -> None:
 # -- the flow ---------------------------------------------------------------------------------
 
 
-async def test_the_serverless_flow_against_the_local_trainer(trainer: LocalTrainer) -> None:
+async def test_the_serverless_flow_against_the_local_trainer(
+    trainer: LocalTrainer, tmp_path: Path
+) -> None:
+    tokenizer_model = str(write_byte_tokenizer(tmp_path / "byte-tokenizer"))
     async with ServiceSession(trainer.base_url, api_key=KEY, serverless=True) as session:
         assert session.training_session_id is not None
         assert session.training_session_id.startswith("ts-")
@@ -121,15 +125,28 @@ async def test_the_serverless_flow_against_the_local_trainer(trainer: LocalTrain
         run = client.model_id.partition(":")[0]
         assert saved.path.startswith(f"local/{run}/step-1-")
 
-        async with await session.create_serverless_sampler(saved.path) as sampler:
+        async with await session.create_serverless_sampler(
+            saved.path, tokenizer_model=tokenizer_model
+        ) as sampler:
             assert sampler.model == session_model(
                 "local", session.training_session_id, saved.path
             )
             out = await sampler.sample([1, 2, 3], n=2, max_tokens=5, temperature=1.0, seed=1)
+            # a token-id stop: tokenizer_model is loaded now (not before), then decodes it
+            assert sampler.tokenizer is None
+            stop = [next(t for t in out[0].tokens[1:] if 33 <= t < 127)]  # an ASCII token drawn
+            [stopped, _] = await sampler.sample([1, 2, 3], n=2, max_tokens=5, temperature=1.0,
+                                                seed=1, stop=stop)
+            assert sampler.tokenizer is not None
         assert [len(c.tokens) for c in out] == [5, 5]
-        async with await session.create_serverless_sampler(base_model=MODEL_NAME) as base:
+        assert stopped.finish_reason == "stop"
+        assert stopped.tokens == out[0].tokens[: out[0].tokens.index(stop[0]) + 1]
+        async with await session.create_serverless_sampler(
+            base_model=MODEL_NAME, tokenizer_model=tokenizer_model
+        ) as base:
             assert base.model == name  # the session's rollout host serves its base weights
             assert len((await base.sample([1, 2], max_tokens=3))[0].tokens) == 3
+            assert await base.get_tokenizer() is sampler.tokenizer  # one load per session
 
         rows = await session.list_session_checkpoints()
         assert all(isinstance(r, SessionCheckpoint) for r in rows)
@@ -211,6 +228,8 @@ async def test_bad_input_is_refused_before_anything_is_sent(trainer: LocalTraine
             ("model_path", session.create_serverless_sampler(" / ")),
             ("base_model", session.create_serverless_sampler(base_model="")),
             ("timeout_s", session.create_serverless_sampler(base_model=MODEL_NAME, timeout_s=-1)),
+            ("tokenizer_model",
+             session.create_serverless_sampler(base_model=MODEL_NAME, tokenizer_model=" ")),
             ("page_size", session.list_session_checkpoints(page_size=0)),
             ("output_model_id", session.promote_session_checkpoint("c", "Bad_Id", MODEL_NAME)),
             ("base_model", session.promote_session_checkpoint("c", "good-id", "")),

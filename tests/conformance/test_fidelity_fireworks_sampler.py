@@ -20,6 +20,9 @@ request. Differences (asserted below, so the list stays true):
   no ``Connection`` (keep-alive is HTTP/1.1's default).
 * ``max_seq_len`` and the per-call timeout are not on the wire on either side: a prompt that
   already fills ``max_seq_len`` sends nothing, longer completions are dropped after the reply.
+* ``stream`` (with ``echo``) sends the SDK's streamed body but ``perf_metrics_in_response``,
+  and reads the echoed prompt's rows off the head of the stream as the SDK does: its first
+  delta's ``prompt_logprobs`` (the first None) are the SDK's first ``P - 1`` rows.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ async def test_the_sdks_sampler_and_ours_send_and_get_the_same(
         my_logprobs = await ours.compute_logprobs(PROMPT)
         # n=1 with the seed draws what each of the SDK's n=1 requests drew
         [single] = await ours.sample(PROMPT, timeout=30, **ARGS)
+        head, *streamed = [d async for d in ours.stream(PROMPT, timeout=30, **ARGS)]
     our_records = rec.take()
 
     # conformance: the SDK ran every parameter against the local deployment
@@ -130,6 +134,16 @@ async def test_the_sdks_sampler_and_ours_send_and_get_the_same(
         assert completion.routing_matrices[p - 1 :] == single.routing_matrices
         assert completion.routing_matrices[: p - 1] == single.prompt_routing_matrices[1:]
     assert their_logprobs == my_logprobs and my_logprobs[0] is None and len(my_logprobs) == p
+    # stream(echo=True): the prompt's delta first, then the tokens the SDK's stream held
+    first = theirs[0]
+    assert head.prompt == PROMPT and head.prompt_logprobs is not None
+    assert head.prompt_logprobs[1:] == first.inference_logprobs[: p - 1]
+    assert head.prompt_routing_matrices is not None
+    assert head.prompt_routing_matrices[1:] == first.routing_matrices[: p - 1]
+    assert [d.token for d in streamed if d.token is not None] == single.tokens
+    assert [d.logprob for d in streamed if d.token is not None] == (
+        first.sampling_logprobs[p - 1 :]
+    )
 
     # fidelity: request by request
     sdk_samples, sdk_logprobs = sdk_records[:2], sdk_records[2]
@@ -141,6 +155,10 @@ async def test_the_sdks_sampler_and_ours_send_and_get_the_same(
     assert sdk_samples[0].body["stop"] == [" "] and our_sample.body["top_k"] == 0
     del wire["n"]
     assert _differences(sdk_logprobs.body, our_logprobs.body) == wire
+    our_stream = our_records[3]
+    assert _differences(sdk_samples[0].body, our_stream.body) == {
+        "perf_metrics_in_response": (True, None)
+    }
     for mine_ex, sdk_ex in ((our_sample, sdk_samples[0]), (our_logprobs, sdk_logprobs)):
         assert sdk_ex.header_names - mine_ex.header_names == SDK_ONLY_HEADERS
         assert mine_ex.header_names <= sdk_ex.header_names

@@ -8,6 +8,7 @@ dialects). Request-for-request fidelity with the SDK is in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypedDict
 
 import httpx
@@ -26,7 +27,7 @@ from firetitan_async import (
     TrainerJobs,
     UsageError,
 )
-from firetitan_async.local import LocalTrainer, sft_datum
+from firetitan_async.local import LocalTrainer, sft_datum, write_byte_tokenizer
 from firetitan_async.local._recorder import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -50,12 +51,20 @@ def _shape(lt: LocalTrainer, name: str) -> str:
     return f"accounts/{lt.account_id}/trainingShapes/tiny-byte-lm-{name}"
 
 
+class _GivenTokenizer:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return bytes(ids).decode("latin-1")
+
+
 async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_deltas(
-    trainer: LocalTrainer,
+    trainer: LocalTrainer, tmp_path: Path
 ) -> None:
     """A full-parameter policy: the first saved path loads as a base, the next (a delta, as
-    the client saved it) is chained on it; the samplers serve what was hot-loaded."""
-    config = ManagedConfig(base_model=MODEL, training_shape=_shape(trainer, "full"), **FAST)
+    the client saved it) is chained on it; the samplers serve what was hot-loaded. Their
+    token-id stops are decoded with ``tokenizer_model``, loaded on the first need."""
+    tokenizer_model = str(write_byte_tokenizer(tmp_path / "byte-tokenizer"))
+    config = ManagedConfig(base_model=MODEL, training_shape=_shape(trainer, "full"),
+                           tokenizer_model=tokenizer_model, **FAST)
     datum = sft_datum("hot load me")
     async with ServiceSession.managed(config, base_url=trainer.control_plane_url) as setup:
         assert not setup.requires_initial_sampler_sync()  # a fresh deployment
@@ -77,6 +86,26 @@ async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_delt
         assert {c.policy_version for c in await plain.sample(PROMPT, n=1, max_tokens=2)} == {
             second.path
         }
+        # token-id stops: tokenizer_model, loaded when first needed through the policy client
+        # (its get_tokenizer: one load in a worker thread, shared by every sampler)
+        assert setup.sampler is not None
+        assert plain.tokenizer is None and setup.sampler.tokenizer is None
+        [free] = await plain.sample(PROMPT, max_tokens=8, seed=3)
+        stop = [next(t for t in free.tokens[1:] if 33 <= t < 127)]  # an ASCII token it drew
+        [stopped] = await plain.sample(PROMPT, max_tokens=8, seed=3, stop=stop)
+        assert stopped.finish_reason == "stop"
+        assert stopped.tokens == free.tokens[: free.tokens.index(stop[0]) + 1]
+        loaded = await policy.get_tokenizer(tokenizer_model)
+        assert plain.tokenizer is loaded and sampler.tokenizer is None
+        streamed = [d.token async for d in setup.sampler.stream(PROMPT, max_tokens=8, seed=3,
+                                                                stop=stop)]
+        assert streamed[-2:] == [stop[0], None] and setup.sampler.tokenizer is loaded
+        given = _GivenTokenizer()  # a tokenizer given wins
+        explicit = await setup.create_deployment_sampler(tokenizer=given)
+        assert (await explicit.sample(PROMPT, max_tokens=8, seed=3, stop=stop))[0].tokens == (
+            stopped.tokens
+        )
+        assert explicit.tokenizer is given
         with pytest.raises(InvalidInput, match="model_path"):
             await setup.hotload_sampler_snapshot("")
 
@@ -138,6 +167,10 @@ async def test_a_reattached_deployment_needs_an_initial_sync_until_a_hotload(
         try:
             async with ServiceSession.managed(config, base_url=trainer.control_plane_url) as setup:
                 assert setup.reattached_deployment and setup.requires_initial_sampler_sync()
+                assert setup.sampler is not None  # no tokenizer_model: token-id stops refused
+                with pytest.raises(InvalidInput, match="tokenizer_model") as info:
+                    await setup.sampler.sample(PROMPT, stop=[46])
+                assert info.value.field == "stop"
                 saved = await (await setup.training_client()).save_weights_for_sampler("first")
                 version = await setup.hotload_sampler_snapshot(saved.path)
                 assert version.checkpoint_type == "base"  # LoRA snapshots are all bases
