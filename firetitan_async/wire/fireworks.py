@@ -31,7 +31,7 @@ from tinker import types
 
 from .._sdk_private import routing_matrices, tensor_array
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest, paths
+from . import ModelSpec, WireRequest, paths, refused
 from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
@@ -669,14 +669,33 @@ class FireworksDialect(TinkerProtocol):
         del path
         return None
 
-    def checkpoint_ttl_path(self, path: str) -> str:
-        """Refused: Fireworks does not support checkpoint TTLs."""
-        del path
-        raise InvalidInput(
+    # What the Fireworks SDK refuses (or has not) on a dedicated trainer.
+    checkpoint_ttl_path = staticmethod(
+        refused(
             "ttl_seconds",
             "Fireworks does not support checkpoint TTLs (retention is managed by the platform); "
             "set_checkpoint_ttl_from_tinker_path is the tinker dialect's",
         )
+    )
+    save_weights_external_body = staticmethod(
+        refused(
+            "save_weights_external",
+            "is the tinker dialect's; in the fireworks dialect export with "
+            "save_weights_for_sampler_ext (and promote the snapshot)",
+        )
+    )
+    # The SDK 1.2.30 reads the checkpoint's configuration from ``weights_info``, which only
+    # serverless endpoints serve: a model created by its first ``load_weights`` is the tinker
+    # dialect's.
+    create_from_state_body = staticmethod(
+        refused(
+            "path",
+            "create_training_client_from_state is the tinker dialect's; on a dedicated "
+            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
+            "explicit configuration (create_training_client) and call "
+            "load_state_with_optimizer(saved) (or load_state) on it",
+        )
+    )
 
     def create_model_body(
         self,
@@ -759,39 +778,6 @@ class FireworksDialect(TinkerProtocol):
                 "SDK's save_state sends none); it is the tinker dialect's",
             )
         return save_weights_body(model_id=model_id, seq_id=seq_id, name=name)
-
-    def save_weights_external_body(
-        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
-    ) -> dict[str, Any]:
-        """Refused: external-weights exports are the tinker dialect's."""
-        del model_id, seq_id, name, ttl_seconds
-        raise InvalidInput(
-            "save_weights_external",
-            "is the tinker dialect's; in the fireworks dialect export with "
-            "save_weights_for_sampler_ext (and promote the snapshot)",
-        )
-
-    def create_from_state_body(
-        self,
-        *,
-        session_id: str,
-        model_seq_id: int,
-        path: str,
-        optimizer: bool,
-        base_model: str | None,
-        user_metadata: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
-        """Refused, as the Fireworks SDK 1.2.30 refuses it on a dedicated trainer (it reads
-        the checkpoint's configuration from ``weights_info``, which only serverless endpoints
-        serve): a model created by its first ``load_weights`` is the tinker dialect's."""
-        del session_id, model_seq_id, path, optimizer, base_model, user_metadata
-        raise InvalidInput(
-            "path",
-            "create_training_client_from_state is the tinker dialect's; on a dedicated "
-            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
-            "explicit configuration (create_training_client) and call "
-            "load_state_with_optimizer(saved) (or load_state) on it",
-        )
 
     def sampler_body(
         self,

@@ -20,7 +20,7 @@ import zstandard
 from tinker import types
 
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest, paths
+from . import ModelSpec, WireRequest, paths, refused
 from .chunking import split_batch
 from .futures import Done, retrieve_future_body
 from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
@@ -502,15 +502,13 @@ class TinkerProtocol:
             )
         return None
 
-    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
-        """Refused: the tinker dialect has no ``unload_model``."""
-        del model_id
-        raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
-
-    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
-        """Refused: the tinker dialect has no ``load_adapter``."""
-        del model_id, seq_id, adapter_path
-        raise InvalidInput("load_adapter", "is Fireworks-only: the tinker dialect has none")
+    # The Fireworks SDK's operations the tinker wire has not.
+    unload_model_body = staticmethod(
+        refused("unload_model", "is Fireworks-only: the tinker dialect has none")
+    )
+    load_adapter_body = staticmethod(
+        refused("load_adapter", "is Fireworks-only: the tinker dialect has none")
+    )
 
     def checkpoint_load_reference(self, path: str) -> str:
         """The ``tinker://`` path itself."""
