@@ -32,7 +32,7 @@ import numpy as np
 
 from ._http_errors import ApiError
 from ._model import DatumArrays
-from ._proto_codec import ForwardBackwardSubmission
+from ._proto_codec import ForwardBackwardSubmission, dense_of_csr
 
 __all__ = [
     "JsonHead",
@@ -218,17 +218,7 @@ def _decode_csr(
         raise ApiError(400, f"{where}: sparse indices must be integers")
     crow = _array(crow_raw, np.dtype(np.int64), f"{where}.sparse_crow_indices")
     col = _array(col_raw, np.dtype(np.int64), f"{where}.sparse_col_indices")
-    rows, cols = shape
-    if (
-        crow.size != rows + 1
-        or col.size != values.size
-        or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
-        or (col.size and (col.min() < 0 or col.max() >= cols))
-    ):
-        raise ApiError(400, f"{where}: inconsistent sparse CSR indices for shape {shape}")
-    dense = np.zeros((rows, cols), dtype=values.dtype)
-    dense[np.repeat(np.arange(rows), np.diff(crow)), col] = values
-    return dense
+    return dense_of_csr(values, crow, col, (shape[0], shape[1]), where)
 
 
 def encode_forward_backward_json(
