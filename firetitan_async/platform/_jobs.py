@@ -275,9 +275,9 @@ class TrainerJobs(RestClient):
         """:meth:`create`, then :meth:`wait_for_ready` (with ``options``): ``await`` it for the
         endpoint, or use it as ``async with`` to delete the job when the block exits, however it
         exits (see :class:`~firetitan_async.Provisioning`; ``keep=True`` opts out, ``grace_s``
-        bounds the deletion). A failed or cancelled wait deletes the job it created in both forms. A job
-        that already existed (``requested_job_id``) is adopted and never deleted. In the
-        ``async with`` form a config without ``display_name`` gets the owner tag
+        bounds the deletion). A failed or cancelled wait deletes the job it created in both
+        forms. A job that already existed (``requested_job_id``) is adopted and never deleted.
+        In the ``async with`` form a config without ``display_name`` gets the owner tag
         (``firetitan-async:<host>:<pid>``) that ``firetitan-async jobs list --orphans`` reads.
 
         Example::
