@@ -137,25 +137,7 @@ def _decode_datum(datum: object, where: str) -> DatumArrays:
                 400, f"{where}.model_input.{name}: routing replay is not supported by "
                 "local/tiny-byte-lm (it has no experts)"
             )
-    chunks = model_input.get("chunks")
-    if not isinstance(chunks, list):
-        raise ApiError(400, f"{where}.model_input.chunks must be a list")
-    parts: list[np.ndarray] = []
-    for j, chunk in enumerate(chunks):
-        cwhere = f"{where}.model_input.chunks[{j}]"
-        kind = chunk.get("type", "encoded_text") if isinstance(chunk, Mapping) else None
-        if kind != "encoded_text":
-            raise ApiError(
-                400, f"{cwhere}: {kind!r} chunks are not supported by local/tiny-byte-lm "
-                "(only encoded_text)"
-            )
-        tokens = chunk.get("tokens")
-        if not isinstance(tokens, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in tokens
-        ):
-            raise ApiError(400, f"{cwhere}.tokens must be a list of integers")
-        parts.append(_array(tokens, np.dtype(np.int64), f"{cwhere}.tokens"))
-    toks = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    toks = model_input_tokens(model_input.get("chunks"), f"{where}.model_input")
     raw_inputs = datum.get("loss_fn_inputs", {})
     if not isinstance(raw_inputs, Mapping):
         raise ApiError(400, f"{where}.loss_fn_inputs must be an object")
@@ -196,6 +178,38 @@ def _decode_tensor(tensor: object, where: str) -> np.ndarray:
     if math.prod(shape) != values.size:
         raise ApiError(400, f"{where}: shape {shape} does not match {values.size} values")
     return values.reshape(shape)
+
+
+def model_input_tokens(chunks: object, where: str) -> np.ndarray:
+    """The token ids (int64) of a JSON ``ModelInput``'s ``chunks`` at ``where``: encoded
+    text only, as the local model reads (an ``ApiError`` 400 naming the chunk otherwise).
+    Training data and sampling prompts alike.
+
+    Example::
+
+        model_input_tokens([{"tokens": [1, 2], "type": "encoded_text"}], "prompt")  # [1, 2]
+    """
+    if not isinstance(chunks, list):
+        raise ApiError(400, f"{where}.chunks must be a list")
+    parts: list[np.ndarray] = []
+    for j, chunk in enumerate(chunks):
+        cwhere = f"{where}.chunks[{j}]"
+        if not isinstance(chunk, Mapping):
+            kind: object = type(chunk).__name__
+        else:
+            kind = chunk.get("type", "encoded_text")
+        if kind != "encoded_text":
+            raise ApiError(
+                400, f"{cwhere}: {kind!r} chunks are not supported by the local model "
+                "(only encoded_text)"
+            )
+        tokens = chunk.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise ApiError(400, f"{cwhere}.tokens must be a list of integers")
+        parts.append(_array(tokens, np.dtype(np.int64), f"{cwhere}.tokens"))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _array(values: list[Any], dtype: np.dtype[Any], where: str) -> np.ndarray:
