@@ -2,7 +2,8 @@
 
 Nothing here does I/O. The shared parts are datum validation (:mod:`.validation`), chunking
 and the merge of chunk results (:mod:`.chunking`), the server-side futures of
-``retrieve_future`` (:mod:`.futures`) and the protobuf codecs (:mod:`.fwdbwd`, :mod:`.sample`).
+``retrieve_future`` (:mod:`.futures`), the protobuf codecs (:mod:`.fwdbwd`, :mod:`.sample`)
+and the control plane's checkpoint promotion body (:mod:`.promotion`).
 Every ``/api/v1/...`` path, for the client and the local trainer alike, is in :mod:`.paths`.
 Each dialect is one module with one :class:`Dialect` object: :mod:`.tinker` (the tinker SDK
 0.38 wire) and :mod:`.fireworks` (the Fireworks Training SDK 1.2.30 wire).
