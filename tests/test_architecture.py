@@ -325,9 +325,10 @@ def _docstrings(tree: ast.Module) -> set[int]:
 
 
 def api_path_literals(module: Module) -> list[str]:
-    """``/api/v1`` spelled in code (f-strings included; docstrings and ``local/``'s request
-    parsing aside) anywhere but :mod:`firetitan_async.wire.paths`."""
-    if module.name == PATHS_MODULE or module.layer == "local":
+    """``/api/v1`` spelled in code (f-strings included; docstrings aside) anywhere but
+    :mod:`firetitan_async.wire.paths`, the local trainer included (its request parsing takes
+    the prefix from there too)."""
+    if module.name == PATHS_MODULE:
         return []
     docs = _docstrings(module.tree)
     return [

@@ -36,6 +36,7 @@ from ..platform._training_sessions import (
 from ..wire import fireworks_serverless as wire
 from ..wire import paths
 from ..wire.futures import validate_reply
+from ..wire.promotion import promote_body
 
 __all__ = ["ServerlessSide"]
 
@@ -137,7 +138,7 @@ class ServerlessSide:
         base_model: str,
     ) -> PromotedModel:
         """Promote a checkpoint of the session: a listed row, its full name or its id."""
-        wire.promote_body("-", output_model_id, base_model)  # refuse bad input before sending
+        promote_body("-", output_model_id, base_model)  # refuse bad input before sending
         if isinstance(checkpoint, SessionCheckpoint):
             name = checkpoint.name
         elif isinstance(checkpoint, str) and checkpoint and "/" not in checkpoint:

@@ -504,17 +504,6 @@ class ServiceSession:
         if self._active_ops == 0 and self._idle is not None:
             self._idle.set()
 
-    def _track_operation(
-        self,
-        pending: Pending[Any],
-        work: Callable[[], Awaitable[T]],
-        *,
-        deadlines: Deadlines | None = None,
-        tokens: int | None = None,
-    ) -> Awaitable[T]:
-        """Run ``work()`` as ``pending``'s operation: deadlines, stall reports, events."""
-        return self._monitor.track(pending, work, deadlines=deadlines, tokens=tokens)
-
     # -- events ------------------------------------------------------------------------------
 
     def events(self, max_buffer: int = 1024) -> EventStream:
@@ -1361,7 +1350,7 @@ class _ClientSide:
         deadlines: Deadlines | None = None,
         tokens: int | None = None,
     ) -> Awaitable[T]:
-        return self._session._track_operation(pending, work, deadlines=deadlines, tokens=tokens)
+        return self._session._monitor.track(pending, work, deadlines=deadlines, tokens=tokens)
 
 
 def client_side(session: ServiceSession) -> ClientSession:

@@ -67,6 +67,7 @@ from ._json_codec import (
     decode_json_input,
     encode_forward_backward_json,
     encode_outputs_json,
+    model_input_tokens,
     prefers_json,
 )
 from ._model import LORA_ALPHA, NORMALIZATIONS, VOCAB_SIZE, TinyByteLM, vocab_of
@@ -1065,26 +1066,9 @@ def _prompt_tokens(body: Mapping[str, Any]) -> np.ndarray:
     prompt = _get(body, "prompt", dict, "a ModelInput object")
     if prompt is None:
         raise ApiError(400, "prompt is required")
-    chunks = prompt.get("chunks")
-    if not isinstance(chunks, list):
-        raise ApiError(400, "prompt.chunks must be a list")
-    tokens: list[int] = []
-    for i, chunk in enumerate(chunks):
-        if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
-            kind = chunk.get("type") if isinstance(chunk, dict) else type(chunk).__name__
-            raise ApiError(
-                400, f"prompt.chunks[{i}]: {kind!r} chunks are not supported by the local model "
-                "(only encoded_text)"
-            )
-        toks = chunk.get("tokens")
-        if not isinstance(toks, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in toks
-        ):
-            raise ApiError(400, f"prompt.chunks[{i}].tokens must be a list of integers")
-        tokens.extend(toks)
-    if not tokens:
+    arr = model_input_tokens(prompt.get("chunks"), "prompt")
+    if not arr.size:
         raise ApiError(400, "prompt is empty")
-    arr = np.asarray(tokens, dtype=np.int64)
     if arr.size > MAX_CONTEXT:
         raise ApiError(400, f"prompt has {arr.size} tokens; the limit is {MAX_CONTEXT}")
     return arr

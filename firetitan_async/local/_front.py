@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..wire import paths
 from ._data_plane import JOB_SCOPE_KEY, SERVERLESS_SCOPE_KEY
 from ._faults import FaultKind
 from ._http_errors import ApiError
@@ -59,9 +60,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("firetitan_async.local")
 
-_JOB_PREFIX = re.compile(r"^/jobs/([^/]+)(/api/v1/.*)$")
-_GATEWAY_PREFIX = re.compile(r"^/training/v1/rlorTrainerJobs/([^/]+)/([^/]+)(/api/v1/.*)$")
-_SERVERLESS_PREFIX = re.compile(r"^/training/v1/serverless(/api/v1/.*)$")
+#: A data-plane path starts with this (``/api/v1/``, from the route table).
+DATA_PLANE = paths.PREFIX + "/"
+_API = re.escape(DATA_PLANE)
+#: A job's data plane (``/jobs/{job_id}/api/v1/...``): group 1 the job id, 2 the API path.
+JOB_ROUTE = re.compile(rf"^/jobs/([^/]+)({_API}.*)$")
+_GATEWAY_PREFIX = re.compile(rf"^/training/v1/rlorTrainerJobs/([^/]+)/([^/]+)({_API}.*)$")
+_SERVERLESS_PREFIX = re.compile(rf"^{re.escape(paths.SERVERLESS_PREFIX)}({_API}.*)$")
 _UNAUTHORIZED = "missing or invalid API key (send X-Api-Key: <key> or Authorization: Bearer <key>)"
 # HTTP status → google.rpc code, for control-plane error bodies.
 _GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 412: 9, 429: 8, 501: 12, 503: 14}
@@ -112,8 +117,8 @@ def endpoint_name(method: str, path: str) -> str:
     """The stats name of a request: the path after ``/api/v1/`` (ids folded), e.g.
     ``forward_backward``, ``training_run_checkpoints``; ``jobs.create`` etc. for the control
     plane."""
-    if path.startswith("/api/v1/"):
-        rest = path[len("/api/v1/") :]
+    if path.startswith(DATA_PLANE):
+        rest = path[len(DATA_PLANE) :]
         if "/" not in rest:  # every pattern has one
             return rest
         for pattern, name in _ENDPOINT_PATTERNS:
@@ -188,7 +193,7 @@ class FrontDoor:
         method: str = scope["method"]
         job_id: str | None = None
         account: str | None = None
-        match = _JOB_PREFIX.match(path)
+        match = JOB_ROUTE.match(path)
         gateway = _GATEWAY_PREFIX.match(path)
         if match or gateway:
             if gateway:
@@ -218,7 +223,7 @@ class FrontDoor:
                 return
             await self.app(scope, receive, send)
             return
-        data_plane = path.startswith("/api/v1/")
+        data_plane = path.startswith(DATA_PLANE)
         name = endpoint_name(method, path)
         state.stats.count_request(name)
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]

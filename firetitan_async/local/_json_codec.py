@@ -32,7 +32,7 @@ import numpy as np
 
 from ._http_errors import ApiError
 from ._model import DatumArrays
-from ._proto_codec import ForwardBackwardSubmission
+from ._proto_codec import ForwardBackwardSubmission, dense_of_csr
 
 __all__ = [
     "JsonHead",
@@ -137,25 +137,7 @@ def _decode_datum(datum: object, where: str) -> DatumArrays:
                 400, f"{where}.model_input.{name}: routing replay is not supported by "
                 "local/tiny-byte-lm (it has no experts)"
             )
-    chunks = model_input.get("chunks")
-    if not isinstance(chunks, list):
-        raise ApiError(400, f"{where}.model_input.chunks must be a list")
-    parts: list[np.ndarray] = []
-    for j, chunk in enumerate(chunks):
-        cwhere = f"{where}.model_input.chunks[{j}]"
-        kind = chunk.get("type", "encoded_text") if isinstance(chunk, Mapping) else None
-        if kind != "encoded_text":
-            raise ApiError(
-                400, f"{cwhere}: {kind!r} chunks are not supported by local/tiny-byte-lm "
-                "(only encoded_text)"
-            )
-        tokens = chunk.get("tokens")
-        if not isinstance(tokens, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in tokens
-        ):
-            raise ApiError(400, f"{cwhere}.tokens must be a list of integers")
-        parts.append(_array(tokens, np.dtype(np.int64), f"{cwhere}.tokens"))
-    toks = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    toks = model_input_tokens(model_input.get("chunks"), f"{where}.model_input")
     raw_inputs = datum.get("loss_fn_inputs", {})
     if not isinstance(raw_inputs, Mapping):
         raise ApiError(400, f"{where}.loss_fn_inputs must be an object")
@@ -198,6 +180,38 @@ def _decode_tensor(tensor: object, where: str) -> np.ndarray:
     return values.reshape(shape)
 
 
+def model_input_tokens(chunks: object, where: str) -> np.ndarray:
+    """The token ids (int64) of a JSON ``ModelInput``'s ``chunks`` at ``where``: encoded
+    text only, as the local model reads (an ``ApiError`` 400 naming the chunk otherwise).
+    Training data and sampling prompts alike.
+
+    Example::
+
+        model_input_tokens([{"tokens": [1, 2], "type": "encoded_text"}], "prompt")  # [1, 2]
+    """
+    if not isinstance(chunks, list):
+        raise ApiError(400, f"{where}.chunks must be a list")
+    parts: list[np.ndarray] = []
+    for j, chunk in enumerate(chunks):
+        cwhere = f"{where}.chunks[{j}]"
+        if not isinstance(chunk, Mapping):
+            kind: object = type(chunk).__name__
+        else:
+            kind = chunk.get("type", "encoded_text")
+        if kind != "encoded_text":
+            raise ApiError(
+                400, f"{cwhere}: {kind!r} chunks are not supported by the local model "
+                "(only encoded_text)"
+            )
+        tokens = chunk.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise ApiError(400, f"{cwhere}.tokens must be a list of integers")
+        parts.append(_array(tokens, np.dtype(np.int64), f"{cwhere}.tokens"))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def _array(values: list[Any], dtype: np.dtype[Any], where: str) -> np.ndarray:
     try:
         return np.asarray(values, dtype=dtype)
@@ -218,17 +232,7 @@ def _decode_csr(
         raise ApiError(400, f"{where}: sparse indices must be integers")
     crow = _array(crow_raw, np.dtype(np.int64), f"{where}.sparse_crow_indices")
     col = _array(col_raw, np.dtype(np.int64), f"{where}.sparse_col_indices")
-    rows, cols = shape
-    if (
-        crow.size != rows + 1
-        or col.size != values.size
-        or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
-        or (col.size and (col.min() < 0 or col.max() >= cols))
-    ):
-        raise ApiError(400, f"{where}: inconsistent sparse CSR indices for shape {shape}")
-    dense = np.zeros((rows, cols), dtype=values.dtype)
-    dense[np.repeat(np.arange(rows), np.diff(crow)), col] = values
-    return dense
+    return dense_of_csr(values, crow, col, (shape[0], shape[1]), where)
 
 
 def encode_forward_backward_json(

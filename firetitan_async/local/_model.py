@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -52,6 +52,7 @@ __all__ = [
     "ModelInputError",
     "TinyByteLM",
     "check_token_range",
+    "checked_datums",
     "context_indices",
     "logits_from_weights",
     "single_thread_blas",
@@ -852,16 +853,22 @@ def starts_of(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def _validate_batch(
+def checked_datums(
     batch: Sequence[DatumArrays], loss_fn: str, vocab: int
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Check every datum; return concatenated tokens, required inputs and lengths."""
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Each datum of ``batch``, checked: its tokens (int64) and the inputs ``loss_fn``
+    requires (float64 or int64). ``ModelInputError`` names the field (and datum) of the first
+    problem: an empty batch or datum, tokens outside ``[0, vocab)``, a missing, misshapen or
+    non-finite input. The one copy of these checks: the submission checks run it to refuse a
+    bad batch at once, the model to train on it.
+
+    Example::
+
+        for tokens, inputs in checked_datums(batch, "cross_entropy", vocab=256): ...
+    """
     if len(batch) == 0:
         raise ModelInputError("data", "the batch is empty")
     required = REQUIRED_INPUTS[loss_fn]
-    tokens_parts: list[np.ndarray] = []
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in required}
-    lengths = np.empty(len(batch), dtype=np.int64)
     for i, datum in enumerate(batch):
         toks = np.asarray(datum.tokens)
         if toks.ndim != 1:
@@ -870,8 +877,7 @@ def _validate_batch(
         if n == 0:
             raise ModelInputError("model_input", "is empty", index=i)
         check_token_range("model_input", toks, i, vocab)
-        tokens_parts.append(toks.astype(np.int64, copy=False))
-        lengths[i] = n
+        inputs: dict[str, np.ndarray] = {}
         for name in required:
             field = f"loss_fn_inputs.{name}"
             value = loss_input(datum.inputs, name)
@@ -891,7 +897,21 @@ def _validate_batch(
             else:
                 check_token_range(field, arr, i, vocab)
                 arr = arr.astype(np.int64, copy=False)
+            inputs[name] = arr
+        yield toks.astype(np.int64, copy=False), inputs
+
+
+def _validate_batch(
+    batch: Sequence[DatumArrays], loss_fn: str, vocab: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Check every datum; return concatenated tokens, required inputs and lengths."""
+    tokens_parts: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in REQUIRED_INPUTS[loss_fn]}
+    for toks, inputs in checked_datums(batch, loss_fn, vocab):
+        tokens_parts.append(toks)
+        for name, arr in inputs.items():
             parts[name].append(arr)
+    lengths = np.array([t.shape[0] for t in tokens_parts], dtype=np.int64)
     tokens = np.concatenate(tokens_parts)
     inputs = {name: np.concatenate(arrs) for name, arrs in parts.items()}
     return tokens, inputs, lengths

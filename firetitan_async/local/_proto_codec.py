@@ -167,6 +167,20 @@ def _decode_csr(
     values = np.frombuffer(csr.values, dtype=dtype.newbyteorder("<"))
     crow = np.frombuffer(csr.crow_indices, dtype="<i8")
     col = np.frombuffer(csr.col_indices, dtype="<i8")
+    return dense_of_csr(values, crow, col, (shape[0], shape[1]), where)
+
+
+def dense_of_csr(
+    values: np.ndarray, crow: np.ndarray, col: np.ndarray, shape: tuple[int, int], where: str
+) -> np.ndarray:
+    """The dense ``shape`` array of a sparse CSR tensor (protobuf or JSON), its indices checked
+    first (an ``ApiError`` 400 names ``where``).
+
+    Example::
+
+        dense_of_csr(np.array([5.0]), np.array([0, 1]), np.array([2]), (1, 3), "t")
+        # array([[0., 0., 5.]])
+    """
     rows, cols = shape
     if (
         crow.size != rows + 1
@@ -174,10 +188,9 @@ def _decode_csr(
         or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
         or (col.size and (col.min() < 0 or col.max() >= cols))
     ):
-        raise ApiError(400, f"{where}: inconsistent sparse CSR indices for shape {shape}")
-    dense = np.zeros((rows, cols), dtype=dtype.newbyteorder("="))
-    row_of = np.repeat(np.arange(rows), np.diff(crow))
-    dense[row_of, col] = values
+        raise ApiError(400, f"{where}: inconsistent sparse CSR indices for shape {list(shape)}")
+    dense = np.zeros((rows, cols), dtype=values.dtype.newbyteorder("="))
+    dense[np.repeat(np.arange(rows), np.diff(crow)), col] = values
     return dense
 
 

@@ -45,6 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from tinker.proto import tinker_public_pb2 as pb
 
+from ..wire import paths
 from ._lifetime import ThreadedServerLifetime, bind_listener
 
 __all__ = ["BodyFormat", "RecordedExchange", "Recorder", "decode_body"]
@@ -136,7 +137,7 @@ class RecordedExchange:
     @property
     def endpoint(self) -> str:
         """The path under ``/api/v1/`` (e.g. ``"forward_backward"``), or the whole path."""
-        prefix = "/api/v1/"
+        prefix = paths.PREFIX + "/"
         return self.path[len(prefix) :] if self.path.startswith(prefix) else self.path
 
     def describe(self) -> str:
@@ -316,7 +317,7 @@ class Recorder(ThreadedServerLifetime):
             reply_headers = [
                 (k, v) for k, v in upstream.headers.multi_items() if k not in _NOT_FORWARDED
             ]
-            if self._client_config and request.url.path.endswith("/api/v1/client/config"):
+            if self._client_config and request.url.path.endswith(paths.CLIENT_CONFIG):
                 reply, reply_headers = self._override_config(status, reply, reply_headers)
         except httpx.HTTPError as exc:
             status = 502

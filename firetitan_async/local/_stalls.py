@@ -25,18 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from typing import Any
 
 import attrs
 
-from ._front import ASGIApp, Message, Receive, Scope, Send, endpoint_name
+from ._front import DATA_PLANE, JOB_ROUTE, ASGIApp, Message, Receive, Scope, Send, endpoint_name
 from ._server_state import ServerState
 
 __all__ = ["StallInjector", "StallPlan"]
-
-_JOB_PREFIX = re.compile(r"^/jobs/[^/]+(/api/v1/.*)$")
-
 
 def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not value >= 0:
@@ -78,11 +74,11 @@ class StallInjector:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        match = _JOB_PREFIX.match(path)
-        name = endpoint_name(scope["method"], match.group(1) if match else path)
+        match = JOB_ROUTE.match(path)
+        name = endpoint_name(scope["method"], match.group(2) if match else path)
         if name == "retrieve_future":
             await self._retrieve(scope, receive, send)
-        elif scope["method"] == "POST" and path.find("/api/v1/") >= 0 and self._wants(name):
+        elif scope["method"] == "POST" and DATA_PLANE in path and self._wants(name):
             await self.app(scope, receive, self._note_request_id(send))
         else:
             await self.app(scope, receive, send)

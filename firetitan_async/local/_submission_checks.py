@@ -14,11 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ._input_error import ModelInputError
-from ._losses import FLOAT_INPUTS, REQUIRED_INPUTS, loss_input, resolve_config
-from ._model import VOCAB_SIZE, DatumArrays, check_token_range
+from ._losses import resolve_config
+from ._model import VOCAB_SIZE, DatumArrays, checked_datums
 from ._optim import AdamConfig
 
 __all__ = ["check_adam", "check_forward_backward"]
@@ -35,28 +33,8 @@ def check_forward_backward(
     """Raise ``ModelInputError`` naming the field (and datum) of the first problem; tokens
     must be in ``[0, vocab)`` (the served model's vocabulary)."""
     resolve_config(loss_fn, loss_fn_config)
-    if not data:
-        raise ModelInputError("data", "the batch is empty")
-    required = REQUIRED_INPUTS[loss_fn]
-    for i, datum in enumerate(data):
-        n = datum.tokens.shape[0]
-        if n == 0:
-            raise ModelInputError("model_input", "is empty", index=i)
-        check_token_range("model_input", datum.tokens, i, vocab)
-        for name in required:
-            field = f"loss_fn_inputs.{name}"
-            arr = loss_input(datum.inputs, name)
-            if arr is None:
-                raise ModelInputError(field, f"is required by {loss_fn!r}", index=i)
-            if arr.shape != (n,):
-                raise ModelInputError(
-                    field, f"must have shape ({n},) like model_input, got {arr.shape}", index=i
-                )
-            if name in FLOAT_INPUTS:
-                if not np.all(np.isfinite(arr)):
-                    raise ModelInputError(field, "has non-finite values", index=i)
-            else:
-                check_token_range(field, arr, i, vocab)
+    for _ in checked_datums(data, loss_fn, vocab):
+        pass
 
 
 def check_adam(params: Any) -> AdamConfig:

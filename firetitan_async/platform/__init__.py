@@ -33,7 +33,7 @@ from ._lifecycle import CleanupFailed, Provisioning
 from ._managed import Cleanup, ManagedConfig, ManagedSetup
 from ._orphans import LiveResource, live_resources
 from ._publisher import PublishedVersion, WeightPublisher
-from ._readiness import ReadinessPoller, ReadinessProgress
+from ._readiness import ReadinessOptions, ReadinessPoller, ReadinessProgress
 from ._records import CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
 from ._rest import DEFAULT_BASE_URL, RestCore
 from ._rpc_status import PlatformAPIError
@@ -59,6 +59,7 @@ __all__ = [
     "PromotedModel",
     "Provisioning",
     "PublishedVersion",
+    "ReadinessOptions",
     "ReadinessPoller",
     "ReadinessProgress",
     "RestCore",

@@ -30,6 +30,7 @@ import attrs
 import httpx
 
 from ..errors import APIStatusError, FiretitanError, InvalidInput
+from ..wire.promotion import promote_body
 from ._records import COLLECTION
 from ._rest import LONG_WRITE_TIMEOUT_S, RestCore
 from ._rpc_status import platform_error
@@ -47,7 +48,6 @@ logger = logging.getLogger("firetitan_async.platform")
 _CHECKPOINT_NAME_RE: Final = re.compile(
     r"^accounts/([^/]+)/rlorTrainerJobs/([^/]+)/checkpoints/([^/]+)$"
 )
-_MODEL_ID_RE: Final = re.compile(r"^[a-z0-9-]{1,63}$")
 
 
 @attrs.frozen
@@ -173,22 +173,17 @@ async def promote_checkpoint(
     timeout_s: float = 7200.0,
 ) -> PromotedModel:
     """Promote one checkpoint; waits for the promotion operation if the server starts one."""
-    if not isinstance(output_model_id, str) or not _MODEL_ID_RE.match(output_model_id):
-        raise InvalidInput(
-            "output_model_id",
-            f"must be 1-63 characters of lowercase a-z, 0-9 or '-', got {output_model_id!r}",
-        )
-    if not isinstance(base_model, str) or not base_model:
-        raise InvalidInput("base_model", f"is required, got {base_model!r}")
+    body = promote_body(
+        account,
+        output_model_id,
+        base_model,
+        trainer_job=f"accounts/{account}/{COLLECTION}/{job_id}",
+        hot_load_deployment=None
+        if hot_load_deployment_id is None
+        else f"accounts/{account}/deployments/{hot_load_deployment_id}",
+    )
     checkpoint = quote(checkpoint_id, safe="")
     path = f"/v1/accounts/{quote(account, safe='')}/checkpoints/{checkpoint}:promote"
-    body: dict[str, Any] = {
-        "output_model": f"accounts/{account}/models/{output_model_id}",
-        "trainer_job_id": f"accounts/{account}/{COLLECTION}/{job_id}",
-        "base_model": base_model,
-    }
-    if hot_load_deployment_id is not None:
-        body["hot_load_deployment_id"] = f"accounts/{account}/deployments/{hot_load_deployment_id}"
 
     def bad_request(response: httpx.Response, _attempt: int) -> bool:
         return response.status_code == 400

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from typing import Final, Unpack
 from urllib.parse import quote
 
@@ -50,12 +49,7 @@ from ._checkpoints import (
 from ._checkpoints import promote_checkpoint as _promote
 from ._config import TrainerJobConfig
 from ._lifecycle import DEFAULT_GRACE_S, Claim, Provisioning, owner_tag
-from ._readiness import (
-    DEFAULT_PENDING_TIMEOUT_S,
-    DEFAULT_STOPPED_SETTLE_S,
-    ReadinessPoller,
-    ReadinessProgress,
-)
+from ._readiness import DEFAULT_PENDING_TIMEOUT_S, ReadinessOptions, ReadinessPoller
 from ._records import COLLECTION, CreatedTrainerJob, JobState, TrainerEndpoint, TrainerJob
 from ._rest import WRITE_TIMEOUT_S, RestClient, RestCore, RestOptions
 from ._rpc_status import platform_error
@@ -251,37 +245,22 @@ class TrainerJobs(RestClient):
         return [await self._job(record) for record in records]
 
     async def wait_for_ready(
-        self,
-        job_id: str,
-        *,
-        poll_interval_s: float = 5.0,
-        timeout_s: float = 900.0,
-        pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
-        stopped_settle_s: float = DEFAULT_STOPPED_SETTLE_S,
-        on_progress: Callable[[ReadinessProgress], None] | None = None,
-        probe_data_plane: bool = True,
+        self, job_id: str, **options: Unpack[ReadinessOptions]
     ) -> TrainerEndpoint:
         """Poll until the job is RUNNING and its trainer's healthz answers 200.
 
         The SDK's rules (see :class:`ReadinessPoller`): ``FAILED``, a tombstone or a vanished
         job raise :class:`~firetitan_async.TrainerJobFailed` at once, a stopped state after
         ``stopped_settle_s``; ``pending_timeout_s`` bounds the wait for capacity (PENDING) and
-        ``timeout_s`` the rest (:class:`~firetitan_async.ReadinessTimeout`).
+        ``timeout_s`` the rest (:class:`~firetitan_async.ReadinessTimeout`). The keywords and
+        their defaults (``poll_interval_s=5.0``, ``timeout_s=900.0``, ...):
+        :class:`~firetitan_async.platform.ReadinessOptions`.
 
         Example::
 
             endpoint = await jobs.wait_for_ready(created.job_id, poll_interval_s=10)
         """
-        poller = ReadinessPoller(
-            self,
-            job_id,
-            poll_interval_s=poll_interval_s,
-            timeout_s=timeout_s,
-            pending_timeout_s=pending_timeout_s,
-            stopped_settle_s=stopped_settle_s,
-            on_progress=on_progress,
-            probe_data_plane=probe_data_plane,
-        )
+        poller = ReadinessPoller(self, job_id, **options)
         await poller.run()
         return await poller.wait()
 
@@ -289,19 +268,16 @@ class TrainerJobs(RestClient):
         self,
         config: TrainerJobConfig,
         *,
-        poll_interval_s: float = 5.0,
-        timeout_s: float = 900.0,
-        pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
-        on_progress: Callable[[ReadinessProgress], None] | None = None,
         keep: bool = False,
         grace_s: float = DEFAULT_GRACE_S,
+        **options: Unpack[ReadinessOptions],
     ) -> Provisioning[TrainerEndpoint]:
-        """:meth:`create`, then :meth:`wait_for_ready`: ``await`` it for the endpoint, or use it
-        as ``async with`` to delete the job when the block exits, however it exits (see
-        :class:`~firetitan_async.Provisioning`; ``keep=True`` opts out, ``grace_s`` bounds the
-        deletion). A failed or cancelled wait deletes the job it created in both forms. A job
-        that already existed (``requested_job_id``) is adopted and never deleted. In the
-        ``async with`` form a config without ``display_name`` gets the owner tag
+        """:meth:`create`, then :meth:`wait_for_ready` (with ``options``): ``await`` it for the
+        endpoint, or use it as ``async with`` to delete the job when the block exits, however it
+        exits (see :class:`~firetitan_async.Provisioning`; ``keep=True`` opts out, ``grace_s``
+        bounds the deletion). A failed or cancelled wait deletes the job it created in both
+        forms. A job that already existed (``requested_job_id``) is adopted and never deleted.
+        In the ``async with`` form a config without ``display_name`` gets the owner tag
         (``firetitan-async:<host>:<pid>``) that ``firetitan-async jobs list --orphans`` reads.
 
         Example::
@@ -323,13 +299,7 @@ class TrainerJobs(RestClient):
             created = await self.create(tagged)
             if existing is None:
                 claim.own(created.job_id)
-            return await self.wait_for_ready(
-                created.job_id,
-                poll_interval_s=poll_interval_s,
-                timeout_s=timeout_s,
-                pending_timeout_s=pending_timeout_s,
-                on_progress=on_progress,
-            )
+            return await self.wait_for_ready(created.job_id, **options)
 
         async def release(job_id: str) -> None:
             try:
@@ -357,24 +327,16 @@ class TrainerJobs(RestClient):
     async def resume_and_wait(
         self,
         job_id: str,
-        *,
-        poll_interval_s: float = 5.0,
-        timeout_s: float = 900.0,
-        pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
+        **options: Unpack[ReadinessOptions],
     ) -> TrainerEndpoint:
-        """:meth:`resume`, then :meth:`wait_for_ready`.
+        """:meth:`resume`, then :meth:`wait_for_ready` (with ``options``).
 
         Example::
 
             endpoint = await jobs.resume_and_wait(job_id)
         """
         await self.resume(job_id)
-        return await self.wait_for_ready(
-            job_id,
-            poll_interval_s=poll_interval_s,
-            timeout_s=timeout_s,
-            pending_timeout_s=pending_timeout_s,
-        )
+        return await self.wait_for_ready(job_id, **options)
 
     async def reconnect_and_wait(
         self,

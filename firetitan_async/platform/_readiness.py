@@ -30,7 +30,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, TypedDict
 
 import anyio
 import attrs
@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ._records import JobState, TrainerEndpoint, TrainerJob
 
-__all__ = ["ReadinessPoller", "ReadinessProgress"]
+__all__ = ["ReadinessOptions", "ReadinessPoller", "ReadinessProgress"]
 
 logger = logging.getLogger("firetitan_async.readiness")
 
@@ -89,6 +89,28 @@ class ReadinessProgress:
     elapsed_s: float
     attempt: int
     message: str | None = None
+
+
+class ReadinessOptions(TypedDict, total=False):
+    """How a readiness wait polls: the keywords of :class:`ReadinessPoller` and of the
+    ``TrainerJobs`` waits (``wait_for_ready``, ``create_and_wait``, ``resume_and_wait``), in one
+    place. Defaults (the poller's): ``poll_interval_s`` 5.0, ``timeout_s`` 900.0,
+    ``pending_timeout_s`` 48 h, ``stopped_settle_s`` 30.0, ``on_progress`` None,
+    ``probe_data_plane`` True; what they mean: the module docstring and
+    :class:`ReadinessPoller`.
+
+    Example::
+
+        options: ReadinessOptions = {"poll_interval_s": 10.0, "timeout_s": 1800.0}
+        endpoint = await jobs.wait_for_ready(job_id, **options)
+    """
+
+    poll_interval_s: float
+    timeout_s: float
+    pending_timeout_s: float
+    stopped_settle_s: float
+    on_progress: Callable[[ReadinessProgress], None] | None
+    probe_data_plane: bool
 
 
 class ReadinessPoller:

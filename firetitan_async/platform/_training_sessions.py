@@ -28,7 +28,7 @@ import httpx
 
 from ..errors import FiretitanError, InvalidInput
 from ..wire import paths
-from ..wire.fireworks_serverless import promote_body
+from ..wire.promotion import promote_body
 from ._checkpoints import PromotedModel
 from ._rest import LONG_WRITE_TIMEOUT_S, READ_TIMEOUT_S, RestCore
 

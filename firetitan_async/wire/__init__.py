@@ -2,7 +2,8 @@
 
 Nothing here does I/O. The shared parts are datum validation (:mod:`.validation`), chunking
 and the merge of chunk results (:mod:`.chunking`), the server-side futures of
-``retrieve_future`` (:mod:`.futures`) and the protobuf codecs (:mod:`.fwdbwd`, :mod:`.sample`).
+``retrieve_future`` (:mod:`.futures`), the protobuf codecs (:mod:`.fwdbwd`, :mod:`.sample`)
+and the control plane's checkpoint promotion body (:mod:`.promotion`).
 Every ``/api/v1/...`` path, for the client and the local trainer alike, is in :mod:`.paths`.
 Each dialect is one module with one :class:`Dialect` object: :mod:`.tinker` (the tinker SDK
 0.38 wire) and :mod:`.fireworks` (the Fireworks Training SDK 1.2.30 wire).
@@ -19,8 +20,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -37,6 +38,7 @@ __all__ = [
     "WireRequest",
     "dialect_named",
     "job_dialect",
+    "refused",
     "resolve_dialect",
     "validate_dialect_choice",
 ]
@@ -332,6 +334,26 @@ class Dialect(Protocol):
     ) -> dict[str, Any]:
         """Body of a named ``save_weights_for_sampler``."""
         ...
+
+
+def refused(field: str, reason: str) -> Callable[..., Any]:
+    """A :class:`Dialect` member the dialect does not have: a call raises
+    ``InvalidInput(field, reason)``, before anything is sent (bind it with ``staticmethod``).
+    It is typed to return ``Any`` so that the other dialect may override it with its builder.
+
+    Example::
+
+        class TinkerProtocol:
+            unload_model_body = staticmethod(
+                refused("unload_model", "is Fireworks-only: the tinker dialect has none")
+            )
+    """
+
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        del args, kwargs
+        raise InvalidInput(field, reason)
+
+    return refuse
 
 
 def dialect_named(name: DialectName) -> Dialect:

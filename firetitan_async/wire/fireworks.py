@@ -13,8 +13,8 @@ with ``exclude_none``. Sans-IO.
 
 Example::
 
-    body = forward_backward_body(model_id="s:train:0", seq_id=1, data=batch,
-                                 loss_fn="cross_entropy", loss_fn_config=None)
+    body = fwdbwd_body("forward_backward", model_id="s:train:0", seq_id=1, data=batch,
+                       loss_fn="cross_entropy", loss_fn_config=None)
     ref = cross_job_ref("old-job", "step-4")   # "cross_job://old-job/step-4"
 """
 
@@ -31,7 +31,7 @@ from tinker import types
 
 from .._sdk_private import routing_matrices, tensor_array
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest, paths
+from . import ModelSpec, WireRequest, paths, refused
 from .chunking import model_input_bytes, split_batch
 from .futures import Done
 from .fwdbwd import decode_forward_backward_output
@@ -64,8 +64,7 @@ __all__ = [
     "datum_json",
     "decode_fwdbwd_result",
     "estimate_datum_bytes",
-    "forward_backward_body",
-    "forward_body",
+    "fwdbwd_body",
     "generate_snapshot_suffix",
     "load_adapter_body",
     "load_ref",
@@ -255,60 +254,35 @@ def datum_json(datum: types.Datum, index: int = 0) -> dict[str, Any]:
     }
 
 
-def _fb_input(
-    data: Sequence[types.Datum], loss_fn: str, loss_fn_config: Mapping[str, Any] | None
+_INPUT_KEY: Final = {"forward": "forward_input", "forward_backward": "forward_backward_input"}
+
+
+def fwdbwd_body(
+    op: Literal["forward", "forward_backward"],
+    *,
+    model_id: str,
+    seq_id: int,
+    data: Sequence[types.Datum],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    """Body of a JSON ``POST /api/v1/forward_backward`` or ``/api/v1/forward`` (the Fireworks
+    SDK's separate forward endpoint): the batch under ``{op}_input``, no ``type`` key.
+
+    Example::
+
+        fwdbwd_body("forward_backward", model_id="s:train:0", seq_id=1, data=batch,
+                    loss_fn="cross_entropy", loss_fn_config=None)
+        # {"forward_backward_input": {"data": [...], "loss_fn": "cross_entropy"},
+        #  "model_id": "s:train:0", "seq_id": 1}
+    """
+    batch: dict[str, Any] = {
         "data": [datum_json(d, i) for i, d in enumerate(data)],
         "loss_fn": loss_fn,
     }
     if loss_fn_config is not None:
-        out["loss_fn_config"] = dict(loss_fn_config)
-    return out
-
-
-def forward_backward_body(
-    *,
-    model_id: str,
-    seq_id: int,
-    data: Sequence[types.Datum],
-    loss_fn: str,
-    loss_fn_config: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Body of a JSON ``POST /api/v1/forward_backward`` (no ``type`` key, as the SDK).
-
-    Example::
-
-        forward_backward_body(model_id="s:train:0", seq_id=1, data=batch,
-                              loss_fn="cross_entropy", loss_fn_config=None)
-    """
-    return {
-        "forward_backward_input": _fb_input(data, loss_fn, loss_fn_config),
-        "model_id": model_id,
-        "seq_id": seq_id,
-    }
-
-
-def forward_body(
-    *,
-    model_id: str,
-    seq_id: int,
-    data: Sequence[types.Datum],
-    loss_fn: str,
-    loss_fn_config: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Body of ``POST /api/v1/forward`` (JSON; the Fireworks SDK's separate forward endpoint).
-
-    Example::
-
-        forward_body(model_id="s:train:0", seq_id=1, data=batch, loss_fn="cross_entropy",
-                     loss_fn_config=None)
-    """
-    return {
-        "forward_input": _fb_input(data, loss_fn, loss_fn_config),
-        "model_id": model_id,
-        "seq_id": seq_id,
-    }
+        batch["loss_fn_config"] = dict(loss_fn_config)
+    return {_INPUT_KEY[op]: batch, "model_id": model_id, "seq_id": seq_id}
 
 
 _FWDBWD_JSON: Final = "ForwardBackwardOutput (JSON)"
@@ -488,7 +462,7 @@ def generate_snapshot_suffix() -> str:
     return secrets.token_hex(4)
 
 
-def parse_checkpoint_list(obj: Any) -> list[dict[str, Any]]:
+def parse_checkpoint_list(reply: Any) -> list[dict[str, Any]]:
     """Rows of ``GET /api/v1/list_checkpoints``: names only (``{"checkpoints": ["step-2"]}``)
     or objects; each row is ``{"name", ...whatever else the trainer sent}``.
 
@@ -497,10 +471,10 @@ def parse_checkpoint_list(obj: Any) -> list[dict[str, Any]]:
         parse_checkpoint_list({"checkpoints": ["step-2"]})   # [{"name": "step-2"}]
     """
     what = "list_checkpoints reply"
-    if not isinstance(obj, dict) or not isinstance(obj.get("checkpoints"), list):
+    if not isinstance(reply, dict) or not isinstance(reply.get("checkpoints"), list):
         raise ProtocolError(what, "expected {'checkpoints': [...]}")
     rows: list[dict[str, Any]] = []
-    for item in obj["checkpoints"]:
+    for item in reply["checkpoints"]:
         if isinstance(item, str):
             rows.append({"name": item})
         elif isinstance(item, dict) and isinstance(
@@ -576,8 +550,8 @@ def validate_checkpoint_ref(ref: str, *, field: str = "path") -> str:
     )
 
 
-def load_ref(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
-    """The checkpoint reference ``load_weights`` sends for ``saved`` (a path, or what
+def load_ref(path: str | types.SaveWeightsResponse, *, field: str = "path") -> str:
+    """The checkpoint reference ``load_weights`` sends for ``path`` (a path, or what
     ``save_state`` returned), as the Fireworks SDK sends it: a logical name.
 
     A trainer answers ``save_state`` with the path it stored the state under; a dedicated
@@ -593,7 +567,7 @@ def load_ref(saved: str | types.SaveWeightsResponse, *, field: str = "path") -> 
         load_ref("tinker://s:train:0/weights/step-4")   # "step-4"
         load_ref(await client.save_state("ckpt"))       # "ckpt"
     """
-    path = checkpoint_path_of(saved, field=field)
+    path = checkpoint_path_of(path, field=field)
     if not path.startswith(_TINKER):
         return validate_checkpoint_ref(path, field=field)
     parsed = validate_tinker_path(path, field=field)
@@ -657,9 +631,16 @@ class FireworksDialect(TinkerProtocol):
     def __repr__(self) -> str:
         return "FireworksDialect()"
 
-    def new_snapshot_suffix(self) -> str | None:
-        """8 random hex per training client (the Fireworks SDK's ``session_id``)."""
-        return generate_snapshot_suffix()
+    # The Fireworks SDK's bodies and rules as the module builds them.
+    create_session_body = staticmethod(create_session_body)
+    new_snapshot_suffix = staticmethod(generate_snapshot_suffix)
+    parse_checkpoint_rows = staticmethod(parse_checkpoint_list)
+    unload_model_body = staticmethod(unload_model_body)
+    load_adapter_body = staticmethod(load_adapter_body)
+    decode_fwdbwd = staticmethod(decode_fwdbwd_result)
+    optim_step_body = staticmethod(optim_step_body)
+    check_load_path = staticmethod(load_ref)
+    load_weights_body = staticmethod(load_weights_body)
 
     def chunk_order(self, n_chunks: int, *, forward_only: bool) -> list[int]:
         """The SDK's ``forward`` sends the first chunk last; its ``forward_backward`` starts
@@ -672,24 +653,12 @@ class FireworksDialect(TinkerProtocol):
         """``"source"`` for ``merged_base`` (the Fireworks SDK's default)."""
         return "source" if checkpoint_type == "merged_base" else None
 
-    def parse_checkpoint_rows(self, reply: Any) -> list[dict[str, Any]]:
-        """The rows of ``GET /api/v1/list_checkpoints``."""
-        return parse_checkpoint_list(reply)
-
     def checkpoint_reference(self, name: str, source_job_id: str | None) -> str | None:
         """Offline, the SDK's rules: the name itself (checked), or ``cross_job://`` with a
         source job."""
         if source_job_id is not None:
             return cross_job_ref(source_job_id, name)
         return validate_checkpoint_ref(name, field="checkpoint_name")
-
-    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
-        """Body of ``unload_model``."""
-        return unload_model_body(model_id=model_id)
-
-    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
-        """Body of ``load_adapter``."""
-        return load_adapter_body(model_id=model_id, seq_id=seq_id, adapter_path=adapter_path)
 
     def checkpoint_load_reference(self, path: str) -> str:
         """The checkpoint's logical name (the last segment of its path)."""
@@ -700,18 +669,33 @@ class FireworksDialect(TinkerProtocol):
         del path
         return None
 
-    def checkpoint_ttl_path(self, path: str) -> str:
-        """Refused: Fireworks does not support checkpoint TTLs."""
-        del path
-        raise InvalidInput(
+    # What the Fireworks SDK refuses (or has not) on a dedicated trainer.
+    checkpoint_ttl_path = staticmethod(
+        refused(
             "ttl_seconds",
             "Fireworks does not support checkpoint TTLs (retention is managed by the platform); "
             "set_checkpoint_ttl_from_tinker_path is the tinker dialect's",
         )
-
-    def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
-        """Body of ``create_session`` (``sdk_version`` 0.23.0)."""
-        return create_session_body(user_metadata=user_metadata)
+    )
+    save_weights_external_body = staticmethod(
+        refused(
+            "save_weights_external",
+            "is the tinker dialect's; in the fireworks dialect export with "
+            "save_weights_for_sampler_ext (and promote the snapshot)",
+        )
+    )
+    # The SDK 1.2.30 reads the checkpoint's configuration from ``weights_info``, which only
+    # serverless endpoints serve: a model created by its first ``load_weights`` is the tinker
+    # dialect's.
+    create_from_state_body = staticmethod(
+        refused(
+            "path",
+            "create_training_client_from_state is the tinker dialect's; on a dedicated "
+            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
+            "explicit configuration (create_training_client) and call "
+            "load_state_with_optimizer(saved) (or load_state) on it",
+        )
+    )
 
     def create_model_body(
         self,
@@ -756,8 +740,8 @@ class FireworksDialect(TinkerProtocol):
     ) -> WireRequest:
         """JSON ``/api/v1/forward`` or ``/api/v1/forward_backward``."""
         del client_config
-        build = forward_body if op == "forward" else forward_backward_body
-        body = build(
+        body = fwdbwd_body(
+            op,
             model_id=model_id,
             seq_id=seq_id,
             data=data,
@@ -767,28 +751,6 @@ class FireworksDialect(TinkerProtocol):
         content = json.dumps(body, separators=(",", ":")).encode()
         return WireRequest(paths.operation(op), content, _JSON)
 
-    def decode_fwdbwd(self, done: Done) -> types.ForwardBackwardOutput:
-        """Protobuf or JSON, whichever the trainer sent."""
-        return decode_fwdbwd_result(done)
-
-    def optim_step_body(
-        self,
-        *,
-        model_id: str,
-        seq_id: int,
-        adam_params: types.AdamParams,
-        grad_accumulation_normalization: str | None,
-        emit_grad_norm_metrics: bool | str | None,
-    ) -> dict[str, Any]:
-        """Body of ``optim_step`` with the extras when given."""
-        return optim_step_body(
-            model_id=model_id,
-            seq_id=seq_id,
-            adam_params=adam_params,
-            grad_accumulation_normalization=grad_accumulation_normalization,
-            emit_grad_norm_metrics=emit_grad_norm_metrics,
-        )
-
     def check_ttl(self, ttl_seconds: int | None) -> None:
         """Any TTL is refused: Fireworks does not support checkpoint TTLs."""
         if ttl_seconds is not None:
@@ -797,12 +759,6 @@ class FireworksDialect(TinkerProtocol):
                 "Fireworks does not support checkpoint TTLs (retention is managed by the "
                 "platform); leave ttl_seconds unset in the fireworks dialect",
             )
-
-    def check_load_path(
-        self, path: str | types.SaveWeightsResponse, *, field: str = "path"
-    ) -> str:
-        """The reference ``load_weights`` sends: see :func:`load_ref`."""
-        return load_ref(path, field=field)
 
     def save_weights_body(
         self,
@@ -822,45 +778,6 @@ class FireworksDialect(TinkerProtocol):
                 "SDK's save_state sends none); it is the tinker dialect's",
             )
         return save_weights_body(model_id=model_id, seq_id=seq_id, name=name)
-
-    def save_weights_external_body(
-        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
-    ) -> dict[str, Any]:
-        """Refused: external-weights exports are the tinker dialect's."""
-        del model_id, seq_id, name, ttl_seconds
-        raise InvalidInput(
-            "save_weights_external",
-            "is the tinker dialect's; in the fireworks dialect export with "
-            "save_weights_for_sampler_ext (and promote the snapshot)",
-        )
-
-    def create_from_state_body(
-        self,
-        *,
-        session_id: str,
-        model_seq_id: int,
-        path: str,
-        optimizer: bool,
-        base_model: str | None,
-        user_metadata: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
-        """Refused, as the Fireworks SDK 1.2.30 refuses it on a dedicated trainer (it reads
-        the checkpoint's configuration from ``weights_info``, which only serverless endpoints
-        serve): a model created by its first ``load_weights`` is the tinker dialect's."""
-        del session_id, model_seq_id, path, optimizer, base_model, user_metadata
-        raise InvalidInput(
-            "path",
-            "create_training_client_from_state is the tinker dialect's; on a dedicated "
-            "Fireworks trainer (as in the Fireworks SDK) create the training client with its "
-            "explicit configuration (create_training_client) and call "
-            "load_state_with_optimizer(saved) (or load_state) on it",
-        )
-
-    def load_weights_body(
-        self, *, model_id: str, seq_id: int, path: str, optimizer: bool
-    ) -> dict[str, Any]:
-        """Body of ``load_weights``."""
-        return load_weights_body(model_id=model_id, seq_id=seq_id, path=path, optimizer=optimizer)
 
     def sampler_body(
         self,

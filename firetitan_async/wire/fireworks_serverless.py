@@ -37,7 +37,6 @@ __all__ = [
     "is_serverless_url",
     "is_training_session_id",
     "parse_session_checkpoint",
-    "promote_body",
     "sampling_route_body",
     "serverless_choice",
     "serverless_url",
@@ -75,7 +74,6 @@ _SESSION_CHECKPOINT_RE: Final = re.compile(
 )
 _RUN_ID_RE: Final = re.compile(r"^run-[0-9a-f]{32}$")
 _LABEL_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_MODEL_ID_RE: Final = re.compile(r"^[a-z0-9-]{1,63}$")
 
 
 def is_serverless_url(url: str) -> bool:
@@ -158,19 +156,6 @@ def sampling_route_body(
 def weights_info_body(path: str) -> dict[str, Any]:
     """The ``weights_info`` body."""
     return {"tinker_path": path}
-
-
-def promote_body(account: str, output_model_id: str, base_model: str) -> dict[str, Any]:
-    """The session-checkpoint ``:promote`` body; :class:`InvalidInput` names a bad field."""
-    if not isinstance(output_model_id, str) or not _MODEL_ID_RE.match(output_model_id):
-        raise InvalidInput(
-            "output_model_id",
-            f"must be 1-63 characters of lowercase a-z, 0-9 or '-', got {output_model_id!r}",
-        )
-    if not isinstance(base_model, str) or not base_model:
-        raise InvalidInput("base_model", f"is required, got {base_model!r}")
-    output_model = f"accounts/{account}/models/{output_model_id}"
-    return {"output_model": output_model, "base_model": base_model}
 
 
 def is_capacity_conflict(body: str) -> bool:

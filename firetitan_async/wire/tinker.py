@@ -20,7 +20,7 @@ import zstandard
 from tinker import types
 
 from ..errors import InvalidInput, ProtocolError
-from . import ModelSpec, WireRequest, paths
+from . import ModelSpec, WireRequest, paths, refused
 from .chunking import split_batch
 from .futures import Done, retrieve_future_body
 from .fwdbwd import decode_forward_backward_output, encode_forward_backward_request
@@ -461,51 +461,16 @@ class TinkerProtocol:
         """``REQUEST_TYPE[op]``."""
         return REQUEST_TYPE[op]
 
-    def client_config_body(self) -> dict[str, Any]:
-        """Body of ``client/config``."""
-        return client_config_body()
-
-    def session_heartbeat_body(self, session_id: str) -> dict[str, Any]:
-        """Body of ``session_heartbeat``."""
-        return session_heartbeat_body(session_id)
-
-    def finish_session_body(
-        self, session_id: str, status: Literal["success", "errored", "interrupted"]
-    ) -> dict[str, Any]:
-        """Body of ``sessions/{id}/finish``."""
-        return finish_session_body(session_id, status=status)
-
-    def get_info_body(self, model_id: str) -> dict[str, Any]:
-        """Body of ``get_info``."""
-        return get_info_body(model_id)
-
-    def create_sampling_session_body(
-        self,
-        *,
-        session_id: str,
-        sampling_session_seq_id: int,
-        model_path: str | None,
-        base_model: str | None,
-    ) -> dict[str, Any]:
-        """Body of ``create_sampling_session``."""
-        return create_sampling_session_body(
-            session_id=session_id,
-            sampling_session_seq_id=sampling_session_seq_id,
-            model_path=model_path,
-            base_model=base_model,
-        )
-
-    def ephemeral_sampler_body(
-        self, *, model_id: str, seq_id: int, sampling_session_seq_id: int
-    ) -> dict[str, Any]:
-        """Body of an unnamed ``save_weights_for_sampler`` (a new sampling session)."""
-        return ephemeral_sampler_body(
-            model_id=model_id, seq_id=seq_id, sampling_session_seq_id=sampling_session_seq_id
-        )
-
-    def cancel_future_body(self, request_id: str) -> dict[str, Any]:
-        """Body of ``cancel_future``."""
-        return cancel_future_body(request_id)
+    # The bodies both dialects send alike: the module's builders, one copy each (a
+    # staticmethod, so a call costs what the builder costs).
+    client_config_body = staticmethod(client_config_body)
+    session_heartbeat_body = staticmethod(session_heartbeat_body)
+    finish_session_body = staticmethod(finish_session_body)
+    get_info_body = staticmethod(get_info_body)
+    create_sampling_session_body = staticmethod(create_sampling_session_body)
+    ephemeral_sampler_body = staticmethod(ephemeral_sampler_body)
+    cancel_future_body = staticmethod(cancel_future_body)
+    checkpoint_ttl_body = staticmethod(checkpoint_ttl_body)
 
     def new_snapshot_suffix(self) -> str | None:
         """``None``: snapshot names are derived from the session (:func:`snapshot_name`)."""
@@ -537,15 +502,13 @@ class TinkerProtocol:
             )
         return None
 
-    def unload_model_body(self, *, model_id: str) -> dict[str, Any]:
-        """Refused: the tinker dialect has no ``unload_model``."""
-        del model_id
-        raise InvalidInput("unload_model", "is Fireworks-only: the tinker dialect has none")
-
-    def load_adapter_body(self, *, model_id: str, seq_id: int, adapter_path: str) -> dict[str, Any]:
-        """Refused: the tinker dialect has no ``load_adapter``."""
-        del model_id, seq_id, adapter_path
-        raise InvalidInput("load_adapter", "is Fireworks-only: the tinker dialect has none")
+    # The Fireworks SDK's operations the tinker wire has not.
+    unload_model_body = staticmethod(
+        refused("unload_model", "is Fireworks-only: the tinker dialect has none")
+    )
+    load_adapter_body = staticmethod(
+        refused("load_adapter", "is Fireworks-only: the tinker dialect has none")
+    )
 
     def checkpoint_load_reference(self, path: str) -> str:
         """The ``tinker://`` path itself."""
@@ -562,10 +525,6 @@ class TinkerProtocol:
         parsed = validate_tinker_path(path)
         checkpoint_id = path.removeprefix(f"tinker://{parsed.training_run_id}/")
         return paths.run_checkpoint_ttl(parsed.training_run_id, checkpoint_id)
-
-    def checkpoint_ttl_body(self, ttl_seconds: int | None) -> dict[str, Any]:
-        """Body of the checkpoint TTL ``PUT``."""
-        return checkpoint_ttl_body(ttl_seconds)
 
     def external_weights_urls_path(self, path: str) -> str:
         """Where ``GET`` lists the signed download URLs of a
@@ -602,9 +561,12 @@ class TinkerDialect(TinkerProtocol):
     def __repr__(self) -> str:
         return "TinkerDialect()"
 
-    def create_session_body(self, *, user_metadata: Mapping[str, str] | None) -> dict[str, Any]:
-        """Body of ``create_session`` (``sdk_version`` 0.38.0)."""
-        return create_session_body(user_metadata=user_metadata)
+    # The tinker SDK's bodies as the module builds them.
+    create_session_body = staticmethod(create_session_body)
+    save_weights_body = staticmethod(save_weights_body)
+    save_weights_external_body = staticmethod(save_weights_external_body)
+    create_from_state_body = staticmethod(create_from_state_body)
+    load_weights_body = staticmethod(load_weights_body)
 
     def create_model_body(
         self,
@@ -709,58 +671,6 @@ class TinkerDialect(TinkerProtocol):
             )
         validate_tinker_path(path, field=field)
         return path
-
-    def save_weights_body(
-        self,
-        *,
-        model_id: str,
-        seq_id: int,
-        name: str,
-        ttl_seconds: int | None,
-        user_metadata: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Body of ``save_weights`` (with the checkpoint's ``user_metadata``, if any)."""
-        return save_weights_body(
-            model_id=model_id,
-            seq_id=seq_id,
-            name=name,
-            ttl_seconds=ttl_seconds,
-            user_metadata=user_metadata,
-        )
-
-    def save_weights_external_body(
-        self, *, model_id: str, seq_id: int, name: str, ttl_seconds: int | None
-    ) -> dict[str, Any]:
-        """Body of ``save_weights_external``."""
-        return save_weights_external_body(
-            model_id=model_id, seq_id=seq_id, name=name, ttl_seconds=ttl_seconds
-        )
-
-    def create_from_state_body(
-        self,
-        *,
-        session_id: str,
-        model_seq_id: int,
-        path: str,
-        optimizer: bool,
-        base_model: str | None,
-        user_metadata: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
-        """Body of the ``load_weights`` that creates a model from a checkpoint."""
-        return create_from_state_body(
-            session_id=session_id,
-            model_seq_id=model_seq_id,
-            path=path,
-            optimizer=optimizer,
-            base_model=base_model,
-            user_metadata=user_metadata,
-        )
-
-    def load_weights_body(
-        self, *, model_id: str, seq_id: int, path: str, optimizer: bool
-    ) -> dict[str, Any]:
-        """Body of ``load_weights``."""
-        return load_weights_body(model_id=model_id, seq_id=seq_id, path=path, optimizer=optimizer)
 
     def sampler_body(
         self,

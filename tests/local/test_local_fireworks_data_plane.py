@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tinker import types
 from tinker.proto.response_conv import deserialize_forward_backward_output
 
 from firetitan_async.local import LocalTrainer
@@ -26,6 +27,8 @@ from firetitan_async.local._checkpoint_store import CheckpointStore
 from firetitan_async.local._http_errors import ApiError
 from firetitan_async.local._json_codec import decode_json_head, decode_json_input, prefers_json
 from firetitan_async.local._model import MODEL_NAME, AdamConfig, DatumArrays, TinyByteLM
+from firetitan_async.local._proto_codec import decode_forward_backward
+from firetitan_async.wire.fwdbwd import encode_forward_backward_request
 
 SEED = 11
 TEXT = np.frombuffer(b"pack my box with five dozen liquor jugs", np.uint8).astype(np.int64)
@@ -240,6 +243,15 @@ def test_sparse_csr_tensor_decodes_to_its_dense_form() -> None:
     }])
     sub = decode_json_input(body, decode_json_head(body, "forward_backward_input"))
     assert np.array_equal(sub.data[0].inputs["x"], dense)
+    # The protobuf codec densifies through the same function.
+    sparse = types.TensorData(data=[3.5, 1.0], dtype="float32", shape=[2, 3],
+                              sparse_crow_indices=[0, 1, 2], sparse_col_indices=[2, 0])
+    datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
+                        loss_fn_inputs={"x": sparse})
+    raw = encode_forward_backward_request(model_id="m", seq_id=1, data=[datum],
+                                          loss_fn="cross_entropy", loss_fn_config=None,
+                                          forward_only=False)
+    assert np.array_equal(decode_forward_backward(raw).data[0].inputs["x"], dense)
     broken = body["forward_backward_input"]["data"][0]["loss_fn_inputs"]["x"]
     broken["sparse_col_indices"] = [3, 0]
     with pytest.raises(ApiError, match="inconsistent sparse CSR indices"):
