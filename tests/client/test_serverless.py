@@ -186,6 +186,7 @@ async def test_create_sampling_client_samples_through_the_serverless_completions
         before = _requests(trainer)
         sampler = await session.create_sampling_client(model_path=saved.path)
         assert sampler.sampling_session_id is None and sampler.deployment_sampler is not None
+        assert session.training_session_id is not None
         assert sampler.deployment_sampler.model == session_model(
             "local", session.training_session_id, saved.path
         )

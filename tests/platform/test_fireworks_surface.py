@@ -86,15 +86,15 @@ async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_delt
         await policy.optim_step(types.AdamParams(learning_rate=1e-2))
         third = await policy.save_weights_for_sampler("s3")
         client = await setup.session.create_sampling_client(model_path=third.path)
-        assert client.deployment_sampler is setup.sampler
+        assert setup.sampler is not None and client.deployment_sampler is setup.sampler
         got = await client.sample(types.ModelInput.from_ints(PROMPT), 2,
                                   types.SamplingParams(max_tokens=3, seed=1))
         assert [len(s.tokens) for s in got.sequences] == [3, 3]
         assert {c.policy_version for c in await setup.sampler.sample(PROMPT, max_tokens=1)} == {
             third.path
         }
-        base = await setup.session.create_sampling_client(base_model=MODEL)  # no hot-load
-        assert len((await base.sample(types.ModelInput.from_ints(PROMPT), 1,
+        on_base = await setup.session.create_sampling_client(base_model=MODEL)  # no hot-load
+        assert len((await on_base.sample(types.ModelInput.from_ints(PROMPT), 1,
                                       types.SamplingParams(max_tokens=2))).sequences) == 1
         assert trainer.stats()["requests"].get("create_sampling_session", 0) == sessions_before
 
