@@ -186,12 +186,14 @@ class SamplingClient:
         if params.stop is not None:
             options["stop"] = params.stop
         max_tokens = 1024 if params.max_tokens is None else params.max_tokens
-        # Check every argument now (InvalidInput names it, nothing is sent), as at the call
-        # in the session backend; the sampler builds the same body again when it sends.
+        # Check the arguments now (InvalidInput names one, nothing is sent), as at the call in
+        # the session backend; the sampler builds the same body again when it sends. Token-id
+        # stops are left to the sampler: it decodes them with its tokenizer when it sends.
+        checked = {k: v for k, v in options.items() if k != "stop" or _text_stop(v)}
         completion_body(
             sampler.model, tokens, n=num_samples, max_tokens=max_tokens,
             temperature=params.temperature, logprobs=True, echo=include_prompt_logprobs,
-            decode_token=sampler._decode_token, **options,  # type: ignore[arg-type]
+            **checked,  # type: ignore[arg-type]
         )
 
         async def run(pending: Pending[types.SampleResponse]) -> types.SampleResponse:
@@ -215,7 +217,6 @@ class SamplingClient:
 
             lps = await sampler.compute_logprobs(types.ModelInput.from_ints(list(b"abc")))
         """
-        self._session.check_open()
         prompt = to_tinker_model_input(prompt)
         inner = self.sample(
             prompt,
@@ -269,6 +270,12 @@ class SamplingClient:
 
         self._session.spawn_operation(carry, pending)
         return pending
+
+
+def _text_stop(stop: object) -> bool:
+    return isinstance(stop, str) or (
+        isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop)
+    )
 
 
 def sample_response_of(

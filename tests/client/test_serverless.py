@@ -208,11 +208,16 @@ async def test_create_sampling_client_samples_through_the_serverless_completions
         with pytest.raises(InvalidInput) as refused:  # the completions API has no top-k
             sampler.sample(prompt, 1, params, topk_prompt_logprobs=2)
         assert refused.value.field == "topk_prompt_logprobs"
+        with pytest.raises(InvalidInput) as refused:  # token-id stops need a tokenizer
+            await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, stop=[10]))
+        assert refused.value.field == "stop"
+        stopped = await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=3, stop=["q"]))
+        assert len(stopped.sequences[0].tokens) <= 3
         sent = _requests(trainer)
         assert sent.get("create_sampling_session", 0) == before.get("create_sampling_session", 0)
         assert sent.get("asample", 0) == before.get("asample", 0)
-        # sample, the direct sample, compute_logprobs, the base sample
-        assert sent["serverless.completions"] == before.get("serverless.completions", 0) + 4
+        # sample, the direct sample, compute_logprobs, the base sample, the string-stop sample
+        assert sent["serverless.completions"] == before.get("serverless.completions", 0) + 5
         await session.delete_training_session()
 
 
