@@ -908,7 +908,11 @@ class ServiceSession:
         return TrainingClient(self._client_side, model_id=model_id, spec=spec, info=info)
 
     async def create_sampling_client(
-        self, model_path: str | None = None, base_model: str | None = None
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        *,
+        deployment_sampler: DeploymentSampler | None = None,
     ) -> SamplingClient:
         """A sampling client for saved sampler weights (``model_path``) or a base model.
 
@@ -921,7 +925,9 @@ class ServiceSession:
         deployment it is the deployment's sampler, after hot-loading ``model_path`` onto it.
         Any other Fireworks session raises :class:`UsageError` before anything is sent (the
         SDK's ``NotImplementedError``). A serverless sampling client's connections close
-        with the session.
+        with the session. ``deployment_sampler`` (any dialect, as the SDK's argument) wraps a
+        :class:`DeploymentSampler` you made (and close) as it is: nothing is sent here, and
+        ``model_path``/``base_model`` are only recorded on the client.
 
         Example::
 
@@ -932,6 +938,18 @@ class ServiceSession:
         from ..wire.validation import validate_tinker_path
 
         self._check_open()
+        if deployment_sampler is not None:
+            from .._clients._deployment_sampler import DeploymentSampler
+
+            if not isinstance(deployment_sampler, DeploymentSampler):
+                raise InvalidInput(
+                    "deployment_sampler",
+                    f"must be a DeploymentSampler, got {type(deployment_sampler).__name__}",
+                )
+            return SamplingClient(
+                self._client_side, model_path=model_path, base_model=base_model,
+                deployment_sampler=deployment_sampler,
+            )
         if (model_path is None) == (base_model is None):
             raise InvalidInput("model_path", "give exactly one of model_path or base_model")
         if not self._codec.has_sampling_sessions:

@@ -577,6 +577,9 @@ async def test_a_dedicated_fireworks_session_refuses_trainer_sampling_before_sen
                 await call
             assert isinstance(refused.value, FiretitanError)
         assert "DeploymentSampler" in str(refused.value) or "managed" in str(refused.value)
+        with pytest.raises(InvalidInput) as bad:
+            await session.create_sampling_client(deployment_sampler="rollouts")  # type: ignore[arg-type]
+        assert bad.value.field == "deployment_sampler"
         assert len(rec.records) == before
     assert sent(rec, "create_sampling_session") == [] and sent(rec, "asample") == []
     async with ServiceSession(rec.base_url, dialect="tinker") as session:

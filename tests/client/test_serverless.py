@@ -201,7 +201,12 @@ async def test_create_sampling_client_samples_through_the_serverless_completions
         async with await session.create_serverless_sampler(saved.path) as direct:
             want = await direct.sample(TOKENS[:6], n=2, max_tokens=5, temperature=1.0, seed=11,
                                        logprobs=True)
+            # The SDK's deployment_sampler=: a sampler you made, wrapped as it is.
+            wrapped = await session.create_sampling_client(deployment_sampler=direct)
+            assert wrapped.deployment_sampler is direct
+            again = await wrapped.sample(prompt, 2, params)
         assert [s.tokens for s in out.sequences] == [c.tokens for c in want]
+        assert [s.tokens for s in again.sequences] == [c.tokens for c in want]
         assert await sampler.compute_logprobs(prompt) == out.prompt_logprobs
         base = await session.create_sampling_client(base_model=MODEL_NAME)
         assert len((await base.sample(prompt, 1, params)).sequences[0].tokens) == 5
@@ -216,8 +221,9 @@ async def test_create_sampling_client_samples_through_the_serverless_completions
         sent = _requests(trainer)
         assert sent.get("create_sampling_session", 0) == before.get("create_sampling_session", 0)
         assert sent.get("asample", 0) == before.get("asample", 0)
-        # sample, the direct sample, compute_logprobs, the base sample, the string-stop sample
-        assert sent["serverless.completions"] == before.get("serverless.completions", 0) + 5
+        # sample, the direct and wrapped samples, compute_logprobs, the base and string-stop
+        # samples
+        assert sent["serverless.completions"] == before.get("serverless.completions", 0) + 6
         await session.delete_training_session()
 
 
