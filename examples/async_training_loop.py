@@ -94,11 +94,11 @@ async def train(
         for record in checkpoints.records:
             print(f"saved {record.name} at step {record.step}: {record.path}")
 
-        sampler = await client.save_weights_and_get_sampling_client()
-        prompt = types.ModelInput.from_ints(list(b"every "))
-        out = await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=40, temperature=0))
-        text = bytes(t for t in out.sequences[0].tokens if t < 256).decode(errors="replace")
-        print(f"sample: every {text!r}")
+        # What the model learned, scored by a forward pass (a Fireworks trainer has no sampler
+        # of its own: sampling goes through a deployment, see docs/deployments.md).
+        scored = await client.forward([sft_datum(CORPUS[1])], "cross_entropy")
+        per_byte = np.exp(scored.loss_fn_outputs[0]["logprobs"].to_numpy())
+        print(f"score: mean next-byte probability {per_byte.mean():.3f} on {CORPUS[1]!r}")
     return loss
 
 

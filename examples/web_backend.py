@@ -89,7 +89,7 @@ from firetitan_async import (
 
 MODEL = "local/tiny-byte-lm"
 TEXT = "the web backend keeps one session open for its whole life."
-PROMPT_BYTES = 12  # the reward samples a continuation of TEXT's first bytes
+PROMPT_BYTES = 12  # the reward scores the 16 bytes after TEXT's first 12
 STATIC = Path(__file__).resolve().parent / "static"
 T = TypeVar("T")
 
@@ -399,17 +399,21 @@ def _datum(text: str) -> types.Datum:
 
 
 async def _reward(backend: Backend, run: Run, step: int) -> None:
-    """Sample continuations of TEXT's start from the current weights; reward = bytes right."""
-    sampler = await backend.client.save_weights_and_get_sampling_client()
-    prompt = types.ModelInput.from_ints(list(TEXT.encode()[:PROMPT_BYTES]))
-    expected = TEXT.encode()[PROMPT_BYTES : PROMPT_BYTES + 16]
-    params = types.SamplingParams(max_tokens=len(expected), temperature=1.0, seed=step)
-    out = await backend.hold(sampler.sample(prompt, 4, params))
-    scores = [
-        sum(a == b for a, b in zip(seq.tokens, expected, strict=False)) / len(expected)
-        for seq in out.sequences
-    ]
-    backend.feed.publish(Reward(run.run_id, step, round(sum(scores) / len(scores), 4)))
+    """Score the 16 bytes that follow TEXT's start under the current weights: reward = the
+    mean probability the model gives each right byte. A forward pass, so it works on every
+    trainer (a Fireworks trainer has no sampler of its own; it samples through a deployment)."""
+    tokens = list(TEXT.encode()[: PROMPT_BYTES + 16])
+    weights = [0.0] * (PROMPT_BYTES - 1) + [1.0] * (len(tokens) - PROMPT_BYTES)
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:], dtype=np.int64)),
+            "weights": types.TensorData.from_numpy(np.asarray(weights, dtype=np.float32)),
+        },
+    )
+    out = await backend.hold(backend.client.forward([datum], "cross_entropy"))
+    logprobs = out.loss_fn_outputs[0]["logprobs"].to_numpy()[PROMPT_BYTES - 1 :]
+    backend.feed.publish(Reward(run.run_id, step, round(float(np.exp(logprobs).mean()), 4)))
 
 
 async def _train(backend: Backend, run: Run, depth: int = 2) -> None:

@@ -163,7 +163,7 @@ async def test_public_surface_of_the_session_and_clients_holds_no_plumbing(
     local_trainer: LocalTrainer,
 ) -> None:
     assert _public(ServiceSession) == _SESSION_SURFACE
-    async with ServiceSession(local_trainer.base_url) as session:
+    async with ServiceSession(local_trainer.base_url, dialect="tinker") as session:
         assert _public(session) == _SESSION_SURFACE
         training = await session.create_training_client("local/tiny-byte-lm", lora_rank=2)
         sampling = await session.create_sampling_client(base_model="local/tiny-byte-lm")

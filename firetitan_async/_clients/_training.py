@@ -17,7 +17,7 @@ from .._session._deadlines import Deadlines, call_deadlines
 from .._session._ordered_ops import OrderedOps, first_error
 from .._session._pending import Pending
 from .._session._protocol import ClientSession
-from ..errors import FiretitanError, InvalidInput, ProtocolError
+from ..errors import FiretitanError, InvalidInput, ProtocolError, UsageError
 from ..wire import Dialect, ModelSpec, paths
 from ..wire.chunking import merge_outputs
 from ..wire.futures import decode_json_result, parse_json_object
@@ -691,6 +691,11 @@ class TrainingClient:
     ) -> SamplingClient:
         """Snapshot the current weights into a new sampling session and return its client.
 
+        Tinker dialect only: a Fireworks trainer has no sampling sessions and the Fireworks
+        SDK's training client has no such method, so there it raises :class:`UsageError`
+        before anything is sent; save with :meth:`save_weights_for_sampler` and sample with
+        ``session.create_sampling_client(model_path=saved.path)`` (serverless or managed).
+
         Example::
 
             sampler = await client.save_weights_and_get_sampling_client()
@@ -699,6 +704,14 @@ class TrainingClient:
         from ._sampling import SamplingClient
 
         self._check_usable()
+        if not self._codec.has_sampling_sessions:
+            raise UsageError(
+                "save_weights_and_get_sampling_client needs the trainer's sampling sessions, "
+                "which a Fireworks trainer has not (nor the Fireworks SDK's training client): "
+                "save with save_weights_for_sampler(name) and sample with "
+                "session.create_sampling_client(model_path=saved.path) on a serverless or "
+                "managed session"
+            )
         sampling_seq = self._session.next_sampling_session_seq_id()
         pending = self._simple(
             "save_weights_for_sampler",

@@ -216,6 +216,8 @@ class ServiceSession:
         self._sampling_seq = 0
         self._model_ids: list[str] = []
         self._loss_handles: LossHandles | None = None  # create_custom_loss's, made on first use
+        # The managed setup this session belongs to (ServiceSession.managed), if any.
+        self._managed_setup: ManagedSetup[ServiceSession] | None = None
         self._events = EventHub()
         if on_event is not None:
             self._events.add_hook(on_event)
@@ -305,7 +307,11 @@ class ServiceSession:
         from ..platform._managed import ManagedSetup
 
         def open_session(url: str) -> ServiceSession:
-            return cls(url, api_key=setup.jobs.api_key or "", dialect="fireworks")
+            session = cls(url, api_key=setup.jobs.api_key or "", dialect="fireworks")
+            # create_sampling_client samples through the setup's deployment (the SDK's
+            # managed sampler backend)
+            session._managed_setup = setup
+            return session
 
         setup: ManagedSetup[ServiceSession] = ManagedSetup(
             config, open_session, api_key=api_key, base_url=base_url,
@@ -895,9 +901,26 @@ class ServiceSession:
         return TrainingClient(self._client_side, model_id=model_id, spec=spec, info=info)
 
     async def create_sampling_client(
-        self, model_path: str | None = None, base_model: str | None = None
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        *,
+        deployment_sampler: DeploymentSampler | None = None,
     ) -> SamplingClient:
         """A sampling client for saved sampler weights (``model_path``) or a base model.
+
+        Tinker dialect: a sampling session on the trainer (``create_sampling_session``).
+        Fireworks dialect, as the Fireworks SDK's ``create_sampling_client``: a trainer has no
+        sampling sessions, so the client samples through a completions endpoint. On a
+        serverless session that is the gateway's (the model is the session's checkpoint or
+        base weights; a standalone route is bound first where the SDK binds one, as
+        :meth:`create_serverless_sampler`); on a session of a :meth:`managed` setup with a
+        deployment it is the deployment's sampler, after hot-loading ``model_path`` onto it.
+        Any other Fireworks session raises :class:`UsageError` before anything is sent (the
+        SDK's ``NotImplementedError``). A serverless sampling client's connections close
+        with the session. ``deployment_sampler`` (any dialect, as the SDK's argument) wraps a
+        :class:`DeploymentSampler` you made (and close) as it is: nothing is sent here, and
+        ``model_path``/``base_model`` are only recorded on the client.
 
         Example::
 
@@ -908,11 +931,24 @@ class ServiceSession:
         from ..wire.validation import validate_tinker_path
 
         self._check_open()
+        if deployment_sampler is not None:
+            from .._clients._deployment_sampler import DeploymentSampler
+
+            if not isinstance(deployment_sampler, DeploymentSampler):
+                raise InvalidInput(
+                    "deployment_sampler",
+                    f"must be a DeploymentSampler, got {type(deployment_sampler).__name__}",
+                )
+            return SamplingClient(
+                self._client_side, model_path=model_path, base_model=base_model,
+                deployment_sampler=deployment_sampler,
+            )
         if (model_path is None) == (base_model is None):
             raise InvalidInput("model_path", "give exactly one of model_path or base_model")
+        if not self._codec.has_sampling_sessions:
+            return await self._completions_sampling_client(model_path, base_model)
         if model_path is not None:
-            # A sampler path is what the trainer returned (tinker:// on the local trainer), in
-            # both dialects: sampling sessions are the local trainer's, not Fireworks'.
+            # A sampler path is what the trainer returned (tinker:// on the local trainer).
             validate_tinker_path(model_path, field="model_path")
         await self.wait_for_ready()
         seq = self._next_sampling_session_seq_id()
@@ -931,6 +967,38 @@ class ServiceSession:
         ).sampling_session_id
         return SamplingClient(
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
+        )
+
+    async def _completions_sampling_client(
+        self, model_path: str | None, base_model: str | None
+    ) -> SamplingClient:
+        """``create_sampling_client`` where the trainer has no sampling sessions (the Fireworks
+        SDK's ``_create_sampling_client``): the serverless gateway's completions, or the
+        managed setup's deployment; otherwise ``UsageError`` before anything is sent."""
+        from .._clients._sampling import SamplingClient
+
+        setup = self._managed_setup
+        if self._serverless is not None:
+            sampler = await self.create_serverless_sampler(model_path, base_model=base_model)
+            assert self._stack is not None  # open: _check_open passed
+            self._stack.push_async_callback(sampler.aclose)
+        elif setup is not None and setup.sampler is not None:
+            if model_path is not None:
+                await setup.hotload_sampler_snapshot(model_path)
+            sampler = setup.sampler  # the setup's: it closes it
+        else:
+            raise UsageError(
+                "a Fireworks trainer has no sampling sessions, so create_sampling_client needs "
+                "somewhere to sample: a serverless session (ServiceSession(url, "
+                "serverless=True)), a ServiceSession.managed(...) setup with a deployment "
+                "(or its setup.create_deployment_sampler(...)), or a DeploymentSampler on "
+                "your own deployment"
+            )
+        return SamplingClient(
+            self._client_side,
+            model_path=model_path,
+            base_model=base_model,
+            deployment_sampler=sampler,
         )
 
     async def get_server_capabilities(self) -> types.GetServerCapabilitiesResponse:

@@ -102,6 +102,8 @@ class TrainerSamplerHandle:
     #: The base model, for clients that need it to parse replies.
     base_model: str | None = None
     allow_insecure_http: bool = False
+    #: The publishing session's dialect (how the worker's session samples the snapshot).
+    dialect: Literal["auto", "fireworks", "tinker"] = "auto"
 
     def encode(self) -> str:
         """A pickle-free text form (URL-safe base64 of JSON), like the Fireworks SDK's
@@ -125,7 +127,9 @@ class TrainerSamplerHandle:
 
     def session(self) -> ServiceSession:
         """A new (not yet entered) session to this trainer; the key comes from the env."""
-        return ServiceSession(self.base_url, allow_insecure_http=self.allow_insecure_http)
+        return ServiceSession(
+            self.base_url, allow_insecure_http=self.allow_insecure_http, dialect=self.dialect
+        )
 
     async def sampler(self, session: ServiceSession) -> SamplingClient:
         """A sampling client on this version's snapshot, through ``session``."""
@@ -134,6 +138,11 @@ class TrainerSamplerHandle:
 
 class TrainerPolicy:
     """Publishes policy versions as sampler snapshots of the trainer, sampled by the trainer.
+
+    The session must be able to sample a snapshot (``create_sampling_client``): a tinker
+    dialect session, a Fireworks serverless session (its completions endpoint), or the session
+    of a ``ServiceSession.managed`` setup with a deployment. A dedicated Fireworks trainer has
+    no sampler of its own: publish to a deployment with ``DeploymentPolicy`` there.
 
     Version ``n`` is saved as ``{prefix}-{n:06d}``: a ``base`` snapshot for version 0 and
     every ``base_every`` versions, a ``delta`` otherwise (``base_every=1``: always ``base``).
@@ -205,6 +214,7 @@ class TrainerPolicy:
             version=version,
             base_model=self._client.base_model,
             allow_insecure_http=base_url.startswith("http://"),
+            dialect=self._session.dialect,
         )
 
     def handles(self) -> _HandlePublisher:

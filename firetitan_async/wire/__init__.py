@@ -126,6 +126,11 @@ class Dialect(Protocol):
     """Whether leaving the session unloads the models it created (``unload_model``)."""
     has_trainer_jobs: bool
     """Whether the platform behind it manages trainer jobs and deployments (a control plane)."""
+    has_sampling_sessions: bool
+    """Whether the trainer samples (tinker's sampling sessions: ``create_sampling_session``,
+    ``asample``, the ephemeral ``save_weights_for_sampler``); otherwise a sampling client
+    samples through a completions endpoint (a deployment, or a serverless gateway), as the
+    Fireworks SDK's ``FiretitanSamplingClient`` does."""
     checkpoint_rows_path: str | None
     """Where the trainer lists its checkpoints as rows (``None``: per training run, over REST)."""
 

@@ -626,6 +626,9 @@ class FireworksDialect(TinkerProtocol):
     cancels_timed_out_samples = False  # the Fireworks SDK has no cancel
     unloads_models_on_close = True  # the Fireworks SDK's unload_model on close
     has_trainer_jobs = True
+    # The Fireworks SDK samples through a deployment's or the serverless gateway's
+    # /inference/v1/completions, never through the trainer's sampling sessions.
+    has_sampling_sessions = False
     checkpoint_rows_path: str | None = paths.LIST_CHECKPOINTS
 
     def __repr__(self) -> str:

@@ -455,6 +455,7 @@ class TinkerProtocol:
     cancels_timed_out_samples = True
     unloads_models_on_close = False
     has_trainer_jobs = False
+    has_sampling_sessions = True
     checkpoint_rows_path: str | None = None
 
     def request_type(self, op: str) -> str:

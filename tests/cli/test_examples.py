@@ -163,7 +163,7 @@ def test_example_async_training_loop() -> None:
     losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step ")]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert "saved sft-0000003 at step 3" in out and "saved sft-0000006 at step 6" in out
-    assert "sample:" in out
+    assert "score: mean next-byte probability" in out
 
 
 def test_example_async_training_loop_trio() -> None:

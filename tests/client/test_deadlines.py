@@ -365,7 +365,9 @@ def test_every_operation_method_takes_deadlines() -> None:
 
 async def test_a_per_call_deadline_replaces_the_sessions() -> None:
     with LocalTrainer(stall_s=math.inf, stall_endpoint="optim_step", long_poll_s=0.2) as lt:
-        async with ServiceSession(lt.base_url) as session:  # the defaults: an hour of compute
+        # tinker: the sampling client below samples from the trainer (a Fireworks trainer has
+        # no sampling sessions)
+        async with ServiceSession(lt.base_url, dialect="tinker") as session:  # default deadlines
             client = await session.create_training_client(MODEL)
             with pytest.raises(InvalidInput, match="deadlines"):
                 client.forward_backward(BATCH, "cross_entropy", deadlines=0.5)  # type: ignore[arg-type]

@@ -75,7 +75,9 @@ async def test_pipelined_operations_keep_each_ones_events_in_order(
     local_trainer: LocalTrainer,
 ) -> None:
     events: list[OperationEvent] = []
-    async with ServiceSession(local_trainer.base_url, on_event=events.append) as session:
+    async with ServiceSession(
+        local_trainer.base_url, on_event=events.append, dialect="tinker"  # trainer sampling
+    ) as session:
         client = await session.create_training_client(MODEL, lora_rank=4)
         pendings: list[Pending[object]] = [
             client.forward_backward(BATCH, "cross_entropy") for _ in range(6)

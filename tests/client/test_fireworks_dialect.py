@@ -19,6 +19,7 @@ from firetitan_async import (
     InvalidInput,
     ServiceSession,
     SessionClosed,
+    UsageError,
 )
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
@@ -555,29 +556,39 @@ def test_datum_json_is_the_sdks_json() -> None:
     assert [len(c) for c in split([ours] * 2050)] == [1024, 1024, 2]
 
 
-async def test_sampling_works_in_the_fireworks_dialect_on_the_local_trainer(
-    trainer: LocalTrainer,
+async def test_a_dedicated_fireworks_session_refuses_trainer_sampling_before_sending(
+    rec: Recorder,
 ) -> None:
-    """A real Fireworks trainer samples through deployments; the local trainer keeps serving
-    our SamplingClient in both dialects."""
-    prompt = types.ModelInput.from_ints(list(b"once upon"))
-    params = types.SamplingParams(max_tokens=4, temperature=0.0, seed=1)
-    async with ServiceSession(trainer.base_url) as session:
+    """A Fireworks trainer has no sampling sessions (the SDK samples through a deployment or
+    the serverless gateway): with neither, ``create_sampling_client`` and
+    ``save_weights_and_get_sampling_client`` raise ``UsageError`` and send nothing (the
+    SDK's ``NotImplementedError``; its training client has no such method). The same calls
+    in the tinker dialect sample from the trainer."""
+    async with ServiceSession(rec.base_url) as session:
         client = await session.create_training_client(MODEL, lora_rank=6)
         snap = await client.save_weights_for_sampler_ext("for-sampling")
-        sampler = await session.create_sampling_client(model_path=snap.path)
-        out = await sampler.sample(prompt, 1, params)
+        before = len(rec.records)
+        for call in (
+            session.create_sampling_client(model_path=snap.path),
+            session.create_sampling_client(base_model=MODEL),
+            client.save_weights_and_get_sampling_client(),
+        ):
+            with pytest.raises(UsageError, match="serverless") as refused:
+                await call
+            assert isinstance(refused.value, FiretitanError)
+        assert "DeploymentSampler" in str(refused.value) or "managed" in str(refused.value)
+        with pytest.raises(InvalidInput) as bad:
+            await session.create_sampling_client(deployment_sampler="rollouts")  # type: ignore[arg-type]
+        assert bad.value.field == "deployment_sampler"
+        assert len(rec.records) == before
+    assert sent(rec, "create_sampling_session") == [] and sent(rec, "asample") == []
+    async with ServiceSession(rec.base_url, dialect="tinker") as session:
+        client = await session.create_training_client(MODEL, lora_rank=6)
         quick = await client.save_weights_and_get_sampling_client()
-        again = await quick.sample(prompt, 1, params)
-        # The Fireworks SDK's own ModelInput and SamplingParams are accepted too.
-        theirs = await sampler.sample(
-            ft.ModelInput.from_ints(list(b"once upon")),
-            1,
-            ft.SamplingParams(max_tokens=4, temperature=0.0, seed=1),
-        )
-        assert theirs.sequences[0].tokens == out.sequences[0].tokens
-    assert len(out.sequences[0].tokens) == 4
-    assert out.sequences[0].tokens == again.sequences[0].tokens
+        out = await quick.sample(types.ModelInput.from_ints(list(b"once")), 1,
+                                 types.SamplingParams(max_tokens=2, seed=1))
+    assert len(out.sequences[0].tokens) == 2
+    assert len(sent(rec, "asample")) == 1
 
 
 def test_custom_loss_never_invents_missing_logprobs() -> None:

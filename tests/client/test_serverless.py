@@ -192,6 +192,58 @@ async def test_the_serverless_flow_against_the_local_trainer(
         assert gone.value.status_code == 404
 
 
+async def test_create_sampling_client_samples_through_the_serverless_completions(
+    trainer: LocalTrainer,
+) -> None:
+    """The Fireworks SDK's ``create_sampling_client`` on a serverless session: the gateway's
+    completions route, never tinker's sampling sessions (a real gateway has none)."""
+    async with ServiceSession(trainer.base_url, api_key=KEY, serverless=True) as session:
+        client = await session.create_training_client(MODEL_NAME, lora_rank=4)
+        saved = await client.save_weights_for_sampler("sampled")
+        before = _requests(trainer)
+        sampler = await session.create_sampling_client(model_path=saved.path)
+        assert sampler.sampling_session_id is None and sampler.deployment_sampler is not None
+        assert session.training_session_id is not None
+        assert sampler.deployment_sampler.model == session_model(
+            "local", session.training_session_id, saved.path
+        )
+        prompt = types.ModelInput.from_ints(TOKENS[:6])
+        params = types.SamplingParams(max_tokens=5, temperature=1.0, seed=11)
+        out = await sampler.sample(prompt, 2, params, include_prompt_logprobs=True)
+        assert [len(s.tokens) for s in out.sequences] == [5, 5]
+        assert all(s.logprobs is not None and len(s.logprobs) == 5 for s in out.sequences)
+        assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == 6
+        assert out.prompt_logprobs[0] is None
+        # The same request through the serverless sampler itself draws the same tokens.
+        async with await session.create_serverless_sampler(saved.path) as direct:
+            want = await direct.sample(TOKENS[:6], n=2, max_tokens=5, temperature=1.0, seed=11,
+                                       logprobs=True)
+            # The SDK's deployment_sampler=: a sampler you made, wrapped as it is.
+            wrapped = await session.create_sampling_client(deployment_sampler=direct)
+            assert wrapped.deployment_sampler is direct
+            again = await wrapped.sample(prompt, 2, params)
+        assert [s.tokens for s in out.sequences] == [c.tokens for c in want]
+        assert [s.tokens for s in again.sequences] == [c.tokens for c in want]
+        assert await sampler.compute_logprobs(prompt) == out.prompt_logprobs
+        base = await session.create_sampling_client(base_model=MODEL_NAME)
+        assert len((await base.sample(prompt, 1, params)).sequences[0].tokens) == 5
+        with pytest.raises(InvalidInput) as refused:  # the completions API has no top-k
+            sampler.sample(prompt, 1, params, topk_prompt_logprobs=2)
+        assert refused.value.field == "topk_prompt_logprobs"
+        with pytest.raises(InvalidInput) as refused:  # token-id stops need a tokenizer
+            await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, stop=[10]))
+        assert refused.value.field == "stop"
+        stopped = await sampler.sample(prompt, 1, types.SamplingParams(max_tokens=3, stop=["q"]))
+        assert len(stopped.sequences[0].tokens) <= 3
+        sent = _requests(trainer)
+        assert sent.get("create_sampling_session", 0) == before.get("create_sampling_session", 0)
+        assert sent.get("asample", 0) == before.get("asample", 0)
+        # sample, the direct and wrapped samples, compute_logprobs, the base and string-stop
+        # samples
+        assert sent["serverless.completions"] == before.get("serverless.completions", 0) + 6
+        await session.delete_training_session()
+
+
 async def test_the_capacity_409_retry_is_opt_in(trainer: LocalTrainer) -> None:
     url = trainer.base_url + SUFFIX
     async with ServiceSession(url, api_key=KEY) as session:

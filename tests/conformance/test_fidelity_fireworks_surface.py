@@ -7,6 +7,11 @@ trio on our side).
   ``create_deployment_sampler(path)`` of the second (a delta, chained on the first) vs
   ``ServiceSession.managed`` and ``ManagedSetup.hotload_sampler_snapshot`` /
   ``create_deployment_sampler``: the hot-load requests are the same (identities by role).
+  Then ``create_sampling_client(model_path=third)`` and one ``sample`` vs
+  ``setup.session.create_sampling_client`` and ``sample``: the third path hot-loaded the same
+  way, then one completions request to the deployment with the same body but the SDK's
+  streaming fields (``stream``, ``perf_metrics_in_response``; see
+  ``test_fidelity_fireworks_sampler.py``), and no trainer sampling session.
 * **platform calls**: ``DeploymentManager.reattach_trainer`` (attached already, then to another
   trainer with a new transition type), ``hotload(path=..., cmek_resource=...)`` (the source-URL
   header), ``FireworksClient.model_is_moe`` and ``FiretitanServiceClient.
@@ -132,6 +137,10 @@ def _sdk_managed(lt: LocalTrainer, url: str) -> None:
     second = client.save_weights_for_sampler("s2").result().path
     sampler = service.create_deployment_sampler(second)
     sampler.close()
+    third = client.save_weights_for_sampler("s3").result().path
+    sampling = service.create_sampling_client(model_path=third)
+    sampling.sample(sdk.ModelInput.from_ints([104, 105]), num_samples=1,
+                    sampling_params=sdk.SamplingParams(max_tokens=2, seed=1)).result()
     service.close()
 
 
@@ -189,6 +198,10 @@ def sdk_runs() -> dict[str, list[tuple[Any, ...]]]:
 # -- ours ---------------------------------------------------------------------------------------
 
 
+# What the SDK's completions body adds because it streams (SSE), and ours does not.
+_STREAMING = ("stream", "perf_metrics_in_response")
+
+
 def _hotload_posts(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [r for r in rows if r[0] == "POST" and r[1].endswith("/hot_load")]
 
@@ -206,10 +219,24 @@ async def test_managed_hotload_sampler_snapshot_and_create_deployment_sampler_ma
             second = (await client.save_weights_for_sampler("s2")).path
             sampler = await setup.create_deployment_sampler(second)
             await sampler.aclose()
+            third = (await client.save_weights_for_sampler("s3")).path
+            sampling = await setup.session.create_sampling_client(model_path=third)
+            await sampling.sample(tinker.types.ModelInput.from_ints([104, 105]), 1,
+                                  tinker.types.SamplingParams(max_tokens=2, seed=1))
         ours = _rows(rec.records, _identities(rec.records))
     theirs = sdk_runs["managed"]
     assert _hotload_posts(ours) == _hotload_posts(theirs)
-    (base, delta) = _hotload_posts(ours)
+    (base, delta, hotloaded) = _hotload_posts(ours)
+    # create_sampling_client(model_path=...): the path hot-loaded (a delta on <s2>), then one
+    # completions request to the deployment, the same body but the SDK's streaming fields
+    assert hotloaded[3]["incremental_snapshot_metadata"]["previous_snapshot_identity"] == "<s2>"
+    completions = {
+        side: [{k: v for k, v in r[3].items() if k not in _STREAMING}
+               for r in rows if r[1].endswith("/inference/v1/completions")]
+        for side, rows in (("ours", ours), ("sdk", theirs))
+    }
+    assert completions["ours"] == completions["sdk"] != []
+    assert not [r for r in ours if "sampling_session" in r[1] or r[1].endswith("/asample")]
     assert base[3] == {"identity": "<s1>", "reset_prompt_cache": True}
     assert delta[3]["incremental_snapshot_metadata"]["previous_snapshot_identity"] == "<s1>"
     assert delta[5]["fireworks-deployment"].endswith("/deployments/<deployment>")

@@ -28,6 +28,7 @@ Deliberate differences (asserted below, so the list stays true):
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -77,7 +78,15 @@ def _sdk_flow(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     sampler = service.create_sampling_client(model_path=saved.path)
     sample = sampler.sample(
         sdk.ModelInput.from_ints([1, 2, 3]), num_samples=1,
-        sampling_params=sdk.SamplingParams(max_tokens=4, temperature=1.0),
+        sampling_params=sdk.SamplingParams(max_tokens=4, temperature=1.0, seed=7),
+        include_prompt_logprobs=True,
+    ).result()
+    with warnings.catch_warnings():  # the SDK recommends forward() for logprobs
+        warnings.simplefilter("ignore", UserWarning)
+        logprobs = sampler.compute_logprobs(sdk.ModelInput.from_ints([1, 2, 3])).result()
+    base = service.create_sampling_client(base_model=MODEL_NAME).sample(
+        sdk.ModelInput.from_ints([4, 5]), num_samples=1,
+        sampling_params=sdk.SamplingParams(max_tokens=2),
     ).result()
     control = FireworksClient(api_key=KEY, base_url=url)
     rows = control.list_training_session_checkpoints(service.training_session_name)
@@ -97,24 +106,35 @@ def _sdk_flow(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "loss": fb.metrics["loss:sum"], "saved": saved.path, "state": state.path,
         "tokens": sample.sequences[0].tokens, "rows": rows, "model": model,
         "resumed": resumed.model_id, "standalone": standalone.sequences[0].tokens,
+        "prompt_logprobs": sample.prompt_logprobs, "logprobs": logprobs,
+        "base": base.sequences[0].tokens,
     }
 
 
-async def _our_flow(url: str) -> None:
+async def _our_flow(url: str) -> dict[str, Any]:
     async with ServiceSession(url, api_key=KEY, serverless=True) as session:
         client = await session.create_training_client(MODEL_NAME, lora_rank=4)
         await client.forward_backward([sft_datum(bytes(TOKENS))], "cross_entropy")
         await client.optim_step(types.AdamParams(learning_rate=1e-2))
         saved = await client.save_weights_for_sampler("step-1")
         state = await client.save_state("state-1")
-        async with await session.create_serverless_sampler(saved.path) as sampler:
-            await sampler.sample([1, 2, 3], max_tokens=4, temperature=1.0)
+        # The SDK's calls, tinker-shaped: create_sampling_client, sample, compute_logprobs.
+        sampler = await session.create_sampling_client(model_path=saved.path)
+        sample = await sampler.sample(
+            types.ModelInput.from_ints([1, 2, 3]), 1,
+            types.SamplingParams(max_tokens=4, temperature=1.0, seed=7),
+            include_prompt_logprobs=True,
+        )
+        logprobs = await sampler.compute_logprobs(types.ModelInput.from_ints([1, 2, 3]))
+        base = await session.create_sampling_client(base_model=MODEL_NAME)
+        await base.sample(types.ModelInput.from_ints([4, 5]), 1, types.SamplingParams(max_tokens=2))
         rows = await session.list_session_checkpoints()
         promotable = [r for r in rows if r.promotable]
         await session.promote_session_checkpoint(promotable[-1], "promoted-one", MODEL_NAME)
         async with ServiceSession(url, api_key=KEY, serverless=True) as second:
-            async with await second.create_serverless_sampler(saved.path) as standalone:
-                await standalone.sample([1, 2, 3], max_tokens=2, temperature=1.0)
+            standalone = await second.create_sampling_client(model_path=saved.path)
+            await standalone.sample(types.ModelInput.from_ints([1, 2, 3]), 1,
+                                    types.SamplingParams(max_tokens=2, temperature=1.0))
             info = await second.weights_info(state.path)
             resumed = await second.create_training_client(
                 info.base_model, lora_rank=info.lora_rank or 0
@@ -122,6 +142,12 @@ async def _our_flow(url: str) -> None:
             await resumed.load_state(state.path)
             await second.delete_training_session()
         await session.delete_training_session()
+    return {"tokens": list(sample.sequences[0].tokens), "logprobs": logprobs,
+            "prompt_logprobs": sample.prompt_logprobs}
+
+
+# What the SDK's completions body adds because it streams (SSE), and ours does not.
+_STREAMING = ("stream", "perf_metrics_in_response")
 
 
 def _by_role(name: Callable[[str, str], str], role: str, match: re.Match[str]) -> str:
@@ -129,8 +155,8 @@ def _by_role(name: Callable[[str, str], str], role: str, match: re.Match[str]) -
 
 
 def _normalized(records: tuple[RecordedExchange, ...]) -> list[tuple[Any, ...]]:
-    """The requests in order, random ids by role (first seen = 1), completions bodies cut to
-    ``model`` and ``prompt``."""
+    """The requests in order, random ids by role (first seen = 1), completions bodies without
+    the SDK's streaming fields (``stream``, ``perf_metrics_in_response``)."""
     seen: dict[str, str] = {}
     counts: dict[str, int] = {}
 
@@ -155,7 +181,7 @@ def _normalized(records: tuple[RecordedExchange, ...]) -> list[tuple[Any, ...]]:
     for ex in records:
         body = ex.body
         if ex.path.endswith("/inference/v1/completions"):
-            body = {k: body[k] for k in ("model", "prompt")}
+            body = {k: v for k, v in body.items() if k not in _STREAMING}
         rows.append((ex.method, sub(ex.path), sub(ex.query), sub(body)))
     return rows
 
@@ -220,10 +246,21 @@ def test_the_sdks_capacity_409_retry_is_opt_in(trainer: LocalTrainer) -> None:
 async def test_our_serverless_requests_match_the_sdks(
     sdk_run: tuple[dict[str, Any], list[tuple[Any, ...]]],
 ) -> None:
-    _, theirs = sdk_run
+    result, theirs = sdk_run
     with LocalTrainer(api_key=KEY, seed=3) as lt, Recorder(lt.base_url) as rec:
-        await _our_flow(rec.base_url)
+        got = await _our_flow(rec.base_url)
         ours = _normalized(rec.records)
+        streamed = [ex.body for ex in rec.records if ex.path.endswith("/completions")]
+    assert all(body["stream"] is False and "perf_metrics_in_response" not in body
+               for body in streamed)
+    # The same seeded sample and prompt logprobs from the same weights.
+    assert got["tokens"] == list(result["tokens"])
+    np.testing.assert_allclose(
+        np.asarray(got["prompt_logprobs"][1:]), np.asarray(result["prompt_logprobs"][1:]),
+        rtol=1e-6,
+    )
+    assert got["logprobs"][0] is None and result["logprobs"][0] is None
+    np.testing.assert_allclose(got["logprobs"][1:], result["logprobs"][1:], rtol=1e-6)
     # The account lookups: once per service on both sides, at different moments.
     accounts = ("GET", "/v1/accounts", [["pageSize", "2"]], None)
     assert [r for r in ours if r[1] == "/v1/accounts"] == [accounts, accounts]
@@ -232,5 +269,6 @@ async def test_our_serverless_requests_match_the_sdks(
         r for r in theirs if r[1] != "/v1/accounts"
     ]
     kinds = [r[1].rsplit("/", 1)[-1] for r in ours]
-    assert kinds.count("completions") == 2 and kinds.count("create_sampling_route") == 1
+    assert kinds.count("completions") == 4 and kinds.count("create_sampling_route") == 1
+    assert "create_sampling_session" not in kinds and "asample" not in kinds
     assert {"create_session", "weights_info", "<ts1>", "<ts2>"} <= set(kinds)  # DELETEs

@@ -57,7 +57,8 @@ async def test_tinker_plane_serves_both_forms(trainer: LocalTrainer) -> None:
     """A training client on each default name trains; ``get_info`` names the model and its
     tokenizer (as tinker's ``get_tokenizer`` reads it); capabilities list every name."""
     api = f"{trainer.base_url}/api/v1"
-    async with httpx.AsyncClient() as http, ServiceSession(trainer.base_url) as session:
+    async with httpx.AsyncClient() as http, \
+            ServiceSession(trainer.base_url, dialect="tinker") as session:
         caps = (await http.get(f"{api}/get_server_capabilities")).json()
         assert [m["model_name"] for m in caps["supported_models"]] == trainer.model_names
         for name in (FW_QWEN, HF_QWEN):

@@ -79,7 +79,7 @@ async def test_a_promoted_full_model_is_a_base_model_with_its_weights() -> None:
         assert (await jobs.get(endpoint.job_id)).raw["trainingConfig"]["baseModel"] == name
         async with ServiceSession(endpoint.base_url) as session:
             promoted_lp = await _logprobs(await session.create_training_client(name, lora_rank=0))
-        async with ServiceSession(lt.base_url) as session:  # the tinker plane, no job
+        async with ServiceSession(lt.base_url, dialect="tinker") as session:  # no job
             lora_lp = await _logprobs(await session.create_training_client(name, lora_rank=4))
             fresh_lp = await _logprobs(await session.create_training_client(FW_QWEN, lora_rank=0))
             sampler = await session.create_sampling_client(base_model=name)

@@ -199,7 +199,7 @@ async def test_real_tokenizer_ids_train_and_sample_over_http(tmp_path: Path) -> 
     )
     name = "Org/Words"
     async with LocalTrainer(seed=0, models=[f"{name},tokenizer={directory}"]) as lt, \
-            ServiceSession(lt.base_url) as session:
+            ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(name, lora_rank=4)
         first = await client.forward_backward([datum], "cross_entropy")
         await client.optim_step(types.AdamParams(learning_rate=5e-2))

@@ -65,7 +65,9 @@ async def test_the_penalty_is_folded_into_the_advantages_that_are_trained(
         return loss, [-a for a in advantages]
 
     steps: list[RLStep[int, Any]] = []
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    # A Fireworks serverless session: a base-only reference (the Fireworks dialect's) and
+    # TrainerPolicy sampling through the gateway's completions.
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, serverless=True) as session:
         client = await session.create_training_client(MODEL, lora_rank=2)
         reference = await session.create_base_training_client(MODEL)
         await run_rl(

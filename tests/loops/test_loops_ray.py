@@ -40,7 +40,7 @@ def ray_cluster() -> Iterator[None]:
 
 async def test_two_ray_workers_train_the_demo_task(anyio_backend: str, ray_cluster: None) -> None:
     async with LocalTrainer(seed=0, api_key=KEY) as lt:
-        async with ServiceSession(lt.base_url, api_key=KEY) as session:
+        async with ServiceSession(lt.base_url, api_key=KEY, dialect="tinker") as session:
             client = await session.create_training_client(MODEL)
             publisher = TrainerPolicy(session, client, prefix="ray")
             handles = publisher.handles()

@@ -108,7 +108,7 @@ async def test_under_fail_a_rollout_that_raises_ends_the_pipeline_with_that_erro
         finally:
             active -= 1
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         with anyio.fail_after(10), pytest.raises(RuntimeError) as caught:
             await run_rl(
@@ -146,7 +146,7 @@ async def test_staleness_is_paced_not_discarded(anyio_backend: str) -> None:
     async def evaluate(sampler: SamplingClient, version: int) -> int:
         return len(await _sample(sampler, 1_000 + version))
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         result: RLResult[Any, Any, Any] = await run_rl(
             client,
@@ -214,7 +214,7 @@ async def test_a_failure_on_the_trainer_side_is_raised_as_is(
         if where == "evaluate" and version == 2:
             raise error
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         inner = TrainerPolicy(session, client)
 
@@ -254,7 +254,7 @@ async def test_training_goes_on_while_a_plain_publish_completes(
         events.append(("update", rollouts[0].index // 4 + 1))
         return _datums(rollouts)
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         inner = TrainerPolicy(session, client)
 
@@ -302,7 +302,7 @@ async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend
     async def rollout(sampler: SamplingClient, seed: int) -> list[list[int]]:
         return await _sample(sampler, seed)
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         result: RLResult[Any, Any, Any] = await run_rl(
             client,
@@ -327,7 +327,7 @@ async def test_publish_every_two_steps_from_an_async_prompt_source(anyio_backend
 async def test_a_sampler_handle_rebuilds_a_client_elsewhere(anyio_backend: str) -> None:
     key = "fw-secret-key-1234"
     async with LocalTrainer(seed=0, api_key=key) as lt:
-        async with ServiceSession(lt.base_url, api_key=key) as session:
+        async with ServiceSession(lt.base_url, api_key=key, dialect="tinker") as session:
             client = await session.create_training_client(MODEL)
             handle = await TrainerPolicy(session, client).handles().publish(0)
             text = handle.encode()
@@ -362,7 +362,7 @@ async def test_a_failed_group_is_retried_with_a_fresh_call_then_skipped_and_noth
         finished.append(seed)
         return out
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         policies: list[tuple[RetryGroup | Literal["skip"], int]] = [
             (RetryGroup(times=2), 3),
@@ -408,7 +408,7 @@ async def test_the_breaker_opens_on_consecutive_failures_naming_count_and_cause(
             raise EnvDown(f"env {seed} down")
         return await _sample(sampler, seed)
 
-    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url) as session:
+    async with LocalTrainer(seed=0) as lt, ServiceSession(lt.base_url, dialect="tinker") as session:
         client = await session.create_training_client(MODEL)
         with anyio.fail_after(10), pytest.raises(RolloutsFailing) as caught:
             await run_rl(

@@ -91,7 +91,9 @@ async def _run(
     step ``kill_at``, cancelled there); then the policy's logprobs on a fixed probe."""
     steps: list[RLStep[int, Any]] = []
     rollouts = Rollouts()
-    async with ServiceSession(lt.base_url) as session:
+    # A Fireworks serverless session: a base-only reference (the Fireworks dialect's) and
+    # TrainerPolicy sampling through the gateway's completions.
+    async with ServiceSession(lt.base_url, serverless=True) as session:
         client = await session.create_training_client(MODEL, lora_rank=4)
         reference = await session.create_base_training_client(MODEL)
         manager = None

@@ -108,6 +108,24 @@ async def test_hotload_sampler_snapshot_and_create_deployment_sampler_chain_delt
         assert explicit.tokenizer is given
         with pytest.raises(InvalidInput, match="model_path"):
             await setup.hotload_sampler_snapshot("")
+        # The SDK's create_sampling_client on a managed service: hot-load the path onto the
+        # deployment, then sample through the deployment (never a trainer sampling session).
+        sessions_before = trainer.stats()["requests"].get("create_sampling_session", 0)
+        await policy.forward_backward([datum], "cross_entropy")
+        await policy.optim_step(types.AdamParams(learning_rate=1e-2))
+        third = await policy.save_weights_for_sampler("s3")
+        client = await setup.session.create_sampling_client(model_path=third.path)
+        assert setup.sampler is not None and client.deployment_sampler is setup.sampler
+        got = await client.sample(types.ModelInput.from_ints(PROMPT), 2,
+                                  types.SamplingParams(max_tokens=3, seed=1))
+        assert [len(s.tokens) for s in got.sequences] == [3, 3]
+        assert {c.policy_version for c in await setup.sampler.sample(PROMPT, max_tokens=1)} == {
+            third.path
+        }
+        on_base = await setup.session.create_sampling_client(base_model=MODEL)  # no hot-load
+        assert len((await on_base.sample(types.ModelInput.from_ints(PROMPT), 1,
+                                      types.SamplingParams(max_tokens=2))).sequences) == 1
+        assert trainer.stats()["requests"].get("create_sampling_session", 0) == sessions_before
 
 
 async def test_reattach_trainer_patches_only_what_differs_and_waits_for_the_roll(
