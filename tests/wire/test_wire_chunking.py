@@ -158,7 +158,7 @@ def _reference_split(
 
 
 PLAIN = [_datum(int(n)) for n in RNG.integers(1, 60, 40)]
-_VALUES = sum(3 * len(d.model_input.chunks[0].tokens) for d in PLAIN)  # tokens, 2 inputs
+_VALUES = 3 * sum(d.model_input.length for d in PLAIN)  # tokens and 2 inputs, a value each
 
 
 @pytest.mark.parametrize(
