@@ -275,8 +275,10 @@ class TrainingClient:
             "forward_backward_custom", n_forward + n, run, tokens=tokens, deadlines=deadlines
         )
 
-    def _split(self, data: Sequence[types.Datum]) -> list[list[types.Datum]]:
-        return self._codec.split(data, self._session.client_config)
+    def _split(
+        self, data: Sequence[types.Datum], values: float | None = None
+    ) -> list[list[types.Datum]]:
+        return self._codec.split(data, self._session.client_config, values=values)
 
     def _check_usable(self) -> None:
         self._session.check_open()
@@ -296,8 +298,8 @@ class TrainingClient:
         self._check_usable()
         deadlines = call_deadlines(deadlines)
         data = _convert_data(data)
-        validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
-        chunks = self._split(data)
+        values = validate_forward_backward(data, loss_fn, loss_fn_config, dialect=self._codec.name)
+        chunks = self._split(data, values)  # validation counted a plain batch's values
         add_response_tokens = self._codec.adds_response_tokens and loss_fn == "cross_entropy"
         # bound partials, not closures: two tracked objects a call instead of a dozen cells
         run = partial(

@@ -230,9 +230,14 @@ class Dialect(Protocol):
         ...
 
     def split(
-        self, data: Sequence[types.Datum], client_config: Mapping[str, Any]
+        self,
+        data: Sequence[types.Datum],
+        client_config: Mapping[str, Any],
+        *,
+        values: float | None = None,
     ) -> list[list[types.Datum]]:
-        """The chunks a forward/forward_backward batch is sent in."""
+        """The chunks a forward/forward_backward batch is sent in (``values``: what
+        ``validate_forward_backward`` returned for it, if it ran)."""
         ...
 
     def fwdbwd_request(

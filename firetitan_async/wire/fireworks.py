@@ -198,7 +198,7 @@ def estimate_datum_bytes(datum: types.Datum) -> int:
     return total
 
 
-def split(data: Sequence[types.Datum]) -> list[list[types.Datum]]:
+def split(data: Sequence[types.Datum], *, values: float | None = None) -> list[list[types.Datum]]:
     """Chunks of a batch by the SDK's fixed limits (1024 datums, 5 MB estimated).
 
     Example::
@@ -206,7 +206,8 @@ def split(data: Sequence[types.Datum]) -> list[list[types.Datum]]:
         [len(c) for c in split(batch_of_2500)]   # [1024, 1024, 452]
     """
     return split_batch(
-        data, max_len=MAX_CHUNK_LEN, max_bytes=MAX_CHUNK_BYTES, estimate=estimate_datum_bytes
+        data, max_len=MAX_CHUNK_LEN, max_bytes=MAX_CHUNK_BYTES, estimate=estimate_datum_bytes,
+        values=values,
     )
 
 
@@ -724,11 +725,15 @@ class FireworksDialect(TinkerProtocol):
         )
 
     def split(
-        self, data: Sequence[types.Datum], client_config: Mapping[str, Any]
+        self,
+        data: Sequence[types.Datum],
+        client_config: Mapping[str, Any],
+        *,
+        values: float | None = None,
     ) -> list[list[types.Datum]]:
         """Chunks by the SDK's fixed limits (there is no ``client/config``)."""
         del client_config
-        return split(data)
+        return split(data, values=values)
 
     def fwdbwd_request(
         self,

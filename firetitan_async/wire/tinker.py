@@ -598,13 +598,18 @@ class TinkerDialect(TinkerProtocol):
         )
 
     def split(
-        self, data: Sequence[types.Datum], client_config: Mapping[str, Any]
+        self,
+        data: Sequence[types.Datum],
+        client_config: Mapping[str, Any],
+        *,
+        values: float | None = None,
     ) -> list[list[types.Datum]]:
         """Chunks by the server's ``client/config`` limits (the tinker SDK's estimate)."""
         return split_batch(
             data,
             max_len=_chunk_limit(client_config, "fwdbwd_max_chunk_len", 1024),
             max_bytes=_chunk_limit(client_config, "fwdbwd_max_chunk_bytes_count", 5_000_000),
+            values=values,
         )
 
     def fwdbwd_request(

@@ -138,8 +138,13 @@ def validate_forward_backward(
     loss_fn_config: Mapping[str, Any] | None,
     *,
     dialect: str = "tinker",
-) -> None:
+) -> float:
     """Check a ``forward``/``forward_backward`` call before it is sent.
+
+    Returns the number of values (tokens and tensor values) of a plain batch (one-chunk
+    token inputs, dense 1-D tensors, no routing matrices), ``inf`` for any other: the
+    ``values`` :func:`~firetitan_async.wire.chunking.split_batch` takes to skip sizing a
+    batch that is clearly one chunk.
 
     Rejects: a batch that is empty or not a list of ``Datum``; an unknown ``loss_fn``; a bad
     ``loss_fn_config`` (values must be numbers or strings; clip thresholds positive with
@@ -175,6 +180,7 @@ def validate_forward_backward(
     # (8 datums of ~40 tokens: 38 -> 17 us a call.)
     values: dict[str, list[np.ndarray[Any, Any]]] = {}
     batch_tokens: list[int] = []
+    plain_values: float = 0
     for index, datum in enumerate(data):
         if type(datum) is not types.Datum and not isinstance(datum, types.Datum):
             raise InvalidInput(
@@ -190,11 +196,14 @@ def validate_forward_backward(
         ):
             n_tokens: int | None = len(chunk.tokens)
             batch_tokens.extend(chunk.tokens)
+            plain_values += len(chunk.tokens)
         else:
             n_tokens = _check_model_input(model_input, index, for_training=True)
+            plain_values = math.inf
         routing = routing_matrices(model_input)
         if routing is not None:
             _check_routing(routing, n_tokens, index, dialect)
+            plain_values = math.inf
         inputs = datum.loss_fn_inputs
         for name in required:
             if name not in inputs:
@@ -215,6 +224,9 @@ def validate_forward_backward(
             ):
                 _check_input_tensor(name, td, n_tokens, index)
                 array = tensor_array(td)
+                plain_values = math.inf
+            else:
+                plain_values += len(array)
             if name in _VALUE_CHECKED:
                 values.setdefault(name, []).append(array)
     if batch_tokens and not _int32_ids(batch_tokens):
@@ -226,6 +238,7 @@ def validate_forward_backward(
                 (index, tensor_array(datum.loss_fn_inputs[name]))
                 for index, datum in enumerate(data) if name in datum.loss_fn_inputs
             ])  # fmt: skip
+    return plain_values
 
 
 def _int32_ids(tokens: list[int]) -> bool:

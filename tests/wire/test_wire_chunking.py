@@ -3,8 +3,10 @@ lib/chunked_fwdbwd_helpers.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +18,14 @@ from tinker.lib.public_interfaces.training_client import (
 )
 
 from firetitan_async.errors import ProtocolError
-from firetitan_async.wire.chunking import estimate_datum_bytes, merge_outputs, split_batch
+from firetitan_async.wire.chunking import (
+    estimate_datum_bytes,
+    merge_outputs,
+    plain_values,
+    split_batch,
+)
 from firetitan_async.wire.fireworks import estimate_datum_bytes as fw_estimate
+from firetitan_async.wire.validation import validate_forward_backward
 
 RNG = np.random.default_rng(7)
 
@@ -177,3 +185,26 @@ def test_split_of_a_plain_batch_at_the_shortcut_bound(max_len: int, max_bytes: i
     for_fw = split_batch(PLAIN, max_len=max_len, max_bytes=max_bytes, estimate=fw_estimate)
     ref = _reference_split(PLAIN, max_len, max_bytes, fw_estimate)
     assert [[id(d) for d in c] for c in for_fw] == [[id(d) for d in c] for c in ref]
+
+
+def test_validation_counts_the_values_the_splitter_would() -> None:
+    """forward_backward hands validation's count to the splitter instead of counting again:
+    the two must agree (``inf`` for a batch that is not plain)."""
+    plain = validate_forward_backward(PLAIN, "cross_entropy", None)
+    assert plain == plain_values(PLAIN) == _VALUES
+    two_chunks = types.ModelInput(
+        chunks=[types.EncodedTextChunk(tokens=[1, 2]), types.EncodedTextChunk(tokens=[3])]
+    )
+    targets = np.arange(3, dtype=np.int64)
+    flat: Any = {"target_tokens": targets, "weights": np.ones(3, np.float32)}
+    split_input = types.Datum(model_input=two_chunks, loss_fn_inputs=flat)
+    wide: Any = {"target_tokens": targets, "weights": np.ones((3, 2), dtype=np.float32)}
+    two_d = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs=wide)
+    for odd in ([_datum(5, sparse=True)], [*PLAIN, split_input], [two_d, *PLAIN]):
+        assert validate_forward_backward(odd, "cross_entropy", None) == math.inf
+    assert plain_values([_datum(5, sparse=True)]) == plain_values([split_input]) == math.inf
+    budget = 10 * _VALUES  # at the shortcut's bound: one chunk either way
+    assert split_batch(PLAIN, max_bytes=budget, values=plain) == [PLAIN]
+    assert split_batch(PLAIN, max_bytes=budget - 1, values=plain) == split_batch(
+        PLAIN, max_bytes=budget - 1
+    )
