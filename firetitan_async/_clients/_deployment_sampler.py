@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -188,6 +189,7 @@ class DeploymentSampler:
         # gives it back around its network waits, so when hundreds of replies land in one
         # loop turn they are parsed a couple per turn (a caller's transport: no bound).
         self._turns: CpuTurns | None = None
+        self._owns_transport = transport is None  # a caller's transport is the caller's to close
         if transport is None:
             self._turns = CpuTurns()
             transport = Http11Transport(
@@ -266,8 +268,20 @@ class DeploymentSampler:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP connections."""
-        await self._transport.aclose()
+        """Close the HTTP connections (of a transport it made: a ``transport=`` given to it,
+        or shared with the sampler it was made from, is not its own to close)."""
+        if self._owns_transport:
+            await self._transport.aclose()
+
+    def _for_model(self, model: str) -> DeploymentSampler:
+        """A sampler of ``model`` through this one's connections, CPU turns, concurrency
+        window, retry and tokenizer; it owns none of them (its ``aclose`` closes nothing)."""
+        if not isinstance(model, str) or not model:
+            raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+        other = copy.copy(self)
+        other.model = model
+        other._owns_transport = False
+        return other
 
     async def sample(
         self,

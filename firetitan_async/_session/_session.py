@@ -216,6 +216,9 @@ class ServiceSession:
         self._sampling_seq = 0
         self._model_ids: list[str] = []
         self._loss_handles: LossHandles | None = None  # create_custom_loss's, made on first use
+        # The first serverless sampler create_sampling_client made: the others share its
+        # connections, CPU turns and concurrency window.
+        self._serverless_sampling: DeploymentSampler | None = None
         # The managed setup this session belongs to (ServiceSession.managed), if any.
         self._managed_setup: ManagedSetup[ServiceSession] | None = None
         self._events = EventHub()
@@ -979,9 +982,16 @@ class ServiceSession:
 
         setup = self._managed_setup
         if self._serverless is not None:
-            sampler = await self.create_serverless_sampler(model_path, base_model=base_model)
-            assert self._stack is not None  # open: _check_open passed
-            self._stack.push_async_callback(sampler.aclose)
+            # One set of connections for every sampling client of the session: a sampler
+            # per publication (a long RL run) would each keep a pool of idle sockets open.
+            first = self._serverless_sampling
+            if first is None:
+                sampler = await self.create_serverless_sampler(model_path, base_model=base_model)
+                assert self._stack is not None  # open: _check_open passed
+                self._stack.push_async_callback(sampler.aclose)
+                self._serverless_sampling = sampler
+            else:
+                sampler = first._for_model(await self._serverless_model(model_path, base_model))
         elif setup is not None and setup.sampler is not None:
             if model_path is not None:
                 await setup.hotload_sampler_snapshot(model_path)
@@ -1273,24 +1283,13 @@ class ServiceSession:
         """
         from .._clients._deployment_sampler import DeploymentSampler
 
-        side, session_id = self._serverless_side()
-        if (model_path is None) == (base_model is None):
-            raise InvalidInput("model_path", "give exactly one of model_path or base_model")
-        if model_path is not None and (
-            not isinstance(model_path, str) or not model_path.strip("/ ")
-        ):
-            raise InvalidInput("model_path", f"must be a checkpoint path, got {model_path!r}")
-        if base_model is not None and (not isinstance(base_model, str) or not base_model):
-            raise InvalidInput("base_model", f"must be a non-empty string, got {base_model!r}")
         validate_seconds(timeout_s, "timeout_s")
         if tokenizer_model is not None and (
             not isinstance(tokenizer_model, str) or not tokenizer_model.strip()
         ):
             raise InvalidInput("tokenizer_model", f"must be a non-empty str, got "
                                f"{tokenizer_model!r}")
-        model = await side.sampling_model(
-            self._open_transport, session_id, self._model_ids, model_path, base_model
-        )
+        model = await self._serverless_model(model_path, base_model)
         assert self._base_url is not None
         return DeploymentSampler(
             self._base_url,
@@ -1303,6 +1302,22 @@ class ServiceSession:
             tokenizer=tokenizer,
             load_tokenizer=None if tokenizer_model is None
             else partial(self._load_tokenizer, tokenizer_model, model),
+        )
+
+    async def _serverless_model(self, model_path: str | None, base_model: str | None) -> str:
+        """The completions ``model`` of a checkpoint or the base weights on this serverless
+        session (bound with ``create_sampling_route`` first where the SDK binds it)."""
+        side, session_id = self._serverless_side()
+        if (model_path is None) == (base_model is None):
+            raise InvalidInput("model_path", "give exactly one of model_path or base_model")
+        if model_path is not None and (
+            not isinstance(model_path, str) or not model_path.strip("/ ")
+        ):
+            raise InvalidInput("model_path", f"must be a checkpoint path, got {model_path!r}")
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise InvalidInput("base_model", f"must be a non-empty string, got {base_model!r}")
+        return await side.sampling_model(
+            self._open_transport, session_id, self._model_ids, model_path, base_model
         )
 
     async def _load_tokenizer(self, tokenizer_model: str, model: str) -> Any:

@@ -8,6 +8,7 @@ input refused before anything is sent, and the key kept out of every error of th
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from firetitan_async import (
     ServiceSession,
     SessionCheckpoint,
 )
+from firetitan_async._http._http11_transport import Http11Transport
 from firetitan_async.local import LocalTrainer, sft_datum, write_byte_tokenizer
 from firetitan_async.local._model import MODEL_NAME
 from firetitan_async.wire.fireworks_serverless import (
@@ -343,3 +345,44 @@ async def test_the_key_never_appears_in_errors_of_the_serverless_routes() -> Non
                                    if e is not None)]
             for exc in seen:
                 assert KEY not in str(exc) and KEY not in repr(exc), type(exc).__name__
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+async def test_sampling_clients_of_one_session_share_one_set_of_connections(
+    trainer: LocalTrainer,
+) -> None:
+    """A long RL run makes a sampling client per publication: on a serverless session they
+    share the first one's connections (a sampler each would keep a pool of idle sockets
+    open until the session closes), and closing a sampler given a transport leaves it open."""
+    async with ServiceSession(trainer.base_url, api_key=KEY, serverless=True) as session:
+        client = await session.create_training_client(MODEL_NAME, lora_rank=4)
+        prompt = types.ModelInput.from_ints(TOKENS[:4])
+        params = types.SamplingParams(max_tokens=2, temperature=1.0, seed=3)
+        first = await session.create_sampling_client(base_model=MODEL_NAME)
+        await first.sample(prompt, 1, params)
+        fds = _open_fds()
+        for version in range(8):  # a publication each
+            saved = await client.save_weights_for_sampler(f"v{version}")
+            sampler = await session.create_sampling_client(model_path=saved.path)
+            assert sampler.deployment_sampler is not None
+            assert sampler.deployment_sampler.model.endswith(saved.path.rsplit("/", 1)[-1])
+            await sampler.sample(prompt, 1, params)
+        assert _open_fds() - fds <= 2, "a new connection pool per sampling client"
+        await session.delete_training_session()
+
+
+    # A session given its own transport hands it to its serverless samplers: closing one of
+    # them must leave the session's connections open.
+    async with ServiceSession(
+        trainer.base_url, api_key=KEY, serverless=True, transport=Http11Transport()
+    ) as session:
+        client = await session.create_training_client(MODEL_NAME, lora_rank=4)
+        async with await session.create_serverless_sampler(base_model=MODEL_NAME) as direct:
+            await direct.sample(TOKENS[:4], max_tokens=2)
+        out = await client.forward([_datum()], "cross_entropy")
+        assert len(out.loss_fn_outputs) == 1
+        await session.delete_training_session()
