@@ -882,7 +882,10 @@ def test_latency_delays_every_reply(local_trainer: LocalTrainer) -> None:
 
 
 def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    # PYTHONPATH kept: it carries the suite's no-torch stand-in (tests/conftest.py), ~1.4 s of
+    # CPU a process.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((root, os.environ["PYTHONPATH"])),
            "LOCAL_KEY": "tml-cli-key"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", "1",
