@@ -229,16 +229,15 @@ def _run_side_by_side(
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         scenario: {label: [] for label, _, _ in CONTENDERS[scenario]} for scenario in scenarios
     }
+    urls: dict[str, str] = {}
     with contextlib.ExitStack() as servers:
-        urls = {
-            scenario: servers.enter_context(
-                TrainerProcess(latency_ms=_latency_ms(scenario, plan), cwd=ROOT)
-            ).url
-            for scenario in scenarios
-        }
         for rep in range(plan.reps):
             started = []
             for scenario in scenarios:
+                if scenario not in urls:  # the next server starts beside the runs started
+                    urls[scenario] = servers.enter_context(
+                        TrainerProcess(latency_ms=_latency_ms(scenario, plan), cwd=ROOT)
+                    ).url
                 for label, client, backend in CONTENDERS[scenario]:
                     args = _worker_args(
                         scenario, client, backend, urls[scenario], plan, steps[scenario]
