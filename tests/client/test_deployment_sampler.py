@@ -59,7 +59,7 @@ async def test_2000_concurrent_rollouts_complete_with_the_adaptive_window_holdin
     deployment: LocalTrainer,
 ) -> None:
     limit = 16
-    _knobs(deployment, max_concurrency=limit, latency_s=0.02)
+    _knobs(deployment, max_concurrency=limit, latency_s=0.01)
     window = AdaptiveConcurrency(initial=64, max_window=512, cooldown_s=0.05)
     results: list[int] = []
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
