@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from firetitan_async.local._lifetime import bind_listener
+from firetitan_async.local._lifetime import PromptServer, bind_listener
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def serve_on_loopback(app: Any) -> Iterator[str]:
     # h11 whether or not httptools is installed (the local extra has it): the forward proxy
     # of test_proxy reads an absolute-form target from scope["path"], which only h11 keeps.
     config = uvicorn.Config(app, log_level="warning", lifespan="off", http="h11")
-    server = uvicorn.Server(config)
+    server = PromptServer(config)  # stops in ~1 ms, not uvicorn's 0.15-0.2 s
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -36,6 +36,6 @@ def serve_on_loopback(app: Any) -> Iterator[str]:
             threading.Event().wait(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        server.stop_soon()
         thread.join(10)
         sock.close()

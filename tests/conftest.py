@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,13 @@ _NO_TORCH = str(Path(__file__).resolve().parent / "_no_torch")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_NO_TORCH, os.environ.get("PYTHONPATH")) if p
 )
+
+
+# A suite started in the background of a non-interactive shell (`pytest ... &`) inherits SIGINT
+# ignored, and so does every `serve`/demo subprocess it starts: the tests that stop those with
+# Ctrl-C then wait for a process that never stops. Python's own handler puts that right.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

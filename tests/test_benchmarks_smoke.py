@@ -46,7 +46,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
         [sys.executable, str(BENCHMARKS / "run.py"), "--smoke", "--json", str(out)],
         capture_output=True,
         text=True,
-        # 14 worker processes since the Fireworks column (about 75 s on a loaded 2-core box).
+        # 14 worker processes, run side by side (about 35 s on a loaded 2-core box).
         timeout=240,
         cwd=ROOT,
         env=env,

@@ -14,7 +14,8 @@ store, exactly:
   saved). Anything else is refused with 400 and changes nothing.
 
 The load then takes ``hotload_s`` (stage ``loading``; the old weights keep serving) and
-completes (stage ``done``), or fails (stage ``error``) after the ``fail_next_hotload`` hook.
+completes (stage ``done``; with ``hotload_s`` 0, before the reply), or fails (stage ``error``)
+after the ``fail_next_hotload`` hook.
 ``GET`` reports ``{"replicas": [{"identity" (the serving pod's), "current_snapshot_identity",
 "readiness", "loading_state":
 {"stage", "target_snapshot_identity"}, "loaded_adapters": []}]}`` (no replicas when scaled to
@@ -175,14 +176,22 @@ def hotload_routes(registry: Callable[[Request], DeploymentRegistry]) -> list[Ro
         weights, base_path, base_weights = _weights_to_load(state, dep, identity, metadata)
         dep.stage = "loading"
 
-        async def commit() -> None:
-            await asyncio.sleep(reg.knobs.hotload_s)
+        def apply() -> None:
             dep.weights, dep.base_path, dep.base_weights = weights, base_path, base_weights
             dep.identity, dep.stage = identity, "done"
             dep.version += 1
             reg.hotloads += 1
 
-        state.tasks.spawn(commit())
+        async def commit() -> None:
+            await asyncio.sleep(reg.knobs.hotload_s)
+            apply()
+
+        if reg.knobs.hotload_s > 0:
+            state.tasks.spawn(commit())
+        else:
+            # An instant load is done when the reply leaves: as a task it could lose the race
+            # with the status poll that follows, and the Fireworks SDK's waiter then sleeps 5 s.
+            apply()
         return JSONResponse({"identity": identity})
 
     async def get(request: Request) -> Response:

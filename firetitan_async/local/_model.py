@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -269,6 +270,15 @@ def _optional_threadpoolctl() -> Any:
 _THREADPOOLCTL: Any = _optional_threadpoolctl()
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    """The process's ``ThreadpoolController`` (None without ``threadpoolctl``): its scan of the
+    loaded libraries (reading ``/proc/self/maps``) is done once. ``threadpool_limits()`` scans
+    on every call: 1.5-2 ms in a process with many libraries loaded (a test run), which was
+    half the local server's CPU per completion. BLAS is loaded with numpy, before any scan."""
+    return None if _THREADPOOLCTL is None else _THREADPOOLCTL.ThreadpoolController()
+
+
 def single_thread_blas() -> contextlib.AbstractContextManager[Any]:
     """A context in which numpy's BLAS uses one thread (a no-op without ``threadpoolctl``).
 
@@ -277,21 +287,18 @@ def single_thread_blas() -> contextlib.AbstractContextManager[Any]:
         with single_thread_blas():
             logits = logits_from_weights(weights, ctx)
     """
-    if _THREADPOOLCTL is None:
+    controller = _blas_controller()
+    if controller is None:
         return contextlib.nullcontext()
-    limits: contextlib.AbstractContextManager[Any] = _THREADPOOLCTL.threadpool_limits(
-        limits=1, user_api="blas"
-    )
+    limits: contextlib.AbstractContextManager[Any] = controller.limit(limits=1, user_api="blas")
     return limits
 
 
 class _BlasLimiter:
-    """Per-model ``single_thread_blas`` with the library scan done once (about 1 ms)."""
+    """Per-model ``single_thread_blas``."""
 
     def __init__(self) -> None:
-        self._controller: Any = None
-        if _THREADPOOLCTL is not None:
-            self._controller = _THREADPOOLCTL.ThreadpoolController()
+        self._controller: Any = _blas_controller()
 
     def __call__(self) -> contextlib.AbstractContextManager[Any]:
         if self._controller is None:

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from tinker.proto import tinker_public_pb2 as pb
 
 from ..wire import paths
-from ._lifetime import ThreadedServerLifetime, bind_listener
+from ._lifetime import PromptServer, ThreadedServerLifetime, bind_listener
 
 __all__ = ["BodyFormat", "RecordedExchange", "Recorder", "decode_body"]
 
@@ -183,7 +183,7 @@ class Recorder(ThreadedServerLifetime):
         self._lock = threading.Lock()
         self._records: list[RecordedExchange] = []
         self._next_index = 0
-        self._server: uvicorn.Server | None = None
+        self._server: PromptServer | None = None
         self._thread: threading.Thread | None = None
         self._bound_port: int | None = None
         self._sock: socket.socket | None = None
@@ -214,7 +214,7 @@ class Recorder(ThreadedServerLifetime):
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
-        server = uvicorn.Server(config)
+        server = PromptServer(config)
         thread = threading.Thread(
             target=server.run,
             kwargs={"sockets": [sock]},
@@ -237,7 +237,7 @@ class Recorder(ThreadedServerLifetime):
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is not None:
-            server.should_exit = True
+            server.stop_soon()
         if thread is not None:
             thread.join(timeout=10.0)
         if self._sock is not None:

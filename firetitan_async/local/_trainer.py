@@ -34,7 +34,7 @@ import uvicorn
 from ._app import build_app
 from ._catalog import ServedModel, served_models
 from ._front import quiet_dropped_connections
-from ._lifetime import ThreadedServerLifetime, bind_listener
+from ._lifetime import PromptServer, ThreadedServerLifetime, bind_listener
 from ._server_state import ServerConfig, ServerState
 from ._stalls import StallInjector, StallPlan
 
@@ -130,7 +130,7 @@ class LocalTrainer(ThreadedServerLifetime):
         self._checkpoint_dir = checkpoint_dir
         self._temp_dir: str | None = None
         self._state: ServerState | None = None
-        self._server: uvicorn.Server | None = None
+        self._server: PromptServer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._root_url: str | None = None
@@ -169,7 +169,7 @@ class LocalTrainer(ThreadedServerLifetime):
             timeout_keep_alive=30,
             proxy_headers=False,  # nothing here reads the client address or scheme
         )
-        server = uvicorn.Server(config)
+        server = PromptServer(config)
         self._state, self._server = state, server
         thread = threading.Thread(
             target=self._serve, args=(server, sock), name=f"firetitan-local-{port}", daemon=True
@@ -183,7 +183,7 @@ class LocalTrainer(ThreadedServerLifetime):
                 raise RuntimeError("the local trainer failed to start")
             time.sleep(0.002)
 
-    def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+    def _serve(self, server: PromptServer, sock: socket.socket) -> None:
         loop = _new_event_loop()
         self._loop = loop
         try:
@@ -200,7 +200,7 @@ class LocalTrainer(ThreadedServerLifetime):
             with contextlib.suppress(RuntimeError):  # the loop just closed
                 loop.call_soon_threadsafe(state.futures.wake_all)
         if server is not None:
-            server.should_exit = True
+            server.stop_soon()
         if thread is not None:
             thread.join(timeout=15.0)
         if self._temp_dir is not None:

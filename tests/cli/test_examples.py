@@ -59,7 +59,10 @@ def test_reward_of() -> None:
 
 
 @pytest.mark.anyio
-async def test_demo_reward_rises(anyio_backend: str) -> None:
+async def test_demo_reward_rises_through_a_deployment(anyio_backend: str) -> None:
+    """The default shape: trainer job, deployment, a hot-load per version, rollouts served by
+    the deployment; the reward rises, and it reaches the reward the trainer-sampled (tinker)
+    run reaches. (One default run serves both checks: they were two tests of the same run.)"""
     lines: list[str] = []
     result = await run_demo(DemoConfig(steps=SMALL_STEPS, warmup_s=0.3, seed=1), emit=lines.append)
     assert isinstance(result, DemoResult)
@@ -74,14 +77,6 @@ async def test_demo_reward_rises(anyio_backend: str) -> None:
     assert kinds[0] == "delta" and "base" in kinds  # step 0 is the base; a new base every 10
     # Pipelined: the next batch's sampling was in flight with the update.
     assert max(row.in_flight for row in result.rows) > 3
-
-
-@pytest.mark.anyio
-async def test_demo_default_runs_through_a_deployment(anyio_backend: str) -> None:
-    """The default shape: trainer job, deployment, a hot-load per version, rollouts served by
-    the deployment; it reaches the reward the trainer-sampled (tinker) run reaches."""
-    lines: list[str] = []
-    result = await run_demo(DemoConfig(steps=SMALL_STEPS, warmup_s=0.3, seed=1), emit=lines.append)
     assert result.dialect == "fireworks" and result.job_id
     assert result.deployment == "accounts/local/deployments/demo-rollouts"
     # The local deployment counted them: version 0 and one per step hot-loaded; every group

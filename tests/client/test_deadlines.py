@@ -316,7 +316,10 @@ async def test_a_composite_operation_whose_inner_submission_times_out_fails_clea
 
 
 def test_serve_flags_make_a_stalling_trainer() -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # PYTHONPATH kept: it carries the suite's no-torch stand-in (tests/conftest.py), ~1.4 s
+    # of CPU a process.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((root, os.environ["PYTHONPATH"]))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--long-poll-s", "0.2",
          "--stall-s", "inf", "--stall-endpoint", "optim_step", "--stall-count", "1"],

@@ -59,7 +59,7 @@ async def test_2000_concurrent_rollouts_complete_with_the_adaptive_window_holdin
     deployment: LocalTrainer,
 ) -> None:
     limit = 16
-    _knobs(deployment, max_concurrency=limit, latency_s=0.02)
+    _knobs(deployment, max_concurrency=limit, latency_s=0.01)
     window = AdaptiveConcurrency(initial=64, max_window=512, cooldown_s=0.05)
     results: list[int] = []
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
@@ -84,12 +84,14 @@ async def test_2000_concurrent_rollouts_complete_with_the_adaptive_window_holdin
 
 
 async def test_a_fixed_window_bounds_requests_in_flight(deployment: LocalTrainer) -> None:
-    _knobs(deployment, latency_s=0.01)
+    # One token a request (the default, 1,024, cost 2.5-3 s of sampling): the 50 ms latency
+    # keeps each request in flight while the next ones arrive.
+    _knobs(deployment, latency_s=0.05)
     window = FixedConcurrency(7)
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
         async with anyio.create_task_group() as tg:
             for _ in range(60):
-                tg.start_soon(sampler.sample, PROMPT)
+                tg.start_soon(functools.partial(sampler.sample, PROMPT, max_tokens=1))
     assert window.max_in_flight == 7 == _server_stats(deployment)["max_in_flight"]
 
 
@@ -124,9 +126,9 @@ async def test_hundreds_of_rollouts_in_flight_do_not_block_the_event_loop(
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=1024) as sampler:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            with anyio.fail_after(30):  # 500 requests run side by side in ~2 s, not 1000 s
+            with anyio.fail_after(30):  # 200 requests run side by side in ~2 s, not 400 s
                 async with anyio.create_task_group() as rollouts:
-                    for _ in range(500):
+                    for _ in range(200):
                         rollouts.start_soon(
                             functools.partial(sampler.sample, PROMPT, max_tokens=1)
                         )
@@ -330,8 +332,10 @@ async def test_a_burst_waits_for_slots_before_building_requests(
     deployment: LocalTrainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Of 200 callers at once, only the window's worth build a request (JSON and headers):
-    building all of them first is what stalled the loop 250 ms at 2,000 rollouts."""
-    _knobs(deployment, latency_s=0.05)
+    building all of them first is what stalled the loop 250 ms at 2,000 rollouts. (The callers
+    all run up to their slot wait in the loop turn after they are started, before any reply
+    can be read, so a short latency and one token each do not hide it.)"""
+    _knobs(deployment, latency_s=0.01)
     built: list[float] = []
     first_reply: list[float] = []
 
@@ -346,7 +350,7 @@ async def test_a_burst_waits_for_slots_before_building_requests(
     window = FixedConcurrency(4)
 
     async def one(sampler: DeploymentSampler) -> None:
-        await sampler.sample(PROMPT, max_tokens=16)
+        await sampler.sample(PROMPT, max_tokens=1)
         first_reply.append(time.monotonic())
 
     async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:

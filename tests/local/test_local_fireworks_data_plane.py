@@ -704,7 +704,10 @@ def test_dedicated_trainer_knobs_on_the_wire() -> None:
 
 
 def test_serve_flags_turn_the_knobs_on(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # PYTHONPATH kept: it carries the suite's no-torch stand-in (tests/conftest.py), ~1.4 s
+    # of CPU a process.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((root, os.environ["PYTHONPATH"]))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "firetitan_async", "serve", "--port", "0", "--seed", str(SEED),
          "--checkpoint-dir", str(tmp_path), "--no-fwdbwd-logprobs", "--step-checkpoint-names",

@@ -88,9 +88,15 @@ def test_sigkill_after_step_7_then_resume_matches_bit_for_bit(tmp_path: Path) ->
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     with LocalTrainer(seed=0, latency_s=0.02) as lt:
-        reference = _losses(_run(script, lt.base_url, str(tmp_path / "reference"), "asyncio"))
-        assert sorted(reference) == list(range(1, 13))
-
+        # The uninterrupted reference runs beside the run that is killed (its own session and
+        # model on the same trainer; a model's start depends on the seed only).
+        uninterrupted = subprocess.Popen(
+            [sys.executable, str(script), lt.base_url, str(tmp_path / "reference"), "asyncio"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
         run_dir = tmp_path / "run"
         child = subprocess.Popen(
             [sys.executable, str(script), lt.base_url, str(run_dir), "asyncio"],
@@ -108,6 +114,10 @@ def test_sigkill_after_step_7_then_resume_matches_bit_for_bit(tmp_path: Path) ->
         child.wait(timeout=30)
         assert child.returncode == -signal.SIGKILL
         assert 12 not in _losses(seen)  # it really died mid-run
+        out, err = uninterrupted.communicate(timeout=60)
+        assert uninterrupted.returncode == 0, err
+        reference = _losses(out.splitlines())
+        assert sorted(reference) == list(range(1, 13))
 
         resumed = _run(script, lt.base_url, str(run_dir), "trio")
     start = int(resumed[0].split()[-1])
