@@ -273,15 +273,6 @@ class DeploymentSampler:
         if self._owns_transport:
             await self._transport.aclose()
 
-    def _for_model(self, model: str) -> DeploymentSampler:
-        """A sampler of ``model`` through this one's connections, CPU turns, concurrency
-        window, retry and tokenizer; it owns none of them (its ``aclose`` closes nothing)."""
-        if not isinstance(model, str) or not model:
-            raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
-        other = copy.copy(self)
-        other.model = model
-        other._owns_transport = False
-        return other
 
     async def sample(
         self,
@@ -738,6 +729,22 @@ class DeploymentSampler:
             status_code=response.status_code,
             attempts=attempts,
         )
+
+
+def sampler_sharing(base: DeploymentSampler, model: str) -> DeploymentSampler:
+    """A sampler of ``model`` through ``base``'s connections, CPU turns, concurrency window,
+    retry and tokenizer; it owns none of them (its ``aclose`` closes nothing).
+
+    Example::
+
+        v2 = sampler_sharing(first, "accounts/a/trainingSessions/ts/checkpoints/v2")
+    """
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+    other = copy.copy(base)
+    other.model = model
+    other._owns_transport = False
+    return other
 
 
 class _Slotted:

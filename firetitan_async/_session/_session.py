@@ -978,6 +978,7 @@ class ServiceSession:
         """``create_sampling_client`` where the trainer has no sampling sessions (the Fireworks
         SDK's ``_create_sampling_client``): the serverless gateway's completions, or the
         managed setup's deployment; otherwise ``UsageError`` before anything is sent."""
+        from .._clients._deployment_sampler import sampler_sharing
         from .._clients._sampling import SamplingClient
 
         setup = self._managed_setup
@@ -991,7 +992,8 @@ class ServiceSession:
                 self._stack.push_async_callback(sampler.aclose)
                 self._serverless_sampling = sampler
             else:
-                sampler = first._for_model(await self._serverless_model(model_path, base_model))
+                model = await self._serverless_model(model_path, base_model)
+                sampler = sampler_sharing(first, model)
         elif setup is not None and setup.sampler is not None:
             if model_path is not None:
                 await setup.hotload_sampler_snapshot(model_path)
