@@ -162,8 +162,7 @@ class DeploymentSampler:
             base = check_url_security(inference_url, allow_insecure_http=allow_insecure_http)
         except ValueError as exc:
             raise InvalidInput("inference_url", str(exc)) from None
-        if not isinstance(model, str) or not model:
-            raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+        _check_model(model)
         validate_seconds(timeout_s, "timeout_s")
         validate_seconds(hotload_retry_interval_s, "hotload_retry_interval_s")
         validate_keepalive_expiry(keepalive_expiry)
@@ -739,8 +738,7 @@ def sampler_sharing(base: DeploymentSampler, model: str) -> DeploymentSampler:
 
         v2 = sampler_sharing(first, "accounts/a/trainingSessions/ts/checkpoints/v2")
     """
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
+    _check_model(model)
     other = copy.copy(base)
     other.model = model
     other._owns_transport = False
@@ -857,6 +855,11 @@ class _Args:
     seed: int | None
     include_routing_matrix: bool
     extra: dict[str, Any]
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("model", "must be a deployment name, e.g. accounts/a/deployments/d")
 
 
 def _decode_one(tokenizer: Any, token: int) -> str:

@@ -415,18 +415,10 @@ class TrainingClient:
         normalization, grad_norm = validate_optim_extras(
             grad_accumulation_normalization, emit_grad_norm_metrics
         )
-        codec = self._codec
-        codec.optim_step_body(  # refuses what the dialect cannot send, before sending
-            model_id=self.model_id,
-            seq_id=0,
-            adam_params=adam_params,
-            grad_accumulation_normalization=normalization,
-            emit_grad_norm_metrics=grad_norm,
-        )
-
         body = partial(
-            _optim_body, codec, self.model_id, adam_params, normalization, grad_norm
+            _optim_body, self._codec, self.model_id, adam_params, normalization, grad_norm
         )  # a partial, not a closure (see _fwdbwd)
+        body(0)  # refuses what the dialect cannot send, before sending
         return self._simple("optim_step", body, types.OptimStepResponse, deadlines)
 
     def save_state(

@@ -177,7 +177,7 @@ def validate_forward_backward(
     # right dtype and length take no function call; token ranges and values (finiteness,
     # sign) are one numpy pass over the batch per input name; anything else, or a failure,
     # goes through the exact per-datum checks that name the datum and the field.
-    # (8 datums of ~40 tokens: 38 -> 17 us a call.)
+    # (8 datums of ~40 tokens: 38 -> 29 us a call, thread CPU.)
     values: dict[str, list[np.ndarray[Any, Any]]] = {}
     batch_tokens: list[int] = []
     plain_values: float = 0
@@ -213,7 +213,7 @@ def validate_forward_backward(
                     index=index,
                 )
         for name, td in inputs.items():
-            array = td._numpy if type(td) is types.TensorData else None  # tensor_array's read
+            array = tensor_array(td) if type(td) is types.TensorData else None
             if not (
                 array is not None
                 and td.dtype in _INPUT_DTYPE.get(name, _WIRE_DTYPES)
@@ -284,10 +284,8 @@ def _check_routing(routing: Any, n_tokens: int | None, index: int, dialect: str)
 
 
 def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> None:
-    flat = np.concatenate([a for _, a in arrays], axis=None)  # flattened, one copy
+    """Name the first datum whose ``name`` values :func:`_values_ok` refused the batch for."""
     if name == "target_tokens":
-        if flat.size == 0 or flat.min() >= 0:
-            return
         for index, values in arrays:
             if values.size and values.min() < 0:
                 raise InvalidInput(
@@ -295,7 +293,6 @@ def _check_values(name: str, arrays: list[tuple[int, np.ndarray[Any, Any]]]) -> 
                     f"has a negative token id ({values.min()})",
                     index=index,
                 )
-    if flat.dtype.kind in "iub" or np.isfinite(flat).all():  # integers are always finite
         return
     for index, values in arrays:
         finite = np.isfinite(values.reshape(-1))
