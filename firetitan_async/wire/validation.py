@@ -16,6 +16,7 @@ from __future__ import annotations
 import array as array_module
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -100,6 +101,7 @@ _MUST_BE_FINITE = frozenset({"weights", "advantages", "logprobs"})
 _VALUE_CHECKED = _MUST_BE_FINITE | {"target_tokens"}
 _WIRE_DTYPES = ("float32", "int64")  # what any other input may be
 _INT32_MAX = 2**31 - 1
+_TOP_BYTE = 3 if sys.byteorder == "little" else 0  # a packed uint32's most significant byte
 _CLIP_KEYS = ("clip_low_threshold", "clip_high_threshold")
 _ADAM_FIELDS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
 
@@ -177,7 +179,8 @@ def validate_forward_backward(
     # right dtype and length take no function call; token ranges and values (finiteness,
     # sign) are one numpy pass over the batch per input name; anything else, or a failure,
     # goes through the exact per-datum checks that name the datum and the field.
-    # (8 datums of ~40 tokens: 38 -> 29 us a call, thread CPU.)
+    # (8 datums of ~40 tokens: 38 -> 27 us a call, thread CPU; the whole forward_backward
+    # call in a running session 48 -> 41 us.)
     values: dict[str, list[np.ndarray[Any, Any]]] = {}
     batch_tokens: list[int] = []
     plain_values: float = 0
@@ -187,23 +190,21 @@ def validate_forward_backward(
                 "datum", f"is a {type(datum).__name__}, not a tinker.types.Datum", index=index
             )
         model_input = datum.model_input
-        chunks = model_input.chunks if type(model_input) is types.ModelInput else None
         if (
-            chunks is not None
-            and len(chunks) == 1
+            type(model_input) is types.ModelInput  # not a subclass: no routing matrices
+            and len(chunks := model_input.chunks) == 1
             and type(chunk := chunks[0]) is types.EncodedTextChunk
-            and chunk.tokens
+            and (tokens := chunk.tokens)
         ):
-            n_tokens: int | None = len(chunk.tokens)
-            batch_tokens.extend(chunk.tokens)
-            plain_values += len(chunk.tokens)
+            n_tokens: int | None = len(tokens)
+            batch_tokens.extend(tokens)
+            plain_values += len(tokens)
         else:
             n_tokens = _check_model_input(model_input, index, for_training=True)
             plain_values = math.inf
-        routing = routing_matrices(model_input)
-        if routing is not None:
-            _check_routing(routing, n_tokens, index, dialect)
-            plain_values = math.inf
+            routing = routing_matrices(model_input)
+            if routing is not None:
+                _check_routing(routing, n_tokens, index, dialect)
         inputs = datum.loss_fn_inputs
         for name in required:
             if name not in inputs:
@@ -212,23 +213,28 @@ def validate_forward_backward(
                     f"is required by loss_fn {loss_fn!r} (has: {', '.join(inputs) or 'none'})",
                     index=index,
                 )
+        plain_shape = (n_tokens,)
         for name, td in inputs.items():
-            array = tensor_array(td) if type(td) is types.TensorData else None
-            if not (
-                array is not None
-                and td.dtype in _INPUT_DTYPE.get(name, _WIRE_DTYPES)
+            # tinker's TensorData holds its array in its dtype and (dense) reshaped to its
+            # ``shape``, so an array of shape (n_tokens,) is a dense 1-D input of that length
+            # whose shape, if given, is [n_tokens] or [-1] (the first element tells them apart).
+            if (
+                type(td) is types.TensorData
                 and td.sparse_crow_indices is None
-                and array.ndim == 1
-                and ((shape := td.shape) is None or (len(shape) == 1 and shape[0] == n_tokens))
-                and len(array) == n_tokens
+                and td.dtype in _INPUT_DTYPE.get(name, _WIRE_DTYPES)
+                and (array := tensor_array(td)).shape == plain_shape
+                and ((shape := td.shape) is None or shape[0] == n_tokens)
             ):
+                plain_values += len(array)
+            else:
                 _check_input_tensor(name, td, n_tokens, index)
                 array = tensor_array(td)
                 plain_values = math.inf
-            else:
-                plain_values += len(array)
             if name in _VALUE_CHECKED:
-                values.setdefault(name, []).append(array)
+                bucket = values.get(name)
+                if bucket is None:
+                    values[name] = bucket = []
+                bucket.append(array)
     if batch_tokens and not _int32_ids(batch_tokens):
         for index, datum in enumerate(data):  # name the first datum out of range
             _check_model_input(datum.model_input, index, for_training=True)
@@ -243,22 +249,24 @@ def validate_forward_backward(
 
 def _int32_ids(tokens: list[int]) -> bool:
     """Whether every token id is in ``[0, 2**31)``: packed as uint32 (which refuses a negative
-    or larger id) and read back as int32 (a sign bit set means ``>= 2**31``); 6 us against 10
-    for ``min`` and ``max`` over 300 ids."""
+    or larger id), then no id may have its top bit set, i.e. each one's most significant byte
+    is below 0x80 (``isascii``). 298 ids: 2.9 us, against 4.5 with numpy reading the packed
+    ids as int32 and 10 for ``min`` and ``max``."""
     try:
         packed = array_module.array("I", tokens)
     except OverflowError:
         return False
-    return bool(np.frombuffer(packed, dtype=np.int32).min() >= 0)
+    return packed.tobytes()[_TOP_BYTE::4].isascii()
 
 
 def _values_ok(name: str, arrays: list[np.ndarray[Any, Any]]) -> bool:
     """One pass over a batch's values of one input: target tokens not negative, the rest
     finite (a sum is finite only if every term is; summed in float64, float32 values cannot
-    overflow it). ``False`` sends the caller to the exact check, which names the datum."""
+    overflow it, so no overflow warning either). ``False`` sends the caller to the exact check,
+    which names the datum."""
     flat = np.concatenate(arrays, axis=None)
     if name == "target_tokens":
-        return flat.size == 0 or bool(flat.min() >= 0)
+        return flat.size == 0 or bool(np.minimum.reduce(flat) >= 0)
     return flat.dtype.kind in "iub" or math.isfinite(np.add.reduce(flat, dtype=np.float64))
 
 

@@ -79,6 +79,8 @@ BAD_SPARSE = types.TensorData(
 )  # fmt: skip
 
 SHAPELESS_3 = types.TensorData(data=[1.0, 1.0, 1.0], dtype="float32", shape=None)
+# the array is reshaped to (4,), but the wire would carry the shape [-1]
+MINUS_ONE_SHAPE = types.TensorData(data=[1.0] * 4, dtype="float32", shape=[-1])
 SPARSE_1D = types.TensorData(
     data=np.arange(4, dtype=np.int64), dtype="int64", shape=[4],
     sparse_crow_indices=[0, 4], sparse_col_indices=[0, 1, 2, 3],
@@ -139,6 +141,8 @@ FB_CASES: list[tuple[str, Any, Any, Any, str, int | None, str]] = [
     # the inline common-case check must not pass what the exact one refuses
     ("shapeless-too-short", [ce(), ce(weights=SHAPELESS_3)], "cross_entropy", None,
      "loss_fn_inputs.weights", 1, "3 elements, model_input has 4 tokens"),
+    ("shape-minus-one", [ce(), ce(weights=MINUS_ONE_SHAPE)], "cross_entropy", None,
+     "loss_fn_inputs.weights", 1, "-1 elements"),
     ("sparse-1d", [ce(target_tokens=SPARSE_1D)], "cross_entropy", None,
      "loss_fn_inputs.target_tokens", 0, "2-D shape"),
     ("config-list", [rl()], "ppo", {"clip_low_threshold": [0.8]},
