@@ -110,7 +110,10 @@ class ReplyReader:
         self._max_body = max_body
         self._head_request = head_request
         self._stream = stream
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser holds this reader's callbacks and the reader holds the parser: a cycle,
+        # broken when the reply ends or fails, so each reply is freed as soon as it is read
+        # instead of waiting for the cycle collector (about 30 objects a reply).
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_bytes = 0  # bytes fed before the head was whole (the 64 KiB cap)
         self._head_size = 0  # bytes of the header lines read (the cap, for a head fed whole)
         self._complete = False
@@ -138,7 +141,21 @@ class ReplyReader:
         if not head_done:
             self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
+            self._parse(data)
+        except BaseException:
+            self._parser = None  # the reply is given up
+            raise
+        if self._complete:
+            self._finish()
+            return True
+        return False
+
+    def _parse(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            raise ProtocolViolation("the reply was given up after a bad byte; read no more")
+        try:
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolViolation | BodyTooLarge):
@@ -153,10 +170,6 @@ class ReplyReader:
             self.trailing = True
         if not self.head_done and self._head_bytes > _MAX_HEAD:
             raise ProtocolViolation(f"the reply head is larger than {_MAX_HEAD} bytes")
-        if self._complete:
-            self._finish()
-            return True
-        return False
 
     def take_body(self) -> bytes:
         """The body bytes that arrived since the last call (``stream=True``)."""
@@ -185,6 +198,7 @@ class ReplyReader:
         if self._complete:
             return
         parser = self._parser
+        assert parser is not None  # llhttp calls back only from within feed_data
         status = parser.get_status_code()
         if 100 <= status < 200:
             self.headers, self.reason = [], b""  # an interim reply: the real one follows
@@ -209,7 +223,9 @@ class ReplyReader:
             return
         if not self.head_done:  # the end of an interim reply
             return
-        self.keep_alive = bool(self._parser.should_keep_alive())
+        parser = self._parser
+        assert parser is not None  # llhttp calls back only from within feed_data
+        self.keep_alive = bool(parser.should_keep_alive())
         self._complete = True
 
     # -- helpers -----------------------------------------------------------------------------
@@ -240,6 +256,7 @@ class ReplyReader:
         return True
 
     def _finish(self) -> None:
+        self._parser = None  # read whole: the parser is never fed again
         if not self._stream:
             parts = self._parts
             self.body = parts[0] if len(parts) == 1 else b"".join(parts)

@@ -6,6 +6,7 @@ framing bug at a buffer boundary cannot hide behind one convenient read size.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -276,3 +277,33 @@ def test_a_trickled_head_costs_linear_time() -> None:
     cost(200)  # warm up
     small, large = min(cost(500) for _ in range(3)), min(cost(2000) for _ in range(3))
     assert large < 8 * small, (small, large)
+
+
+@pytest.mark.parametrize(
+    ("reply", "fails"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", True),
+    ],
+    ids=["length", "chunked", "malformed"],
+)
+def test_a_reply_read_or_refused_leaves_no_cycle_for_the_collector(
+    reply: bytes, fails: bool
+) -> None:
+    # The parser calls back into its reader: a cycle each reply, unless broken when the reply
+    # ends or fails (a burst of replies otherwise feeds the collector ~30 objects a reply).
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            reader = ReplyReader(max_body=MB)
+            if fails:
+                with pytest.raises(ProtocolViolation):
+                    reader.feed(reply)
+            else:
+                assert reader.feed(reply)
+            del reader
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
