@@ -360,7 +360,8 @@ class TrainingClient:
             accepted = await self._ops.submit(seqs[index], name, transport.submit(build=build))
             if pending is not None and index == 0:
                 pending.request_id = accepted.request_id
-            done = await transport.retrieve(
+            done = await self._ops.retrieve(
+                transport,
                 accepted.request_id,
                 request_type=codec.request_type(name),
                 accept=codec.fwdbwd_accept,
@@ -836,7 +837,9 @@ class TrainingClient:
             accepted = await transport.submit(paths.UNLOAD_MODEL, json_body=body)
             pending.request_id = accepted.request_id
             # The Fireworks SDK's literal request type for this poll.
-            done = await transport.retrieve(accepted.request_id, request_type="Unload model")
+            done = await self._ops.retrieve(
+                transport, accepted.request_id, request_type="Unload model"
+            )
             return decode_json_result(types.UnloadModelResponse, done.payload)
 
         return self._ops.start("unload_model", 0, run, deadlines=deadlines)
@@ -868,7 +871,9 @@ class TrainingClient:
                 ),
             )
             pending.request_id = accepted.request_id
-            done = await transport.retrieve(accepted.request_id, request_type="LoadAdapter")
+            done = await self._ops.retrieve(
+                transport, accepted.request_id, request_type="LoadAdapter"
+            )
             return parse_json_object("load_adapter result", done.payload)
 
         return self._ops.start("load_adapter", 1, run, deadlines=call_deadlines(deadlines))
@@ -899,8 +904,8 @@ class TrainingClient:
             seq, op, transport.submit(paths.operation(op), json_body=body)
         )
         pending.request_id = accepted.request_id
-        done = await transport.retrieve(
-            accepted.request_id, request_type=self._codec.request_type(op)
+        done = await self._ops.retrieve(
+            transport, accepted.request_id, request_type=self._codec.request_type(op)
         )
         return decode_json_result(result_type, done.payload)
 

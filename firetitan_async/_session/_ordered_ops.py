@@ -5,13 +5,20 @@ id. So ids are reserved synchronously at call time, each operation is carried by
 in the session's task group (submissions are pipelined, never serialised), and if a submission
 is lost for good (retries exhausted) every later operation of the client fails at once with a
 clear error instead of waiting forever for a gap the server will never see filled.
+
+At most ``WINDOW`` operations of a client are being submitted, and ``WINDOW`` polling for
+their results, at once; the rest wait their turn in call order, holding no connection and no
+encoded body. The server runs them one at a time in ``seq_id`` order, so a deeper pipeline
+only adds connections and memory: 500 steps called at once used to send 1,000 submissions
+at once (a connection and an encoded batch each; the tinker SDK submits one at a time), then
+hold a long poll each for results the server would reach last.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -27,7 +34,14 @@ from ._deadlines import Deadlines, call_deadlines
 from ._pending import Pending
 from ._protocol import OperationRunner
 
-__all__ = ["OrderedOps", "first_error"]
+if TYPE_CHECKING:
+    from .._http._transport import Transport
+    from ..wire.futures import Done
+
+__all__ = ["WINDOW", "OrderedOps", "first_error"]
+
+#: How many of a client's operations are submitted, and how many poll, at once (see above).
+WINDOW = 8
 
 T = TypeVar("T")
 logger = logging.getLogger("firetitan_async.operations")
@@ -44,6 +58,8 @@ class OrderedOps:
         self._broken: SubmissionLost | None = None
         # first seq id -> (pending, the cancel scope of its task, None until the task runs)
         self._inflight: dict[int, tuple[Pending[Any], anyio.CancelScope | None]] = {}
+        self._submits = anyio.Semaphore(WINDOW, fast_acquire=True)
+        self._polls = anyio.Semaphore(WINDOW, fast_acquire=True)
 
     @property
     def next_seq_id(self) -> int:
@@ -90,7 +106,8 @@ class OrderedOps:
         so later operations still run and only this operation fails.
         """
         try:
-            return await submission
+            async with self._submits:
+                return await submission
         except TrainerJobFailed:
             raise  # nothing later can run either: each call fails at once on its own
         except APIStatusError as exc:
@@ -99,6 +116,14 @@ class OrderedOps:
             raise SubmissionLost(f"{name} (seq_id {seq_id}) could not be submitted: {exc}") from exc
         except FiretitanError as exc:
             raise SubmissionLost(f"{name} (seq_id {seq_id}) could not be submitted: {exc}") from exc
+
+    async def retrieve(
+        self, transport: Transport, request_id: str, *, request_type: str, **accept: str
+    ) -> Done:
+        """``transport.retrieve(...)`` in the client's poll window (at most ``WINDOW`` at once,
+        first come first served); ``accept``: the poll's ``accept=`` if any."""
+        async with self._polls:
+            return await transport.retrieve(request_id, request_type=request_type, **accept)
 
     def _break(self, failed: range, cause: SubmissionLost) -> None:
         if self._broken is None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import time
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx
 import numpy as np
 import pytest
 from tinker import types
 
 from firetitan_async import Pending, ServiceSession, SessionClosed
+from firetitan_async._http._http11_transport import Http11Transport
+from firetitan_async._session._ordered_ops import WINDOW
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 
@@ -96,6 +101,51 @@ async def test_concurrent_callers_run_in_call_order(trainer: LocalTrainer, diale
             await client.optim_step(types.AdamParams(learning_rate=1e-3 * (task + 1)))
         replayed = await probe_logprobs(client)
     assert concurrent.tobytes() == replayed.tobytes()
+
+
+class _InFlight(httpx.AsyncBaseTransport):
+    """Counts the submissions and the polls in flight (the largest counts seen)."""
+
+    def __init__(self) -> None:
+        self._inner = Http11Transport()
+        self.now: collections.Counter[str] = collections.Counter()
+        self.peak: collections.Counter[str] = collections.Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[-1]
+        path = {"forward_backward": "submit", "optim_step": "submit"}.get(name, name)
+        self.now[path] += 1
+        self.peak[path] = max(self.peak[path], self.now[path])
+        try:
+            response = await self._inner.handle_async_request(request)
+            await response.aread()
+            return response
+        finally:
+            self.now[path] -= 1
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_burst_of_steps_is_submitted_and_polled_a_window_at_a_time(
+    trainer: LocalTrainer, dialect: str
+) -> None:
+    # 120 operations called at once: the server runs them one at a time, so at most WINDOW
+    # are being submitted and WINDOW polled at once (each a connection and, for a submission,
+    # an encoded batch); they used to be all at once. Results are those of sequential steps.
+    counting = _InFlight()
+    async with ServiceSession(trainer.base_url, dialect=dialect, transport=counting) as session:
+        client = await session.create_training_client(MODEL, lora_rank=4)
+        pendings: list[Pending[Any]] = []
+        for step in range(60):
+            pendings.append(client.forward_backward(batch(step), "cross_entropy"))
+            pendings.append(client.optim_step(ADAM))
+        losses = [(await p).metrics["loss:sum"] for p in pendings[::2]]
+        for p in pendings[1::2]:
+            await p
+    assert 2 <= counting.peak["submit"] <= WINDOW
+    assert 2 <= counting.peak["retrieve_future"] <= WINDOW
+    assert losses[-1] < losses[0]
 
 
 async def test_duplicate_training_client_raises_before_any_request(
