@@ -341,10 +341,15 @@ class DeploymentSampler:
         seed: int | None = None,
         timeout: float | None = None,
         include_routing_matrix: bool = False,
+        on_result: Callable[[int, list[SampledCompletion]], object] | None = None,
         **extra: Any,
     ) -> list[list[SampledCompletion]]:
         """``sample`` for each of ``prompts`` (same arguments), the results in prompt order;
         ``timeout`` bounds each prompt's request from the moment it has a slot.
+
+        ``on_result(index, completions)`` is called as each prompt's result arrives, in the
+        order they arrive, so a pipeline can score and train on the first rollouts while the
+        rest are sampled (an exception it raises fails the batch like a failed request).
 
         For a large batch this is the cheap way to start it: one task admits the prompts as
         the concurrency window frees slots, so a request task exists only for the prompts in
@@ -357,7 +362,13 @@ class DeploymentSampler:
 
             results = await sampler.sample_many(prompts, max_tokens=32, logprobs=True)
             for prompt, [completion] in zip(prompts, results): ...
+
+            # as they arrive: into a stream another task reads
+            send, receive = anyio.create_memory_object_stream(len(prompts))
+            await sampler.sample_many(prompts, on_result=lambda i, c: send.send_nowait((i, c)))
         """
+        if on_result is not None and not callable(on_result):
+            raise InvalidInput("on_result", f"must be callable, got {type(on_result).__name__}")
         if stop is not None and self._decode_token is None:
             await self._tokenizer_for(stop)
         args = _Args(n, max_tokens, temperature, top_p, top_k, stop, logprobs, echo,
@@ -401,6 +412,8 @@ class DeploymentSampler:
             else:
                 results[index] = await self._sample_within(timeout, bodies[index], (), args,
                                                            sender)
+            if on_result is not None:
+                on_result(index, results[index])
 
         async def carry(index: int | None) -> None:
             # A request task goes on to the next prompt (queueing for a slot behind the

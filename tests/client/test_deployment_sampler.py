@@ -25,6 +25,7 @@ from firetitan_async import (
     InvalidInput,
     Observation,
     RetryPolicy,
+    SampledCompletion,
     SamplingError,
 )
 from firetitan_async.local import LocalTrainer
@@ -414,6 +415,44 @@ async def test_sample_many_carries_the_batch_on_about_a_window_of_tasks(
     assert [r[0].prompt_tokens for r in results] == prompts
     assert recorder.requests == 60 and window.in_flight == 0
     assert recorder.tasks <= 20, f"{recorder.tasks} tasks for 60 prompts"
+
+
+async def test_sample_many_hands_each_result_over_as_it_arrives(
+    deployment: LocalTrainer,
+) -> None:
+    # Through a window of one, prompt k's result reaches on_result before prompt k+1 is sent:
+    # the caller gets rollouts while the rest are still being sampled, not all at the end.
+    prompts = [list(f"q{i}: ".encode()) for i in range(6)]
+    recorder = _TaskRecorder()
+    seen: list[tuple[int, int, list[SampledCompletion]]] = []  # (index, requests sent, result)
+
+    def on_result(index: int, completions: list[SampledCompletion]) -> None:
+        seen.append((index, recorder.requests, completions))
+
+    async with DeploymentSampler(
+        deployment.base_url, MODEL, concurrency=FixedConcurrency(1), transport=recorder
+    ) as sampler:
+        results = await sampler.sample_many(prompts, max_tokens=2, on_result=on_result)
+    assert [(index, sent) for index, sent, _ in seen] == [(k, k + 1) for k in range(6)]
+    assert all(results[index] is completions for index, _, completions in seen)
+
+
+async def test_sample_many_fails_when_on_result_raises_and_checks_it_before_sending(
+    deployment: LocalTrainer,
+) -> None:
+    window = FixedConcurrency(2)
+
+    def broken(index: int, completions: list[SampledCompletion]) -> None:
+        if index == 3:
+            raise KeyError("scoring failed")
+
+    async with DeploymentSampler(deployment.base_url, MODEL, concurrency=window) as sampler:
+        with pytest.raises(KeyError, match="scoring failed"):
+            await sampler.sample_many([PROMPT] * 20, max_tokens=1, on_result=broken)
+        assert window.in_flight == 0
+        with pytest.raises(InvalidInput) as info:
+            await sampler.sample_many([PROMPT], on_result="print")  # type: ignore[arg-type]
+        assert info.value.field == "on_result"
 
 
 async def test_a_cancelled_sample_many_gives_every_slot_back(deployment: LocalTrainer) -> None:
