@@ -89,6 +89,12 @@ class ClientSession(OperationRunner, Protocol):
         """Raise ``SessionClosed`` (or ``TrainerJobFailed``) unless the session is usable."""
         ...
 
+    def check_samples_snapshots(self) -> None:
+        """Raise ``UsageError`` unless ``create_sampling_client(model_path=...)`` can sample a
+        snapshot on this session (a tinker trainer, a serverless session, a managed setup with
+        a deployment)."""
+        ...
+
     def next_sampling_session_seq_id(self) -> int:
         """Reserve the next sampling-session sequence number."""
         ...

@@ -972,6 +972,25 @@ class ServiceSession:
             self._client_side, sampling_session_id, model_path=model_path, base_model=base_model
         )
 
+    def _check_samples_snapshots(self) -> None:
+        """Raise what ``create_sampling_client(model_path=...)`` would raise, before anything
+        is saved, unless the session has somewhere to sample a snapshot."""
+        if self._codec.has_sampling_sessions or self._serverless is not None:
+            return
+        setup = self._managed_setup
+        if setup is None or setup.sampler is None:
+            raise self._no_sampler_error()
+
+    @staticmethod
+    def _no_sampler_error() -> UsageError:
+        return UsageError(
+            "a Fireworks trainer has no sampling sessions, so create_sampling_client needs "
+            "somewhere to sample: a serverless session (ServiceSession(url, "
+            "serverless=True)), a ServiceSession.managed(...) setup with a deployment "
+            "(or its setup.create_deployment_sampler(...)), or a DeploymentSampler on "
+            "your own deployment"
+        )
+
     async def _completions_sampling_client(
         self, model_path: str | None, base_model: str | None
     ) -> SamplingClient:
@@ -999,13 +1018,7 @@ class ServiceSession:
                 await setup.hotload_sampler_snapshot(model_path)
             sampler = setup.sampler  # the setup's: it closes it
         else:
-            raise UsageError(
-                "a Fireworks trainer has no sampling sessions, so create_sampling_client needs "
-                "somewhere to sample: a serverless session (ServiceSession(url, "
-                "serverless=True)), a ServiceSession.managed(...) setup with a deployment "
-                "(or its setup.create_deployment_sampler(...)), or a DeploymentSampler on "
-                "your own deployment"
-            )
+            raise self._no_sampler_error()
         return SamplingClient(
             self._client_side,
             model_path=model_path,
@@ -1421,6 +1434,9 @@ class _ClientSide:
 
     def next_sampling_session_seq_id(self) -> int:
         return self._session._next_sampling_session_seq_id()
+
+    def check_samples_snapshots(self) -> None:
+        self._session._check_samples_snapshots()
 
     def spawn_operation(
         self, fn: Callable[[], Awaitable[None]], pending: Pending[Any] | None = None

@@ -29,7 +29,7 @@ from .._clients._sampling import SamplingClient
 from .._clients._snapshots import SamplerSnapshot
 from .._clients._training import TrainingClient
 from .._session._pending import Pending
-from .._session._session import ServiceSession
+from .._session._session import ServiceSession, client_side
 from ..errors import InvalidInput
 
 __all__ = ["Publisher", "SamplerHandle", "TrainerPolicy", "TrainerSamplerHandle"]
@@ -142,7 +142,8 @@ class TrainerPolicy:
     The session must be able to sample a snapshot (``create_sampling_client``): a tinker
     dialect session, a Fireworks serverless session (its completions endpoint), or the session
     of a ``ServiceSession.managed`` setup with a deployment. A dedicated Fireworks trainer has
-    no sampler of its own: publish to a deployment with ``DeploymentPolicy`` there.
+    no sampler of its own: publish to a deployment with ``DeploymentPolicy`` there (on such
+    a session the constructor raises ``UsageError``, before anything is saved).
 
     Version ``n`` is saved as ``{prefix}-{n:06d}``: a ``base`` snapshot for version 0 and
     every ``base_every`` versions, a ``delta`` otherwise (``base_every=1``: always ``base``).
@@ -164,6 +165,7 @@ class TrainerPolicy:
     ) -> None:
         if base_every < 1:
             raise InvalidInput("base_every", f"must be >= 1, got {base_every!r}")
+        client_side(session).check_samples_snapshots()  # not at the first publish, once saved
         self._session = session
         self._client = client
         self._prefix = prefix

@@ -24,6 +24,7 @@ from firetitan_async import (
 from firetitan_async.local import LocalTrainer
 from firetitan_async.local._datums import sft_datum
 from firetitan_async.local._recorder import Recorder
+from firetitan_async.loops import TrainerPolicy
 from firetitan_async.wire import resolve_dialect
 
 pytestmark = pytest.mark.anyio
@@ -580,6 +581,10 @@ async def test_a_dedicated_fireworks_session_refuses_trainer_sampling_before_sen
         with pytest.raises(InvalidInput) as bad:
             await session.create_sampling_client(deployment_sampler="rollouts")  # type: ignore[arg-type]
         assert bad.value.field == "deployment_sampler"
+        # An RL loop's publisher is refused when made, not at its first publish (after a
+        # snapshot was saved and billed): it publishes through create_sampling_client.
+        with pytest.raises(UsageError, match="serverless"):
+            TrainerPolicy(session, client)
         assert len(rec.records) == before
     assert sent(rec, "create_sampling_session") == [] and sent(rec, "asample") == []
     async with ServiceSession(rec.base_url, dialect="tinker") as session:

@@ -455,7 +455,7 @@ async def test_the_breaker_opens_on_consecutive_failures_naming_count_and_cause(
     with pytest.raises(InvalidInput, match="on_rollout_error"):
         await run_rl(
             None,  # type: ignore[arg-type]
-            TrainerPolicy(None, None),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]  # refused before the client or publisher is used
             [1],
             rollout,
             _datums,
