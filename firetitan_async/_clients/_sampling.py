@@ -21,7 +21,7 @@ from .._session._pending import Pending, fail_pending, resolve_pending
 from .._session._protocol import ClientSession
 from ..errors import InvalidInput
 from ..wire import paths
-from ..wire.completions import completion_body, prompt_token_ids
+from ..wire.completions import completion_body, has_token_ids, prompt_token_ids
 from ..wire.sample import decode_sample_response, prompt_logprobs_of, sample_request_body
 from ..wire.validation import validate_sample_args, validate_topk
 from ._fireworks_types import to_tinker_model_input, to_tinker_sampling_params
@@ -189,7 +189,7 @@ class SamplingClient:
         # Check the arguments now (InvalidInput names one, nothing is sent), as at the call in
         # the session backend; the sampler builds the same body again when it sends. Token-id
         # stops are left to the sampler: it decodes them with its tokenizer when it sends.
-        checked = {k: v for k, v in options.items() if k != "stop" or _text_stop(v)}
+        checked = {k: v for k, v in options.items() if k != "stop" or not has_token_ids(v)}
         completion_body(
             sampler.model, tokens, n=num_samples, max_tokens=max_tokens,
             temperature=params.temperature, logprobs=True, echo=include_prompt_logprobs,
@@ -270,12 +270,6 @@ class SamplingClient:
 
         self._session.spawn_operation(carry, pending)
         return pending
-
-
-def _text_stop(stop: object) -> bool:
-    return isinstance(stop, str) or (
-        isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop)
-    )
 
 
 def sample_response_of(

@@ -979,17 +979,13 @@ class ServiceSession:
             return
         setup = self._managed_setup
         if setup is None or setup.sampler is None:
-            raise self._no_sampler_error()
-
-    @staticmethod
-    def _no_sampler_error() -> UsageError:
-        return UsageError(
-            "a Fireworks trainer has no sampling sessions, so create_sampling_client needs "
-            "somewhere to sample: a serverless session (ServiceSession(url, "
-            "serverless=True)), a ServiceSession.managed(...) setup with a deployment "
-            "(or its setup.create_deployment_sampler(...)), or a DeploymentSampler on "
-            "your own deployment"
-        )
+            raise UsageError(
+                "a Fireworks trainer has no sampling sessions, so create_sampling_client needs "
+                "somewhere to sample: a serverless session (ServiceSession(url, "
+                "serverless=True)), a ServiceSession.managed(...) setup with a deployment "
+                "(or its setup.create_deployment_sampler(...)), or a DeploymentSampler on "
+                "your own deployment"
+            )
 
     async def _completions_sampling_client(
         self, model_path: str | None, base_model: str | None
@@ -1000,7 +996,7 @@ class ServiceSession:
         from .._clients._deployment_sampler import sampler_sharing
         from .._clients._sampling import SamplingClient
 
-        setup = self._managed_setup
+        self._check_samples_snapshots()  # a serverless session, or a setup's sampler
         if self._serverless is not None:
             # One set of connections for every sampling client of the session: a sampler
             # per publication (a long RL run) would each keep a pool of idle sockets open.
@@ -1013,12 +1009,12 @@ class ServiceSession:
             else:
                 model = await self._serverless_model(model_path, base_model)
                 sampler = sampler_sharing(first, model)
-        elif setup is not None and setup.sampler is not None:
+        else:
+            setup = self._managed_setup
+            assert setup is not None and setup.sampler is not None  # checked above
             if model_path is not None:
                 await setup.hotload_sampler_snapshot(model_path)
             sampler = setup.sampler  # the setup's: it closes it
-        else:
-            raise self._no_sampler_error()
         return SamplingClient(
             self._client_side,
             model_path=model_path,
