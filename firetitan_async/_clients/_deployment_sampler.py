@@ -272,7 +272,6 @@ class DeploymentSampler:
         if self._owns_transport:
             await self._transport.aclose()
 
-
     async def sample(
         self,
         prompt: Sequence[int] | ModelInput,
